@@ -1,0 +1,55 @@
+# Central Hub. `make run` starts a hub with embedded etcd on 127.0.0.1:7000;
+# `make test` installs everything and runs every test.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install gen check-gen lint breaking run test test-faults bench clean
+
+install: $(STAMP) node_modules/.installed
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+gen: install
+	VENV=$(VENV) scripts/gen.sh
+
+# Fails when the committed stubs differ from what `make gen` produces.
+check-gen: gen
+	@if [ -n "$$(git status --porcelain -- gen)" ]; then \
+	  echo "generated code is stale: run 'make gen' and commit gen/"; \
+	  git status --short -- gen | head -20; exit 1; fi
+
+lint: install
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	$(BIN)/ruff check hub_server hub_client tests scripts
+	$(BIN)/ruff format --check hub_server hub_client tests scripts
+	$(BIN)/mypy
+
+breaking: install
+	scripts/breaking.sh
+
+run: install
+	$(BIN)/central-hub serve --listen 127.0.0.1:7000
+
+test: install check-gen lint breaking
+	scripts/run-tests.sh
+
+test-faults: install
+	$(BIN)/pytest -m faults -q
+
+bench: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) node_modules .hub-data
