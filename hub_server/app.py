@@ -1,0 +1,166 @@
+"""The composition root: builds the store, the domain objects and the servicers,
+and runs them in one grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hub_server.api.context import ContextInterceptor
+from hub_server.api.registry import RegistryServicer
+from hub_server.domain.errors import StoreUnavailable
+from hub_server.domain.registry import Registry, RegistryView
+from hub_server.embedded_etcd import EtcdProcess, embedded
+from hub_server.store.etcd import EtcdStore
+
+log = logging.getLogger(__name__)
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass
+class HubConfig:
+    listen: str = "127.0.0.1:7000"
+    data_dir: Path = Path(".hub-data")
+    # None or empty: start an embedded etcd under data_dir.
+    etcd_endpoints: list[str] = field(default_factory=list)
+    hub_id: str = ""
+    # How often an idle Watch stream gets a PROGRESS message.
+    watch_progress_interval: float = 10.0
+    # How often the hub checks that etcd answers (drives grpc.health.v1).
+    store_check_interval: float = 1.0
+    shutdown_grace: float = 5.0
+
+
+def _default_hub_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Hub:
+    """One hub replica. ``await start()``, serve, ``await stop()``."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.hub_id = config.hub_id or _default_hub_id()
+        self.etcd: EtcdProcess | None = None
+        self.store: EtcdStore | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        endpoints = self.config.etcd_endpoints
+        if not endpoints:
+            self.etcd = embedded(self.config.data_dir)
+            await self.etcd.start_async()
+            endpoints = [self.etcd.endpoint]
+            log.info("embedded etcd serving on %s (data in %s)", endpoints[0], self.etcd.data_dir)
+        self.store = EtcdStore(endpoints)
+        await self._wait_for_store()
+
+        self.view = RegistryView(self.store)
+        await self.view.start()
+        self.registry = Registry(self.store, self.view)
+
+        server = grpc.aio.server(interceptors=[ContextInterceptor()], options=SERVER_OPTIONS)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(
+                self.registry, self.hub_id, progress_interval=self.config.watch_progress_interval
+            ),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [
+                registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        self.port = server.add_insecure_port(self.config.listen)
+        if not self.port:
+            raise RuntimeError(f"cannot listen on {self.config.listen}")
+        await server.start()
+        self.server = server
+        await self._set_serving(True)
+        self._tasks.append(asyncio.create_task(self._watch_store_health()))
+        log.info("central hub %s serving on %s", self.hub_id, self.address)
+
+    async def _wait_for_store(self, timeout: float = 30.0) -> None:
+        assert self.store is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                await self.store.status(timeout=2.0)
+                return
+            except StoreUnavailable:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", "aitrading.hub.v1.RegistryService"):
+            await self.health.set(name, status)
+
+    async def _watch_store_health(self) -> None:
+        """NOT_SERVING while etcd does not answer or the registry watch is down."""
+        assert self.store is not None
+        serving = True
+        while True:
+            await asyncio.sleep(self.config.store_check_interval)
+            try:
+                await self.store.status(timeout=max(self.config.store_check_interval, 0.5))
+                ok = self.view.live
+            except StoreUnavailable:
+                ok = False
+            if ok != serving:
+                serving = ok
+                log.warning("etcd %s", "reachable again: SERVING" if ok else "unreachable: NOT_SERVING")
+                await self._set_serving(ok)
+
+    async def stop(self) -> None:
+        """Graceful: health says NOT_SERVING, calls in flight get a grace period."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.config.shutdown_grace)
+        if getattr(self, "view", None) is not None:
+            await self.view.stop()
+        if self.store is not None:
+            await self.store.close()
+        if self.etcd is not None:
+            await asyncio.to_thread(self.etcd.stop)

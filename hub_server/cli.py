@@ -1,0 +1,78 @@
+"""`central-hub serve`: the hub's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from hub_server.app import Hub, HubConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="central-hub", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run a hub replica")
+    serve.add_argument(
+        "--listen", default="127.0.0.1:7000", help="gRPC address (default 127.0.0.1:7000)"
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".hub-data"),
+        help="where the embedded etcd keeps its data (default ./.hub-data)",
+    )
+    serve.add_argument(
+        "--etcd-endpoints",
+        default="",
+        help="comma-separated host:port of an existing etcd cluster; no embedded etcd",
+    )
+    serve.add_argument("--hub-id", default="", help="this replica's name (default host-pid-rand)")
+    serve.add_argument(
+        "--watch-progress-interval",
+        type=float,
+        default=10.0,
+        help="seconds between PROGRESS messages on idle watch streams (default 10)",
+    )
+    serve.add_argument("--log-level", default="INFO")
+    return parser
+
+
+async def serve(config: HubConfig) -> None:
+    hub = Hub(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await hub.start()
+    print(f"central hub serving on {hub.address}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await hub.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = HubConfig(
+        listen=args.listen,
+        data_dir=args.data_dir,
+        etcd_endpoints=[e for e in args.etcd_endpoints.split(",") if e.strip()],
+        hub_id=args.hub_id,
+        watch_progress_interval=args.watch_progress_interval,
+    )
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""The service registry: instances under etcd leases, an in-memory view kept current
+by one etcd watch per hub process, and a log of recent changes for Watch streams.
+
+Reads never touch etcd: they come from the view and report the revision it has
+reached. Writes go to etcd and wait until the view has seen them, so a caller
+reads its own writes on the same replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+from aitrading.hub.v1 import registry_pb2, types_pb2
+
+from hub_server.domain import validation
+from hub_server.domain.errors import (
+    NotFound,
+    PermissionDenied,
+    StoreUnavailable,
+    Violations,
+)
+from hub_server.domain.event_log import EventLog
+from hub_server.domain.tiers import can_access
+from hub_server.store import keys
+from hub_server.store.etcd import EtcdStore, Event
+from hub_server.store.watch import PrefixWatch, read_history
+
+log = logging.getLogger(__name__)
+
+ADDED = registry_pb2.WATCH_EVENT_TYPE_ADDED
+UPDATED = registry_pb2.WATCH_EVENT_TYPE_UPDATED
+REMOVED = registry_pb2.WATCH_EVENT_TYPE_REMOVED
+
+DEFAULT_TTL = 30
+DEFAULT_WEIGHT = 100
+# How many revisions of history a starting hub loads, so that watchers who were
+# connected to a replica that died can resume on this one without a resync.
+HISTORY_REVISIONS = 10_000
+
+
+@dataclass(slots=True)
+class RegistryEvent:
+    type: int  # registry_pb2.WatchEventType
+    instance: types_pb2.Instance
+    revision: int
+    _pb: registry_pb2.WatchEvent | None = None
+
+    @property
+    def pb(self) -> registry_pb2.WatchEvent:
+        """The event as a message, built once however many watchers send it."""
+        if self._pb is None:
+            self._pb = registry_pb2.WatchEvent(
+                type=self.type, instance=self.instance, revision=self.revision
+            )
+        return self._pb
+
+
+def tier_names(instance: types_pb2.Instance) -> tuple[str, ...]:
+    return tuple(
+        types_pb2.SubscriptionTier.Name(t).removeprefix("SUBSCRIPTION_TIER_").lower()
+        for t in instance.subscription_requirements
+        if t != types_pb2.SUBSCRIPTION_TIER_UNSPECIFIED
+    )
+
+
+def visible(instance: types_pb2.Instance, tier: str | None) -> bool:
+    """Whether a caller of ``tier`` may see the instance (None: no filtering)."""
+    return tier is None or can_access(tier_names(instance), tier)
+
+
+def _decode(service: str, instance_id: str, value: bytes, kv_create: int, kv_mod: int,
+            lease: int) -> types_pb2.Instance:
+    inst = types_pb2.Instance.FromString(value)
+    inst.service = service
+    inst.instance_id = instance_id
+    inst.create_revision = kv_create
+    inst.mod_revision = kv_mod
+    inst.lease_id = lease
+    return inst
+
+
+def _event_from_store(ev: Event) -> RegistryEvent:
+    service, instance_id = keys.parse_instance_key(ev.kv.key)
+    if ev.kind == "delete":
+        prev = ev.prev
+        inst = (
+            _decode(service, instance_id, prev.value, prev.create_revision, prev.mod_revision,
+                    prev.lease)
+            if prev is not None
+            else types_pb2.Instance(service=service, instance_id=instance_id)
+        )
+        return RegistryEvent(REMOVED, inst, ev.revision)
+    kv = ev.kv
+    inst = _decode(service, instance_id, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+    # etcd restarts a key's version at 1 whenever it is created anew.
+    return RegistryEvent(ADDED if kv.version == 1 else UPDATED, inst, ev.revision)
+
+
+class RegistryView:
+    """Every instance, in memory, as of ``revision``; fed by one etcd watch."""
+
+    def __init__(self, store: EtcdStore, *, history_capacity: int = 20_000) -> None:
+        self._store = store
+        self.services: dict[str, dict[str, types_pb2.Instance]] = {}
+        self.log: EventLog[RegistryEvent] = EventLog(history_capacity)
+        self.live = False
+        self._watch = PrefixWatch(
+            store,
+            keys.REGISTRY,
+            on_batch=self._apply,
+            on_compacted=self._resync,
+            on_state=self._set_live,
+        )
+
+    @property
+    def revision(self) -> int:
+        return self.log.head
+
+    async def start(self) -> None:
+        kvs, revision = await self._store.get_prefix(keys.REGISTRY)
+        self.services = {}
+        for kv in kvs:
+            service, instance_id = keys.parse_instance_key(kv.key)
+            self.services.setdefault(service, {})[instance_id] = _decode(
+                service, instance_id, kv.value, kv.create_revision, kv.mod_revision, kv.lease
+            )
+        self.log.reset(revision)
+        await self._load_history(revision)
+        self._watch.start(revision + 1)
+        self.live = True
+
+    async def _load_history(self, revision: int) -> None:
+        try:
+            events, first = await read_history(
+                self._store, keys.REGISTRY, max(1, revision - HISTORY_REVISIONS), revision
+            )
+        except Exception as e:  # history is a convenience; the view is correct without it
+            log.warning("could not load registry history: %r", e)
+            return
+        self.log.preload([(e.revision, _event_from_store(e)) for e in events], first)
+
+    async def stop(self) -> None:
+        await self._watch.stop()
+
+    def _set_live(self, live: bool) -> None:
+        if live != self.live:
+            log.info("registry view %s", "live" if live else "lost its etcd watch")
+        self.live = live
+
+    async def _apply(self, events: list[Event], revision: int) -> None:
+        out: list[tuple[int, RegistryEvent]] = []
+        for ev in events:
+            rev = _event_from_store(ev)
+            inst = rev.instance
+            if rev.type == REMOVED:
+                instances = self.services.get(inst.service)
+                if instances is not None:
+                    instances.pop(inst.instance_id, None)
+                    if not instances:
+                        del self.services[inst.service]
+            else:
+                self.services.setdefault(inst.service, {})[inst.instance_id] = inst
+            out.append((rev.revision, rev))
+        self.log.append(out, revision)
+
+    async def _resync(self, compact_revision: int) -> int:
+        """etcd compacted past our watch: list everything and turn the difference
+        into events, so watchers see the same end state with nothing repeated."""
+        log.warning("registry watch compacted at %d; resyncing", compact_revision)
+        kvs, revision = await self._store.get_prefix(keys.REGISTRY)
+        fresh: dict[tuple[str, str], types_pb2.Instance] = {}
+        for kv in kvs:
+            service, instance_id = keys.parse_instance_key(kv.key)
+            fresh[(service, instance_id)] = _decode(
+                service, instance_id, kv.value, kv.create_revision, kv.mod_revision, kv.lease
+            )
+        out: list[tuple[int, RegistryEvent]] = []
+        for service, instances in list(self.services.items()):
+            for instance_id, old in instances.items():
+                if (service, instance_id) not in fresh:
+                    out.append((revision, RegistryEvent(REMOVED, old, revision)))
+        for (service, instance_id), inst in fresh.items():
+            old = self.services.get(service, {}).get(instance_id)
+            if old is None:
+                out.append((revision, RegistryEvent(ADDED, inst, revision)))
+            elif old.mod_revision != inst.mod_revision:
+                out.append((revision, RegistryEvent(UPDATED, inst, revision)))
+        self.services = {}
+        for (service, instance_id), inst in fresh.items():
+            self.services.setdefault(service, {})[instance_id] = inst
+        self.log.append(out, revision)
+        return revision + 1
+
+    # -- reads -------------------------------------------------------------
+
+    def ensure_live(self) -> None:
+        if not self.live:
+            raise StoreUnavailable("the registry is not current: etcd is unreachable")
+
+    def get_instance(self, service: str, instance_id: str) -> types_pb2.Instance | None:
+        return self.services.get(service, {}).get(instance_id)
+
+    def instances(self, service: str, tier: str | None) -> list[types_pb2.Instance]:
+        """The service's instances visible to ``tier``, by instance id.
+
+        Raises NotFound for an unknown service and PermissionDenied when it exists
+        but the caller's tier may use none of its instances.
+        """
+        self.ensure_live()
+        instances = self.services.get(service)
+        if not instances:
+            raise NotFound(f"service {service!r} is not registered", reason="SERVICE_NOT_FOUND",
+                           service=service)
+        found = [instances[k] for k in sorted(instances) if visible(instances[k], tier)]
+        if not found:
+            raise PermissionDenied(
+                f"service {service!r} requires a higher subscription tier than {tier!r}",
+                reason="SUBSCRIPTION_TIER_TOO_LOW",
+                service=service,
+                tier=tier or "",
+            )
+        return found
+
+    def list_services(self, tier: str | None) -> list[tuple[str, list[types_pb2.Instance]]]:
+        """(name, visible instances) of every service with at least one visible instance."""
+        self.ensure_live()
+        out = []
+        for name in sorted(self.services):
+            instances = self.services[name]
+            found = [instances[k] for k in sorted(instances) if visible(instances[k], tier)]
+            if found:
+                out.append((name, found))
+        return out
+
+    def snapshot(self, service: str, tier: str | None) -> tuple[list[types_pb2.Instance], int]:
+        """A consistent snapshot (no await inside) and the revision it reflects."""
+        self.ensure_live()
+        if service:
+            instances = self.services.get(service, {})
+            found = [i for _, i in sorted(instances.items()) if visible(i, tier)]
+        else:
+            found = [
+                i
+                for name in sorted(self.services)
+                for _, i in sorted(self.services[name].items())
+                if visible(i, tier)
+            ]
+        return found, self.revision
+
+
+class Registry:
+    """Registry writes: register, keep alive, deregister."""
+
+    def __init__(self, store: EtcdStore, view: RegistryView, *, write_wait: float = 5.0) -> None:
+        self._store = store
+        self.view = view
+        self._write_wait = write_wait
+
+    async def register(self, req: registry_pb2.RegisterRequest) -> types_pb2.Instance:
+        inst = validate_registration(req)
+        self.view.ensure_live()
+        key = keys.instance_key(inst.service, inst.instance_id)
+        previous = self.view.get_instance(inst.service, inst.instance_id)
+        now = time.time()
+        if previous is not None and previous.HasField("registered_at"):
+            inst.registered_at.CopyFrom(previous.registered_at)
+        else:
+            inst.registered_at.FromNanoseconds(int(now * 1e9))
+        inst.updated_at.FromNanoseconds(int(now * 1e9))
+
+        lease = await self._store.grant_lease(inst.ttl_seconds)
+        revision = await self._store.put(key, inst.SerializeToString(), lease=lease)
+        if previous is not None and previous.lease_id and previous.lease_id != lease:
+            # The key now lives on the new lease; the old one holds nothing.
+            asyncio.create_task(self._revoke_quietly(previous.lease_id))
+        await self.view.log.wait_for_revision(revision, self._write_wait)
+        stored = self.view.get_instance(inst.service, inst.instance_id)
+        if stored is not None and stored.mod_revision == revision:
+            return stored
+        inst.lease_id, inst.create_revision, inst.mod_revision = lease, revision, revision
+        return inst
+
+    async def keep_alive(self, service: str, instance_id: str, lease_id: int) -> int:
+        v = Violations()
+        validation.check_dns_label(v, "service", service)
+        validation.check_safe_id(v, "instance_id", instance_id)
+        if lease_id <= 0:
+            v.add("lease_id", "is required")
+        v.raise_if_any()
+        inst = self.view.get_instance(service, instance_id)
+        if inst is None or inst.lease_id != lease_id:
+            raise NotFound(
+                f"instance {service}/{instance_id} is not registered under lease {lease_id}; "
+                "register again",
+                reason="INSTANCE_NOT_FOUND",
+                service=service,
+                instance_id=instance_id,
+            )
+        ttl = await self._store.keep_alive(lease_id)
+        if ttl <= 0:
+            raise NotFound(
+                f"lease {lease_id} has expired; register again",
+                reason="LEASE_NOT_FOUND",
+                service=service,
+                instance_id=instance_id,
+            )
+        return ttl
+
+    async def deregister(self, service: str, instance_id: str) -> int:
+        v = Violations()
+        validation.check_dns_label(v, "service", service)
+        validation.check_safe_id(v, "instance_id", instance_id)
+        v.raise_if_any()
+        inst = self.view.get_instance(service, instance_id)
+        deleted, revision = await self._store.delete(keys.instance_key(service, instance_id))
+        if not deleted:
+            raise NotFound(
+                f"instance {service}/{instance_id} is not registered",
+                reason="INSTANCE_NOT_FOUND",
+                service=service,
+                instance_id=instance_id,
+            )
+        if inst is not None and inst.lease_id:
+            await self._revoke_quietly(inst.lease_id)
+        await self.view.log.wait_for_revision(revision, self._write_wait)
+        return revision
+
+    async def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            await self._store.revoke_lease(lease_id)
+        except Exception as e:  # it lapses by itself anyway
+            log.debug("revoking lease %x failed: %r", lease_id, e)
+
+
+def validate_registration(req: registry_pb2.RegisterRequest) -> types_pb2.Instance:
+    """Checks every field of a RegisterRequest and builds the Instance to store.
+
+    Reports all bad fields at once; raises InvalidArgument.
+    """
+    v = Violations()
+    validation.check_dns_label(v, "service", req.service)
+    validation.check_host(v, "host", req.host)
+    validation.check_port(v, "port", req.port)
+    if req.instance_id:
+        validation.check_safe_id(v, "instance_id", req.instance_id)
+    instance_id = req.instance_id or default_instance_id(req.host, req.port)
+    validation.check_version(v, "version", req.version)
+    validation.check_metadata(v, "metadata", dict(req.metadata))
+    ttl = req.ttl_seconds or DEFAULT_TTL
+    validation.check_range(v, "ttl_seconds", ttl, 2, 86_400)
+    weight = req.weight or DEFAULT_WEIGHT
+    validation.check_range(v, "weight", weight, 1, 1000)
+    if req.protocol not in types_pb2.Protocol.values():
+        v.add("protocol", "is not a known protocol")
+    if req.resource_tier not in types_pb2.ResourceTier.values():
+        v.add("resource_tier", "is not a known resource tier")
+    for i, tier in enumerate(req.subscription_requirements):
+        if tier not in types_pb2.SubscriptionTier.values() or tier == 0:
+            v.add(f"subscription_requirements[{i}]", "must be FREE, PRO or ENTERPRISE")
+    _check_health_check(v, req.health_check)
+    v.raise_if_any()
+
+    inst = types_pb2.Instance(
+        service=req.service,
+        instance_id=instance_id,
+        host=req.host,
+        port=req.port,
+        protocol=req.protocol or types_pb2.PROTOCOL_HTTP,
+        version=req.version,
+        metadata=dict(req.metadata),
+        tenant_capable=req.tenant_capable if req.HasField("tenant_capable") else True,
+        subscription_requirements=req.subscription_requirements,
+        resource_tier=req.resource_tier or types_pb2.RESOURCE_TIER_BASIC,
+        ttl_seconds=ttl,
+        weight=weight,
+    )
+    if req.HasField("health_check"):
+        inst.health_check.CopyFrom(req.health_check)
+    return inst
+
+
+def default_instance_id(host: str, port: int) -> str:
+    """``host-port`` with anything unsafe in a key (IPv6 colons) made '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{host}-{port}").lstrip("._-") or "instance"
+
+
+def _check_health_check(v: Violations, hc: types_pb2.HealthCheck) -> None:
+    kind = hc.WhichOneof("check")
+    if kind == "http":
+        path = hc.http.path
+        if not path.startswith("/") or len(path) > 1024 or any(c in path for c in " \r\n\0"):
+            v.add("health_check.http.path", "must start with '/', at most 1024, no spaces")
+    elif kind == "grpc" and len(hc.grpc.service) > 256:
+        v.add("health_check.grpc.service", "must be at most 256 characters")
+    for name in ("interval", "timeout"):
+        if hc.HasField(name):
+            d = getattr(hc, name)
+            seconds = d.seconds + d.nanos / 1e9
+            if not 0.1 <= seconds <= 3600:
+                v.add(f"health_check.{name}", "must be between 0.1s and 3600s")
+

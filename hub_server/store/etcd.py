@@ -1,0 +1,345 @@
+"""The only code that talks to etcd.
+
+We use aetcd's generated etcd v3 stubs (``aetcd.rpc``) on our own grpc.aio channel
+rather than aetcd's high-level client: the hub needs what that client lacks
+(a multiplexed lease keep-alive stream, watches that resume by revision, progress
+requests) and keeping to the raw etcd API makes the client easy to swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from aetcd import rpc
+
+from hub_server.domain.errors import Compacted, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
+
+# Status codes that mean "etcd is not reachable right now"; anything else from
+# etcd is a bug or a bad request and propagates as is.
+_UNAVAILABLE_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+}
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that selects every key starting with ``prefix``."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change under a watched prefix. ``prev`` is the value before it (if kept)."""
+
+    kind: str  # "put" or "delete"
+    kv: KeyValue
+    prev: KeyValue | None
+
+    @property
+    def revision(self) -> int:
+        return self.kv.mod_revision
+
+
+def _kv(m: rpc.KeyValue) -> KeyValue:
+    return KeyValue(m.key, m.value, m.create_revision, m.mod_revision, m.version, m.lease)
+
+
+def decode_event(e: rpc.Event) -> Event:
+    prev = _kv(e.prev_kv) if e.HasField("prev_kv") else None
+    return Event("delete" if e.type == rpc.Event.DELETE else "put", _kv(e.kv), prev)
+
+
+def _channel_target(endpoints: Sequence[str]) -> str:
+    """One gRPC target for all endpoints, so the channel fails over between members.
+
+    Host names are resolved once here: gRPC's ipv4:/ipv6: schemes take address
+    lists, dns: takes a single name.
+    """
+    addrs: list[str] = []
+    family = "ipv4"
+    for ep in endpoints:
+        host, _, port = ep.strip().removeprefix("http://").rpartition(":")
+        host = host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port))[0][4][0])
+        if ip.version == 6:
+            family = "ipv6"
+            addrs.append(f"[{ip}]:{port}")
+        else:
+            addrs.append(f"{ip}:{port}")
+    return f"{family}:{','.join(addrs)}"
+
+
+class Txn:
+    """A small builder for etcd transactions: compares, then ops on success/failure."""
+
+    def __init__(self) -> None:
+        self.compare: list[rpc.Compare] = []
+        self.success: list[rpc.RequestOp] = []
+        self.failure: list[rpc.RequestOp] = []
+
+    # Compares
+    def mod_revision_is(self, key: bytes, revision: int) -> Txn:
+        """True when the key was last written at ``revision`` (0: the key is absent)."""
+        self.compare.append(
+            rpc.Compare(
+                key=key,
+                result=rpc.Compare.EQUAL,
+                target=rpc.Compare.MOD,
+                mod_revision=revision,
+            )
+        )
+        return self
+
+    def absent(self, key: bytes) -> Txn:
+        self.compare.append(
+            rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.VERSION, version=0)
+        )
+        return self
+
+    # Ops
+    @staticmethod
+    def put(key: bytes, value: bytes, lease: int = 0) -> rpc.RequestOp:
+        return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+    @staticmethod
+    def delete(key: bytes, *, prefix: bool = False) -> rpc.RequestOp:
+        req = rpc.DeleteRangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
+        return rpc.RequestOp(request_delete_range=req)
+
+    @staticmethod
+    def get(key: bytes, *, prefix: bool = False) -> rpc.RequestOp:
+        req = rpc.RangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
+        return rpc.RequestOp(request_range=req)
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    # For every range op of the branch taken, the key-values it read.
+    ranges: list[list[KeyValue]]
+
+
+class EtcdStore:
+    """An etcd connection: key-value, transactions, leases, watches, status."""
+
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(
+            _channel_target(self.endpoints), options=_CHANNEL_OPTIONS
+        )
+        self._kv = rpc.KVStub(self._channel)
+        self._lease = rpc.LeaseStub(self._channel)
+        self._watch = rpc.WatchStub(self._channel)
+        self._maintenance = rpc.MaintenanceStub(self._channel)
+        self._keepalive = _LeaseKeepAliveStream(self._lease)
+
+    async def close(self) -> None:
+        await self._keepalive.close()
+        await self._channel.close()
+
+    # -- key-value ---------------------------------------------------------
+
+    async def get(self, key: bytes) -> tuple[KeyValue | None, int]:
+        """The key's value (or None) and the store revision of the read."""
+        resp = await self._call(self._kv.Range, rpc.RangeRequest(key=key))
+        return (_kv(resp.kvs[0]) if resp.kvs else None), resp.header.revision
+
+    async def get_prefix(
+        self, prefix: bytes, *, revision: int = 0, limit: int = 0, keys_only: bool = False
+    ) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix`` (sorted by key) and the revision of the read."""
+        req = rpc.RangeRequest(
+            key=prefix,
+            range_end=prefix_end(prefix),
+            revision=revision,
+            limit=limit,
+            keys_only=keys_only,
+        )
+        resp = await self._call(self._kv.Range, req)
+        return [_kv(m) for m in resp.kvs], resp.header.revision
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        resp = await self._call(self._kv.Put, rpc.PutRequest(key=key, value=value, lease=lease))
+        return int(resp.header.revision)
+
+    async def delete(self, key: bytes, *, prefix: bool = False) -> tuple[int, int]:
+        """Deletes a key (or a prefix); returns (number deleted, revision)."""
+        req = rpc.DeleteRangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
+        resp = await self._call(self._kv.DeleteRange, req)
+        return int(resp.deleted), int(resp.header.revision)
+
+    async def txn(self, txn: Txn) -> TxnResult:
+        req = rpc.TxnRequest(compare=txn.compare, success=txn.success, failure=txn.failure)
+        resp = await self._call(self._kv.Txn, req)
+        ranges = [
+            [_kv(m) for m in r.response_range.kvs]
+            for r in resp.responses
+            if r.WhichOneof("response") == "response_range"
+        ]
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision), ranges)
+
+    async def compact(self, revision: int) -> None:
+        await self._call(self._kv.Compact, rpc.CompactionRequest(revision=revision, physical=True))
+
+    # -- leases ------------------------------------------------------------
+
+    async def grant_lease(self, ttl: int) -> int:
+        resp = await self._call(self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
+        return int(resp.ID)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        """Revokes a lease (deleting its keys); a lease that is already gone is fine."""
+        try:
+            await self._call(self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    async def keep_alive(self, lease_id: int) -> int:
+        """Renews a lease once; returns its TTL, 0 when the lease no longer exists."""
+        try:
+            return await asyncio.wait_for(self._keepalive.renew(lease_id), self.timeout)
+        except (TimeoutError, grpc.aio.AioRpcError, ConnectionError) as e:
+            raise StoreUnavailable(f"etcd lease keep-alive failed: {e}") from e
+
+    async def lease_ttl(self, lease_id: int) -> int:
+        """Remaining TTL of a lease in seconds, -1 when it does not exist."""
+        resp = await self._call(self._lease.LeaseTimeToLive, rpc.LeaseTimeToLiveRequest(ID=lease_id))
+        return int(resp.TTL)
+
+    # -- cluster -----------------------------------------------------------
+
+    async def status(self, timeout: float | None = None) -> int:
+        """Asks the connected member for its status; returns the store revision."""
+        resp = await self._call(self._maintenance.Status, rpc.StatusRequest(), timeout=timeout)
+        return int(resp.header.revision)
+
+    # -- watches -----------------------------------------------------------
+
+    def open_watch(self) -> grpc.aio.StreamStreamCall:
+        return self._watch.Watch()
+
+    async def _call(self, method, request, *, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        try:
+            return await method(request, timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in _UNAVAILABLE_CODES:
+                raise StoreUnavailable(f"etcd unavailable: {e.code().name}: {e.details()}") from e
+            if e.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (e.details() or ""):
+                raise Compacted(e.details() or "compacted", compact_revision=0) from e
+            raise
+
+
+class _LeaseKeepAliveStream:
+    """One bidirectional LeaseKeepAlive stream shared by every renewal.
+
+    etcd answers each request on the stream with the lease id and its new TTL, so
+    many instances' leases are renewed over a single stream instead of one stream
+    (or one unary round trip) each. If the stream breaks, pending renewals fail
+    and the next renewal opens a new stream.
+    """
+
+    def __init__(self, stub: rpc.LeaseStub) -> None:
+        self._stub = stub
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, deque[asyncio.Future[int]]] = defaultdict(deque)
+        self._lock = asyncio.Lock()
+
+    async def renew(self, lease_id: int) -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        async with self._lock:  # grpc.aio allows one write at a time per stream
+            call = self._ensure_open()
+            self._pending[lease_id].append(fut)
+            try:
+                await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+            except Exception as e:
+                self._fail_all(e)
+                self._call = None
+                raise
+        return await fut
+
+    def _ensure_open(self) -> grpc.aio.StreamStreamCall:
+        if self._call is None or self._call.done():
+            self._call = self._stub.LeaseKeepAlive()
+            self._reader = asyncio.create_task(self._read(self._call))
+        return self._call
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    raise ConnectionError("lease keep-alive stream closed")
+                queue = self._pending.get(resp.ID)
+                if queue:
+                    fut = queue.popleft()
+                    if not queue:
+                        del self._pending[resp.ID]
+                    if not fut.done():
+                        fut.set_result(int(resp.TTL))
+        except asyncio.CancelledError:
+            self._fail_all(ConnectionError("lease keep-alive stream closed"))
+            raise
+        except Exception as e:
+            log.debug("lease keep-alive stream failed: %r", e)
+            self._fail_all(e)
+            if self._call is call:
+                self._call = None
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for queue in self._pending.values():
+            for fut in queue:
+                if not fut.done():
+                    fut.set_exception(exc)
+        self._pending.clear()
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
