@@ -1,0 +1,171 @@
+"""Typed exceptions from gRPC status codes and google.rpc.ErrorInfo reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    subject: str
+    description: str
+
+
+class HubError(Exception):
+    """Any error answer from the hub.
+
+    Attributes:
+        code: the gRPC status code.
+        reason: the ErrorInfo reason (UPPER_SNAKE), "" when the hub sent none.
+        metadata: the ErrorInfo metadata (for example ``service``).
+        field_violations: for INVALID_ARGUMENT, every bad field.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        field_violations: list[FieldViolation] | None = None,
+        quota_violations: list[QuotaViolation] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.reason = reason
+        self.metadata = metadata or {}
+        self.field_violations = field_violations or []
+        self.quota_violations = quota_violations or []
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}" + (f" [{self.reason}]" if self.reason else "")
+
+
+class InvalidArgument(HubError):
+    """The request had bad fields; see ``field_violations``."""
+
+
+class NotFound(HubError):
+    pass
+
+
+class ServiceNotFound(NotFound):
+    pass
+
+
+class InstanceNotFound(NotFound):
+    """The instance (or its lease) is gone; it must register again."""
+
+
+class AlreadyExists(HubError):
+    pass
+
+
+class VersionConflict(HubError):
+    """A compare-and-set write lost: someone else wrote first."""
+
+
+class FailedPrecondition(HubError):
+    pass
+
+
+class RevisionCompacted(HubError):
+    pass
+
+
+class Unavailable(HubError):
+    """The hub, or the etcd behind it, cannot serve right now; retrying may help."""
+
+
+class NoEligibleInstance(Unavailable):
+    pass
+
+
+class QuotaExceeded(HubError):
+    """Over a tenant limit; see ``quota_violations``."""
+
+
+class Unauthenticated(HubError):
+    pass
+
+
+class PermissionDenied(HubError):
+    pass
+
+
+class TierTooLow(PermissionDenied):
+    """The caller's subscription tier may not use this service."""
+
+
+_BY_REASON: dict[str, type[HubError]] = {
+    "SERVICE_NOT_FOUND": ServiceNotFound,
+    "INSTANCE_NOT_FOUND": InstanceNotFound,
+    "LEASE_NOT_FOUND": InstanceNotFound,
+    "VERSION_CONFLICT": VersionConflict,
+    "REVISION_COMPACTED": RevisionCompacted,
+    "NO_ELIGIBLE_INSTANCE": NoEligibleInstance,
+    "QUOTA_EXCEEDED": QuotaExceeded,
+    "SUBSCRIPTION_TIER_TOO_LOW": TierTooLow,
+}
+
+_BY_CODE: dict[grpc.StatusCode, type[HubError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.ABORTED: VersionConflict,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.OUT_OF_RANGE: RevisionCompacted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: QuotaExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> HubError:
+    """The typed exception for an error status (reason first, then code)."""
+    code = error.code()
+    reason = ""
+    metadata: dict[str, str] = {}
+    fields: list[FieldViolation] = []
+    quotas: list[QuotaViolation] = []
+    status = None
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except Exception:
+        status = None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            qf = error_details_pb2.QuotaFailure()
+            detail.Unpack(qf)
+            quotas = [QuotaViolation(v.subject, v.description) for v in qf.violations]
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, HubError)
+    return cls(
+        error.details() or code.name,
+        code=code,
+        reason=reason,
+        metadata=metadata,
+        field_violations=fields,
+        quota_violations=quotas,
+    )
