@@ -154,8 +154,15 @@ class HubClient:
             await self.channel.close()
 
     async def _unary(self, method: Any, request: Any) -> Any:
+        # wait_for_ready: ride over a hub restart (within the timeout) instead of
+        # failing at once while the channel reconnects.
         try:
-            return await method(request, timeout=self.timeout, metadata=self.context.metadata())
+            return await method(
+                request,
+                timeout=self.timeout,
+                metadata=self.context.metadata(),
+                wait_for_ready=True,
+            )
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
 

@@ -41,7 +41,9 @@ async def watch_registry(
         request = registry_pb2.WatchRequest(
             service=service, start_revision=next_revision, legacy_mode=legacy_mode
         )
-        call = client.registry_stub.Watch(request, metadata=client.context.metadata())
+        call = client.registry_stub.Watch(
+            request, metadata=client.context.metadata(), wait_for_ready=True
+        )
         snapshot: dict[Key, Instance] | None = {} if next_revision == 0 else None
         try:
             async for resp in call:

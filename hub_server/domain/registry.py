@@ -27,7 +27,7 @@ from hub_server.domain.event_log import EventLog
 from hub_server.domain.tiers import can_access
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, Event
-from hub_server.store.watch import PrefixWatch, read_history
+from hub_server.store.watch import PrefixWatch
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ class RegistryView:
         self.services: dict[str, dict[str, types_pb2.Instance]] = {}
         self.log: EventLog[RegistryEvent] = EventLog(history_capacity)
         self.live = False
+        self._snapshot_revision = 0
+        self._history_start = 1
         self._watch = PrefixWatch(
             store,
             keys.REGISTRY,
@@ -121,27 +123,27 @@ class RegistryView:
         return self.log.head
 
     async def start(self) -> None:
+        """Loads every instance, then follows changes.
+
+        The watch starts up to HISTORY_REVISIONS before the snapshot, so that the
+        log also holds recent history: watchers of a replica that died resume
+        here without a resync. Events the snapshot already has go to the log only.
+        """
         kvs, revision = await self._store.get_prefix(keys.REGISTRY)
         self.services = {}
         for kv in kvs:
-            service, instance_id = keys.parse_instance_key(kv.key)
-            self.services.setdefault(service, {})[instance_id] = _decode(
-                service, instance_id, kv.value, kv.create_revision, kv.mod_revision, kv.lease
-            )
+            if keys.is_instance_key(kv.key):
+                service, instance_id = keys.parse_instance_key(kv.key)
+                self.services.setdefault(service, {})[instance_id] = _decode(
+                    service, instance_id, kv.value, kv.create_revision, kv.mod_revision, kv.lease
+                )
+        self._snapshot_revision = revision
+        self._history_start = max(1, revision - HISTORY_REVISIONS)
         self.log.reset(revision)
-        await self._load_history(revision)
-        self._watch.start(revision + 1)
+        self._watch.start(self._history_start)
+        await self._watch.barrier()
+        self.log.complete_after = min(self.log.complete_after, self._history_start - 1)
         self.live = True
-
-    async def _load_history(self, revision: int) -> None:
-        try:
-            events, first = await read_history(
-                self._store, keys.REGISTRY, max(1, revision - HISTORY_REVISIONS), revision
-            )
-        except Exception as e:  # history is a convenience; the view is correct without it
-            log.warning("could not load registry history: %r", e)
-            return
-        self.log.preload([(e.revision, _event_from_store(e)) for e in events], first)
 
     async def stop(self) -> None:
         await self._watch.stop()
@@ -155,6 +157,9 @@ class RegistryView:
         out: list[tuple[int, RegistryEvent]] = []
         for ev in events:
             rev = _event_from_store(ev)
+            out.append((rev.revision, rev))
+            if rev.revision <= self._snapshot_revision:
+                continue  # history from before the snapshot: for the log only
             inst = rev.instance
             if rev.type == REMOVED:
                 instances = self.services.get(inst.service)
@@ -164,16 +169,23 @@ class RegistryView:
                         del self.services[inst.service]
             else:
                 self.services.setdefault(inst.service, {})[inst.instance_id] = inst
-            out.append((rev.revision, rev))
         self.log.append(out, revision)
 
     async def _resync(self, compact_revision: int) -> int:
         """etcd compacted past our watch: list everything and turn the difference
         into events, so watchers see the same end state with nothing repeated."""
+        if compact_revision <= self._snapshot_revision + 1:
+            # Only history before our snapshot is gone: start the log later.
+            self._history_start = compact_revision
+            self.log.complete_after = max(self.log.complete_after, compact_revision - 1)
+            return compact_revision
         log.warning("registry watch compacted at %d; resyncing", compact_revision)
         kvs, revision = await self._store.get_prefix(keys.REGISTRY)
+        self._snapshot_revision = revision
         fresh: dict[tuple[str, str], types_pb2.Instance] = {}
         for kv in kvs:
+            if not keys.is_instance_key(kv.key):
+                continue
             service, instance_id = keys.parse_instance_key(kv.key)
             fresh[(service, instance_id)] = _decode(
                 service, instance_id, kv.value, kv.create_revision, kv.mod_revision, kv.lease

@@ -19,6 +19,11 @@ def service_prefix(service: str) -> bytes:
     return REGISTRY + f"{service}/".encode()
 
 
+def is_instance_key(key: bytes) -> bool:
+    """False for the watch's fence keys (names starting with '_' are never valid)."""
+    return key.startswith(REGISTRY) and not key.startswith(REGISTRY + b"_")
+
+
 def parse_instance_key(key: bytes) -> tuple[str, str]:
     """(service, instance id) of a registry key."""
     service, _, instance_id = key[len(REGISTRY) :].decode().partition("/")

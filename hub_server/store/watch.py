@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -20,8 +21,8 @@ from hub_server.store.etcd import EtcdStore, Event, decode_event, prefix_end
 
 log = logging.getLogger(__name__)
 
-# Receives the events of one etcd watch response (possibly none: a progress
-# notification) and the revision the watch is now complete up to.
+# Receives the events of one etcd watch response (possibly none: only fences)
+# and the revision the watch is now complete up to.
 BatchHandler = Callable[[list[Event], int], Awaitable[None]]
 # Told the compact revision; resyncs and returns the revision to watch from next.
 CompactedHandler = Callable[[int], Awaitable[int]]
@@ -37,12 +38,19 @@ def _create_request(prefix: bytes, start_revision: int) -> rpc.WatchRequest:
         )
     )
 
-
-_PROGRESS_REQUEST = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+FENCE = b"_fence/"
 
 
 class PrefixWatch:
-    """Follows every change under a prefix from ``start_revision`` on, forever."""
+    """Follows every change under a prefix from ``start_revision`` on, forever.
+
+    ``barrier()`` answers "has the watch delivered everything written so far?":
+    it writes a fence key under the prefix and waits for the watch to deliver it.
+    (etcd 3.5's requested progress notifications can overtake events, so they
+    cannot answer that; a fence can, because one watch delivers in revision order.)
+    Fence keys start with ``_``, which no name the hub stores may start with, and
+    never reach ``on_batch``.
+    """
 
     def __init__(
         self,
@@ -52,15 +60,14 @@ class PrefixWatch:
         on_batch: BatchHandler,
         on_compacted: CompactedHandler,
         on_state: Callable[[bool], None] | None = None,
-        progress_interval: float = 2.0,
     ) -> None:
         self._store = store
         self._prefix = prefix
         self._on_batch = on_batch
         self._on_compacted = on_compacted
         self._on_state = on_state or (lambda live: None)
-        self._progress_interval = progress_interval
         self._task: asyncio.Task[None] | None = None
+        self._fences: dict[bytes, asyncio.Future[int]] = {}
         self.next_revision = 0
 
     def start(self, start_revision: int) -> None:
@@ -73,11 +80,24 @@ class PrefixWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def barrier(self, timeout: float = 10.0) -> int:
+        """Returns once every change made before the call has been delivered;
+        returns the revision of the fence."""
+        key = self._prefix + FENCE + uuid.uuid4().hex.encode()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._fences[key] = fut
+        try:
+            await self._store.put(key, b"")
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._fences.pop(key, None)
+            with contextlib.suppress(Exception):
+                await self._store.delete(key)
+
     async def _run(self) -> None:
         backoff = 0.05
         while True:
             call = self._store.open_watch()
-            progress: asyncio.Task[None] | None = None
             try:
                 await call.write(_create_request(self._prefix, self.next_revision))
                 while True:
@@ -86,96 +106,39 @@ class PrefixWatch:
                         raise ConnectionError("watch stream ended")
                     if resp.compact_revision:
                         self.next_revision = await self._on_compacted(resp.compact_revision)
-                        break  # re-watch from the resynced revision
+                        break  # re-watch from the revision the owner chose
                     if resp.canceled:
                         raise ConnectionError(f"watch cancelled: {resp.cancel_reason}")
                     if resp.created:
                         self._on_state(True)
                         backoff = 0.05
-                        progress = asyncio.create_task(self._request_progress(call))
                         continue
-                    await self._deliver(resp)
+                    if resp.events:
+                        await self._deliver([decode_event(e) for e in resp.events])
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 self._on_state(False)
-                log.info("etcd watch on %r failed (%r); resuming from %d", self._prefix, e,
-                         self.next_revision)
+                log.info(
+                    "etcd watch on %r failed (%r); resuming from %d",
+                    self._prefix,
+                    e,
+                    self.next_revision,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
             finally:
-                if progress is not None:
-                    progress.cancel()
                 call.cancel()
 
-    async def _deliver(self, resp: rpc.WatchResponse) -> None:
-        if resp.events:
-            events = [decode_event(e) for e in resp.events]
-            revision = events[-1].revision
-        else:
-            # A progress notification: nothing under the prefix up to this revision.
-            revision = resp.header.revision
-            if revision < self.next_revision:
-                return
-            events = []
+    async def _deliver(self, events: list[Event]) -> None:
+        revision = events[-1].revision
+        fence_start = self._prefix + FENCE
+        fences = [e for e in events if e.kv.key.startswith(fence_start)]
+        if fences:
+            events = [e for e in events if not e.kv.key.startswith(fence_start)]
         await self._on_batch(events, revision)
         self.next_revision = revision + 1
-
-    async def _request_progress(self, call: grpc.aio.StreamStreamCall) -> None:
-        """Asks etcd now and then how far the watch has got, so that idle watches
-        still advance their resume point."""
-        with contextlib.suppress(Exception):
-            while True:
-                await asyncio.sleep(self._progress_interval)
-                await call.write(_PROGRESS_REQUEST)
-
-
-async def read_history(
-    store: EtcdStore, prefix: bytes, start: int, end: int, *, timeout: float = 10.0
-) -> tuple[list[Event], int]:
-    """Events under ``prefix`` with revisions in [start, end].
-
-    Returns the events and the first revision they are complete from: ``start``,
-    or later when etcd has compacted part of that range away.
-    """
-    events: list[Event] = []
-    first = start
-    if start > end:
-        return events, first
-
-    async def collect() -> None:
-        nonlocal first
-        while True:
-            call = store.open_watch()
-            try:
-                await call.write(_create_request(prefix, first))
-                while True:
-                    resp = await call.read()
-                    if resp is grpc.aio.EOF:
-                        raise ConnectionError("watch stream ended")
-                    if resp.compact_revision:
-                        first = resp.compact_revision
-                        events.clear()
-                        break
-                    if resp.created:
-                        await call.write(_PROGRESS_REQUEST)
-                        continue
-                    if not resp.events:
-                        # etcd answers progress requests only once the watch has
-                        # caught up with the store, so we are done.
-                        if resp.header.revision >= end:
-                            return
-                        await asyncio.sleep(0.01)
-                        await call.write(_PROGRESS_REQUEST)
-                        continue
-                    for e in resp.events:
-                        ev = decode_event(e)
-                        if ev.revision > end:
-                            return
-                        events.append(ev)
-                    await call.write(_PROGRESS_REQUEST)
-            finally:
-                call.cancel()
-
-    await asyncio.wait_for(collect(), timeout)
-    return events, first
+        for e in fences:
+            fut = self._fences.get(e.kv.key)
+            if fut is not None and not fut.done() and e.kind == "put":
+                fut.set_result(e.revision)
