@@ -1,8 +1,10 @@
 """An etcd server run as a child process: the hub's default store, and what test
 fixtures start (one member, or several forming a cluster on loopback).
 
-The child gets PR_SET_PDEATHSIG, so the kernel kills it if the hub dies without
-a chance to stop it: an orphaned etcd would hold the data dir's lock forever.
+The child gets a parent-death signal, so the kernel stops it if the hub dies
+without a chance to: an orphaned etcd would hold the data dir's lock forever.
+util-linux's setpriv sets it before exec; running Python in a forked child of a
+process with gRPC threads (preexec_fn) can crash, so that is only the fallback.
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ def etcd_binary() -> str:
     return found
 
 
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, never in the child
+
+
 def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EtcdProcess:
@@ -126,14 +130,19 @@ class EtcdProcess:
             "--log-level", "warn",
             "--logger", "zap",
         ]  # fmt: skip
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            args = [setpriv, "--pdeathsig", "TERM", "--", *args]
         logfile = open(self.data_dir / "etcd.log", "ab")  # noqa: SIM115 - the child owns it
         try:
+            # The death signal follows the thread that forks: fork from the
+            # caller's (event loop) thread, never from a short-lived worker.
             self.proc = subprocess.Popen(
                 args,
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=None if setpriv else _die_with_parent,
             )
         finally:
             logfile.close()
@@ -160,7 +169,8 @@ class EtcdProcess:
         self.wait_ready(timeout)
 
     async def start_async(self, timeout: float = 30.0) -> None:
-        await asyncio.to_thread(self.start, timeout)
+        self.start_process()
+        await asyncio.to_thread(self.wait_ready, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""

@@ -292,10 +292,12 @@ class _LeaseKeepAliveStream:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         async with self._lock:  # grpc.aio allows one write at a time per stream
             call = self._ensure_open()
+            # Queued before the write: the answer may be read before write() returns.
             self._pending[lease_id].append(fut)
             try:
                 await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
             except Exception as e:
+                fut.cancel()  # ours is raised below, not through the future
                 self._fail_all(e)
                 self._call = None
                 raise
@@ -334,6 +336,7 @@ class _LeaseKeepAliveStream:
             for fut in queue:
                 if not fut.done():
                     fut.set_exception(exc)
+                    fut.exception()  # a caller that timed out never looks: mark it seen
         self._pending.clear()
 
     async def close(self) -> None:

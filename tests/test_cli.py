@@ -1,0 +1,131 @@
+"""`central-hub serve` as a user runs it: embedded etcd, restarts keep state,
+signals stop it cleanly, a killed hub leaves no etcd behind; grpcurl works
+through reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hub_server.embedded_etcd import free_port
+from tests.conftest import eventually
+
+BIN = Path(sys.executable).parent
+
+
+def _etcd_pids(data_dir: Path) -> list[int]:
+    """Live etcd processes whose command line names this data dir."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if state != "Z" and any(b"etcd" in a for a in cmdline[:4]) and str(data_dir).encode() in b" ".join(cmdline):
+            pids.append(int(entry.name))
+    return pids
+
+
+class Serve:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.address = f"127.0.0.1:{free_port()}"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            str(BIN / "central-hub"), "serve", "--listen", self.address,
+            "--data-dir", str(self.data_dir),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        await eventually(self._serving, timeout=30)
+
+    async def _serving(self) -> bool:
+        assert self.proc is not None
+        if self.proc.returncode is not None:
+            out = await self.proc.stdout.read() if self.proc.stdout else b""
+            raise AssertionError(f"central-hub exited: {out.decode(errors='replace')}")
+        try:
+            async with grpc.aio.insecure_channel(self.address) as ch:
+                resp = await health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+                return resp.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError:
+            return False
+
+    async def signal(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), 20)
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
+    s = Serve(tmp_path / "data")
+    yield s
+    if s.proc is not None and s.proc.returncode is None:
+        s.proc.kill()
+        await s.proc.wait()
+    for pid in _etcd_pids(s.data_dir):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_serve_restart_keeps_state_and_sigterm_stops_etcd(serve: Serve) -> None:
+    await serve.start()
+    async with grpc.aio.insecure_channel(serve.address) as ch:
+        stub = registry_pb2_grpc.RegistryServiceStub(ch)
+        await stub.Register(
+            registry_pb2.RegisterRequest(service="data-bridge", host="db", port=8001, ttl_seconds=600)
+        )
+    assert len(_etcd_pids(serve.data_dir)) == 1
+    assert await serve.signal(signal.SIGTERM) == 0
+    assert _etcd_pids(serve.data_dir) == []
+
+    await serve.start()
+    async with grpc.aio.insecure_channel(serve.address) as ch:
+        stub = registry_pb2_grpc.RegistryServiceStub(ch)
+        resp = await stub.GetService(registry_pb2.GetServiceRequest(service="data-bridge"))
+    assert [i.instance_id for i in resp.service.instances] == ["db-8001"]
+    assert await serve.signal(signal.SIGINT) == 0
+    assert _etcd_pids(serve.data_dir) == []
+
+
+async def test_killed_hub_leaves_no_etcd_behind(serve: Serve) -> None:
+    await serve.start()
+    assert len(_etcd_pids(serve.data_dir)) == 1
+    await serve.signal(signal.SIGKILL)
+    await eventually(lambda: _etcd_pids(serve.data_dir) == [], timeout=10)
+    await serve.start()  # the data dir is free again
+
+
+async def test_grpcurl_through_reflection(serve: Serve) -> None:
+    await serve.start()
+    grpcurl = str(BIN / "grpcurl")
+    listed = await asyncio.to_thread(
+        subprocess.run, [grpcurl, "-plaintext", serve.address, "list"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "aitrading.hub.v1.RegistryService" in listed.stdout, listed.stderr
+    registered = await asyncio.to_thread(
+        subprocess.run,
+        [grpcurl, "-plaintext", "-d", '{"service":"api-gateway","host":"gw","port":8000}',
+         serve.address, "aitrading.hub.v1.RegistryService/Register"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert '"instanceId": "gw-8000"' in registered.stdout or '"instance_id": "gw-8000"' in (
+        registered.stdout
+    ), registered.stderr
