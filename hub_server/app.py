@@ -144,7 +144,9 @@ class Hub:
                 ok = False
             if ok != serving:
                 serving = ok
-                log.warning("etcd %s", "reachable again: SERVING" if ok else "unreachable: NOT_SERVING")
+                log.warning(
+                    "etcd %s", "reachable again: SERVING" if ok else "unreachable: NOT_SERVING"
+                )
                 await self._set_serving(ok)
 
     async def stop(self) -> None:

@@ -133,7 +133,7 @@ class EtcdProcess:
         setpriv = shutil.which("setpriv")
         if setpriv:
             args = [setpriv, "--pdeathsig", "TERM", "--", *args]
-        logfile = open(self.data_dir / "etcd.log", "ab")  # noqa: SIM115 - the child owns it
+        logfile = open(self.data_dir / "etcd.log", "ab")
         try:
             # The death signal follows the thread that forks: fork from the
             # caller's (event loop) thread, never from a short-lived worker.
@@ -196,4 +196,3 @@ class EtcdProcess:
 def embedded(data_dir: Path) -> EtcdProcess:
     """The hub's own single-member etcd, keeping its ports across restarts."""
     return EtcdProcess(Path(data_dir) / "etcd", name="hub", keep_ports=True)
-

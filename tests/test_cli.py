@@ -34,7 +34,11 @@ def _etcd_pids(data_dir: Path) -> list[int]:
             state = (entry / "stat").read_text().split()[2]
         except OSError:
             continue
-        if state != "Z" and any(b"etcd" in a for a in cmdline[:4]) and str(data_dir).encode() in b" ".join(cmdline):
+        if (
+            state != "Z"
+            and any(b"etcd" in a for a in cmdline[:4])
+            and str(data_dir).encode() in b" ".join(cmdline)
+        ):
             pids.append(int(entry.name))
     return pids
 
@@ -89,7 +93,9 @@ async def test_serve_restart_keeps_state_and_sigterm_stops_etcd(serve: Serve) ->
     async with grpc.aio.insecure_channel(serve.address) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         await stub.Register(
-            registry_pb2.RegisterRequest(service="data-bridge", host="db", port=8001, ttl_seconds=600)
+            registry_pb2.RegisterRequest(
+                service="data-bridge", host="db", port=8001, ttl_seconds=600
+            )
         )
     assert len(_etcd_pids(serve.data_dir)) == 1
     assert await serve.signal(signal.SIGTERM) == 0

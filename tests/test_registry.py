@@ -144,14 +144,23 @@ async def tiered(client: HubClient) -> HubClient:
         ({}, False, {"public-feed", "analytics", "custom-models", "either"}),
         ({"tenant_id": "abc"}, False, {"public-feed"}),  # a tenant without a tier is free
         ({"tenant_id": "abc", "subscription_tier": "free"}, False, {"public-feed"}),
-        ({"tenant_id": "abc", "subscription_tier": "pro"}, False, {"public-feed", "analytics",
-                                                                   "either"}),
-        ({"tenant_id": "abc", "subscription_tier": "enterprise"}, False,
-         {"public-feed", "analytics", "custom-models", "either"}),
+        (
+            {"tenant_id": "abc", "subscription_tier": "pro"},
+            False,
+            {"public-feed", "analytics", "either"},
+        ),
+        (
+            {"tenant_id": "abc", "subscription_tier": "enterprise"},
+            False,
+            {"public-feed", "analytics", "custom-models", "either"},
+        ),
         ({"subscription_tier": "PRO"}, False, {"public-feed", "analytics", "either"}),
         ({"tenant_id": "abc", "subscription_tier": "bogus"}, False, {"public-feed"}),
-        ({"tenant_id": "abc", "subscription_tier": "free"}, True,
-         {"public-feed", "analytics", "custom-models", "either"}),
+        (
+            {"tenant_id": "abc", "subscription_tier": "free"},
+            True,
+            {"public-feed", "analytics", "custom-models", "either"},
+        ),
     ],
 )
 async def test_list_services_by_tier(
@@ -225,14 +234,25 @@ GOOD = dict(service="good-svc", host="10.1.2.3", port=8080, version="1.0.0", ttl
         ({"metadata": {f"k{i}": "v" for i in range(65)}}, "metadata"),
         ({"metadata": {"bad key": "v"}}, "metadata['bad key']"),
         ({"metadata": {"k": "v" * 513}}, "metadata['k']"),
-        ({"health_check": types_pb2.HealthCheck(http=types_pb2.HttpCheck(path="health"))},
-         "health_check.http.path"),
-        ({"health_check": types_pb2.HealthCheck(
-            tcp=types_pb2.TcpCheck(), interval={"seconds": 7200})}, "health_check.interval"),
+        (
+            {"health_check": types_pb2.HealthCheck(http=types_pb2.HttpCheck(path="health"))},
+            "health_check.http.path",
+        ),
+        (
+            {
+                "health_check": types_pb2.HealthCheck(
+                    tcp=types_pb2.TcpCheck(), interval={"seconds": 7200}
+                )
+            },
+            "health_check.interval",
+        ),
     ],
 )
 async def test_bad_registration_is_invalid_argument_and_stores_nothing(
-    client: HubClient, etcd_store, changes: dict, field: str  # type: ignore[no-untyped-def]
+    client: HubClient,
+    etcd_store,
+    changes: dict,
+    field: str,  # type: ignore[no-untyped-def]
 ) -> None:
     request = registry_pb2.RegisterRequest(**{**GOOD, **changes})
     with pytest.raises(InvalidArgument) as err:

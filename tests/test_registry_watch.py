@@ -69,7 +69,9 @@ async def test_resume_from_revision_misses_nothing(hub) -> None:  # type: ignore
         r1 = await _register(stub, "md", 1)
         r2 = await _register(stub, "md", 2)
         r3 = await _register(stub, "md", 3)
-        call = stub.Watch(registry_pb2.WatchRequest(service="md", start_revision=r2.header.revision))
+        call = stub.Watch(
+            registry_pb2.WatchRequest(service="md", start_revision=r2.header.revision)
+        )
         msg = await call.read()
         assert msg.kind == EVENTS
         assert [e.revision for e in msg.events] == [r2.header.revision, r3.header.revision]
@@ -88,7 +90,9 @@ async def test_resume_after_hub_restart(hub_factory: HubFactory) -> None:
     hub2 = await hub_factory()
     channel, stub = _stub(hub2.address)
     async with channel:
-        call = stub.Watch(registry_pb2.WatchRequest(service="md", start_revision=r1.header.revision))
+        call = stub.Watch(
+            registry_pb2.WatchRequest(service="md", start_revision=r1.header.revision)
+        )
         msg = await call.read()
         assert [e.revision for e in msg.events] == [r1.header.revision, r2.header.revision]
         call.cancel()
@@ -107,7 +111,9 @@ async def test_compacted_revision_gets_resync_required(
     hub2 = await hub_factory()
     channel, stub = _stub(hub2.address)
     async with channel:
-        call = stub.Watch(registry_pb2.WatchRequest(service="md", start_revision=r1.header.revision))
+        call = stub.Watch(
+            registry_pb2.WatchRequest(service="md", start_revision=r1.header.revision)
+        )
         msg = await call.read()
         assert msg.kind == RESYNC
         assert msg.compact_revision > r1.header.revision
@@ -174,7 +180,9 @@ async def test_client_watch_resyncs_after_compaction_with_only_the_difference(
         channel, stub = _stub(hub2.address)
         async with channel:
             await stub.Deregister(registry_pb2.DeregisterRequest(service="feed", instance_id="a-1"))
-            reg = await stub.Register(registry_pb2.RegisterRequest(service="feed", host="c", port=3))
+            reg = await stub.Register(
+                registry_pb2.RegisterRequest(service="feed", host="c", port=3)
+            )
         await hub2.stop()
         await etcd_store.compact(reg.header.revision)
         await hub_factory(listen=listen)
@@ -208,6 +216,7 @@ async def test_slow_reader_stalls_nobody_and_is_told_to_resync(
         while fast_seen < 400:
             msg = await asyncio.wait_for(fast.read(), 5)
             fast_seen += len(msg.events)
+
         # The slow reader now reads: what was still queued for it, then RESYNC.
         async def drain() -> list[int]:
             kinds = []
@@ -224,7 +233,9 @@ async def test_slow_reader_stalls_nobody_and_is_told_to_resync(
 
 
 async def test_hub_watch_resyncs_after_partition_with_compaction(
-    hub_factory: HubFactory, etcd, etcd_store: EtcdStore  # type: ignore[no-untyped-def]
+    hub_factory: HubFactory,
+    etcd,
+    etcd_store: EtcdStore,  # type: ignore[no-untyped-def]
 ) -> None:
     bridge = Bridge(etcd.client_port)
     await bridge.start()

@@ -112,6 +112,4 @@ async def test_hub_restart_keeps_registered_state(hub_factory: HubFactory) -> No
     hub2 = await hub_factory()
     async with HubClient(hub2.address) as client:
         after = (await client.discover("risk")).instances
-    assert [(i.instance_id, i.version, i.metadata) for i in after] == [
-        ("r-7", "3.1.0", {"k": "v"})
-    ]
+    assert [(i.instance_id, i.version, i.metadata) for i in after] == [("r-7", "3.1.0", {"k": "v"})]

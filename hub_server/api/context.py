@@ -57,9 +57,9 @@ def current() -> CallContext:
     return _current.get()
 
 
-def _parse(metadata: tuple[tuple[str, str | bytes], ...] | None, method: str) -> tuple[
-    CallContext, list[tuple[str, str]]
-]:
+def _parse(
+    metadata: tuple[tuple[str, str | bytes], ...] | None, method: str
+) -> tuple[CallContext, list[tuple[str, str]]]:
     found: dict[str, str] = {}
     for key, value in metadata or ():
         if key in TENANT_HEADERS and isinstance(value, str):

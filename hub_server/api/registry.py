@@ -58,7 +58,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.RegisterResponse(header=self._header(inst.mod_revision), instance=inst)
 
     async def KeepAlive(self, request, context):  # type: ignore[no-untyped-def]
-        ttl = await self._registry.keep_alive(request.service, request.instance_id, request.lease_id)
+        ttl = await self._registry.keep_alive(
+            request.service, request.instance_id, request.lease_id
+        )
         return registry_pb2.KeepAliveResponse(
             header=self._header(self._view.revision), ttl_seconds=ttl
         )
@@ -150,4 +152,3 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     header=self._header(cursor), kind=registry_pb2.WATCH_RESPONSE_KIND_PROGRESS
                 )
                 last_sent = time.monotonic()
-

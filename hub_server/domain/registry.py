@@ -8,7 +8,6 @@ reads its own writes on the same replica.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -72,8 +71,9 @@ def visible(instance: types_pb2.Instance, tier: str | None) -> bool:
     return tier is None or can_access(tier_names(instance), tier)
 
 
-def _decode(service: str, instance_id: str, value: bytes, kv_create: int, kv_mod: int,
-            lease: int) -> types_pb2.Instance:
+def _decode(
+    service: str, instance_id: str, value: bytes, kv_create: int, kv_mod: int, lease: int
+) -> types_pb2.Instance:
     inst = types_pb2.Instance.FromString(value)
     inst.service = service
     inst.instance_id = instance_id
@@ -88,8 +88,14 @@ def _event_from_store(ev: Event) -> RegistryEvent:
     if ev.kind == "delete":
         prev = ev.prev
         inst = (
-            _decode(service, instance_id, prev.value, prev.create_revision, prev.mod_revision,
-                    prev.lease)
+            _decode(
+                service,
+                instance_id,
+                prev.value,
+                prev.create_revision,
+                prev.mod_revision,
+                prev.lease,
+            )
             if prev is not None
             else types_pb2.Instance(service=service, instance_id=instance_id)
         )
@@ -225,8 +231,11 @@ class RegistryView:
         self.ensure_live()
         instances = self.services.get(service)
         if not instances:
-            raise NotFound(f"service {service!r} is not registered", reason="SERVICE_NOT_FOUND",
-                           service=service)
+            raise NotFound(
+                f"service {service!r} is not registered",
+                reason="SERVICE_NOT_FOUND",
+                service=service,
+            )
         found = [instances[k] for k in sorted(instances) if visible(instances[k], tier)]
         if not found:
             raise PermissionDenied(
@@ -288,7 +297,7 @@ class Registry:
         revision = await self._store.put(key, inst.SerializeToString(), lease=lease)
         if previous is not None and previous.lease_id and previous.lease_id != lease:
             # The key now lives on the new lease; the old one holds nothing.
-            asyncio.create_task(self._revoke_quietly(previous.lease_id))
+            await self._revoke_quietly(previous.lease_id)
         await self.view.log.wait_for_revision(revision, self._write_wait)
         stored = self.view.get_instance(inst.service, inst.instance_id)
         if stored is not None and stored.mod_revision == revision:
@@ -414,4 +423,3 @@ def _check_health_check(v: Violations, hc: types_pb2.HealthCheck) -> None:
             seconds = d.seconds + d.nanos / 1e9
             if not 0.1 <= seconds <= 3600:
                 v.add(f"health_check.{name}", "must be between 0.1s and 3600s")
-

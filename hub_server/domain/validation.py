@@ -83,7 +83,9 @@ def check_metadata(v: Violations, path: str, metadata: dict[str, str]) -> None:
     total = 0
     for key, value in metadata.items():
         if not _METADATA_KEY.match(key):
-            v.add(f"{path}[{key[:40]!r}]", "key must be 1-63 of letters, digits, '.', '_', '/', '-'")
+            v.add(
+                f"{path}[{key[:40]!r}]", "key must be 1-63 of letters, digits, '.', '_', '/', '-'"
+            )
         size = len(value.encode())
         if size > MAX_METADATA_VALUE:
             v.add(f"{path}[{key[:40]!r}]", f"value is {size} bytes, at most {MAX_METADATA_VALUE}")

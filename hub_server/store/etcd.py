@@ -246,7 +246,9 @@ class EtcdStore:
 
     async def lease_ttl(self, lease_id: int) -> int:
         """Remaining TTL of a lease in seconds, -1 when it does not exist."""
-        resp = await self._call(self._lease.LeaseTimeToLive, rpc.LeaseTimeToLiveRequest(ID=lease_id))
+        resp = await self._call(
+            self._lease.LeaseTimeToLive, rpc.LeaseTimeToLiveRequest(ID=lease_id)
+        )
         return int(resp.TTL)
 
     # -- cluster -----------------------------------------------------------

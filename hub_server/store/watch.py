@@ -38,6 +38,7 @@ def _create_request(prefix: bytes, start_revision: int) -> rpc.WatchRequest:
         )
     )
 
+
 FENCE = b"_fence/"
 
 
