@@ -13,7 +13,8 @@ from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 from hub_server.api.context import current
 from hub_server.domain import validation
 from hub_server.domain.errors import InvalidArgument, Violations
-from hub_server.domain.registry import Registry, RegistryEvent, visible
+from hub_server.domain.registry import Registry, removed_instance, visible, watch_event
+from hub_server.store.mirror import Change
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         else:
             cursor = start_revision - 1
 
-        def wanted(e: RegistryEvent) -> bool:
-            return (not service or e.instance.service == service) and visible(e.instance, tier)
+        def wanted(change: Change[types_pb2.Instance]) -> bool:
+            inst = removed_instance(change)
+            return (not service or inst.service == service) and visible(inst, tier)
 
         last_sent = time.monotonic()
         while True:
@@ -138,7 +140,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 return
             # One message for everything new, so that no revision is ever split
             # across messages and header.revision is always a safe resume point.
-            matching = [e.pb for e in events if wanted(e)]
+            matching = [watch_event(c) for c in events if wanted(c)]
             if matching:
                 yield registry_pb2.WatchResponse(
                     header=self._header(head),

@@ -11,51 +11,20 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
 
 from aitrading.hub.v1 import registry_pb2, types_pb2
 
 from hub_server.domain import validation
-from hub_server.domain.errors import (
-    NotFound,
-    PermissionDenied,
-    StoreUnavailable,
-    Violations,
-)
-from hub_server.domain.event_log import EventLog
+from hub_server.domain.errors import NotFound, PermissionDenied, Violations
 from hub_server.domain.tiers import can_access
 from hub_server.store import keys
-from hub_server.store.etcd import EtcdStore, Event
-from hub_server.store.watch import PrefixWatch
+from hub_server.store.etcd import EtcdStore, KeyValue
+from hub_server.store.mirror import REMOVED, Change, PrefixMirror
 
 log = logging.getLogger(__name__)
 
-ADDED = registry_pb2.WATCH_EVENT_TYPE_ADDED
-UPDATED = registry_pb2.WATCH_EVENT_TYPE_UPDATED
-REMOVED = registry_pb2.WATCH_EVENT_TYPE_REMOVED
-
 DEFAULT_TTL = 30
 DEFAULT_WEIGHT = 100
-# How many revisions of history a starting hub loads, so that watchers who were
-# connected to a replica that died can resume on this one without a resync.
-HISTORY_REVISIONS = 10_000
-
-
-@dataclass(slots=True)
-class RegistryEvent:
-    type: int  # registry_pb2.WatchEventType
-    instance: types_pb2.Instance
-    revision: int
-    _pb: registry_pb2.WatchEvent | None = None
-
-    @property
-    def pb(self) -> registry_pb2.WatchEvent:
-        """The event as a message, built once however many watchers send it."""
-        if self._pb is None:
-            self._pb = registry_pb2.WatchEvent(
-                type=self.type, instance=self.instance, revision=self.revision
-            )
-        return self._pb
 
 
 def tier_names(instance: types_pb2.Instance) -> tuple[str, ...]:
@@ -71,153 +40,77 @@ def visible(instance: types_pb2.Instance, tier: str | None) -> bool:
     return tier is None or can_access(tier_names(instance), tier)
 
 
-def _decode(
-    service: str, instance_id: str, value: bytes, kv_create: int, kv_mod: int, lease: int
-) -> types_pb2.Instance:
-    inst = types_pb2.Instance.FromString(value)
-    inst.service = service
-    inst.instance_id = instance_id
-    inst.create_revision = kv_create
-    inst.mod_revision = kv_mod
-    inst.lease_id = lease
+def decode_instance(kv: KeyValue) -> types_pb2.Instance:
+    """The stored instance, with the fields etcd knows filled in from the key-value."""
+    inst = types_pb2.Instance.FromString(kv.value)
+    inst.service, inst.instance_id = keys.parse_instance_key(kv.key)
+    inst.create_revision = kv.create_revision
+    inst.mod_revision = kv.mod_revision
+    inst.lease_id = kv.lease
     return inst
 
 
-def _event_from_store(ev: Event) -> RegistryEvent:
-    service, instance_id = keys.parse_instance_key(ev.kv.key)
-    if ev.kind == "delete":
-        prev = ev.prev
-        inst = (
-            _decode(
-                service,
-                instance_id,
-                prev.value,
-                prev.create_revision,
-                prev.mod_revision,
-                prev.lease,
-            )
-            if prev is not None
-            else types_pb2.Instance(service=service, instance_id=instance_id)
+def removed_instance(change: Change[types_pb2.Instance]) -> types_pb2.Instance:
+    """The instance a change is about (for a removal whose last value etcd had
+    compacted away, just its names)."""
+    if change.value is not None:
+        return change.value
+    service, instance_id = keys.parse_instance_key(change.key)
+    return types_pb2.Instance(service=service, instance_id=instance_id)
+
+
+def watch_event(change: Change[types_pb2.Instance]) -> registry_pb2.WatchEvent:
+    """The change as a message, built once however many watchers send it."""
+    if change.cache is None:
+        change.cache = registry_pb2.WatchEvent(
+            type=change.type, instance=removed_instance(change), revision=change.revision
         )
-        return RegistryEvent(REMOVED, inst, ev.revision)
-    kv = ev.kv
-    inst = _decode(service, instance_id, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
-    # etcd restarts a key's version at 1 whenever it is created anew.
-    return RegistryEvent(ADDED if kv.version == 1 else UPDATED, inst, ev.revision)
+    return change.cache  # type: ignore[no-any-return]
 
 
 class RegistryView:
-    """Every instance, in memory, as of ``revision``; fed by one etcd watch."""
+    """Every instance, in memory, indexed by service; fed by one etcd watch."""
 
     def __init__(self, store: EtcdStore, *, history_capacity: int = 20_000) -> None:
-        self._store = store
         self.services: dict[str, dict[str, types_pb2.Instance]] = {}
-        self.log: EventLog[RegistryEvent] = EventLog(history_capacity)
-        self.live = False
-        self._snapshot_revision = 0
-        self._history_start = 1
-        self._watch = PrefixWatch(
+        self.mirror: PrefixMirror[types_pb2.Instance] = PrefixMirror(
             store,
             keys.REGISTRY,
-            on_batch=self._apply,
-            on_compacted=self._resync,
-            on_state=self._set_live,
+            decode_instance,
+            on_change=self._index,
+            history_capacity=history_capacity,
         )
+        self.log = self.mirror.log
 
     @property
     def revision(self) -> int:
-        return self.log.head
+        return self.mirror.revision
+
+    @property
+    def live(self) -> bool:
+        return self.mirror.live
 
     async def start(self) -> None:
-        """Loads every instance, then follows changes.
-
-        The watch starts up to HISTORY_REVISIONS before the snapshot, so that the
-        log also holds recent history: watchers of a replica that died resume
-        here without a resync. Events the snapshot already has go to the log only.
-        """
-        kvs, revision = await self._store.get_prefix(keys.REGISTRY)
-        self.services = {}
-        for kv in kvs:
-            if keys.is_instance_key(kv.key):
-                service, instance_id = keys.parse_instance_key(kv.key)
-                self.services.setdefault(service, {})[instance_id] = _decode(
-                    service, instance_id, kv.value, kv.create_revision, kv.mod_revision, kv.lease
-                )
-        self._snapshot_revision = revision
-        self._history_start = max(1, revision - HISTORY_REVISIONS)
-        self.log.reset(revision)
-        self._watch.start(self._history_start)
-        await self._watch.barrier()
-        self.log.complete_after = min(self.log.complete_after, self._history_start - 1)
-        self.live = True
+        await self.mirror.start()
 
     async def stop(self) -> None:
-        await self._watch.stop()
+        await self.mirror.stop()
 
-    def _set_live(self, live: bool) -> None:
-        if live != self.live:
-            log.info("registry view %s", "live" if live else "lost its etcd watch")
-        self.live = live
-
-    async def _apply(self, events: list[Event], revision: int) -> None:
-        out: list[tuple[int, RegistryEvent]] = []
-        for ev in events:
-            rev = _event_from_store(ev)
-            out.append((rev.revision, rev))
-            if rev.revision <= self._snapshot_revision:
-                continue  # history from before the snapshot: for the log only
-            inst = rev.instance
-            if rev.type == REMOVED:
-                instances = self.services.get(inst.service)
-                if instances is not None:
-                    instances.pop(inst.instance_id, None)
-                    if not instances:
-                        del self.services[inst.service]
-            else:
-                self.services.setdefault(inst.service, {})[inst.instance_id] = inst
-        self.log.append(out, revision)
-
-    async def _resync(self, compact_revision: int) -> int:
-        """etcd compacted past our watch: list everything and turn the difference
-        into events, so watchers see the same end state with nothing repeated."""
-        if compact_revision <= self._snapshot_revision + 1:
-            # Only history before our snapshot is gone: start the log later.
-            self._history_start = compact_revision
-            self.log.complete_after = max(self.log.complete_after, compact_revision - 1)
-            return compact_revision
-        log.warning("registry watch compacted at %d; resyncing", compact_revision)
-        kvs, revision = await self._store.get_prefix(keys.REGISTRY)
-        self._snapshot_revision = revision
-        fresh: dict[tuple[str, str], types_pb2.Instance] = {}
-        for kv in kvs:
-            if not keys.is_instance_key(kv.key):
-                continue
-            service, instance_id = keys.parse_instance_key(kv.key)
-            fresh[(service, instance_id)] = _decode(
-                service, instance_id, kv.value, kv.create_revision, kv.mod_revision, kv.lease
-            )
-        out: list[tuple[int, RegistryEvent]] = []
-        for service, instances in list(self.services.items()):
-            for instance_id, old in instances.items():
-                if (service, instance_id) not in fresh:
-                    out.append((revision, RegistryEvent(REMOVED, old, revision)))
-        for (service, instance_id), inst in fresh.items():
-            old = self.services.get(service, {}).get(instance_id)
-            if old is None:
-                out.append((revision, RegistryEvent(ADDED, inst, revision)))
-            elif old.mod_revision != inst.mod_revision:
-                out.append((revision, RegistryEvent(UPDATED, inst, revision)))
-        self.services = {}
-        for (service, instance_id), inst in fresh.items():
-            self.services.setdefault(service, {})[instance_id] = inst
-        self.log.append(out, revision)
-        return revision + 1
+    def _index(self, change: Change[types_pb2.Instance]) -> None:
+        service, instance_id = keys.parse_instance_key(change.key)
+        if change.type == REMOVED:
+            instances = self.services.get(service)
+            if instances is not None:
+                instances.pop(instance_id, None)
+                if not instances:
+                    del self.services[service]
+        elif change.value is not None:
+            self.services.setdefault(service, {})[instance_id] = change.value
 
     # -- reads -------------------------------------------------------------
 
     def ensure_live(self) -> None:
-        if not self.live:
-            raise StoreUnavailable("the registry is not current: etcd is unreachable")
+        self.mirror.ensure_live()
 
     def get_instance(self, service: str, instance_id: str) -> types_pb2.Instance | None:
         return self.services.get(service, {}).get(instance_id)

@@ -1,0 +1,165 @@
+"""An in-memory mirror of one etcd prefix, kept current by one watch, with a log
+of recent changes that any number of streams read at their own pace.
+
+Every read-mostly view of the hub (registry, health, circuits, config) is a
+mirror plus a little indexing, so reads never go to etcd and every stream
+resumes by revision the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from hub_server.domain.errors import StoreUnavailable
+from hub_server.domain.event_log import EventLog
+from hub_server.store.etcd import EtcdStore, Event, KeyValue
+from hub_server.store.watch import FENCE, PrefixWatch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ADDED, UPDATED, REMOVED = 1, 2, 3  # the values of every *_EVENT_TYPE enum in the protos
+
+# How many revisions of history a starting mirror loads, so that streams that
+# were connected to a replica that died resume on this one without a resync.
+HISTORY_REVISIONS = 10_000
+
+
+@dataclass(slots=True)
+class Change(Generic[T]):
+    type: int  # ADDED, UPDATED or REMOVED
+    key: bytes
+    # The value after the change; for REMOVED, the value before it (None if etcd
+    # no longer had it).
+    value: T | None
+    revision: int
+    # Whatever a view wants to build once per change (a response message), not
+    # once per stream that sends it.
+    cache: Any = None
+
+
+class PrefixMirror(Generic[T]):
+    def __init__(
+        self,
+        store: EtcdStore,
+        prefix: bytes,
+        decode: Callable[[KeyValue], T],
+        *,
+        on_change: Callable[[Change[T]], None] | None = None,
+        history_capacity: int = 20_000,
+        history_revisions: int = HISTORY_REVISIONS,
+    ) -> None:
+        self._store = store
+        self.prefix = prefix
+        self._decode = decode
+        self._on_change = on_change or (lambda change: None)
+        self._history_revisions = history_revisions
+        self.items: dict[bytes, T] = {}
+        self._mod_revisions: dict[bytes, int] = {}
+        self.log: EventLog[Change[T]] = EventLog(history_capacity)
+        self.live = False
+        self._snapshot_revision = 0
+        self._history_start = 1
+        self._watch = PrefixWatch(
+            store, prefix, on_batch=self._apply, on_compacted=self._resync, on_state=self._set_live
+        )
+
+    @property
+    def revision(self) -> int:
+        return self.log.head
+
+    def _wanted(self, key: bytes) -> bool:
+        return not key.startswith(self.prefix + FENCE)
+
+    async def start(self) -> None:
+        """Loads the prefix, then follows it.
+
+        The watch starts up to ``history_revisions`` before the snapshot so that
+        the log also holds recent history; changes the snapshot already has go to
+        the log only.
+        """
+        kvs, revision = await self._store.get_prefix(self.prefix)
+        kvs = [kv for kv in kvs if self._wanted(kv.key)]
+        self.items = {kv.key: self._decode(kv) for kv in kvs}
+        self._mod_revisions = {kv.key: kv.mod_revision for kv in kvs}
+        for key, value in self.items.items():
+            self._on_change(Change(ADDED, key, value, revision))
+        self._snapshot_revision = revision
+        self._history_start = max(1, revision - self._history_revisions)
+        self.log.reset(revision)
+        self._watch.start(self._history_start)
+        await self._watch.barrier()
+        self.log.complete_after = min(self.log.complete_after, self._history_start - 1)
+        self.live = True
+
+    async def stop(self) -> None:
+        await self._watch.stop()
+
+    async def barrier(self) -> int:
+        """Waits until everything written before the call is mirrored."""
+        return await self._watch.barrier()
+
+    def ensure_live(self) -> None:
+        if not self.live:
+            raise StoreUnavailable("the hub's view is not current: etcd is unreachable")
+
+    def _set_live(self, live: bool) -> None:
+        if live != self.live:
+            log.info("mirror of %r %s", self.prefix, "live" if live else "lost its etcd watch")
+        self.live = live
+
+    def _change(self, ev: Event) -> Change[T]:
+        if ev.kind == "delete":
+            prev = self._decode(ev.prev) if ev.prev is not None else self.items.get(ev.kv.key)
+            return Change(REMOVED, ev.kv.key, prev, ev.revision)
+        # etcd restarts a key's version at 1 whenever it is created anew.
+        kind = ADDED if ev.kv.version == 1 else UPDATED
+        return Change(kind, ev.kv.key, self._decode(ev.kv), ev.revision)
+
+    def _store_change(self, change: Change[T]) -> None:
+        if change.type == REMOVED:
+            self.items.pop(change.key, None)
+            self._mod_revisions.pop(change.key, None)
+        else:
+            self.items[change.key] = change.value  # type: ignore[assignment]
+            self._mod_revisions[change.key] = change.revision
+        self._on_change(change)
+
+    async def _apply(self, events: list[Event], revision: int) -> None:
+        changes = [self._change(ev) for ev in events]
+        for change in changes:
+            if change.revision > self._snapshot_revision:  # older: history, for the log only
+                self._store_change(change)
+        self.log.append([(c.revision, c) for c in changes], revision)
+
+    async def _resync(self, compact_revision: int) -> int:
+        """etcd compacted past the watch: list everything and turn the difference
+        into changes, so streams reach the same end state with nothing repeated."""
+        if compact_revision <= self._snapshot_revision + 1:
+            # Only history from before the snapshot is gone: keep less of it.
+            self._history_start = compact_revision
+            return compact_revision
+        log.warning("watch of %r compacted at %d; resyncing", self.prefix, compact_revision)
+        kvs, revision = await self._store.get_prefix(self.prefix)
+        fresh = {kv.key: kv for kv in kvs if self._wanted(kv.key)}
+        changes: list[Change[T]] = [
+            Change(REMOVED, key, old, revision)
+            for key, old in self.items.items()
+            if key not in fresh
+        ]
+        for key, kv in fresh.items():
+            if key not in self.items:
+                changes.append(Change(ADDED, key, self._decode(kv), revision))
+            elif self._mod_revisions.get(key) != kv.mod_revision:
+                changes.append(Change(UPDATED, key, self._decode(kv), revision))
+        self._snapshot_revision = revision
+        for change in changes:
+            self._store_change(change)
+            if change.type != REMOVED:
+                self._mod_revisions[change.key] = fresh[change.key].mod_revision
+        self.log.append([(c.revision, c) for c in changes], revision)
+        return revision + 1
