@@ -113,6 +113,34 @@ RESOURCE_TIER_ENTERPRISE: ResourceTier.ValueType  # 3
 """Isolated, enterprise-grade resources."""
 Global___ResourceTier: _TypeAlias = ResourceTier  # noqa: Y015
 
+class _HealthStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HealthStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HEALTH_STATUS_UNSPECIFIED: _HealthStatus.ValueType  # 0
+    """Not probed yet."""
+    HEALTH_STATUS_HEALTHY: _HealthStatus.ValueType  # 1
+    """Up and fast enough."""
+    HEALTH_STATUS_DEGRADED: _HealthStatus.ValueType  # 2
+    """Up, but slower than its latency threshold or reporting itself degraded."""
+    HEALTH_STATUS_UNHEALTHY: _HealthStatus.ValueType  # 3
+    """Failing its probes."""
+
+class HealthStatus(_HealthStatus, metaclass=_HealthStatusEnumTypeWrapper):
+    """HealthStatus is what the hub's probes concluded about an instance."""
+
+HEALTH_STATUS_UNSPECIFIED: HealthStatus.ValueType  # 0
+"""Not probed yet."""
+HEALTH_STATUS_HEALTHY: HealthStatus.ValueType  # 1
+"""Up and fast enough."""
+HEALTH_STATUS_DEGRADED: HealthStatus.ValueType  # 2
+"""Up, but slower than its latency threshold or reporting itself degraded."""
+HEALTH_STATUS_UNHEALTHY: HealthStatus.ValueType  # 3
+"""Failing its probes."""
+Global___HealthStatus: _TypeAlias = HealthStatus  # noqa: Y015
+
 @_typing.final
 class ResponseHeader(_message.Message):
     """ResponseHeader is carried by every response and watch message."""
@@ -154,6 +182,13 @@ class HealthCheck(_message.Message):
     TCP_FIELD_NUMBER: _builtins.int
     INTERVAL_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    DEGRADED_LATENCY_FIELD_NUMBER: _builtins.int
+    UNHEALTHY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    HEALTHY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    unhealthy_threshold: _builtins.int
+    """Consecutive failed probes before HEALTHY becomes UNHEALTHY (default 3)."""
+    healthy_threshold: _builtins.int
+    """Consecutive good probes before UNHEALTHY becomes HEALTHY again (default 2)."""
     @_builtins.property
     def http(self) -> Global___HttpCheck:
         """HTTP GET on a path; any 2xx answer is up."""
@@ -174,6 +209,10 @@ class HealthCheck(_message.Message):
     def timeout(self) -> _duration_pb2.Duration:
         """Time a probe may take before it counts as failed (default 2s)."""
 
+    @_builtins.property
+    def degraded_latency(self) -> _duration_pb2.Duration:
+        """A probe slower than this makes the instance DEGRADED (default 1s)."""
+
     def __init__(
         self,
         *,
@@ -182,10 +221,13 @@ class HealthCheck(_message.Message):
         tcp: Global___TcpCheck | None = ...,
         interval: _duration_pb2.Duration | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        degraded_latency: _duration_pb2.Duration | None = ...,
+        unhealthy_threshold: _builtins.int = ...,
+        healthy_threshold: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "grpc", b"grpc", "http", b"http", "interval", b"interval", "tcp", b"tcp", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "degraded_latency", b"degraded_latency", "grpc", b"grpc", "http", b"http", "interval", b"interval", "tcp", b"tcp", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "grpc", b"grpc", "http", b"http", "interval", b"interval", "tcp", b"tcp", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "degraded_latency", b"degraded_latency", "grpc", b"grpc", "healthy_threshold", b"healthy_threshold", "http", b"http", "interval", b"interval", "tcp", b"tcp", "timeout", b"timeout", "unhealthy_threshold", b"unhealthy_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_check: _TypeAlias = _typing.Literal["http", "grpc", "tcp"]  # noqa: Y015
     _WhichOneofArgType_check: _TypeAlias = _typing.Literal["check", b"check"]  # noqa: Y015
@@ -298,6 +340,9 @@ class Instance(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     CREATE_REVISION_FIELD_NUMBER: _builtins.int
     MOD_REVISION_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service this instance belongs to (a DNS label)."""
     instance_id: _builtins.str
@@ -324,6 +369,10 @@ class Instance(_message.Message):
     """The revision at which the instance was created in the store."""
     mod_revision: _builtins.int
     """The revision at which the instance was last modified in the store."""
+    draining: _builtins.bool
+    """Whether the instance is being drained: balancers no longer pick it."""
+    load: _builtins.float
+    """The load the instance last reported (0 = idle, 1 = at capacity)."""
     @_builtins.property
     def health_check(self) -> Global___HealthCheck:
         """How the hub probes this instance."""
@@ -343,6 +392,10 @@ class Instance(_message.Message):
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the registration was last written."""
+
+    @_builtins.property
+    def health(self) -> Global___InstanceHealth:
+        """What the hub's probes last found (filled in on reads)."""
 
     def __init__(
         self,
@@ -365,14 +418,77 @@ class Instance(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         create_revision: _builtins.int = ...,
         mod_revision: _builtins.int = ...,
+        health: Global___InstanceHealth | None = ...,
+        draining: _builtins.bool = ...,
+        load: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["health_check", b"health_check", "registered_at", b"registered_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "health_check", b"health_check", "registered_at", b"registered_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_revision", b"create_revision", "health_check", b"health_check", "host", b"host", "instance_id", b"instance_id", "lease_id", b"lease_id", "metadata", b"metadata", "mod_revision", b"mod_revision", "port", b"port", "protocol", b"protocol", "registered_at", b"registered_at", "resource_tier", b"resource_tier", "service", b"service", "subscription_requirements", b"subscription_requirements", "tenant_capable", b"tenant_capable", "ttl_seconds", b"ttl_seconds", "updated_at", b"updated_at", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_revision", b"create_revision", "draining", b"draining", "health", b"health", "health_check", b"health_check", "host", b"host", "instance_id", b"instance_id", "lease_id", b"lease_id", "load", b"load", "metadata", b"metadata", "mod_revision", b"mod_revision", "port", b"port", "protocol", b"protocol", "registered_at", b"registered_at", "resource_tier", b"resource_tier", "service", b"service", "subscription_requirements", b"subscription_requirements", "tenant_capable", b"tenant_capable", "ttl_seconds", b"ttl_seconds", "updated_at", b"updated_at", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Instance: _TypeAlias = Instance  # noqa: Y015
+
+@_typing.final
+class InstanceHealth(_message.Message):
+    """InstanceHealth is the probe state of one instance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    LAST_CHECK_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_SUCCESSES_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service name."""
+    instance_id: _builtins.str
+    """The instance id."""
+    status: Global___HealthStatus.ValueType
+    """The current status."""
+    latency_ms: _builtins.float
+    """Latency of the last probe, in milliseconds."""
+    consecutive_failures: _builtins.int
+    """Failed probes in a row."""
+    consecutive_successes: _builtins.int
+    """Good probes in a row."""
+    message: _builtins.str
+    """Why the last probe failed or degraded, if it did."""
+    check: _builtins.str
+    """The kind of probe ("http", "grpc", "tcp", or "lease" for instances without a check)."""
+    revision: _builtins.int
+    """The revision at which this record was last written."""
+    @_builtins.property
+    def last_check(self) -> _timestamp_pb2.Timestamp:
+        """When the last probe finished."""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        status: Global___HealthStatus.ValueType = ...,
+        latency_ms: _builtins.float = ...,
+        last_check: _timestamp_pb2.Timestamp | None = ...,
+        consecutive_failures: _builtins.int = ...,
+        consecutive_successes: _builtins.int = ...,
+        message: _builtins.str = ...,
+        check: _builtins.str = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_check", b"last_check"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "consecutive_failures", b"consecutive_failures", "consecutive_successes", b"consecutive_successes", "instance_id", b"instance_id", "last_check", b"last_check", "latency_ms", b"latency_ms", "message", b"message", "revision", b"revision", "service", b"service", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceHealth: _TypeAlias = InstanceHealth  # noqa: Y015
 
 @_typing.final
 class Service(_message.Message):

@@ -90,6 +90,27 @@ export declare type HealthCheck = Message<"aitrading.hub.v1.HealthCheck"> & {
    * @generated from field: google.protobuf.Duration timeout = 5;
    */
   timeout?: Duration | undefined;
+
+  /**
+   * A probe slower than this makes the instance DEGRADED (default 1s).
+   *
+   * @generated from field: google.protobuf.Duration degraded_latency = 6;
+   */
+  degradedLatency?: Duration | undefined;
+
+  /**
+   * Consecutive failed probes before HEALTHY becomes UNHEALTHY (default 3).
+   *
+   * @generated from field: int32 unhealthy_threshold = 7;
+   */
+  unhealthyThreshold: number;
+
+  /**
+   * Consecutive good probes before UNHEALTHY becomes HEALTHY again (default 2).
+   *
+   * @generated from field: int32 healthy_threshold = 8;
+   */
+  healthyThreshold: number;
 };
 
 /**
@@ -283,6 +304,27 @@ export declare type Instance = Message<"aitrading.hub.v1.Instance"> & {
    * @generated from field: int64 mod_revision = 18;
    */
   modRevision: bigint;
+
+  /**
+   * What the hub's probes last found (filled in on reads).
+   *
+   * @generated from field: aitrading.hub.v1.InstanceHealth health = 19;
+   */
+  health?: InstanceHealth | undefined;
+
+  /**
+   * Whether the instance is being drained: balancers no longer pick it.
+   *
+   * @generated from field: bool draining = 20;
+   */
+  draining: boolean;
+
+  /**
+   * The load the instance last reported (0 = idle, 1 = at capacity).
+   *
+   * @generated from field: double load = 21;
+   */
+  load: number;
 };
 
 /**
@@ -290,6 +332,89 @@ export declare type Instance = Message<"aitrading.hub.v1.Instance"> & {
  * Use `create(InstanceSchema)` to create a new message.
  */
 export declare const InstanceSchema: GenMessage<Instance>;
+
+/**
+ * InstanceHealth is the probe state of one instance.
+ *
+ * @generated from message aitrading.hub.v1.InstanceHealth
+ */
+export declare type InstanceHealth = Message<"aitrading.hub.v1.InstanceHealth"> & {
+  /**
+   * The service name.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * The instance id.
+   *
+   * @generated from field: string instance_id = 2;
+   */
+  instanceId: string;
+
+  /**
+   * The current status.
+   *
+   * @generated from field: aitrading.hub.v1.HealthStatus status = 3;
+   */
+  status: HealthStatus;
+
+  /**
+   * Latency of the last probe, in milliseconds.
+   *
+   * @generated from field: double latency_ms = 4;
+   */
+  latencyMs: number;
+
+  /**
+   * When the last probe finished.
+   *
+   * @generated from field: google.protobuf.Timestamp last_check = 5;
+   */
+  lastCheck?: Timestamp | undefined;
+
+  /**
+   * Failed probes in a row.
+   *
+   * @generated from field: int32 consecutive_failures = 6;
+   */
+  consecutiveFailures: number;
+
+  /**
+   * Good probes in a row.
+   *
+   * @generated from field: int32 consecutive_successes = 7;
+   */
+  consecutiveSuccesses: number;
+
+  /**
+   * Why the last probe failed or degraded, if it did.
+   *
+   * @generated from field: string message = 8;
+   */
+  message: string;
+
+  /**
+   * The kind of probe ("http", "grpc", "tcp", or "lease" for instances without a check).
+   *
+   * @generated from field: string check = 9;
+   */
+  check: string;
+
+  /**
+   * The revision at which this record was last written.
+   *
+   * @generated from field: int64 revision = 10;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.InstanceHealth.
+ * Use `create(InstanceHealthSchema)` to create a new message.
+ */
+export declare const InstanceHealthSchema: GenMessage<InstanceHealth>;
 
 /**
  * Service groups the instances registered under one name.
@@ -451,4 +576,44 @@ export enum ResourceTier {
  * Describes the enum aitrading.hub.v1.ResourceTier.
  */
 export declare const ResourceTierSchema: GenEnum<ResourceTier>;
+
+/**
+ * HealthStatus is what the hub's probes concluded about an instance.
+ *
+ * @generated from enum aitrading.hub.v1.HealthStatus
+ */
+export enum HealthStatus {
+  /**
+   * Not probed yet.
+   *
+   * @generated from enum value: HEALTH_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Up and fast enough.
+   *
+   * @generated from enum value: HEALTH_STATUS_HEALTHY = 1;
+   */
+  HEALTHY = 1,
+
+  /**
+   * Up, but slower than its latency threshold or reporting itself degraded.
+   *
+   * @generated from enum value: HEALTH_STATUS_DEGRADED = 2;
+   */
+  DEGRADED = 2,
+
+  /**
+   * Failing its probes.
+   *
+   * @generated from enum value: HEALTH_STATUS_UNHEALTHY = 3;
+   */
+  UNHEALTHY = 3,
+}
+
+/**
+ * Describes the enum aitrading.hub.v1.HealthStatus.
+ */
+export declare const HealthStatusSchema: GenEnum<HealthStatus>;
 

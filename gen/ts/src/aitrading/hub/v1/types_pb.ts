@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file aitrading/hub/v1/types.proto.
  */
 export const file_aitrading_hub_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChxhaXRyYWRpbmcvaHViL3YxL3R5cGVzLnByb3RvEhBhaXRyYWRpbmcuaHViLnYxIjIKDlJlc3BvbnNlSGVhZGVyEhAKCHJldmlzaW9uGAEgASgDEg4KBmh1Yl9pZBgCIAEoCSL0AQoLSGVhbHRoQ2hlY2sSKwoEaHR0cBgBIAEoCzIbLmFpdHJhZGluZy5odWIudjEuSHR0cENoZWNrSAASKwoEZ3JwYxgCIAEoCzIbLmFpdHJhZGluZy5odWIudjEuR3JwY0NoZWNrSAASKQoDdGNwGAMgASgLMhouYWl0cmFkaW5nLmh1Yi52MS5UY3BDaGVja0gAEisKCGludGVydmFsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CBwoFY2hlY2siGQoJSHR0cENoZWNrEgwKBHBhdGgYASABKAkiHAoJR3JwY0NoZWNrEg8KB3NlcnZpY2UYASABKAkiCgoIVGNwQ2hlY2sijAUKCEluc3RhbmNlEg8KB3NlcnZpY2UYASABKAkSEwoLaW5zdGFuY2VfaWQYAiABKAkSDAoEaG9zdBgDIAEoCRIMCgRwb3J0GAQgASgFEiwKCHByb3RvY29sGAUgASgOMhouYWl0cmFkaW5nLmh1Yi52MS5Qcm90b2NvbBIzCgxoZWFsdGhfY2hlY2sYBiABKAsyHS5haXRyYWRpbmcuaHViLnYxLkhlYWx0aENoZWNrEg8KB3ZlcnNpb24YByABKAkSOgoIbWV0YWRhdGEYCCADKAsyKC5haXRyYWRpbmcuaHViLnYxLkluc3RhbmNlLk1ldGFkYXRhRW50cnkSFgoOdGVuYW50X2NhcGFibGUYCSABKAgSRQoZc3Vic2NyaXB0aW9uX3JlcXVpcmVtZW50cxgKIAMoDjIiLmFpdHJhZGluZy5odWIudjEuU3Vic2NyaXB0aW9uVGllchI1Cg1yZXNvdXJjZV90aWVyGAsgASgOMh4uYWl0cmFkaW5nLmh1Yi52MS5SZXNvdXJjZVRpZXISEwoLdHRsX3NlY29uZHMYDCABKAUSEAoIbGVhc2VfaWQYDSABKAMSDgoGd2VpZ2h0GA4gASgFEjEKDXJlZ2lzdGVyZWRfYXQYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2NyZWF0ZV9yZXZpc2lvbhgRIAEoAxIUCgxtb2RfcmV2aXNpb24YEiABKAMaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKB1NlcnZpY2USDAoEbmFtZRgBIAEoCRItCglpbnN0YW5jZXMYAiADKAsyGi5haXRyYWRpbmcuaHViLnYxLkluc3RhbmNlKogBCghQcm90b2NvbBIYChRQUk9UT0NPTF9VTlNQRUNJRklFRBAAEhEKDVBST1RPQ09MX0hUVFAQARISCg5QUk9UT0NPTF9IVFRQUxACEhEKDVBST1RPQ09MX0dSUEMQAxIQCgxQUk9UT0NPTF9UQ1AQBBIWChJQUk9UT0NPTF9XRUJTT0NLRVQQBSqOAQoQU3Vic2NyaXB0aW9uVGllchIhCh1TVUJTQ1JJUFRJT05fVElFUl9VTlNQRUNJRklFRBAAEhoKFlNVQlNDUklQVElPTl9USUVSX0ZSRUUQARIZChVTVUJTQ1JJUFRJT05fVElFUl9QUk8QAhIgChxTVUJTQ1JJUFRJT05fVElFUl9FTlRFUlBSSVNFEAMqfwoMUmVzb3VyY2VUaWVyEh0KGVJFU09VUkNFX1RJRVJfVU5TUEVDSUZJRUQQABIXChNSRVNPVVJDRV9USUVSX0JBU0lDEAESGQoVUkVTT1VSQ0VfVElFUl9QUkVNSVVNEAISHAoYUkVTT1VSQ0VfVElFUl9FTlRFUlBSSVNFEANiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChxhaXRyYWRpbmcvaHViL3YxL3R5cGVzLnByb3RvEhBhaXRyYWRpbmcuaHViLnYxIjIKDlJlc3BvbnNlSGVhZGVyEhAKCHJldmlzaW9uGAEgASgDEg4KBmh1Yl9pZBgCIAEoCSLhAgoLSGVhbHRoQ2hlY2sSKwoEaHR0cBgBIAEoCzIbLmFpdHJhZGluZy5odWIudjEuSHR0cENoZWNrSAASKwoEZ3JwYxgCIAEoCzIbLmFpdHJhZGluZy5odWIudjEuR3JwY0NoZWNrSAASKQoDdGNwGAMgASgLMhouYWl0cmFkaW5nLmh1Yi52MS5UY3BDaGVja0gAEisKCGludGVydmFsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMwoQZGVncmFkZWRfbGF0ZW5jeRgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIbChN1bmhlYWx0aHlfdGhyZXNob2xkGAcgASgFEhkKEWhlYWx0aHlfdGhyZXNob2xkGAggASgFQgcKBWNoZWNrIhkKCUh0dHBDaGVjaxIMCgRwYXRoGAEgASgJIhwKCUdycGNDaGVjaxIPCgdzZXJ2aWNlGAEgASgJIgoKCFRjcENoZWNrIt4FCghJbnN0YW5jZRIPCgdzZXJ2aWNlGAEgASgJEhMKC2luc3RhbmNlX2lkGAIgASgJEgwKBGhvc3QYAyABKAkSDAoEcG9ydBgEIAEoBRIsCghwcm90b2NvbBgFIAEoDjIaLmFpdHJhZGluZy5odWIudjEuUHJvdG9jb2wSMwoMaGVhbHRoX2NoZWNrGAYgASgLMh0uYWl0cmFkaW5nLmh1Yi52MS5IZWFsdGhDaGVjaxIPCgd2ZXJzaW9uGAcgASgJEjoKCG1ldGFkYXRhGAggAygLMiguYWl0cmFkaW5nLmh1Yi52MS5JbnN0YW5jZS5NZXRhZGF0YUVudHJ5EhYKDnRlbmFudF9jYXBhYmxlGAkgASgIEkUKGXN1YnNjcmlwdGlvbl9yZXF1aXJlbWVudHMYCiADKA4yIi5haXRyYWRpbmcuaHViLnYxLlN1YnNjcmlwdGlvblRpZXISNQoNcmVzb3VyY2VfdGllchgLIAEoDjIeLmFpdHJhZGluZy5odWIudjEuUmVzb3VyY2VUaWVyEhMKC3R0bF9zZWNvbmRzGAwgASgFEhAKCGxlYXNlX2lkGA0gASgDEg4KBndlaWdodBgOIAEoBRIxCg1yZWdpc3RlcmVkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9jcmVhdGVfcmV2aXNpb24YESABKAMSFAoMbW9kX3JldmlzaW9uGBIgASgDEjAKBmhlYWx0aBgTIAEoCzIgLmFpdHJhZGluZy5odWIudjEuSW5zdGFuY2VIZWFsdGgSEAoIZHJhaW5pbmcYFCABKAgSDAoEbG9hZBgVIAEoARovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEimQIKDkluc3RhbmNlSGVhbHRoEg8KB3NlcnZpY2UYASABKAkSEwoLaW5zdGFuY2VfaWQYAiABKAkSLgoGc3RhdHVzGAMgASgOMh4uYWl0cmFkaW5nLmh1Yi52MS5IZWFsdGhTdGF0dXMSEgoKbGF0ZW5jeV9tcxgEIAEoARIuCgpsYXN0X2NoZWNrGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgGIAEoBRIdChVjb25zZWN1dGl2ZV9zdWNjZXNzZXMYByABKAUSDwoHbWVzc2FnZRgIIAEoCRINCgVjaGVjaxgJIAEoCRIQCghyZXZpc2lvbhgKIAEoAyJGCgdTZXJ2aWNlEgwKBG5hbWUYASABKAkSLQoJaW5zdGFuY2VzGAIgAygLMhouYWl0cmFkaW5nLmh1Yi52MS5JbnN0YW5jZSqIAQoIUHJvdG9jb2wSGAoUUFJPVE9DT0xfVU5TUEVDSUZJRUQQABIRCg1QUk9UT0NPTF9IVFRQEAESEgoOUFJPVE9DT0xfSFRUUFMQAhIRCg1QUk9UT0NPTF9HUlBDEAMSEAoMUFJPVE9DT0xfVENQEAQSFgoSUFJPVE9DT0xfV0VCU09DS0VUEAUqjgEKEFN1YnNjcmlwdGlvblRpZXISIQodU1VCU0NSSVBUSU9OX1RJRVJfVU5TUEVDSUZJRUQQABIaChZTVUJTQ1JJUFRJT05fVElFUl9GUkVFEAESGQoVU1VCU0NSSVBUSU9OX1RJRVJfUFJPEAISIAocU1VCU0NSSVBUSU9OX1RJRVJfRU5URVJQUklTRRADKn8KDFJlc291cmNlVGllchIdChlSRVNPVVJDRV9USUVSX1VOU1BFQ0lGSUVEEAASFwoTUkVTT1VSQ0VfVElFUl9CQVNJQxABEhkKFVJFU09VUkNFX1RJRVJfUFJFTUlVTRACEhwKGFJFU09VUkNFX1RJRVJfRU5URVJQUklTRRADKoEBCgxIZWFsdGhTdGF0dXMSHQoZSEVBTFRIX1NUQVRVU19VTlNQRUNJRklFRBAAEhkKFUhFQUxUSF9TVEFUVVNfSEVBTFRIWRABEhoKFkhFQUxUSF9TVEFUVVNfREVHUkFERUQQAhIbChdIRUFMVEhfU1RBVFVTX1VOSEVBTFRIWRADYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * ResponseHeader is carried by every response and watch message.
@@ -94,6 +94,27 @@ export type HealthCheck = Message<"aitrading.hub.v1.HealthCheck"> & {
    * @generated from field: google.protobuf.Duration timeout = 5;
    */
   timeout?: Duration | undefined;
+
+  /**
+   * A probe slower than this makes the instance DEGRADED (default 1s).
+   *
+   * @generated from field: google.protobuf.Duration degraded_latency = 6;
+   */
+  degradedLatency?: Duration | undefined;
+
+  /**
+   * Consecutive failed probes before HEALTHY becomes UNHEALTHY (default 3).
+   *
+   * @generated from field: int32 unhealthy_threshold = 7;
+   */
+  unhealthyThreshold: number;
+
+  /**
+   * Consecutive good probes before UNHEALTHY becomes HEALTHY again (default 2).
+   *
+   * @generated from field: int32 healthy_threshold = 8;
+   */
+  healthyThreshold: number;
 };
 
 /**
@@ -291,6 +312,27 @@ export type Instance = Message<"aitrading.hub.v1.Instance"> & {
    * @generated from field: int64 mod_revision = 18;
    */
   modRevision: bigint;
+
+  /**
+   * What the hub's probes last found (filled in on reads).
+   *
+   * @generated from field: aitrading.hub.v1.InstanceHealth health = 19;
+   */
+  health?: InstanceHealth | undefined;
+
+  /**
+   * Whether the instance is being drained: balancers no longer pick it.
+   *
+   * @generated from field: bool draining = 20;
+   */
+  draining: boolean;
+
+  /**
+   * The load the instance last reported (0 = idle, 1 = at capacity).
+   *
+   * @generated from field: double load = 21;
+   */
+  load: number;
 };
 
 /**
@@ -299,6 +341,90 @@ export type Instance = Message<"aitrading.hub.v1.Instance"> & {
  */
 export const InstanceSchema: GenMessage<Instance> = /*@__PURE__*/
   messageDesc(file_aitrading_hub_v1_types, 5);
+
+/**
+ * InstanceHealth is the probe state of one instance.
+ *
+ * @generated from message aitrading.hub.v1.InstanceHealth
+ */
+export type InstanceHealth = Message<"aitrading.hub.v1.InstanceHealth"> & {
+  /**
+   * The service name.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * The instance id.
+   *
+   * @generated from field: string instance_id = 2;
+   */
+  instanceId: string;
+
+  /**
+   * The current status.
+   *
+   * @generated from field: aitrading.hub.v1.HealthStatus status = 3;
+   */
+  status: HealthStatus;
+
+  /**
+   * Latency of the last probe, in milliseconds.
+   *
+   * @generated from field: double latency_ms = 4;
+   */
+  latencyMs: number;
+
+  /**
+   * When the last probe finished.
+   *
+   * @generated from field: google.protobuf.Timestamp last_check = 5;
+   */
+  lastCheck?: Timestamp | undefined;
+
+  /**
+   * Failed probes in a row.
+   *
+   * @generated from field: int32 consecutive_failures = 6;
+   */
+  consecutiveFailures: number;
+
+  /**
+   * Good probes in a row.
+   *
+   * @generated from field: int32 consecutive_successes = 7;
+   */
+  consecutiveSuccesses: number;
+
+  /**
+   * Why the last probe failed or degraded, if it did.
+   *
+   * @generated from field: string message = 8;
+   */
+  message: string;
+
+  /**
+   * The kind of probe ("http", "grpc", "tcp", or "lease" for instances without a check).
+   *
+   * @generated from field: string check = 9;
+   */
+  check: string;
+
+  /**
+   * The revision at which this record was last written.
+   *
+   * @generated from field: int64 revision = 10;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.InstanceHealth.
+ * Use `create(InstanceHealthSchema)` to create a new message.
+ */
+export const InstanceHealthSchema: GenMessage<InstanceHealth> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_types, 6);
 
 /**
  * Service groups the instances registered under one name.
@@ -326,7 +452,7 @@ export type Service = Message<"aitrading.hub.v1.Service"> & {
  * Use `create(ServiceSchema)` to create a new message.
  */
 export const ServiceSchema: GenMessage<Service> = /*@__PURE__*/
-  messageDesc(file_aitrading_hub_v1_types, 6);
+  messageDesc(file_aitrading_hub_v1_types, 7);
 
 /**
  * Protocol is the wire protocol an instance serves.
@@ -464,4 +590,45 @@ export enum ResourceTier {
  */
 export const ResourceTierSchema: GenEnum<ResourceTier> = /*@__PURE__*/
   enumDesc(file_aitrading_hub_v1_types, 2);
+
+/**
+ * HealthStatus is what the hub's probes concluded about an instance.
+ *
+ * @generated from enum aitrading.hub.v1.HealthStatus
+ */
+export enum HealthStatus {
+  /**
+   * Not probed yet.
+   *
+   * @generated from enum value: HEALTH_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Up and fast enough.
+   *
+   * @generated from enum value: HEALTH_STATUS_HEALTHY = 1;
+   */
+  HEALTHY = 1,
+
+  /**
+   * Up, but slower than its latency threshold or reporting itself degraded.
+   *
+   * @generated from enum value: HEALTH_STATUS_DEGRADED = 2;
+   */
+  DEGRADED = 2,
+
+  /**
+   * Failing its probes.
+   *
+   * @generated from enum value: HEALTH_STATUS_UNHEALTHY = 3;
+   */
+  UNHEALTHY = 3,
+}
+
+/**
+ * Describes the enum aitrading.hub.v1.HealthStatus.
+ */
+export const HealthStatusSchema: GenEnum<HealthStatus> = /*@__PURE__*/
+  enumDesc(file_aitrading_hub_v1_types, 3);
 
