@@ -13,16 +13,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
+from aitrading.hub.v1 import (
+    cluster_pb2,
+    cluster_pb2_grpc,
+    registry_pb2_grpc,
+)
+from aitrading.hub.v1 import (
+    health_pb2_grpc as hub_health_pb2_grpc,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hub_server import probes
+from hub_server.api.cluster import ClusterServicer
 from hub_server.api.context import ContextInterceptor
+from hub_server.api.health import HealthServicer
 from hub_server.api.registry import RegistryServicer
 from hub_server.domain.errors import StoreUnavailable
+from hub_server.domain.health import HealthMonitor, HealthView
 from hub_server.domain.registry import Registry, RegistryView
 from hub_server.embedded_etcd import EtcdProcess, embedded
-from hub_server.store.etcd import EtcdStore
+from hub_server.store import keys
+from hub_server.store.election import Election
+from hub_server.store.etcd import EtcdStore, KeyValue
+from hub_server.store.mirror import PrefixMirror
+from hub_server.store.presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +62,28 @@ class HubConfig:
     # How often the hub checks that etcd answers (drives grpc.health.v1).
     store_check_interval: float = 1.0
     shutdown_grace: float = 5.0
+    # Leader lease: a dead leader is replaced within about this many seconds.
+    election_ttl: int = 5
+    # Probes running at once on the leader.
+    probe_concurrency: int = 200
+
+
+def _decode_replica(kv: KeyValue) -> cluster_pb2.Replica:
+    return cluster_pb2.Replica.FromString(kv.value)
+
+
+def _service_names() -> list[str]:
+    """Every service this server exposes, for reflection."""
+    from aitrading.hub.v1 import health_pb2 as hub_health_pb2
+    from aitrading.hub.v1 import registry_pb2
+
+    return [
+        registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+        hub_health_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name,
+        cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
 
 
 def _default_hub_id() -> str:
@@ -81,31 +118,55 @@ class Hub:
         self.store = EtcdStore(endpoints)
         await self._wait_for_store()
 
-        self.view = RegistryView(self.store)
-        await self.view.start()
-        self.registry = Registry(self.store, self.view)
+        store, cfg = self.store, self.config
+        self.view = RegistryView(store)
+        self.health_view = HealthView(store)
+        self.replicas: PrefixMirror[cluster_pb2.Replica] = PrefixMirror(
+            store, keys.REPLICAS, _decode_replica
+        )
+        self._mirrors = [self.view.mirror, self.health_view.mirror, self.replicas]
+        for mirror in self._mirrors:
+            await mirror.start()
+        self.registry = Registry(store, self.view)
+
+        self.election = Election(store, self.hub_id, ttl=cfg.election_ttl)
+        self.health_monitor = HealthMonitor(
+            store,
+            self.view.by_key,
+            self.health_view,
+            probes.probe,
+            concurrency=cfg.probe_concurrency,
+        )
+        self.election.add_work(self.health_monitor.run)
 
         server = grpc.aio.server(interceptors=[ContextInterceptor()], options=SERVER_OPTIONS)
+        progress = cfg.watch_progress_interval
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(
-                self.registry, self.hub_id, progress_interval=self.config.watch_progress_interval
+                self.registry, self.health_view, self.hub_id, progress_interval=progress
             ),
             server,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [
-                registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
+        hub_health_pb2_grpc.add_HealthServiceServicer_to_server(
+            HealthServicer(self.view, self.health_view, self.hub_id, progress_interval=progress),
             server,
         )
-        self.port = server.add_insecure_port(self.config.listen)
+        cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
+            ClusterServicer(self.replicas, self.election, self.hub_id), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(_service_names(), server)
+        self.port = server.add_insecure_port(cfg.listen)
         if not self.port:
-            raise RuntimeError(f"cannot listen on {self.config.listen}")
+            raise RuntimeError(f"cannot listen on {cfg.listen}")
         await server.start()
         self.server = server
+
+        replica = cluster_pb2.Replica(hub_id=self.hub_id, address=self.address)
+        replica.started_at.GetCurrentTime()
+        self.presence = Presence(store, keys.replica_key(self.hub_id), replica.SerializeToString())
+        await self.presence.start()
+        self.election.start()
         await self._set_serving(True)
         self._tasks.append(asyncio.create_task(self._watch_store_health()))
         log.info("central hub %s serving on %s", self.hub_id, self.address)
@@ -139,7 +200,7 @@ class Hub:
             await asyncio.sleep(self.config.store_check_interval)
             try:
                 await self.store.status(timeout=max(self.config.store_check_interval, 0.5))
-                ok = self.view.live
+                ok = all(m.live for m in self._mirrors)
             except StoreUnavailable:
                 ok = False
             if ok != serving:
@@ -158,10 +219,13 @@ class Hub:
                 await task
         self._tasks.clear()
         await self.health.enter_graceful_shutdown()
+        if getattr(self, "election", None) is not None:
+            await self.election.stop()  # hands leadership over at once
+            await self.presence.stop()
         if self.server is not None:
             await self.server.stop(self.config.shutdown_grace)
-        if getattr(self, "view", None) is not None:
-            await self.view.stop()
+        for mirror in getattr(self, "_mirrors", []):
+            await mirror.stop()
         if self.store is not None:
             await self.store.close()
         if self.etcd is not None:

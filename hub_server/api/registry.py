@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-import time
 from collections.abc import AsyncIterator
 
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 
 from hub_server.api.context import current
+from hub_server.api.streaming import SNAPSHOT, watch_stream
 from hub_server.domain import validation
 from hub_server.domain.errors import InvalidArgument, Violations
+from hub_server.domain.health import HealthView, usable
 from hub_server.domain.registry import Registry, removed_instance, visible, watch_event
 from hub_server.store.mirror import Change
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
-SNAPSHOT_CHUNK = 500
 
 
 def _service_name(service: str, *, required: bool = True) -> None:
@@ -45,11 +44,27 @@ def _encode_page_token(last: str) -> str:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry, hub_id: str, *, progress_interval: float = 10.0):
+    def __init__(
+        self,
+        registry: Registry,
+        health: HealthView,
+        hub_id: str,
+        *,
+        progress_interval: float = 10.0,
+    ):
         self._registry = registry
         self._view = registry.view
+        self._health = health
         self._hub_id = hub_id
         self.progress_interval = progress_interval
+
+    def _with_health(self, inst: types_pb2.Instance) -> types_pb2.Instance:
+        """A copy of the instance carrying its current health (the stored one stays
+        as etcd has it)."""
+        out = types_pb2.Instance()
+        out.CopyFrom(inst)
+        out.health.CopyFrom(self._health.of(inst))
+        return out
 
     def _header(self, revision: int) -> types_pb2.ResponseHeader:
         return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
@@ -74,9 +89,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         _service_name(request.service)
         tier = current().tier_filter(request.legacy_mode)
         instances = self._view.instances(request.service, tier)
+        if not request.include_unhealthy:
+            instances = usable(instances, self._health)
         return registry_pb2.GetServiceResponse(
             header=self._header(self._view.revision),
-            service=types_pb2.Service(name=request.service, instances=instances),
+            service=types_pb2.Service(
+                name=request.service, instances=[self._with_health(i) for i in instances]
+            ),
         )
 
     async def ListServices(self, request, context):  # type: ignore[no-untyped-def]
@@ -94,63 +113,36 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     async def Watch(self, request, context) -> AsyncIterator[registry_pb2.WatchResponse]:  # type: ignore[no-untyped-def,override]
-        _service_name(request.service, required=False)
-        if request.start_revision < 0:
-            raise InvalidArgument.single("start_revision", "must not be negative")
+        service = request.service
+        _service_name(service, required=False)
         tier = current().tier_filter(request.legacy_mode)
-        try:
-            async for response in self._watch(request.service, request.start_revision, tier):
-                yield response
-        except asyncio.CancelledError:
-            log.debug("registry watch cancelled by the client")
-            raise
 
-    async def _watch(
-        self, service: str, start_revision: int, tier: str | None
-    ) -> AsyncIterator[registry_pb2.WatchResponse]:
-        view, events_log = self._view, self._view.log
-        if start_revision == 0:
-            instances, cursor = view.snapshot(service, tier)
-            header = self._header(cursor)
-            for i in range(0, max(len(instances), 1), SNAPSHOT_CHUNK):
-                yield registry_pb2.WatchResponse(
-                    header=header,
-                    kind=registry_pb2.WATCH_RESPONSE_KIND_SNAPSHOT,
-                    instances=instances[i : i + SNAPSHOT_CHUNK],
-                    more=i + SNAPSHOT_CHUNK < len(instances),
-                )
-        else:
-            cursor = start_revision - 1
+        def snapshot() -> tuple[list[types_pb2.Instance], int]:
+            instances, revision = self._view.snapshot(service, tier)
+            return [self._with_health(i) for i in instances], revision
 
-        def wanted(change: Change[types_pb2.Instance]) -> bool:
+        def select(change: Change[types_pb2.Instance]) -> registry_pb2.WatchEvent | None:
             inst = removed_instance(change)
-            return (not service or inst.service == service) and visible(inst, tier)
+            if (service and inst.service != service) or not visible(inst, tier):
+                return None
+            return watch_event(change)
 
-        last_sent = time.monotonic()
-        while True:
-            await events_log.wait(cursor, self.progress_interval)
-            events = events_log.since(cursor)
-            head = events_log.head
-            if events is None:
-                yield registry_pb2.WatchResponse(
-                    header=self._header(head),
-                    kind=registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED,
-                    compact_revision=events_log.complete_after + 1,
-                )
-                return
-            # One message for everything new, so that no revision is ever split
-            # across messages and header.revision is always a safe resume point.
-            matching = [watch_event(c) for c in events if wanted(c)]
-            if matching:
-                yield registry_pb2.WatchResponse(
-                    header=self._header(head),
-                    kind=registry_pb2.WATCH_RESPONSE_KIND_EVENTS,
-                    events=matching,
-                )
-                last_sent = time.monotonic()
-            cursor = max(cursor, head)
-            if time.monotonic() - last_sent >= self.progress_interval:
-                yield registry_pb2.WatchResponse(
-                    header=self._header(cursor), kind=registry_pb2.WATCH_RESPONSE_KIND_PROGRESS
-                )
-                last_sent = time.monotonic()
+        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+            msg = registry_pb2.WatchResponse(
+                header=self._header(revision), kind=kind, more=more, compact_revision=compact
+            )
+            if kind == SNAPSHOT:
+                msg.instances.extend(items)
+            else:
+                msg.events.extend(items)
+            return msg
+
+        async for response in watch_stream(
+            self._view.log,
+            start_revision=request.start_revision,
+            snapshot=snapshot,
+            select=select,
+            respond=respond,
+            progress_interval=self.progress_interval,
+        ):
+            yield response

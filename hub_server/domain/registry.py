@@ -112,6 +112,10 @@ class RegistryView:
     def ensure_live(self) -> None:
         self.mirror.ensure_live()
 
+    def by_key(self) -> dict[tuple[str, str], types_pb2.Instance]:
+        """Every instance by (service, instance id)."""
+        return {(s, i): inst for s, insts in self.services.items() for i, inst in insts.items()}
+
     def get_instance(self, service: str, instance_id: str) -> types_pb2.Instance | None:
         return self.services.get(service, {}).get(instance_id)
 

@@ -26,5 +26,30 @@ def is_instance_key(key: bytes) -> bool:
 
 def parse_instance_key(key: bytes) -> tuple[str, str]:
     """(service, instance id) of a registry key."""
-    service, _, instance_id = key[len(REGISTRY) :].decode().partition("/")
+    return parse_pair(REGISTRY, key)
+
+
+ELECTION = ROOT + b"election/"
+REPLICAS = ROOT + b"replicas/"
+HEALTH = ROOT + b"health/"
+LOAD = ROOT + b"load/"
+CIRCUITS = ROOT + b"circuits/"
+CIRCUIT_SETTINGS = ROOT + b"circuit-settings/"
+
+
+def replica_key(hub_id: str) -> bytes:
+    return REPLICAS + hub_id.encode()
+
+
+def health_key(service: str, instance_id: str) -> bytes:
+    return HEALTH + f"{service}/{instance_id}".encode()
+
+
+def load_key(service: str, instance_id: str) -> bytes:
+    return LOAD + f"{service}/{instance_id}".encode()
+
+
+def parse_pair(prefix: bytes, key: bytes) -> tuple[str, str]:
+    """(service, instance id) of a key under ``prefix`` laid out like the registry's."""
+    service, _, instance_id = key[len(prefix) :].decode().partition("/")
     return service, instance_id

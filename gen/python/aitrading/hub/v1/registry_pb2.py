@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61itrading/hub/v1/registry.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\"\x8e\x04\n\x0fRegisterRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12,\n\x08protocol\x18\x05 \x01(\x0e\x32\x1a.aitrading.hub.v1.Protocol\x12\x33\n\x0chealth_check\x18\x06 \x01(\x0b\x32\x1d.aitrading.hub.v1.HealthCheck\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x41\n\x08metadata\x18\x08 \x03(\x0b\x32/.aitrading.hub.v1.RegisterRequest.MetadataEntry\x12\x1b\n\x0etenant_capable\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x45\n\x19subscription_requirements\x18\n \x03(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x35\n\rresource_tier\x18\x0b \x01(\x0e\x32\x1e.aitrading.hub.v1.ResourceTier\x12\x13\n\x0bttl_seconds\x18\x0c \x01(\x05\x12\x0e\n\x06weight\x18\r \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_tenant_capable\"r\n\x10RegisterResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x08instance\x18\x02 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\"J\n\x10KeepAliveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\"Z\n\x11KeepAliveResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"9\n\x11\x44\x65registerRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"F\n\x12\x44\x65registerResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\"9\n\x11GetServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0blegacy_mode\x18\x02 \x01(\x08\"r\n\x12GetServiceResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12*\n\x07service\x18\x02 \x01(\x0b\x32\x19.aitrading.hub.v1.Service\"Q\n\x13ListServicesRequest\x12\x13\n\x0blegacy_mode\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8e\x01\n\x14ListServicesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12+\n\x08services\x18\x02 \x03(\x0b\x32\x19.aitrading.hub.v1.Service\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"L\n\x0cWatchRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\x12\x13\n\x0blegacy_mode\x18\x03 \x01(\x08\"|\n\nWatchEvent\x12.\n\x04type\x18\x01 \x01(\x0e\x32 .aitrading.hub.v1.WatchEventType\x12,\n\x08instance\x18\x02 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xf9\x01\n\rWatchResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12-\n\tinstances\x18\x03 \x03(\x0b\x32\x1a.aitrading.hub.v1.Instance\x12\x0c\n\x04more\x18\x04 \x01(\x08\x12,\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x1c.aitrading.hub.v1.WatchEvent\x12\x18\n\x10\x63ompact_revision\x18\x06 \x01(\x03*\xc5\x01\n\x11WatchResponseKind\x12#\n\x1fWATCH_RESPONSE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cWATCH_RESPONSE_KIND_SNAPSHOT\x10\x01\x12\x1e\n\x1aWATCH_RESPONSE_KIND_EVENTS\x10\x02\x12 \n\x1cWATCH_RESPONSE_KIND_PROGRESS\x10\x03\x12\'\n#WATCH_RESPONSE_KIND_RESYNC_REQUIRED\x10\x04*\x8a\x01\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WATCH_EVENT_TYPE_ADDED\x10\x01\x12\x1c\n\x18WATCH_EVENT_TYPE_UPDATED\x10\x02\x12\x1c\n\x18WATCH_EVENT_TYPE_REMOVED\x10\x03\x32\x97\x04\n\x0fRegistryService\x12Q\n\x08Register\x12!.aitrading.hub.v1.RegisterRequest\x1a\".aitrading.hub.v1.RegisterResponse\x12T\n\tKeepAlive\x12\".aitrading.hub.v1.KeepAliveRequest\x1a#.aitrading.hub.v1.KeepAliveResponse\x12W\n\nDeregister\x12#.aitrading.hub.v1.DeregisterRequest\x1a$.aitrading.hub.v1.DeregisterResponse\x12W\n\nGetService\x12#.aitrading.hub.v1.GetServiceRequest\x1a$.aitrading.hub.v1.GetServiceResponse\x12]\n\x0cListServices\x12%.aitrading.hub.v1.ListServicesRequest\x1a&.aitrading.hub.v1.ListServicesResponse\x12J\n\x05Watch\x12\x1e.aitrading.hub.v1.WatchRequest\x1a\x1f.aitrading.hub.v1.WatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61itrading/hub/v1/registry.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\"\x8e\x04\n\x0fRegisterRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12,\n\x08protocol\x18\x05 \x01(\x0e\x32\x1a.aitrading.hub.v1.Protocol\x12\x33\n\x0chealth_check\x18\x06 \x01(\x0b\x32\x1d.aitrading.hub.v1.HealthCheck\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x41\n\x08metadata\x18\x08 \x03(\x0b\x32/.aitrading.hub.v1.RegisterRequest.MetadataEntry\x12\x1b\n\x0etenant_capable\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x45\n\x19subscription_requirements\x18\n \x03(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x35\n\rresource_tier\x18\x0b \x01(\x0e\x32\x1e.aitrading.hub.v1.ResourceTier\x12\x13\n\x0bttl_seconds\x18\x0c \x01(\x05\x12\x0e\n\x06weight\x18\r \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_tenant_capable\"r\n\x10RegisterResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x08instance\x18\x02 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\"J\n\x10KeepAliveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\"Z\n\x11KeepAliveResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"9\n\x11\x44\x65registerRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"F\n\x12\x44\x65registerResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\"T\n\x11GetServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0blegacy_mode\x18\x02 \x01(\x08\x12\x19\n\x11include_unhealthy\x18\x03 \x01(\x08\"r\n\x12GetServiceResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12*\n\x07service\x18\x02 \x01(\x0b\x32\x19.aitrading.hub.v1.Service\"Q\n\x13ListServicesRequest\x12\x13\n\x0blegacy_mode\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8e\x01\n\x14ListServicesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12+\n\x08services\x18\x02 \x03(\x0b\x32\x19.aitrading.hub.v1.Service\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"L\n\x0cWatchRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\x12\x13\n\x0blegacy_mode\x18\x03 \x01(\x08\"|\n\nWatchEvent\x12.\n\x04type\x18\x01 \x01(\x0e\x32 .aitrading.hub.v1.WatchEventType\x12,\n\x08instance\x18\x02 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xf9\x01\n\rWatchResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12-\n\tinstances\x18\x03 \x03(\x0b\x32\x1a.aitrading.hub.v1.Instance\x12\x0c\n\x04more\x18\x04 \x01(\x08\x12,\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x1c.aitrading.hub.v1.WatchEvent\x12\x18\n\x10\x63ompact_revision\x18\x06 \x01(\x03*\xc5\x01\n\x11WatchResponseKind\x12#\n\x1fWATCH_RESPONSE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cWATCH_RESPONSE_KIND_SNAPSHOT\x10\x01\x12\x1e\n\x1aWATCH_RESPONSE_KIND_EVENTS\x10\x02\x12 \n\x1cWATCH_RESPONSE_KIND_PROGRESS\x10\x03\x12\'\n#WATCH_RESPONSE_KIND_RESYNC_REQUIRED\x10\x04*\x8a\x01\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WATCH_EVENT_TYPE_ADDED\x10\x01\x12\x1c\n\x18WATCH_EVENT_TYPE_UPDATED\x10\x02\x12\x1c\n\x18WATCH_EVENT_TYPE_REMOVED\x10\x03\x32\x97\x04\n\x0fRegistryService\x12Q\n\x08Register\x12!.aitrading.hub.v1.RegisterRequest\x1a\".aitrading.hub.v1.RegisterResponse\x12T\n\tKeepAlive\x12\".aitrading.hub.v1.KeepAliveRequest\x1a#.aitrading.hub.v1.KeepAliveResponse\x12W\n\nDeregister\x12#.aitrading.hub.v1.DeregisterRequest\x1a$.aitrading.hub.v1.DeregisterResponse\x12W\n\nGetService\x12#.aitrading.hub.v1.GetServiceRequest\x1a$.aitrading.hub.v1.GetServiceResponse\x12]\n\x0cListServices\x12%.aitrading.hub.v1.ListServicesRequest\x1a&.aitrading.hub.v1.ListServicesResponse\x12J\n\x05Watch\x12\x1e.aitrading.hub.v1.WatchRequest\x1a\x1f.aitrading.hub.v1.WatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_REGISTERREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_WATCHRESPONSEKIND']._serialized_start=1887
-  _globals['_WATCHRESPONSEKIND']._serialized_end=2084
-  _globals['_WATCHEVENTTYPE']._serialized_start=2087
-  _globals['_WATCHEVENTTYPE']._serialized_end=2225
+  _globals['_WATCHRESPONSEKIND']._serialized_start=1914
+  _globals['_WATCHRESPONSEKIND']._serialized_end=2111
+  _globals['_WATCHEVENTTYPE']._serialized_start=2114
+  _globals['_WATCHEVENTTYPE']._serialized_end=2252
   _globals['_REGISTERREQUEST']._serialized_start=84
   _globals['_REGISTERREQUEST']._serialized_end=610
   _globals['_REGISTERREQUEST_METADATAENTRY']._serialized_start=544
@@ -53,19 +53,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEREGISTERRESPONSE']._serialized_start=955
   _globals['_DEREGISTERRESPONSE']._serialized_end=1025
   _globals['_GETSERVICEREQUEST']._serialized_start=1027
-  _globals['_GETSERVICEREQUEST']._serialized_end=1084
-  _globals['_GETSERVICERESPONSE']._serialized_start=1086
-  _globals['_GETSERVICERESPONSE']._serialized_end=1200
-  _globals['_LISTSERVICESREQUEST']._serialized_start=1202
-  _globals['_LISTSERVICESREQUEST']._serialized_end=1283
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1286
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1428
-  _globals['_WATCHREQUEST']._serialized_start=1430
-  _globals['_WATCHREQUEST']._serialized_end=1506
-  _globals['_WATCHEVENT']._serialized_start=1508
-  _globals['_WATCHEVENT']._serialized_end=1632
-  _globals['_WATCHRESPONSE']._serialized_start=1635
-  _globals['_WATCHRESPONSE']._serialized_end=1884
-  _globals['_REGISTRYSERVICE']._serialized_start=2228
-  _globals['_REGISTRYSERVICE']._serialized_end=2763
+  _globals['_GETSERVICEREQUEST']._serialized_end=1111
+  _globals['_GETSERVICERESPONSE']._serialized_start=1113
+  _globals['_GETSERVICERESPONSE']._serialized_end=1227
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1229
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1310
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1313
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1455
+  _globals['_WATCHREQUEST']._serialized_start=1457
+  _globals['_WATCHREQUEST']._serialized_end=1533
+  _globals['_WATCHEVENT']._serialized_start=1535
+  _globals['_WATCHEVENT']._serialized_end=1659
+  _globals['_WATCHRESPONSE']._serialized_start=1662
+  _globals['_WATCHRESPONSE']._serialized_end=1911
+  _globals['_REGISTRYSERVICE']._serialized_start=2255
+  _globals['_REGISTRYSERVICE']._serialized_end=2790
 # @@protoc_insertion_point(module_scope)

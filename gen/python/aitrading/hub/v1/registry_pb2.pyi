@@ -328,19 +328,25 @@ class GetServiceRequest(_message.Message):
 
     SERVICE_FIELD_NUMBER: _builtins.int
     LEGACY_MODE_FIELD_NUMBER: _builtins.int
+    INCLUDE_UNHEALTHY_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service name."""
     legacy_mode: _builtins.bool
     """Ignore the caller's subscription tier (for operators and legacy callers)."""
+    include_unhealthy: _builtins.bool
+    """Return every instance, UNHEALTHY ones included. By default only usable
+    instances come back: HEALTHY ones, else DEGRADED ones, else unprobed ones.
+    """
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
         legacy_mode: _builtins.bool = ...,
+        include_unhealthy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["legacy_mode", b"legacy_mode", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_unhealthy", b"include_unhealthy", "legacy_mode", b"legacy_mode", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

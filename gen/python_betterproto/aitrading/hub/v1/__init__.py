@@ -947,6 +947,12 @@ class GetServiceRequest(betterproto2.Message):
     Ignore the caller's subscription tier (for operators and legacy callers).
     """
 
+    include_unhealthy: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    Return every instance, UNHEALTHY ones included. By default only usable
+    instances come back: HEALTHY ones, else DEGRADED ones, else unprobed ones.
+    """
+
 
 default_message_pool.register_message("aitrading.hub.v1", "GetServiceRequest", GetServiceRequest)
 

@@ -269,6 +269,14 @@ export declare type GetServiceRequest = Message<"aitrading.hub.v1.GetServiceRequ
    * @generated from field: bool legacy_mode = 2;
    */
   legacyMode: boolean;
+
+  /**
+   * Return every instance, UNHEALTHY ones included. By default only usable
+   * instances come back: HEALTHY ones, else DEGRADED ones, else unprobed ones.
+   *
+   * @generated from field: bool include_unhealthy = 3;
+   */
+  includeUnhealthy: boolean;
 };
 
 /**

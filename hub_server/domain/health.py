@@ -1,0 +1,268 @@
+"""Health: the probe-result state machine (pure), the health view every replica
+keeps, and the monitor the elected replica runs to probe every instance.
+
+Records live in etcd under the instance's own lease, so they disappear with it.
+The monitor writes a record when the status changes, when latency moves a lot,
+or every REFRESH seconds, not after every probe: 1,000 instances probed every
+10 s would otherwise be 100 writes/s fanned out to every watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aitrading.hub.v1 import types_pb2
+
+from hub_server.store import keys
+from hub_server.store.etcd import EtcdStore, KeyValue
+from hub_server.store.mirror import PrefixMirror
+
+log = logging.getLogger(__name__)
+
+HEALTHY = types_pb2.HEALTH_STATUS_HEALTHY
+DEGRADED = types_pb2.HEALTH_STATUS_DEGRADED
+UNHEALTHY = types_pb2.HEALTH_STATUS_UNHEALTHY
+UNKNOWN = types_pb2.HEALTH_STATUS_UNSPECIFIED
+
+REFRESH = 30.0  # seconds between writes of an unchanged record
+
+
+@dataclass(frozen=True)
+class Policy:
+    interval: float = 10.0
+    timeout: float = 2.0
+    degraded_latency_ms: float = 1000.0
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+
+    @classmethod
+    def of(cls, check: types_pb2.HealthCheck) -> Policy:
+        def seconds(name: str, default: float) -> float:
+            if not check.HasField(name):
+                return default
+            d = getattr(check, name)
+            return float(d.seconds + d.nanos / 1e9)
+
+        return cls(
+            interval=seconds("interval", cls.interval),
+            timeout=seconds("timeout", cls.timeout),
+            degraded_latency_ms=seconds("degraded_latency", cls.degraded_latency_ms / 1000) * 1000,
+            unhealthy_threshold=check.unhealthy_threshold or cls.unhealthy_threshold,
+            healthy_threshold=check.healthy_threshold or cls.healthy_threshold,
+        )
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    latency_ms: float
+    # The instance said it is degraded (an HTTP check's body or header).
+    degraded: bool = False
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class State:
+    status: int = UNKNOWN
+    failures: int = 0
+    successes: int = 0
+
+
+def next_state(prev: State, result: ProbeResult, policy: Policy) -> State:
+    """The status after one probe, with hysteresis.
+
+    The first probe decides outright. After that a HEALTHY or DEGRADED instance
+    becomes UNHEALTHY only after ``unhealthy_threshold`` failures in a row, and an
+    UNHEALTHY one recovers only after ``healthy_threshold`` successes in a row, so
+    one lost packet does not flap it. Up-but-slow is DEGRADED, with no delay.
+    """
+    if result.ok:
+        successes, failures = prev.successes + 1, 0
+        up = (
+            DEGRADED
+            if result.degraded or result.latency_ms > policy.degraded_latency_ms
+            else HEALTHY
+        )
+        if prev.status == UNHEALTHY and successes < policy.healthy_threshold:
+            return State(UNHEALTHY, failures, successes)
+        return State(up, failures, successes)
+    successes, failures = 0, prev.failures + 1
+    if prev.status in (HEALTHY, DEGRADED) and failures < policy.unhealthy_threshold:
+        return State(prev.status, failures, successes)
+    return State(UNHEALTHY, failures, successes)
+
+
+def worth_writing(
+    old: types_pb2.InstanceHealth | None, new: types_pb2.InstanceHealth, now: float
+) -> bool:
+    if old is None or old.status != new.status:
+        return True
+    moved = abs(new.latency_ms - old.latency_ms)
+    if moved > 5 and moved > 0.5 * max(old.latency_ms, 1.0):
+        return True
+    return now - old.last_check.ToMicroseconds() / 1e6 >= REFRESH
+
+
+def check_kind(instance: types_pb2.Instance) -> str:
+    kind = instance.health_check.WhichOneof("check") if instance.HasField("health_check") else None
+    return kind or "lease"
+
+
+def decode_health(kv: KeyValue) -> types_pb2.InstanceHealth:
+    record = types_pb2.InstanceHealth.FromString(kv.value)
+    record.revision = kv.mod_revision
+    return record
+
+
+class HealthView:
+    """Every instance's last health record, in memory (every replica has one)."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self.mirror: PrefixMirror[types_pb2.InstanceHealth] = PrefixMirror(
+            store, keys.HEALTH, decode_health
+        )
+
+    def get(self, service: str, instance_id: str) -> types_pb2.InstanceHealth | None:
+        return self.mirror.items.get(keys.health_key(service, instance_id))
+
+    def of(self, instance: types_pb2.Instance) -> types_pb2.InstanceHealth:
+        """The instance's health; an instance without a check is healthy while its
+        lease lives, one not probed yet is UNSPECIFIED."""
+        record = self.get(instance.service, instance.instance_id)
+        if record is not None:
+            return record
+        kind = check_kind(instance)
+        return types_pb2.InstanceHealth(
+            service=instance.service,
+            instance_id=instance.instance_id,
+            status=HEALTHY if kind == "lease" else UNKNOWN,
+            check=kind,
+        )
+
+
+def usable(instances: list[types_pb2.Instance], health: HealthView) -> list[types_pb2.Instance]:
+    """What discovery answers by default: the HEALTHY instances; if none, the
+    DEGRADED ones; if none, those not probed yet. Never UNHEALTHY ones."""
+    by_status: dict[int, list[types_pb2.Instance]] = {}
+    for inst in instances:
+        by_status.setdefault(health.of(inst).status, []).append(inst)
+    for status in (HEALTHY, DEGRADED, UNKNOWN):
+        if by_status.get(status):
+            return by_status[status]
+    return []
+
+
+Prober = Callable[[types_pb2.Instance, float], Awaitable[ProbeResult]]
+Key = tuple[str, str]
+
+
+class HealthMonitor:
+    """Probes every instance that declared a check; run only by the leader.
+
+    Probes are scheduled per instance by their own interval on one heap, and at
+    most ``concurrency`` run at once, so 1,000 instances at 10 s are 100 probes
+    per second spread evenly rather than 1,000 at once every 10 s.
+    """
+
+    def __init__(
+        self,
+        store: EtcdStore,
+        instances: Callable[[], dict[Key, types_pb2.Instance]],
+        view: HealthView,
+        probe: Prober,
+        *,
+        concurrency: int = 200,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._instances = instances
+        self._view = view
+        self._probe = probe
+        self._limit = asyncio.Semaphore(concurrency)
+        self._clock = clock
+        self._states: dict[Key, State] = {}
+        self._due: list[tuple[float, Key]] = []
+        self._scheduled: set[Key] = set()
+        self._running: set[asyncio.Task[None]] = set()
+        self.probes_done = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                now = loop.time()
+                instances = self._instances()
+                for key, inst in instances.items():
+                    if key not in self._scheduled and check_kind(inst) != "lease":
+                        self._scheduled.add(key)
+                        heapq.heappush(self._due, (now, key))
+                while self._due and self._due[0][0] <= now:
+                    _, key = heapq.heappop(self._due)
+                    inst = instances.get(key)
+                    if inst is None or check_kind(inst) == "lease":
+                        self._scheduled.discard(key)
+                        self._states.pop(key, None)
+                        continue
+                    await self._limit.acquire()
+                    task = asyncio.create_task(self._probe_one(key, inst))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                wait = self._due[0][0] - loop.time() if self._due else 0.5
+                await asyncio.sleep(min(max(wait, 0.01), 0.5))
+        finally:
+            for task in list(self._running):
+                task.cancel()
+
+    async def _probe_one(self, key: Key, inst: types_pb2.Instance) -> None:
+        policy = Policy.of(inst.health_check)
+        try:
+            try:
+                result = await self._probe(inst, policy.timeout)
+            except Exception as e:  # a probe bug must not stop the monitor
+                result = ProbeResult(False, policy.timeout * 1000, message=f"probe error: {e!r}")
+            await self._record(key, inst, result, policy)
+        except Exception as e:
+            log.debug("recording health of %s failed: %r", key, e)
+        finally:
+            self._limit.release()
+            self.probes_done += 1
+            if key in self._scheduled:
+                loop = asyncio.get_running_loop()
+                heapq.heappush(self._due, (loop.time() + policy.interval, key))
+
+    async def _record(
+        self, key: Key, inst: types_pb2.Instance, result: ProbeResult, policy: Policy
+    ) -> None:
+        old = self._view.get(*key)
+        prev = self._states.get(key)
+        if prev is None:
+            # A new leader continues from the stored record.
+            prev = (
+                State(old.status, old.consecutive_failures, old.consecutive_successes)
+                if old is not None
+                else State()
+            )
+        state = next_state(prev, result, policy)
+        self._states[key] = state
+        now = self._clock()
+        record = types_pb2.InstanceHealth(
+            service=inst.service,
+            instance_id=inst.instance_id,
+            status=state.status,
+            latency_ms=round(result.latency_ms, 3),
+            consecutive_failures=state.failures,
+            consecutive_successes=state.successes,
+            message=result.message[:500],
+            check=check_kind(inst),
+        )
+        record.last_check.FromMicroseconds(int(now * 1e6))
+        if worth_writing(old, record, now):
+            # Under the instance's lease: the record goes when the instance goes.
+            await self._store.put(
+                keys.health_key(*key), record.SerializeToString(), lease=inst.lease_id
+            )

@@ -1,0 +1,133 @@
+"""Leader election among hub replicas, on one etcd key held under a lease.
+
+Work that must happen once (probing, circuit timers, roll-out stepping) runs only
+on the replica whose id is in the key. The leader renews its lease every third
+of the TTL; if it cannot confirm the lease for longer than the TTL it stops
+leading at once, because by then another replica may have taken over. A replica
+that dies holds the key until its lease lapses; one that stops cleanly revokes
+the lease so that another takes over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from hub_server.domain.errors import StoreUnavailable
+from hub_server.store import keys
+from hub_server.store.etcd import EtcdStore, Txn
+
+log = logging.getLogger(__name__)
+
+LeaderWork = Callable[[], Coroutine[Any, Any, None]]
+
+
+class Election:
+    def __init__(
+        self,
+        store: EtcdStore,
+        candidate_id: str,
+        *,
+        name: str = "leader",
+        ttl: int = 5,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self._store = store
+        self.candidate_id = candidate_id
+        self.key = keys.ELECTION + name.encode()
+        self.ttl = ttl
+        self._poll = poll_interval
+        self.leader_id = ""
+        self.is_leader = False
+        self._work: list[LeaderWork] = []
+        self._work_tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._lease = 0
+        self.changed = asyncio.Event()  # set on every change of leader
+
+    def add_work(self, work: LeaderWork) -> None:
+        """A coroutine to run while this replica leads (cancelled when it stops)."""
+        self._work.append(work)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._campaign(), name="election")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._step_down()
+        if self._lease:
+            with contextlib.suppress(Exception):
+                await self._store.revoke_lease(self._lease)  # hand over at once
+            self._lease = 0
+
+    def _set_leader(self, leader_id: str) -> None:
+        if leader_id != self.leader_id:
+            self.leader_id = leader_id
+            log.info("hub leader is now %r", leader_id or None)
+            self.changed.set()
+            self.changed = asyncio.Event()
+
+    async def _campaign(self) -> None:
+        while True:
+            try:
+                if not self._lease:
+                    self._lease = await self._store.grant_lease(self.ttl)
+                txn = Txn().absent(self.key)
+                txn.success.append(Txn.put(self.key, self.candidate_id.encode(), self._lease))
+                txn.failure.append(Txn.get(self.key))
+                result = await self._store.txn(txn)
+                if result.succeeded:
+                    await self._lead()  # returns when leadership is lost
+                    continue
+                current = result.ranges[0][0] if result.ranges and result.ranges[0] else None
+                holder = current.value.decode() if current is not None else ""
+                if holder == self.candidate_id and current is not None:
+                    # Our own key from before (e.g. after an etcd restart).
+                    self._lease = current.lease
+                    await self._lead()
+                    continue
+                self._set_leader(holder)
+            except StoreUnavailable as e:
+                log.debug("election: etcd unavailable: %s", e)
+                self._set_leader("")
+            await asyncio.sleep(self._poll)
+
+    async def _lead(self) -> None:
+        self.is_leader = True
+        self._set_leader(self.candidate_id)
+        self._work_tasks = [asyncio.create_task(w()) for w in self._work]
+        loop = asyncio.get_running_loop()
+        confirmed = loop.time()
+        try:
+            while True:
+                await asyncio.sleep(self.ttl / 3)
+                try:
+                    if await self._store.keep_alive(self._lease) <= 0:
+                        log.warning("leader lease lost; stepping down")
+                        self._lease = 0
+                        return
+                    confirmed = loop.time()
+                except StoreUnavailable:
+                    if loop.time() - confirmed >= self.ttl:
+                        log.warning("leader lease unconfirmed for %ss; stepping down", self.ttl)
+                        self._lease = 0
+                        return
+        finally:
+            await self._step_down()
+
+    async def _step_down(self) -> None:
+        tasks, self._work_tasks = self._work_tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.is_leader:
+            self.is_leader = False
+            self._set_leader("")
