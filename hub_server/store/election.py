@@ -76,25 +76,30 @@ class Election:
     async def _campaign(self) -> None:
         while True:
             try:
-                if not self._lease:
-                    self._lease = await self._store.grant_lease(self.ttl)
-                txn = Txn().absent(self.key)
-                txn.success.append(Txn.put(self.key, self.candidate_id.encode(), self._lease))
-                txn.failure.append(Txn.get(self.key))
-                result = await self._store.txn(txn)
-                if result.succeeded:
-                    await self._lead()  # returns when leadership is lost
-                    continue
-                current = result.ranges[0][0] if result.ranges and result.ranges[0] else None
+                current, _ = await self._store.get(self.key)
                 holder = current.value.decode() if current is not None else ""
                 if holder == self.candidate_id and current is not None:
-                    # Our own key from before (e.g. after an etcd restart).
+                    # Our own key from before (an etcd restart, a lost stream).
                     self._lease = current.lease
                     await self._lead()
                     continue
+                if current is None:
+                    # A lease only when there is a chance to lead: a follower's
+                    # lease would lapse unused while it waits.
+                    self._lease = await self._store.grant_lease(self.ttl)
+                    txn = Txn().absent(self.key)
+                    txn.success.append(Txn.put(self.key, self.candidate_id.encode(), self._lease))
+                    if (await self._store.txn(txn)).succeeded:
+                        await self._lead()  # returns when leadership is lost
+                        continue
+                    await self._store.revoke_lease(self._lease)
+                    self._lease = 0
                 self._set_leader(holder)
-            except StoreUnavailable as e:
-                log.debug("election: etcd unavailable: %s", e)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # etcd unreachable, or a lease that lapsed meanwhile
+                log.debug("election: %r", e)
+                self._lease = 0
                 self._set_leader("")
             await asyncio.sleep(self._poll)
 

@@ -1,0 +1,221 @@
+"""Active health monitoring against real HTTP, gRPC and TCP servers, and the
+elected replica doing it alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+from aitrading.hub.v1 import (
+    cluster_pb2,
+    cluster_pb2_grpc,
+    health_pb2,
+    health_pb2_grpc,
+    registry_pb2,
+    types_pb2,
+)
+
+from hub_client import HubClient, health_check
+from hub_server.app import Hub
+from tests.conftest import HubFactory, eventually
+from tests.support.servers import GrpcServer, HttpServer, TcpServer
+
+FAST = dict(interval=0.2, timeout=0.5)
+
+
+async def _health(address: str, service: str) -> dict[str, types_pb2.InstanceHealth]:
+    async with grpc.aio.insecure_channel(address) as ch:
+        resp = await health_pb2_grpc.HealthServiceStub(ch).GetHealth(
+            health_pb2.GetHealthRequest(service=service)
+        )
+    return {r.instance_id: r for r in resp.instances}
+
+
+async def _status_is(address: str, service: str, instance_id: str, status: int) -> bool:
+    record = (await _health(address, service)).get(instance_id)
+    return record is not None and record.status == status
+
+
+async def test_probe_kinds_and_lease_only(hub: Hub, client: HubClient) -> None:
+    http, grpc_srv, tcp = HttpServer(), GrpcServer(), TcpServer()
+    for s in (http, grpc_srv, tcp):
+        await s.start()
+    try:
+        await client.register(
+            "mixed", instance_id="h", host="127.0.0.1", port=http.port,
+            health=health_check(http="/health", **FAST),
+        )  # fmt: skip
+        await client.register(
+            "mixed", instance_id="g", host="127.0.0.1", port=grpc_srv.port, protocol="grpc",
+            health=health_check(grpc_service="", **FAST),
+        )  # fmt: skip
+        await client.register(
+            "mixed", instance_id="t", host="127.0.0.1", port=tcp.port, protocol="tcp",
+            health=health_check(tcp=True, **FAST),
+        )  # fmt: skip
+        await client.register("mixed", instance_id="l", host="127.0.0.1", port=1)
+        for iid in ("h", "g", "t"):
+            await eventually(lambda iid=iid: _status_is(hub.address, "mixed", iid, 1))
+        records = await _health(hub.address, "mixed")
+        assert {k: r.check for k, r in records.items()} == {
+            "h": "http", "g": "grpc", "t": "tcp", "l": "lease",
+        }  # fmt: skip
+        assert records["l"].status == types_pb2.HEALTH_STATUS_HEALTHY
+        assert records["h"].latency_ms > 0 and records["h"].last_check.seconds > 0
+        assert http.requests > 0
+    finally:
+        for s in (http, grpc_srv, tcp):
+            await s.stop()
+
+
+async def test_degraded_unhealthy_recovery_seen_on_watch(hub: Hub, client: HubClient) -> None:
+    http = HttpServer()
+    await http.start()
+    statuses: list[int] = []
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        stub = health_pb2_grpc.HealthServiceStub(ch)
+        call = stub.WatchHealth(health_pb2.WatchHealthRequest(service="pricing"))
+
+        async def follow() -> None:
+            async for msg in call:
+                for r in msg.instances:
+                    if not statuses or statuses[-1] != r.status:
+                        statuses.append(r.status)
+
+        follower = asyncio.create_task(follow())
+        try:
+            await client.register(
+                "pricing", host="127.0.0.1", port=http.port,
+                health=health_check(http="/h", interval=0.2, timeout=1.0),
+                metadata={"note": "x"},
+            )  # fmt: skip
+            H, D, U = (
+                types_pb2.HEALTH_STATUS_HEALTHY,
+                types_pb2.HEALTH_STATUS_DEGRADED,
+                types_pb2.HEALTH_STATUS_UNHEALTHY,
+            )
+            await eventually(lambda: statuses[-1:] == [H])
+            http.body = b'{"status": "degraded"}'  # the instance says so itself
+            await eventually(lambda: statuses[-1:] == [D])
+            http.body = b"{}"
+            await eventually(lambda: statuses[-1:] == [H])
+            await http.stop()  # dies: unhealthy after 3 failed probes
+            await eventually(lambda: statuses[-1:] == [U])
+            await http.start()
+            await eventually(lambda: statuses[-1:] == [H])
+            assert statuses[-4:] == [D, H, U, H]
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await http.stop()
+
+
+async def test_slow_instance_is_degraded(hub: Hub, client: HubClient) -> None:
+    http = HttpServer()
+    http.delay = 0.15
+    await http.start()
+    try:
+        check = health_check(http="/h", interval=0.2, timeout=1.0)
+        check.degraded_latency.FromMilliseconds(50)
+        await client.register("slowpoke", host="127.0.0.1", port=http.port, health=check)
+        await eventually(
+            lambda: _status_is(hub.address, "slowpoke", f"127.0.0.1-{http.port}",
+                               types_pb2.HEALTH_STATUS_DEGRADED)
+        )  # fmt: skip
+    finally:
+        await http.stop()
+
+
+async def test_discovery_answers_usable_instances_by_default(hub: Hub, client: HubClient) -> None:
+    good, bad = GrpcServer(), GrpcServer()
+    await good.start()
+    await bad.start()
+    await bad.set_serving(False)
+    try:
+        for srv, iid in ((good, "good"), (bad, "bad")):
+            await client.register(
+                "quotes", instance_id=iid, host="127.0.0.1", port=srv.port, protocol="grpc",
+                health=health_check(grpc_service="", **FAST),
+            )  # fmt: skip
+        await eventually(lambda: _status_is(hub.address, "quotes", "bad", 3))
+        await eventually(lambda: _status_is(hub.address, "quotes", "good", 1))
+        svc = await client.discover("quotes")
+        assert [i.instance_id for i in svc.instances] == ["good"]
+        assert svc.instances[0].raw.health.status == types_pb2.HEALTH_STATUS_HEALTHY
+        everything = await client._unary(
+            client.registry_stub.GetService,
+            registry_pb2.GetServiceRequest(service="quotes", include_unhealthy=True),
+        )
+        assert [i.instance_id for i in everything.service.instances] == ["bad", "good"]
+        # When every instance is unhealthy, discovery answers none rather than a failing one.
+        await good.set_serving(False)
+        await eventually(lambda: _status_is(hub.address, "quotes", "good", 3))
+        assert (await client.discover("quotes")).instances == []
+    finally:
+        await good.stop()
+        await bad.stop()
+
+
+async def _cluster(address: str) -> cluster_pb2.GetClusterStatusResponse:
+    async with grpc.aio.insecure_channel(address) as ch:
+        return await cluster_pb2_grpc.ClusterServiceStub(ch).GetClusterStatus(
+            cluster_pb2.GetClusterStatusRequest()
+        )
+
+
+async def test_only_the_leader_probes_and_another_takes_over(hub_factory: HubFactory) -> None:
+    a = await hub_factory(election_ttl=2)
+    b = await hub_factory(election_ttl=2)
+    await eventually(lambda: a.election.is_leader or b.election.is_leader)
+    leader, follower = (a, b) if a.election.is_leader else (b, a)
+    await eventually(lambda: follower.election.leader_id == leader.hub_id)
+    status = await _cluster(follower.address)
+    assert status.leader_id == leader.hub_id
+    assert {r.hub_id for r in status.replicas} == {a.hub_id, b.hub_id}
+
+    http = HttpServer()
+    await http.start()
+    try:
+        async with HubClient(follower.address) as client:
+            await client.register(
+                "feed", host="127.0.0.1", port=http.port, health=health_check(http="/", **FAST)
+            )
+            await eventually(lambda: leader.health_monitor.probes_done >= 5)
+            assert follower.health_monitor.probes_done == 0
+
+            # The leader dies without handing over: the other waits out its lease.
+            await _crash(leader)
+            await eventually(lambda: follower.election.is_leader, timeout=10)
+            before = follower.health_monitor.probes_done
+            await eventually(lambda: follower.health_monitor.probes_done > before + 3)
+            await http.stop()
+            await eventually(lambda: _status_is(follower.address, "feed",
+                                                f"127.0.0.1-{http.port}", 3))  # fmt: skip
+    finally:
+        await http.stop()
+
+
+async def test_graceful_stop_hands_over_at_once(hub_factory: HubFactory) -> None:
+    a = await hub_factory(election_ttl=30)  # a long lease: only a hand-over is quick
+    await eventually(lambda: a.election.is_leader)
+    b = await hub_factory(election_ttl=30)
+    await a.stop()
+    await eventually(lambda: b.election.is_leader, timeout=5)
+    assert (await _cluster(b.address)).leader_id == b.hub_id
+
+
+async def _crash(hub: Hub) -> None:
+    """Stops a hub the way a killed process stops: no lease revoked, nothing handed over."""
+    assert hub.election._task is not None and hub.server is not None
+    hub.election._task.cancel()
+    await hub.election._step_down()
+    hub.presence._task.cancel()  # type: ignore[union-attr]
+    await hub.server.stop(0)
+    for mirror in hub._mirrors:
+        await mirror.stop()
+    for task in hub._tasks:
+        task.cancel()
+    hub.election._lease = 0  # nothing left for stop() to revoke
+    hub.presence._lease = 0
