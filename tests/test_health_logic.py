@@ -25,8 +25,8 @@ SAYS_DEGRADED = ProbeResult(True, 10.0, degraded=True)
 FAIL = ProbeResult(False, 2000.0, message="timed out")
 
 
-def run(results: list[ProbeResult], start: State = State()) -> list[int]:
-    state, out = start, []
+def run(results: list[ProbeResult], start: State | None = None) -> list[int]:
+    state, out = start or State(), []
     for r in results:
         state = next_state(state, r, P)
         out.append(state.status)
