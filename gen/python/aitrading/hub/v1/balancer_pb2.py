@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61itrading/hub/v1/balancer.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\"\x88\x01\n\x13PickEndpointRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x35\n\x08strategy\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.BalancingStrategy\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x03 \x01(\t\x12\x13\n\x0blegacy_mode\x18\x04 \x01(\x08\"\xb5\x01\n\x14PickEndpointResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x0c\n\x04load\x18\x05 \x01(\x01\x12,\n\x08instance\x18\x06 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\"G\n\x11ReportLoadRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04load\x18\x03 \x01(\x01\"F\n\x12ReportLoadResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader*\xed\x01\n\x11\x42\x61lancingStrategy\x12\"\n\x1e\x42\x41LANCING_STRATEGY_UNSPECIFIED\x10\x00\x12!\n\x1d\x42\x41LANCING_STRATEGY_LEAST_LOAD\x10\x01\x12\"\n\x1e\x42\x41LANCING_STRATEGY_ROUND_ROBIN\x10\x02\x12\x1f\n\x1b\x42\x41LANCING_STRATEGY_WEIGHTED\x10\x03\x12&\n\"BALANCING_STRATEGY_CONSISTENT_HASH\x10\x04\x12$\n BALANCING_STRATEGY_LATENCY_AWARE\x10\x05\x32\xcd\x01\n\x13LoadBalancerService\x12]\n\x0cPickEndpoint\x12%.aitrading.hub.v1.PickEndpointRequest\x1a&.aitrading.hub.v1.PickEndpointResponse\x12W\n\nReportLoad\x12#.aitrading.hub.v1.ReportLoadRequest\x1a$.aitrading.hub.v1.ReportLoadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61itrading/hub/v1/balancer.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\"\x88\x01\n\x13PickEndpointRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x35\n\x08strategy\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.BalancingStrategy\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x03 \x01(\t\x12\x13\n\x0blegacy_mode\x18\x04 \x01(\x08\"\xbc\x01\n\x14PickEndpointResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x13\n\x0bload_factor\x18\x05 \x01(\x01\x12,\n\x08instance\x18\x06 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\"N\n\x11ReportLoadRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x13\n\x0bload_factor\x18\x03 \x01(\x01\"F\n\x12ReportLoadResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader*\xed\x01\n\x11\x42\x61lancingStrategy\x12\"\n\x1e\x42\x41LANCING_STRATEGY_UNSPECIFIED\x10\x00\x12!\n\x1d\x42\x41LANCING_STRATEGY_LEAST_LOAD\x10\x01\x12\"\n\x1e\x42\x41LANCING_STRATEGY_ROUND_ROBIN\x10\x02\x12\x1f\n\x1b\x42\x41LANCING_STRATEGY_WEIGHTED\x10\x03\x12&\n\"BALANCING_STRATEGY_CONSISTENT_HASH\x10\x04\x12$\n BALANCING_STRATEGY_LATENCY_AWARE\x10\x05\x32\xcd\x01\n\x13LoadBalancerService\x12]\n\x0cPickEndpoint\x12%.aitrading.hub.v1.PickEndpointRequest\x1a&.aitrading.hub.v1.PickEndpointResponse\x12W\n\nReportLoad\x12#.aitrading.hub.v1.ReportLoadRequest\x1a$.aitrading.hub.v1.ReportLoadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aitrading.hub.v1.balancer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BALANCINGSTRATEGY']._serialized_start=552
-  _globals['_BALANCINGSTRATEGY']._serialized_end=789
+  _globals['_BALANCINGSTRATEGY']._serialized_start=566
+  _globals['_BALANCINGSTRATEGY']._serialized_end=803
   _globals['_PICKENDPOINTREQUEST']._serialized_start=84
   _globals['_PICKENDPOINTREQUEST']._serialized_end=220
   _globals['_PICKENDPOINTRESPONSE']._serialized_start=223
-  _globals['_PICKENDPOINTRESPONSE']._serialized_end=404
-  _globals['_REPORTLOADREQUEST']._serialized_start=406
-  _globals['_REPORTLOADREQUEST']._serialized_end=477
-  _globals['_REPORTLOADRESPONSE']._serialized_start=479
-  _globals['_REPORTLOADRESPONSE']._serialized_end=549
-  _globals['_LOADBALANCERSERVICE']._serialized_start=792
-  _globals['_LOADBALANCERSERVICE']._serialized_end=997
+  _globals['_PICKENDPOINTRESPONSE']._serialized_end=411
+  _globals['_REPORTLOADREQUEST']._serialized_start=413
+  _globals['_REPORTLOADREQUEST']._serialized_end=491
+  _globals['_REPORTLOADRESPONSE']._serialized_start=493
+  _globals['_REPORTLOADRESPONSE']._serialized_end=563
+  _globals['_LOADBALANCERSERVICE']._serialized_start=806
+  _globals['_LOADBALANCERSERVICE']._serialized_end=1011
 # @@protoc_insertion_point(module_scope)

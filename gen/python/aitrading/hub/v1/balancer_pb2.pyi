@@ -98,7 +98,7 @@ class PickEndpointResponse(_message.Message):
     HOST_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
-    LOAD_FIELD_NUMBER: _builtins.int
+    LOAD_FACTOR_FIELD_NUMBER: _builtins.int
     INSTANCE_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     """Host to connect to."""
@@ -106,7 +106,7 @@ class PickEndpointResponse(_message.Message):
     """Port to connect to."""
     instance_id: _builtins.str
     """The chosen instance id."""
-    load: _builtins.float
+    load_factor: _builtins.float
     """Its last reported load."""
     @_builtins.property
     def header(self) -> _types_pb2.ResponseHeader:
@@ -123,12 +123,12 @@ class PickEndpointResponse(_message.Message):
         host: _builtins.str = ...,
         port: _builtins.int = ...,
         instance_id: _builtins.str = ...,
-        load: _builtins.float = ...,
+        load_factor: _builtins.float = ...,
         instance: _types_pb2.Instance | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "instance", b"instance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "host", b"host", "instance", b"instance", "instance_id", b"instance_id", "load", b"load", "port", b"port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "host", b"host", "instance", b"instance", "instance_id", b"instance_id", "load_factor", b"load_factor", "port", b"port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -142,23 +142,23 @@ class ReportLoadRequest(_message.Message):
 
     SERVICE_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
-    LOAD_FIELD_NUMBER: _builtins.int
+    LOAD_FACTOR_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service name."""
     instance_id: _builtins.str
     """The instance id."""
-    load: _builtins.float
+    load_factor: _builtins.float
     """Load from 0 (idle) to 1 (at capacity); more than 1 means overloaded."""
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
         instance_id: _builtins.str = ...,
-        load: _builtins.float = ...,
+        load_factor: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "load", b"load", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "load_factor", b"load_factor", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61itrading/hub/v1/types.proto\x12\x10\x61itrading.hub.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\x0eResponseHeader\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\"\xe1\x02\n\x0bHealthCheck\x12+\n\x04http\x18\x01 \x01(\x0b\x32\x1b.aitrading.hub.v1.HttpCheckH\x00\x12+\n\x04grpc\x18\x02 \x01(\x0b\x32\x1b.aitrading.hub.v1.GrpcCheckH\x00\x12)\n\x03tcp\x18\x03 \x01(\x0b\x32\x1a.aitrading.hub.v1.TcpCheckH\x00\x12+\n\x08interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10\x64\x65graded_latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13unhealthy_threshold\x18\x07 \x01(\x05\x12\x19\n\x11healthy_threshold\x18\x08 \x01(\x05\x42\x07\n\x05\x63heck\"\x19\n\tHttpCheck\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x1c\n\tGrpcCheck\x12\x0f\n\x07service\x18\x01 \x01(\t\"\n\n\x08TcpCheck\"\xde\x05\n\x08Instance\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12,\n\x08protocol\x18\x05 \x01(\x0e\x32\x1a.aitrading.hub.v1.Protocol\x12\x33\n\x0chealth_check\x18\x06 \x01(\x0b\x32\x1d.aitrading.hub.v1.HealthCheck\x12\x0f\n\x07version\x18\x07 \x01(\t\x12:\n\x08metadata\x18\x08 \x03(\x0b\x32(.aitrading.hub.v1.Instance.MetadataEntry\x12\x16\n\x0etenant_capable\x18\t \x01(\x08\x12\x45\n\x19subscription_requirements\x18\n \x03(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x35\n\rresource_tier\x18\x0b \x01(\x0e\x32\x1e.aitrading.hub.v1.ResourceTier\x12\x13\n\x0bttl_seconds\x18\x0c \x01(\x05\x12\x10\n\x08lease_id\x18\r \x01(\x03\x12\x0e\n\x06weight\x18\x0e \x01(\x05\x12\x31\n\rregistered_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63reate_revision\x18\x11 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x12 \x01(\x03\x12\x30\n\x06health\x18\x13 \x01(\x0b\x32 .aitrading.hub.v1.InstanceHealth\x12\x10\n\x08\x64raining\x18\x14 \x01(\x08\x12\x0c\n\x04load\x18\x15 \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x02\n\x0eInstanceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.aitrading.hub.v1.HealthStatus\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12.\n\nlast_check\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05\x12\x1d\n\x15\x63onsecutive_successes\x18\x07 \x01(\x05\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\r\n\x05\x63heck\x18\t \x01(\t\x12\x10\n\x08revision\x18\n \x01(\x03\"F\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tinstances\x18\x02 \x03(\x0b\x32\x1a.aitrading.hub.v1.Instance*\x88\x01\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n\rPROTOCOL_HTTP\x10\x01\x12\x12\n\x0ePROTOCOL_HTTPS\x10\x02\x12\x11\n\rPROTOCOL_GRPC\x10\x03\x12\x10\n\x0cPROTOCOL_TCP\x10\x04\x12\x16\n\x12PROTOCOL_WEBSOCKET\x10\x05*\x8e\x01\n\x10SubscriptionTier\x12!\n\x1dSUBSCRIPTION_TIER_UNSPECIFIED\x10\x00\x12\x1a\n\x16SUBSCRIPTION_TIER_FREE\x10\x01\x12\x19\n\x15SUBSCRIPTION_TIER_PRO\x10\x02\x12 \n\x1cSUBSCRIPTION_TIER_ENTERPRISE\x10\x03*\x7f\n\x0cResourceTier\x12\x1d\n\x19RESOURCE_TIER_UNSPECIFIED\x10\x00\x12\x17\n\x13RESOURCE_TIER_BASIC\x10\x01\x12\x19\n\x15RESOURCE_TIER_PREMIUM\x10\x02\x12\x1c\n\x18RESOURCE_TIER_ENTERPRISE\x10\x03*\x81\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_HEALTHY\x10\x01\x12\x1a\n\x16HEALTH_STATUS_DEGRADED\x10\x02\x12\x1b\n\x17HEALTH_STATUS_UNHEALTHY\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61itrading/hub/v1/types.proto\x12\x10\x61itrading.hub.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\x0eResponseHeader\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\"\xe1\x02\n\x0bHealthCheck\x12+\n\x04http\x18\x01 \x01(\x0b\x32\x1b.aitrading.hub.v1.HttpCheckH\x00\x12+\n\x04grpc\x18\x02 \x01(\x0b\x32\x1b.aitrading.hub.v1.GrpcCheckH\x00\x12)\n\x03tcp\x18\x03 \x01(\x0b\x32\x1a.aitrading.hub.v1.TcpCheckH\x00\x12+\n\x08interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10\x64\x65graded_latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13unhealthy_threshold\x18\x07 \x01(\x05\x12\x19\n\x11healthy_threshold\x18\x08 \x01(\x05\x42\x07\n\x05\x63heck\"\x19\n\tHttpCheck\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x1c\n\tGrpcCheck\x12\x0f\n\x07service\x18\x01 \x01(\t\"\n\n\x08TcpCheck\"\xe5\x05\n\x08Instance\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12,\n\x08protocol\x18\x05 \x01(\x0e\x32\x1a.aitrading.hub.v1.Protocol\x12\x33\n\x0chealth_check\x18\x06 \x01(\x0b\x32\x1d.aitrading.hub.v1.HealthCheck\x12\x0f\n\x07version\x18\x07 \x01(\t\x12:\n\x08metadata\x18\x08 \x03(\x0b\x32(.aitrading.hub.v1.Instance.MetadataEntry\x12\x16\n\x0etenant_capable\x18\t \x01(\x08\x12\x45\n\x19subscription_requirements\x18\n \x03(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x35\n\rresource_tier\x18\x0b \x01(\x0e\x32\x1e.aitrading.hub.v1.ResourceTier\x12\x13\n\x0bttl_seconds\x18\x0c \x01(\x05\x12\x10\n\x08lease_id\x18\r \x01(\x03\x12\x0e\n\x06weight\x18\x0e \x01(\x05\x12\x31\n\rregistered_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63reate_revision\x18\x11 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x12 \x01(\x03\x12\x30\n\x06health\x18\x13 \x01(\x0b\x32 .aitrading.hub.v1.InstanceHealth\x12\x10\n\x08\x64raining\x18\x14 \x01(\x08\x12\x13\n\x0bload_factor\x18\x15 \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x02\n\x0eInstanceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.aitrading.hub.v1.HealthStatus\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12.\n\nlast_check\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05\x12\x1d\n\x15\x63onsecutive_successes\x18\x07 \x01(\x05\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\r\n\x05\x63heck\x18\t \x01(\t\x12\x10\n\x08revision\x18\n \x01(\x03\"F\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tinstances\x18\x02 \x03(\x0b\x32\x1a.aitrading.hub.v1.Instance*\x88\x01\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n\rPROTOCOL_HTTP\x10\x01\x12\x12\n\x0ePROTOCOL_HTTPS\x10\x02\x12\x11\n\rPROTOCOL_GRPC\x10\x03\x12\x10\n\x0cPROTOCOL_TCP\x10\x04\x12\x16\n\x12PROTOCOL_WEBSOCKET\x10\x05*\x8e\x01\n\x10SubscriptionTier\x12!\n\x1dSUBSCRIPTION_TIER_UNSPECIFIED\x10\x00\x12\x1a\n\x16SUBSCRIPTION_TIER_FREE\x10\x01\x12\x19\n\x15SUBSCRIPTION_TIER_PRO\x10\x02\x12 \n\x1cSUBSCRIPTION_TIER_ENTERPRISE\x10\x03*\x7f\n\x0cResourceTier\x12\x1d\n\x19RESOURCE_TIER_UNSPECIFIED\x10\x00\x12\x17\n\x13RESOURCE_TIER_BASIC\x10\x01\x12\x19\n\x15RESOURCE_TIER_PREMIUM\x10\x02\x12\x1c\n\x18RESOURCE_TIER_ENTERPRISE\x10\x03*\x81\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_HEALTHY\x10\x01\x12\x1a\n\x16HEALTH_STATUS_DEGRADED\x10\x02\x12\x1b\n\x17HEALTH_STATUS_UNHEALTHY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INSTANCE_METADATAENTRY']._loaded_options = None
   _globals['_INSTANCE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_PROTOCOL']._serialized_start=1686
-  _globals['_PROTOCOL']._serialized_end=1822
-  _globals['_SUBSCRIPTIONTIER']._serialized_start=1825
-  _globals['_SUBSCRIPTIONTIER']._serialized_end=1967
-  _globals['_RESOURCETIER']._serialized_start=1969
-  _globals['_RESOURCETIER']._serialized_end=2096
-  _globals['_HEALTHSTATUS']._serialized_start=2099
-  _globals['_HEALTHSTATUS']._serialized_end=2228
+  _globals['_PROTOCOL']._serialized_start=1693
+  _globals['_PROTOCOL']._serialized_end=1829
+  _globals['_SUBSCRIPTIONTIER']._serialized_start=1832
+  _globals['_SUBSCRIPTIONTIER']._serialized_end=1974
+  _globals['_RESOURCETIER']._serialized_start=1976
+  _globals['_RESOURCETIER']._serialized_end=2103
+  _globals['_HEALTHSTATUS']._serialized_start=2106
+  _globals['_HEALTHSTATUS']._serialized_end=2235
   _globals['_RESPONSEHEADER']._serialized_start=115
   _globals['_RESPONSEHEADER']._serialized_end=165
   _globals['_HEALTHCHECK']._serialized_start=168
@@ -54,11 +54,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TCPCHECK']._serialized_start=580
   _globals['_TCPCHECK']._serialized_end=590
   _globals['_INSTANCE']._serialized_start=593
-  _globals['_INSTANCE']._serialized_end=1327
-  _globals['_INSTANCE_METADATAENTRY']._serialized_start=1280
-  _globals['_INSTANCE_METADATAENTRY']._serialized_end=1327
-  _globals['_INSTANCEHEALTH']._serialized_start=1330
-  _globals['_INSTANCEHEALTH']._serialized_end=1611
-  _globals['_SERVICE']._serialized_start=1613
-  _globals['_SERVICE']._serialized_end=1683
+  _globals['_INSTANCE']._serialized_end=1334
+  _globals['_INSTANCE_METADATAENTRY']._serialized_start=1287
+  _globals['_INSTANCE_METADATAENTRY']._serialized_end=1334
+  _globals['_INSTANCEHEALTH']._serialized_start=1337
+  _globals['_INSTANCEHEALTH']._serialized_end=1618
+  _globals['_SERVICE']._serialized_start=1620
+  _globals['_SERVICE']._serialized_end=1690
 # @@protoc_insertion_point(module_scope)

@@ -342,7 +342,7 @@ class Instance(_message.Message):
     MOD_REVISION_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
-    LOAD_FIELD_NUMBER: _builtins.int
+    LOAD_FACTOR_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service this instance belongs to (a DNS label)."""
     instance_id: _builtins.str
@@ -371,7 +371,7 @@ class Instance(_message.Message):
     """The revision at which the instance was last modified in the store."""
     draining: _builtins.bool
     """Whether the instance is being drained: balancers no longer pick it."""
-    load: _builtins.float
+    load_factor: _builtins.float
     """The load the instance last reported (0 = idle, 1 = at capacity)."""
     @_builtins.property
     def health_check(self) -> Global___HealthCheck:
@@ -420,11 +420,11 @@ class Instance(_message.Message):
         mod_revision: _builtins.int = ...,
         health: Global___InstanceHealth | None = ...,
         draining: _builtins.bool = ...,
-        load: _builtins.float = ...,
+        load_factor: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "health_check", b"health_check", "registered_at", b"registered_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_revision", b"create_revision", "draining", b"draining", "health", b"health", "health_check", b"health_check", "host", b"host", "instance_id", b"instance_id", "lease_id", b"lease_id", "load", b"load", "metadata", b"metadata", "mod_revision", b"mod_revision", "port", b"port", "protocol", b"protocol", "registered_at", b"registered_at", "resource_tier", b"resource_tier", "service", b"service", "subscription_requirements", b"subscription_requirements", "tenant_capable", b"tenant_capable", "ttl_seconds", b"ttl_seconds", "updated_at", b"updated_at", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_revision", b"create_revision", "draining", b"draining", "health", b"health", "health_check", b"health_check", "host", b"host", "instance_id", b"instance_id", "lease_id", b"lease_id", "load_factor", b"load_factor", "metadata", b"metadata", "mod_revision", b"mod_revision", "port", b"port", "protocol", b"protocol", "registered_at", b"registered_at", "resource_tier", b"resource_tier", "service", b"service", "subscription_requirements", b"subscription_requirements", "tenant_capable", b"tenant_capable", "ttl_seconds", b"ttl_seconds", "updated_at", b"updated_at", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1199,7 +1199,7 @@ class Instance(betterproto2.Message):
     Whether the instance is being drained: balancers no longer pick it.
     """
 
-    load: "float" = betterproto2.field(21, betterproto2.TYPE_DOUBLE)
+    load_factor: "float" = betterproto2.field(21, betterproto2.TYPE_DOUBLE)
     """
     The load the instance last reported (0 = idle, 1 = at capacity).
     """
@@ -1490,7 +1490,7 @@ class PickEndpointResponse(betterproto2.Message):
     The chosen instance id.
     """
 
-    load: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    load_factor: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
     """
     Its last reported load.
     """
@@ -1663,7 +1663,7 @@ class ReportLoadRequest(betterproto2.Message):
     The instance id.
     """
 
-    load: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    load_factor: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
     """
     Load from 0 (idle) to 1 (at capacity); more than 1 means overloaded.
     """

@@ -89,9 +89,9 @@ export declare type PickEndpointResponse = Message<"aitrading.hub.v1.PickEndpoin
   /**
    * Its last reported load.
    *
-   * @generated from field: double load = 5;
+   * @generated from field: double load_factor = 5;
    */
-  load: number;
+  loadFactor: number;
 
   /**
    * The whole instance, health included.
@@ -130,9 +130,9 @@ export declare type ReportLoadRequest = Message<"aitrading.hub.v1.ReportLoadRequ
   /**
    * Load from 0 (idle) to 1 (at capacity); more than 1 means overloaded.
    *
-   * @generated from field: double load = 3;
+   * @generated from field: double load_factor = 3;
    */
-  load: number;
+  loadFactor: number;
 };
 
 /**

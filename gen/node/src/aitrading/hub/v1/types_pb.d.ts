@@ -322,9 +322,9 @@ export declare type Instance = Message<"aitrading.hub.v1.Instance"> & {
   /**
    * The load the instance last reported (0 = idle, 1 = at capacity).
    *
-   * @generated from field: double load = 21;
+   * @generated from field: double load_factor = 21;
    */
-  load: number;
+  loadFactor: number;
 };
 
 /**
