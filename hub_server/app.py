@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 from aitrading.hub.v1 import (
+    circuit_pb2,
+    circuit_pb2_grpc,
     cluster_pb2,
     cluster_pb2_grpc,
     registry_pb2_grpc,
@@ -25,10 +27,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hub_server import probes
+from hub_server.api.circuits import CircuitBreakerServicer
 from hub_server.api.cluster import ClusterServicer
 from hub_server.api.context import ContextInterceptor
 from hub_server.api.health import HealthServicer
 from hub_server.api.registry import RegistryServicer
+from hub_server.domain.circuits import Circuits
 from hub_server.domain.errors import StoreUnavailable
 from hub_server.domain.health import HealthMonitor, HealthView
 from hub_server.domain.registry import Registry, RegistryView
@@ -81,6 +85,7 @@ def _service_names() -> list[str]:
         registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
         hub_health_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name,
         cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
+        circuit_pb2.DESCRIPTOR.services_by_name["CircuitBreakerService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ]
@@ -124,7 +129,14 @@ class Hub:
         self.replicas: PrefixMirror[cluster_pb2.Replica] = PrefixMirror(
             store, keys.REPLICAS, _decode_replica
         )
-        self._mirrors = [self.view.mirror, self.health_view.mirror, self.replicas]
+        self.circuits = Circuits(store)
+        self._mirrors = [
+            self.view.mirror,
+            self.health_view.mirror,
+            self.replicas,
+            self.circuits.mirror,
+            self.circuits.settings,
+        ]
         for mirror in self._mirrors:
             await mirror.start()
         self.registry = Registry(store, self.view)
@@ -138,6 +150,7 @@ class Hub:
             concurrency=cfg.probe_concurrency,
         )
         self.election.add_work(self.health_monitor.run)
+        self.election.add_work(self.circuits.tick_forever)
 
         server = grpc.aio.server(interceptors=[ContextInterceptor()], options=SERVER_OPTIONS)
         progress = cfg.watch_progress_interval
@@ -150,6 +163,9 @@ class Hub:
         hub_health_pb2_grpc.add_HealthServiceServicer_to_server(
             HealthServicer(self.view, self.health_view, self.hub_id, progress_interval=progress),
             server,
+        )
+        circuit_pb2_grpc.add_CircuitBreakerServiceServicer_to_server(
+            CircuitBreakerServicer(self.circuits, self.hub_id, progress_interval=progress), server
         )
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterServicer(self.replicas, self.election, self.hub_id), server

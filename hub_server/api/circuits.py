@@ -1,0 +1,196 @@
+"""CircuitBreakerService: outcomes in, fleet-wide circuit states out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc, types_pb2
+from google.protobuf import duration_pb2
+
+from hub_server.api.streaming import watch_stream
+from hub_server.domain import validation
+from hub_server.domain.circuit import Call, CircuitSettings, Outcome, WindowType
+from hub_server.domain.circuits import Circuits, StoredCircuit
+from hub_server.domain.errors import InvalidArgument, Violations
+from hub_server.store.mirror import REMOVED, Change
+
+MAX_OUTCOMES = 10_000
+
+_ACTIONS = {
+    circuit_pb2.CIRCUIT_OVERRIDE_FORCE_OPEN: "force_open",
+    circuit_pb2.CIRCUIT_OVERRIDE_FORCE_CLOSED: "force_closed",
+    circuit_pb2.CIRCUIT_OVERRIDE_RESET: "reset",
+}
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def settings_from_pb(m: circuit_pb2.CircuitSettings) -> CircuitSettings:
+    settings = CircuitSettings.with_defaults(
+        window_type=WindowType(m.window_type) if m.window_type else None,
+        window_size=m.window_size,
+        minimum_calls=m.minimum_calls,
+        failure_rate_threshold=m.failure_rate_threshold,
+        slow_call_duration=_seconds(m.slow_call_duration),
+        slow_call_rate_threshold=m.slow_call_rate_threshold,
+        wait_in_open=_seconds(m.wait_in_open),
+        permitted_calls_in_half_open=m.permitted_calls_in_half_open,
+        max_wait_in_half_open=_seconds(m.max_wait_in_half_open),
+    )
+    violations = settings.validate()
+    if violations:
+        raise InvalidArgument([type(v)(f"settings.{v.field}", v.description) for v in violations])
+    return settings
+
+
+def settings_to_pb(s: CircuitSettings) -> circuit_pb2.CircuitSettings:
+    return circuit_pb2.CircuitSettings(
+        window_type=int(s.window_type),
+        window_size=s.window_size,
+        minimum_calls=s.minimum_calls,
+        failure_rate_threshold=s.failure_rate_threshold,
+        slow_call_duration=_duration(s.slow_call_duration),
+        slow_call_rate_threshold=s.slow_call_rate_threshold,
+        wait_in_open=_duration(s.wait_in_open),
+        permitted_calls_in_half_open=s.permitted_calls_in_half_open,
+        max_wait_in_half_open=_duration(s.max_wait_in_half_open),
+    )
+
+
+def circuit_to_pb(stored: StoredCircuit, now: float) -> circuit_pb2.Circuit:
+    m = stored.circuit.metrics(now)
+    out = circuit_pb2.Circuit(
+        service=stored.service,
+        instance_id=stored.instance_id,
+        state=int(m.state),
+        failure_rate=m.failure_rate,
+        slow_call_rate=m.slow_call_rate,
+        calls=m.calls,
+        settings=settings_to_pb(stored.circuit.settings),
+        reason=f"{m.reason}: {m.detail}" if m.reason else "",
+        revision=stored.revision,
+    )
+    out.state_since.FromNanoseconds(int(m.state_since * 1e9))
+    return out
+
+
+def _names(v: Violations, prefix: str, service: str, instance_id: str) -> None:
+    validation.check_dns_label(v, f"{prefix}service", service)
+    validation.check_safe_id(v, f"{prefix}instance_id", instance_id, required=False)
+
+
+class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
+    def __init__(self, circuits: Circuits, hub_id: str, *, progress_interval: float = 10.0):
+        self._circuits = circuits
+        self._hub_id = hub_id
+        self.progress_interval = progress_interval
+
+    def _header(self, revision: int) -> types_pb2.ResponseHeader:
+        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
+
+    async def ReportOutcomes(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        if len(request.outcomes) > MAX_OUTCOMES:
+            v.add("outcomes", f"at most {MAX_OUTCOMES} per batch")
+        batch = []
+        for i, o in enumerate(request.outcomes[:MAX_OUTCOMES]):
+            _names(v, f"outcomes[{i}].", o.service, o.instance_id)
+            if o.outcome not in (circuit_pb2.OUTCOME_SUCCESS, circuit_pb2.OUTCOME_FAILURE):
+                v.add(f"outcomes[{i}].outcome", "must be SUCCESS or FAILURE")
+                continue
+            if not 0 <= o.latency_ms < 86_400_000:
+                v.add(f"outcomes[{i}].latency_ms", "must be between 0 and one day")
+            batch.append((o.service, o.instance_id, Call(Outcome(o.outcome), o.latency_ms)))
+        v.raise_if_any()
+        self._circuits.mirror.ensure_live()
+        stored = await self._circuits.report(batch)
+        now = time.time()
+        return circuit_pb2.ReportOutcomesResponse(
+            header=self._header(max((s.revision for s in stored), default=0)),
+            circuits=[circuit_to_pb(s, now) for s in stored],
+        )
+
+    async def GetCircuitState(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        _names(v, "", request.service, request.instance_id)
+        v.raise_if_any()
+        self._circuits.mirror.ensure_live()
+        stored = self._circuits.get(request.service, request.instance_id)
+        return circuit_pb2.GetCircuitStateResponse(
+            header=self._header(self._circuits.mirror.revision),
+            circuit=circuit_to_pb(stored, time.time()),
+        )
+
+    async def SetCircuitSettings(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        validation.check_dns_label(v, "service", request.service)
+        v.raise_if_any()
+        settings = settings_from_pb(request.settings)
+        stored = await self._circuits.set_settings(request.service, settings)
+        return circuit_pb2.SetCircuitSettingsResponse(
+            header=self._header(stored.revision), circuit=circuit_to_pb(stored, time.time())
+        )
+
+    async def OverrideCircuit(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        _names(v, "", request.service, request.instance_id)
+        if request.action not in _ACTIONS:
+            v.add("action", "must be FORCE_OPEN, FORCE_CLOSED or RESET")
+        v.raise_if_any()
+        stored = await self._circuits.override(
+            request.service, request.instance_id, _ACTIONS[request.action]
+        )
+        return circuit_pb2.OverrideCircuitResponse(
+            header=self._header(stored.revision), circuit=circuit_to_pb(stored, time.time())
+        )
+
+    async def WatchCircuits(
+        self, request, context
+    ) -> AsyncIterator[circuit_pb2.WatchCircuitsResponse]:  # type: ignore[no-untyped-def,override]
+        service = request.service
+        v = Violations()
+        validation.check_dns_label(v, "service", service, required=False)
+        v.raise_if_any()
+        mirror = self._circuits.mirror
+
+        def snapshot() -> tuple[list[circuit_pb2.Circuit], int]:
+            mirror.ensure_live()
+            now = time.time()
+            items = sorted(mirror.items.values(), key=lambda s: (s.service, s.instance_id))
+            return [
+                circuit_to_pb(s, now) for s in items if not service or s.service == service
+            ], mirror.revision
+
+        def select(change: Change[StoredCircuit]) -> circuit_pb2.Circuit | None:
+            stored = change.value
+            if change.type == REMOVED or stored is None:
+                return None
+            if service and stored.service != service:
+                return None
+            if change.cache is None:
+                change.cache = circuit_to_pb(stored, time.time())
+            return change.cache  # type: ignore[no-any-return]
+
+        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+            return circuit_pb2.WatchCircuitsResponse(
+                header=self._header(revision), kind=kind, circuits=items, compact_revision=compact
+            )
+
+        async for response in watch_stream(
+            mirror.log,
+            start_revision=request.start_revision,
+            snapshot=snapshot,
+            select=select,
+            respond=respond,
+            progress_interval=self.progress_interval,
+        ):
+            yield response
