@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 from aitrading.hub.v1 import (
+    balancer_pb2,
+    balancer_pb2_grpc,
     circuit_pb2,
     circuit_pb2_grpc,
     cluster_pb2,
@@ -27,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hub_server import probes
+from hub_server.api.balancer import LoadBalancerServicer
 from hub_server.api.circuits import CircuitBreakerServicer
 from hub_server.api.cluster import ClusterServicer
 from hub_server.api.context import ContextInterceptor
@@ -35,6 +38,7 @@ from hub_server.api.registry import RegistryServicer
 from hub_server.domain.circuits import Circuits
 from hub_server.domain.errors import StoreUnavailable
 from hub_server.domain.health import HealthMonitor, HealthView
+from hub_server.domain.picking import Picker
 from hub_server.domain.registry import Registry, RegistryView
 from hub_server.embedded_etcd import EtcdProcess, embedded
 from hub_server.store import keys
@@ -86,6 +90,7 @@ def _service_names() -> list[str]:
         hub_health_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name,
         cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
         circuit_pb2.DESCRIPTOR.services_by_name["CircuitBreakerService"].full_name,
+        balancer_pb2.DESCRIPTOR.services_by_name["LoadBalancerService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ]
@@ -130,7 +135,9 @@ class Hub:
             store, keys.REPLICAS, _decode_replica
         )
         self.circuits = Circuits(store)
+        self.picker = Picker(store, self.view, self.health_view, self.circuits)
         self._mirrors = [
+            self.picker.loads,
             self.view.mirror,
             self.health_view.mirror,
             self.replicas,
@@ -163,6 +170,9 @@ class Hub:
         hub_health_pb2_grpc.add_HealthServiceServicer_to_server(
             HealthServicer(self.view, self.health_view, self.hub_id, progress_interval=progress),
             server,
+        )
+        balancer_pb2_grpc.add_LoadBalancerServiceServicer_to_server(
+            LoadBalancerServicer(self.picker, self.hub_id), server
         )
         circuit_pb2_grpc.add_CircuitBreakerServiceServicer_to_server(
             CircuitBreakerServicer(self.circuits, self.hub_id, progress_interval=progress), server

@@ -1,0 +1,49 @@
+"""LoadBalancerService: picks from memory, load reports to etcd."""
+
+from __future__ import annotations
+
+from aitrading.hub.v1 import balancer_pb2, balancer_pb2_grpc, types_pb2
+
+from hub_server.api.context import current
+from hub_server.domain import validation
+from hub_server.domain.balancing import Strategy
+from hub_server.domain.errors import Violations
+from hub_server.domain.picking import Picker
+
+
+class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
+    def __init__(self, picker: Picker, hub_id: str) -> None:
+        self._picker = picker
+        self._hub_id = hub_id
+
+    def _header(self, revision: int) -> types_pb2.ResponseHeader:
+        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
+
+    async def PickEndpoint(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        validation.check_dns_label(v, "service", request.service)
+        if request.strategy not in balancer_pb2.BalancingStrategy.values():
+            v.add("strategy", "is not a known strategy")
+        v.raise_if_any()
+        call = current()
+        instance, load = self._picker.pick(
+            request.service,
+            Strategy(request.strategy or Strategy.LEAST_LOAD),
+            # A user sticks to one instance unless the caller says otherwise.
+            affinity_key=request.affinity_key or call.user_id,
+            tier=call.tier_filter(request.legacy_mode),
+        )
+        return balancer_pb2.PickEndpointResponse(
+            header=self._header(self._picker.revision),
+            host=instance.host,
+            port=instance.port,
+            instance_id=instance.instance_id,
+            load_factor=load,
+            instance=instance,
+        )
+
+    async def ReportLoad(self, request, context):  # type: ignore[no-untyped-def]
+        revision = await self._picker.report_load(
+            request.service, request.instance_id, request.load_factor
+        )
+        return balancer_pb2.ReportLoadResponse(header=self._header(revision))

@@ -1,0 +1,139 @@
+"""PickEndpoint and ReportLoad: the balancer (hub_server/domain/balancing.py) fed
+from the views every replica keeps in memory, so a pick never touches etcd."""
+
+from __future__ import annotations
+
+from aitrading.hub.v1 import types_pb2
+
+from hub_server.domain import validation
+from hub_server.domain.balancing import (
+    Balancer,
+    Candidate,
+    Ineligibility,
+    NoEligibleInstance,
+    Strategy,
+)
+from hub_server.domain.circuits import Circuits
+from hub_server.domain.errors import NotFound, Violations
+from hub_server.domain.health import HealthView
+from hub_server.domain.health_status import HealthStatus
+from hub_server.domain.registry import RegistryView, tier_names
+from hub_server.store import keys
+from hub_server.store.etcd import EtcdStore, KeyValue
+from hub_server.store.mirror import PrefixMirror
+
+MAX_LOAD = 1000.0
+
+
+def _decode_load(kv: KeyValue) -> float:
+    return float(kv.value)
+
+
+class Picker:
+    def __init__(
+        self,
+        store: EtcdStore,
+        registry: RegistryView,
+        health: HealthView,
+        circuits: Circuits,
+        *,
+        balancer: Balancer | None = None,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._health = health
+        self._circuits = circuits
+        self.loads: PrefixMirror[float] = PrefixMirror(store, keys.LOAD, _decode_load)
+        self._balancer = balancer or Balancer()
+        # Candidates per service, rebuilt only when a view they depend on moved.
+        self._cache: dict[str, tuple[tuple[int, ...], list[Candidate]]] = {}
+
+    @property
+    def revision(self) -> int:
+        return self._registry.revision
+
+    def _stamp(self) -> tuple[int, ...]:
+        return (
+            self._registry.revision,
+            self._health.mirror.revision,
+            self.loads.revision,
+            self._circuits.mirror.revision,
+        )
+
+    def _candidates(
+        self, service: str, instances: dict[str, types_pb2.Instance]
+    ) -> list[Candidate]:
+        stamp = self._stamp()
+        cached = self._cache.get(service)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        candidates = []
+        for instance_id, inst in instances.items():
+            record = self._health.of(inst)
+            probed = record.check != "lease" and record.status != 0
+            candidates.append(
+                Candidate(
+                    instance_id=instance_id,
+                    host=inst.host,
+                    port=inst.port,
+                    weight=inst.weight,
+                    load=self.loads.items.get(keys.load_key(service, instance_id), 0.0),
+                    latency_ms=record.latency_ms if probed else None,
+                    health=HealthStatus(record.status),
+                    draining=inst.draining,
+                    circuit_open=self._circuits.refuses(service, instance_id),
+                    subscription_requirements=tier_names(inst),
+                    version=inst.version,
+                )
+            )
+        self._cache[service] = (stamp, candidates)
+        return candidates
+
+    def pick(
+        self,
+        service: str,
+        strategy: Strategy,
+        *,
+        affinity_key: str,
+        tier: str | None,
+    ) -> tuple[types_pb2.Instance, float]:
+        """The chosen instance and its load. ``tier`` None: no tier filtering."""
+        self._registry.ensure_live()
+        instances = self._registry.services.get(service)
+        if not instances:
+            self._balancer.forget(service)
+            raise NotFound(
+                f"service {service!r} is not registered", reason="SERVICE_NOT_FOUND",
+                service=service,
+            )  # fmt: skip
+        if self._circuits.refuses(service):
+            raise NoEligibleInstance(
+                Ineligibility.CIRCUIT_OPEN, f"the circuit of service {service!r} is open"
+            )
+        chosen = self._balancer.pick(
+            service,
+            self._candidates(service, instances),
+            strategy,
+            affinity_key=affinity_key or None,
+            tier=tier,
+            legacy=tier is None,
+        )
+        return instances[chosen.instance_id], chosen.load
+
+    async def report_load(self, service: str, instance_id: str, load: float) -> int:
+        v = Violations()
+        validation.check_dns_label(v, "service", service)
+        validation.check_safe_id(v, "instance_id", instance_id)
+        if not 0.0 <= load <= MAX_LOAD:
+            v.add("load_factor", f"must be between 0 and {MAX_LOAD:g}")
+        v.raise_if_any()
+        inst = self._registry.services.get(service, {}).get(instance_id)
+        if inst is None:
+            raise NotFound(
+                f"instance {service}/{instance_id} is not registered",
+                reason="INSTANCE_NOT_FOUND", service=service, instance_id=instance_id,
+            )  # fmt: skip
+        # Under the instance's lease: the load goes when the instance goes.
+        return await self._store.put(
+            keys.load_key(service, instance_id), repr(float(load)).encode(), lease=inst.lease_id
+        )
