@@ -8,9 +8,8 @@ from collections import Counter
 import grpc
 import pytest
 from aitrading.hub.v1 import balancer_pb2 as lb
-from aitrading.hub.v1 import balancer_pb2_grpc
+from aitrading.hub.v1 import balancer_pb2_grpc, circuit_pb2_grpc
 from aitrading.hub.v1 import circuit_pb2 as cb
-from aitrading.hub.v1 import circuit_pb2_grpc
 
 from hub_client import HubClient, health_check
 from hub_client._private.errors import (
