@@ -3,9 +3,11 @@
 Everything public is listed in ``__all__``; the rest lives in ``_private``.
 """
 
+from hub_client._private.circuits import CircuitGuard
 from hub_client._private.client import HubClient, TenantContext, health_check
 from hub_client._private.errors import (
     AlreadyExists,
+    CircuitOpen,
     FailedPrecondition,
     FieldViolation,
     HubError,
@@ -23,14 +25,27 @@ from hub_client._private.errors import (
     Unavailable,
     VersionConflict,
 )
-from hub_client._private.models import EventType, Instance, Service, WatchEvent
+from hub_client._private.models import (
+    CircuitInfo,
+    Endpoint,
+    EventType,
+    Health,
+    Instance,
+    Service,
+    WatchEvent,
+)
 from hub_client._private.registration import Registration
 
 __all__ = [
     "AlreadyExists",
+    "CircuitGuard",
+    "CircuitInfo",
+    "CircuitOpen",
+    "Endpoint",
     "EventType",
     "FailedPrecondition",
     "FieldViolation",
+    "Health",
     "HubClient",
     "HubError",
     "Instance",

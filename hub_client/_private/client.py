@@ -10,11 +10,24 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
+from aitrading.hub.v1 import (
+    balancer_pb2,
+    balancer_pb2_grpc,
+    circuit_pb2,
+    circuit_pb2_grpc,
+    cluster_pb2,
+    cluster_pb2_grpc,
+    health_pb2,
+    health_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    types_pb2,
+)
 from google.protobuf import duration_pb2
 
+from hub_client._private.circuits import CircuitCache, CircuitGuard, OutcomeReporter
 from hub_client._private.errors import from_rpc_error
-from hub_client._private.models import Service
+from hub_client._private.models import CircuitInfo, Endpoint, Health, Service
 from hub_client._private.registration import Registration
 from hub_client._private.watch import watch_registry
 
@@ -39,6 +52,13 @@ _PROTOCOLS = {
     "grpc": types_pb2.PROTOCOL_GRPC,
     "tcp": types_pb2.PROTOCOL_TCP,
     "websocket": types_pb2.PROTOCOL_WEBSOCKET,
+}
+_STRATEGIES = {
+    "least_load": balancer_pb2.BALANCING_STRATEGY_LEAST_LOAD,
+    "round_robin": balancer_pb2.BALANCING_STRATEGY_ROUND_ROBIN,
+    "weighted": balancer_pb2.BALANCING_STRATEGY_WEIGHTED,
+    "consistent_hash": balancer_pb2.BALANCING_STRATEGY_CONSISTENT_HASH,
+    "latency_aware": balancer_pb2.BALANCING_STRATEGY_LATENCY_AWARE,
 }
 _RESOURCE_TIERS = {
     "basic": types_pb2.RESOURCE_TIER_BASIC,
@@ -125,7 +145,13 @@ class HubClient:
         self._own_channel = channel is None
         self.channel = channel or grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self.registry_stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthServiceStub(self.channel)
+        self.balancer_stub = balancer_pb2_grpc.LoadBalancerServiceStub(self.channel)
+        self.circuit_stub = circuit_pb2_grpc.CircuitBreakerServiceStub(self.channel)
+        self.cluster_stub = cluster_pb2_grpc.ClusterServiceStub(self.channel)
         self._registrations: set[Registration] = set()
+        self._circuits: CircuitCache | None = None
+        self._reporter: OutcomeReporter | None = None
 
     def with_context(self, **changes: str) -> HubClient:
         """The same connection with other tenant headers (tenant_id, user_id, ...)."""
@@ -150,6 +176,10 @@ class HubClient:
         await asyncio.gather(
             *(r.deregister() for r in list(self._registrations)), return_exceptions=True
         )
+        if self._reporter is not None:
+            await self._reporter.close()
+        if self._circuits is not None:
+            await self._circuits.close()
         if self._own_channel:
             await self.channel.close()
 
@@ -247,3 +277,84 @@ class HubClient:
         difference, so nothing is lost or repeated.
         """
         return watch_registry(self, service, legacy_mode, start_revision)
+
+    # -- health, balancing, circuits ----------------------------------------
+
+    async def get_health(self, service: str = "") -> list[Health]:
+        """What the hub's probes found, per instance (one service, or all)."""
+        resp = await self._unary(
+            self.health_stub.GetHealth, health_pb2.GetHealthRequest(service=service)
+        )
+        return [Health.from_pb(r) for r in resp.instances]
+
+    async def pick(
+        self,
+        service: str,
+        *,
+        strategy: str = "least_load",
+        affinity_key: str = "",
+        legacy_mode: bool = False,
+    ) -> Endpoint:
+        """One usable instance, chosen by the hub (``least_load``, ``round_robin``,
+        ``weighted``, ``consistent_hash`` on ``affinity_key`` or the user id, or
+        ``latency_aware``). Raises NoEligibleInstance when none may be picked."""
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; one of {sorted(_STRATEGIES)}")
+        resp = await self._unary(
+            self.balancer_stub.PickEndpoint,
+            balancer_pb2.PickEndpointRequest(
+                service=service,
+                strategy=_STRATEGIES[strategy],
+                affinity_key=affinity_key,
+                legacy_mode=legacy_mode,
+            ),
+        )
+        return Endpoint.from_pb(resp)
+
+    async def report_load(self, service: str, instance_id: str, load: float) -> None:
+        """Tells the hub an instance's load (0 idle .. 1 at capacity)."""
+        await self._unary(
+            self.balancer_stub.ReportLoad,
+            balancer_pb2.ReportLoadRequest(
+                service=service, instance_id=instance_id, load_factor=load
+            ),
+        )
+
+    async def circuit_state(self, service: str, instance_id: str = "") -> CircuitInfo:
+        resp = await self._unary(
+            self.circuit_stub.GetCircuitState,
+            circuit_pb2.GetCircuitStateRequest(service=service, instance_id=instance_id),
+        )
+        return CircuitInfo.from_pb(resp.circuit)
+
+    def circuit(self, service: str, instance_id: str = "") -> CircuitGuard:
+        """A guard for calls to ``service``: ``async with hub.circuit("ml"):`` or
+        ``@hub.circuit("ml")``. Fails fast with CircuitOpen from a locally cached
+        fleet-wide state; reports each call's outcome in the background."""
+        return CircuitGuard(self, service, instance_id)
+
+    def _circuit_cache(self) -> CircuitCache:
+        if self._circuits is None:
+            self._circuits = CircuitCache(self.circuit_stub, self.context.metadata())
+        return self._circuits
+
+    def _outcome_reporter(self) -> OutcomeReporter:
+        if self._reporter is None:
+            self._reporter = OutcomeReporter(self._send_outcomes)
+        return self._reporter
+
+    async def _send_outcomes(self, outcomes: list[circuit_pb2.CallOutcome]) -> None:
+        await self._unary(
+            self.circuit_stub.ReportOutcomes, circuit_pb2.ReportOutcomesRequest(outcomes=outcomes)
+        )
+
+    async def flush_outcomes(self) -> None:
+        """Sends the outcomes collected so far now (they go by themselves too)."""
+        if self._reporter is not None:
+            await self._reporter.flush()
+
+    async def cluster_status(self) -> cluster_pb2.GetClusterStatusResponse:
+        """The hub replicas and which one leads."""
+        return await self._unary(  # type: ignore[no-any-return]
+            self.cluster_stub.GetClusterStatus, cluster_pb2.GetClusterStatusRequest()
+        )

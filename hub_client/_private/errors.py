@@ -58,11 +58,11 @@ class InvalidArgument(HubError):
 
 
 class NotFound(HubError):
-    pass
+    """The thing named does not exist."""
 
 
 class ServiceNotFound(NotFound):
-    pass
+    """No instance of the service is registered."""
 
 
 class InstanceNotFound(NotFound):
@@ -70,7 +70,7 @@ class InstanceNotFound(NotFound):
 
 
 class AlreadyExists(HubError):
-    pass
+    """The thing to create exists already."""
 
 
 class VersionConflict(HubError):
@@ -78,11 +78,11 @@ class VersionConflict(HubError):
 
 
 class FailedPrecondition(HubError):
-    pass
+    """The request is valid but the state does not allow it now."""
 
 
 class RevisionCompacted(HubError):
-    pass
+    """A revision asked for is older than the history the hub keeps."""
 
 
 class Unavailable(HubError):
@@ -90,7 +90,11 @@ class Unavailable(HubError):
 
 
 class NoEligibleInstance(Unavailable):
-    pass
+    """Nothing may be picked; ``metadata["cause"]`` says why (UNHEALTHY, TIER, ...)."""
+
+
+class CircuitOpen(Unavailable):
+    """The fleet-wide circuit refuses calls; raised locally, without a round trip."""
 
 
 class QuotaExceeded(HubError):
@@ -98,11 +102,11 @@ class QuotaExceeded(HubError):
 
 
 class Unauthenticated(HubError):
-    pass
+    """No credentials, or bad ones."""
 
 
 class PermissionDenied(HubError):
-    pass
+    """The caller may not do this (role, tenant or tier)."""
 
 
 class TierTooLow(PermissionDenied):
@@ -116,6 +120,7 @@ _BY_REASON: dict[str, type[HubError]] = {
     "VERSION_CONFLICT": VersionConflict,
     "REVISION_COMPACTED": RevisionCompacted,
     "NO_ELIGIBLE_INSTANCE": NoEligibleInstance,
+    "CIRCUIT_OPEN": CircuitOpen,
     "QUOTA_EXCEEDED": QuotaExceeded,
     "SUBSCRIPTION_TIER_TOO_LOW": TierTooLow,
 }

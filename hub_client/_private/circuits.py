@@ -1,0 +1,210 @@
+"""The circuit-aware call helper: decide locally from a cached fleet-wide state,
+report outcomes to the hub in batches.
+
+One WatchCircuits stream per client keeps the cache current, so guarding a call
+costs a dict lookup, not a round trip; outcomes are sent every ``flush_interval``
+or every ``max_batch`` calls, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import grpc
+from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc, registry_pb2
+
+from hub_client._private.errors import CircuitOpen
+
+if TYPE_CHECKING:
+    from hub_client._private.client import HubClient
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_REFUSING = (circuit_pb2.CIRCUIT_STATE_OPEN, circuit_pb2.CIRCUIT_STATE_FORCED_OPEN)
+
+
+def refuses(circuit: circuit_pb2.Circuit, now: float) -> bool:
+    """Whether a circuit turns a call away at ``now`` (OPEN until its wait passes)."""
+    if circuit.state == circuit_pb2.CIRCUIT_STATE_FORCED_OPEN:
+        return True
+    if circuit.state == circuit_pb2.CIRCUIT_STATE_OPEN:
+        wait = circuit.settings.wait_in_open
+        reopen = circuit.state_since.ToNanoseconds() / 1e9 + wait.seconds + wait.nanos / 1e9
+        return now < reopen
+    return False
+
+
+class CircuitCache:
+    """Every circuit of the fleet, kept current by one WatchCircuits stream."""
+
+    def __init__(self, stub: circuit_pb2_grpc.CircuitBreakerServiceStub, metadata: Any) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self.circuits: dict[tuple[str, str], circuit_pb2.Circuit] = {}
+        self.synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        revision, backoff = 0, 0.1
+        while True:
+            call = self._stub.WatchCircuits(
+                circuit_pb2.WatchCircuitsRequest(start_revision=revision),
+                metadata=self._metadata,
+                wait_for_ready=True,
+            )
+            try:
+                fresh: dict[tuple[str, str], circuit_pb2.Circuit] = {}
+                async for msg in call:
+                    backoff = 0.1
+                    if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_SNAPSHOT:
+                        for c in msg.circuits:
+                            fresh[(c.service, c.instance_id)] = c
+                        self.circuits = fresh
+                        self.synced.set()
+                    elif msg.kind == registry_pb2.WATCH_RESPONSE_KIND_EVENTS:
+                        for c in msg.circuits:
+                            self.circuits[(c.service, c.instance_id)] = c
+                    elif msg.kind == registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED:
+                        revision = 0
+                        break
+                    revision = msg.header.revision + 1
+            except grpc.aio.AioRpcError as e:
+                log.debug("circuit watch interrupted: %s", e.code().name)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                call.cancel()
+
+    def refuses(self, service: str, instance_id: str = "") -> circuit_pb2.Circuit | None:
+        """The circuit that refuses this call, if any (the instance's or the service's)."""
+        now = time.time()
+        for key in ((service, instance_id), (service, "")) if instance_id else ((service, ""),):
+            circuit = self.circuits.get(key)
+            if circuit is not None and refuses(circuit, now):
+                return circuit
+        return None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class OutcomeReporter:
+    """Collects call outcomes and sends them in batches in the background."""
+
+    def __init__(
+        self,
+        send: Callable[[list[circuit_pb2.CallOutcome]], Awaitable[object]],
+        *,
+        flush_interval: float = 0.5,
+        max_batch: int = 500,
+    ) -> None:
+        self._send = send
+        self._pending: list[circuit_pb2.CallOutcome] = []
+        self._flush_interval = flush_interval
+        self._max_batch = max_batch
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def add(self, outcome: circuit_pb2.CallOutcome) -> None:
+        self._pending.append(outcome)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        if len(self._pending) >= self._max_batch:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_interval)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            await self._send(batch)
+        except Exception as e:  # the hub is away: keep the newest, up to a bound
+            log.debug("reporting %d outcomes failed: %r", len(batch), e)
+            self._pending = (batch + self._pending)[-10 * self._max_batch :]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+
+class CircuitGuard:
+    """Guards calls to one service (or instance) with its fleet-wide circuit.
+
+    Use as ``async with guard:`` around a call, or ``@guard`` on an async
+    function. Raises CircuitOpen at once when the cached circuit refuses; else
+    runs the call and reports it (an exception is a failure and is re-raised).
+    """
+
+    def __init__(self, client: HubClient, service: str, instance_id: str = "") -> None:
+        self._client = client
+        self.service = service
+        self.instance_id = instance_id
+        self._started = 0.0
+
+    async def __aenter__(self) -> CircuitGuard:
+        self._client._circuit_cache().start()
+        circuit = self._client._circuit_cache().refuses(self.service, self.instance_id)
+        if circuit is not None:
+            raise CircuitOpen(
+                f"circuit of {self.service}{'/' + self.instance_id if self.instance_id else ''}"
+                f" is {circuit_pb2.CircuitState.Name(circuit.state)}",
+                code=grpc.StatusCode.UNAVAILABLE,
+                reason="CIRCUIT_OPEN",
+                metadata={"service": self.service, "instance_id": self.instance_id},
+            )
+        self._started = time.perf_counter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            return  # the caller gave up; says nothing about the service
+        outcome = circuit_pb2.OUTCOME_FAILURE if exc_type else circuit_pb2.OUTCOME_SUCCESS
+        self._client._outcome_reporter().add(
+            circuit_pb2.CallOutcome(
+                service=self.service,
+                instance_id=self.instance_id,
+                outcome=outcome,
+                latency_ms=(time.perf_counter() - self._started) * 1000,
+            )
+        )
+
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            async with CircuitGuard(self._client, self.service, self.instance_id):
+                return await fn(*args, **kwargs)
+
+        return guarded
