@@ -22,8 +22,10 @@ async def test_pick_and_health(client: HubClient) -> None:
     await eventually(lambda: _picks(client, "prices", "b"))
     ep = await client.pick("prices")
     assert (ep.instance_id, ep.address, ep.instance.service) == ("b", "10.0.0.2:82", "prices")
-    sticky = {(await client.pick("prices", strategy="consistent_hash", affinity_key="u7")).instance_id
-              for _ in range(5)}  # fmt: skip
+    sticky = set()
+    for _ in range(5):
+        ep = await client.pick("prices", strategy="consistent_hash", affinity_key="u7")
+        sticky.add(ep.instance_id)
     assert len(sticky) == 1
     health = {h.instance_id: h for h in await client.get_health("prices")}
     assert health["a"].status == "healthy" and health["a"].check == "lease"
