@@ -20,6 +20,8 @@ from aitrading.hub.v1 import (
     circuit_pb2_grpc,
     cluster_pb2,
     cluster_pb2_grpc,
+    observability_pb2,
+    observability_pb2_grpc,
     registry_pb2_grpc,
 )
 from aitrading.hub.v1 import (
@@ -34,7 +36,9 @@ from hub_server.api.circuits import CircuitBreakerServicer
 from hub_server.api.cluster import ClusterServicer
 from hub_server.api.context import ContextInterceptor
 from hub_server.api.health import HealthServicer
+from hub_server.api.observability import ObservabilityServicer
 from hub_server.api.registry import RegistryServicer
+from hub_server.domain.audit import AuditLog
 from hub_server.domain.circuits import Circuits
 from hub_server.domain.errors import StoreUnavailable
 from hub_server.domain.health import HealthMonitor, HealthView
@@ -74,6 +78,8 @@ class HubConfig:
     election_ttl: int = 5
     # Probes running at once on the leader.
     probe_concurrency: int = 200
+    # How long audit records are kept.
+    audit_retention: float = 30 * 24 * 3600.0
 
 
 def _decode_replica(kv: KeyValue) -> cluster_pb2.Replica:
@@ -91,6 +97,7 @@ def _service_names() -> list[str]:
         cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
         circuit_pb2.DESCRIPTOR.services_by_name["CircuitBreakerService"].full_name,
         balancer_pb2.DESCRIPTOR.services_by_name["LoadBalancerService"].full_name,
+        observability_pb2.DESCRIPTOR.services_by_name["ObservabilityService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ]
@@ -158,8 +165,12 @@ class Hub:
         )
         self.election.add_work(self.health_monitor.run)
         self.election.add_work(self.circuits.tick_forever)
+        self.audit = AuditLog(store, self.hub_id, retention=cfg.audit_retention)
+        self.election.add_work(self.audit.prune_forever)
 
-        server = grpc.aio.server(interceptors=[ContextInterceptor()], options=SERVER_OPTIONS)
+        server = grpc.aio.server(
+            interceptors=[ContextInterceptor(self.audit)], options=SERVER_OPTIONS
+        )
         progress = cfg.watch_progress_interval
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(
@@ -176,6 +187,9 @@ class Hub:
         )
         circuit_pb2_grpc.add_CircuitBreakerServiceServicer_to_server(
             CircuitBreakerServicer(self.circuits, self.hub_id, progress_interval=progress), server
+        )
+        observability_pb2_grpc.add_ObservabilityServiceServicer_to_server(
+            ObservabilityServicer(self.audit, self.hub_id), server
         )
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterServicer(self.replicas, self.election, self.hub_id), server

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc, types_pb2
 from google.protobuf import duration_pb2
 
+from hub_server.api.context import audit_note, audited
 from hub_server.api.streaming import watch_stream
 from hub_server.domain import validation
 from hub_server.domain.circuit import Call, CircuitSettings, Outcome, WindowType
@@ -83,6 +84,10 @@ def circuit_to_pb(stored: StoredCircuit, now: float) -> circuit_pb2.Circuit:
     return out
 
 
+def cb_action_name(action: int) -> str:
+    return circuit_pb2.CircuitOverride.Name(action) if action in _ACTIONS else str(action)
+
+
 def _names(v: Violations, prefix: str, service: str, instance_id: str) -> None:
     validation.check_dns_label(v, f"{prefix}service", service)
     validation.check_safe_id(v, f"{prefix}instance_id", instance_id, required=False)
@@ -130,7 +135,9 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
             circuit=circuit_to_pb(stored, time.time()),
         )
 
+    @audited
     async def SetCircuitSettings(self, request, context):  # type: ignore[no-untyped-def]
+        audit_note(target=f"circuit-settings/{request.service}")
         v = Violations()
         validation.check_dns_label(v, "service", request.service)
         v.raise_if_any()
@@ -140,14 +147,23 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
             header=self._header(stored.revision), circuit=circuit_to_pb(stored, time.time())
         )
 
+    @audited
     async def OverrideCircuit(self, request, context):  # type: ignore[no-untyped-def]
+        audit_note(
+            target=f"circuit/{request.service}/{request.instance_id or '*'}",
+            action=cb_action_name(request.action),
+        )
         v = Violations()
         _names(v, "", request.service, request.instance_id)
         if request.action not in _ACTIONS:
             v.add("action", "must be FORCE_OPEN, FORCE_CLOSED or RESET")
         v.raise_if_any()
+        before = self._circuits.get(request.service, request.instance_id)
         stored = await self._circuits.override(
             request.service, request.instance_id, _ACTIONS[request.action]
+        )
+        audit_note(
+            version_before=before.circuit.state.name, version_after=stored.circuit.state.name
         )
         return circuit_pb2.OverrideCircuitResponse(
             header=self._header(stored.revision), circuit=circuit_to_pb(stored, time.time())

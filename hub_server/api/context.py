@@ -8,11 +8,13 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from aitrading.hub.v1 import observability_pb2 as obs
 
 from hub_server.api.errors import status_code_for, to_status
+from hub_server.domain.audit import AuditLog
 from hub_server.domain.errors import HubError
 from hub_server.domain.tiers import parse_tier
 
@@ -51,10 +53,37 @@ class CallContext:
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar(
     "hub_call_context", default=CallContext()
 )
+# What an audited call says about itself (target, versions, details).
+_audit_note: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "hub_audit_note", default=None
+)
+_AUDIT_FIELDS = ("target", "version_before", "version_after")
 
 
 def current() -> CallContext:
     return _current.get()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def audited(method: F) -> F:
+    """Marks a servicer method as mutating: each call leaves an audit record."""
+    method.__audited__ = True  # type: ignore[attr-defined]
+    return method
+
+
+def audit_note(**fields: object) -> None:
+    """Adds to the audit record of the current call (target, version_before,
+    version_after, or any detail); a no-op outside an audited call."""
+    note = _audit_note.get()
+    if note is not None:
+        note.update({k: str(v) for k, v in fields.items()})
+
+
+def audit_skip() -> None:
+    """This call is not worth a record (e.g. a quota allocation below the threshold)."""
+    audit_note(skip="1")
 
 
 def _parse(
@@ -83,7 +112,35 @@ async def _abort(context: grpc.aio.ServicerContext, error: HubError) -> None:
 
 class ContextInterceptor(grpc.aio.ServerInterceptor):
     """Reads the tenant headers into the call context, echoes them back in the
-    response metadata, and turns domain errors into gRPC statuses."""
+    response metadata, turns domain errors into gRPC statuses, and records every
+    call of an ``@audited`` method in the audit trail."""
+
+    def __init__(self, audit: AuditLog | None = None) -> None:
+        self._audit = audit
+
+    async def _record(
+        self,
+        ctx: CallContext,
+        context: grpc.aio.ServicerContext,
+        note: dict[str, str],
+        outcome: str,
+    ) -> None:
+        if self._audit is None or note.pop("skip", ""):
+            return
+        event = obs.AuditEvent(
+            caller=context.peer() or "",
+            tenant_id=ctx.tenant_id,
+            user_id=ctx.user_id,
+            method=ctx.method,
+            outcome=outcome,
+            correlation_id=ctx.correlation_id,
+            **{k: note.pop(k) for k in _AUDIT_FIELDS if k in note},
+            details=note,
+        )
+        try:
+            await self._audit.append(event)
+        except Exception as e:  # the call's outcome stands; the gap is logged
+            log.error("audit record of %s %s lost: %r", ctx.method, event.target, e)
 
     async def intercept_service(
         self,
@@ -99,16 +156,28 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
+            audit = bool(getattr(inner_uu, "__audited__", False) and self._audit)
+
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                # grpc.aio runs every call in its own task, so the value set here
-                # cannot leak into another call and needs no reset.
+                # grpc.aio runs every call in its own task, so the values set here
+                # cannot leak into another call and need no reset.
                 _current.set(ctx)
+                call_note: dict[str, str] | None = {} if audit else None
+                _audit_note.set(call_note)
+                outcome = "OK"
                 try:
                     if echo:
                         await context.send_initial_metadata(echo)
                     return await inner_uu(request, context)
                 except HubError as e:
+                    outcome = status_code_for(e).name
                     await _abort(context, e)
+                except Exception:
+                    outcome = "INTERNAL"
+                    raise
+                finally:
+                    if call_note is not None:
+                        await self._record(ctx, context, call_note, outcome)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,

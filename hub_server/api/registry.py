@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 
-from hub_server.api.context import current
+from hub_server.api.context import audit_note, audited, current
 from hub_server.api.streaming import SNAPSHOT, watch_stream
 from hub_server.domain import validation
 from hub_server.domain.errors import InvalidArgument, Violations
@@ -69,8 +69,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def _header(self, revision: int) -> types_pb2.ResponseHeader:
         return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
 
+    @audited
     async def Register(self, request, context):  # type: ignore[no-untyped-def]
+        audit_note(target=f"registry/{request.service}/{request.instance_id}")
         inst = await self._registry.register(request)
+        audit_note(
+            target=f"registry/{inst.service}/{inst.instance_id}",
+            version_after=inst.mod_revision,
+            version=inst.version,
+        )
         return registry_pb2.RegisterResponse(header=self._header(inst.mod_revision), instance=inst)
 
     async def KeepAlive(self, request, context):  # type: ignore[no-untyped-def]
@@ -81,7 +88,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             header=self._header(self._view.revision), ttl_seconds=ttl
         )
 
+    @audited
     async def Deregister(self, request, context):  # type: ignore[no-untyped-def]
+        audit_note(target=f"registry/{request.service}/{request.instance_id}")
         revision = await self._registry.deregister(request.service, request.instance_id)
         return registry_pb2.DeregisterResponse(header=self._header(revision))
 

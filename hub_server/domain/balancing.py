@@ -16,6 +16,7 @@ Eligibility, in order (the first rule that leaves nothing names the cause):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -258,6 +259,13 @@ class HashRing:
 _default_rng = random.Random()
 
 
+@functools.lru_cache(maxsize=256)
+def _shared_ring(members: frozenset[str]) -> HashRing:
+    """Rings for callers of :func:`pick` that hold none: building one costs
+    ``len(members) * DEFAULT_VNODES`` hashes, far more than a lookup."""
+    return HashRing(members)
+
+
 def _least_load(pool: Sequence[Candidate], rng: random.Random | None) -> Candidate:
     def load(c: Candidate) -> float:
         return c.load if not math.isnan(c.load) else math.inf
@@ -328,7 +336,8 @@ def pick(
         legacy: Ignore the caller's tier.
         rng: Source of randomness (seed it in tests).
         counter: The service's round-robin position.
-        ring: A ring of the ids in ``candidates`` (built here if None or stale).
+        ring: A ring of the ids in ``candidates``; if None or stale, one from a
+            small process-wide cache keyed by the ids is used.
         service: Only for error messages.
 
     Returns:
@@ -361,7 +370,7 @@ def pick(
             # ring of the eligible alone would.
             ids = frozenset(c.instance_id for c in candidates)
             if ring is None or ring.members != ids:
-                ring = HashRing(ids)
+                ring = _shared_ring(ids)
             by_id = {c.instance_id: c for c in pool}
             owner = ring.lookup(affinity_key, by_id)
             assert owner is not None  # pool is non-empty and every pool id is on the ring

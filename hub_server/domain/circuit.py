@@ -9,9 +9,12 @@ It follows the usual definition (resilience4j's):
   ``slow_call_rate_threshold`` (both in percent) opens the circuit.
 * OPEN: calls are refused; outcomes that still arrive are ignored. After
   ``wait_in_open`` seconds the circuit goes HALF_OPEN.
-* HALF_OPEN: ``permitted_calls_in_half_open`` trial calls are allowed. When that
+* HALF_OPEN: ``permitted_calls_in_half_open`` trial calls are allowed
+  (:meth:`Circuit.acquire_permission` hands out that many permits). When that
   many trial outcomes are in, the same two thresholds over the trial calls decide
   CLOSED or OPEN. If ``max_wait_in_half_open`` (> 0) passes first, back to OPEN.
+  An outcome counts as a trial whether or not its caller took a permit: the
+  hub cannot tell, and the first outcomes in are the ones that decide.
 * FORCED_OPEN / FORCED_CLOSED: operator overrides that refuse / allow every call
   and ignore outcomes and time until :meth:`Circuit.reset` (CLOSED, empty window).
 

@@ -200,6 +200,22 @@ class EtcdStore:
         resp = await self._call(self._kv.Range, req)
         return [_kv(m) for m in resp.kvs], resp.header.revision
 
+    async def get_range(
+        self, start: bytes, end: bytes, *, limit: int = 0
+    ) -> tuple[list[KeyValue], int]:
+        """Keys in [start, end), sorted, at most ``limit`` (0: all)."""
+        resp = await self._call(
+            self._kv.Range, rpc.RangeRequest(key=start, range_end=end, limit=limit)
+        )
+        return [_kv(m) for m in resp.kvs], resp.header.revision
+
+    async def delete_range(self, start: bytes, end: bytes) -> int:
+        """Deletes keys in [start, end); returns how many."""
+        resp = await self._call(
+            self._kv.DeleteRange, rpc.DeleteRangeRequest(key=start, range_end=end)
+        )
+        return int(resp.deleted)
+
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         resp = await self._call(self._kv.Put, rpc.PutRequest(key=key, value=value, lease=lease))
         return int(resp.header.revision)

@@ -35,6 +35,9 @@ HEALTH = ROOT + b"health/"
 LOAD = ROOT + b"load/"
 CIRCUITS = ROOT + b"circuits/"
 CIRCUIT_SETTINGS = ROOT + b"circuit-settings/"
+AUDIT = ROOT + b"audit/"
+ALERTS_ACTIVE = ROOT + b"alerts/active/"
+ALERTS_HISTORY = ROOT + b"alerts/history/"
 
 
 def replica_key(hub_id: str) -> bytes:
