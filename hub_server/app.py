@@ -38,6 +38,7 @@ from hub_server.api.context import ContextInterceptor
 from hub_server.api.health import HealthServicer
 from hub_server.api.observability import ObservabilityServicer
 from hub_server.api.registry import RegistryServicer
+from hub_server.domain.alerts import Alerts
 from hub_server.domain.audit import AuditLog
 from hub_server.domain.circuits import Circuits
 from hub_server.domain.errors import StoreUnavailable
@@ -80,6 +81,8 @@ class HubConfig:
     probe_concurrency: int = 200
     # How long audit records are kept.
     audit_retention: float = 30 * 24 * 3600.0
+    # How often the leader evaluates alert rules.
+    alert_interval: float = 1.0
 
 
 def _decode_replica(kv: KeyValue) -> cluster_pb2.Replica:
@@ -143,7 +146,9 @@ class Hub:
         )
         self.circuits = Circuits(store)
         self.picker = Picker(store, self.view, self.health_view, self.circuits)
+        self.alerts = Alerts(store, self.view, self.health_view, self.circuits)
         self._mirrors = [
+            self.alerts.active,
             self.picker.loads,
             self.view.mirror,
             self.health_view.mirror,
@@ -167,6 +172,7 @@ class Hub:
         self.election.add_work(self.circuits.tick_forever)
         self.audit = AuditLog(store, self.hub_id, retention=cfg.audit_retention)
         self.election.add_work(self.audit.prune_forever)
+        self.election.add_work(lambda: self.alerts.run(cfg.alert_interval))
 
         server = grpc.aio.server(
             interceptors=[ContextInterceptor(self.audit)], options=SERVER_OPTIONS
@@ -189,7 +195,8 @@ class Hub:
             CircuitBreakerServicer(self.circuits, self.hub_id, progress_interval=progress), server
         )
         observability_pb2_grpc.add_ObservabilityServiceServicer_to_server(
-            ObservabilityServicer(self.audit, self.hub_id), server
+            ObservabilityServicer(self.audit, self.alerts, self.hub_id, progress_interval=progress),
+            server,
         )
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterServicer(self.replicas, self.election, self.hub_id), server

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
+
 from aitrading.hub.v1 import observability_pb2 as obs
 from aitrading.hub.v1 import observability_pb2_grpc, types_pb2
 
+from hub_server.api.streaming import watch_stream
+from hub_server.domain.alerts import Alerts, as_resolved
 from hub_server.domain.audit import AuditLog
+from hub_server.domain.errors import InvalidArgument
+from hub_server.store.mirror import REMOVED, Change
+
+MAX_HISTORY = 1000
 
 
 def _seconds(ts) -> float:  # type: ignore[no-untyped-def]
@@ -13,9 +22,62 @@ def _seconds(ts) -> float:  # type: ignore[no-untyped-def]
 
 
 class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer):
-    def __init__(self, audit: AuditLog, hub_id: str) -> None:
+    def __init__(
+        self, audit: AuditLog, alerts: Alerts, hub_id: str, *, progress_interval: float = 10.0
+    ) -> None:
         self._audit = audit
+        self._alerts = alerts
         self._hub_id = hub_id
+        self.progress_interval = progress_interval
+
+    def _active(self, tenant_id: str) -> list[obs.Alert]:
+        self._alerts.active.ensure_live()
+        alerts = [
+            a for a in self._alerts.active.items.values()
+            if not tenant_id or a.tenant_id == tenant_id
+        ]  # fmt: skip
+        return sorted(alerts, key=lambda a: a.raised_at.ToNanoseconds(), reverse=True)
+
+    async def ListAlerts(self, request, context):  # type: ignore[no-untyped-def]
+        if not 0 <= request.history_limit <= MAX_HISTORY:
+            raise InvalidArgument.single("history_limit", f"must be between 0 and {MAX_HISTORY}")
+        history = await self._alerts.history(request.history_limit)
+        if request.tenant_id:
+            history = [a for a in history if a.tenant_id == request.tenant_id]
+        return obs.ListAlertsResponse(
+            header=self._header(self._alerts.active.revision),
+            active=self._active(request.tenant_id),
+            history=history,
+        )
+
+    async def WatchAlerts(self, request, context) -> AsyncIterator[obs.WatchAlertsResponse]:  # type: ignore[no-untyped-def,override]
+        tenant = request.tenant_id
+
+        def snapshot() -> tuple[list[obs.Alert], int]:
+            return self._active(tenant), self._alerts.active.revision
+
+        def select(change: Change[obs.Alert]) -> obs.Alert | None:
+            alert = change.value
+            if alert is None or (tenant and alert.tenant_id != tenant):
+                return None
+            if change.cache is None:
+                change.cache = as_resolved(alert, time.time()) if change.type == REMOVED else alert
+            return change.cache  # type: ignore[no-any-return]
+
+        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+            return obs.WatchAlertsResponse(
+                header=self._header(revision), kind=kind, alerts=items, compact_revision=compact
+            )
+
+        async for response in watch_stream(
+            self._alerts.active.log,
+            start_revision=request.start_revision,
+            snapshot=snapshot,
+            select=select,
+            respond=respond,
+            progress_interval=self.progress_interval,
+        ):
+            yield response
 
     def _header(self, revision: int) -> types_pb2.ResponseHeader:
         return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)

@@ -201,12 +201,14 @@ class EtcdStore:
         return [_kv(m) for m in resp.kvs], resp.header.revision
 
     async def get_range(
-        self, start: bytes, end: bytes, *, limit: int = 0
+        self, start: bytes, end: bytes, *, limit: int = 0, descending: bool = False
     ) -> tuple[list[KeyValue], int]:
-        """Keys in [start, end), sorted, at most ``limit`` (0: all)."""
-        resp = await self._call(
-            self._kv.Range, rpc.RangeRequest(key=start, range_end=end, limit=limit)
-        )
+        """Keys in [start, end), sorted by key, at most ``limit`` (0: all)."""
+        req = rpc.RangeRequest(key=start, range_end=end, limit=limit)
+        if descending:
+            req.sort_order = rpc.RangeRequest.DESCEND
+            req.sort_target = rpc.RangeRequest.KEY
+        resp = await self._call(self._kv.Range, req)
         return [_kv(m) for m in resp.kvs], resp.header.revision
 
     async def delete_range(self, start: bytes, end: bytes) -> int:

@@ -72,6 +72,10 @@ class PrefixMirror(Generic[T]):
     def revision(self) -> int:
         return self.log.head
 
+    def mod_revision(self, key: bytes) -> int:
+        """The revision the key was last written at (0: not present)."""
+        return self._mod_revisions.get(key, 0)
+
     def _wanted(self, key: bytes) -> bool:
         return not key.startswith(self.prefix + FENCE)
 
