@@ -244,11 +244,17 @@ class HubClient:
         reg.on_close = self._registrations.discard
         return reg
 
-    async def discover(self, service: str, *, legacy_mode: bool = False) -> Service:
-        """The service's instances that this caller's tier may use."""
+    async def discover(
+        self, service: str, *, legacy_mode: bool = False, include_unhealthy: bool = False
+    ) -> Service:
+        """The service's usable instances that this caller's tier may use: the
+        HEALTHY ones, else the DEGRADED ones, else those not probed yet.
+        ``include_unhealthy`` returns every instance (for operators)."""
         resp = await self._unary(
             self.registry_stub.GetService,
-            registry_pb2.GetServiceRequest(service=service, legacy_mode=legacy_mode),
+            registry_pb2.GetServiceRequest(
+                service=service, legacy_mode=legacy_mode, include_unhealthy=include_unhealthy
+            ),
         )
         return Service.from_pb(resp.service, resp.header.revision)
 
