@@ -15,8 +15,11 @@ Classification order, most reliable signal first:
 3. message patterns (database, auth, connection, timeout, exhaustion, config,
    validation, dependency), most specific first;
 4. third-party exception class names (``ReadTimeout``, ``DeadlockDetected``, ...)
-   and broad builtins (``ValueError``, ``KeyError``, ``TypeError``);
-5. the same again for ``__cause__``/``__context__``; else ``UNKNOWN``.
+   and broad builtins (``ValueError``, ``KeyError``, ``TypeError``).
+
+Steps 1-3 are tried on the exception, then on its ``__cause__``/``__context__``
+chain (``RuntimeError("fetch failed") from ConnectionRefusedError`` is a
+connection error); step 4 only if none of them decided; else ``UNKNOWN``.
 
 Broad builtins come after message patterns on purpose: a ``ValueError`` saying
 "environment variable X is not set" is a configuration error.
@@ -52,7 +55,7 @@ __all__ = [
     "normalize_message",
 ]
 
-_MAX_INPUT = 4096  # characters of a message that are normalised and classified
+_MAX_INPUT = 2048  # characters of a message that are normalised and classified
 _SAMPLE_LEN = 500
 _FINGERPRINT_BYTES = 8  # 16 hex digits
 
@@ -187,11 +190,12 @@ _PROTECT = (
     _sub(rf"\b[1-5]\d\d (?:{_HTTP_REASONS})\b"),
     _sub(r"(?i:\bHTTP(?:/\d(?:\.\d)?)?|\bstatus(?:[ _]?code)?)\s*[=:]?\s*[1-5]\d\d\b"),
     _sub(r"(?i:\b(?:error_?code|err_?code|code|errno|sqlstate))\s*[=:]\s*-?\w+"),
+    _sub(r"(?<=\()\d{4,5}(?=, ['\"])"),  # MySQL-style "(1062, '...')" error numbers
 )
 _PUA = 0xE000  # private-use characters stand in for stashed tokens
 _PUA_CHARS = _sub("[\ue000-\uf8ff]")
 
-_URL = _sub(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
+_URL = _sub(r"(?<![\w+.-])[a-zA-Z][a-zA-Z0-9+.-]{0,15}://[^\s'\"<>()\[\]{}]+")
 _GRPC_DEBUG = _sub(r"\s*debug_error_string\s*=\s*\"[^\n]*")
 _MON = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
 _DAY = "Mon|Tue|Wed|Thu|Fri|Sat|Sun"
@@ -213,7 +217,7 @@ _TIMESTAMPS = (
     # bare time of day
     _sub(r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"),
 )
-_EMAIL = _sub(r"\b[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+\b")
+_EMAIL = _sub(r"(?<![\w.+-])[\w+-][\w.+-]{0,63}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+\b")
 _UUID = _sub(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
 _IPV4 = _sub(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?::(\d{1,5}))?(?!\d|\.\d)")
 _IPV6_BRACKETED = _sub(r"\[([0-9A-Fa-f:.]+(?:%\w+)?)\](?::(\d{1,5}))?")
@@ -223,7 +227,8 @@ _HOST_PORT_LABELS = frozenset(
     "line port code pid errno status id offset partition size count char column col "
     "timeout retry attempt version index row".split()
 )
-_POD = _sub(r"\b([a-z][a-z0-9-]*?)-[a-z0-9]{8,10}-[a-z0-9]{5}\b")
+# Kubernetes pod names: <deployment>-<replicaset hash>-<5 chars>, a digit somewhere.
+_POD = _sub(r"-(?=[a-z0-9]{8,10}-[a-z0-9]{5}\b)(?=[a-z0-9-]{0,16}\d)[a-z0-9]{8,10}-[a-z0-9]{5}\b")
 _HEX_PREFIXED = _sub(r"\b0x[0-9a-fA-F]+\b")
 _HEX_LONG = _sub(r"(?<![0-9A-Za-z])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}(?![0-9A-Za-z])")
 _TOKEN = _sub(
@@ -285,21 +290,24 @@ def _scalars(text: str) -> str:
     return _NUMBER.sub("<n>", text)
 
 
+_WORD = _sub(r"[A-Za-z]{3,}")
 _IDENTIFIER = _sub(r"[A-Za-z_][\w.]{0,79}")
 
 
 def _quoted_values(keep_identifiers: bool) -> Callable[[re.Match[str]], str]:
     def replace(m: re.Match[str]) -> str:
         quote, content = m.group(1), m.group(2)
-        if _PUA_CHARS.search(content) or _PLACEHOLDER_ONLY.fullmatch(content):
+        if _PUA_CHARS.search(content):
             return m.group(0)
+        if _PLACEHOLDER_ONLY.fullmatch(content):
+            return f"'{content}'"
         if keep_identifiers and _IDENTIFIER.fullmatch(content):
             return m.group(0)
-        if len(content.split()) >= 4:
+        if len(content.split()) >= 2 and _WORD.search(content):
             # A quoted sentence is part of the message, not a value: keep it but
             # normalise the values quoted inside it.
             return quote + _QUOTED.sub(replace, content) + quote
-        return f"{quote}<str>{quote}"
+        return "'<str>'"  # one quote style: 'x' and "x" are the same value
 
     return replace
 
@@ -356,6 +364,8 @@ def normalize_message(message: str, *, keep_identifiers: bool = False) -> str:
     for pattern in _PROTECT:
         text = pattern.sub(lambda m: keep(m.group(0)), text)
     text = _URL.sub(url, text)
+    text = _UNIX_PATH.sub("<path>", text)
+    text = _WINDOWS_PATH.sub("<path>", text)
     for pattern in _TIMESTAMPS:
         text = pattern.sub("<ts>", text)
     text = _EMAIL.sub("<email>", text)
@@ -364,9 +374,7 @@ def normalize_message(message: str, *, keep_identifiers: bool = False) -> str:
     text = _IPV6_BRACKETED.sub(_ipv6_bracketed, text)
     text = _IPV6_BARE.sub(_ipv6_bare, text)
     text = _HOST_PORT.sub(_host_port, text)
-    text = _POD.sub(r"\1-<pod>", text)
-    text = _UNIX_PATH.sub("<path>", text)
-    text = _WINDOWS_PATH.sub("<path>", text)
+    text = _POD.sub("-<pod>", text)
     text = _DURATION.sub("<duration>", text)
     text = _QUOTED.sub(
         _QUOTED_VALUES_KEEP_IDENTIFIERS if keep_identifiers else _QUOTED_VALUES, text
@@ -900,6 +908,7 @@ _HTTP_ACTIONS = {
     ),
     429: _RATE_LIMIT_ACTIONS,
 }
+_HTTP_SEVERITY = {429: _S.MEDIUM}
 
 _ERRNO_CATEGORY = {
     errno.ECONNREFUSED: _C.CONNECTION,
@@ -952,8 +961,7 @@ _NAME_RULES: tuple[tuple[re.Pattern[str], ErrorCategory], ...] = tuple(
         (
             r"Deadlock|Integrity|UniqueViolation|ForeignKeyViolation|NotNullViolation"
             r"|OperationalError|DatabaseError|ProgrammingError|InterfaceError|PostgresError"
-            r"|RedisError|ResponseError|PyMongoError|SQLAlchemyError|MySQLError|SqliteError"
-            r"|DataError|InternalError",
+            r"|RedisError|ResponseError|PyMongoError|SQLAlchemyError|MySQLError|SqliteError",
             _C.DATABASE,
         ),
         (r"NoBrokersAvailable|Connect|Connection|Disconnected|Unreachable", _C.CONNECTION),
@@ -988,9 +996,9 @@ _GENERIC_NAMES = frozenset({"BaseException", "Exception", "Error", "object", "Ru
 _ENV_KEY = re.compile(r"^'?[A-Z][A-Z0-9_]{2,}'?$")
 _TYPE_PREFIX = re.compile(
     r"^\s*(?:<(?P<rpc>\w*RpcError) of RPC|\((?P<paren>[A-Za-z_][\w.]*)\)\s*"
-    r"|(?P<plain>(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exceeded|Timeout|Refused"
-    r"|Available|Failure|Failed|Warning|Fault|Interrupt|Exit|Denied|Violation|Detected)"
-    r")\s*:\s*)",
+    r"|(?P<plain>(?:[a-z_]\w*\.)+(?:[A-Z]\w*|gaierror|herror|timeout|error)"
+    r"|[A-Z]\w*(?:Error|Exception|Exceeded|Timeout|Refused|Available|Failure|Failed|Warning"
+    r"|Fault|Interrupt|Exit|Denied|Violation|Detected|Cancell?ed|Configured))\s*:\s*)",
 )
 
 
@@ -1124,7 +1132,10 @@ def _classify_subject(s: _Subject) -> tuple[_Verdict | None, _Verdict | None]:
             status = int(m.group(1) or m.group(2))
     if status is not None and status >= 400:
         return _Verdict(
-            _http_category(status), f"http:{status}", None, _HTTP_ACTIONS.get(status)
+            _http_category(status),
+            f"http:{status}",
+            _HTTP_SEVERITY.get(status),
+            _HTTP_ACTIONS.get(status),
         ), None
 
     for rule in _MESSAGE_RULES:
@@ -1205,16 +1216,23 @@ class _PatternState:
     def __init__(
         self,
         fingerprint: str,
-        analysis_basis: tuple[ErrorCategory, Severity, str | None, str],
+        *,
+        category: ErrorCategory,
+        severity: Severity,
+        exception_type: str | None,
+        normalized: str,
         sample: str,
-        now: float,
+        first_seen: float,
     ) -> None:
         self.fingerprint = fingerprint
-        self.category, self.severity, self.exception_type, self.normalized = analysis_basis
+        self.category = category
+        self.severity = severity
+        self.exception_type = exception_type
+        self.normalized = normalized
         self.sample = sample
         self.count = 0
-        self.first_seen = now
-        self.last_seen = now
+        self.first_seen = first_seen
+        self.last_seen = first_seen
 
 
 class ErrorDNA:
@@ -1311,7 +1329,13 @@ class ErrorDNA:
             state = self._patterns.get(fingerprint)
             if state is None:
                 state = _PatternState(
-                    fingerprint, (verdict.category, severity, exception_type, normalized), raw, now
+                    fingerprint,
+                    category=verdict.category,
+                    severity=severity,
+                    exception_type=exception_type,
+                    normalized=normalized,
+                    sample=raw,
+                    first_seen=now,
                 )
                 self._patterns[fingerprint] = state
                 if len(self._patterns) > self._max_patterns:
@@ -1407,14 +1431,12 @@ class ErrorDNA:
                 if state is None:
                     state = _PatternState(
                         delta.fingerprint,
-                        (
-                            delta.category,
-                            delta.severity,
-                            delta.exception_type,
-                            delta.normalized_message,
-                        ),
-                        delta.sample,
-                        delta.first_seen,
+                        category=delta.category,
+                        severity=delta.severity,
+                        exception_type=delta.exception_type,
+                        normalized=delta.normalized_message,
+                        sample=delta.sample,
+                        first_seen=delta.first_seen,
                     )
                     state.last_seen = delta.last_seen
                 self._pending[delta.fingerprint] = (state, delta.count)
