@@ -3,8 +3,18 @@
 Everything public is listed in ``__all__``; the rest lives in ``_private``.
 """
 
+from hub_client._private.base_service import BaseService, ServiceConfig
 from hub_client._private.circuits import CircuitGuard
 from hub_client._private.client import HubClient, TenantContext, health_check
+from hub_client._private.error_dna import (
+    ErrorAnalysis,
+    ErrorCategory,
+    ErrorDNA,
+    ErrorPattern,
+    PatternDelta,
+    Severity,
+    normalize_message,
+)
 from hub_client._private.errors import (
     AlreadyExists,
     CircuitOpen,
@@ -25,23 +35,45 @@ from hub_client._private.errors import (
     Unavailable,
     VersionConflict,
 )
+from hub_client._private.logging import (
+    JsonFormatter,
+    RequestContext,
+    bind_context,
+    configure_logging,
+    current_context,
+    reset_context,
+    set_context,
+)
 from hub_client._private.models import (
     CircuitInfo,
+    ConfigLayer,
     Endpoint,
     EventType,
     Health,
     Instance,
+    ResourceUsage,
     Service,
+    Tenant,
+    TenantConfig,
     WatchEvent,
 )
+from hub_client._private.performance import Measurement, OperationSummary, PerformanceTracker
+from hub_client._private.quotas import Allocation
 from hub_client._private.registration import Registration
 
 __all__ = [
+    "Allocation",
     "AlreadyExists",
+    "BaseService",
     "CircuitGuard",
     "CircuitInfo",
     "CircuitOpen",
+    "ConfigLayer",
     "Endpoint",
+    "ErrorAnalysis",
+    "ErrorCategory",
+    "ErrorDNA",
+    "ErrorPattern",
     "EventType",
     "FailedPrecondition",
     "FieldViolation",
@@ -51,20 +83,37 @@ __all__ = [
     "Instance",
     "InstanceNotFound",
     "InvalidArgument",
+    "JsonFormatter",
+    "Measurement",
     "NoEligibleInstance",
     "NotFound",
+    "OperationSummary",
+    "PatternDelta",
+    "PerformanceTracker",
     "PermissionDenied",
     "QuotaExceeded",
     "QuotaViolation",
     "Registration",
+    "RequestContext",
+    "ResourceUsage",
     "RevisionCompacted",
     "Service",
+    "ServiceConfig",
     "ServiceNotFound",
+    "Severity",
+    "Tenant",
+    "TenantConfig",
     "TenantContext",
     "TierTooLow",
     "Unauthenticated",
     "Unavailable",
     "VersionConflict",
     "WatchEvent",
+    "bind_context",
+    "configure_logging",
+    "current_context",
     "health_check",
+    "normalize_message",
+    "reset_context",
+    "set_context",
 ]

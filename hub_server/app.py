@@ -20,9 +20,13 @@ from aitrading.hub.v1 import (
     circuit_pb2_grpc,
     cluster_pb2,
     cluster_pb2_grpc,
+    config_pb2,
+    config_pb2_grpc,
     observability_pb2,
     observability_pb2_grpc,
     registry_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
 )
 from aitrading.hub.v1 import (
     health_pb2_grpc as hub_health_pb2_grpc,
@@ -31,26 +35,33 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hub_server import probes
+from hub_server.api import streaming
 from hub_server.api.balancer import LoadBalancerServicer
 from hub_server.api.circuits import CircuitBreakerServicer
 from hub_server.api.cluster import ClusterServicer
+from hub_server.api.config import ConfigServicer
 from hub_server.api.context import ContextInterceptor
 from hub_server.api.health import HealthServicer
-from hub_server.api.observability import ObservabilityServicer
+from hub_server.api.observability import ObservabilityServicer, SystemMetrics
 from hub_server.api.registry import RegistryServicer
+from hub_server.api.tenants import TenantServicer
 from hub_server.domain.alerts import Alerts
 from hub_server.domain.audit import AuditLog
 from hub_server.domain.circuits import Circuits
+from hub_server.domain.config import Configs
+from hub_server.domain.error_patterns import ErrorPatterns
 from hub_server.domain.errors import StoreUnavailable
 from hub_server.domain.health import HealthMonitor, HealthView
 from hub_server.domain.picking import Picker
 from hub_server.domain.registry import Registry, RegistryView
+from hub_server.domain.tenants import Quotas, Tenants
 from hub_server.embedded_etcd import EtcdProcess, embedded
 from hub_server.store import keys
 from hub_server.store.election import Election
 from hub_server.store.etcd import EtcdStore, KeyValue
 from hub_server.store.mirror import PrefixMirror
 from hub_server.store.presence import Presence
+from hub_server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +94,10 @@ class HubConfig:
     audit_retention: float = 30 * 24 * 3600.0
     # How often the leader evaluates alert rules.
     alert_interval: float = 1.0
+    # host:port for a Prometheus scrape endpoint ("" = none).
+    metrics_listen: str = ""
+    # host:port of an OpenTelemetry collector for OTLP/gRPC export ("" = none).
+    otlp_endpoint: str = ""
 
 
 def _decode_replica(kv: KeyValue) -> cluster_pb2.Replica:
@@ -100,6 +115,8 @@ def _service_names() -> list[str]:
         cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
         circuit_pb2.DESCRIPTOR.services_by_name["CircuitBreakerService"].full_name,
         balancer_pb2.DESCRIPTOR.services_by_name["LoadBalancerService"].full_name,
+        config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+        tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name,
         observability_pb2.DESCRIPTOR.services_by_name["ObservabilityService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
@@ -145,6 +162,9 @@ class Hub:
             store, keys.REPLICAS, _decode_replica
         )
         self.circuits = Circuits(store)
+        self.tenants = Tenants(store)
+        self.configs = Configs(store, self.tenants)
+        self.quotas = Quotas(store, self.configs)
         self.picker = Picker(store, self.view, self.health_view, self.circuits)
         self.alerts = Alerts(store, self.view, self.health_view, self.circuits)
         self._mirrors = [
@@ -155,7 +175,10 @@ class Hub:
             self.replicas,
             self.circuits.mirror,
             self.circuits.settings,
+            self.tenants.mirror,
+            self.configs.mirror,
         ]
+        await self.configs.seed_tier_defaults()
         for mirror in self._mirrors:
             await mirror.start()
         self.registry = Registry(store, self.view)
@@ -171,11 +194,15 @@ class Hub:
         self.election.add_work(self.health_monitor.run)
         self.election.add_work(self.circuits.tick_forever)
         self.audit = AuditLog(store, self.hub_id, retention=cfg.audit_retention)
+        self.telemetry = Telemetry(
+            self.hub_id, metrics_listen=cfg.metrics_listen, otlp_endpoint=cfg.otlp_endpoint
+        )
+        self._add_gauges()
         self.election.add_work(self.audit.prune_forever)
         self.election.add_work(lambda: self.alerts.run(cfg.alert_interval))
 
         server = grpc.aio.server(
-            interceptors=[ContextInterceptor(self.audit)], options=SERVER_OPTIONS
+            interceptors=[ContextInterceptor(self.audit, self.telemetry)], options=SERVER_OPTIONS
         )
         progress = cfg.watch_progress_interval
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
@@ -195,8 +222,27 @@ class Hub:
             CircuitBreakerServicer(self.circuits, self.hub_id, progress_interval=progress), server
         )
         observability_pb2_grpc.add_ObservabilityServiceServicer_to_server(
-            ObservabilityServicer(self.audit, self.alerts, self.hub_id, progress_interval=progress),
+            ObservabilityServicer(
+                self.audit,
+                self.alerts,
+                ErrorPatterns(store),
+                SystemMetrics(
+                    self.hub_id,
+                    self.view,
+                    self.health_view,
+                    self.telemetry,
+                    lambda: self.election.is_leader,
+                ),
+                self.hub_id,
+                progress_interval=progress,
+            ),
             server,
+        )
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(
+            ConfigServicer(self.configs, self.hub_id, progress_interval=progress), server
+        )
+        tenant_pb2_grpc.add_TenantServiceServicer_to_server(
+            TenantServicer(self.tenants, self.configs, self.quotas, self.hub_id), server
         )
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterServicer(self.replicas, self.election, self.hub_id), server
@@ -275,5 +321,28 @@ class Hub:
             await mirror.stop()
         if self.store is not None:
             await self.store.close()
+        if getattr(self, "telemetry", None) is not None:
+            self.telemetry.shutdown()
         if self.etcd is not None:
             await asyncio.to_thread(self.etcd.stop)
+
+    def _add_gauges(self) -> None:
+        t = self.telemetry
+        t.gauge(
+            "hub.instances",
+            "Registered instances per service",
+            lambda: [(len(i), {"service": s}) for s, i in self.view.services.items()],
+        )
+        t.gauge("hub.watch_streams", "Watch streams served", lambda: [(streaming.open_streams, {})])
+        t.gauge(
+            "hub.leader", "1 on the elected replica", lambda: [(int(self.election.is_leader), {})]
+        )
+        t.gauge(
+            "hub.instance.probe_latency",
+            "Latency of each instance's last probe",
+            lambda: [
+                (h.latency_ms, {"service": h.service, "instance": h.instance_id})
+                for h in self.health_view.mirror.items.values()
+            ],
+            unit="ms",
+        )

@@ -37,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between PROGRESS messages on idle watch streams (default 10)",
     )
+    serve.add_argument(
+        "--metrics-listen",
+        default="",
+        help="HOST:PORT for a Prometheus /metrics endpoint (default: none)",
+    )
+    serve.add_argument(
+        "--otlp-endpoint",
+        default="",
+        help="HOST:PORT of an OpenTelemetry collector: OTLP/gRPC export of metrics and traces",
+    )
     serve.add_argument("--log-level", default="INFO")
     return parser
 
@@ -66,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         etcd_endpoints=[e for e in args.etcd_endpoints.split(",") if e.strip()],
         hub_id=args.hub_id,
         watch_progress_interval=args.watch_progress_interval,
+        metrics_listen=args.metrics_listen,
+        otlp_endpoint=args.otlp_endpoint,
     )
     try:
         asyncio.run(serve(config))

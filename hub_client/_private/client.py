@@ -17,17 +17,32 @@ from aitrading.hub.v1 import (
     circuit_pb2_grpc,
     cluster_pb2,
     cluster_pb2_grpc,
+    config_pb2,
+    config_pb2_grpc,
     health_pb2,
     health_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
     types_pb2,
 )
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
 
 from hub_client._private.circuits import CircuitCache, CircuitGuard, OutcomeReporter
+from hub_client._private.config_watch import watch_config
 from hub_client._private.errors import from_rpc_error
-from hub_client._private.models import CircuitInfo, Endpoint, Health, Service
+from hub_client._private.models import (
+    CircuitInfo,
+    ConfigLayer,
+    Endpoint,
+    Health,
+    ResourceUsage,
+    Service,
+    Tenant,
+    TenantConfig,
+)
+from hub_client._private.quotas import Allocation
 from hub_client._private.registration import Registration
 from hub_client._private.watch import watch_registry
 
@@ -65,6 +80,43 @@ _RESOURCE_TIERS = {
     "premium": types_pb2.RESOURCE_TIER_PREMIUM,
     "enterprise": types_pb2.RESOURCE_TIER_ENTERPRISE,
 }
+
+_QUOTA_RESOURCES = {
+    "api_calls_per_hour": tenant_pb2.QUOTA_RESOURCE_API_CALLS_PER_HOUR,
+    "websocket_connections": tenant_pb2.QUOTA_RESOURCE_WEBSOCKET_CONNECTIONS,
+    "concurrent_requests": tenant_pb2.QUOTA_RESOURCE_CONCURRENT_REQUESTS,
+    "data_storage_mb": tenant_pb2.QUOTA_RESOURCE_DATA_STORAGE_MB,
+}
+
+
+def _tier(tier: str) -> types_pb2.SubscriptionTier.ValueType:
+    try:
+        return _TIERS[tier]
+    except KeyError:
+        raise ValueError(f"unknown tier {tier!r}; one of {sorted(_TIERS)}") from None
+
+
+def _quota_resource(resource: str) -> tenant_pb2.QuotaResource.ValueType:
+    try:
+        return _QUOTA_RESOURCES[resource]
+    except KeyError:
+        raise ValueError(
+            f"unknown quota resource {resource!r}; one of {sorted(_QUOTA_RESOURCES)}"
+        ) from None
+
+
+def _layer_ref(layer: str) -> config_pb2.ConfigLayerRef:
+    """``global``, ``tier/<tier>`` or ``tenant/<tenant id>``."""
+    kind, _, name = layer.partition("/")
+    if layer == "global":
+        return config_pb2.ConfigLayerRef(kind=config_pb2.CONFIG_LAYER_KIND_GLOBAL)
+    if kind == "tier" and name:
+        return config_pb2.ConfigLayerRef(
+            kind=config_pb2.CONFIG_LAYER_KIND_TIER_DEFAULTS, tier=_tier(name)
+        )
+    if kind == "tenant" and name:
+        return config_pb2.ConfigLayerRef(kind=config_pb2.CONFIG_LAYER_KIND_TENANT, tenant_id=name)
+    raise ValueError(f"unknown config layer {layer!r}: 'global', 'tier/<tier>' or 'tenant/<id>'")
 
 
 @dataclass(frozen=True)
@@ -149,6 +201,8 @@ class HubClient:
         self.balancer_stub = balancer_pb2_grpc.LoadBalancerServiceStub(self.channel)
         self.circuit_stub = circuit_pb2_grpc.CircuitBreakerServiceStub(self.channel)
         self.cluster_stub = cluster_pb2_grpc.ClusterServiceStub(self.channel)
+        self.config_stub = config_pb2_grpc.ConfigServiceStub(self.channel)
+        self.tenant_stub = tenant_pb2_grpc.TenantServiceStub(self.channel)
         self._registrations: set[Registration] = set()
         self._circuits: CircuitCache | None = None
         self._reporter: OutcomeReporter | None = None
@@ -364,3 +418,207 @@ class HubClient:
         return await self._unary(  # type: ignore[no-any-return]
             self.cluster_stub.GetClusterStatus, cluster_pb2.GetClusterStatusRequest()
         )
+
+    # -- configuration -------------------------------------------------------
+
+    def _tenant(self, tenant: str | None) -> str:
+        return self.context.tenant_id if tenant is None else tenant
+
+    async def config(self, tenant: str | None = None) -> TenantConfig:
+        """A tenant's merged configuration (tier defaults, global, tenant overrides).
+
+        Args:
+            tenant: the tenant; None means this client's tenant_id, "" the view
+                without tenant overrides. For a tenant the hub does not know, the
+                tier is this client's subscription_tier (free without one).
+        """
+        resp = await self._unary(
+            self.config_stub.GetTenantConfig,
+            config_pb2.GetTenantConfigRequest(tenant_id=self._tenant(tenant)),
+        )
+        return TenantConfig.from_pb(resp.config)
+
+    def watch_config(
+        self, tenant: str | None = None, *, start_revision: int = 0
+    ) -> AsyncIterator[TenantConfig]:
+        """The tenant's merged configuration now, then each new one as the hub
+        pushes it (``async for config in hub.watch_config("company_abc")``).
+
+        Resumes by itself after a disconnect or a hub restart; yields a config
+        only when it differs from the previous one.
+        """
+        return watch_config(self, self._tenant(tenant), start_revision)
+
+    async def config_layer(self, layer: str) -> ConfigLayer:
+        """One layer as stored: ``global``, ``tier/<tier>`` or ``tenant/<id>``."""
+        resp = await self._unary(
+            self.config_stub.GetConfigLayer,
+            config_pb2.GetConfigLayerRequest(layer=_layer_ref(layer)),
+        )
+        return ConfigLayer.from_pb(resp.layer)
+
+    async def set_config_layer(
+        self,
+        layer: str,
+        values: Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+        comment: str = "",
+    ) -> ConfigLayer:
+        """Replaces a layer's values, making a new version.
+
+        Args:
+            layer: ``global``, ``tier/<tier>`` or ``tenant/<id>``.
+            values: ``{"rate_limits": {...}, "features": {..., "flags": {...}},
+                "resource_limits": {...}, "settings": {...}}``; what is left out
+                is taken from the layers below.
+            expected_version: write only if the layer is at this version
+                (0: never written); else VersionConflict.
+            comment: kept with the version.
+        """
+        try:
+            pb_values = json_format.ParseDict(dict(values), config_pb2.ConfigValues())
+        except json_format.ParseError as e:
+            raise ValueError(f"bad config values: {e}") from None
+        request = config_pb2.SetConfigLayerRequest(
+            layer=_layer_ref(layer), values=pb_values, comment=comment
+        )
+        if expected_version is not None:
+            request.expected_version = expected_version
+        resp = await self._unary(self.config_stub.SetConfigLayer, request)
+        return ConfigLayer.from_pb(resp.layer)
+
+    async def config_versions(self, layer: str) -> list[ConfigLayer]:
+        """A layer's kept history, newest first (all pages)."""
+        out: list[ConfigLayer] = []
+        token = ""
+        while True:
+            resp = await self._unary(
+                self.config_stub.ListConfigVersions,
+                config_pb2.ListConfigVersionsRequest(
+                    layer=_layer_ref(layer), page_size=1000, page_token=token
+                ),
+            )
+            out.extend(ConfigLayer.from_pb(m) for m in resp.versions)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    async def rollback_config(
+        self,
+        layer: str,
+        version: int,
+        *,
+        expected_version: int | None = None,
+        comment: str = "",
+    ) -> ConfigLayer:
+        """Writes an earlier version's values as a new version of the layer."""
+        request = config_pb2.RollbackConfigRequest(
+            layer=_layer_ref(layer), version=version, comment=comment
+        )
+        if expected_version is not None:
+            request.expected_version = expected_version
+        resp = await self._unary(self.config_stub.RollbackConfig, request)
+        return ConfigLayer.from_pb(resp.layer)
+
+    # -- tenants and quotas --------------------------------------------------
+
+    async def create_tenant(
+        self, tenant_id: str, *, tier: str = "free", display_name: str = ""
+    ) -> Tenant:
+        """Stores a new tenant (AlreadyExists if it exists)."""
+        resp = await self._unary(
+            self.tenant_stub.CreateTenant,
+            tenant_pb2.CreateTenantRequest(
+                tenant_id=tenant_id, tier=_tier(tier), display_name=display_name
+            ),
+        )
+        return Tenant.from_pb(resp.tenant)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        """One tenant (NotFound if the hub does not know it)."""
+        resp = await self._unary(
+            self.tenant_stub.GetTenant, tenant_pb2.GetTenantRequest(tenant_id=tenant_id)
+        )
+        return Tenant.from_pb(resp.tenant)
+
+    async def list_tenants(self, *, tier: str | None = None) -> list[Tenant]:
+        """Every tenant (of one tier, if given), by id (all pages)."""
+        out: list[Tenant] = []
+        token = ""
+        while True:
+            resp = await self._unary(
+                self.tenant_stub.ListTenants,
+                tenant_pb2.ListTenantsRequest(page_token=token, tier=_tier(tier) if tier else 0),
+            )
+            out.extend(Tenant.from_pb(m) for m in resp.tenants)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    async def set_tier(self, tenant_id: str, tier: str, *, expected_revision: int = 0) -> Tenant:
+        """Changes a tenant's tier; its merged config and limits follow at once."""
+        resp = await self._unary(
+            self.tenant_stub.UpdateTenantTier,
+            tenant_pb2.UpdateTenantTierRequest(
+                tenant_id=tenant_id, tier=_tier(tier), expected_revision=expected_revision
+            ),
+        )
+        return Tenant.from_pb(resp.tenant)
+
+    async def usage(self, tenant: str | None = None) -> dict[str, ResourceUsage]:
+        """A tenant's usage of every quota resource, with its limits, by resource."""
+        resp = await self._unary(
+            self.tenant_stub.GetUsage, tenant_pb2.GetUsageRequest(tenant_id=self._tenant(tenant))
+        )
+        return {u.resource: u for u in map(ResourceUsage.from_pb, resp.usage)}
+
+    async def check_quota(
+        self, resource: str, amount: int = 1, *, tenant: str | None = None
+    ) -> bool:
+        """Whether ``amount`` of ``resource`` would fit now (nothing is allocated)."""
+        resp = await self._unary(
+            self.tenant_stub.CheckQuota,
+            tenant_pb2.CheckQuotaRequest(
+                tenant_id=self._tenant(tenant), resource=_quota_resource(resource), amount=amount
+            ),
+        )
+        return bool(resp.allowed)
+
+    async def allocate(
+        self, resource: str, amount: int = 1, *, tenant: str | None = None
+    ) -> ResourceUsage:
+        """Takes ``amount`` of a quota resource ("websocket_connections",
+        "concurrent_requests", "data_storage_mb", "api_calls_per_hour").
+
+        Raises:
+            QuotaExceeded: it does not fit; ``limit``, ``current`` and
+                ``requested`` say by how much.
+        """
+        resp = await self._unary(
+            self.tenant_stub.Allocate,
+            tenant_pb2.AllocateRequest(
+                tenant_id=self._tenant(tenant), resource=_quota_resource(resource), amount=amount
+            ),
+        )
+        return ResourceUsage.from_pb(resp.usage)
+
+    async def release(
+        self, resource: str, amount: int = 1, *, tenant: str | None = None
+    ) -> ResourceUsage:
+        """Gives back ``amount`` (usage never goes below zero)."""
+        resp = await self._unary(
+            self.tenant_stub.Release,
+            tenant_pb2.ReleaseRequest(
+                tenant_id=self._tenant(tenant), resource=_quota_resource(resource), amount=amount
+            ),
+        )
+        return ResourceUsage.from_pb(resp.usage)
+
+    def allocation(
+        self, resource: str, amount: int = 1, *, tenant: str | None = None
+    ) -> Allocation:
+        """``async with hub.allocation("websocket_connections"):`` holds an
+        allocation for the block and releases it on exit."""
+        _quota_resource(resource)
+        return Allocation(self, resource, amount, tenant)

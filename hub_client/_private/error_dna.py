@@ -61,6 +61,8 @@ _FINGERPRINT_BYTES = 8  # 16 hex digits
 
 
 class ErrorCategory(StrEnum):
+    """What kind of failure an error is; decides the suggested actions."""
+
     CONNECTION = "connection"
     TIMEOUT = "timeout"
     AUTHENTICATION = "authentication"
@@ -74,6 +76,8 @@ class ErrorCategory(StrEnum):
 
 
 class Severity(StrEnum):
+    """How urgent an error is."""
+
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"

@@ -17,8 +17,23 @@ class FieldViolation:
 
 @dataclass(frozen=True)
 class QuotaViolation:
+    """One limit a request would pass.
+
+    Attributes:
+        subject: whose limit (``tenant:<id>``).
+        description: readable, with the numbers.
+        resource: the quota resource (``websocket_connections``, ...).
+        limit: the limit in force.
+        current: the usage when the request was refused.
+        requested: the amount asked for.
+    """
+
     subject: str
     description: str
+    resource: str = ""
+    limit: int = 0
+    current: int = 0
+    requested: int = 0
 
 
 class HubError(Exception):
@@ -98,7 +113,30 @@ class CircuitOpen(Unavailable):
 
 
 class QuotaExceeded(HubError):
-    """Over a tenant limit; see ``quota_violations``."""
+    """Over a tenant limit; see ``quota_violations`` (``resource``, ``limit``,
+    ``current`` and ``requested`` are those of the first one)."""
+
+    @property
+    def violation(self) -> QuotaViolation:
+        if self.quota_violations:
+            return self.quota_violations[0]
+        return QuotaViolation("", self.message)
+
+    @property
+    def resource(self) -> str:
+        return self.violation.resource
+
+    @property
+    def limit(self) -> int:
+        return self.violation.limit
+
+    @property
+    def current(self) -> int:
+        return self.violation.current
+
+    @property
+    def requested(self) -> int:
+        return self.violation.requested
 
 
 class Unauthenticated(HubError):
@@ -140,6 +178,13 @@ _BY_CODE: dict[grpc.StatusCode, type[HubError]] = {
 }
 
 
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> HubError:
     """The typed exception for an error status (reason first, then code)."""
     code = error.code()
@@ -164,7 +209,21 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> HubError:
         elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
             qf = error_details_pb2.QuotaFailure()
             detail.Unpack(qf)
-            quotas = [QuotaViolation(v.subject, v.description) for v in qf.violations]
+            quotas = [
+                QuotaViolation(v.subject, v.description, v.quota_metric, v.quota_value)
+                for v in qf.violations
+            ]
+    if quotas:
+        # The numbers of the first violation travel in the ErrorInfo metadata.
+        first = quotas[0]
+        quotas[0] = QuotaViolation(
+            first.subject,
+            first.description,
+            first.resource or metadata.get("resource", ""),
+            _int(metadata.get("limit"), first.limit),
+            _int(metadata.get("current"), 0),
+            _int(metadata.get("requested"), 0),
+        )
     cls = _BY_REASON.get(reason) or _BY_CODE.get(code, HubError)
     return cls(
         error.details() or code.name,

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
-from aitrading.hub.v1 import balancer_pb2, circuit_pb2, registry_pb2, types_pb2
+from aitrading.hub.v1 import (
+    balancer_pb2,
+    circuit_pb2,
+    config_pb2,
+    registry_pb2,
+    tenant_pb2,
+    types_pb2,
+)
+from google.protobuf import json_format
 
 
 def _enum_name(enum_type: object, value: int, prefix: str) -> str:
@@ -72,6 +81,8 @@ class Service:
 
 
 class EventType(enum.Enum):
+    """What a registry watch event says happened to an instance."""
+
     ADDED = registry_pb2.WATCH_EVENT_TYPE_ADDED
     UPDATED = registry_pb2.WATCH_EVENT_TYPE_UPDATED
     REMOVED = registry_pb2.WATCH_EVENT_TYPE_REMOVED
@@ -161,5 +172,204 @@ class CircuitInfo:
             slow_call_rate=m.slow_call_rate,
             calls=m.calls,
             reason=m.reason,
+            raw=m,
+        )
+
+
+def _tier_name(value: int) -> str:
+    return _enum_name(types_pb2.SubscriptionTier, value, "SUBSCRIPTION_TIER_")
+
+
+def _seconds(ts: Any) -> float:
+    return float(ts.ToNanoseconds()) / 1e9
+
+
+def layer_name(ref: config_pb2.ConfigLayerRef) -> str:
+    """``global``, ``tier/<tier>`` or ``tenant/<id>``."""
+    if ref.kind == config_pb2.CONFIG_LAYER_KIND_TIER_DEFAULTS:
+        return f"tier/{_tier_name(ref.tier)}"
+    if ref.kind == config_pb2.CONFIG_LAYER_KIND_TENANT:
+        return f"tenant/{ref.tenant_id}"
+    return "global"
+
+
+_SECTIONS = ("rate_limits", "features", "resource_limits")
+
+
+def _values_dict(m: config_pb2.ConfigValues) -> dict[str, Any]:
+    """A layer's values as the nested dict ``set_config_layer`` takes (only what
+    the layer sets; numbers stay numbers)."""
+    out: dict[str, Any] = {}
+    for name in _SECTIONS:
+        if not m.HasField(name):  # type: ignore[arg-type]
+            continue
+        section = getattr(m, name)
+        found = {f.name: value for f, value in section.ListFields() if f.name != "flags"}
+        if name == "features" and section.flags:
+            found["flags"] = dict(section.flags)
+        if found:
+            out[name] = found
+    if m.HasField("settings"):
+        out["settings"] = json_format.MessageToDict(m.settings)
+    return out
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """A tenant's merged configuration, as ``HubClient.config`` returns it.
+
+    Attributes:
+        tenant_id: the tenant ("" for the view without tenant overrides).
+        tier: the tier whose defaults apply ("free", "pro", "enterprise").
+        tier_source: "tenant_record", "request_header" or "default".
+        rate_limits: ``api_calls_per_hour`` and ``websocket_connections``.
+        features: the typed features and every other flag, name -> on.
+        resource_limits: ``max_concurrent_requests`` and ``max_data_storage_mb``.
+        settings: the free-form settings.
+        tier_defaults_version, global_version, tenant_version: the version of
+            each layer used (0: none written; for tier defaults, the built-in ones).
+        revision: the newest hub revision among what the config was built from.
+    """
+
+    tenant_id: str
+    tier: str
+    tier_source: str
+    rate_limits: dict[str, int]
+    features: dict[str, bool]
+    resource_limits: dict[str, int]
+    settings: dict[str, Any]
+    tier_defaults_version: int
+    global_version: int
+    tenant_version: int
+    revision: int = field(compare=False)
+    raw: config_pb2.TenantConfig = field(repr=False, compare=False)
+
+    def enabled(self, feature: str) -> bool:
+        """Whether a feature (typed or flag) is on; unknown ones are off."""
+        return self.features.get(feature, False)
+
+    @classmethod
+    def from_pb(cls, m: config_pb2.TenantConfig) -> TenantConfig:
+        v = m.values
+        features = dict(v.features.flags)
+        features.update(
+            basic_analytics=v.features.basic_analytics,
+            advanced_ai=v.features.advanced_ai,
+            custom_models=v.features.custom_models,
+        )
+        return cls(
+            tenant_id=m.tenant_id,
+            tier=_tier_name(m.tier),
+            tier_source=_enum_name(config_pb2.TierSource, m.tier_source, "TIER_SOURCE_"),
+            rate_limits={
+                "api_calls_per_hour": v.rate_limits.api_calls_per_hour,
+                "websocket_connections": v.rate_limits.websocket_connections,
+            },
+            features=features,
+            resource_limits={
+                "max_concurrent_requests": v.resource_limits.max_concurrent_requests,
+                "max_data_storage_mb": v.resource_limits.max_data_storage_mb,
+            },
+            settings=json_format.MessageToDict(v.settings),
+            tier_defaults_version=m.tier_defaults_version,
+            global_version=m.global_version,
+            tenant_version=m.tenant_version,
+            revision=m.revision,
+            raw=m,
+        )
+
+
+@dataclass(frozen=True)
+class ConfigLayer:
+    """One version of a config layer.
+
+    Attributes:
+        layer: ``global``, ``tier/<tier>`` or ``tenant/<id>``.
+        version: 1 for the first write; 0 for a layer never written.
+        values: what the layer sets, as the nested dict ``set_config_layer`` takes.
+        restored_version: for a rollback, the version whose values it restored.
+    """
+
+    layer: str
+    version: int
+    values: dict[str, Any]
+    updated_at: float
+    updated_by: str
+    restored_version: int
+    comment: str
+    revision: int
+    raw: config_pb2.ConfigLayer = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, m: config_pb2.ConfigLayer) -> ConfigLayer:
+        return cls(
+            layer=layer_name(m.layer),
+            version=m.version,
+            values=_values_dict(m.values),
+            updated_at=_seconds(m.updated_at),
+            updated_by=m.updated_by,
+            restored_version=m.restored_version,
+            comment=m.comment,
+            revision=m.revision,
+            raw=m,
+        )
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant and its tier."""
+
+    tenant_id: str
+    display_name: str
+    tier: str
+    created_at: float
+    updated_at: float
+    revision: int
+    raw: tenant_pb2.Tenant = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, m: tenant_pb2.Tenant) -> Tenant:
+        return cls(
+            tenant_id=m.tenant_id,
+            display_name=m.display_name,
+            tier=_tier_name(m.tier),
+            created_at=_seconds(m.created_at),
+            updated_at=_seconds(m.updated_at),
+            revision=m.revision,
+            raw=m,
+        )
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """A tenant's use of one quota resource.
+
+    Attributes:
+        resource: "api_calls_per_hour", "websocket_connections",
+            "concurrent_requests" or "data_storage_mb".
+        used: in use now (for api_calls_per_hour: in the current hour).
+        limit: from the tenant's merged config.
+        window_start, window_end: the current hour for api_calls_per_hour, else 0.
+    """
+
+    resource: str
+    used: int
+    limit: int
+    window_start: float
+    window_end: float
+    raw: tenant_pb2.ResourceUsage = field(repr=False, compare=False)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+    @classmethod
+    def from_pb(cls, m: tenant_pb2.ResourceUsage) -> ResourceUsage:
+        return cls(
+            resource=_enum_name(tenant_pb2.QuotaResource, m.resource, "QUOTA_RESOURCE_"),
+            used=m.used,
+            limit=m.limit,
+            window_start=_seconds(m.window_start),
+            window_end=_seconds(m.window_end),
             raw=m,
         )

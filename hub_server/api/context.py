@@ -4,8 +4,11 @@ domain errors to statuses, so servicers stay free of try/except boilerplate."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +20,7 @@ from hub_server.api.errors import status_code_for, to_status
 from hub_server.domain.audit import AuditLog
 from hub_server.domain.errors import HubError
 from hub_server.domain.tiers import parse_tier
+from hub_server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +119,18 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
     response metadata, turns domain errors into gRPC statuses, and records every
     call of an ``@audited`` method in the audit trail."""
 
-    def __init__(self, audit: AuditLog | None = None) -> None:
+    def __init__(self, audit: AuditLog | None = None, telemetry: Telemetry | None = None) -> None:
         self._audit = audit
+        self._telemetry = telemetry
+
+    def _span(self, method: str, metadata: Any) -> contextlib.AbstractContextManager[Any]:
+        if self._telemetry is None:
+            return contextlib.nullcontext()
+        return self._telemetry.span(method, metadata)  # type: ignore[no-any-return]
+
+    def _finished(self, method: str, outcome: str, started: float) -> None:
+        if self._telemetry is not None:
+            self._telemetry.rpc_finished(method, outcome, (time.perf_counter() - started) * 1000)
 
     async def _record(
         self,
@@ -151,7 +165,8 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        ctx, echo = _parse(handler_call_details.invocation_metadata, method)  # type: ignore[arg-type]
+        metadata = handler_call_details.invocation_metadata
+        ctx, echo = _parse(metadata, method)  # type: ignore[arg-type]
 
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
@@ -164,20 +179,22 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                 _current.set(ctx)
                 call_note: dict[str, str] | None = {} if audit else None
                 _audit_note.set(call_note)
-                outcome = "OK"
-                try:
-                    if echo:
-                        await context.send_initial_metadata(echo)
-                    return await inner_uu(request, context)
-                except HubError as e:
-                    outcome = status_code_for(e).name
-                    await _abort(context, e)
-                except Exception:
-                    outcome = "INTERNAL"
-                    raise
-                finally:
-                    if call_note is not None:
-                        await self._record(ctx, context, call_note, outcome)
+                outcome, started = "OK", time.perf_counter()
+                with self._span(method, metadata):
+                    try:
+                        if echo:
+                            await context.send_initial_metadata(echo)
+                        return await inner_uu(request, context)
+                    except HubError as e:
+                        outcome = status_code_for(e).name
+                        await _abort(context, e)
+                    except Exception:
+                        outcome = "INTERNAL"
+                        raise
+                    finally:
+                        self._finished(method, outcome, started)
+                        if call_note is not None:
+                            await self._record(ctx, context, call_note, outcome)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
@@ -192,13 +209,23 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
                 _current.set(ctx)
+                outcome, started = "OK", time.perf_counter()
                 try:
                     if echo:
                         await context.send_initial_metadata(echo)
                     async for response in inner_us(request, context):
                         yield response
                 except HubError as e:
+                    outcome = status_code_for(e).name
                     await _abort(context, e)
+                except asyncio.CancelledError:
+                    outcome = "CANCELLED"  # the client went away: normal for a stream
+                    raise
+                except Exception:
+                    outcome = "INTERNAL"
+                    raise
+                finally:
+                    self._finished(method, outcome, started)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,

@@ -41,12 +41,25 @@ def _pack(message) -> any_pb2.Any:  # type: ignore[no-untyped-def]
     return detail
 
 
+def _error_metadata(error: errors.HubError) -> dict[str, str]:
+    metadata = dict(error.metadata)
+    if isinstance(error, errors.QuotaExceeded) and error.violations:
+        # QuotaFailure has no fields for usage: the (first) violation's numbers
+        # travel here, so clients need not parse descriptions.
+        v = error.violations[0]
+        metadata.setdefault("subject", v.subject)
+        metadata.setdefault("limit", str(v.limit))
+        metadata.setdefault("current", str(v.current))
+        metadata.setdefault("requested", str(v.requested))
+    return metadata
+
+
 def to_status(error: errors.HubError) -> grpc.Status:
     code = status_code_for(error)
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=_error_metadata(error)
             )
         )
     ]
@@ -69,7 +82,10 @@ def to_status(error: errors.HubError) -> grpc.Status:
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(
-                            subject=v.subject, description=v.description
+                            subject=v.subject,
+                            description=v.description,
+                            quota_metric=error.metadata.get("resource", ""),
+                            quota_value=v.limit,
                         )
                         for v in error.violations
                     ]

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aitrading.hub.v1 import observability_pb2 as obs
 from aitrading.hub.v1 import observability_pb2_grpc, types_pb2
 
+from hub_server.api import streaming
 from hub_server.api.streaming import watch_stream
 from hub_server.domain.alerts import Alerts, as_resolved
 from hub_server.domain.audit import AuditLog
+from hub_server.domain.error_patterns import ErrorPatterns
 from hub_server.domain.errors import InvalidArgument
+from hub_server.domain.health import DEGRADED, HEALTHY, UNHEALTHY, UNKNOWN, HealthView
+from hub_server.domain.registry import RegistryView
 from hub_server.store.mirror import REMOVED, Change
+from hub_server.telemetry import Telemetry
 
 MAX_HISTORY = 1000
 
@@ -23,10 +29,19 @@ def _seconds(ts) -> float:  # type: ignore[no-untyped-def]
 
 class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer):
     def __init__(
-        self, audit: AuditLog, alerts: Alerts, hub_id: str, *, progress_interval: float = 10.0
+        self,
+        audit: AuditLog,
+        alerts: Alerts,
+        errors: ErrorPatterns,
+        system: SystemMetrics,
+        hub_id: str,
+        *,
+        progress_interval: float = 10.0,
     ) -> None:
         self._audit = audit
         self._alerts = alerts
+        self._errors = errors
+        self._system = system
         self._hub_id = hub_id
         self.progress_interval = progress_interval
 
@@ -93,4 +108,83 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
         )
         return obs.ListAuditEventsResponse(
             header=self._header(revision), events=events, next_page_token=token
+        )
+
+    async def ReportErrors(self, request, context):  # type: ignore[no-untyped-def]
+        revision = await self._errors.report(request.service, list(request.patterns))
+        return obs.ReportErrorsResponse(
+            header=self._header(revision), accepted=len(request.patterns)
+        )
+
+    async def ListErrorPatterns(self, request, context):  # type: ignore[no-untyped-def]
+        patterns, revision = await self._errors.list(
+            service=request.service,
+            tenant_id=request.tenant_id,
+            category=request.category,
+            limit=request.limit,
+        )
+        return obs.ListErrorPatternsResponse(header=self._header(revision), patterns=patterns)
+
+    async def GetSystemMetrics(self, request, context):  # type: ignore[no-untyped-def]
+        response = await self._system.collect()
+        response.header.CopyFrom(self._header(self._system.revision()))
+        return response
+
+
+class SystemMetrics:
+    """Builds GetSystemMetrics from the views this replica keeps and its own RPC
+    statistics."""
+
+    def __init__(
+        self,
+        hub_id: str,
+        registry: RegistryView,
+        health: HealthView,
+        telemetry: Telemetry,
+        is_leader: Callable[[], bool],
+        tenants: Callable[[], Awaitable[list[obs.TenantMetrics]]] | None = None,
+    ) -> None:
+        self._hub_id = hub_id
+        self._registry = registry
+        self._health = health
+        self._telemetry = telemetry
+        self._is_leader = is_leader
+        self._tenants = tenants
+
+    def revision(self) -> int:
+        return self._registry.revision
+
+    async def collect(self) -> obs.GetSystemMetricsResponse:
+        uptime = max(time.time() - self._telemetry.started, 1e-9)
+        services = []
+        for name in sorted(self._registry.services):
+            counts = Counter(
+                self._health.of(i).status for i in self._registry.services[name].values()
+            )
+            services.append(
+                obs.ServiceMetrics(
+                    service=name,
+                    instances=sum(counts.values()),
+                    healthy=counts[HEALTHY],
+                    degraded=counts[DEGRADED],
+                    unhealthy=counts[UNHEALTHY],
+                    unknown=counts[UNKNOWN],
+                )
+            )
+        rpcs = [
+            obs.RpcMetrics(
+                method=method, calls=s.count, errors=s.errors, error_rate=s.error_rate,
+                calls_per_second=s.count / uptime, p50_ms=s.p50_ms, p95_ms=s.p95_ms,
+                p99_ms=s.p99_ms,
+            )
+            for method, s in self._telemetry.rpc_summary().items()
+        ]  # fmt: skip
+        return obs.GetSystemMetricsResponse(
+            hub_id=self._hub_id,
+            leader=self._is_leader(),
+            uptime_seconds=uptime,
+            watch_streams=streaming.open_streams,
+            services=services,
+            tenants=await self._tenants() if self._tenants is not None else [],
+            rpcs=rpcs,
         )

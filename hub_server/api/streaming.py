@@ -25,6 +25,9 @@ RESYNC_REQUIRED = registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED
 
 SNAPSHOT_CHUNK = 500
 
+# Watch streams this process serves now (a gauge).
+open_streams = 0
+
 M = TypeVar("M")  # what a stream sends per item (an Instance, an InstanceHealth, ...)
 # Builds one response: (kind, items, revision, more, compact_revision) -> message.
 Respond = Callable[[int, list[M], int, bool, int], Any]
@@ -45,8 +48,10 @@ async def watch_stream(
     not await, so they are consistent); ``select`` turns a change into the item to
     send, or None to skip it.
     """
+    global open_streams
     if start_revision < 0:
         raise InvalidArgument.single("start_revision", "must not be negative")
+    open_streams += 1
     try:
         if start_revision == 0:
             items, cursor = snapshot()
@@ -76,3 +81,5 @@ async def watch_stream(
     except asyncio.CancelledError:
         log.debug("watch stream cancelled by the client")
         raise
+    finally:
+        open_streams -= 1

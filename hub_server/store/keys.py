@@ -36,6 +36,7 @@ LOAD = ROOT + b"load/"
 CIRCUITS = ROOT + b"circuits/"
 CIRCUIT_SETTINGS = ROOT + b"circuit-settings/"
 AUDIT = ROOT + b"audit/"
+ERROR_PATTERNS = ROOT + b"error-patterns/"
 ALERTS_ACTIVE = ROOT + b"alerts/active/"
 ALERTS_HISTORY = ROOT + b"alerts/history/"
 
@@ -56,3 +57,50 @@ def parse_pair(prefix: bytes, key: bytes) -> tuple[str, str]:
     """(service, instance id) of a key under ``prefix`` laid out like the registry's."""
     service, _, instance_id = key[len(prefix) :].decode().partition("/")
     return service, instance_id
+
+
+# Tenancy: config layers (mirrored), their history (read on demand), tenant
+# records (mirrored) and quota usage (read and written by compare-and-set).
+# "config/" never prefixes "config-history/", so the config mirror sees layers only.
+CONFIG = ROOT + b"config/"
+CONFIG_HISTORY = ROOT + b"config-history/"
+TENANTS = ROOT + b"tenants/"
+USAGE = ROOT + b"usage/"
+
+
+def config_layer_key(layer: str) -> bytes:
+    """A layer's current version; ``layer`` is ``tier/<tier>``, ``global`` or
+    ``tenant/<tenant id>``."""
+    return CONFIG + layer.encode()
+
+
+def parse_config_layer_key(key: bytes) -> str:
+    return key[len(CONFIG) :].decode()
+
+
+def config_history_prefix(layer: str) -> bytes:
+    return CONFIG_HISTORY + f"{layer}/".encode()
+
+
+def config_history_key(layer: str, version: int) -> bytes:
+    # Zero-padded so that keys sort by version.
+    return config_history_prefix(layer) + f"{version:012d}".encode()
+
+
+def tenant_key(tenant_id: str) -> bytes:
+    return TENANTS + tenant_id.encode()
+
+
+def parse_tenant_key(key: bytes) -> str:
+    return key[len(TENANTS) :].decode()
+
+
+def usage_prefix(tenant_id: str) -> bytes:
+    return USAGE + f"{tenant_id}/".encode()
+
+
+def usage_key(tenant_id: str, resource: str, window_start: int | None = None) -> bytes:
+    """A counting resource's usage, or a rate resource's usage in the window that
+    starts at ``window_start`` (seconds since the epoch)."""
+    suffix = "" if window_start is None else f"/{window_start}"
+    return usage_prefix(tenant_id) + f"{resource}{suffix}".encode()

@@ -411,3 +411,436 @@ class ListAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class ErrorPattern(_message.Message):
+    """ErrorPattern is one error fingerprint's occurrences."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    EXCEPTION_TYPE_FIELD_NUMBER: _builtins.int
+    NORMALIZED_MESSAGE_FIELD_NUMBER: _builtins.int
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    fingerprint: _builtins.str
+    """The stable fingerprint (ErrorDNA)."""
+    service: _builtins.str
+    """The service that saw it."""
+    tenant_id: _builtins.str
+    """The tenant it happened for, if any."""
+    category: _builtins.str
+    """connection, timeout, authentication, authorization, validation,
+    resource_exhaustion, database, dependency, configuration or unknown.
+    """
+    severity: _builtins.str
+    """low, medium, high or critical."""
+    exception_type: _builtins.str
+    """The exception type, if known."""
+    normalized_message: _builtins.str
+    """The message with what varies normalised away."""
+    sample: _builtins.str
+    """One raw message, truncated."""
+    count: _builtins.int
+    """Occurrences: in a report, those since the previous report; in a listing, the total."""
+    @_builtins.property
+    def first_seen(self) -> _timestamp_pb2.Timestamp:
+        """First sighting."""
+
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp:
+        """Latest sighting."""
+
+    def __init__(
+        self,
+        *,
+        fingerprint: _builtins.str = ...,
+        service: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        exception_type: _builtins.str = ...,
+        normalized_message: _builtins.str = ...,
+        sample: _builtins.str = ...,
+        count: _builtins.int = ...,
+        first_seen: _timestamp_pb2.Timestamp | None = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "last_seen", b"last_seen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "count", b"count", "exception_type", b"exception_type", "fingerprint", b"fingerprint", "first_seen", b"first_seen", "last_seen", b"last_seen", "normalized_message", b"normalized_message", "sample", b"sample", "service", b"service", "severity", b"severity", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorPattern: _TypeAlias = ErrorPattern  # noqa: Y015
+
+@_typing.final
+class ReportErrorsRequest(_message.Message):
+    """ReportErrorsRequest carries pattern deltas from one service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PATTERNS_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The reporting service."""
+    @_builtins.property
+    def patterns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorPattern]:
+        """The deltas (at most 1000)."""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        patterns: _abc.Iterable[Global___ErrorPattern] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["patterns", b"patterns", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportErrorsRequest: _TypeAlias = ReportErrorsRequest  # noqa: Y015
+
+@_typing.final
+class ReportErrorsResponse(_message.Message):
+    """ReportErrorsResponse confirms the report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    """How many patterns were added."""
+    @_builtins.property
+    def header(self) -> _types_pb2.ResponseHeader:
+        """Revision after the report."""
+
+    def __init__(
+        self,
+        *,
+        header: _types_pb2.ResponseHeader | None = ...,
+        accepted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportErrorsResponse: _TypeAlias = ReportErrorsResponse  # noqa: Y015
+
+@_typing.final
+class ListErrorPatternsRequest(_message.Message):
+    """ListErrorPatternsRequest filters patterns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """Only this service's patterns."""
+    tenant_id: _builtins.str
+    """Only this tenant's."""
+    category: _builtins.str
+    """Only this category."""
+    limit: _builtins.int
+    """Largest number to return, most frequent first (default 100, maximum 1000)."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "limit", b"limit", "service", b"service", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListErrorPatternsRequest: _TypeAlias = ListErrorPatternsRequest  # noqa: Y015
+
+@_typing.final
+class ListErrorPatternsResponse(_message.Message):
+    """ListErrorPatternsResponse holds patterns, most frequent first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PATTERNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _types_pb2.ResponseHeader:
+        """Revision the answer reflects."""
+
+    @_builtins.property
+    def patterns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorPattern]:
+        """The patterns."""
+
+    def __init__(
+        self,
+        *,
+        header: _types_pb2.ResponseHeader | None = ...,
+        patterns: _abc.Iterable[Global___ErrorPattern] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "patterns", b"patterns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListErrorPatternsResponse: _TypeAlias = ListErrorPatternsResponse  # noqa: Y015
+
+@_typing.final
+class GetSystemMetricsRequest(_message.Message):
+    """GetSystemMetricsRequest takes no arguments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSystemMetricsRequest: _TypeAlias = GetSystemMetricsRequest  # noqa: Y015
+
+@_typing.final
+class ServiceMetrics(_message.Message):
+    """ServiceMetrics counts one service's instances by health."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    HEALTHY_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
+    UNHEALTHY_FIELD_NUMBER: _builtins.int
+    UNKNOWN_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service."""
+    instances: _builtins.int
+    """Registered instances."""
+    healthy: _builtins.int
+    """HEALTHY instances."""
+    degraded: _builtins.int
+    """DEGRADED instances."""
+    unhealthy: _builtins.int
+    """UNHEALTHY instances."""
+    unknown: _builtins.int
+    """Instances not probed yet."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        instances: _builtins.int = ...,
+        healthy: _builtins.int = ...,
+        degraded: _builtins.int = ...,
+        unhealthy: _builtins.int = ...,
+        unknown: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "healthy", b"healthy", "instances", b"instances", "service", b"service", "unhealthy", b"unhealthy", "unknown", b"unknown"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceMetrics: _TypeAlias = ServiceMetrics  # noqa: Y015
+
+@_typing.final
+class TenantMetrics(_message.Message):
+    """TenantMetrics is one tenant's resource usage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class UsageEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class LimitsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    tier: _builtins.str
+    """Its subscription tier."""
+    @_builtins.property
+    def usage(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Current usage per resource (api_calls_per_hour: this hour's calls)."""
+
+    @_builtins.property
+    def limits(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Its limit per resource."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        tier: _builtins.str = ...,
+        usage: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        limits: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "tenant_id", b"tenant_id", "tier", b"tier", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantMetrics: _TypeAlias = TenantMetrics  # noqa: Y015
+
+@_typing.final
+class RpcMetrics(_message.Message):
+    """RpcMetrics is one method's traffic on the answering replica since it started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    CALLS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    P95_MS_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """The full method name."""
+    calls: _builtins.int
+    """Calls finished."""
+    errors: _builtins.int
+    """Calls that ended with a status other than OK."""
+    error_rate: _builtins.float
+    """errors / calls."""
+    calls_per_second: _builtins.float
+    """Calls per second since the replica started."""
+    p50_ms: _builtins.float
+    """Median latency in milliseconds."""
+    p95_ms: _builtins.float
+    """95th percentile latency in milliseconds."""
+    p99_ms: _builtins.float
+    """99th percentile latency in milliseconds."""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        calls: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        error_rate: _builtins.float = ...,
+        calls_per_second: _builtins.float = ...,
+        p50_ms: _builtins.float = ...,
+        p95_ms: _builtins.float = ...,
+        p99_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "calls_per_second", b"calls_per_second", "error_rate", b"error_rate", "errors", b"errors", "method", b"method", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RpcMetrics: _TypeAlias = RpcMetrics  # noqa: Y015
+
+@_typing.final
+class GetSystemMetricsResponse(_message.Message):
+    """GetSystemMetricsResponse summarises the system."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    HUB_ID_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    WATCH_STREAMS_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    RPCS_FIELD_NUMBER: _builtins.int
+    hub_id: _builtins.str
+    """The replica that answered (RPC figures are this replica's)."""
+    leader: _builtins.bool
+    """Whether it is the leader."""
+    uptime_seconds: _builtins.float
+    """Seconds since it started."""
+    watch_streams: _builtins.int
+    """Watch streams it serves now."""
+    @_builtins.property
+    def header(self) -> _types_pb2.ResponseHeader:
+        """Revision the answer reflects."""
+
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceMetrics]:
+        """Every service, by name."""
+
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantMetrics]:
+        """Every tenant, by id."""
+
+    @_builtins.property
+    def rpcs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RpcMetrics]:
+        """Every method called since the replica started, by name."""
+
+    def __init__(
+        self,
+        *,
+        header: _types_pb2.ResponseHeader | None = ...,
+        hub_id: _builtins.str = ...,
+        leader: _builtins.bool = ...,
+        uptime_seconds: _builtins.float = ...,
+        watch_streams: _builtins.int = ...,
+        services: _abc.Iterable[Global___ServiceMetrics] | None = ...,
+        tenants: _abc.Iterable[Global___TenantMetrics] | None = ...,
+        rpcs: _abc.Iterable[Global___RpcMetrics] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "hub_id", b"hub_id", "leader", b"leader", "rpcs", b"rpcs", "services", b"services", "tenants", b"tenants", "uptime_seconds", b"uptime_seconds", "watch_streams", b"watch_streams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSystemMetricsResponse: _TypeAlias = GetSystemMetricsResponse  # noqa: Y015

@@ -50,6 +50,21 @@ class ObservabilityServiceStub:
                 request_serializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ReportErrors = channel.unary_unary(
+                '/aitrading.hub.v1.ObservabilityService/ReportErrors',
+                request_serializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ReportErrorsRequest.SerializeToString,
+                response_deserializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ReportErrorsResponse.FromString,
+                _registered_method=True)
+        self.ListErrorPatterns = channel.unary_unary(
+                '/aitrading.hub.v1.ObservabilityService/ListErrorPatterns',
+                request_serializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ListErrorPatternsRequest.SerializeToString,
+                response_deserializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ListErrorPatternsResponse.FromString,
+                _registered_method=True)
+        self.GetSystemMetrics = channel.unary_unary(
+                '/aitrading.hub.v1.ObservabilityService/GetSystemMetrics',
+                request_serializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.GetSystemMetricsRequest.SerializeToString,
+                response_deserializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.GetSystemMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class ObservabilityServiceServicer:
@@ -77,6 +92,27 @@ class ObservabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportErrors(self, request, context):
+        """ReportErrors adds a batch of ErrorDNA pattern counts (deltas) from a service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListErrorPatterns(self, request, context):
+        """ListErrorPatterns returns error patterns aggregated across the fleet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSystemMetrics(self, request, context):
+        """GetSystemMetrics summarises services, tenants and this replica's RPC traffic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ObservabilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +130,21 @@ def add_ObservabilityServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'ReportErrors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportErrors,
+                    request_deserializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ReportErrorsRequest.FromString,
+                    response_serializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ReportErrorsResponse.SerializeToString,
+            ),
+            'ListErrorPatterns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListErrorPatterns,
+                    request_deserializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ListErrorPatternsRequest.FromString,
+                    response_serializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.ListErrorPatternsResponse.SerializeToString,
+            ),
+            'GetSystemMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSystemMetrics,
+                    request_deserializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.GetSystemMetricsRequest.FromString,
+                    response_serializer=aitrading_dot_hub_dot_v1_dot_observability__pb2.GetSystemMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +229,87 @@ class ObservabilityService:
             '/aitrading.hub.v1.ObservabilityService/ListAuditEvents',
             aitrading_dot_hub_dot_v1_dot_observability__pb2.ListAuditEventsRequest.SerializeToString,
             aitrading_dot_hub_dot_v1_dot_observability__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportErrors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitrading.hub.v1.ObservabilityService/ReportErrors',
+            aitrading_dot_hub_dot_v1_dot_observability__pb2.ReportErrorsRequest.SerializeToString,
+            aitrading_dot_hub_dot_v1_dot_observability__pb2.ReportErrorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListErrorPatterns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitrading.hub.v1.ObservabilityService/ListErrorPatterns',
+            aitrading_dot_hub_dot_v1_dot_observability__pb2.ListErrorPatternsRequest.SerializeToString,
+            aitrading_dot_hub_dot_v1_dot_observability__pb2.ListErrorPatternsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSystemMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitrading.hub.v1.ObservabilityService/GetSystemMetrics',
+            aitrading_dot_hub_dot_v1_dot_observability__pb2.GetSystemMetricsRequest.SerializeToString,
+            aitrading_dot_hub_dot_v1_dot_observability__pb2.GetSystemMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

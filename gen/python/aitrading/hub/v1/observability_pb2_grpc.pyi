@@ -39,6 +39,12 @@ class ObservabilityServiceStub:
     """WatchAlerts streams the active alerts, then every raise and resolve."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_observability_pb2.ListAuditEventsRequest, _observability_pb2.ListAuditEventsResponse]
     """ListAuditEvents pages through the audit trail, filtered."""
+    ReportErrors: _grpc.UnaryUnaryMultiCallable[_observability_pb2.ReportErrorsRequest, _observability_pb2.ReportErrorsResponse]
+    """ReportErrors adds a batch of ErrorDNA pattern counts (deltas) from a service."""
+    ListErrorPatterns: _grpc.UnaryUnaryMultiCallable[_observability_pb2.ListErrorPatternsRequest, _observability_pb2.ListErrorPatternsResponse]
+    """ListErrorPatterns returns error patterns aggregated across the fleet."""
+    GetSystemMetrics: _grpc.UnaryUnaryMultiCallable[_observability_pb2.GetSystemMetricsRequest, _observability_pb2.GetSystemMetricsResponse]
+    """GetSystemMetrics summarises services, tenants and this replica's RPC traffic."""
 
 @_typing.type_check_only
 class ObservabilityServiceAsyncStub(ObservabilityServiceStub):
@@ -51,6 +57,12 @@ class ObservabilityServiceAsyncStub(ObservabilityServiceStub):
     """WatchAlerts streams the active alerts, then every raise and resolve."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_observability_pb2.ListAuditEventsRequest, _observability_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """ListAuditEvents pages through the audit trail, filtered."""
+    ReportErrors: _aio.UnaryUnaryMultiCallable[_observability_pb2.ReportErrorsRequest, _observability_pb2.ReportErrorsResponse]  # type: ignore[assignment]
+    """ReportErrors adds a batch of ErrorDNA pattern counts (deltas) from a service."""
+    ListErrorPatterns: _aio.UnaryUnaryMultiCallable[_observability_pb2.ListErrorPatternsRequest, _observability_pb2.ListErrorPatternsResponse]  # type: ignore[assignment]
+    """ListErrorPatterns returns error patterns aggregated across the fleet."""
+    GetSystemMetrics: _aio.UnaryUnaryMultiCallable[_observability_pb2.GetSystemMetricsRequest, _observability_pb2.GetSystemMetricsResponse]  # type: ignore[assignment]
+    """GetSystemMetrics summarises services, tenants and this replica's RPC traffic."""
 
 class ObservabilityServiceServicer(metaclass=_abc_1.ABCMeta):
     """ObservabilityService exposes the hub's alerts and its audit trail."""
@@ -78,5 +90,29 @@ class ObservabilityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_observability_pb2.ListAuditEventsResponse, _abc.Awaitable[_observability_pb2.ListAuditEventsResponse]]:
         """ListAuditEvents pages through the audit trail, filtered."""
+
+    @_abc_1.abstractmethod
+    def ReportErrors(
+        self,
+        request: _observability_pb2.ReportErrorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_observability_pb2.ReportErrorsResponse, _abc.Awaitable[_observability_pb2.ReportErrorsResponse]]:
+        """ReportErrors adds a batch of ErrorDNA pattern counts (deltas) from a service."""
+
+    @_abc_1.abstractmethod
+    def ListErrorPatterns(
+        self,
+        request: _observability_pb2.ListErrorPatternsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_observability_pb2.ListErrorPatternsResponse, _abc.Awaitable[_observability_pb2.ListErrorPatternsResponse]]:
+        """ListErrorPatterns returns error patterns aggregated across the fleet."""
+
+    @_abc_1.abstractmethod
+    def GetSystemMetrics(
+        self,
+        request: _observability_pb2.GetSystemMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_observability_pb2.GetSystemMetricsResponse, _abc.Awaitable[_observability_pb2.GetSystemMetricsResponse]]:
+        """GetSystemMetrics summarises services, tenants and this replica's RPC traffic."""
 
 def add_ObservabilityServiceServicer_to_server(servicer: ObservabilityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -421,6 +421,467 @@ export declare type ListAuditEventsResponse = Message<"aitrading.hub.v1.ListAudi
 export declare const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse>;
 
 /**
+ * ErrorPattern is one error fingerprint's occurrences.
+ *
+ * @generated from message aitrading.hub.v1.ErrorPattern
+ */
+export declare type ErrorPattern = Message<"aitrading.hub.v1.ErrorPattern"> & {
+  /**
+   * The stable fingerprint (ErrorDNA).
+   *
+   * @generated from field: string fingerprint = 1;
+   */
+  fingerprint: string;
+
+  /**
+   * The service that saw it.
+   *
+   * @generated from field: string service = 2;
+   */
+  service: string;
+
+  /**
+   * The tenant it happened for, if any.
+   *
+   * @generated from field: string tenant_id = 3;
+   */
+  tenantId: string;
+
+  /**
+   * connection, timeout, authentication, authorization, validation,
+   * resource_exhaustion, database, dependency, configuration or unknown.
+   *
+   * @generated from field: string category = 4;
+   */
+  category: string;
+
+  /**
+   * low, medium, high or critical.
+   *
+   * @generated from field: string severity = 5;
+   */
+  severity: string;
+
+  /**
+   * The exception type, if known.
+   *
+   * @generated from field: string exception_type = 6;
+   */
+  exceptionType: string;
+
+  /**
+   * The message with what varies normalised away.
+   *
+   * @generated from field: string normalized_message = 7;
+   */
+  normalizedMessage: string;
+
+  /**
+   * One raw message, truncated.
+   *
+   * @generated from field: string sample = 8;
+   */
+  sample: string;
+
+  /**
+   * Occurrences: in a report, those since the previous report; in a listing, the total.
+   *
+   * @generated from field: int64 count = 9;
+   */
+  count: bigint;
+
+  /**
+   * First sighting.
+   *
+   * @generated from field: google.protobuf.Timestamp first_seen = 10;
+   */
+  firstSeen?: Timestamp | undefined;
+
+  /**
+   * Latest sighting.
+   *
+   * @generated from field: google.protobuf.Timestamp last_seen = 11;
+   */
+  lastSeen?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ErrorPattern.
+ * Use `create(ErrorPatternSchema)` to create a new message.
+ */
+export declare const ErrorPatternSchema: GenMessage<ErrorPattern>;
+
+/**
+ * ReportErrorsRequest carries pattern deltas from one service.
+ *
+ * @generated from message aitrading.hub.v1.ReportErrorsRequest
+ */
+export declare type ReportErrorsRequest = Message<"aitrading.hub.v1.ReportErrorsRequest"> & {
+  /**
+   * The reporting service.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * The deltas (at most 1000).
+   *
+   * @generated from field: repeated aitrading.hub.v1.ErrorPattern patterns = 2;
+   */
+  patterns: ErrorPattern[];
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ReportErrorsRequest.
+ * Use `create(ReportErrorsRequestSchema)` to create a new message.
+ */
+export declare const ReportErrorsRequestSchema: GenMessage<ReportErrorsRequest>;
+
+/**
+ * ReportErrorsResponse confirms the report.
+ *
+ * @generated from message aitrading.hub.v1.ReportErrorsResponse
+ */
+export declare type ReportErrorsResponse = Message<"aitrading.hub.v1.ReportErrorsResponse"> & {
+  /**
+   * Revision after the report.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * How many patterns were added.
+   *
+   * @generated from field: int32 accepted = 2;
+   */
+  accepted: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ReportErrorsResponse.
+ * Use `create(ReportErrorsResponseSchema)` to create a new message.
+ */
+export declare const ReportErrorsResponseSchema: GenMessage<ReportErrorsResponse>;
+
+/**
+ * ListErrorPatternsRequest filters patterns.
+ *
+ * @generated from message aitrading.hub.v1.ListErrorPatternsRequest
+ */
+export declare type ListErrorPatternsRequest = Message<"aitrading.hub.v1.ListErrorPatternsRequest"> & {
+  /**
+   * Only this service's patterns.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * Only this tenant's.
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * Only this category.
+   *
+   * @generated from field: string category = 3;
+   */
+  category: string;
+
+  /**
+   * Largest number to return, most frequent first (default 100, maximum 1000).
+   *
+   * @generated from field: int32 limit = 4;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ListErrorPatternsRequest.
+ * Use `create(ListErrorPatternsRequestSchema)` to create a new message.
+ */
+export declare const ListErrorPatternsRequestSchema: GenMessage<ListErrorPatternsRequest>;
+
+/**
+ * ListErrorPatternsResponse holds patterns, most frequent first.
+ *
+ * @generated from message aitrading.hub.v1.ListErrorPatternsResponse
+ */
+export declare type ListErrorPatternsResponse = Message<"aitrading.hub.v1.ListErrorPatternsResponse"> & {
+  /**
+   * Revision the answer reflects.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The patterns.
+   *
+   * @generated from field: repeated aitrading.hub.v1.ErrorPattern patterns = 2;
+   */
+  patterns: ErrorPattern[];
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ListErrorPatternsResponse.
+ * Use `create(ListErrorPatternsResponseSchema)` to create a new message.
+ */
+export declare const ListErrorPatternsResponseSchema: GenMessage<ListErrorPatternsResponse>;
+
+/**
+ * GetSystemMetricsRequest takes no arguments.
+ *
+ * @generated from message aitrading.hub.v1.GetSystemMetricsRequest
+ */
+export declare type GetSystemMetricsRequest = Message<"aitrading.hub.v1.GetSystemMetricsRequest"> & {
+};
+
+/**
+ * Describes the message aitrading.hub.v1.GetSystemMetricsRequest.
+ * Use `create(GetSystemMetricsRequestSchema)` to create a new message.
+ */
+export declare const GetSystemMetricsRequestSchema: GenMessage<GetSystemMetricsRequest>;
+
+/**
+ * ServiceMetrics counts one service's instances by health.
+ *
+ * @generated from message aitrading.hub.v1.ServiceMetrics
+ */
+export declare type ServiceMetrics = Message<"aitrading.hub.v1.ServiceMetrics"> & {
+  /**
+   * The service.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * Registered instances.
+   *
+   * @generated from field: int32 instances = 2;
+   */
+  instances: number;
+
+  /**
+   * HEALTHY instances.
+   *
+   * @generated from field: int32 healthy = 3;
+   */
+  healthy: number;
+
+  /**
+   * DEGRADED instances.
+   *
+   * @generated from field: int32 degraded = 4;
+   */
+  degraded: number;
+
+  /**
+   * UNHEALTHY instances.
+   *
+   * @generated from field: int32 unhealthy = 5;
+   */
+  unhealthy: number;
+
+  /**
+   * Instances not probed yet.
+   *
+   * @generated from field: int32 unknown = 6;
+   */
+  unknown: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ServiceMetrics.
+ * Use `create(ServiceMetricsSchema)` to create a new message.
+ */
+export declare const ServiceMetricsSchema: GenMessage<ServiceMetrics>;
+
+/**
+ * TenantMetrics is one tenant's resource usage.
+ *
+ * @generated from message aitrading.hub.v1.TenantMetrics
+ */
+export declare type TenantMetrics = Message<"aitrading.hub.v1.TenantMetrics"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Its subscription tier.
+   *
+   * @generated from field: string tier = 2;
+   */
+  tier: string;
+
+  /**
+   * Current usage per resource (api_calls_per_hour: this hour's calls).
+   *
+   * @generated from field: map<string, int64> usage = 3;
+   */
+  usage: { [key: string]: bigint };
+
+  /**
+   * Its limit per resource.
+   *
+   * @generated from field: map<string, int64> limits = 4;
+   */
+  limits: { [key: string]: bigint };
+};
+
+/**
+ * Describes the message aitrading.hub.v1.TenantMetrics.
+ * Use `create(TenantMetricsSchema)` to create a new message.
+ */
+export declare const TenantMetricsSchema: GenMessage<TenantMetrics>;
+
+/**
+ * RpcMetrics is one method's traffic on the answering replica since it started.
+ *
+ * @generated from message aitrading.hub.v1.RpcMetrics
+ */
+export declare type RpcMetrics = Message<"aitrading.hub.v1.RpcMetrics"> & {
+  /**
+   * The full method name.
+   *
+   * @generated from field: string method = 1;
+   */
+  method: string;
+
+  /**
+   * Calls finished.
+   *
+   * @generated from field: int64 calls = 2;
+   */
+  calls: bigint;
+
+  /**
+   * Calls that ended with a status other than OK.
+   *
+   * @generated from field: int64 errors = 3;
+   */
+  errors: bigint;
+
+  /**
+   * errors / calls.
+   *
+   * @generated from field: double error_rate = 4;
+   */
+  errorRate: number;
+
+  /**
+   * Calls per second since the replica started.
+   *
+   * @generated from field: double calls_per_second = 5;
+   */
+  callsPerSecond: number;
+
+  /**
+   * Median latency in milliseconds.
+   *
+   * @generated from field: double p50_ms = 6;
+   */
+  p50Ms: number;
+
+  /**
+   * 95th percentile latency in milliseconds.
+   *
+   * @generated from field: double p95_ms = 7;
+   */
+  p95Ms: number;
+
+  /**
+   * 99th percentile latency in milliseconds.
+   *
+   * @generated from field: double p99_ms = 8;
+   */
+  p99Ms: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.RpcMetrics.
+ * Use `create(RpcMetricsSchema)` to create a new message.
+ */
+export declare const RpcMetricsSchema: GenMessage<RpcMetrics>;
+
+/**
+ * GetSystemMetricsResponse summarises the system.
+ *
+ * @generated from message aitrading.hub.v1.GetSystemMetricsResponse
+ */
+export declare type GetSystemMetricsResponse = Message<"aitrading.hub.v1.GetSystemMetricsResponse"> & {
+  /**
+   * Revision the answer reflects.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The replica that answered (RPC figures are this replica's).
+   *
+   * @generated from field: string hub_id = 2;
+   */
+  hubId: string;
+
+  /**
+   * Whether it is the leader.
+   *
+   * @generated from field: bool leader = 3;
+   */
+  leader: boolean;
+
+  /**
+   * Seconds since it started.
+   *
+   * @generated from field: double uptime_seconds = 4;
+   */
+  uptimeSeconds: number;
+
+  /**
+   * Watch streams it serves now.
+   *
+   * @generated from field: int32 watch_streams = 5;
+   */
+  watchStreams: number;
+
+  /**
+   * Every service, by name.
+   *
+   * @generated from field: repeated aitrading.hub.v1.ServiceMetrics services = 6;
+   */
+  services: ServiceMetrics[];
+
+  /**
+   * Every tenant, by id.
+   *
+   * @generated from field: repeated aitrading.hub.v1.TenantMetrics tenants = 7;
+   */
+  tenants: TenantMetrics[];
+
+  /**
+   * Every method called since the replica started, by name.
+   *
+   * @generated from field: repeated aitrading.hub.v1.RpcMetrics rpcs = 8;
+   */
+  rpcs: RpcMetrics[];
+};
+
+/**
+ * Describes the message aitrading.hub.v1.GetSystemMetricsResponse.
+ * Use `create(GetSystemMetricsResponseSchema)` to create a new message.
+ */
+export declare const GetSystemMetricsResponseSchema: GenMessage<GetSystemMetricsResponse>;
+
+/**
  * AlertSeverity ranks alerts.
  *
  * @generated from enum aitrading.hub.v1.AlertSeverity
@@ -488,6 +949,36 @@ export declare const ObservabilityService: GenService<{
     methodKind: "unary";
     input: typeof ListAuditEventsRequestSchema;
     output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
+   * ReportErrors adds a batch of ErrorDNA pattern counts (deltas) from a service.
+   *
+   * @generated from rpc aitrading.hub.v1.ObservabilityService.ReportErrors
+   */
+  reportErrors: {
+    methodKind: "unary";
+    input: typeof ReportErrorsRequestSchema;
+    output: typeof ReportErrorsResponseSchema;
+  },
+  /**
+   * ListErrorPatterns returns error patterns aggregated across the fleet.
+   *
+   * @generated from rpc aitrading.hub.v1.ObservabilityService.ListErrorPatterns
+   */
+  listErrorPatterns: {
+    methodKind: "unary";
+    input: typeof ListErrorPatternsRequestSchema;
+    output: typeof ListErrorPatternsResponseSchema;
+  },
+  /**
+   * GetSystemMetrics summarises services, tenants and this replica's RPC traffic.
+   *
+   * @generated from rpc aitrading.hub.v1.ObservabilityService.GetSystemMetrics
+   */
+  getSystemMetrics: {
+    methodKind: "unary";
+    input: typeof GetSystemMetricsRequestSchema;
+    output: typeof GetSystemMetricsResponseSchema;
   },
 }>;
 

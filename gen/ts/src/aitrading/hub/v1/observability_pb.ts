@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file aitrading/hub/v1/observability.proto.
  */
 export const file_aitrading_hub_v1_observability: GenFile = /*@__PURE__*/
-  fileDesc("CiRhaXRyYWRpbmcvaHViL3YxL29ic2VydmFiaWxpdHkucHJvdG8SEGFpdHJhZGluZy5odWIudjEijgIKBUFsZXJ0EgoKAmlkGAEgASgJEgwKBHJ1bGUYAiABKAkSMQoIc2V2ZXJpdHkYAyABKA4yHy5haXRyYWRpbmcuaHViLnYxLkFsZXJ0U2V2ZXJpdHkSDwoHc2VydmljZRgEIAEoCRITCgtpbnN0YW5jZV9pZBgFIAEoCRIRCgl0ZW5hbnRfaWQYBiABKAkSDwoHc3VtbWFyeRgHIAEoCRItCglyYWlzZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jlc29sdmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZhY3RpdmUYCiABKAgiPQoRTGlzdEFsZXJ0c1JlcXVlc3QSFQoNaGlzdG9yeV9saW1pdBgBIAEoBRIRCgl0ZW5hbnRfaWQYAiABKAkimQEKEkxpc3RBbGVydHNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEicKBmFjdGl2ZRgCIAMoCzIXLmFpdHJhZGluZy5odWIudjEuQWxlcnQSKAoHaGlzdG9yeRgDIAMoCzIXLmFpdHJhZGluZy5odWIudjEuQWxlcnQiPwoSV2F0Y2hBbGVydHNSZXF1ZXN0EhYKDnN0YXJ0X3JldmlzaW9uGAEgASgDEhEKCXRlbmFudF9pZBgCIAEoCSK9AQoTV2F0Y2hBbGVydHNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEjEKBGtpbmQYAiABKA4yIy5haXRyYWRpbmcuaHViLnYxLldhdGNoUmVzcG9uc2VLaW5kEicKBmFsZXJ0cxgDIAMoCzIXLmFpdHJhZGluZy5odWIudjEuQWxlcnQSGAoQY29tcGFjdF9yZXZpc2lvbhgEIAEoAyLqAgoKQXVkaXRFdmVudBIKCgJpZBgBIAEoCRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZjYWxsZXIYAyABKAkSEQoJdGVuYW50X2lkGAQgASgJEg8KB3VzZXJfaWQYBSABKAkSDgoGbWV0aG9kGAYgASgJEg4KBnRhcmdldBgHIAEoCRIPCgdvdXRjb21lGAggASgJEhYKDnZlcnNpb25fYmVmb3JlGAkgASgJEhUKDXZlcnNpb25fYWZ0ZXIYCiABKAkSFgoOY29ycmVsYXRpb25faWQYCyABKAkSDgoGaHViX2lkGAwgASgJEjoKB2RldGFpbHMYDSADKAsyKS5haXRyYWRpbmcuaHViLnYxLkF1ZGl0RXZlbnQuRGV0YWlsc0VudHJ5Gi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsABChZMaXN0QXVkaXRFdmVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIOCgZtZXRob2QYAiABKAkSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJIpIBChdMaXN0QXVkaXRFdmVudHNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEiwKBmV2ZW50cxgCIAMoCzIcLmFpdHJhZGluZy5odWIudjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkqaAoNQWxlcnRTZXZlcml0eRIeChpBTEVSVF9TRVZFUklUWV9VTlNQRUNJRklFRBAAEhoKFkFMRVJUX1NFVkVSSVRZX1dBUk5JTkcQARIbChdBTEVSVF9TRVZFUklUWV9DUklUSUNBTBACMrUCChRPYnNlcnZhYmlsaXR5U2VydmljZRJXCgpMaXN0QWxlcnRzEiMuYWl0cmFkaW5nLmh1Yi52MS5MaXN0QWxlcnRzUmVxdWVzdBokLmFpdHJhZGluZy5odWIudjEuTGlzdEFsZXJ0c1Jlc3BvbnNlElwKC1dhdGNoQWxlcnRzEiQuYWl0cmFkaW5nLmh1Yi52MS5XYXRjaEFsZXJ0c1JlcXVlc3QaJS5haXRyYWRpbmcuaHViLnYxLldhdGNoQWxlcnRzUmVzcG9uc2UwARJmCg9MaXN0QXVkaXRFdmVudHMSKC5haXRyYWRpbmcuaHViLnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaKS5haXRyYWRpbmcuaHViLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_aitrading_hub_v1_registry, file_aitrading_hub_v1_types, file_google_protobuf_timestamp]);
+  fileDesc("CiRhaXRyYWRpbmcvaHViL3YxL29ic2VydmFiaWxpdHkucHJvdG8SEGFpdHJhZGluZy5odWIudjEijgIKBUFsZXJ0EgoKAmlkGAEgASgJEgwKBHJ1bGUYAiABKAkSMQoIc2V2ZXJpdHkYAyABKA4yHy5haXRyYWRpbmcuaHViLnYxLkFsZXJ0U2V2ZXJpdHkSDwoHc2VydmljZRgEIAEoCRITCgtpbnN0YW5jZV9pZBgFIAEoCRIRCgl0ZW5hbnRfaWQYBiABKAkSDwoHc3VtbWFyeRgHIAEoCRItCglyYWlzZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jlc29sdmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZhY3RpdmUYCiABKAgiPQoRTGlzdEFsZXJ0c1JlcXVlc3QSFQoNaGlzdG9yeV9saW1pdBgBIAEoBRIRCgl0ZW5hbnRfaWQYAiABKAkimQEKEkxpc3RBbGVydHNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEicKBmFjdGl2ZRgCIAMoCzIXLmFpdHJhZGluZy5odWIudjEuQWxlcnQSKAoHaGlzdG9yeRgDIAMoCzIXLmFpdHJhZGluZy5odWIudjEuQWxlcnQiPwoSV2F0Y2hBbGVydHNSZXF1ZXN0EhYKDnN0YXJ0X3JldmlzaW9uGAEgASgDEhEKCXRlbmFudF9pZBgCIAEoCSK9AQoTV2F0Y2hBbGVydHNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEjEKBGtpbmQYAiABKA4yIy5haXRyYWRpbmcuaHViLnYxLldhdGNoUmVzcG9uc2VLaW5kEicKBmFsZXJ0cxgDIAMoCzIXLmFpdHJhZGluZy5odWIudjEuQWxlcnQSGAoQY29tcGFjdF9yZXZpc2lvbhgEIAEoAyLqAgoKQXVkaXRFdmVudBIKCgJpZBgBIAEoCRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZjYWxsZXIYAyABKAkSEQoJdGVuYW50X2lkGAQgASgJEg8KB3VzZXJfaWQYBSABKAkSDgoGbWV0aG9kGAYgASgJEg4KBnRhcmdldBgHIAEoCRIPCgdvdXRjb21lGAggASgJEhYKDnZlcnNpb25fYmVmb3JlGAkgASgJEhUKDXZlcnNpb25fYWZ0ZXIYCiABKAkSFgoOY29ycmVsYXRpb25faWQYCyABKAkSDgoGaHViX2lkGAwgASgJEjoKB2RldGFpbHMYDSADKAsyKS5haXRyYWRpbmcuaHViLnYxLkF1ZGl0RXZlbnQuRGV0YWlsc0VudHJ5Gi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsABChZMaXN0QXVkaXRFdmVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIOCgZtZXRob2QYAiABKAkSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJIpIBChdMaXN0QXVkaXRFdmVudHNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEiwKBmV2ZW50cxgCIAMoCzIcLmFpdHJhZGluZy5odWIudjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkinQIKDEVycm9yUGF0dGVybhITCgtmaW5nZXJwcmludBgBIAEoCRIPCgdzZXJ2aWNlGAIgASgJEhEKCXRlbmFudF9pZBgDIAEoCRIQCghjYXRlZ29yeRgEIAEoCRIQCghzZXZlcml0eRgFIAEoCRIWCg5leGNlcHRpb25fdHlwZRgGIAEoCRIaChJub3JtYWxpemVkX21lc3NhZ2UYByABKAkSDgoGc2FtcGxlGAggASgJEg0KBWNvdW50GAkgASgDEi4KCmZpcnN0X3NlZW4YCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWAoTUmVwb3J0RXJyb3JzUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEjAKCHBhdHRlcm5zGAIgAygLMh4uYWl0cmFkaW5nLmh1Yi52MS5FcnJvclBhdHRlcm4iWgoUUmVwb3J0RXJyb3JzUmVzcG9uc2USMAoGaGVhZGVyGAEgASgLMiAuYWl0cmFkaW5nLmh1Yi52MS5SZXNwb25zZUhlYWRlchIQCghhY2NlcHRlZBgCIAEoBSJfChhMaXN0RXJyb3JQYXR0ZXJuc1JlcXVlc3QSDwoHc2VydmljZRgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSEAoIY2F0ZWdvcnkYAyABKAkSDQoFbGltaXQYBCABKAUifwoZTGlzdEVycm9yUGF0dGVybnNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEjAKCHBhdHRlcm5zGAIgAygLMh4uYWl0cmFkaW5nLmh1Yi52MS5FcnJvclBhdHRlcm4iGQoXR2V0U3lzdGVtTWV0cmljc1JlcXVlc3QiewoOU2VydmljZU1ldHJpY3MSDwoHc2VydmljZRgBIAEoCRIRCglpbnN0YW5jZXMYAiABKAUSDwoHaGVhbHRoeRgDIAEoBRIQCghkZWdyYWRlZBgEIAEoBRIRCgl1bmhlYWx0aHkYBSABKAUSDwoHdW5rbm93bhgGIAEoBSKFAgoNVGVuYW50TWV0cmljcxIRCgl0ZW5hbnRfaWQYASABKAkSDAoEdGllchgCIAEoCRI5CgV1c2FnZRgDIAMoCzIqLmFpdHJhZGluZy5odWIudjEuVGVuYW50TWV0cmljcy5Vc2FnZUVudHJ5EjsKBmxpbWl0cxgEIAMoCzIrLmFpdHJhZGluZy5odWIudjEuVGVuYW50TWV0cmljcy5MaW1pdHNFbnRyeRosCgpVc2FnZUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaLQoLTGltaXRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASKZAQoKUnBjTWV0cmljcxIOCgZtZXRob2QYASABKAkSDQoFY2FsbHMYAiABKAMSDgoGZXJyb3JzGAMgASgDEhIKCmVycm9yX3JhdGUYBCABKAESGAoQY2FsbHNfcGVyX3NlY29uZBgFIAEoARIOCgZwNTBfbXMYBiABKAESDgoGcDk1X21zGAcgASgBEg4KBnA5OV9tcxgIIAEoASKtAgoYR2V0U3lzdGVtTWV0cmljc1Jlc3BvbnNlEjAKBmhlYWRlchgBIAEoCzIgLmFpdHJhZGluZy5odWIudjEuUmVzcG9uc2VIZWFkZXISDgoGaHViX2lkGAIgASgJEg4KBmxlYWRlchgDIAEoCBIWCg51cHRpbWVfc2Vjb25kcxgEIAEoARIVCg13YXRjaF9zdHJlYW1zGAUgASgFEjIKCHNlcnZpY2VzGAYgAygLMiAuYWl0cmFkaW5nLmh1Yi52MS5TZXJ2aWNlTWV0cmljcxIwCgd0ZW5hbnRzGAcgAygLMh8uYWl0cmFkaW5nLmh1Yi52MS5UZW5hbnRNZXRyaWNzEioKBHJwY3MYCCADKAsyHC5haXRyYWRpbmcuaHViLnYxLlJwY01ldHJpY3MqaAoNQWxlcnRTZXZlcml0eRIeChpBTEVSVF9TRVZFUklUWV9VTlNQRUNJRklFRBAAEhoKFkFMRVJUX1NFVkVSSVRZX1dBUk5JTkcQARIbChdBTEVSVF9TRVZFUklUWV9DUklUSUNBTBACMu0EChRPYnNlcnZhYmlsaXR5U2VydmljZRJXCgpMaXN0QWxlcnRzEiMuYWl0cmFkaW5nLmh1Yi52MS5MaXN0QWxlcnRzUmVxdWVzdBokLmFpdHJhZGluZy5odWIudjEuTGlzdEFsZXJ0c1Jlc3BvbnNlElwKC1dhdGNoQWxlcnRzEiQuYWl0cmFkaW5nLmh1Yi52MS5XYXRjaEFsZXJ0c1JlcXVlc3QaJS5haXRyYWRpbmcuaHViLnYxLldhdGNoQWxlcnRzUmVzcG9uc2UwARJmCg9MaXN0QXVkaXRFdmVudHMSKC5haXRyYWRpbmcuaHViLnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaKS5haXRyYWRpbmcuaHViLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEl0KDFJlcG9ydEVycm9ycxIlLmFpdHJhZGluZy5odWIudjEuUmVwb3J0RXJyb3JzUmVxdWVzdBomLmFpdHJhZGluZy5odWIudjEuUmVwb3J0RXJyb3JzUmVzcG9uc2USbAoRTGlzdEVycm9yUGF0dGVybnMSKi5haXRyYWRpbmcuaHViLnYxLkxpc3RFcnJvclBhdHRlcm5zUmVxdWVzdBorLmFpdHJhZGluZy5odWIudjEuTGlzdEVycm9yUGF0dGVybnNSZXNwb25zZRJpChBHZXRTeXN0ZW1NZXRyaWNzEikuYWl0cmFkaW5nLmh1Yi52MS5HZXRTeXN0ZW1NZXRyaWNzUmVxdWVzdBoqLmFpdHJhZGluZy5odWIudjEuR2V0U3lzdGVtTWV0cmljc1Jlc3BvbnNlYgZwcm90bzM", [file_aitrading_hub_v1_registry, file_aitrading_hub_v1_types, file_google_protobuf_timestamp]);
 
 /**
  * Alert is one condition the hub noticed.
@@ -434,6 +434,477 @@ export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> 
   messageDesc(file_aitrading_hub_v1_observability, 7);
 
 /**
+ * ErrorPattern is one error fingerprint's occurrences.
+ *
+ * @generated from message aitrading.hub.v1.ErrorPattern
+ */
+export type ErrorPattern = Message<"aitrading.hub.v1.ErrorPattern"> & {
+  /**
+   * The stable fingerprint (ErrorDNA).
+   *
+   * @generated from field: string fingerprint = 1;
+   */
+  fingerprint: string;
+
+  /**
+   * The service that saw it.
+   *
+   * @generated from field: string service = 2;
+   */
+  service: string;
+
+  /**
+   * The tenant it happened for, if any.
+   *
+   * @generated from field: string tenant_id = 3;
+   */
+  tenantId: string;
+
+  /**
+   * connection, timeout, authentication, authorization, validation,
+   * resource_exhaustion, database, dependency, configuration or unknown.
+   *
+   * @generated from field: string category = 4;
+   */
+  category: string;
+
+  /**
+   * low, medium, high or critical.
+   *
+   * @generated from field: string severity = 5;
+   */
+  severity: string;
+
+  /**
+   * The exception type, if known.
+   *
+   * @generated from field: string exception_type = 6;
+   */
+  exceptionType: string;
+
+  /**
+   * The message with what varies normalised away.
+   *
+   * @generated from field: string normalized_message = 7;
+   */
+  normalizedMessage: string;
+
+  /**
+   * One raw message, truncated.
+   *
+   * @generated from field: string sample = 8;
+   */
+  sample: string;
+
+  /**
+   * Occurrences: in a report, those since the previous report; in a listing, the total.
+   *
+   * @generated from field: int64 count = 9;
+   */
+  count: bigint;
+
+  /**
+   * First sighting.
+   *
+   * @generated from field: google.protobuf.Timestamp first_seen = 10;
+   */
+  firstSeen?: Timestamp | undefined;
+
+  /**
+   * Latest sighting.
+   *
+   * @generated from field: google.protobuf.Timestamp last_seen = 11;
+   */
+  lastSeen?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ErrorPattern.
+ * Use `create(ErrorPatternSchema)` to create a new message.
+ */
+export const ErrorPatternSchema: GenMessage<ErrorPattern> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_observability, 8);
+
+/**
+ * ReportErrorsRequest carries pattern deltas from one service.
+ *
+ * @generated from message aitrading.hub.v1.ReportErrorsRequest
+ */
+export type ReportErrorsRequest = Message<"aitrading.hub.v1.ReportErrorsRequest"> & {
+  /**
+   * The reporting service.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * The deltas (at most 1000).
+   *
+   * @generated from field: repeated aitrading.hub.v1.ErrorPattern patterns = 2;
+   */
+  patterns: ErrorPattern[];
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ReportErrorsRequest.
+ * Use `create(ReportErrorsRequestSchema)` to create a new message.
+ */
+export const ReportErrorsRequestSchema: GenMessage<ReportErrorsRequest> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_observability, 9);
+
+/**
+ * ReportErrorsResponse confirms the report.
+ *
+ * @generated from message aitrading.hub.v1.ReportErrorsResponse
+ */
+export type ReportErrorsResponse = Message<"aitrading.hub.v1.ReportErrorsResponse"> & {
+  /**
+   * Revision after the report.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * How many patterns were added.
+   *
+   * @generated from field: int32 accepted = 2;
+   */
+  accepted: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ReportErrorsResponse.
+ * Use `create(ReportErrorsResponseSchema)` to create a new message.
+ */
+export const ReportErrorsResponseSchema: GenMessage<ReportErrorsResponse> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_observability, 10);
+
+/**
+ * ListErrorPatternsRequest filters patterns.
+ *
+ * @generated from message aitrading.hub.v1.ListErrorPatternsRequest
+ */
+export type ListErrorPatternsRequest = Message<"aitrading.hub.v1.ListErrorPatternsRequest"> & {
+  /**
+   * Only this service's patterns.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * Only this tenant's.
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * Only this category.
+   *
+   * @generated from field: string category = 3;
+   */
+  category: string;
+
+  /**
+   * Largest number to return, most frequent first (default 100, maximum 1000).
+   *
+   * @generated from field: int32 limit = 4;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ListErrorPatternsRequest.
+ * Use `create(ListErrorPatternsRequestSchema)` to create a new message.
+ */
+export const ListErrorPatternsRequestSchema: GenMessage<ListErrorPatternsRequest> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_observability, 11);
+
+/**
+ * ListErrorPatternsResponse holds patterns, most frequent first.
+ *
+ * @generated from message aitrading.hub.v1.ListErrorPatternsResponse
+ */
+export type ListErrorPatternsResponse = Message<"aitrading.hub.v1.ListErrorPatternsResponse"> & {
+  /**
+   * Revision the answer reflects.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The patterns.
+   *
+   * @generated from field: repeated aitrading.hub.v1.ErrorPattern patterns = 2;
+   */
+  patterns: ErrorPattern[];
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ListErrorPatternsResponse.
+ * Use `create(ListErrorPatternsResponseSchema)` to create a new message.
+ */
+export const ListErrorPatternsResponseSchema: GenMessage<ListErrorPatternsResponse> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_observability, 12);
+
+/**
+ * GetSystemMetricsRequest takes no arguments.
+ *
+ * @generated from message aitrading.hub.v1.GetSystemMetricsRequest
+ */
+export type GetSystemMetricsRequest = Message<"aitrading.hub.v1.GetSystemMetricsRequest"> & {
+};
+
+/**
+ * Describes the message aitrading.hub.v1.GetSystemMetricsRequest.
+ * Use `create(GetSystemMetricsRequestSchema)` to create a new message.
+ */
+export const GetSystemMetricsRequestSchema: GenMessage<GetSystemMetricsRequest> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_observability, 13);
+
+/**
+ * ServiceMetrics counts one service's instances by health.
+ *
+ * @generated from message aitrading.hub.v1.ServiceMetrics
+ */
+export type ServiceMetrics = Message<"aitrading.hub.v1.ServiceMetrics"> & {
+  /**
+   * The service.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * Registered instances.
+   *
+   * @generated from field: int32 instances = 2;
+   */
+  instances: number;
+
+  /**
+   * HEALTHY instances.
+   *
+   * @generated from field: int32 healthy = 3;
+   */
+  healthy: number;
+
+  /**
+   * DEGRADED instances.
+   *
+   * @generated from field: int32 degraded = 4;
+   */
+  degraded: number;
+
+  /**
+   * UNHEALTHY instances.
+   *
+   * @generated from field: int32 unhealthy = 5;
+   */
+  unhealthy: number;
+
+  /**
+   * Instances not probed yet.
+   *
+   * @generated from field: int32 unknown = 6;
+   */
+  unknown: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ServiceMetrics.
+ * Use `create(ServiceMetricsSchema)` to create a new message.
+ */
+export const ServiceMetricsSchema: GenMessage<ServiceMetrics> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_observability, 14);
+
+/**
+ * TenantMetrics is one tenant's resource usage.
+ *
+ * @generated from message aitrading.hub.v1.TenantMetrics
+ */
+export type TenantMetrics = Message<"aitrading.hub.v1.TenantMetrics"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Its subscription tier.
+   *
+   * @generated from field: string tier = 2;
+   */
+  tier: string;
+
+  /**
+   * Current usage per resource (api_calls_per_hour: this hour's calls).
+   *
+   * @generated from field: map<string, int64> usage = 3;
+   */
+  usage: { [key: string]: bigint };
+
+  /**
+   * Its limit per resource.
+   *
+   * @generated from field: map<string, int64> limits = 4;
+   */
+  limits: { [key: string]: bigint };
+};
+
+/**
+ * Describes the message aitrading.hub.v1.TenantMetrics.
+ * Use `create(TenantMetricsSchema)` to create a new message.
+ */
+export const TenantMetricsSchema: GenMessage<TenantMetrics> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_observability, 15);
+
+/**
+ * RpcMetrics is one method's traffic on the answering replica since it started.
+ *
+ * @generated from message aitrading.hub.v1.RpcMetrics
+ */
+export type RpcMetrics = Message<"aitrading.hub.v1.RpcMetrics"> & {
+  /**
+   * The full method name.
+   *
+   * @generated from field: string method = 1;
+   */
+  method: string;
+
+  /**
+   * Calls finished.
+   *
+   * @generated from field: int64 calls = 2;
+   */
+  calls: bigint;
+
+  /**
+   * Calls that ended with a status other than OK.
+   *
+   * @generated from field: int64 errors = 3;
+   */
+  errors: bigint;
+
+  /**
+   * errors / calls.
+   *
+   * @generated from field: double error_rate = 4;
+   */
+  errorRate: number;
+
+  /**
+   * Calls per second since the replica started.
+   *
+   * @generated from field: double calls_per_second = 5;
+   */
+  callsPerSecond: number;
+
+  /**
+   * Median latency in milliseconds.
+   *
+   * @generated from field: double p50_ms = 6;
+   */
+  p50Ms: number;
+
+  /**
+   * 95th percentile latency in milliseconds.
+   *
+   * @generated from field: double p95_ms = 7;
+   */
+  p95Ms: number;
+
+  /**
+   * 99th percentile latency in milliseconds.
+   *
+   * @generated from field: double p99_ms = 8;
+   */
+  p99Ms: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.RpcMetrics.
+ * Use `create(RpcMetricsSchema)` to create a new message.
+ */
+export const RpcMetricsSchema: GenMessage<RpcMetrics> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_observability, 16);
+
+/**
+ * GetSystemMetricsResponse summarises the system.
+ *
+ * @generated from message aitrading.hub.v1.GetSystemMetricsResponse
+ */
+export type GetSystemMetricsResponse = Message<"aitrading.hub.v1.GetSystemMetricsResponse"> & {
+  /**
+   * Revision the answer reflects.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The replica that answered (RPC figures are this replica's).
+   *
+   * @generated from field: string hub_id = 2;
+   */
+  hubId: string;
+
+  /**
+   * Whether it is the leader.
+   *
+   * @generated from field: bool leader = 3;
+   */
+  leader: boolean;
+
+  /**
+   * Seconds since it started.
+   *
+   * @generated from field: double uptime_seconds = 4;
+   */
+  uptimeSeconds: number;
+
+  /**
+   * Watch streams it serves now.
+   *
+   * @generated from field: int32 watch_streams = 5;
+   */
+  watchStreams: number;
+
+  /**
+   * Every service, by name.
+   *
+   * @generated from field: repeated aitrading.hub.v1.ServiceMetrics services = 6;
+   */
+  services: ServiceMetrics[];
+
+  /**
+   * Every tenant, by id.
+   *
+   * @generated from field: repeated aitrading.hub.v1.TenantMetrics tenants = 7;
+   */
+  tenants: TenantMetrics[];
+
+  /**
+   * Every method called since the replica started, by name.
+   *
+   * @generated from field: repeated aitrading.hub.v1.RpcMetrics rpcs = 8;
+   */
+  rpcs: RpcMetrics[];
+};
+
+/**
+ * Describes the message aitrading.hub.v1.GetSystemMetricsResponse.
+ * Use `create(GetSystemMetricsResponseSchema)` to create a new message.
+ */
+export const GetSystemMetricsResponseSchema: GenMessage<GetSystemMetricsResponse> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_observability, 17);
+
+/**
  * AlertSeverity ranks alerts.
  *
  * @generated from enum aitrading.hub.v1.AlertSeverity
@@ -502,6 +973,36 @@ export const ObservabilityService: GenService<{
     methodKind: "unary";
     input: typeof ListAuditEventsRequestSchema;
     output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
+   * ReportErrors adds a batch of ErrorDNA pattern counts (deltas) from a service.
+   *
+   * @generated from rpc aitrading.hub.v1.ObservabilityService.ReportErrors
+   */
+  reportErrors: {
+    methodKind: "unary";
+    input: typeof ReportErrorsRequestSchema;
+    output: typeof ReportErrorsResponseSchema;
+  },
+  /**
+   * ListErrorPatterns returns error patterns aggregated across the fleet.
+   *
+   * @generated from rpc aitrading.hub.v1.ObservabilityService.ListErrorPatterns
+   */
+  listErrorPatterns: {
+    methodKind: "unary";
+    input: typeof ListErrorPatternsRequestSchema;
+    output: typeof ListErrorPatternsResponseSchema;
+  },
+  /**
+   * GetSystemMetrics summarises services, tenants and this replica's RPC traffic.
+   *
+   * @generated from rpc aitrading.hub.v1.ObservabilityService.GetSystemMetrics
+   */
+  getSystemMetrics: {
+    methodKind: "unary";
+    input: typeof GetSystemMetricsRequestSchema;
+    output: typeof GetSystemMetricsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_aitrading_hub_v1_observability, 0);

@@ -1,0 +1,1 @@
+"""`make bench`: the hub under load, every figure beside a baseline from the same run."""

@@ -1,0 +1,120 @@
+"""The report: ratios against baselines, the issue's targets, and the text table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Row = dict[str, Any]
+
+GET, NOOP, ETCD_READ = "GetService", "health.Check (no-op RPC)", "etcd Range (direct)"
+P99_TARGET_MS = 2.0
+RSS_TARGET_MIB = 250.0
+
+
+def _find(rows: list[Row], op: str, concurrency: int | str) -> Row | None:
+    return next((r for r in rows if r["op"] == op and r["concurrency"] == concurrency), None)
+
+
+def add_ratios(rows: list[Row], facts: list[Row]) -> None:
+    """Each row's throughput over each of its baselines' (same concurrency); each
+    fact's value over its baseline fact's."""
+    for row in rows:
+        row["ratios"] = {}
+        for name in row.pop("vs"):
+            base = _find(rows, name, row["concurrency"])
+            if base and base["calls_per_s"]:
+                row["ratios"][name] = round(row["calls_per_s"] / base["calls_per_s"], 3)
+    by_name = {f["name"]: f for f in facts}
+    for fact in facts:
+        base = by_name.get(fact["vs"])
+        fact["ratio"] = round(fact["value"] / base["value"], 3) if base else None
+
+
+def targets(rows: list[Row], facts: list[Row], rate: int) -> list[Row]:
+    """The issue's targets for discovery and memory, each met or missed."""
+    out: list[Row] = []
+    offered = _find(rows, GET, f"{rate}/s")
+    if offered:
+        out.append({
+            "target": f"GetService p99 < {P99_TARGET_MS:g} ms at {rate:,} calls/s offered",
+            "measured": f"p99 {offered['p99_ms']:.2f} ms at {offered['calls_per_s']:.0f} calls/s",
+            "met": offered["p99_ms"] < P99_TARGET_MS
+            and offered["calls_per_s"] >= 0.95 * rate
+            and offered["errors"] == 0,
+        })  # fmt: skip
+    for row in rows:
+        if row["op"] != GET or not isinstance(row["concurrency"], int):
+            continue
+        for base, need in ((NOOP, 0.9), (ETCD_READ, 1.0)):
+            ratio = row["ratios"].get(base)
+            if ratio is not None:
+                out.append({
+                    "target": f"GetService c={row['concurrency']} throughput "
+                    f">= {need:g} x {base}",
+                    "measured": f"{ratio:.2f} x",
+                    "met": ratio >= need,
+                })  # fmt: skip
+    rss = next((f for f in facts if f["name"] == "hub RSS, 10,000 instances"), None)
+    if rss:
+        out.append({
+            "target": f"hub RSS < {RSS_TARGET_MIB:g} MB with 10,000 instances "
+            "(the 1,000 watchers are not in this run yet)",
+            "measured": f"{rss['value']:.0f} MiB",
+            "met": rss["value"] < RSS_TARGET_MIB,
+        })  # fmt: skip
+    return out
+
+
+def _ratios(row: Row) -> str:
+    return ", ".join(f"{v:.2f}x {k.split(' (')[0]}" for k, v in row["ratios"].items())
+
+
+def render(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [
+        f"Central Hub benchmark  {env['time']}  git {env['git']}  {env['cores']} cores "
+        f"({env['cpu']})  {env['instances']:,} instances / {env['services']} services  "
+        f"{env['seconds_per_cell']:g} s per cell  "
+        f"load average {env['loadavg_start_end'][0]} -> {env['loadavg_start_end'][1]}",
+        "",
+    ]
+    header = ("operation", "conc", "calls/s", "p50 ms", "p99 ms", "max ms", "err",
+              "CPU % cli/hub/etcd", "hub CPU us/call", "throughput vs baseline")  # fmt: skip
+    baselines = {name for r in result["results"] for name in r["ratios"]}
+    table = [header] + [
+        (
+            r["op"],
+            str(r["concurrency"]),
+            f"{r['calls_per_s']:,.0f}",
+            f"{r['p50_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['max_ms']:.2f}",
+            str(r["errors"]),
+            "/".join(str(r["cpu_pct"][k]) for k in ("client", "hub", "etcd")),
+            str(r["cpu_us_per_call"]["hub"]),
+            _ratios(r) or ("(baseline)" if r["op"] in baselines else ""),
+        )
+        for r in result["results"]
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for n, row in enumerate(table):
+        cells = [c.ljust(w) if i in (0, 1, 9) else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]  # fmt: skip
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lags = [r for r in result["results"] if "start_lag_p99_ms" in r]
+    if lags:
+        lines.append(
+            "open loop: p99 of how late calls started against the schedule: "
+            + ", ".join(f"{r['op'].split(' (')[0]} {r['start_lag_p99_ms']:.2f} ms" for r in lags)
+        )
+    lines.append("")
+    for f in result["facts"]:
+        vs = f" ({f['ratio']:.2f}x {f['vs']})" if f.get("ratio") else ""
+        lines.append(f"{f['name']:<36} {f['value']:>9.2f} {f['unit']}{vs}")
+    lines.append("")
+    for t in result["targets"]:
+        verdict = "target met   " if t["met"] else "target MISSED"
+        lines.append(f"{verdict}  {t['target']}: {t['measured']}")
+    return "\n".join(lines)

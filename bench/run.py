@@ -1,0 +1,343 @@
+"""`python -m bench.run [--quick] [--out FILE]`: the hub under load.
+
+Starts an etcd (in a temp dir) and a hub as a separate `central-hub serve`
+process, registers 10,000 instances over 500 services, then measures, with every
+figure beside a baseline taken in the same run:
+
+- GetService at concurrency 1, 16, 64 (closed loop, fixed duration) beside (a) the
+  standard grpc.health.v1 Health/Check on the same hub (a near no-op unary RPC:
+  the gRPC stack's own limit) and (b) a direct etcd range read of the same
+  service's keys with the hub's own store client (EtcdStore.get_prefix);
+- the same three at a fixed offered rate of 1,000 calls/s (open loop);
+- Register beside a raw etcd lease grant + put, KeepAlive beside a raw etcd lease
+  keep-alive, both at concurrency 16;
+- hub resident size empty and with 10,000 instances; cold start of a second hub
+  with 10,000 instances in etcd beside the first hub's start on an empty etcd.
+
+The load generator is this process: grpc.aio, one channel to the hub shared by
+all workers (one HTTP/2 connection, calls multiplexed), one EtcdStore channel to
+etcd, read requests built before the clock starts. It shares the machine's cores
+with the hub and etcd, as a real client on the same host would.
+
+Prints one report and writes it as JSON (default bench/results/<UTC time>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench import report
+from bench.load import Stats, closed_loop, open_loop
+from bench.procs import HubProcess, cpu_seconds
+from bench.report import ETCD_READ, GET, NOOP
+from hub_server.embedded_etcd import EtcdProcess, etcd_binary
+from hub_server.store import keys
+from hub_server.store.etcd import EtcdStore
+
+SERVICES = 500
+PER_SERVICE = 20
+CONCURRENCIES = (1, 16, 64)
+OFFERED_RATE = 1000
+SETUP_CONCURRENCY = 64
+WRITE_CONCURRENCY = 16
+RESULTS = Path(__file__).parent / "results"
+
+# Operation names, as they appear in the report (the discovery ones live in report).
+REGISTER = "Register"
+ETCD_REGISTER = "etcd LeaseGrant+Put (direct)"
+KEEPALIVE = "KeepAlive"
+ETCD_KEEPALIVE = "etcd LeaseKeepAlive (direct)"
+
+
+def registration(k: int) -> registry_pb2.RegisterRequest:
+    """The k-th of the 10,000 setup instances: 20 per service, a long TTL so that
+    no keep-alive is needed during the run."""
+    s, i = divmod(k, PER_SERVICE)
+    return registry_pb2.RegisterRequest(
+        service=f"svc-{s:03d}",
+        instance_id=f"i{i:02d}",
+        host=f"10.0.{s % 250}.{i + 1}",
+        port=8000 + i,
+        version="1.4.0",
+        metadata={"zone": f"z{i % 3}", "build": "bench"},
+        ttl_seconds=3600,
+    )
+
+
+class Bench:
+    def __init__(self, duration: float, warmup: float) -> None:
+        self.duration = duration
+        self.warmup = warmup
+        self.pids: dict[str, int] = {}  # processes whose CPU time each row reports
+        self.rows: list[dict[str, Any]] = []
+        self.facts: list[dict[str, Any]] = []
+
+    def record(
+        self, op: str, concurrency: int | str, stats: Stats, *, vs: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        row = {"op": op, "concurrency": concurrency, **stats.summary(), "vs": list(vs)}
+        self.rows.append(row)
+        print(f"  {op:<30} c={concurrency!s:<8} {row['calls_per_s']:>9.0f}/s "
+              f"p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms", flush=True)  # fmt: skip
+        return row
+
+    def _cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by this process (the client), the hub and etcd."""
+        return {"client": time.process_time()} | {
+            name: cpu_seconds(pid) for name, pid in self.pids.items()
+        }
+
+    async def timed(
+        self, op: str, concurrency: int | str, load: Awaitable[Stats], vs: tuple[str, ...] = ()
+    ) -> None:
+        """Runs one load and records it with the CPU each process spent meanwhile."""
+        before = self._cpu()
+        stats = await load
+        used = {k: v - before[k] for k, v in self._cpu().items()}
+        row = self.record(op, concurrency, stats, vs=vs)
+        row["cpu_pct"] = {k: round(100 * v / stats.elapsed) for k, v in used.items()}
+        row["cpu_us_per_call"] = {k: round(1e6 * v / max(row["calls"], 1)) for k, v in used.items()}
+
+    async def closed(
+        self, op: str, call: Callable[[], Awaitable[Any]], c: int, vs: tuple[str, ...] = ()
+    ) -> None:
+        if self.warmup:
+            await closed_loop(call, c, duration=self.warmup)
+        await self.timed(op, c, closed_loop(call, c, duration=self.duration), vs)
+
+    async def offered(
+        self, op: str, call: Callable[[], Awaitable[Any]], vs: tuple[str, ...] = ()
+    ) -> None:
+        load = open_loop(call, OFFERED_RATE, self.duration)
+        await self.timed(op, f"{OFFERED_RATE}/s", load, vs)
+
+    def fact(self, name: str, value: float, unit: str, baseline: str = "") -> None:
+        self.facts.append({"name": name, "value": round(value, 3), "unit": unit, "vs": baseline})
+        print(f"  {name}: {value:.3f} {unit}", flush=True)
+
+
+async def register_all(bench: Bench, registry: registry_pb2_grpc.RegistryServiceStub) -> list:
+    requests = iter([registration(k) for k in range(SERVICES * PER_SERVICE)])
+    instances = []
+
+    async def register() -> None:
+        resp = await registry.Register(next(requests))
+        instances.append(resp.instance)
+
+    load = closed_loop(register, SETUP_CONCURRENCY, count=SERVICES * PER_SERVICE)
+    await bench.timed("Register (setup, 10,000)", SETUP_CONCURRENCY, load)
+    if bench.rows[-1]["errors"]:
+        raise RuntimeError(f"{bench.rows[-1]['errors']} of the setup registrations failed")
+    return instances
+
+
+async def measure(bench: Bench, workdir: Path, etcd: EtcdProcess, hub: HubProcess) -> None:
+    bench.fact("hub cold start, empty etcd", await hub.start(), "s")
+    assert etcd.proc is not None
+    bench.pids = {"hub": hub.pid, "etcd": etcd.proc.pid}
+    await asyncio.sleep(1.0)  # let the start-up garbage settle before reading RSS
+    bench.fact("hub RSS, empty", hub.rss_mb(), "MiB")
+
+    store = EtcdStore([etcd.endpoint])
+    channel = grpc.aio.insecure_channel(hub.address)
+    try:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+
+        print("setup: registering 10,000 instances over 500 services", flush=True)
+        instances = await register_all(bench, registry)
+        await asyncio.sleep(1.0)
+        bench.fact("hub RSS, 10,000 instances", hub.rss_mb(), "MiB", "hub RSS, empty")
+
+        second = HubProcess("hub-2", etcd.endpoint, workdir)
+        try:
+            cold = await second.start()
+            bench.fact("hub cold start, 10,000 instances", cold, "s", "hub cold start, empty etcd")
+            await asyncio.sleep(1.0)
+            bench.fact("second hub RSS after cold start", second.rss_mb(), "MiB", "hub RSS, empty")
+        finally:
+            second.stop()
+
+        rnd = random.Random(8)
+        names = [f"svc-{s:03d}" for s in range(SERVICES)]
+        get_requests = [registry_pb2.GetServiceRequest(service=n) for n in names]
+        prefixes = [keys.service_prefix(n) for n in names]
+        check = health_pb2.HealthCheckRequest()
+        got = await registry.GetService(get_requests[0])
+        kvs, _ = await store.get_prefix(prefixes[0])
+        assert len(got.service.instances) == len(kvs) == PER_SERVICE, "setup incomplete"
+
+        def get_service() -> Awaitable[Any]:
+            return registry.GetService(rnd.choice(get_requests))
+
+        def noop() -> Awaitable[Any]:
+            return health.Check(check)
+
+        def etcd_read() -> Awaitable[Any]:
+            return store.get_prefix(rnd.choice(prefixes))
+
+        print("discovery: closed loop", flush=True)
+        for c in CONCURRENCIES:
+            await bench.closed(NOOP, noop, c)
+            await bench.closed(ETCD_READ, etcd_read, c)
+            await bench.closed(GET, get_service, c, vs=(NOOP, ETCD_READ))
+        print(f"discovery: open loop at {OFFERED_RATE} calls/s", flush=True)
+        await bench.offered(NOOP, noop)
+        await bench.offered(ETCD_READ, etcd_read)
+        await bench.offered(GET, get_service, vs=(NOOP, ETCD_READ))
+
+        print("writes", flush=True)
+        await writes(bench, registry, store, instances)
+        if hub.proc is not None and hub.proc.poll() is not None:
+            raise RuntimeError("the hub died during the run")
+    finally:
+        await channel.close()
+        await store.close()
+
+
+async def writes(
+    bench: Bench,
+    registry: registry_pb2_grpc.RegistryServiceStub,
+    store: EtcdStore,
+    instances: list,
+) -> None:
+    """Register and KeepAlive on the hub beside what they cost etcd directly.
+    Write requests are built per call: microseconds beside a write's milliseconds."""
+    counter = iter(range(10**9))
+    value = instances[0].SerializeToString()  # a stored instance's size
+
+    def register() -> Awaitable[Any]:
+        k = next(counter)
+        req = registration(k % (SERVICES * PER_SERVICE))
+        req.service, req.instance_id = f"write-{k % 100:02d}", f"w{k}"
+        return registry.Register(req)
+
+    async def raw_register() -> None:
+        lease = await store.grant_lease(3600)
+        await store.put(b"/bench/raw/" + str(next(counter)).encode(), value, lease=lease)
+
+    pick = random.Random(8).choice
+    keep_alives = [
+        registry_pb2.KeepAliveRequest(
+            service=i.service, instance_id=i.instance_id, lease_id=i.lease_id
+        )
+        for i in instances
+    ]
+
+    def keep_alive() -> Awaitable[Any]:
+        return registry.KeepAlive(pick(keep_alives))
+
+    def raw_keep_alive() -> Awaitable[Any]:
+        return store.keep_alive(pick(instances).lease_id)
+
+    c = WRITE_CONCURRENCY
+    await bench.closed(ETCD_REGISTER, raw_register, c)
+    await bench.closed(REGISTER, register, c, vs=(ETCD_REGISTER,))
+    await bench.closed(ETCD_KEEPALIVE, raw_keep_alive, c)
+    await bench.closed(KEEPALIVE, keep_alive, c, vs=(ETCD_KEEPALIVE,))
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    def out(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+         if ln.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": out("git", "rev-parse", "--short", "HEAD")
+        + ("-dirty" if out("git", "status", "--porcelain", "--untracked-files=no") else ""),
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "etcd": (out(etcd_binary(), "--version").splitlines() or [""])[0],
+        # Other work on the machine skews everything: the 1-minute load average
+        # when the run started and when it ended.
+        "loadavg_start_end": [args.loadavg, round(os.getloadavg()[0], 2)],
+        "quick": args.quick,
+        "seconds_per_cell": args.duration,
+        "instances": SERVICES * PER_SERVICE,
+        "services": SERVICES,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    bench = Bench(args.duration, warmup=0.2 if args.quick else 0.5)
+    # SIGTERM stops the run like Ctrl-C does: cancelled, so that everything below
+    # is cleaned up.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    workdir = Path(tempfile.mkdtemp(prefix="hub-bench-"))
+    etcd = EtcdProcess(workdir / "etcd", name="bench")
+    hub: HubProcess | None = None
+    try:
+        await etcd.start_async()
+        hub = HubProcess("hub-1", etcd.endpoint, workdir)
+        await measure(bench, workdir, etcd, hub)
+    finally:
+        if hub is not None:
+            hub.stop()
+        etcd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    report.add_ratios(bench.rows, bench.facts)
+    return {
+        "environment": environment(args),
+        "results": bench.rows,
+        "facts": bench.facts,
+        "targets": report.targets(bench.rows, bench.facts, OFFERED_RATE),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="1 s per measurement, not 3 s")
+    parser.add_argument("--duration", type=float, help="seconds per measurement")
+    parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<time>.json)")
+    args = parser.parse_args(argv)
+    args.duration = args.duration or (1.0 if args.quick else 3.0)
+    started = time.perf_counter()
+    args.loadavg = round(os.getloadavg()[0], 2)
+    try:
+        result = asyncio.run(run(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted: everything the run started is stopped", file=sys.stderr)
+        return 130
+    result["environment"]["wall_seconds"] = round(time.perf_counter() - started, 1)
+    print()
+    print(report.render(result))
+    out = args.out or RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

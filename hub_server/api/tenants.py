@@ -1,0 +1,223 @@
+"""TenantService: tenants, their tier, and quotas. Check the request, call the
+domain, fill the header."""
+
+from __future__ import annotations
+
+import base64
+
+from aitrading.hub.v1 import tenant_pb2, tenant_pb2_grpc, types_pb2
+
+from hub_server.api.config import TIER_VALUES, TIERS
+from hub_server.api.context import audit_note, audited, current
+from hub_server.domain import quotas, validation
+from hub_server.domain.config import Configs
+from hub_server.domain.errors import InvalidArgument, Violations
+from hub_server.domain.tenants import Quotas, TenantRecord, Tenants
+
+MAX_PAGE = 1000
+MAX_DISPLAY_NAME = 256
+
+# QUOTA_RESOURCE_<NAME> is the resource <name>.
+RESOURCE_VALUES: dict[str, int] = {
+    r.name: tenant_pb2.QuotaResource.Value(f"QUOTA_RESOURCE_{r.name.upper()}")
+    for r in quotas.RESOURCES
+}
+RESOURCES_BY_VALUE: dict[int, quotas.Resource] = {
+    RESOURCE_VALUES[r.name]: r for r in quotas.RESOURCES
+}
+
+
+def _timestamp_ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def tenant_to_pb(record: TenantRecord) -> tenant_pb2.Tenant:
+    out = tenant_pb2.Tenant(
+        tenant_id=record.tenant_id,
+        display_name=record.display_name,
+        tier=TIER_VALUES.get(record.tier, types_pb2.SUBSCRIPTION_TIER_UNSPECIFIED),
+        revision=record.revision,
+    )
+    out.created_at.FromNanoseconds(_timestamp_ns(record.created_at))
+    out.updated_at.FromNanoseconds(_timestamp_ns(record.updated_at))
+    return out
+
+
+def usage_to_pb(usage: quotas.Usage) -> tenant_pb2.ResourceUsage:
+    out = tenant_pb2.ResourceUsage(
+        resource=RESOURCE_VALUES[usage.resource.name],  # type: ignore[arg-type]
+        used=usage.used,
+        limit=usage.limit,
+    )
+    if usage.window_end:
+        out.window_start.FromSeconds(usage.window_start)
+        out.window_end.FromSeconds(usage.window_end)
+    return out
+
+
+def _tenant_id(v: Violations, requested: str) -> str:
+    """The request's tenant, or the caller's x-tenant-id."""
+    tenant_id = requested or current().tenant_id
+    if not tenant_id:
+        v.add("tenant_id", "is required (or send x-tenant-id)")
+    else:
+        validation.check_safe_id(v, "tenant_id", tenant_id)
+    return tenant_id
+
+
+def _resource(v: Violations, value: int) -> quotas.Resource:
+    resource = RESOURCES_BY_VALUE.get(value)
+    if resource is None:
+        v.add("resource", "must be one of the QuotaResource values")
+        return quotas.RESOURCES[0]
+    return resource
+
+
+def _amount(v: Violations, amount: int) -> None:
+    problem = quotas.check_amount(amount)
+    if problem:
+        v.add("amount", problem)
+
+
+def _decode_page_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(token.encode()).decode()
+    except Exception as e:
+        raise InvalidArgument.single("page_token", "is not a token this hub issued") from e
+    if not raw.startswith("after:"):
+        raise InvalidArgument.single("page_token", "is not a token this hub issued")
+    return raw[len("after:") :]
+
+
+def _encode_page_token(last: str) -> str:
+    return base64.urlsafe_b64encode(f"after:{last}".encode()).decode()
+
+
+class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
+    def __init__(self, tenants: Tenants, configs: Configs, quota: Quotas, hub_id: str):
+        self._tenants = tenants
+        self._configs = configs
+        self._quotas = quota
+        self._hub_id = hub_id
+
+    def _header(self, revision: int) -> types_pb2.ResponseHeader:
+        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
+
+    @audited
+    async def CreateTenant(self, request, context):  # type: ignore[no-untyped-def]
+        audit_note(target=f"tenant/{request.tenant_id}")
+        v = Violations()
+        validation.check_safe_id(v, "tenant_id", request.tenant_id)
+        if len(request.display_name.encode()) > MAX_DISPLAY_NAME:
+            v.add("display_name", f"must be at most {MAX_DISPLAY_NAME} bytes")
+        if request.tier and request.tier not in TIERS:
+            v.add("tier", "must be FREE, PRO or ENTERPRISE (unspecified: FREE)")
+        v.raise_if_any()
+        record = await self._tenants.create(
+            request.tenant_id, request.display_name, TIERS.get(request.tier, "free")
+        )
+        audit_note(version_after=record.tier)
+        return tenant_pb2.CreateTenantResponse(
+            header=self._header(record.revision), tenant=tenant_to_pb(record)
+        )
+
+    async def GetTenant(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        validation.check_safe_id(v, "tenant_id", request.tenant_id)
+        v.raise_if_any()
+        record = self._tenants.require(request.tenant_id)
+        return tenant_pb2.GetTenantResponse(
+            header=self._header(self._tenants.revision), tenant=tenant_to_pb(record)
+        )
+
+    async def ListTenants(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        if not 0 <= request.page_size <= MAX_PAGE:
+            v.add("page_size", f"must be between 0 and {MAX_PAGE}")
+        if request.tier and request.tier not in TIERS:
+            v.add("tier", "must be FREE, PRO, ENTERPRISE or unspecified")
+        v.raise_if_any()
+        after = _decode_page_token(request.page_token)
+        page, more = self._tenants.page(
+            after, request.page_size or MAX_PAGE, TIERS.get(request.tier)
+        )
+        return tenant_pb2.ListTenantsResponse(
+            header=self._header(self._tenants.revision),
+            tenants=[tenant_to_pb(r) for r in page],
+            next_page_token=_encode_page_token(page[-1].tenant_id) if more else "",
+        )
+
+    @audited
+    async def UpdateTenantTier(self, request, context):  # type: ignore[no-untyped-def]
+        audit_note(target=f"tenant/{request.tenant_id}")
+        v = Violations()
+        validation.check_safe_id(v, "tenant_id", request.tenant_id)
+        if request.tier not in TIERS:
+            v.add("tier", "must be FREE, PRO or ENTERPRISE")
+        if request.expected_revision < 0:
+            v.add("expected_revision", "must not be negative")
+        v.raise_if_any()
+        record, previous = await self._tenants.set_tier(
+            request.tenant_id, TIERS[request.tier], expected_revision=request.expected_revision
+        )
+        audit_note(version_before=previous, version_after=record.tier)
+        return tenant_pb2.UpdateTenantTierResponse(
+            header=self._header(max(record.revision, self._tenants.revision)),
+            tenant=tenant_to_pb(record),
+            previous_tier=TIER_VALUES.get(previous, types_pb2.SUBSCRIPTION_TIER_UNSPECIFIED),
+        )
+
+    async def CheckQuota(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        tenant_id = _tenant_id(v, request.tenant_id)
+        resource = _resource(v, request.resource)
+        _amount(v, request.amount)
+        v.raise_if_any()
+        self._configs.ensure_live()
+        allowed, usage, revision = await self._quotas.check(
+            tenant_id, current().subscription_tier, resource, request.amount
+        )
+        return tenant_pb2.CheckQuotaResponse(
+            header=self._header(revision), allowed=allowed, usage=usage_to_pb(usage)
+        )
+
+    async def Allocate(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        tenant_id = _tenant_id(v, request.tenant_id)
+        resource = _resource(v, request.resource)
+        _amount(v, request.amount)
+        v.raise_if_any()
+        self._configs.ensure_live()
+        usage, revision = await self._quotas.allocate(
+            tenant_id, current().subscription_tier, resource, request.amount
+        )
+        return tenant_pb2.AllocateResponse(header=self._header(revision), usage=usage_to_pb(usage))
+
+    async def Release(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        tenant_id = _tenant_id(v, request.tenant_id)
+        resource = _resource(v, request.resource)
+        _amount(v, request.amount)
+        v.raise_if_any()
+        self._configs.ensure_live()
+        usage, released, revision = await self._quotas.release(
+            tenant_id, current().subscription_tier, resource, request.amount
+        )
+        return tenant_pb2.ReleaseResponse(
+            header=self._header(revision), usage=usage_to_pb(usage), released=released
+        )
+
+    async def GetUsage(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        tenant_id = _tenant_id(v, request.tenant_id)
+        v.raise_if_any()
+        self._configs.ensure_live()
+        merged, usage, revision = await self._quotas.usage(tenant_id, current().subscription_tier)
+        return tenant_pb2.GetUsageResponse(
+            header=self._header(revision),
+            tenant_id=tenant_id,
+            tier=TIER_VALUES[merged.tier],
+            usage=[usage_to_pb(u) for u in usage],
+        )

@@ -1,0 +1,13 @@
+"""hubctl: the operator's command line for Central Hub.
+
+``hubctl services list``, ``hubctl services watch``, ``hubctl health``,
+``hubctl pick SERVICE``, ``hubctl circuits show SERVICE``, ``hubctl cluster status``
+and more; ``--output json`` for scripts; ``hubctl --help`` for the rest.
+
+Commands live in a table (``hub_server.hubctl.app.command``); a new group is a
+``group(...)`` call and one decorated async function per verb.
+"""
+
+from hub_server.hubctl.app import main, run
+
+__all__ = ["main", "run"]

@@ -1,0 +1,144 @@
+"""Shell completion scripts, generated from the command table (so new commands
+complete without touching this file). Service names complete live from the hub
+through the hidden ``hubctl __complete services``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from hub_server.hubctl.app import COMMANDS, build_parser
+
+_BASH = r"""# hubctl completion for bash. Load it with:  source <(hubctl completion bash)
+_hubctl_services() {
+  hubctl __complete services --timeout 1 ${1:+--target "$1"} 2>/dev/null
+}
+
+_hubctl() {
+  local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
+  local nodes="|__NODES__|" takes_value="|__VALUED__|"
+  local path="" npos=0 target="" i w
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    w="${COMP_WORDS[i]}"
+    if [[ "$w" == -* ]]; then
+      [[ "$w" == --target ]] && target="${COMP_WORDS[i+1]}"
+      [[ "$takes_value" == *"|$w|"* ]] && ((i++))
+    elif [[ -z "$path" && "$nodes" == *"|$w|"* ]]; then
+      path="$w"
+    elif [[ -n "$path" && "$nodes" == *"|$path $w|"* ]]; then
+      path="$path $w"
+    else
+      ((npos++))
+    fi
+  done
+  local words=""
+  case "$prev" in
+__VALUES__
+  esac
+  if [[ -z "$words" ]]; then
+    case "$path" in
+__PATHS__
+    esac
+  fi
+  COMPREPLY=($(compgen -W "$words" -- "$cur"))
+}
+complete -F _hubctl hubctl
+"""
+
+_ZSH = """#compdef hubctl
+# hubctl completion for zsh (through bash completion). Load it with:
+#   source <(hubctl completion zsh)
+autoload -U +X compinit && compinit
+autoload -U +X bashcompinit && bashcompinit
+"""
+
+
+def _options(parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, list[str]]]:
+    """A parser's option strings, and the choices of those that take one value."""
+    flags: list[str] = []
+    valued: dict[str, list[str]] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        flags.extend(action.option_strings)
+        if action.nargs != 0:
+            for flag in action.option_strings:
+                valued[flag] = [str(c) for c in action.choices or ()]
+    return flags, valued
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def script(shell: str) -> str:
+    """The completion script for ``bash`` or ``zsh``."""
+    parser = build_parser()
+    nodes: list[str] = []
+    paths: list[str] = []
+    values: dict[str, list[str]] = {}
+
+    top_flags, top_valued = _options(parser)
+    values.update(top_valued)
+    top_words = [w for w in _subparsers(parser) if not w.startswith("__")]
+    paths.append(f'      "") words={shlex.quote(" ".join([*top_words, *top_flags]))} ;;')
+
+    def walk(prefix: str, p: argparse.ArgumentParser) -> None:
+        subs = _subparsers(p)
+        if subs:
+            words = " ".join(w for w in subs if not w.startswith("__"))
+            paths.append(f"      {shlex.quote(prefix)}) words={shlex.quote(words)} ;;")
+            for word, child in subs.items():
+                if word.startswith("__"):
+                    continue
+                full = f"{prefix} {word}"
+                nodes.append(full)
+                walk(full, child)
+            return
+        cmd = COMMANDS.get(tuple(prefix.split()))
+        flags, valued = _options(p)
+        values.update(valued)
+        positional = [a for a in cmd.args if not a.flags[0].startswith("-")] if cmd else []
+        cases = []
+        for n, a in enumerate(positional):
+            if a.complete == "services":
+                cases.append(f'{n}) words="$(_hubctl_services "$target")" ;;')
+            elif a.kwargs.get("choices"):
+                cases.append(f"{n}) words={shlex.quote(' '.join(a.kwargs['choices']))} ;;")
+        flag_words = shlex.quote(" ".join(flags))
+        if cases:
+            inner = " ".join(cases)
+            paths.append(
+                f"      {shlex.quote(prefix)}) case $npos in {inner} esac;"
+                f' words="$words "{flag_words} ;;'
+            )
+        else:
+            paths.append(f"      {shlex.quote(prefix)}) words={flag_words} ;;")
+
+    for word, child in _subparsers(parser).items():
+        if word.startswith("__"):
+            continue
+        nodes.append(word)
+        walk(word, child)
+
+    value_cases = [
+        f"    {flag}) words={shlex.quote(' '.join(choices))} ;;"
+        for flag, choices in sorted(values.items())
+        if choices
+    ]
+    free = [flag for flag, choices in sorted(values.items()) if not choices]
+    if free:
+        # A value of the user's own (a host, a port, an id): nothing to offer.
+        value_cases.append(f"    {'|'.join(free)}) COMPREPLY=(); return ;;")
+    bash = (
+        _BASH.replace("__NODES__", "|".join(nodes))
+        .replace("__VALUED__", "|".join(sorted(values)))
+        .replace("__VALUES__", "\n".join(value_cases))
+        .replace("__PATHS__", "\n".join(paths))
+    )
+    if shell == "zsh":
+        return _ZSH + bash
+    return bash

@@ -1,0 +1,162 @@
+"""How hubctl prints: aligned tables with optional colour, or JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+_CODES = {
+    "bold": "1",
+    "dim": "2",
+    "red": "31",
+    "green": "32",
+    "yellow": "33",
+    "blue": "34",
+    "magenta": "35",
+    "cyan": "36",
+}
+
+# Colours by the words the hub uses for states.
+STATE_COLOURS = {
+    "healthy": "green",
+    "degraded": "yellow",
+    "unhealthy": "red",
+    "unspecified": "dim",
+    "closed": "green",
+    "half_open": "yellow",
+    "open": "red",
+    "forced_open": "red",
+    "forced_closed": "cyan",
+    "ADDED": "green",
+    "UPDATED": "yellow",
+    "REMOVED": "red",
+}
+
+
+def use_colour(stream: IO[str], disabled: bool = False) -> bool:
+    """Colour only for a terminal, and never when NO_COLOR is set (no-color.org)."""
+    if disabled or "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+@dataclass(frozen=True)
+class Style:
+    """Wraps text in ANSI colours when enabled; identity otherwise."""
+
+    enabled: bool
+
+    def __call__(self, text: str, *styles: str) -> str:
+        codes = [_CODES[s] for s in styles if s in _CODES]
+        if not self.enabled or not codes or not text:
+            return text
+        return f"\x1b[{';'.join(codes)}m{text}\x1b[0m"
+
+    def state(self, word: str, text: str | None = None) -> str:
+        """``text`` (default ``word``) in the colour of the state ``word``."""
+        return self(word if text is None else text, STATE_COLOURS.get(word, ""))
+
+
+def visible_len(text: str) -> int:
+    return len(_ANSI.sub("", text))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], style: Style) -> list[str]:
+    """Left-aligned columns, two spaces apart; cells may already carry colour."""
+    body = [list(r) for r in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], visible_len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c + " " * (widths[i] - visible_len(c)) for i, c in enumerate(cells)]
+        return "  ".join(padded).rstrip()
+
+    return [style(line(headers), "bold"), *(line(r) for r in body)]
+
+
+def key_values(pairs: Sequence[tuple[str, str]], style: Style) -> list[str]:
+    """``key:  value`` lines with the values aligned."""
+    width = max((len(k) for k, _ in pairs), default=0)
+    return [f"{style(k + ':', 'bold')}{' ' * (width - len(k))}  {v}" for k, v in pairs]
+
+
+def ago(seconds_since_epoch: float, now: float | None = None) -> str:
+    """``"3s ago"``, ``"5m ago"``; ``"never"`` for 0."""
+    if not seconds_since_epoch:
+        return "never"
+    return f"{span(max((now or time.time()) - seconds_since_epoch, 0.0))} ago"
+
+
+def span(seconds: float) -> str:
+    """A short human duration: 850ms, 12s, 5m, 3h, 2d."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def iso(ts: timestamp_pb2.Timestamp | float) -> str | None:
+    """RFC 3339 UTC time, or None when unset."""
+    seconds = ts if isinstance(ts, float | int) else ts.ToNanoseconds() / 1e9
+    if not seconds:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def seconds_of(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def clock(now: float | None = None) -> str:
+    """Local wall-clock time for watch lines."""
+    return datetime.fromtimestamp(now or time.time()).strftime("%H:%M:%S")
+
+
+class Output:
+    """Where a command's results go: text (tables, colours) or JSON.
+
+    ``emit`` prints one result; ``event`` prints one element of a stream (a line
+    of text, or one JSON object per line) and flushes at once.
+    """
+
+    def __init__(self, out: IO[str], err: IO[str], *, json_mode: bool, colour: bool) -> None:
+        self.out = out
+        self.err = err
+        self.json = json_mode
+        self.style = Style(colour and not json_mode)
+        self.err_style = Style(use_colour(err) if colour else False)
+
+    def emit(self, data: Any, text: Callable[[Style], Iterable[str]]) -> None:
+        if self.json:
+            self.out.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        else:
+            for line in text(self.style):
+                self.out.write(line + "\n")
+        self.out.flush()
+
+    def event(self, data: Any, text: Callable[[Style], str]) -> None:
+        if self.json:
+            self.out.write(json.dumps(data, separators=(",", ":"), default=str) + "\n")
+        else:
+            self.out.write(text(self.style) + "\n")
+        self.out.flush()
+
+    def note(self, message: str) -> None:
+        """A remark for people (stderr, so it never mixes into JSON on stdout)."""
+        self.err.write(self.err_style(message, "dim") + "\n")
+        self.err.flush()

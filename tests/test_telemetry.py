@@ -1,0 +1,77 @@
+"""The hub's own telemetry: Prometheus scrape, GetSystemMetrics, trace context."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+from aitrading.hub.v1 import observability_pb2 as obs
+from aitrading.hub.v1 import observability_pb2_grpc
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from hub_client import HubClient, ServiceNotFound
+from tests.conftest import HubFactory, eventually
+
+
+async def test_prometheus_endpoint_and_system_metrics(hub_factory: HubFactory) -> None:
+    hub = await hub_factory(metrics_listen="127.0.0.1:0")
+    await eventually(lambda: hub.election.is_leader)
+    async with HubClient(hub.address) as client:
+        await client.register("quotes", host="h", port=1, keep_alive=False)
+        await client.register("quotes", host="h", port=2, keep_alive=False)
+        for _ in range(5):
+            await client.discover("quotes")
+        try:
+            await client.discover("missing")
+        except ServiceNotFound:
+            pass
+        watch = client.watch("quotes")
+        await anext(watch)  # one open watch stream
+
+        text = await asyncio.to_thread(_scrape, hub.telemetry.metrics_port)
+        lines = text.splitlines()
+
+        def metric(name: str, *labels: str) -> list[str]:
+            return [ln for ln in lines if ln.startswith(name) and all(x in ln for x in labels)]
+
+        assert metric("hub_instances{", 'service="quotes"')[0].endswith(" 2.0")
+        assert metric("hub_watch_streams") and metric("hub_leader{")[0].endswith(" 1.0")
+        assert metric(
+            "hub_operation_duration", 'operation="/aitrading.hub.v1.RegistryService/GetService"'
+        )
+
+        async with grpc.aio.insecure_channel(hub.address) as ch:
+            m = await observability_pb2_grpc.ObservabilityServiceStub(ch).GetSystemMetrics(
+                obs.GetSystemMetricsRequest()
+            )
+        await watch.aclose()
+    assert m.hub_id == hub.hub_id and m.leader and m.uptime_seconds > 0
+    assert m.watch_streams >= 1
+    assert [(s.service, s.instances, s.healthy) for s in m.services] == [("quotes", 2, 2)]
+    rpcs = {r.method.rsplit("/", 1)[1]: r for r in m.rpcs}
+    assert rpcs["GetService"].calls == 6 and rpcs["GetService"].errors == 1
+    assert rpcs["GetService"].p99_ms >= rpcs["GetService"].p50_ms > 0
+    assert rpcs["Register"].errors == 0
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+async def test_trace_context_is_continued(hub_factory: HubFactory) -> None:
+    hub = await hub_factory()
+    spans = InMemorySpanExporter()
+    hub.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        stub = observability_pb2_grpc.ObservabilityServiceStub(ch)
+        await stub.GetSystemMetrics(
+            obs.GetSystemMetricsRequest(),
+            metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),),
+        )
+    span = next(s for s in spans.get_finished_spans() if s.name.endswith("GetSystemMetrics"))
+    assert f"{span.context.trace_id:032x}" == trace_id
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
