@@ -54,6 +54,7 @@ from hub_server.domain.errors import StoreUnavailable
 from hub_server.domain.health import HealthMonitor, HealthView
 from hub_server.domain.picking import Picker
 from hub_server.domain.registry import Registry, RegistryView
+from hub_server.domain.tenant_alerts import TenantLimits
 from hub_server.domain.tenants import Quotas, Tenants
 from hub_server.embedded_etcd import EtcdProcess, embedded
 from hub_server.store import keys
@@ -94,6 +95,10 @@ class HubConfig:
     audit_retention: float = 30 * 24 * 3600.0
     # How often the leader evaluates alert rules.
     alert_interval: float = 1.0
+    # A tenant using at least this share of a limit raises TENANT_NEAR_LIMIT.
+    tenant_alert_share: float = 0.8
+    # Quota allocations / releases of at least this amount are audited.
+    audit_allocations_from: int = 10
     # host:port for a Prometheus scrape endpoint ("" = none).
     metrics_listen: str = ""
     # host:port of an OpenTelemetry collector for OTLP/gRPC export ("" = none).
@@ -166,9 +171,17 @@ class Hub:
         self.configs = Configs(store, self.tenants)
         self.quotas = Quotas(store, self.configs)
         self.picker = Picker(store, self.view, self.health_view, self.circuits)
-        self.alerts = Alerts(store, self.view, self.health_view, self.circuits)
+        self.tenant_limits = TenantLimits(store, self.configs, share=cfg.tenant_alert_share)
+        self.alerts = Alerts(
+            store,
+            self.view,
+            self.health_view,
+            self.circuits,
+            extra_conditions=self.tenant_limits.conditions,
+        )
         self._mirrors = [
             self.alerts.active,
+            self.tenant_limits.usage,
             self.picker.loads,
             self.view.mirror,
             self.health_view.mirror,
@@ -242,7 +255,14 @@ class Hub:
             ConfigServicer(self.configs, self.hub_id, progress_interval=progress), server
         )
         tenant_pb2_grpc.add_TenantServiceServicer_to_server(
-            TenantServicer(self.tenants, self.configs, self.quotas, self.hub_id), server
+            TenantServicer(
+                self.tenants,
+                self.configs,
+                self.quotas,
+                self.hub_id,
+                audit_allocations_from=cfg.audit_allocations_from,
+            ),
+            server,
         )
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterServicer(self.replicas, self.election, self.hub_id), server

@@ -8,7 +8,7 @@ import base64
 from aitrading.hub.v1 import tenant_pb2, tenant_pb2_grpc, types_pb2
 
 from hub_server.api.config import TIER_VALUES, TIERS
-from hub_server.api.context import audit_note, audited, current
+from hub_server.api.context import audit_note, audit_skip, audited, current
 from hub_server.domain import quotas, validation
 from hub_server.domain.config import Configs
 from hub_server.domain.errors import InvalidArgument, Violations
@@ -96,11 +96,28 @@ def _encode_page_token(last: str) -> str:
 
 
 class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
-    def __init__(self, tenants: Tenants, configs: Configs, quota: Quotas, hub_id: str):
+    def __init__(
+        self,
+        tenants: Tenants,
+        configs: Configs,
+        quota: Quotas,
+        hub_id: str,
+        *,
+        audit_allocations_from: int = 10,
+    ):
         self._tenants = tenants
         self._configs = configs
         self._quotas = quota
         self._hub_id = hub_id
+        # Allocations and releases of at least this amount leave an audit record;
+        # smaller ones are routine traffic.
+        self.audit_allocations_from = audit_allocations_from
+
+    def _audit_amount(self, tenant_id: str, resource: str, amount: int) -> None:
+        if amount < self.audit_allocations_from:
+            audit_skip()
+        else:
+            audit_note(target=f"usage/{tenant_id}/{resource}", amount=amount)
 
     def _header(self, revision: int) -> types_pb2.ResponseHeader:
         return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
@@ -183,24 +200,28 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
             header=self._header(revision), allowed=allowed, usage=usage_to_pb(usage)
         )
 
+    @audited
     async def Allocate(self, request, context):  # type: ignore[no-untyped-def]
         v = Violations()
         tenant_id = _tenant_id(v, request.tenant_id)
         resource = _resource(v, request.resource)
         _amount(v, request.amount)
         v.raise_if_any()
+        self._audit_amount(tenant_id, resource.name, request.amount)
         self._configs.ensure_live()
         usage, revision = await self._quotas.allocate(
             tenant_id, current().subscription_tier, resource, request.amount
         )
         return tenant_pb2.AllocateResponse(header=self._header(revision), usage=usage_to_pb(usage))
 
+    @audited
     async def Release(self, request, context):  # type: ignore[no-untyped-def]
         v = Violations()
         tenant_id = _tenant_id(v, request.tenant_id)
         resource = _resource(v, request.resource)
         _amount(v, request.amount)
         v.raise_if_any()
+        self._audit_amount(tenant_id, resource.name, request.amount)
         self._configs.ensure_live()
         usage, released, revision = await self._quotas.release(
             tenant_id, current().subscription_tier, resource, request.amount
