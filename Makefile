@@ -32,8 +32,8 @@ check-gen: gen
 lint: install
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
-	$(BIN)/ruff check hub_server hub_client tests scripts
-	$(BIN)/ruff format --check hub_server hub_client tests scripts
+	$(BIN)/ruff check hub_server hub_client tests scripts examples bench
+	$(BIN)/ruff format --check hub_server hub_client tests scripts examples bench
 	$(BIN)/mypy
 
 breaking: install
