@@ -67,6 +67,9 @@ from hub_server.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 SERVER_OPTIONS = [
+    # Several processes may serve one port (--workers): the kernel spreads
+    # connections over them.
+    ("grpc.so_reuseport", 1),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from hub_server.app import Hub, HubConfig
+from hub_server.workers import supervise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="HOST:PORT of an OpenTelemetry collector: OTLP/gRPC export of metrics and traces",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serving processes on the same port (SO_REUSEPORT); default 1",
+    )
     serve.add_argument("--log-level", default="INFO")
     return parser
 
@@ -66,7 +73,12 @@ async def serve(config: HubConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.workers > 1 and args.metrics_listen:
+        parser.error("--metrics-listen serves one process; use --otlp-endpoint with --workers")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -80,10 +92,24 @@ def main(argv: list[str] | None = None) -> int:
         otlp_endpoint=args.otlp_endpoint,
     )
     try:
-        asyncio.run(serve(config))
+        if args.workers > 1:
+            asyncio.run(supervise(config, args.workers, _passed_on(args)))
+        else:
+            asyncio.run(serve(config))
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _passed_on(args: argparse.Namespace) -> list[str]:
+    """The flags every worker of --workers gets besides its address and store."""
+    extra = [
+        "--watch-progress-interval", str(args.watch_progress_interval),
+        "--log-level", args.log_level,
+    ]  # fmt: skip
+    if args.otlp_endpoint:
+        extra += ["--otlp-endpoint", args.otlp_endpoint]
+    return extra
 
 
 if __name__ == "__main__":

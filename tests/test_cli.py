@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
+from aitrading.hub.v1 import cluster_pb2, cluster_pb2_grpc, registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hub_server.embedded_etcd import free_port
@@ -49,10 +49,10 @@ class Serve:
         self.address = f"127.0.0.1:{free_port()}"
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
+    async def start(self, *extra: str) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             str(BIN / "central-hub"), "serve", "--listen", self.address,
-            "--data-dir", str(self.data_dir),
+            "--data-dir", str(self.data_dir), *extra,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         await eventually(self._serving, timeout=30)
@@ -135,3 +135,38 @@ async def test_grpcurl_through_reflection(serve: Serve) -> None:
     assert '"instanceId": "gw-8000"' in registered.stdout or '"instance_id": "gw-8000"' in (
         registered.stdout
     ), registered.stderr
+
+
+async def test_workers_share_one_port_and_elect_one_leader(serve: Serve) -> None:
+    await serve.start("--workers", "2")
+    replicas: set[str] = set()
+
+    async def both_workers_seen() -> bool:
+        # Each new connection may land on either worker (SO_REUSEPORT).
+        async with grpc.aio.insecure_channel(serve.address) as ch:
+            status = await cluster_pb2_grpc.ClusterServiceStub(ch).GetClusterStatus(
+                cluster_pb2.GetClusterStatusRequest()
+            )
+        replicas.add(status.hub_id)
+        return len(status.replicas) == 2 and sum(r.leader for r in status.replicas) == 1
+
+    await eventually(both_workers_seen, timeout=30)
+    async with grpc.aio.insecure_channel(serve.address) as ch:
+        await registry_pb2_grpc.RegistryServiceStub(ch).Register(
+            registry_pb2.RegisterRequest(service="fx", host="h", port=1, ttl_seconds=60)
+        )
+
+    async def found() -> bool:
+        async with grpc.aio.insecure_channel(serve.address) as ch:
+            try:
+                resp = await registry_pb2_grpc.RegistryServiceStub(ch).GetService(
+                    registry_pb2.GetServiceRequest(service="fx")
+                )
+            except grpc.aio.AioRpcError:
+                return False  # that worker's view has not caught up yet
+        return [i.instance_id for i in resp.service.instances] == ["h-1"]
+
+    for _ in range(6):  # whichever worker answers has it (within moments)
+        await eventually(found, timeout=5)
+    assert await serve.signal(signal.SIGTERM) == 0
+    await eventually(lambda: _etcd_pids(serve.data_dir) == [], timeout=10)
