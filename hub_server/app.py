@@ -248,6 +248,7 @@ class Hub:
                     self.health_view,
                     self.telemetry,
                     lambda: self.election.is_leader,
+                    self._tenant_metrics,
                 ),
                 self.hub_id,
                 progress_interval=progress,
@@ -349,6 +350,24 @@ class Hub:
         if self.etcd is not None:
             await asyncio.to_thread(self.etcd.stop)
 
+    async def _tenant_metrics(self) -> list[observability_pb2.TenantMetrics]:
+        """Every tenant with its tier, current usage and limits (from memory)."""
+        usage: dict[str, dict[str, tuple[int, int]]] = {}
+        for tenant_id, resource, used, limit in self.tenant_limits.current():
+            usage.setdefault(tenant_id, {})[resource] = (used, limit)
+        out = []
+        for record in sorted(self.tenants.mirror.items.values(), key=lambda r: r.tenant_id):
+            found = usage.get(record.tenant_id, {})
+            out.append(
+                observability_pb2.TenantMetrics(
+                    tenant_id=record.tenant_id,
+                    tier=record.tier,
+                    usage={r: u for r, (u, _) in found.items()},
+                    limits={r: lim for r, (_, lim) in found.items()},
+                )
+            )
+        return out
+
     def _add_gauges(self) -> None:
         t = self.telemetry
         t.gauge(
@@ -368,4 +387,12 @@ class Hub:
                 for h in self.health_view.mirror.items.values()
             ],
             unit="ms",
+        )
+        t.gauge(
+            "hub.quota.usage",
+            "Tenant usage per resource (this hour's for rates)",
+            lambda: [
+                (used, {"tenant": tenant, "resource": resource, "limit": limit})
+                for tenant, resource, used, limit in self.tenant_limits.current()
+            ],
         )

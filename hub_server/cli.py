@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from hub_client._private.logging import configure_logging
 from hub_server.app import Hub, HubConfig
 from hub_server.workers import supervise
 
@@ -49,12 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT of an OpenTelemetry collector: OTLP/gRPC export of metrics and traces",
     )
     serve.add_argument(
+        "--audit-retention-days",
+        type=float,
+        default=30.0,
+        help="how long audit records are kept (default 30 days)",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         default=1,
         help="serving processes on the same port (SO_REUSEPORT); default 1",
     )
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per line with tenant and correlation ids",
+    )
     return parser
 
 
@@ -79,9 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.workers > 1 and args.metrics_listen:
         parser.error("--metrics-listen serves one process; use --otlp-endpoint with --workers")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if args.log_format == "json":
+        configure_logging("central-hub", args.log_level.upper())
+    else:
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     config = HubConfig(
         listen=args.listen,
         data_dir=args.data_dir,
@@ -90,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         watch_progress_interval=args.watch_progress_interval,
         metrics_listen=args.metrics_listen,
         otlp_endpoint=args.otlp_endpoint,
+        audit_retention=args.audit_retention_days * 86400,
     )
     try:
         if args.workers > 1:
@@ -106,6 +124,8 @@ def _passed_on(args: argparse.Namespace) -> list[str]:
     extra = [
         "--watch-progress-interval", str(args.watch_progress_interval),
         "--log-level", args.log_level,
+        "--log-format", args.log_format,
+        "--audit-retention-days", str(args.audit_retention_days),
     ]  # fmt: skip
     if args.otlp_endpoint:
         extra += ["--otlp-endpoint", args.otlp_endpoint]

@@ -75,3 +75,45 @@ async def test_trace_context_is_continued(hub_factory: HubFactory) -> None:
     span = next(s for s in spans.get_finished_spans() if s.name.endswith("GetSystemMetrics"))
     assert f"{span.context.trace_id:032x}" == trace_id
     assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
+
+
+async def test_system_metrics_list_tenants_and_access_log_carries_context(
+    hub_factory: HubFactory,
+) -> None:
+    import io
+    import json
+    import logging
+
+    from hub_client import JsonFormatter
+
+    hub = await hub_factory()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("central-hub"))
+    access = logging.getLogger("hub_server.access")
+    access.addHandler(handler)
+    access.setLevel(logging.DEBUG)
+    try:
+        async with HubClient(hub.address, tenant_id="acme", correlation_id="req-1") as client:
+            await client.create_tenant("acme", tier="pro")
+            await client.allocate("websocket_connections", 7, tenant="acme")
+            async with grpc.aio.insecure_channel(hub.address) as ch:
+                stub = observability_pb2_grpc.ObservabilityServiceStub(ch)
+
+                async def counted() -> bool:
+                    nonlocal m
+                    m = await stub.GetSystemMetrics(obs.GetSystemMetricsRequest())
+                    return bool(m.tenants and m.tenants[0].usage)
+
+                m = obs.GetSystemMetricsResponse()
+                await eventually(counted)
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(logging.NOTSET)
+    [tenant] = m.tenants
+    assert (tenant.tenant_id, tenant.tier) == ("acme", "pro")
+    assert tenant.usage["websocket_connections"] == 7
+    assert tenant.limits["websocket_connections"] == 50
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    allocate = next(x for x in lines if "TenantService/Allocate" in x["message"])
+    assert allocate["tenant_id"] == "acme" and allocate["correlation_id"] == "req-1"

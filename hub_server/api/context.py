@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from aitrading.hub.v1 import observability_pb2 as obs
 
+from hub_client._private.logging import RequestContext, set_context
 from hub_server.api.errors import status_code_for, to_status
 from hub_server.domain.audit import AuditLog
 from hub_server.domain.errors import HubError
@@ -23,6 +24,8 @@ from hub_server.domain.tiers import parse_tier
 from hub_server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+# One DEBUG line per call (method, outcome, duration), with the call's context.
+access_log = logging.getLogger("hub_server.access")
 
 TENANT_HEADERS = (
     "x-tenant-id",
@@ -129,8 +132,11 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         return self._telemetry.span(method, metadata)  # type: ignore[no-any-return]
 
     def _finished(self, method: str, outcome: str, started: float) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000
         if self._telemetry is not None:
-            self._telemetry.rpc_finished(method, outcome, (time.perf_counter() - started) * 1000)
+            self._telemetry.rpc_finished(method, outcome, elapsed_ms)
+        if access_log.isEnabledFor(logging.DEBUG):
+            access_log.debug("%s %s %.2fms", method, outcome, elapsed_ms)
 
     async def _record(
         self,
@@ -168,6 +174,14 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         ctx, echo = _parse(metadata, method)  # type: ignore[arg-type]
 
+        # Log lines written while serving the call carry its tenant and
+        # correlation ids (hub_client's structured logging reads this context).
+        log_context = (
+            RequestContext(ctx.tenant_id, ctx.user_id, ctx.subscription_tier, ctx.correlation_id)
+            if echo
+            else None
+        )
+
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
@@ -177,6 +191,8 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                 # grpc.aio runs every call in its own task, so the values set here
                 # cannot leak into another call and need no reset.
                 _current.set(ctx)
+                if log_context is not None:
+                    set_context(log_context)
                 call_note: dict[str, str] | None = {} if audit else None
                 _audit_note.set(call_note)
                 outcome, started = "OK", time.perf_counter()
@@ -209,6 +225,8 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
                 _current.set(ctx)
+                if log_context is not None:
+                    set_context(log_context)
                 outcome, started = "OK", time.perf_counter()
                 try:
                     if echo:

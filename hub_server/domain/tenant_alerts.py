@@ -57,9 +57,10 @@ class TenantLimits:
         self._clock = clock
         self.usage: PrefixMirror[int] = PrefixMirror(store, keys.USAGE, _decode_used)
 
-    def conditions(self) -> list[Condition]:
+    def current(self) -> list[tuple[str, str, int, int]]:
+        """(tenant, resource, used, limit) of every usage now (this hour's for rates)."""
         window_start = str(quotas.window(self._clock())[0])
-        out: list[Condition] = []
+        out = []
         for key, used in self.usage.items.items():
             tenant_id, _, rest = key[len(keys.USAGE) :].decode().partition("/")
             name, _, window = rest.partition("/")
@@ -67,5 +68,11 @@ class TenantLimits:
             if resource is None or (window and window != window_start):
                 continue  # unknown, or a past hour's rate window
             limit = quotas.limit_of(resource, self._configs.merged(tenant_id, "").values)
+            out.append((tenant_id, name, used, limit))
+        return out
+
+    def conditions(self) -> list[Condition]:
+        out: list[Condition] = []
+        for tenant_id, name, used, limit in self.current():
             out += limit_conditions(tenant_id, name, used, limit, self.share)
         return out
