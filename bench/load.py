@@ -46,6 +46,18 @@ class Stats:
         return out
 
 
+def spread(delays: list[float]) -> dict[str, float]:
+    """p50/p99/max (ms) of propagation delays, one per change (with ~10 changes
+    the p99 is the maximum)."""
+    d = sorted(delays)
+    return {
+        "changes": len(d),
+        "p50_ms": round(percentile(d, 50) * 1e3, 3),
+        "p99_ms": round(percentile(d, 99) * 1e3, 3),
+        "max_ms": round((d[-1] if d else 0.0) * 1e3, 3),
+    }
+
+
 async def closed_loop(
     call: Call, concurrency: int, *, duration: float = 0.0, count: int = 0
 ) -> Stats:

@@ -9,15 +9,19 @@ Row = dict[str, Any]
 GET, NOOP, ETCD_READ = "GetService", "health.Check (no-op RPC)", "etcd Range (direct)"
 P99_TARGET_MS = 2.0
 RSS_TARGET_MIB = 250.0
+# Fan-out: p99 of the time until the last of N streams has a change.
+FANOUT_TARGETS_MS = {1000: 100.0, 5000: 500.0}
+RSS_WATCHERS = "hub RSS, 10,000 inst. + 1,000 watchers"
 
 
 def _find(rows: list[Row], op: str, concurrency: int | str) -> Row | None:
     return next((r for r in rows if r["op"] == op and r["concurrency"] == concurrency), None)
 
 
-def add_ratios(rows: list[Row], facts: list[Row]) -> None:
+def add_ratios(rows: list[Row], facts: list[Row], propagation: list[Row] | None = None) -> None:
     """Each row's throughput over each of its baselines' (same concurrency); each
-    fact's value over its baseline fact's."""
+    fact's value over its baseline fact's; each propagation row's p50 and p99 over
+    its baseline's (same cell)."""
     for row in rows:
         row["ratios"] = {}
         for name in row.pop("vs"):
@@ -28,10 +32,26 @@ def add_ratios(rows: list[Row], facts: list[Row]) -> None:
     for fact in facts:
         base = by_name.get(fact["vs"])
         fact["ratio"] = round(fact["value"] / base["value"], 3) if base else None
+    propagation = propagation or []
+    for row in propagation:
+        name = row.pop("vs")
+        base = next((b for b in propagation if b["op"] == name and b["cell"] == row["cell"]), None)
+        row["baseline"] = name if base else ""
+        row["ratios"] = {}
+        if base:
+            for k in ("p50_ms", "p99_ms"):
+                row["ratios"][k] = round(row[k] / base[k], 1) if base[k] else None
 
 
-def targets(rows: list[Row], facts: list[Row], rate: int) -> list[Row]:
-    """The issue's targets for discovery and memory, each met or missed."""
+def targets(
+    rows: list[Row],
+    facts: list[Row],
+    rate: int,
+    propagation: list[Row] | None = None,
+    probes: Row | None = None,
+) -> list[Row]:
+    """The issue's targets for discovery, fan-out and memory, each met or missed;
+    and whether the prober kept up."""
     out: list[Row] = []
     offered = _find(rows, GET, f"{rate}/s")
     if offered:
@@ -54,13 +74,34 @@ def targets(rows: list[Row], facts: list[Row], rate: int) -> list[Row]:
                     "measured": f"{ratio:.2f} x",
                     "met": ratio >= need,
                 })  # fmt: skip
-    rss = next((f for f in facts if f["name"] == "hub RSS, 10,000 instances"), None)
+    for row in propagation or []:
+        # Registry changes, and health records (fan-out alone, from the write).
+        limit = FANOUT_TARGETS_MS.get(row["receivers"])
+        if limit is None or not row["op"].startswith(("Register", "written")):
+            continue
+        out.append({
+            "target": f"fan-out p99 < {limit:g} ms: {row['op']}",
+            "measured": f"p99 {row['p99_ms']:.1f} ms over {row['changes']} changes"
+            + (f", {row['missed']} stream deliveries missed" if row["missed"] else ""),
+            "met": row["p99_ms"] < limit and not row["missed"],
+        })  # fmt: skip
+    watchers = next((f for f in facts if f["name"] == RSS_WATCHERS), None)
+    rss = watchers or next((f for f in facts if f["name"] == "hub RSS, 10,000 instances"), None)
     if rss:
         out.append({
             "target": f"hub RSS < {RSS_TARGET_MIB:g} MB with 10,000 instances "
-            "(the 1,000 watchers are not in this run yet)",
+            + ("and 1,000 watchers" if watchers else "(no watchers in this run)"),
             "measured": f"{rss['value']:.0f} MiB",
             "met": rss["value"] < RSS_TARGET_MIB,
+        })  # fmt: skip
+    if probes:
+        out.append({
+            "target": f"prober keeps up: {probes['instances']:,} TCP checks every "
+            f"{probes['interval_s']:g} s, each probed at least every "
+            f"{1.1 * probes['interval_s']:g} s",
+            "measured": f"longest unprobed {probes['longest_unprobed_s']:.2f} s, "
+            f"{probes['instances_late']} of {probes['instances']:,} instances late at least once",
+            "met": probes["keeps_up"],
         })  # fmt: skip
     return out
 
@@ -109,12 +150,53 @@ def render(result: dict[str, Any]) -> str:
             "open loop: p99 of how late calls started against the schedule: "
             + ", ".join(f"{r['op'].split(' (')[0]} {r['start_lag_p99_ms']:.2f} ms" for r in lags)
         )
+    lines += _propagation(result.get("propagation", []))
     lines.append("")
+    width = max((len(f["name"]) for f in result["facts"]), default=0)
     for f in result["facts"]:
         vs = f" ({f['ratio']:.2f}x {f['vs']})" if f.get("ratio") else ""
-        lines.append(f"{f['name']:<36} {f['value']:>9.2f} {f['unit']}{vs}")
+        lines.append(f"{f['name']:<{width}} {f['value']:>9.2f} {f['unit']}{vs}")
     lines.append("")
     for t in result["targets"]:
         verdict = "target met   " if t["met"] else "target MISSED"
         lines.append(f"{verdict}  {t['target']}: {t['measured']}")
     return "\n".join(lines)
+
+
+def _propagation(rows: list[Row]) -> list[str]:
+    """The fan-out table: per change, the time until the last receiver has it."""
+    if not rows:
+        return []
+    header = ("change -> receiver", "receivers", "changes", "p50 ms", "p99 ms", "max ms",
+              "median rcv ms", "missed", "CPU ms/change hub/watchers",
+              "p50 / p99 vs baseline")  # fmt: skip
+    table = [header] + [
+        (
+            r["op"],
+            f"{r['receivers']:,}",
+            str(r["changes"]),
+            f"{r['p50_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            f"{r['max_ms']:.1f}",
+            f"{r['median_receiver_p50_ms']:.1f}" if "median_receiver_p50_ms" in r else "",
+            str(r["missed"]),
+            (f"{r['hub_cpu_ms_per_change']:.0f}/{r['watchers_cpu_ms_per_change']:.0f}"
+             if "hub_cpu_ms_per_change" in r else ""),
+            (f"{r['ratios']['p50_ms']}x / {r['ratios']['p99_ms']}x {r['baseline'].split(' -> ')[1]}"
+             if r["baseline"] else "(baseline)"),
+        )
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [
+        "",
+        "Propagation: per change, the time from the change until the last receiver had it "
+        "(p99 of fewer than 100 changes is their max); median rcv: until half had it",
+    ]
+    for n, row in enumerate(table):
+        cells = [c.ljust(w) if i in (0, 9) else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]  # fmt: skip
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines

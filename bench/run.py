@@ -9,15 +9,25 @@ figure beside a baseline taken in the same run:
   the gRPC stack's own limit) and (b) a direct etcd range read of the same
   service's keys with the hub's own store client (EtcdStore.get_prefix);
 - the same three at a fixed offered rate of 1,000 calls/s (open loop);
+- watch fan-out (bench.fanout): a registry change to the last of 1,000 and of
+  5,000 Watch streams, a health change to the last of 1,000 WatchHealth streams
+  (detection + fan-out, and fan-out alone), a global config write to the last of
+  1,000 WatchConfig streams, each beside one direct etcd watch of the same keys;
+  the hub's resident size with 1,000 (and 5,000) watchers open;
+- quota Allocate with 50 concurrent allocators on one tenant beside a raw etcd
+  compare-and-set increment, 50 concurrent (bench.quota);
 - Register beside a raw etcd lease grant + put, KeepAlive beside a raw etcd lease
   keep-alive, both at concurrency 16;
 - hub resident size empty and with 10,000 instances; cold start of a second hub
-  with 10,000 instances in etcd beside the first hub's start on an empty etcd.
+  with 10,000 instances in etcd beside the first hub's start on an empty etcd;
+- probe throughput (bench.probing): 1,000 TCP checks at the default 10 s interval
+  against a listener of the bench, beside the theoretical 100 probes/s.
 
 The load generator is this process: grpc.aio, one channel to the hub shared by
 all workers (one HTTP/2 connection, calls multiplexed), one EtcdStore channel to
 etcd, read requests built before the clock starts. It shares the machine's cores
-with the hub and etcd, as a real client on the same host would.
+with the hub and etcd, as a real client on the same host would. Watch streams
+are held by child processes (bench.watchers), 100 streams per connection.
 
 Prints one report and writes it as JSON (default bench/results/<UTC time>.json).
 """
@@ -32,6 +42,7 @@ import platform
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,10 +56,11 @@ import grpc
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import report
-from bench.load import Stats, closed_loop, open_loop
+from bench import fanout, probing, quota, report
+from bench.load import Stats, closed_loop, open_loop, spread
 from bench.procs import HubProcess, cpu_seconds
 from bench.report import ETCD_READ, GET, NOOP
+from bench.watchers import STREAMS_PER_CHANNEL, WAVE
 from hub_server.embedded_etcd import EtcdProcess, etcd_binary
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
@@ -90,6 +102,13 @@ class Bench:
         self.pids: dict[str, int] = {}  # processes whose CPU time each row reports
         self.rows: list[dict[str, Any]] = []
         self.facts: list[dict[str, Any]] = []
+        self.propagation: list[dict[str, Any]] = []
+        self.probes: dict[str, Any] = {}
+        self.started = time.perf_counter()
+
+    def section(self, title: str) -> None:
+        """Prints a section's title with the seconds the run has taken so far."""
+        print(f"[{time.perf_counter() - self.started:4.0f} s] {title}", flush=True)
 
     def record(
         self, op: str, concurrency: int | str, stats: Stats, *, vs: tuple[str, ...] = ()
@@ -130,6 +149,33 @@ class Bench:
         load = open_loop(call, OFFERED_RATE, self.duration)
         await self.timed(op, f"{OFFERED_RATE}/s", load, vs)
 
+    def spread(
+        self,
+        op: str,
+        cell: str,
+        receivers: int,
+        delays: list[float],
+        *,
+        median: list[float] | None = None,
+        missed: int = 0,
+        hub_cpu_s: float | None = None,
+        watchers_cpu_s: float | None = None,
+        vs: str = "",
+    ) -> None:
+        """A propagation row: per change, the delay until the last receiver had it
+        (``median``: until the median receiver had it)."""
+        row = {"op": op, "cell": cell, "receivers": receivers, **spread(delays), "missed": missed}
+        if median:
+            row["median_receiver_p50_ms"] = round(statistics.median(median) * 1e3, 3)
+        if hub_cpu_s is not None:
+            row["hub_cpu_ms_per_change"] = round(hub_cpu_s * 1e3, 1)
+        if watchers_cpu_s is not None:
+            row["watchers_cpu_ms_per_change"] = round(watchers_cpu_s * 1e3, 1)
+        row["vs"] = vs
+        self.propagation.append(row)
+        print(f"  {op:<44} {receivers:>5} p50 {row['p50_ms']:8.1f} ms  "
+              f"p99 {row['p99_ms']:8.1f} ms  max {row['max_ms']:8.1f} ms", flush=True)  # fmt: skip
+
     def fact(self, name: str, value: float, unit: str, baseline: str = "") -> None:
         self.facts.append({"name": name, "value": round(value, 3), "unit": unit, "vs": baseline})
         print(f"  {name}: {value:.3f} {unit}", flush=True)
@@ -150,7 +196,9 @@ async def register_all(bench: Bench, registry: registry_pb2_grpc.RegistryService
     return instances
 
 
-async def measure(bench: Bench, workdir: Path, etcd: EtcdProcess, hub: HubProcess) -> None:
+async def measure(
+    bench: Bench, args: argparse.Namespace, workdir: Path, etcd: EtcdProcess, hub: HubProcess
+) -> None:
     bench.fact("hub cold start, empty etcd", await hub.start(), "s")
     assert etcd.proc is not None
     bench.pids = {"hub": hub.pid, "etcd": etcd.proc.pid}
@@ -163,7 +211,7 @@ async def measure(bench: Bench, workdir: Path, etcd: EtcdProcess, hub: HubProces
         registry = registry_pb2_grpc.RegistryServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
 
-        print("setup: registering 10,000 instances over 500 services", flush=True)
+        bench.section("setup: registering 10,000 instances over 500 services")
         instances = await register_all(bench, registry)
         await asyncio.sleep(1.0)
         bench.fact("hub RSS, 10,000 instances", hub.rss_mb(), "MiB", "hub RSS, empty")
@@ -195,18 +243,35 @@ async def measure(bench: Bench, workdir: Path, etcd: EtcdProcess, hub: HubProces
         def etcd_read() -> Awaitable[Any]:
             return store.get_prefix(rnd.choice(prefixes))
 
-        print("discovery: closed loop", flush=True)
+        bench.section("discovery: closed loop")
         for c in CONCURRENCIES:
             await bench.closed(NOOP, noop, c)
             await bench.closed(ETCD_READ, etcd_read, c)
             await bench.closed(GET, get_service, c, vs=(NOOP, ETCD_READ))
-        print(f"discovery: open loop at {OFFERED_RATE} calls/s", flush=True)
+        bench.section(f"discovery: open loop at {OFFERED_RATE} calls/s")
         await bench.offered(NOOP, noop)
         await bench.offered(ETCD_READ, etcd_read)
         await bench.offered(GET, get_service, vs=(NOOP, ETCD_READ))
 
-        print("writes", flush=True)
+        # Before the writes, which add instances: the memory figures with watchers
+        # open are for the 10,000 setup instances.
+        await fanout.measure(
+            bench,
+            hub,
+            channel,
+            store,
+            changes=args.changes,
+            health_rounds=args.health_rounds,
+            config_writes=args.config_writes,
+        )
+        bench.section(f"quota: Allocate, {quota.ALLOCATORS} concurrent allocators on one tenant")
+        await quota.measure(bench, channel, store)
+        bench.section("writes")
         await writes(bench, registry, store, instances)
+        bench.section(f"probes: {probing.INSTANCES:,} TCP checks every {probing.INTERVAL:g} s, "
+                      f"watched for {args.probe_wait:g} s")  # fmt: skip
+        await probing.measure(bench, registry, args.probe_wait)
+        bench.section("done")
         if hub.proc is not None and hub.proc.poll() is not None:
             raise RuntimeError("the hub died during the run")
     finally:
@@ -284,6 +349,12 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_cell": args.duration,
         "instances": SERVICES * PER_SERVICE,
         "services": SERVICES,
+        "watchers": {
+            "processes": fanout.PROCESSES,
+            "streams_per_connection": STREAMS_PER_CHANNEL,
+            "opened_in_waves_of": WAVE,
+            "registry_and_health_watches": "one service each (not all services)",
+        },
     }
 
 
@@ -300,28 +371,43 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await etcd.start_async()
         hub = HubProcess("hub-1", etcd.endpoint, workdir)
-        await measure(bench, workdir, etcd, hub)
+        await measure(bench, args, workdir, etcd, hub)
     finally:
         if hub is not None:
             hub.stop()
         etcd.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    report.add_ratios(bench.rows, bench.facts)
+    report.add_ratios(bench.rows, bench.facts, bench.propagation)
     return {
         "environment": environment(args),
         "results": bench.rows,
+        "propagation": bench.propagation,
+        "probes": bench.probes,
         "facts": bench.facts,
-        "targets": report.targets(bench.rows, bench.facts, OFFERED_RATE),
+        "targets": report.targets(
+            bench.rows, bench.facts, OFFERED_RATE, bench.propagation, bench.probes
+        ),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="1 s per measurement, not 3 s")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 s per measurement, not 3 s; 5 changes per fan-out cell, not 20; "
+        "an 11 s probe watch, not 22 s",
+    )
     parser.add_argument("--duration", type=float, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<time>.json)")
     args = parser.parse_args(argv)
     args.duration = args.duration or (1.0 if args.quick else 3.0)
+    # Changes per fan-out cell, health rounds, config writes per shape, and how
+    # long the probe cell watches (at least one interval past the first round).
+    args.changes = 5 if args.quick else 20
+    args.health_rounds = 3 if args.quick else 10
+    args.config_writes = 3 if args.quick else 10
+    args.probe_wait = 11.0 if args.quick else 22.0
     started = time.perf_counter()
     args.loadavg = round(os.getloadavg()[0], 2)
     try:

@@ -3,9 +3,11 @@
 Everything public is listed in ``__all__``; the rest lives in ``_private``.
 """
 
+from hub_client._private.backups import BackupInfo, KindChanges, RestoreReport
 from hub_client._private.base_service import BaseService, ServiceConfig
 from hub_client._private.circuits import CircuitGuard
 from hub_client._private.client import HubClient, TenantContext, health_check
+from hub_client._private.deployments import Deployer, Deployment, DeploymentBatch, Directive
 from hub_client._private.error_dna import (
     ErrorAnalysis,
     ErrorCategory,
@@ -64,11 +66,16 @@ from hub_client._private.registration import Registration
 __all__ = [
     "Allocation",
     "AlreadyExists",
+    "BackupInfo",
     "BaseService",
     "CircuitGuard",
     "CircuitInfo",
     "CircuitOpen",
     "ConfigLayer",
+    "Deployer",
+    "Deployment",
+    "DeploymentBatch",
+    "Directive",
     "Endpoint",
     "ErrorAnalysis",
     "ErrorCategory",
@@ -84,6 +91,7 @@ __all__ = [
     "InstanceNotFound",
     "InvalidArgument",
     "JsonFormatter",
+    "KindChanges",
     "Measurement",
     "NoEligibleInstance",
     "NotFound",
@@ -96,6 +104,7 @@ __all__ = [
     "Registration",
     "RequestContext",
     "ResourceUsage",
+    "RestoreReport",
     "RevisionCompacted",
     "Service",
     "ServiceConfig",

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 from aitrading.hub.v1 import (
+    backup_pb2,
+    backup_pb2_grpc,
     balancer_pb2,
     balancer_pb2_grpc,
     circuit_pb2,
@@ -22,6 +24,8 @@ from aitrading.hub.v1 import (
     cluster_pb2_grpc,
     config_pb2,
     config_pb2_grpc,
+    deployment_pb2,
+    deployment_pb2_grpc,
     observability_pb2,
     observability_pb2_grpc,
     registry_pb2_grpc,
@@ -36,19 +40,23 @@ from grpc_reflection.v1alpha import reflection
 
 from hub_server import probes
 from hub_server.api import streaming
+from hub_server.api.backups import BackupServicer
 from hub_server.api.balancer import LoadBalancerServicer
 from hub_server.api.circuits import CircuitBreakerServicer
 from hub_server.api.cluster import ClusterServicer
 from hub_server.api.config import ConfigServicer
 from hub_server.api.context import ContextInterceptor
+from hub_server.api.deployments import DeploymentServicer
 from hub_server.api.health import HealthServicer
 from hub_server.api.observability import ObservabilityServicer, SystemMetrics
 from hub_server.api.registry import RegistryServicer
 from hub_server.api.tenants import TenantServicer
 from hub_server.domain.alerts import Alerts
 from hub_server.domain.audit import AuditLog
+from hub_server.domain.backups import Backups
 from hub_server.domain.circuits import Circuits
 from hub_server.domain.config import Configs
+from hub_server.domain.deployments import Deployments
 from hub_server.domain.error_patterns import ErrorPatterns
 from hub_server.domain.errors import StoreUnavailable
 from hub_server.domain.health import HealthMonitor, HealthView
@@ -106,6 +114,12 @@ class HubConfig:
     metrics_listen: str = ""
     # host:port of an OpenTelemetry collector for OTLP/gRPC export ("" = none).
     otlp_endpoint: str = ""
+    # Backups: the directory (None: <data_dir>/backups with an embedded etcd,
+    # none with an external one), the schedule's interval in seconds (0: no
+    # schedule) and how many scheduled files to keep.
+    backup_dir: Path | None = None
+    backup_interval: float = 0.0
+    backup_keep: int = 7
 
 
 def _decode_replica(kv: KeyValue) -> cluster_pb2.Replica:
@@ -126,6 +140,8 @@ def _service_names() -> list[str]:
         config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
         tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name,
         observability_pb2.DESCRIPTOR.services_by_name["ObservabilityService"].full_name,
+        deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
+        backup_pb2.DESCRIPTOR.services_by_name["BackupService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ]
@@ -174,6 +190,8 @@ class Hub:
         self.configs = Configs(store, self.tenants)
         self.quotas = Quotas(store, self.configs)
         self.picker = Picker(store, self.view, self.health_view, self.circuits)
+        self.deployments = Deployments(store, self.view, self.health_view)
+        self.picker.drains = self.deployments.drains
         self.tenant_limits = TenantLimits(store, self.configs, share=cfg.tenant_alert_share)
         self.alerts = Alerts(
             store,
@@ -193,28 +211,42 @@ class Hub:
             self.circuits.settings,
             self.tenants.mirror,
             self.configs.mirror,
+            *self.deployments.mirrors,
         ]
         await self.configs.seed_tier_defaults()
-        for mirror in self._mirrors:
-            await mirror.start()
+        # Independent views: load them together (each start waits on an etcd
+        # round trip or two, so one after another they add up).
+        await asyncio.gather(*(mirror.start() for mirror in self._mirrors))
         self.registry = Registry(store, self.view)
 
         self.election = Election(store, self.hub_id, ttl=cfg.election_ttl)
         self.health_monitor = HealthMonitor(
             store,
-            self.view.by_key,
+            self.view,
             self.health_view,
             probes.probe,
             concurrency=cfg.probe_concurrency,
         )
         self.election.add_work(self.health_monitor.run)
         self.election.add_work(self.circuits.tick_forever)
+        self.election.add_work(self.deployments.run)
         self.audit = AuditLog(store, self.hub_id, retention=cfg.audit_retention)
         self.telemetry = Telemetry(
             self.hub_id, metrics_listen=cfg.metrics_listen, otlp_endpoint=cfg.otlp_endpoint
         )
         self._add_gauges()
         self.election.add_work(self.audit.prune_forever)
+        self.backups = Backups(
+            store,
+            self.hub_id,
+            directory=self._backup_dir(),
+            interval=cfg.backup_interval,
+            keep=cfg.backup_keep,
+        )
+        if cfg.backup_interval > 0:
+            if self.backups.directory is None:
+                raise ValueError("scheduled backups need a backup directory (--backup-dir)")
+            self.election.add_work(self.backups.schedule_forever)
         self.election.add_work(lambda: self.alerts.run(cfg.alert_interval))
 
         server = grpc.aio.server(
@@ -223,7 +255,11 @@ class Hub:
         progress = cfg.watch_progress_interval
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(
-                self.registry, self.health_view, self.hub_id, progress_interval=progress
+                self.registry,
+                self.health_view,
+                self.hub_id,
+                progress_interval=progress,
+                is_draining=self.deployments.is_draining,
             ),
             server,
         )
@@ -268,6 +304,12 @@ class Hub:
             ),
             server,
         )
+        deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
+            DeploymentServicer(self.deployments, self.hub_id, progress_interval=progress), server
+        )
+        backup_pb2_grpc.add_BackupServiceServicer_to_server(
+            BackupServicer(self.backups, self.audit, self.hub_id), server
+        )
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterServicer(self.replicas, self.election, self.hub_id), server
         )
@@ -287,6 +329,13 @@ class Hub:
         await self._set_serving(True)
         self._tasks.append(asyncio.create_task(self._watch_store_health()))
         log.info("central hub %s serving on %s", self.hub_id, self.address)
+
+    def _backup_dir(self) -> Path | None:
+        if self.config.backup_dir is not None:
+            return self.config.backup_dir
+        if self.etcd is not None:  # embedded etcd: keep backups beside its data
+            return self.config.data_dir / "backups"
+        return None
 
     async def _wait_for_store(self, timeout: float = 30.0) -> None:
         assert self.store is not None

@@ -56,6 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long audit records are kept (default 30 days)",
     )
     serve.add_argument(
+        "--backup-dir",
+        type=Path,
+        default=None,
+        help="where backups are stored (default <data-dir>/backups with the embedded etcd; "
+        "required for --backup-interval with --etcd-endpoints)",
+    )
+    serve.add_argument(
+        "--backup-interval",
+        type=float,
+        default=0.0,
+        help="seconds between scheduled backups, taken by the elected replica (default 0: none)",
+    )
+    serve.add_argument(
+        "--backup-keep",
+        type=int,
+        default=7,
+        help="scheduled backups kept (newest first; default 7)",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -92,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.workers > 1 and args.metrics_listen:
         parser.error("--metrics-listen serves one process; use --otlp-endpoint with --workers")
+    if args.backup_interval < 0 or args.backup_keep < 1:
+        parser.error("--backup-interval must be >= 0 and --backup-keep >= 1")
+    if args.backup_interval > 0 and args.etcd_endpoints.strip() and args.backup_dir is None:
+        parser.error("--backup-interval with --etcd-endpoints needs --backup-dir")
     if args.log_format == "json":
         configure_logging("central-hub", args.log_level.upper())
     else:
@@ -108,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics_listen=args.metrics_listen,
         otlp_endpoint=args.otlp_endpoint,
         audit_retention=args.audit_retention_days * 86400,
+        backup_dir=args.backup_dir,
+        backup_interval=args.backup_interval,
+        backup_keep=args.backup_keep,
     )
     try:
         if args.workers > 1:
@@ -129,6 +155,16 @@ def _passed_on(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
     if args.otlp_endpoint:
         extra += ["--otlp-endpoint", args.otlp_endpoint]
+    # Workers talk to the supervisor's etcd as an external one: name the
+    # directory the embedded default would have used.
+    backup_dir = args.backup_dir
+    if backup_dir is None and not args.etcd_endpoints.strip():
+        backup_dir = args.data_dir / "backups"
+    if backup_dir is not None:
+        extra += ["--backup-dir", str(backup_dir)]
+    if args.backup_interval > 0:
+        extra += ["--backup-interval", str(args.backup_interval)]
+        extra += ["--backup-keep", str(args.backup_keep)]
     return extra
 
 

@@ -31,6 +31,7 @@ from hub_client._private.registration import Registration
 log = logging.getLogger(__name__)
 
 ConfigCallback = Callable[[Any], Awaitable[None] | None]
+DirectiveCallback = Callable[[Any], Awaitable[None] | None]
 
 _HEALTH_KINDS = ("grpc", "tcp", "none")
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
@@ -140,15 +141,22 @@ class BaseService:
     """
 
     service_names: Sequence[str] = ()
+    # Follow the hub's roll-out directives for this instance (also on when an
+    # ``on_directive`` callback is given): DRAIN goes NOT_SERVING, RESUME comes
+    # back, RETIRE stops (deregisters). The callback sees every directive first.
+    follow_directives: bool = False
 
     def __init__(
         self,
         config: ServiceConfig,
         *,
         on_config_change: ConfigCallback | None = None,
+        on_directive: DirectiveCallback | None = None,
     ) -> None:
         self.config = config
         self.on_config_change = on_config_change
+        self.on_directive = on_directive
+        self.draining = False
         self.port = 0
         self.server: grpc.aio.Server | None = None
         self.hub: HubClient | None = None
@@ -226,6 +234,8 @@ class BaseService:
             self._spawn(self._load_loop(), "load")
         if self._wants_config():
             self._spawn(self._follow_config(), "config")
+        if self.on_directive is not None or self.follow_directives:
+            self._spawn(self._follow_directives(), "directives")
 
     async def run(self, *, handle_signals: bool = True) -> None:
         """Starts, serves until SIGTERM/SIGINT or ``request_stop()``, then stops.
@@ -315,6 +325,26 @@ class BaseService:
 
     # -- background work -----------------------------------------------------
 
+    async def _follow_directives(self) -> None:
+        await self.registered.wait()
+        assert self.hub is not None and self.registration is not None
+        instance_id = self.registration.instance_id
+        async for directive in self.hub.watch_directives(self.config.service_name, instance_id):
+            if self.on_directive is not None:
+                result = self.on_directive(directive)
+                if inspect.isawaitable(result):
+                    await result
+            if directive.action == "DRAIN":
+                self.draining = True
+                await self._update_health()
+            elif directive.action == "RESUME":
+                self.draining = False
+                await self._update_health()
+            elif directive.action == "RETIRE":
+                log.info("%s retired by deployment %s", instance_id, directive.deployment_id)
+                self.request_stop()
+                return
+
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(f"{self.config.service_name}-{name}")
@@ -389,6 +419,7 @@ class BaseService:
         except Exception as e:
             log.warning("health check of %s failed: %r", self.config.service_name, e)
             ok = False
+        ok = ok and not self.draining  # told to DRAIN by a roll-out
         if ok != self.serving:
             if self.server is not None:  # not at start: "serving on" says it
                 log.info("%s is %s", self.config.service_name, "SERVING" if ok else "NOT_SERVING")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 from aitrading.hub.v1 import (
+    backup_pb2,
+    backup_pb2_grpc,
     balancer_pb2,
     balancer_pb2_grpc,
     circuit_pb2,
@@ -19,6 +23,8 @@ from aitrading.hub.v1 import (
     cluster_pb2_grpc,
     config_pb2,
     config_pb2_grpc,
+    deployment_pb2,
+    deployment_pb2_grpc,
     health_pb2,
     health_pb2_grpc,
     registry_pb2,
@@ -29,8 +35,15 @@ from aitrading.hub.v1 import (
 )
 from google.protobuf import duration_pb2, json_format
 
+from hub_client._private.backups import BackupInfo, RestoreReport
 from hub_client._private.circuits import CircuitCache, CircuitGuard, OutcomeReporter
 from hub_client._private.config_watch import watch_config
+from hub_client._private.deployments import (
+    Deployment,
+    Directive,
+    watch_deployment,
+    watch_directives,
+)
 from hub_client._private.errors import from_rpc_error
 from hub_client._private.models import (
     CircuitInfo,
@@ -203,6 +216,7 @@ class HubClient:
         self.cluster_stub = cluster_pb2_grpc.ClusterServiceStub(self.channel)
         self.config_stub = config_pb2_grpc.ConfigServiceStub(self.channel)
         self.tenant_stub = tenant_pb2_grpc.TenantServiceStub(self.channel)
+        self.deployment_stub = deployment_pb2_grpc.DeploymentServiceStub(self.channel)
         self._registrations: set[Registration] = set()
         self._circuits: CircuitCache | None = None
         self._reporter: OutcomeReporter | None = None
@@ -622,3 +636,204 @@ class HubClient:
         allocation for the block and releases it on exit."""
         _quota_resource(resource)
         return Allocation(self, resource, amount, tenant)
+
+    # -- deployments ---------------------------------------------------------
+
+    async def deploy(
+        self,
+        service: str,
+        target_version: str,
+        *,
+        strategy: str = "rolling",
+        batch_size: int = 1,
+        max_unavailable: int = 0,
+        health_gate_timeout: float | None = None,
+        canary_share: float = 0.0,
+        canary_observation: float | None = None,
+        rollback_on_failure: bool = False,
+    ) -> Deployment:
+        """Starts rolling ``target_version`` out (``strategy`` "rolling" or
+        "canary"); the hub's elected replica steps it from there.
+
+        Raises:
+            FailedPrecondition: the service already has an active deployment.
+        """
+        strategies = {
+            "rolling": deployment_pb2.DEPLOYMENT_STRATEGY_ROLLING,
+            "canary": deployment_pb2.DEPLOYMENT_STRATEGY_CANARY,
+        }
+        if strategy not in strategies:
+            raise ValueError(f"unknown strategy {strategy!r}: rolling or canary")
+        settings = deployment_pb2.DeploymentSettings(
+            batch_size=batch_size,
+            max_unavailable=max_unavailable,
+            health_gate_timeout=_duration(health_gate_timeout),
+            canary_share=canary_share,
+            canary_observation=_duration(canary_observation),
+            rollback_on_failure=rollback_on_failure,
+        )
+        resp = await self._unary(
+            self.deployment_stub.StartDeployment,
+            deployment_pb2.StartDeploymentRequest(
+                service=service,
+                target_version=target_version,
+                strategy=strategies[strategy],
+                settings=settings,
+            ),
+        )
+        return Deployment.from_pb(resp.deployment)
+
+    async def deployment(self, deployment_id: str) -> Deployment:
+        """One deployment as the hub has it now."""
+        resp = await self._unary(
+            self.deployment_stub.GetDeployment,
+            deployment_pb2.GetDeploymentRequest(id=deployment_id),
+        )
+        return Deployment.from_pb(resp.deployment)
+
+    async def deployments(
+        self, service: str = "", *, active_only: bool = False
+    ) -> list[Deployment]:
+        """Deployments (of one service, or all), newest first."""
+        resp = await self._unary(
+            self.deployment_stub.ListDeployments,
+            deployment_pb2.ListDeploymentsRequest(service=service, active_only=active_only),
+        )
+        return [Deployment.from_pb(d) for d in resp.deployments]
+
+    async def pause_deployment(self, deployment_id: str, reason: str = "") -> Deployment:
+        resp = await self._unary(
+            self.deployment_stub.PauseDeployment,
+            deployment_pb2.PauseDeploymentRequest(id=deployment_id, reason=reason),
+        )
+        return Deployment.from_pb(resp.deployment)
+
+    async def resume_deployment(self, deployment_id: str) -> Deployment:
+        resp = await self._unary(
+            self.deployment_stub.ResumeDeployment,
+            deployment_pb2.ResumeDeploymentRequest(id=deployment_id),
+        )
+        return Deployment.from_pb(resp.deployment)
+
+    async def abort_deployment(self, deployment_id: str, reason: str = "") -> Deployment:
+        resp = await self._unary(
+            self.deployment_stub.AbortDeployment,
+            deployment_pb2.AbortDeploymentRequest(id=deployment_id, reason=reason),
+        )
+        return Deployment.from_pb(resp.deployment)
+
+    async def rollback_deployment(self, deployment_id: str, reason: str = "") -> Deployment:
+        resp = await self._unary(
+            self.deployment_stub.RollbackDeployment,
+            deployment_pb2.RollbackDeploymentRequest(id=deployment_id, reason=reason),
+        )
+        return Deployment.from_pb(resp.deployment)
+
+    def watch_deployment(self, deployment_id: str) -> AsyncIterator[Deployment]:
+        """The deployment's current state, then every change (resumes by itself)."""
+        return watch_deployment(self, deployment_id)
+
+    def watch_directives(self, service: str, instance_id: str = "") -> AsyncIterator[Directive]:
+        """Directives for one instance (or every instance of ``service``): the
+        current ones, then every new one (resumes by itself)."""
+        return watch_directives(self, service, instance_id)
+
+    # -- backups -------------------------------------------------------------
+
+    @property
+    def backup_stub(self) -> backup_pb2_grpc.BackupServiceStub:
+        return backup_pb2_grpc.BackupServiceStub(self.channel)
+
+    async def _backup_stream(
+        self, request: backup_pb2.CreateBackupRequest, timeout: float
+    ) -> AsyncIterator[backup_pb2.CreateBackupResponse]:
+        call = self.backup_stub.CreateBackup(
+            request, timeout=timeout, metadata=self.context.metadata(), wait_for_ready=True
+        )
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+
+    async def backup(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        store: bool = False,
+        timeout: float = 300.0,
+    ) -> bytes | Path:
+        """A backup of the hub's whole keyspace at one revision: the file's bytes,
+        or, with ``path``, the file written there (its Path). ``store`` also keeps
+        it in the hub's backup directory."""
+        out = Path(path) if path is not None else None
+        chunks: list[bytes] = []
+        request = backup_pb2.CreateBackupRequest(store=store)
+        async for message in self._backup_stream(request, timeout):
+            if message.WhichOneof("content") == "chunk":
+                chunks.append(message.chunk)
+        data = b"".join(chunks)
+        if out is None:
+            return data
+        tmp = out.with_name(f".{out.name}.partial")
+        await asyncio.to_thread(tmp.write_bytes, data)
+        await asyncio.to_thread(os.replace, tmp, out)
+        return out
+
+    async def store_backup(self, *, timeout: float = 300.0) -> BackupInfo:
+        """Has the hub write a backup to its backup directory (nothing is sent back
+        but its description)."""
+        request = backup_pb2.CreateBackupRequest(store=True, omit_data=True)
+        async for message in self._backup_stream(request, timeout):
+            if message.WhichOneof("content") == "info":
+                return BackupInfo.from_pb(message.info)
+        raise RuntimeError("the hub sent no backup info")
+
+    async def restore(
+        self,
+        data_or_path: bytes | str | os.PathLike[str] | None = None,
+        *,
+        dry_run: bool = True,
+        stored: str = "",
+        timeout: float = 300.0,
+    ) -> RestoreReport:
+        """Restores a backup (bytes, a file path, or ``stored``: the name of a file
+        in the hub's backup directory). A dry run (the default) changes nothing
+        and reports what would change, per kind of key.
+
+        Raises:
+            InvalidArgument: the file is corrupt, truncated or not a hub backup
+                (reason BACKUP_CORRUPT, BACKUP_TRUNCATED, BACKUP_NOT_RECOGNIZED,
+                BACKUP_FOREIGN); the hub's state is untouched.
+            FailedPrecondition: a backup format this hub cannot read.
+        """
+        if isinstance(data_or_path, bytes):
+            data = data_or_path
+        elif data_or_path is not None:
+            data = await asyncio.to_thread(Path(data_or_path).read_bytes)
+        else:
+            data = b""
+        chunk = 1024 * 1024
+
+        async def requests() -> AsyncIterator[backup_pb2.RestoreBackupRequest]:
+            options = backup_pb2.RestoreOptions(dry_run=dry_run, stored_name=stored)
+            yield backup_pb2.RestoreBackupRequest(options=options)
+            for offset in range(0, len(data), chunk):
+                yield backup_pb2.RestoreBackupRequest(chunk=data[offset : offset + chunk])
+
+        try:
+            resp = await self.backup_stub.RestoreBackup(
+                requests(), timeout=timeout, metadata=self.context.metadata(), wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        return RestoreReport.from_pb(resp)
+
+    async def list_backups(self) -> list[BackupInfo]:
+        """The backups in the answering hub replica's backup directory, newest first."""
+        resp = await self._unary(self.backup_stub.ListBackups, backup_pb2.ListBackupsRequest())
+        return [BackupInfo.from_pb(b) for b in resp.backups]
+
+    async def delete_backup(self, name: str) -> None:
+        """Deletes a stored backup by name (as in ``list_backups``)."""
+        await self._unary(self.backup_stub.DeleteBackup, backup_pb2.DeleteBackupRequest(name=name))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 
@@ -13,7 +14,13 @@ from hub_server.api.streaming import SNAPSHOT, watch_stream
 from hub_server.domain import validation
 from hub_server.domain.errors import InvalidArgument, Violations
 from hub_server.domain.health import HealthView, usable
-from hub_server.domain.registry import Registry, removed_instance, visible, watch_event
+from hub_server.domain.registry import (
+    Registry,
+    on_service_change,
+    removed_instance,
+    visible,
+    watch_event,
+)
 from hub_server.store.mirror import Change
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,28 @@ def _encode_page_token(last: str) -> str:
     return base64.urlsafe_b64encode(f"after:{last}".encode()).decode()
 
 
+def _fill(
+    out: types_pb2.Instance,
+    inst: types_pb2.Instance,
+    health: types_pb2.InstanceHealth,
+    draining: bool,
+) -> None:
+    """Makes ``out`` a copy of the instance carrying its current health (the
+    stored one stays as etcd has it)."""
+    out.CopyFrom(inst)
+    out.health.CopyFrom(health)
+    out.draining = out.draining or draining
+
+
+@dataclass(slots=True)
+class _Answer:
+    """A built GetService response and the drain marks it was built with."""
+
+    response: registry_pb2.GetServiceResponse
+    instance_ids: tuple[str, ...]
+    drained: tuple[bool, ...]
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(
         self,
@@ -51,19 +80,36 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         hub_id: str,
         *,
         progress_interval: float = 10.0,
+        is_draining: Callable[[str, str], bool] = lambda service, instance_id: False,
     ):
+        self._is_draining = is_draining
         self._registry = registry
         self._view = registry.view
         self._health = health
         self._hub_id = hub_id
         self.progress_interval = progress_interval
+        # GetService answers by service, then by (tier filter, include_unhealthy).
+        # Building one copies every instance and its health; serving it again
+        # costs a dict lookup. A change to a service's instances or health drops
+        # only that service's answers.
+        self._answers: dict[str, dict[tuple[str | None, bool], _Answer]] = {}
+        forget = self._forget_answers
+        on_service_change(self._view.mirror, forget)
+        on_service_change(health.mirror, forget)
+
+    def _forget_answers(self, service: str) -> None:
+        self._answers.pop(service, None)
+
+    def _drained(self, service: str, instance_ids: tuple[str, ...]) -> tuple[bool, ...]:
+        # Drain marks are only reachable through is_draining (no change feed), so
+        # an answer is checked against them on every call: ~0.2 us per instance.
+        is_draining = self._is_draining
+        return tuple([is_draining(service, i) for i in instance_ids])
 
     def _with_health(self, inst: types_pb2.Instance) -> types_pb2.Instance:
-        """A copy of the instance carrying its current health (the stored one stays
-        as etcd has it)."""
         out = types_pb2.Instance()
-        out.CopyFrom(inst)
-        out.health.CopyFrom(self._health.of(inst))
+        draining = self._is_draining(inst.service, inst.instance_id)
+        _fill(out, inst, self._health.of(inst), draining)
         return out
 
     def _header(self, revision: int) -> types_pb2.ResponseHeader:
@@ -95,17 +141,36 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.DeregisterResponse(header=self._header(revision))
 
     async def GetService(self, request, context):  # type: ignore[no-untyped-def]
-        _service_name(request.service)
-        tier = current().tier_filter(request.legacy_mode)
-        instances = self._view.instances(request.service, tier)
-        if not request.include_unhealthy:
-            instances = usable(instances, self._health)
-        return registry_pb2.GetServiceResponse(
-            header=self._header(self._view.revision),
-            service=types_pb2.Service(
-                name=request.service, instances=[self._with_health(i) for i in instances]
-            ),
-        )
+        service = request.service
+        answers = self._answers.get(service)
+        if answers is None:
+            _service_name(service)  # a service with answers had its name checked
+        key = (current().tier_filter(request.legacy_mode), request.include_unhealthy)
+        answer = answers.get(key) if answers is not None else None
+        if answer is None or answer.drained != self._drained(service, answer.instance_ids):
+            answer = self._answer(service, *key)
+            self._answers.setdefault(service, {})[key] = answer
+        else:
+            self._view.ensure_live()
+        # The cached message is shared by every call that serves it, and only this
+        # field changes: an answer still cached is what the view holds for the
+        # service now, so the current revision is as true as when it was built.
+        answer.response.header.revision = self._view.revision
+        return answer.response
+
+    def _answer(self, service: str, tier: str | None, include_unhealthy: bool) -> _Answer:
+        of = self._health.of
+        pairs = [(i, of(i)) for i in self._view.instances(service, tier)]
+        if not include_unhealthy:
+            pairs = usable(pairs)
+        ids = tuple(i.instance_id for i, _ in pairs)
+        drained = self._drained(service, ids)
+        response = registry_pb2.GetServiceResponse(header=self._header(self._view.revision))
+        response.service.name = service
+        add = response.service.instances.add
+        for (inst, health), draining in zip(pairs, drained, strict=True):
+            _fill(add(), inst, health, draining)  # in place: one copy, not two
+        return _Answer(response, ids, drained)
 
     async def ListServices(self, request, context):  # type: ignore[no-untyped-def]
         if not 0 <= request.page_size <= MAX_PAGE:

@@ -22,7 +22,7 @@ from aitrading.hub.v1 import observability_pb2 as obs
 from hub_server.domain.circuit import CircuitState
 from hub_server.domain.circuits import Circuits
 from hub_server.domain.health import DEGRADED, HEALTHY, UNHEALTHY, HealthView
-from hub_server.domain.registry import RegistryView
+from hub_server.domain.registry import RegistryView, on_service_change
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 from hub_server.store.mirror import PrefixMirror
@@ -109,16 +109,51 @@ class Alerts:
         self.active: PrefixMirror[obs.Alert] = PrefixMirror(
             store, keys.ALERTS_ACTIVE, _decode_alert
         )
+        # Evaluating every instance of the fleet each second stalled the event
+        # loop for tens of ms, so each service's conditions are kept and redone
+        # only when its instances or their health changed. None: not tracking
+        # (before the first evaluation, or while not leading): redo them all.
+        self._by_service: dict[str, list[Condition]] = {}
+        self._dirty: set[str] | None = None
+        on_service_change(registry.mirror, self._mark_dirty)
+        on_service_change(health.mirror, self._mark_dirty)
+        # Circuit conditions, redone when the circuits mirror moved.
+        self._circuit_conditions: tuple[int, list[Condition]] = (-1, [])
+
+    def _mark_dirty(self, service: str) -> None:
+        if self._dirty is not None:
+            self._dirty.add(service)
+
+    def _service_conditions(self) -> dict[str, list[Condition]]:
+        services = self._registry.services
+        if self._dirty is None:
+            self._by_service, todo = {}, list(services)
+        else:
+            todo = list(self._dirty)
+        for service in todo:
+            instances = services.get(service)
+            if instances:
+                statuses = {iid: self._health.of(inst).status for iid, inst in instances.items()}
+                self._by_service[service] = service_conditions(service, statuses)
+            else:
+                self._by_service.pop(service, None)
+        self._dirty = set()
+        return self._by_service
 
     def conditions(self) -> list[Condition]:
-        out: list[Condition] = []
-        for service, instances in self._registry.services.items():
-            statuses = {iid: self._health.of(inst).status for iid, inst in instances.items()}
-            out += service_conditions(service, statuses)
-        out += circuit_conditions(
-            (s.service, s.instance_id, s.circuit.state)
-            for s in self._circuits.mirror.items.values()
-        )
+        by_service = self._service_conditions()
+        # In the registry's order of services, as when all were recomputed.
+        out = [c for service in self._registry.services for c in by_service.get(service, ())]
+        revision = self._circuits.mirror.revision
+        if self._circuit_conditions[0] != revision:
+            self._circuit_conditions = (
+                revision,
+                circuit_conditions(
+                    (s.service, s.instance_id, s.circuit.state)
+                    for s in self._circuits.mirror.items.values()
+                ),
+            )
+        out += self._circuit_conditions[1]
         if self._extra is not None:
             out += self._extra()
         return out
@@ -172,18 +207,21 @@ class Alerts:
     async def run(self, interval: float = 1.0) -> None:
         """Leader work: evaluate every ``interval``; prune old history hourly."""
         last_prune = 0.0
-        while True:
-            try:
-                await self.evaluate()
-                if self._clock() - last_prune > 3600:
-                    cutoff = f"{int((self._clock() - HISTORY_RETENTION) * 1e9):020d}"
-                    await self._store.delete_range(
-                        keys.ALERTS_HISTORY, keys.ALERTS_HISTORY + cutoff.encode()
-                    )
-                    last_prune = self._clock()
-            except Exception as e:  # etcd away: try again next round
-                log.debug("alert evaluation failed: %r", e)
-            await asyncio.sleep(interval)
+        try:
+            while True:
+                try:
+                    await self.evaluate()
+                    if self._clock() - last_prune > 3600:
+                        cutoff = f"{int((self._clock() - HISTORY_RETENTION) * 1e9):020d}"
+                        await self._store.delete_range(
+                            keys.ALERTS_HISTORY, keys.ALERTS_HISTORY + cutoff.encode()
+                        )
+                        last_prune = self._clock()
+                except Exception as e:  # etcd away: try again next round
+                    log.debug("alert evaluation failed: %r", e)
+                await asyncio.sleep(interval)
+        finally:
+            self._dirty = None  # stop tracking changes until evaluated again
 
 
 def as_resolved(alert: obs.Alert, now: float) -> obs.Alert:

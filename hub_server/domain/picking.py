@@ -17,7 +17,7 @@ from hub_server.domain.circuits import Circuits
 from hub_server.domain.errors import NotFound, Violations
 from hub_server.domain.health import HealthView
 from hub_server.domain.health_status import HealthStatus
-from hub_server.domain.registry import RegistryView, tier_names
+from hub_server.domain.registry import RegistryView, on_service_change, tier_names
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, KeyValue
 from hub_server.store.mirror import PrefixMirror
@@ -45,28 +45,41 @@ class Picker:
         self._circuits = circuits
         self.loads: PrefixMirror[float] = PrefixMirror(store, keys.LOAD, _decode_load)
         self._balancer = balancer or Balancer()
-        # Candidates per service, rebuilt only when a view they depend on moved.
-        self._cache: dict[str, tuple[tuple[int, ...], list[Candidate]]] = {}
+        self._drains: PrefixMirror[str] | None = None
+        # Candidates per service, dropped when something they are built from
+        # changes for that service: a stamp of whole-view revisions was moved by
+        # every health write or load report anywhere, so it rebuilt them nearly
+        # every call in a busy fleet.
+        self._cache: dict[str, list[Candidate]] = {}
+        for mirror in (registry.mirror, health.mirror, self.loads, circuits.mirror):
+            on_service_change(mirror, self._forget)
+
+    @property
+    def drains(self) -> PrefixMirror[str] | None:
+        """Drain marks of roll-outs (hub_server/domain/deployments.py), set by the
+        composition root: a marked instance is never picked."""
+        return self._drains
+
+    @drains.setter
+    def drains(self, mirror: PrefixMirror[str] | None) -> None:
+        self._drains = mirror
+        self._cache.clear()
+        if mirror is not None:
+            on_service_change(mirror, self._forget)
+
+    def _forget(self, service: str) -> None:
+        self._cache.pop(service, None)
 
     @property
     def revision(self) -> int:
         return self._registry.revision
 
-    def _stamp(self) -> tuple[int, ...]:
-        return (
-            self._registry.revision,
-            self._health.mirror.revision,
-            self.loads.revision,
-            self._circuits.mirror.revision,
-        )
-
     def _candidates(
         self, service: str, instances: dict[str, types_pb2.Instance]
     ) -> list[Candidate]:
-        stamp = self._stamp()
         cached = self._cache.get(service)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
+        if cached is not None:
+            return cached
         candidates = []
         for instance_id, inst in instances.items():
             record = self._health.of(inst)
@@ -80,13 +93,17 @@ class Picker:
                     load=self.loads.items.get(keys.load_key(service, instance_id), 0.0),
                     latency_ms=record.latency_ms if probed else None,
                     health=HealthStatus(record.status),
-                    draining=inst.draining,
+                    draining=inst.draining
+                    or (
+                        self._drains is not None
+                        and keys.drain_key(service, instance_id) in self._drains.items
+                    ),
                     circuit_open=self._circuits.refuses(service, instance_id),
                     subscription_requirements=tier_names(inst),
                     version=inst.version,
                 )
             )
-        self._cache[service] = (stamp, candidates)
+        self._cache[service] = candidates
         return candidates
 
     def pick(

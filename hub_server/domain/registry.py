@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aitrading.hub.v1 import registry_pb2, types_pb2
 
@@ -68,6 +70,19 @@ def watch_event(change: Change[types_pb2.Instance]) -> registry_pb2.WatchEvent:
     return change.cache  # type: ignore[no-any-return]
 
 
+def on_service_change(mirror: PrefixMirror[Any], callback: Callable[[str], None]) -> None:
+    """Calls ``callback(service)`` after every change to ``mirror``, whose keys are
+    laid out like the registry's (``<prefix><service>/<instance id>``: registry,
+    health, load, drain marks, circuits), so that what is derived per service is
+    redone for that service alone."""
+    cut = len(mirror.prefix)
+
+    def listener(change: Change[Any]) -> None:
+        callback(change.key[cut:].partition(b"/")[0].decode())
+
+    mirror.add_listener(listener)
+
+
 class RegistryView:
     """Every instance, in memory, indexed by service; fed by one etcd watch."""
 
@@ -111,10 +126,6 @@ class RegistryView:
 
     def ensure_live(self) -> None:
         self.mirror.ensure_live()
-
-    def by_key(self) -> dict[tuple[str, str], types_pb2.Instance]:
-        """Every instance by (service, instance id)."""
-        return {(s, i): inst for s, insts in self.services.items() for i, inst in insts.items()}
 
     def get_instance(self, service: str, instance_id: str) -> types_pb2.Instance | None:
         return self.services.get(service, {}).get(instance_id)

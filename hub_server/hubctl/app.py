@@ -2,8 +2,13 @@
 options, exit codes and error messages.
 
 A command is an async function registered with ``@command("group verb", ...)``.
-Adding a group (say ``config get|set|history``) is a module with a ``group(...)``
-call and one decorated function per verb, listed in ``COMMAND_MODULES``.
+Adding a group is a module with a ``group(...)`` call and one decorated function
+per verb, listed in ``COMMAND_MODULES``.
+
+A command may define an option a global option also has (``audit --tenant``
+filters by tenant; the global ``--tenant`` is the caller's x-tenant-id): after
+the command's name the command's own meaning applies, and it takes its value
+only from the command line, never from the environment.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import IO, Any, NoReturn
 import grpc
 
 from hub_client import (
+    AlreadyExists,
     HubClient,
     HubError,
     InvalidArgument,
@@ -29,6 +35,7 @@ from hub_client import (
     QuotaExceeded,
     Unauthenticated,
     Unavailable,
+    VersionConflict,
 )
 from hub_server.hubctl.output import Output, use_colour
 
@@ -39,6 +46,8 @@ EXIT_USAGE = 2  # bad command line
 EXIT_UNAVAILABLE = 3  # the hub (or its etcd) cannot be reached or cannot serve
 EXIT_NOT_FOUND = 4
 EXIT_PERMISSION = 5  # unauthenticated, or not allowed (role, tenant, tier)
+EXIT_QUOTA = 6  # over a tenant's quota (or `quota check` says it would not fit)
+EXIT_CONFLICT = 7  # someone else changed it first, or it exists already
 EXIT_INTERRUPTED = 130  # Ctrl-C on a command that is not a watch
 
 EPILOG = """\
@@ -51,8 +60,10 @@ environment:
 exit codes:
   0 ok   1 error from the hub   2 usage
   3 unavailable: hub unreachable, etcd down, or nothing eligible to pick
-  4 not found   5 unauthenticated or permission denied   130 interrupted
-  (Ctrl-C ends a watch normally, with 0)
+  4 not found   5 unauthenticated or permission denied
+  6 over quota (also: `quota check` says it would not fit)
+  7 conflict: changed by someone else first (--expected-version), or exists already
+  130 interrupted (Ctrl-C ends a watch normally, with 0)
 
 shell completion:
   source <(hubctl completion bash)      # or: hubctl completion zsh > ~/.zfunc/_hubctl
@@ -93,7 +104,13 @@ COMMANDS: dict[tuple[str, ...], Command] = {}
 GROUPS: dict[str, str] = {}
 
 # Modules whose import registers commands, in the order `hubctl --help` lists them.
-COMMAND_MODULES = ("hub_server.hubctl.commands",)
+COMMAND_MODULES = (
+    "hub_server.hubctl.commands",
+    "hub_server.hubctl.config_commands",
+    "hub_server.hubctl.tenant_commands",
+    "hub_server.hubctl.observability_commands",
+    "hub_server.hubctl.completion",
+)
 
 
 def group(name: str, help: str) -> None:
@@ -161,14 +178,29 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, "") or default
 
 
-def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+class _GlobalGroup:
+    """An argument group that leaves out the options a command defines itself."""
+
+    def __init__(self, group: Any, skip: set[str]) -> None:
+        self._group = group
+        self._skip = skip
+
+    def add_argument(self, *flags: str, **kwargs: Any) -> None:
+        if not self._skip.intersection(flags):
+            self._group.add_argument(*flags, **kwargs)
+
+
+def _global_options(
+    parser: argparse.ArgumentParser, *, suppress: bool, skip: set[str] | None = None
+) -> None:
     """The options every command takes, before or after its name. On leaf parsers
-    defaults are suppressed so a value given before the command survives."""
+    defaults are suppressed so a value given before the command survives; options
+    the command defines itself (``skip``) are left out there."""
 
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    g = parser.add_argument_group("global options")
+    g = _GlobalGroup(parser.add_argument_group("global options"), skip or set())
     g.add_argument(
         "--target",
         default=default(_env("HUB_TARGET", "127.0.0.1:7000")),
@@ -213,7 +245,8 @@ def build_parser(streams: tuple[IO[str], IO[str]] | None = None) -> argparse.Arg
         importlib.import_module(module)
     parser = _Parser(
         prog="hubctl",
-        description="Operate a Central Hub: services, health, balancing, circuits, cluster.",
+        description="Operate a Central Hub: services, health, balancing, circuits, cluster, "
+        "configuration, tenants and quotas, alerts, audit, error patterns, metrics.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -239,9 +272,11 @@ def build_parser(streams: tuple[IO[str], IO[str]] | None = None) -> argparse.Arg
             kwargs["help"] = cmd.help
         leaf = subparsers.add_parser(path[-1], **kwargs)
         leaf.streams = streams
+        own: set[str] = set()
         for a in cmd.args:
             leaf.add_argument(*a.flags, **a.kwargs)
-        _global_options(leaf, suppress=True)
+            own.update(a.flags)
+        _global_options(leaf, suppress=True, skip=own)
         leaf.set_defaults(_cmd=cmd)
     return parser
 
@@ -252,6 +287,10 @@ def build_parser(streams: tuple[IO[str], IO[str]] | None = None) -> argparse.Arg
 def exit_code_for(error: HubError) -> int:
     if isinstance(error, NotFound):
         return EXIT_NOT_FOUND
+    if isinstance(error, QuotaExceeded):
+        return EXIT_QUOTA
+    if isinstance(error, VersionConflict | AlreadyExists):
+        return EXIT_CONFLICT
     if isinstance(error, PermissionDenied | Unauthenticated):
         return EXIT_PERMISSION
     if isinstance(error, Unavailable):
@@ -269,6 +308,7 @@ _HINTS: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.ABORTED: "someone else changed it first; read it again and retry",
     grpc.StatusCode.OUT_OF_RANGE: "that revision is older than the history the hub keeps",
     grpc.StatusCode.FAILED_PRECONDITION: "the current state does not allow this",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "`hubctl usage {tenant}` shows what is in use",
     grpc.StatusCode.INTERNAL: "a bug in the hub; its log says more",
     grpc.StatusCode.UNIMPLEMENTED: "this hub does not offer that call (older version?)",
 }
@@ -283,16 +323,18 @@ def describe(error: HubError, target: str) -> str:
         parts.append(
             "(" + "; ".join(f"{v.field}: {v.description}" for v in error.field_violations) + ")"
         )
-    if isinstance(error, QuotaExceeded) and error.quota_violations:
-        parts.append(
-            "(" + "; ".join(f"{v.subject}: {v.description}" for v in error.quota_violations) + ")"
-        )
+    if isinstance(error, QuotaExceeded):
+        # The first violation is usually the message itself.
+        extra = [v for v in error.quota_violations if v.description not in error.message]
+        if extra:
+            parts.append("(" + "; ".join(f"{v.subject}: {v.description}" for v in extra) + ")")
     cause = error.metadata.get("cause")
     if cause:
         parts.append(f"(cause: {cause})")
     hint = _HINTS.get(error.code)
     if hint and error.reason != "HUB_UNREACHABLE":
-        parts.append(f"- {hint.format(target=target)}")
+        tenant = error.metadata.get("tenant_id") or "TENANT"
+        parts.append(f"- {hint.format(target=target, tenant=tenant)}")
     return " ".join(parts)
 
 

@@ -1,6 +1,7 @@
 """hubctl's commands: services, health, pick, circuits, cluster, register,
-deregister, completion. Each is an async function in the command table; its
-result is printed by ``ctx.emit`` as a table or as JSON."""
+deregister. Each is an async function in the command table; its result is
+printed by ``ctx.emit`` as a table or as JSON. Configuration, tenants and
+observability live in their own modules; completion in completion.py."""
 
 from __future__ import annotations
 
@@ -614,26 +615,3 @@ async def deregister(ctx: Context, args: argparse.Namespace) -> None:
         },
         lambda st: [f"deregistered {st(_name(args.service, args.instance_id), 'bold')}"],
     )
-
-
-# -- shell completion ----------------------------------------------------------
-
-
-@command(
-    "completion",
-    "print a shell completion script: source <(hubctl completion bash)",
-    arg("shell", choices=("bash", "zsh")),
-    needs_hub=False,
-)
-async def completion(ctx: Context, args: argparse.Namespace) -> None:
-    from hub_server.hubctl.completion import script
-
-    ctx.output.out.write(script(args.shell))
-
-
-@command(
-    "__complete", "names for shell completion", arg("kind", choices=("services",)), hidden=True
-)
-async def complete(ctx: Context, args: argparse.Namespace) -> None:
-    for svc in await ctx.hub.list_services(legacy_mode=True):
-        ctx.output.out.write(svc.name + "\n")

@@ -1,17 +1,23 @@
-"""Shell completion scripts, generated from the command table (so new commands
-complete without touching this file). Service names complete live from the hub
-through the hidden ``hubctl __complete services``."""
+"""Shell completion: the ``completion`` command and its scripts, generated from
+the command table (so new commands complete without touching this file).
+Service and tenant names complete live from the hub through the hidden
+``hubctl __complete services|tenants``.
+
+A positional argument says how it completes with ``arg(..., complete=KIND)``:
+``services``, ``tenants``, ``layer`` (global, tier or tenant) or ``layer-name``
+(the tier or tenant after ``layer``); arguments with ``choices`` complete those.
+"""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 
-from hub_server.hubctl.app import COMMANDS, build_parser
+from hub_server.hubctl.app import COMMANDS, Context, arg, build_parser, command
 
 _BASH = r"""# hubctl completion for bash. Load it with:  source <(hubctl completion bash)
-_hubctl_services() {
-  hubctl __complete services --timeout 1 ${1:+--target "$1"} 2>/dev/null
+_hubctl_names() {
+  hubctl __complete "$1" --timeout 1 ${2:+--target "$2"} 2>/dev/null
 }
 
 _hubctl() {
@@ -104,8 +110,15 @@ def script(shell: str) -> str:
         positional = [a for a in cmd.args if not a.flags[0].startswith("-")] if cmd else []
         cases = []
         for n, a in enumerate(positional):
-            if a.complete == "services":
-                cases.append(f'{n}) words="$(_hubctl_services "$target")" ;;')
+            if a.complete in ("services", "tenants"):
+                cases.append(f'{n}) words="$(_hubctl_names {a.complete} "$target")" ;;')
+            elif a.complete == "layer":
+                cases.append(f"{n}) words='global tier tenant' ;;")
+            elif a.complete == "layer-name":
+                cases.append(
+                    f"{n}) case $prev in tier) words='free pro enterprise' ;; "
+                    f'tenant) words="$(_hubctl_names tenants "$target")" ;; esac ;;'
+                )
             elif a.kwargs.get("choices"):
                 cases.append(f"{n}) words={shlex.quote(' '.join(a.kwargs['choices']))} ;;")
         flag_words = shlex.quote(" ".join(flags))
@@ -142,3 +155,31 @@ def script(shell: str) -> str:
     if shell == "zsh":
         return _ZSH + bash
     return bash
+
+
+# -- the commands ----------------------------------------------------------------
+
+
+@command(
+    "completion",
+    "print a shell completion script: source <(hubctl completion bash)",
+    arg("shell", choices=("bash", "zsh")),
+    needs_hub=False,
+)
+async def completion(ctx: Context, args: argparse.Namespace) -> None:
+    ctx.output.out.write(script(args.shell))
+
+
+@command(
+    "__complete",
+    "names for shell completion",
+    arg("kind", choices=("services", "tenants")),
+    hidden=True,
+)
+async def complete(ctx: Context, args: argparse.Namespace) -> None:
+    if args.kind == "tenants":
+        names = [t.tenant_id for t in await ctx.hub.list_tenants()]
+    else:
+        names = [s.name for s in await ctx.hub.list_services(legacy_mode=True)]
+    for name in names:
+        ctx.output.out.write(name + "\n")

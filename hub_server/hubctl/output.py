@@ -40,6 +40,23 @@ STATE_COLOURS = {
     "ADDED": "green",
     "UPDATED": "yellow",
     "REMOVED": "red",
+    # tiers
+    "free": "dim",
+    "pro": "cyan",
+    "enterprise": "magenta",
+    # alerts, error patterns
+    "critical": "red",
+    "high": "red",
+    "warning": "yellow",
+    "medium": "yellow",
+    "low": "dim",
+    "RAISED": "red",
+    "RESOLVED": "green",
+    "ACTIVE": "yellow",
+    # feature flags, audit outcomes
+    "on": "green",
+    "off": "dim",
+    "OK": "green",
 }
 
 
@@ -125,6 +142,54 @@ def seconds_of(d: duration_pb2.Duration) -> float:
 def clock(now: float | None = None) -> str:
     """Local wall-clock time for watch lines."""
     return datetime.fromtimestamp(now or time.time()).strftime("%H:%M:%S")
+
+
+def local_time(ts: timestamp_pb2.Timestamp | float) -> str:
+    """Local date and time to the second (``2024-05-01 14:03:07``); "-" when unset."""
+    seconds = ts if isinstance(ts, float | int) else ts.ToNanoseconds() / 1e9
+    if not seconds:
+        return "-"
+    return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def plain(value: Any) -> Any:
+    """JSON-ish values with integral floats as ints (protobuf Struct numbers are
+    doubles: a setting written as 5 comes back as 5.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def show(value: Any, style: Style | None = None) -> str:
+    """A config value for a table: on/off for booleans, compact JSON for the rest."""
+    if isinstance(value, bool):
+        word = "on" if value else "off"
+        return style.state(word) if style else word
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(plain(value), separators=(",", ":"))
+
+
+def usage_bar(used: int, limit: int, style: Style, width: int = 20) -> str:
+    """``[#######.............]  35%``: green, yellow from 80%, red at the limit."""
+    if limit <= 0:
+        share = 1.0 if used > 0 else 0.0
+        percent = "over" if used > 0 else "none allowed"
+    else:
+        share = used / limit
+        percent = f"{share * 100:.0f}%"
+    filled = min(width, round(min(share, 1.0) * width))
+    if used > 0 and filled == 0:
+        filled = 1  # something is in use: show it
+    colour = "red" if share >= 1.0 else "yellow" if share >= 0.8 else "green"
+    bar = style("#" * filled, colour) + style("." * (width - filled), "dim")
+    return f"[{bar}] {percent:>4}"
 
 
 class Output:

@@ -211,6 +211,15 @@ class EtcdStore:
         resp = await self._call(self._kv.Range, req)
         return [_kv(m) for m in resp.kvs], resp.header.revision
 
+    async def get_page(
+        self, start: bytes, end: bytes, *, revision: int = 0, limit: int = 0
+    ) -> tuple[list[KeyValue], int, bool]:
+        """Keys in [start, end) at ``revision`` (0: now), sorted by key, at most
+        ``limit``; returns them, the revision read at and whether more follow."""
+        req = rpc.RangeRequest(key=start, range_end=end, revision=revision, limit=limit)
+        resp = await self._call(self._kv.Range, req)
+        return [_kv(m) for m in resp.kvs], resp.header.revision, bool(resp.more)
+
     async def delete_range(self, start: bytes, end: bytes) -> int:
         """Deletes keys in [start, end); returns how many."""
         resp = await self._call(

@@ -104,3 +104,35 @@ def usage_key(tenant_id: str, resource: str, window_start: int | None = None) ->
     starts at ``window_start`` (seconds since the epoch)."""
     suffix = "" if window_start is None else f"/{window_start}"
     return usage_prefix(tenant_id) + f"{resource}{suffix}".encode()
+
+
+# Deployments: one record per deployment (changed by compare-and-set), the
+# active deployment of each service, and per-instance drain marks and
+# directives (both under the instance's lease, so they go with it).
+DEPLOYMENTS = ROOT + b"deployments/"
+DEPLOYMENT_ACTIVE = ROOT + b"deployment-active/"
+DRAIN = ROOT + b"drain/"
+DIRECTIVES = ROOT + b"directives/"
+
+
+def deployment_key(deployment_id: str) -> bytes:
+    return DEPLOYMENTS + deployment_id.encode()
+
+
+def deployment_active_key(service: str) -> bytes:
+    return DEPLOYMENT_ACTIVE + service.encode()
+
+
+def drain_key(service: str, instance_id: str) -> bytes:
+    return DRAIN + f"{service}/{instance_id}".encode()
+
+
+def directive_key(service: str, instance_id: str) -> bytes:
+    return DIRECTIVES + f"{service}/{instance_id}".encode()
+
+
+# Backups export everything under ROOT; a key's kind (for restore reports) is
+# its first path segment: "registry", "config", "config-history", "alerts", ...
+def kind_of(key: bytes) -> str:
+    rest = key[len(ROOT) :] if key.startswith(ROOT) else key
+    return rest.split(b"/", 1)[0].decode(errors="replace") or "(root)"

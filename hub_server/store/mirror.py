@@ -57,6 +57,7 @@ class PrefixMirror(Generic[T]):
         self.prefix = prefix
         self._decode = decode
         self._on_change = on_change or (lambda change: None)
+        self._listeners: list[Callable[[Change[T]], None]] = []
         self._history_revisions = history_revisions
         self.items: dict[bytes, T] = {}
         self._mod_revisions: dict[bytes, int] = {}
@@ -71,6 +72,18 @@ class PrefixMirror(Generic[T]):
     @property
     def revision(self) -> int:
         return self.log.head
+
+    def add_listener(self, listener: Callable[[Change[T]], None]) -> None:
+        """Also calls ``listener`` with every change, after ``on_change``, so that
+        readers other than the view that owns the mirror can keep derived state
+        (caches, dirty marks) current. Added after ``start``, it misses what the
+        mirror already holds."""
+        self._listeners.append(listener)
+
+    def _changed(self, change: Change[T]) -> None:
+        self._on_change(change)
+        for listener in self._listeners:
+            listener(change)
 
     def mod_revision(self, key: bytes) -> int:
         """The revision the key was last written at (0: not present)."""
@@ -91,7 +104,7 @@ class PrefixMirror(Generic[T]):
         self.items = {kv.key: self._decode(kv) for kv in kvs}
         self._mod_revisions = {kv.key: kv.mod_revision for kv in kvs}
         for key, value in self.items.items():
-            self._on_change(Change(ADDED, key, value, revision))
+            self._changed(Change(ADDED, key, value, revision))
         self._snapshot_revision = revision
         self._history_start = max(1, revision - self._history_revisions)
         self.log.reset(revision)
@@ -131,7 +144,7 @@ class PrefixMirror(Generic[T]):
         else:
             self.items[change.key] = change.value  # type: ignore[assignment]
             self._mod_revisions[change.key] = change.revision
-        self._on_change(change)
+        self._changed(change)
 
     async def _apply(self, events: list[Event], revision: int) -> None:
         changes = [self._change(ev) for ev in events]

@@ -1,0 +1,195 @@
+"""Deployments on the client side: typed results, progress and directive
+streams that resume after a disconnect, and a Deployer that follows a roll-out
+to its end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from aitrading.hub.v1 import deployment_pb2, registry_pb2
+
+from hub_client._private.errors import from_rpc_error
+
+if TYPE_CHECKING:
+    from hub_client._private.client import HubClient
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "ABORTED", "ROLLED_BACK"})
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+
+
+@dataclass(frozen=True)
+class DeploymentBatch:
+    index: int
+    instance_ids: list[str]
+    state: str  # PENDING, DRAINING, OBSERVING, DONE, CANCELLED
+    replacement_ids: list[str]
+    canary: bool
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A roll-out as the hub last reported it; ``raw`` is the message."""
+
+    id: str
+    service: str
+    target_version: str
+    strategy: str  # ROLLING or CANARY
+    state: str  # PENDING, RUNNING, PAUSED, SUCCEEDED, FAILED, ABORTED, ROLLING_BACK, ROLLED_BACK
+    batches: list[DeploymentBatch]
+    current_batch: int
+    reason: str
+    phase: str
+    revision: int
+    raw: deployment_pb2.Deployment = field(repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @classmethod
+    def from_pb(cls, m: deployment_pb2.Deployment) -> Deployment:
+        return cls(
+            id=m.id,
+            service=m.service,
+            target_version=m.target_version,
+            strategy=deployment_pb2.DeploymentStrategy.Name(m.strategy).removeprefix(
+                "DEPLOYMENT_STRATEGY_"
+            ),
+            state=deployment_pb2.DeploymentState.Name(m.state).removeprefix("DEPLOYMENT_STATE_"),
+            batches=[
+                DeploymentBatch(
+                    b.index,
+                    list(b.instance_ids),
+                    deployment_pb2.BatchState.Name(b.state).removeprefix("BATCH_STATE_"),
+                    list(b.replacement_ids),
+                    b.canary,
+                )
+                for b in m.batches
+            ],
+            current_batch=m.current_batch,
+            reason=m.reason,
+            phase=m.phase,
+            revision=m.revision,
+            raw=m,
+        )
+
+
+@dataclass(frozen=True)
+class Directive:
+    """What the hub tells one instance: DRAIN, UPGRADE (to ``target_version``),
+    RETIRE or RESUME."""
+
+    service: str
+    instance_id: str
+    action: str
+    target_version: str
+    deployment_id: str
+    batch: int
+    revision: int
+
+    @classmethod
+    def from_pb(cls, m: deployment_pb2.Directive) -> Directive:
+        return cls(
+            m.service,
+            m.instance_id,
+            deployment_pb2.DirectiveAction.Name(m.action).removeprefix("DIRECTIVE_ACTION_"),
+            m.target_version,
+            m.deployment_id,
+            m.batch,
+            m.revision,
+        )
+
+
+async def _resuming(
+    hub: HubClient,
+    open_stream: Callable[[int], Any],
+    handle: Callable[[Any], list[Any]],
+) -> AsyncIterator[Any]:
+    """Follows a hub watch stream, reopening it from the last revision + 1
+    after a disconnect (a RESYNC_REQUIRED starts over with a snapshot)."""
+    start = 0
+    while True:
+        try:
+            async for msg in open_stream(start):
+                if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED:
+                    start = 0
+                    break
+                for item in handle(msg):
+                    yield item
+                start = msg.header.revision + 1
+        except grpc.aio.AioRpcError as e:
+            if e.code() not in _RETRYABLE:
+                raise from_rpc_error(e) from None
+            log.debug("deployment stream broke (%s); resuming", e.code().name)
+            await asyncio.sleep(0.2)
+
+
+def watch_deployment(hub: HubClient, deployment_id: str) -> AsyncIterator[Deployment]:
+    def open_stream(start: int) -> Any:
+        return hub.deployment_stub.WatchDeployment(
+            deployment_pb2.WatchDeploymentRequest(id=deployment_id, start_revision=start),
+            metadata=hub.context.metadata(),
+            wait_for_ready=True,
+        )
+
+    def handle(msg: deployment_pb2.WatchDeploymentResponse) -> list[Deployment]:
+        return [Deployment.from_pb(msg.deployment)] if msg.HasField("deployment") else []
+
+    return _resuming(hub, open_stream, handle)
+
+
+def watch_directives(hub: HubClient, service: str, instance_id: str) -> AsyncIterator[Directive]:
+    def open_stream(start: int) -> Any:
+        return hub.deployment_stub.WatchDirectives(
+            deployment_pb2.WatchDirectivesRequest(
+                service=service, instance_id=instance_id, start_revision=start
+            ),
+            metadata=hub.context.metadata(),
+            wait_for_ready=True,
+        )
+
+    def handle(msg: deployment_pb2.WatchDirectivesResponse) -> list[Directive]:
+        return [Directive.from_pb(d) for d in msg.directives]
+
+    return _resuming(hub, open_stream, handle)
+
+
+ProgressCallback = Callable[[Deployment], Awaitable[None] | None]
+
+
+class Deployer:
+    """Starts a roll-out and follows it to a final state::
+
+        result = await Deployer(hub).run("quotes", "2.0.0", batch_size=5)
+
+    ``on_progress`` is called with every new state of the deployment.
+    """
+
+    def __init__(self, hub: HubClient, *, on_progress: ProgressCallback | None = None) -> None:
+        self.hub = hub
+        self.on_progress = on_progress
+        self.history: list[Deployment] = []
+
+    async def run(self, service: str, target_version: str, **options: Any) -> Deployment:
+        started = await self.hub.deploy(service, target_version, **options)
+        return await self.follow(started.id)
+
+    async def follow(self, deployment_id: str) -> Deployment:
+        async for d in self.hub.watch_deployment(deployment_id):
+            if self.history and self.history[-1].revision == d.revision:
+                continue
+            self.history.append(d)
+            if self.on_progress is not None:
+                result = self.on_progress(d)
+                if asyncio.iscoroutine(result):
+                    await result
+            if d.finished:
+                return d
+        raise RuntimeError("the deployment stream ended")  # pragma: no cover

@@ -1,0 +1,204 @@
+"""BackupService: export the keyspace as a file, restore one (dry run first),
+list and delete the files of this replica's backup directory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from aitrading.hub.v1 import backup_pb2, backup_pb2_grpc, types_pb2
+from aitrading.hub.v1 import observability_pb2 as obs
+
+from hub_server.api.context import audit_note, audited, current
+from hub_server.api.errors import status_code_for, to_status
+from hub_server.domain.audit import AuditLog
+from hub_server.domain.backups import Backups, KindCounts, RestoreResult, StoredBackup
+from hub_server.domain.errors import HubError, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024  # bytes per streamed message, well under any message limit
+MAX_RESTORE_BYTES = 1024 * 1024 * 1024
+_AUDITED_HEADERS = ("x-tenant-id", "x-company-id", "x-user-id", "x-correlation-id")
+
+
+def info_to_pb(b: StoredBackup) -> backup_pb2.BackupInfo:
+    return backup_pb2.BackupInfo(
+        name=b.name, size_bytes=b.size, header=b.header, scheduled=b.scheduled
+    )
+
+
+def _counts_pb(kind: str, c: KindCounts) -> backup_pb2.KindChanges:
+    return backup_pb2.KindChanges(
+        kind=kind,
+        added=c.added,
+        updated=c.updated,
+        removed=c.removed,
+        unchanged=c.unchanged,
+        skipped_lease_bound=c.skipped_lease_bound,
+        kept_live=c.kept_live,
+    )
+
+
+class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
+    def __init__(self, backups: Backups, audit: AuditLog | None, hub_id: str) -> None:
+        self._backups = backups
+        self._audit = audit
+        self._hub_id = hub_id
+
+    def _header(self, revision: int) -> types_pb2.ResponseHeader:
+        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
+
+    async def CreateBackup(  # type: ignore[no-untyped-def]
+        self, request, context
+    ) -> AsyncIterator[backup_pb2.CreateBackupResponse]:
+        if request.omit_data and not request.store:
+            raise InvalidArgument.single("omit_data", "only with store (else nothing is kept)")
+        stored, data = await self._backups.create(store=request.store)
+        if request.store:
+            ctx = current()
+            await self._record(
+                context,
+                ctx.method,
+                "OK",
+                target=f"backup/{stored.name}",
+                details={"revision": str(stored.header.revision), "size": str(stored.size)},
+                identity=(ctx.tenant_id, ctx.user_id, ctx.correlation_id),
+            )
+        header = self._header(stored.header.revision)
+        yield backup_pb2.CreateBackupResponse(header=header, info=info_to_pb(stored))
+        if request.omit_data:
+            return
+        for offset in range(0, len(data), CHUNK):
+            yield backup_pb2.CreateBackupResponse(
+                header=header, chunk=data[offset : offset + CHUNK]
+            )
+
+    async def RestoreBackup(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        # Client-streaming calls pass the interceptor untouched: this handler maps
+        # its own errors and writes its own audit record.
+        method = "/aitrading.hub.v1.BackupService/RestoreBackup"
+        dry_run = True
+        details: dict[str, str] = {}
+        target = "backup/(uploaded)"
+        try:
+            options, data = await self._receive(request_iterator)
+            dry_run = options.dry_run
+            if options.stored_name:
+                target = f"backup/{options.stored_name}"
+                data = await self._backups.read_stored(options.stored_name)
+            result = await self._backups.restore(data, dry_run=dry_run)
+            response = self._report(result)
+            t = result.plan.total
+            details = {
+                "backup_revision": str(result.backup.header.revision),
+                "added": str(t.added),
+                "updated": str(t.updated),
+                "removed": str(t.removed),
+                "unchanged": str(t.unchanged),
+                "skipped_lease_bound": str(t.skipped_lease_bound),
+                "kept_live": str(t.kept_live),
+                "transactions": str(result.transactions),
+            }
+        except HubError as e:
+            if not dry_run:
+                await self._record(context, method, status_code_for(e).name, target=target)
+            await context.abort_with_status(to_status(e))
+            raise  # abort_with_status raises; this keeps type checkers content
+        if not dry_run:
+            await self._record(context, method, "OK", target=target, details=details)
+        return response
+
+    async def _receive(self, request_iterator) -> tuple[backup_pb2.RestoreOptions, bytes]:  # type: ignore[no-untyped-def]
+        options: backup_pb2.RestoreOptions | None = None
+        chunks: list[bytes] = []
+        size = 0
+        async for req in request_iterator:
+            kind = req.WhichOneof("content")
+            if options is None:
+                if kind != "options":
+                    raise InvalidArgument.single("options", "the first message carries the options")
+                options = req.options
+                continue
+            if kind != "chunk":
+                raise InvalidArgument.single("options", "options come once, in the first message")
+            size += len(req.chunk)
+            if size > MAX_RESTORE_BYTES:
+                raise InvalidArgument.single(
+                    "chunk", f"a backup is at most {MAX_RESTORE_BYTES} bytes"
+                )
+            chunks.append(req.chunk)
+        if options is None:
+            raise InvalidArgument.single("options", "required (the first message)")
+        if options.stored_name and chunks:
+            raise InvalidArgument.single("options.stored_name", "either a stored name or chunks")
+        if not options.stored_name and not chunks:
+            raise InvalidArgument.single("chunk", "no backup sent (chunks or options.stored_name)")
+        return options, b"".join(chunks)
+
+    def _report(self, result: RestoreResult) -> backup_pb2.RestoreBackupResponse:
+        parsed = result.backup
+        return backup_pb2.RestoreBackupResponse(
+            header=self._header(result.revision),
+            dry_run=result.dry_run,
+            backup=backup_pb2.BackupInfo(size_bytes=parsed.size, header=parsed.header),
+            kinds=[_counts_pb(k, c) for k, c in sorted(result.plan.kinds.items())],
+            total=_counts_pb("", result.plan.total),
+            notes=result.notes,
+            transactions=result.transactions,
+        )
+
+    async def _record(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        outcome: str,
+        *,
+        target: str,
+        details: dict[str, str] | None = None,
+        identity: tuple[str, str, str] | None = None,
+    ) -> None:
+        if self._audit is None:
+            return
+        if identity is None:
+            found = {
+                k: v
+                for k, v in (context.invocation_metadata() or ())
+                if k in _AUDITED_HEADERS and isinstance(v, str)
+            }
+            identity = (
+                found.get("x-tenant-id") or found.get("x-company-id", ""),
+                found.get("x-user-id", ""),
+                found.get("x-correlation-id", ""),
+            )
+        tenant_id, user_id, correlation_id = identity
+        event = obs.AuditEvent(
+            caller=context.peer() or "",
+            tenant_id=tenant_id,
+            user_id=user_id,
+            method=method,
+            outcome=outcome,
+            correlation_id=correlation_id,
+            target=target,
+            details=details or {},
+        )
+        try:
+            await self._audit.append(event)
+        except Exception as e:  # the call's outcome stands; the gap is logged
+            log.error("audit record of %s %s lost: %r", method, target, e)
+
+    async def ListBackups(self, request, context):  # type: ignore[no-untyped-def]
+        found = await self._backups.stored()
+        directory = self._backups.directory
+        return backup_pb2.ListBackupsResponse(
+            header=self._header(0),
+            backups=[info_to_pb(b) for b in found],
+            directory=str(directory) if directory is not None else "",
+        )
+
+    @audited
+    async def DeleteBackup(self, request, context):  # type: ignore[no-untyped-def]
+        audit_note(target=f"backup/{request.name}")
+        await self._backups.delete(request.name)
+        return backup_pb2.DeleteBackupResponse(header=self._header(0))

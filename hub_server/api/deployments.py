@@ -1,0 +1,283 @@
+"""DeploymentService: check the request, call Deployments, fill the header."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aitrading.hub.v1 import deployment_pb2, deployment_pb2_grpc, types_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from hub_server.api.context import audit_note, audited
+from hub_server.api.streaming import watch_stream
+from hub_server.domain import rollout, validation
+from hub_server.domain.deployments import Deployments, StoredDeployment
+from hub_server.domain.errors import Violations
+from hub_server.store import keys
+from hub_server.store.mirror import REMOVED, Change
+
+MAX_VERSION = 128
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp | None:
+    if not seconds:
+        return None
+    t = timestamp_pb2.Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+def settings_from_pb(m: deployment_pb2.DeploymentSettings) -> rollout.Settings:
+    s = rollout.Settings(
+        batch_size=m.batch_size or 1,
+        max_unavailable=m.max_unavailable,
+        health_gate_timeout=_seconds(m.health_gate_timeout) or rollout.DEFAULT_GATE,
+        canary_share=m.canary_share or rollout.DEFAULT_CANARY_SHARE,
+        canary_observation=(
+            _seconds(m.canary_observation)
+            if m.HasField("canary_observation")
+            else rollout.DEFAULT_OBSERVATION
+        ),
+        rollback_on_failure=m.rollback_on_failure,
+    )
+    v = Violations()
+    for path, description in s.validate():
+        v.add(path, description)
+    v.raise_if_any()
+    return s
+
+
+def settings_to_pb(s: rollout.Settings) -> deployment_pb2.DeploymentSettings:
+    return deployment_pb2.DeploymentSettings(
+        batch_size=s.batch_size,
+        max_unavailable=s.max_unavailable,
+        health_gate_timeout=_duration(s.health_gate_timeout),
+        canary_share=s.canary_share,
+        canary_observation=_duration(s.canary_observation),
+        rollback_on_failure=s.rollback_on_failure,
+    )
+
+
+def deployment_to_pb(stored: StoredDeployment) -> deployment_pb2.Deployment:
+    d = stored.deployment
+    return deployment_pb2.Deployment(
+        id=d.id,
+        service=d.service,
+        target_version=d.target_version,
+        strategy=d.strategy,  # type: ignore[arg-type]
+        state=d.state,  # type: ignore[arg-type]
+        batches=[
+            deployment_pb2.Batch(
+                index=b.index,
+                instance_ids=b.instances,
+                state=b.state,  # type: ignore[arg-type]
+                replacement_ids=b.replacements,
+                started_at=_ts(b.started_at),
+                healthy_at=_ts(b.healthy_at),
+                finished_at=_ts(b.finished_at),
+                canary=b.canary,
+            )
+            for b in d.batches
+        ],
+        current_batch=d.current,
+        reason=d.reason,
+        created_at=_ts(d.created_at),
+        updated_at=_ts(d.updated_at),
+        finished_at=_ts(d.finished_at),
+        revision=stored.revision,
+        settings=settings_to_pb(d.settings),
+        previous_version=d.previous_version,
+        phase=d.phase,
+    )
+
+
+def progress_to_pb(d: rollout.Deployment) -> deployment_pb2.DeploymentProgress:
+    batch, batches, counts, phase = rollout.progress(d)
+    return deployment_pb2.DeploymentProgress(
+        batch=batch, batches=batches, instances=counts, phase=phase
+    )
+
+
+def _check_id(deployment_id: str) -> None:
+    v = Violations()
+    validation.check_safe_id(v, "id", deployment_id)
+    v.raise_if_any()
+
+
+class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
+    def __init__(
+        self, deployments: Deployments, hub_id: str, *, progress_interval: float = 10.0
+    ) -> None:
+        self._deployments = deployments
+        self._hub_id = hub_id
+        self.progress_interval = progress_interval
+
+    def _header(self, revision: int) -> types_pb2.ResponseHeader:
+        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
+
+    @audited
+    async def StartDeployment(self, request, context):  # type: ignore[no-untyped-def]
+        audit_note(target=f"deployment/{request.service}", version=request.target_version)
+        v = Violations()
+        validation.check_dns_label(v, "service", request.service)
+        if not request.target_version:
+            v.add("target_version", "is required")
+        elif len(request.target_version) > MAX_VERSION:
+            v.add("target_version", f"at most {MAX_VERSION} characters")
+        strategy = request.strategy or deployment_pb2.DEPLOYMENT_STRATEGY_ROLLING
+        if strategy not in (rollout.ROLLING, rollout.CANARY):
+            v.add("strategy", "must be ROLLING or CANARY")
+        v.raise_if_any()
+        settings = settings_from_pb(request.settings)
+        stored = await self._deployments.start(
+            request.service, request.target_version, strategy, settings
+        )
+        audit_note(target=f"deployment/{request.service}/{stored.deployment.id}")
+        return deployment_pb2.StartDeploymentResponse(
+            header=self._header(stored.revision), deployment=deployment_to_pb(stored)
+        )
+
+    async def GetDeployment(self, request, context):  # type: ignore[no-untyped-def]
+        _check_id(request.id)
+        stored = self._deployments.get(request.id)
+        return deployment_pb2.GetDeploymentResponse(
+            header=self._header(self._deployments.mirror.revision),
+            deployment=deployment_to_pb(stored),
+            progress=progress_to_pb(stored.deployment),
+        )
+
+    async def ListDeployments(self, request, context):  # type: ignore[no-untyped-def]
+        v = Violations()
+        validation.check_dns_label(v, "service", request.service, required=False)
+        v.raise_if_any()
+        found = self._deployments.find(request.service, active_only=request.active_only)
+        return deployment_pb2.ListDeploymentsResponse(
+            header=self._header(self._deployments.mirror.revision),
+            deployments=[deployment_to_pb(s) for s in found],
+        )
+
+    async def _operate(self, request, verb: str, op):  # type: ignore[no-untyped-def]
+        _check_id(request.id)
+        audit_note(target=f"deployment/{request.id}", action=verb)
+        before = self._deployments.get(request.id)
+        stored = await op()
+        audit_note(
+            version_before=rollout.state_name(before.deployment.state),
+            version_after=rollout.state_name(stored.deployment.state),
+        )
+        return self._header(stored.revision), deployment_to_pb(stored)
+
+    @audited
+    async def PauseDeployment(self, request, context):  # type: ignore[no-untyped-def]
+        header, d = await self._operate(
+            request, "pause", lambda: self._deployments.pause(request.id, request.reason)
+        )
+        return deployment_pb2.PauseDeploymentResponse(header=header, deployment=d)
+
+    @audited
+    async def ResumeDeployment(self, request, context):  # type: ignore[no-untyped-def]
+        header, d = await self._operate(
+            request, "resume", lambda: self._deployments.resume(request.id)
+        )
+        return deployment_pb2.ResumeDeploymentResponse(header=header, deployment=d)
+
+    @audited
+    async def AbortDeployment(self, request, context):  # type: ignore[no-untyped-def]
+        header, d = await self._operate(
+            request, "abort", lambda: self._deployments.abort(request.id, request.reason)
+        )
+        return deployment_pb2.AbortDeploymentResponse(header=header, deployment=d)
+
+    @audited
+    async def RollbackDeployment(self, request, context):  # type: ignore[no-untyped-def]
+        header, d = await self._operate(
+            request, "rollback", lambda: self._deployments.rollback(request.id, request.reason)
+        )
+        return deployment_pb2.RollbackDeploymentResponse(header=header, deployment=d)
+
+    async def WatchDeployment(
+        self, request, context
+    ) -> AsyncIterator[deployment_pb2.WatchDeploymentResponse]:  # type: ignore[no-untyped-def,override]
+        _check_id(request.id)
+        mirror = self._deployments.mirror
+        key = keys.deployment_key(request.id)
+        self._deployments.get(request.id)  # NOT_FOUND up front
+
+        def snapshot() -> tuple[list[StoredDeployment], int]:
+            mirror.ensure_live()
+            stored = mirror.items.get(key)
+            return ([stored] if stored is not None else []), mirror.revision
+
+        def select(change: Change[StoredDeployment]) -> StoredDeployment | None:
+            if change.key != key or change.type == REMOVED:
+                return None
+            return change.value
+
+        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+            msg = deployment_pb2.WatchDeploymentResponse(
+                header=self._header(revision), kind=kind, compact_revision=compact
+            )
+            if items:
+                last = items[-1]  # the newest state is what a progress display wants
+                msg.deployment.CopyFrom(deployment_to_pb(last))
+                msg.progress.CopyFrom(progress_to_pb(last.deployment))
+            return msg
+
+        async for response in watch_stream(
+            mirror.log,
+            start_revision=request.start_revision,
+            snapshot=snapshot,
+            select=select,
+            respond=respond,
+            progress_interval=self.progress_interval,
+        ):
+            yield response
+
+    async def WatchDirectives(
+        self, request, context
+    ) -> AsyncIterator[deployment_pb2.WatchDirectivesResponse]:  # type: ignore[no-untyped-def,override]
+        service, instance_id = request.service, request.instance_id
+        v = Violations()
+        validation.check_dns_label(v, "service", service)
+        validation.check_safe_id(v, "instance_id", instance_id, required=False)
+        v.raise_if_any()
+        mirror = self._deployments.directives
+
+        def wanted(d: deployment_pb2.Directive) -> bool:
+            return d.service == service and (not instance_id or d.instance_id == instance_id)
+
+        def snapshot() -> tuple[list[deployment_pb2.Directive], int]:
+            mirror.ensure_live()
+            items = sorted(mirror.items.values(), key=lambda d: d.instance_id)
+            return [d for d in items if wanted(d)], mirror.revision
+
+        def select(change: Change[deployment_pb2.Directive]) -> deployment_pb2.Directive | None:
+            d = change.value
+            if change.type == REMOVED or d is None or not wanted(d):
+                return None
+            return d
+
+        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+            return deployment_pb2.WatchDirectivesResponse(
+                header=self._header(revision), kind=kind, directives=items,
+                compact_revision=compact,
+            )  # fmt: skip
+
+        async for response in watch_stream(
+            mirror.log,
+            start_revision=request.start_revision,
+            snapshot=snapshot,
+            select=select,
+            respond=respond,
+            progress_interval=self.progress_interval,
+        ):
+            yield response

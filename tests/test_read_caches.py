@@ -1,0 +1,241 @@
+"""The read-path caches (GetService answers, pick candidates, alert conditions,
+health-probe scheduling) and what drops them, without etcd: the views' mirrors
+are fed events as their watches would feed them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aitrading.hub.v1 import registry_pb2, types_pb2
+
+from hub_server.api.registry import RegistryServicer
+from hub_server.domain.alerts import Alerts
+from hub_server.domain.balancing import Strategy
+from hub_server.domain.circuit import Circuit
+from hub_server.domain.circuits import Circuits, circuit_key
+from hub_server.domain.health import (
+    HEALTHY,
+    UNHEALTHY,
+    UNKNOWN,
+    HealthMonitor,
+    HealthView,
+    ProbeResult,
+)
+from hub_server.domain.picking import Picker
+from hub_server.domain.registry import Registry, RegistryView, on_service_change
+from hub_server.store import keys
+from hub_server.store.etcd import Event, KeyValue
+from hub_server.store.mirror import PrefixMirror
+
+NO_STORE: Any = None  # nothing here reaches etcd
+
+
+class Feed:
+    """Writes and deletes keys in mirrors, one revision each."""
+
+    def __init__(self, *mirrors: PrefixMirror[Any]) -> None:
+        self.revision = 1
+        for m in mirrors:
+            m.live = True
+
+    async def put(self, mirror: PrefixMirror[Any], key: bytes, value: bytes) -> None:
+        self.revision += 1
+        version = 2 if key in mirror.items else 1
+        kv = KeyValue(key, value, self.revision, self.revision, version, 7)
+        await mirror._apply([Event("put", kv, None)], self.revision)
+
+    async def health(self, view: HealthView, service: str, instance_id: str, status: int) -> None:
+        record = types_pb2.InstanceHealth(
+            service=service, instance_id=instance_id, status=status, check="tcp"
+        )
+        await self.put(
+            view.mirror, keys.health_key(service, instance_id), record.SerializeToString()
+        )
+
+    async def delete(self, mirror: PrefixMirror[Any], key: bytes) -> None:
+        self.revision += 1
+        kv = KeyValue(key, b"", 0, self.revision, 0, 0)
+        await mirror._apply([Event("delete", kv, None)], self.revision)
+
+
+def instance(check: str = "") -> bytes:
+    inst = types_pb2.Instance(host="10.0.0.1", port=8000, weight=100)
+    if check == "tcp":
+        inst.health_check.tcp.SetInParent()
+    return inst.SerializeToString()
+
+
+async def registry_with(*names: tuple[str, str]) -> tuple[RegistryView, HealthView, Feed]:
+    view, health_view = RegistryView(NO_STORE), HealthView(NO_STORE)
+    feed = Feed(view.mirror, health_view.mirror)
+    for service, instance_id in names:
+        await feed.put(view.mirror, keys.instance_key(service, instance_id), instance())
+    return view, health_view, feed
+
+
+async def test_on_service_change_names_the_service_of_each_key() -> None:
+    view, health_view, feed = await registry_with()
+    seen: list[str] = []
+    on_service_change(view.mirror, seen.append)
+    on_service_change(health_view.mirror, seen.append)
+    await feed.put(view.mirror, keys.instance_key("quotes", "i1"), instance())
+    await feed.health(health_view, "feeds", "i2", 1)
+    await feed.delete(view.mirror, keys.instance_key("quotes", "i1"))
+    assert seen == ["quotes", "feeds", "quotes"]
+
+
+async def test_health_view_indexes_records_and_defaults_the_rest() -> None:
+    view, health_view, feed = await registry_with(("quotes", "lease-only"))
+    await feed.put(view.mirror, keys.instance_key("quotes", "probed"), instance("tcp"))
+    lease_only = view.get_instance("quotes", "lease-only")
+    probed = view.get_instance("quotes", "probed")
+    assert lease_only is not None and probed is not None
+    assert (health_view.of(lease_only).status, health_view.of(lease_only).check) == (
+        HEALTHY,
+        "lease",
+    )
+    assert health_view.of(probed).status == UNKNOWN
+    await feed.health(health_view, "quotes", "probed", UNHEALTHY)
+    assert health_view.of(probed).status == UNHEALTHY
+    assert health_view.get("quotes", "probed") is not None
+    await feed.delete(health_view.mirror, keys.health_key("quotes", "probed"))
+    assert health_view.get("quotes", "probed") is None
+    assert health_view.of(probed).status == UNKNOWN
+
+
+async def test_get_service_answers_are_cached_per_service_and_dropped_by_its_changes() -> None:
+    names = [("quotes", "i1"), ("quotes", "i2"), ("feeds", "f1")]
+    view, health_view, feed = await registry_with(*names)
+    drained: set[tuple[str, str]] = set()
+    servicer = RegistryServicer(
+        Registry(NO_STORE, view),
+        health_view,
+        "hub-test",
+        is_draining=lambda s, i: (s, i) in drained,
+    )
+
+    async def get(service: str, **kw: Any) -> registry_pb2.GetServiceResponse:
+        request = registry_pb2.GetServiceRequest(service=service, **kw)
+        return await servicer.GetService(request, None)  # type: ignore[no-any-return]
+
+    first = await get("quotes")
+    assert [i.instance_id for i in first.service.instances] == ["i1", "i2"]
+    assert first.header.revision == view.revision
+    assert await get("quotes") is first  # served again as built
+
+    # Another service's change leaves it cached, and the header follows the view.
+    await feed.put(view.mirror, keys.instance_key("feeds", "f2"), instance())
+    again = await get("quotes")
+    assert again is first and again.header.revision == view.revision
+    assert await get("quotes", include_unhealthy=True) is not first  # its own entry
+
+    # Its own health change drops it: i1 unhealthy is no longer offered.
+    await feed.health(health_view, "quotes", "i1", UNHEALTHY)
+    after = await get("quotes")
+    assert [i.instance_id for i in after.service.instances] == ["i2"]
+    everything = await get("quotes", include_unhealthy=True)
+    assert [(i.instance_id, i.health.status) for i in everything.service.instances] == [
+        ("i1", UNHEALTHY),
+        ("i2", HEALTHY),
+    ]
+
+    # Its own registry change too.
+    await feed.put(view.mirror, keys.instance_key("quotes", "i3"), instance())
+    assert [i.instance_id for i in (await get("quotes")).service.instances] == ["i2", "i3"]
+
+    # A drain mark (no change feed of its own) is noticed on the next call.
+    drained.add(("quotes", "i3"))
+    flags = [(i.instance_id, i.draining) for i in (await get("quotes")).service.instances]
+    assert flags == [("i2", False), ("i3", True)]
+
+
+async def test_picker_rebuilds_candidates_of_the_changed_service_only() -> None:
+    view, health_view, feed = await registry_with(("quotes", "i1"), ("feeds", "f1"))
+    circuits = Circuits(NO_STORE)
+    picker = Picker(NO_STORE, view, health_view, circuits)
+    drains: PrefixMirror[str] = PrefixMirror(NO_STORE, keys.DRAIN, lambda kv: kv.value.decode())
+    picker.drains = drains
+    Feed(picker.loads, circuits.mirror, drains)
+
+    def candidates(service: str) -> list[Any]:
+        return picker._candidates(service, view.services[service])
+
+    quotes, feeds = candidates("quotes"), candidates("feeds")
+    await feed.put(picker.loads, keys.load_key("feeds", "f1"), b"0.5")
+    assert candidates("quotes") is quotes
+    assert candidates("feeds") is not feeds and candidates("feeds")[0].load == 0.5
+
+    await feed.put(view.mirror, keys.instance_key("quotes", "i2"), instance())
+    assert [c.instance_id for c in candidates("quotes")] == ["i1", "i2"]
+
+    await feed.put(drains, keys.drain_key("quotes", "i1"), b"dep-1")
+    assert [c.draining for c in candidates("quotes")] == [True, False]
+    chosen, _ = picker.pick("quotes", Strategy.LEAST_LOAD, affinity_key="", tier=None)
+    assert chosen is view.get_instance("quotes", "i2")  # the only one not draining
+
+    circuit = Circuit(now=1.0)
+    circuit.force_open(1.0)
+    value = json.dumps(circuit.to_dict()).encode()
+    await feed.put(circuits.mirror, circuit_key("quotes", "i2"), value)
+    assert [c.circuit_open for c in candidates("quotes")] == [False, True]
+
+
+async def test_alerts_recompute_only_services_that_changed() -> None:
+    view, health_view, feed = await registry_with(("quotes", "i1"), ("feeds", "f1"))
+    alerts = Alerts(NO_STORE, view, health_view, Circuits(NO_STORE))
+    asked: list[str] = []
+    of = health_view.of
+
+    def counting_of(inst: types_pb2.Instance) -> types_pb2.InstanceHealth:
+        asked.append(inst.service)
+        return of(inst)
+
+    health_view.of = counting_of  # type: ignore[method-assign,assignment]
+
+    assert alerts.conditions() == []
+    assert sorted(asked) == ["feeds", "quotes"]  # the first round looks at everything
+    asked.clear()
+    assert alerts.conditions() == [] and asked == []
+
+    await feed.health(health_view, "quotes", "i1", UNHEALTHY)
+    assert [c.id for c in alerts.conditions()] == [
+        "INSTANCE_DOWN:quotes:i1:",
+        "SERVICE_DOWN:quotes::",
+    ]
+    assert asked == ["quotes"]
+    asked.clear()
+    assert len(alerts.conditions()) == 2 and asked == []
+
+    await feed.delete(view.mirror, keys.instance_key("quotes", "i1"))
+    assert alerts.conditions() == []
+
+
+async def test_health_monitor_schedules_from_registry_changes() -> None:
+    view, health_view, feed = await registry_with(("quotes", "lease-only"))
+    await feed.put(view.mirror, keys.instance_key("quotes", "old"), instance("tcp"))
+    probed: list[str] = []
+
+    async def probe(inst: types_pb2.Instance, timeout: float) -> ProbeResult:
+        probed.append(inst.instance_id)
+        return ProbeResult(True, 1.0)
+
+    monitor = HealthMonitor(NO_STORE, view, health_view, probe)
+    task = asyncio.create_task(monitor.run())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if probed:
+                break
+        assert probed == ["old"]  # loaded before the monitor listened; never the lease-only
+        await feed.put(view.mirror, keys.instance_key("quotes", "new"), instance("tcp"))
+        await feed.delete(view.mirror, keys.instance_key("quotes", "old"))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if "new" in probed:
+                break
+        assert probed == ["old", "new"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
