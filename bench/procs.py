@@ -35,8 +35,11 @@ def cpu_seconds(pid: int) -> float:
 class HubProcess:
     """`central-hub serve` against an existing etcd, on a free loopback port."""
 
-    def __init__(self, name: str, etcd_endpoint: str, workdir: Path) -> None:
+    def __init__(
+        self, name: str, etcd_endpoint: str, workdir: Path, extra: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
+        self.extra = extra
         self.etcd_endpoint = etcd_endpoint
         self.workdir = workdir
         self.address = f"127.0.0.1:{free_port()}"
@@ -63,6 +66,7 @@ class HubProcess:
             "--etcd-endpoints", self.etcd_endpoint,
             "--hub-id", self.name,
             "--data-dir", str(self.workdir / self.name),
+            *self.extra,
         ]  # fmt: skip
         setpriv = shutil.which("setpriv")
         if setpriv:  # the hub dies with the benchmark, however it ends

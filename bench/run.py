@@ -72,6 +72,8 @@ OFFERED_RATE = 1000
 SETUP_CONCURRENCY = 64
 WRITE_CONCURRENCY = 16
 RESULTS = Path(__file__).parent / "results"
+GET_1PROC = "GetService, 1 process, 8 connections"
+GET_2PROC = "GetService, --workers 2, 8 connections"
 
 # Operation names, as they appear in the report (the discovery ones live in report).
 REGISTER = "Register"
@@ -253,6 +255,9 @@ async def measure(
         await bench.offered(ETCD_READ, etcd_read)
         await bench.offered(GET, get_service, vs=(NOOP, ETCD_READ))
 
+        bench.section("scale: GetService on one process and on --workers 2")
+        await workers(bench, hub, etcd.endpoint, workdir, get_requests, rnd)
+
         # Before the writes, which add instances: the memory figures with watchers
         # open are for the 10,000 setup instances.
         await fanout.measure(
@@ -277,6 +282,40 @@ async def measure(
     finally:
         await channel.close()
         await store.close()
+
+
+async def workers(
+    bench: Bench,
+    hub: HubProcess,
+    etcd_endpoint: str,
+    workdir: Path,
+    requests: list[registry_pb2.GetServiceRequest],
+    rnd: random.Random,
+) -> None:
+    """GetService on 1 hub process and on `--workers 2`, same client: 8 channels,
+    each its own connection, since SO_REUSEPORT spreads connections, not calls."""
+    two = HubProcess("workers-2", etcd_endpoint, workdir, extra=("--workers", "2"))
+    await two.start()
+    try:
+        for name, address in ((GET_1PROC, hub.address), (GET_2PROC, two.address)):
+            channels = [
+                grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(8)
+            ]
+            stubs = [registry_pb2_grpc.RegistryServiceStub(ch) for ch in channels]
+            await asyncio.sleep(1.0)  # the workers' views load
+
+            def call(stubs: list = stubs) -> Awaitable[Any]:  # type: ignore[type-arg]
+                return rnd.choice(stubs).GetService(rnd.choice(requests))
+
+            try:
+                for c in (16, 64):
+                    await bench.closed(name, call, c, vs=(GET_1PROC,) if name == GET_2PROC else ())
+            finally:
+                for ch in channels:
+                    await ch.close()
+    finally:
+        two.stop()
 
 
 async def writes(
