@@ -271,6 +271,8 @@ async def test_pause_resume_abort_and_one_active_per_service(hub: Hub, client: H
             await client.abort_deployment(d.id)
         # Aborted: the service is free for another deployment.
         d2 = await client.deploy("alerts", "3.0.0", batch_size=5)
+        with pytest.raises(FailedPrecondition):  # d2 holds the service
+            await client.rollback_deployment(d.id)
         await client.abort_deployment(d2.id)
 
 

@@ -198,6 +198,15 @@ class Deployments:
             kv, _ = await self._store.get(keys.deployment_key(deployment_id))
             if kv is None:
                 raise NotFound(f"deployment {deployment_id!r} does not exist")
+            if kv.mod_revision == stored.revision:
+                # The record did not move: the other compare failed, i.e. a
+                # finished roll-out cannot take the service back from an active one.
+                raise FailedPrecondition(
+                    f"service {new.service!r} has another active deployment",
+                    reason="DEPLOYMENT_ACTIVE",
+                    service=new.service,
+                    deployment_id=deployment_id,
+                )
             stored = _decode_deployment(kv)
         raise StoreUnavailable(f"deployment {deployment_id}: too much contention")
 
