@@ -147,6 +147,8 @@ class Circuits:
             txn.failure.append(Txn.get(key))
             result = await self._store.txn(txn)
             if result.succeeded:
+                # Read-your-writes on this replica: reads come from the mirror.
+                await self.mirror.log.wait_for_revision(result.revision, 5.0)
                 return StoredCircuit(service, instance_id, circuit, result.revision)
             current = result.ranges[0][0] if result.ranges and result.ranges[0] else None
             stored = _decode_circuit(current) if current is not None else None
