@@ -5,7 +5,6 @@ subscription's state rather than a mirror's log; see hub_server/domain/config.py
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from aitrading.hub.v1 import config_pb2, config_pb2_grpc, types_pb2
 from google.protobuf import json_format
 
 from hub_server.api.context import audit_note, audited, current
+from hub_server.api.paging import decode_page_token, encode_page_token
 from hub_server.api.streaming import EVENTS, PROGRESS, SNAPSHOT
 from hub_server.domain import validation
 from hub_server.domain.config import Configs, ConfigState
@@ -171,23 +171,12 @@ def merged_to_pb(merged: MergedConfig, cache: ValuesCache | None = None) -> conf
     )
 
 
-def _decode_page_token(token: str) -> int:
+def _version_token(token: str) -> int:
     """The version a page starts below (0: the first page)."""
-    if not token:
-        return 0
-    try:
-        raw = base64.urlsafe_b64decode(token.encode()).decode()
-        if raw.startswith("before:"):
-            before = int(raw[len("before:") :])
-            if before > 0:
-                return before
-    except Exception as e:
-        raise InvalidArgument.single("page_token", "is not a token this hub issued") from e
-    raise InvalidArgument.single("page_token", "is not a token this hub issued")
-
-
-def _encode_page_token(before: int) -> str:
-    return base64.urlsafe_b64encode(f"before:{before}".encode()).decode()
+    position = decode_page_token("before", token)
+    if position and (not position.isdigit() or int(position) <= 0):
+        raise InvalidArgument.single("page_token", "is not a token this hub issued")
+    return int(position or 0)
 
 
 def _check_comment(v: Violations, comment: str) -> None:
@@ -264,7 +253,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         if not 0 <= request.page_size <= MAX_PAGE:
             v.add("page_size", f"must be between 0 and {MAX_PAGE}")
         v.raise_if_any()
-        before = _decode_page_token(request.page_token)
+        before = _version_token(request.page_token)
         size = request.page_size or DEFAULT_PAGE
         versions, revision = await self._configs.history(layer)
         if before:
@@ -273,7 +262,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         return config_pb2.ListConfigVersionsResponse(
             header=self._header(revision),
             versions=[stored_layer_to_pb(s) for s in page],
-            next_page_token=_encode_page_token(page[-1].version) if rest else "",
+            next_page_token=encode_page_token("before", str(page[-1].version)) if rest else "",
         )
 
     @audited

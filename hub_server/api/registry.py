@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 
 from hub_server.api.context import audit_note, audited, current
+from hub_server.api.paging import decode_page_token, encode_page_token
 from hub_server.api.streaming import SNAPSHOT, watch_stream
 from hub_server.domain import validation
 from hub_server.domain.errors import InvalidArgument, Violations
@@ -32,22 +32,6 @@ def _service_name(service: str, *, required: bool = True) -> None:
     v = Violations()
     validation.check_dns_label(v, "service", service, required=required)
     v.raise_if_any()
-
-
-def _decode_page_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        raw = base64.urlsafe_b64decode(token.encode()).decode()
-    except Exception as e:
-        raise InvalidArgument.single("page_token", "is not a token this hub issued") from e
-    if not raw.startswith("after:"):
-        raise InvalidArgument.single("page_token", "is not a token this hub issued")
-    return raw[len("after:") :]
-
-
-def _encode_page_token(last: str) -> str:
-    return base64.urlsafe_b64encode(f"after:{last}".encode()).decode()
 
 
 def _fill(
@@ -175,7 +159,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListServices(self, request, context):  # type: ignore[no-untyped-def]
         if not 0 <= request.page_size <= MAX_PAGE:
             raise InvalidArgument.single("page_size", f"must be between 0 and {MAX_PAGE}")
-        after = _decode_page_token(request.page_token)
+        after = decode_page_token("after", request.page_token)
         size = request.page_size or MAX_PAGE
         tier = current().tier_filter(request.legacy_mode)
         services = [s for s in self._view.list_services(tier) if s[0] > after]
@@ -183,7 +167,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.ListServicesResponse(
             header=self._header(self._view.revision),
             services=[types_pb2.Service(name=name, instances=inst) for name, inst in page],
-            next_page_token=_encode_page_token(page[-1][0]) if rest else "",
+            next_page_token=encode_page_token("after", page[-1][0]) if rest else "",
         )
 
     async def Watch(self, request, context) -> AsyncIterator[registry_pb2.WatchResponse]:  # type: ignore[no-untyped-def,override]

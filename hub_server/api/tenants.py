@@ -3,15 +3,14 @@ domain, fill the header."""
 
 from __future__ import annotations
 
-import base64
-
 from aitrading.hub.v1 import tenant_pb2, tenant_pb2_grpc, types_pb2
 
 from hub_server.api.config import TIER_VALUES, TIERS
 from hub_server.api.context import audit_note, audit_skip, audited, current
+from hub_server.api.paging import decode_page_token, encode_page_token
 from hub_server.domain import quotas, validation
 from hub_server.domain.config import Configs
-from hub_server.domain.errors import InvalidArgument, Violations
+from hub_server.domain.errors import Violations
 from hub_server.domain.tenants import Quotas, TenantRecord, Tenants
 
 MAX_PAGE = 1000
@@ -79,22 +78,6 @@ def _amount(v: Violations, amount: int) -> None:
         v.add("amount", problem)
 
 
-def _decode_page_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        raw = base64.urlsafe_b64decode(token.encode()).decode()
-    except Exception as e:
-        raise InvalidArgument.single("page_token", "is not a token this hub issued") from e
-    if not raw.startswith("after:"):
-        raise InvalidArgument.single("page_token", "is not a token this hub issued")
-    return raw[len("after:") :]
-
-
-def _encode_page_token(last: str) -> str:
-    return base64.urlsafe_b64encode(f"after:{last}".encode()).decode()
-
-
 class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
     def __init__(
         self,
@@ -156,14 +139,14 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         if request.tier and request.tier not in TIERS:
             v.add("tier", "must be FREE, PRO, ENTERPRISE or unspecified")
         v.raise_if_any()
-        after = _decode_page_token(request.page_token)
+        after = decode_page_token("after", request.page_token)
         page, more = self._tenants.page(
             after, request.page_size or MAX_PAGE, TIERS.get(request.tier)
         )
         return tenant_pb2.ListTenantsResponse(
             header=self._header(self._tenants.revision),
             tenants=[tenant_to_pb(r) for r in page],
-            next_page_token=_encode_page_token(page[-1].tenant_id) if more else "",
+            next_page_token=encode_page_token("after", page[-1].tenant_id) if more else "",
         )
 
     @audited
