@@ -157,9 +157,12 @@ async def test_rolling_to_completion_and_draining_never_picked(hub: Hub, client:
         seen = [d.current_batch for d in progress]
         assert seen == sorted(seen) and seen[-1] == 2
         await eventually(lambda: set(f.regs) and not (set(f.regs) & old), timeout=60)
-        svc = await client.discover("quotes")
-        assert {i.version for i in svc.instances} == {"2.0.0"}
+        await eventually(lambda: _versions(client, "quotes", {"2.0.0"}))  # view catches up
         assert (await client.deployments("quotes"))[0].id == result.id
+
+
+async def _versions(client: HubClient, service: str, expected: set[str]) -> bool:
+    return {i.version for i in (await client.discover(service)).instances} == expected
 
 
 async def test_get_service_shows_draining(hub: Hub, client: HubClient) -> None:
