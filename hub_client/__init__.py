@@ -5,6 +5,7 @@ Everything public is listed in ``__all__``; the rest lives in ``_private``.
 
 from hub_client._private.backups import BackupInfo, KindChanges, RestoreReport
 from hub_client._private.base_service import BaseService, ServiceConfig
+from hub_client._private.channel import TLS
 from hub_client._private.circuits import CircuitGuard
 from hub_client._private.client import HubClient, TenantContext, health_check
 from hub_client._private.deployments import Deployer, Deployment, DeploymentBatch, Directive
@@ -64,6 +65,7 @@ from hub_client._private.quotas import Allocation
 from hub_client._private.registration import Registration
 
 __all__ = [
+    "TLS",
     "Allocation",
     "AlreadyExists",
     "BackupInfo",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -51,6 +52,8 @@ from hub_server.api.health import HealthServicer
 from hub_server.api.observability import ObservabilityServicer, SystemMetrics
 from hub_server.api.registry import RegistryServicer
 from hub_server.api.tenants import TenantServicer
+from hub_server.auth.authorizer import Authorizer
+from hub_server.auth.limits import CallerLimits
 from hub_server.domain.alerts import Alerts
 from hub_server.domain.audit import AuditLog
 from hub_server.domain.backups import Backups
@@ -83,6 +86,8 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Bounded headers: tenant headers are cut at 256 characters each anyway.
+    ("grpc.max_metadata_size", 16 * 1024),
 ]
 
 
@@ -120,6 +125,17 @@ class HubConfig:
     backup_dir: Path | None = None
     backup_interval: float = 0.0
     backup_keep: int = 7
+    # Who may call (hub_server/auth/credentials.py); None: nobody is asked,
+    # so the hub refuses any address but loopback unless `insecure`.
+    credentials_file: Path | None = None
+    # Server TLS; with tls_client_ca, clients must present a certificate it signed.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    # Per caller: calls per second (0: unlimited) and open streams (0: unbounded).
+    caller_rate_limit: float = 10_000.0
+    caller_max_streams: int = 10_000
 
 
 def _decode_replica(kv: KeyValue) -> cluster_pb2.Replica:
@@ -147,6 +163,34 @@ def _service_names() -> list[str]:
     ]
 
 
+def authorizer_for(cfg: HubConfig) -> Authorizer:
+    """The config's authorizer; refuses to serve beyond loopback with nobody
+    asked who they are."""
+    authorizer = Authorizer(cfg.credentials_file, client_certs=cfg.tls_client_ca is not None)
+    if authorizer.enabled:
+        return authorizer
+    host = cfg.listen.rpartition(":")[0].strip("[]")
+    if _is_loopback(host):
+        log.warning("no credentials configured: every caller is admin, serving on loopback only")
+    elif cfg.insecure:
+        log.warning("no credentials configured and --insecure: anyone reaching %s is admin", host)
+    else:
+        raise ValueError(
+            f"refusing to serve {cfg.listen} without credentials: give --credentials-file "
+            "(and/or --tls-client-ca), listen on loopback, or pass --insecure"
+        )
+    return authorizer
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _default_hub_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -170,6 +214,7 @@ class Hub:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
+        self.authorizer = authorizer_for(self.config)
         endpoints = self.config.etcd_endpoints
         if not endpoints:
             self.etcd = embedded(self.config.data_dir)
@@ -249,9 +294,14 @@ class Hub:
             self.election.add_work(self.backups.schedule_forever)
         self.election.add_work(lambda: self.alerts.run(cfg.alert_interval))
 
-        server = grpc.aio.server(
-            interceptors=[ContextInterceptor(self.audit, self.telemetry)], options=SERVER_OPTIONS
+        interceptor = ContextInterceptor(
+            self.audit,
+            self.telemetry,
+            authorizer=self.authorizer,
+            limits=CallerLimits(cfg.caller_rate_limit, cfg.caller_max_streams),
+            tier_of=self._stored_tier,
         )
+        server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
         progress = cfg.watch_progress_interval
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(
@@ -315,7 +365,11 @@ class Hub:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(_service_names(), server)
-        self.port = server.add_insecure_port(cfg.listen)
+        credentials = self._server_credentials()
+        if credentials is None:
+            self.port = server.add_insecure_port(cfg.listen)
+        else:
+            self.port = server.add_secure_port(cfg.listen, credentials)
         if not self.port:
             raise RuntimeError(f"cannot listen on {cfg.listen}")
         await server.start()
@@ -329,6 +383,29 @@ class Hub:
         await self._set_serving(True)
         self._tasks.append(asyncio.create_task(self._watch_store_health()))
         log.info("central hub %s serving on %s", self.hub_id, self.address)
+
+    def _server_credentials(self) -> grpc.ServerCredentials | None:
+        cfg = self.config
+        if cfg.tls_cert is None and cfg.tls_key is None:
+            if cfg.tls_client_ca is not None:
+                raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+            return None
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            raise ValueError("--tls-cert and --tls-key go together")
+        client_ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+        return grpc.ssl_server_credentials(
+            [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+    def _stored_tier(self, tenant_id: str) -> str:
+        record = self.tenants.get(tenant_id)
+        return record.tier if record is not None else ""
+
+    def reload_credentials(self) -> bool:
+        """SIGHUP: re-reads the credentials file (a bad one is logged and ignored)."""
+        return self.authorizer.reload()
 
     def _backup_dir(self) -> Path | None:
         if self.config.backup_dir is not None:

@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 from hub_client._private.logging import configure_logging
-from hub_server.app import Hub, HubConfig
+from hub_server.app import Hub, HubConfig, authorizer_for
+from hub_server.auth.credentials import (
+    CredentialsError,
+    new_token,
+    parse_credentials,
+    token_entry,
+)
+from hub_server.auth.roles import Role
 from hub_server.workers import supervise
 
 
@@ -80,6 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="serving processes on the same port (SO_REUSEPORT); default 1",
     )
+    security = serve.add_argument_group("security")
+    security.add_argument(
+        "--credentials-file",
+        type=Path,
+        default=None,
+        help="TOML file of tokens (as sha256) and client certificates with their roles; "
+        "re-read on SIGHUP (see `central-hub token create`)",
+    )
+    security.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM)")
+    security.add_argument("--tls-key", type=Path, default=None, help="server private key (PEM)")
+    security.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="CA (PEM) that signs client certificates; makes them required",
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve a non-loopback address with no credentials (everyone is admin)",
+    )
+    security.add_argument(
+        "--caller-rate-limit",
+        type=float,
+        default=10_000.0,
+        help="calls per second per caller before RESOURCE_EXHAUSTED (0: none; default 10000)",
+    )
+    security.add_argument(
+        "--caller-max-streams",
+        type=int,
+        default=10_000,
+        help="open streams per caller (0: unbounded; default 10000)",
+    )
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--log-format",
@@ -87,7 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="json: one JSON object per line with tenant and correlation ids",
     )
+
+    token = sub.add_parser("token", help="credentials for --credentials-file")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser(
+        "create", help="print a new random token and its entry for the credentials file"
+    )
+    create.add_argument("name", help="shows in the audit trail as token:NAME")
+    create.add_argument("--role", required=True, choices=[r.value for r in Role])
+    create.add_argument("--tenant", default="", help="bind to one tenant (service, reader)")
+    create.add_argument("--service", default="", help="bind to one service (service role)")
     return parser
+
+
+def _create_token(args: argparse.Namespace) -> int:
+    entry = token_entry(
+        args.name, Role(args.role), token := new_token(), tenant=args.tenant, service=args.service
+    )
+    try:
+        parse_credentials(entry)  # the same checks the hub makes
+    except CredentialsError as e:
+        print(f"central-hub token create: {e}", file=sys.stderr)
+        return 2
+    print(f"# token (shown once; give it to the caller, keep only the hash):\n# {token}")
+    print(entry, end="")
+    return 0
 
 
 async def serve(config: HubConfig) -> None:
@@ -97,6 +161,7 @@ async def serve(config: HubConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await hub.start()
+    loop.add_signal_handler(signal.SIGHUP, hub.reload_credentials)
     print(f"central hub serving on {hub.address}", flush=True)
     try:
         await stop.wait()
@@ -107,6 +172,8 @@ async def serve(config: HubConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return _create_token(args)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.workers > 1 and args.metrics_listen:
@@ -134,14 +201,25 @@ def main(argv: list[str] | None = None) -> int:
         backup_dir=args.backup_dir,
         backup_interval=args.backup_interval,
         backup_keep=args.backup_keep,
+        credentials_file=args.credentials_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure=args.insecure,
+        caller_rate_limit=args.caller_rate_limit,
+        caller_max_streams=args.caller_max_streams,
     )
     try:
         if args.workers > 1:
+            authorizer_for(config)  # refuse a bad setting once, not in every worker
             asyncio.run(supervise(config, args.workers, _passed_on(args)))
         else:
             asyncio.run(serve(config))
     except KeyboardInterrupt:
         pass
+    except (ValueError, CredentialsError) as e:  # a setting the hub refuses to start with
+        print(f"central-hub: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -155,6 +233,13 @@ def _passed_on(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
     if args.otlp_endpoint:
         extra += ["--otlp-endpoint", args.otlp_endpoint]
+    for flag in ("credentials_file", "tls_cert", "tls_key", "tls_client_ca"):
+        if getattr(args, flag) is not None:
+            extra += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.insecure:
+        extra.append("--insecure")
+    extra += ["--caller-rate-limit", str(args.caller_rate_limit)]
+    extra += ["--caller-max-streams", str(args.caller_max_streams)]
     # Workers talk to the supervisor's etcd as an external one: name the
     # directory the embedded default would have used.
     backup_dir = args.backup_dir

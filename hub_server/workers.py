@@ -55,6 +55,13 @@ async def supervise(config: HubConfig, workers: int, extra_args: list[str]) -> N
 
     procs: dict[int, asyncio.subprocess.Process] = {}
 
+    def reload_credentials() -> None:
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_credentials)
+
     async def run_worker(index: int) -> None:
         while not stop.is_set():
             proc = await asyncio.create_subprocess_exec(

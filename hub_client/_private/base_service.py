@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hub_client._private.channel import TLS
 from hub_client._private.client import HubClient, health_check
 from hub_client._private.errors import HubError, NotFound, Unavailable
 from hub_client._private.registration import Registration
@@ -53,6 +54,8 @@ class ServiceConfig:
         advertise_host: the address callers should use, when it differs from ``host``
             (defaults to ``host``, or the host name when ``host`` is a wildcard).
         hub_target: the hub's ``host:port`` (default ``$HUB_TARGET`` or 127.0.0.1:7000).
+        hub_token: the bearer token for a hub with credentials (None: ``$HUB_TOKEN``).
+        hub_tls: TLS settings for a hub that serves TLS (see ``TLS``).
         instance_id: a stable id; default ``host-port`` (chosen by the hub).
         metadata: free-form labels registered with the instance.
         subscription_requirements: tiers of which one is needed to use the service.
@@ -82,6 +85,8 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     advertise_host: str = ""
     hub_target: str = field(default_factory=_default_hub_target)
+    hub_token: str | None = None
+    hub_tls: TLS | None = None
     instance_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     subscription_requirements: Sequence[str] = ()
@@ -200,7 +205,10 @@ class BaseService:
 
     def make_client(self) -> HubClient:
         """The HubClient used to talk to the hub (override for custom channels)."""
-        return HubClient(self.config.hub_target, timeout=self.config.hub_timeout)
+        cfg = self.config
+        return HubClient(
+            cfg.hub_target, timeout=cfg.hub_timeout, token=cfg.hub_token, tls=cfg.hub_tls
+        )
 
     async def start(self) -> None:
         """Starts serving and begins registering in the background.

@@ -36,6 +36,7 @@ from aitrading.hub.v1 import (
 from google.protobuf import duration_pb2, json_format
 
 from hub_client._private.backups import BackupInfo, RestoreReport
+from hub_client._private.channel import TLS, open_channel
 from hub_client._private.circuits import CircuitCache, CircuitGuard, OutcomeReporter
 from hub_client._private.config_watch import watch_config
 from hub_client._private.deployments import (
@@ -189,6 +190,9 @@ class HubClient:
             reg = await hub.register("data-bridge", host="10.0.0.5", port=8001)
             svc = await hub.discover("data-bridge")
 
+    A hub with credentials wants a token (``token=``, else $HUB_TOKEN) and,
+    over TLS, ``tls=TLS(ca="ca.pem")`` (plus ``cert``/``key`` for mTLS).
+
     The generated stubs stay reachable as ``hub.registry_stub`` for anything the
     wrapper does not cover.
     """
@@ -202,13 +206,17 @@ class HubClient:
         subscription_tier: str = "",
         correlation_id: str = "",
         timeout: float = 10.0,
+        token: str | None = None,
+        tls: TLS | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.context = TenantContext(tenant_id, user_id, subscription_tier, correlation_id)
         self._own_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.channel = channel or open_channel(
+            target, token=token, tls=tls, options=_CHANNEL_OPTIONS
+        )
         self.registry_stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthServiceStub(self.channel)
         self.balancer_stub = balancer_pb2_grpc.LoadBalancerServiceStub(self.channel)

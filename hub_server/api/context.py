@@ -10,7 +10,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -18,6 +18,9 @@ from aitrading.hub.v1 import observability_pb2 as obs
 
 from hub_client._private.logging import RequestContext, set_context
 from hub_server.api.errors import status_code_for, to_status
+from hub_server.auth.authorizer import Authorizer
+from hub_server.auth.credentials import ANONYMOUS, Identity
+from hub_server.auth.limits import CallerLimits
 from hub_server.domain.audit import AuditLog
 from hub_server.domain.errors import HubError
 from hub_server.domain.tiers import parse_tier
@@ -44,6 +47,7 @@ class CallContext:
     subscription_tier: str = ""
     correlation_id: str = ""
     method: str = ""
+    caller: Identity = ANONYMOUS
 
     @property
     def has_tenant_context(self) -> bool:
@@ -111,6 +115,13 @@ def _parse(
     return ctx, list(found.items())
 
 
+def _cert_names(context: grpc.aio.ServicerContext) -> list[str]:
+    """The TLS client certificate's common name, then its subject alt names."""
+    auth = context.auth_context()
+    names = auth.get("x509_common_name", []) + auth.get("x509_subject_alternative_name", [])
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: HubError) -> None:
     if status_code_for(error) == grpc.StatusCode.INTERNAL:
         log.error("unmapped domain error: %r", error)
@@ -118,13 +129,27 @@ async def _abort(context: grpc.aio.ServicerContext, error: HubError) -> None:
 
 
 class ContextInterceptor(grpc.aio.ServerInterceptor):
-    """Reads the tenant headers into the call context, echoes them back in the
-    response metadata, turns domain errors into gRPC statuses, and records every
-    call of an ``@audited`` method in the audit trail."""
+    """Authenticates and authorizes each call (role table, bound tenant and
+    service, per-caller limits), reads the tenant headers into the call context
+    and echoes them back, turns domain errors into gRPC statuses, and records
+    every call of an ``@audited`` method in the audit trail."""
 
-    def __init__(self, audit: AuditLog | None = None, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        audit: AuditLog | None = None,
+        telemetry: Telemetry | None = None,
+        *,
+        authorizer: Authorizer | None = None,
+        limits: CallerLimits | None = None,
+        tier_of: Callable[[str], str] = lambda tenant_id: "",
+    ) -> None:
         self._audit = audit
         self._telemetry = telemetry
+        self._auth = authorizer or Authorizer()
+        self._limits = limits
+        # The stored tier of a tenant ("" when unknown): what a caller bound to
+        # a tenant gets instead of its x-subscription-tier header.
+        self._tier_of = tier_of
 
     def _span(self, method: str, metadata: Any) -> contextlib.AbstractContextManager[Any]:
         if self._telemetry is None:
@@ -138,6 +163,37 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         if access_log.isEnabledFor(logging.DEBUG):
             access_log.debug("%s %s %.2fms", method, outcome, elapsed_ms)
 
+    def _admit(
+        self,
+        ctx: CallContext,
+        metadata: Any,
+        context: grpc.aio.ServicerContext,
+        request: Any,
+    ) -> CallContext:
+        """Who the caller is and whether it may make this call; the context the
+        servicer sees (a bound caller's tenant and stored tier, not its headers)."""
+        cert_names = _cert_names(context) if self._auth.client_certs else ()
+        identity = self._auth.authenticate(metadata or (), cert_names)
+        rule = self._auth.check_method(identity, ctx.method)
+        if request is not None:
+            self._auth.check_request(identity, rule, request)
+        if self._limits is not None:
+            self._limits.take_call(self._caller_key(identity, context))
+        if identity.trusts_headers:
+            return ctx if identity is ANONYMOUS else replace(ctx, caller=identity)
+        return replace(
+            ctx,
+            caller=identity,
+            tenant_id=identity.tenant,
+            subscription_tier=self._tier_of(identity.tenant) if identity.tenant else "",
+        )
+
+    @staticmethod
+    def _caller_key(identity: Identity, context: grpc.aio.ServicerContext) -> str:
+        # Without credentials every caller is "anonymous": tell them apart by
+        # connection instead.
+        return identity.name if identity is not ANONYMOUS else context.peer() or "anonymous"
+
     async def _record(
         self,
         ctx: CallContext,
@@ -147,8 +203,11 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         if self._audit is None or note.pop("skip", ""):
             return
+        peer = context.peer() or ""
+        if ctx.caller is not ANONYMOUS:
+            note["peer"] = peer
         event = obs.AuditEvent(
-            caller=context.peer() or "",
+            caller=ctx.caller.name if ctx.caller is not ANONYMOUS else peer,
             tenant_id=ctx.tenant_id,
             user_id=ctx.user_id,
             method=ctx.method,
@@ -172,15 +231,20 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         metadata = handler_call_details.invocation_metadata
-        ctx, echo = _parse(metadata, method)  # type: ignore[arg-type]
+        header_ctx, echo = _parse(metadata, method)  # type: ignore[arg-type]
 
-        # Log lines written while serving the call carry its tenant and
-        # correlation ids (hub_client's structured logging reads this context).
-        log_context = (
-            RequestContext(ctx.tenant_id, ctx.user_id, ctx.subscription_tier, ctx.correlation_id)
-            if echo
-            else None
-        )
+        def enter(ctx: CallContext) -> None:
+            # grpc.aio runs every call in its own task, so the values set here
+            # cannot leak into another call and need no reset.
+            _current.set(ctx)
+            if echo or ctx.tenant_id:
+                # Log lines written while serving the call carry its tenant and
+                # correlation ids (hub_client's structured logging reads this).
+                set_context(
+                    RequestContext(
+                        ctx.tenant_id, ctx.user_id, ctx.subscription_tier, ctx.correlation_id
+                    )
+                )
 
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
@@ -188,16 +252,14 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
             audit = bool(getattr(inner_uu, "__audited__", False) and self._audit)
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                # grpc.aio runs every call in its own task, so the values set here
-                # cannot leak into another call and need no reset.
-                _current.set(ctx)
-                if log_context is not None:
-                    set_context(log_context)
                 call_note: dict[str, str] | None = {} if audit else None
                 _audit_note.set(call_note)
                 outcome, started = "OK", time.perf_counter()
+                ctx = header_ctx
                 with self._span(method, metadata):
                     try:
+                        ctx = self._admit(header_ctx, metadata, context, request)
+                        enter(ctx)
                         if echo:
                             await context.send_initial_metadata(echo)
                         return await inner_uu(request, context)
@@ -224,11 +286,15 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                _current.set(ctx)
-                if log_context is not None:
-                    set_context(log_context)
                 outcome, started = "OK", time.perf_counter()
+                caller = ""
                 try:
+                    ctx = self._admit(header_ctx, metadata, context, request)
+                    if self._limits is not None:
+                        key = self._caller_key(ctx.caller, context)
+                        self._limits.open_stream(key)
+                        caller = key
+                    enter(ctx)
                     if echo:
                         await context.send_initial_metadata(echo)
                     async for response in inner_us(request, context):
@@ -243,6 +309,8 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                     outcome = "INTERNAL"
                     raise
                 finally:
+                    if caller and self._limits is not None:
+                        self._limits.close_stream(caller)
                     self._finished(method, outcome, started)
 
             return grpc.unary_stream_rpc_method_handler(
@@ -250,5 +318,23 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        # Client- and bidi-streaming methods: none yet; pass through untouched.
+
+        if handler.stream_unary is not None:
+            # RestoreBackup: checked here (who may call it); its servicer maps
+            # its own errors and writes its own audit record.
+            inner_su = handler.stream_unary
+
+            async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    ctx = self._admit(header_ctx, metadata, context, None)
+                except HubError as e:
+                    await _abort(context, e)
+                enter(ctx)
+                return await inner_su(request_iterator, context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler

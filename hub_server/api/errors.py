@@ -23,6 +23,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.HubError], grpc.StatusCode]] = [
     (errors.StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.NoEligibleInstance, grpc.StatusCode.UNAVAILABLE),
     (errors.QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.TooManyCalls, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]

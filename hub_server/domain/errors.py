@@ -109,6 +109,13 @@ class PermissionDenied(HubError):
     reason = "PERMISSION_DENIED"
 
 
+class TooManyCalls(HubError):
+    """One caller is over its share of the hub (calls per second, open streams);
+    it should back off and retry."""
+
+    reason = "CALLER_RATE_LIMITED"
+
+
 @dataclass
 class Violations:
     """Collects field violations so a validator reports every bad field at once."""

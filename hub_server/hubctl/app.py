@@ -26,6 +26,7 @@ from typing import IO, Any, NoReturn
 import grpc
 
 from hub_client import (
+    TLS,
     AlreadyExists,
     HubClient,
     HubError,
@@ -109,6 +110,7 @@ COMMAND_MODULES = (
     "hub_server.hubctl.config_commands",
     "hub_server.hubctl.tenant_commands",
     "hub_server.hubctl.observability_commands",
+    "hub_server.hubctl.management_commands",
     "hub_server.hubctl.completion",
 )
 
@@ -230,6 +232,29 @@ def _global_options(
         default=default(float(_env("HUB_TIMEOUT", "5"))),
         metavar="SECONDS",
         help="connect and call deadline (env HUB_TIMEOUT, default 5)",
+    )
+    g.add_argument(
+        "--token",
+        default=default(_env("HUB_TOKEN", "")),
+        help="bearer token for a hub with credentials (env HUB_TOKEN)",
+    )
+    g.add_argument(
+        "--tls-ca",
+        default=default(_env("HUB_TLS_CA", "")),
+        metavar="PEM",
+        help="connect with TLS, checking the hub against this CA (env HUB_TLS_CA)",
+    )
+    g.add_argument(
+        "--tls-cert",
+        default=default(_env("HUB_TLS_CERT", "")),
+        metavar="PEM",
+        help="client certificate for a hub that requires one (env HUB_TLS_CERT)",
+    )
+    g.add_argument(
+        "--tls-key",
+        default=default(_env("HUB_TLS_KEY", "")),
+        metavar="PEM",
+        help="client certificate's key (env HUB_TLS_KEY)",
     )
     g.add_argument(
         "--no-color",
@@ -370,6 +395,12 @@ def _report(output: Output, error: HubError, target: str) -> int:
 # -- running -----------------------------------------------------------------
 
 
+def _tls(args: argparse.Namespace) -> TLS | None:
+    if not (args.tls_ca or args.tls_cert):
+        return None
+    return TLS(ca=args.tls_ca or None, cert=args.tls_cert or None, key=args.tls_key or None)
+
+
 async def _execute(ctx: Context, cmd: Command) -> int:
     args = ctx.args
     if not cmd.needs_hub:
@@ -380,6 +411,8 @@ async def _execute(ctx: Context, cmd: Command) -> int:
         user_id=args.user,
         subscription_tier=args.tier or "",
         timeout=ctx.timeout,
+        token=args.token or "",
+        tls=_tls(args),
     ) as hub:
         ctx.hub = hub
         try:

@@ -1,0 +1,96 @@
+"""The connection to a hub: plaintext or TLS (optionally with a client
+certificate), and a bearer token sent on every call."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+# The environment variable a token is read from when none is given
+# (like CONSUL_HTTP_TOKEN), so services and hubctl need no code for it.
+TOKEN_ENV = "HUB_TOKEN"
+
+
+def _read(value: str | Path | bytes | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS settings: ``TLS(ca="ca.pem")`` to check the hub's certificate;
+    add ``cert`` and ``key`` when the hub requires client certificates.
+    Values are PEM file paths or the PEM bytes themselves; with no ``ca``, the
+    system's roots are used."""
+
+    ca: str | Path | bytes | None = None
+    cert: str | Path | bytes | None = None
+    key: str | Path | bytes | None = None
+    # The name the hub's certificate must carry when it differs from the host
+    # dialled (e.g. dialling an IP address).
+    server_name: str = ""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca),
+            private_key=_read(self.key),
+            certificate_chain=_read(self.cert),
+        )
+
+
+def _with_token(details: Any, header: tuple[str, str]) -> Any:
+    metadata = list(details.metadata or ())
+    metadata.append(header)
+    return details._replace(metadata=metadata)
+
+
+class _BearerToken(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call. (gRPC's own call
+    credentials need TLS; a token over plaintext loopback is legitimate too.)"""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_with_token(details, self._header), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_with_token(details, self._header), request)
+
+    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(_with_token(details, self._header), request_iterator)
+
+    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(_with_token(details, self._header), request_iterator)
+
+
+def open_channel(
+    target: str,
+    *,
+    token: str | None,
+    tls: TLS | None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """A channel to the hub. ``token=None`` reads $HUB_TOKEN; "" sends none."""
+    if token is None:
+        token = os.environ.get(TOKEN_ENV, "")
+    interceptors = [_BearerToken(token)] if token else None
+    opts = list(options)
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
+    if tls.server_name:
+        opts.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(
+        target, tls.credentials(), options=opts, interceptors=interceptors
+    )

@@ -1,0 +1,2 @@
+"""Who may call the hub: credentials (tokens, client certificates), the role
+table, and per-caller limits."""
