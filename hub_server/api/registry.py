@@ -47,6 +47,16 @@ def _fill(
     out.draining = out.draining or draining
 
 
+def instance_view(
+    inst: types_pb2.Instance, health: types_pb2.InstanceHealth, draining: bool
+) -> types_pb2.Instance:
+    """A copy of the instance as reads answer it: with its current health and
+    drain mark (also what the dashboard shows)."""
+    out = types_pb2.Instance()
+    _fill(out, inst, health, draining)
+    return out
+
+
 @dataclass(slots=True)
 class _Answer:
     """A built GetService response and the drain marks it was built with."""
@@ -91,10 +101,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return tuple([is_draining(service, i) for i in instance_ids])
 
     def _with_health(self, inst: types_pb2.Instance) -> types_pb2.Instance:
-        out = types_pb2.Instance()
         draining = self._is_draining(inst.service, inst.instance_id)
-        _fill(out, inst, self._health.of(inst), draining)
-        return out
+        return instance_view(inst, self._health.of(inst), draining)
 
     def _header(self, revision: int) -> types_pb2.ResponseHeader:
         return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)

@@ -37,6 +37,13 @@ def _time_key(seconds: float) -> bytes:
     return _key(f"{int(seconds * 1e9):020d}")
 
 
+def _matches(event: obs.AuditEvent, tenant_id: str, method: str) -> bool:
+    """The filters of a listing: the tenant, and the method by its full or short name."""
+    if tenant_id and event.tenant_id != tenant_id:
+        return False
+    return not method or event.method == method or event.method.endswith("/" + method)
+
+
 class AuditLog:
     def __init__(
         self,
@@ -81,6 +88,36 @@ class AuditLog:
                 if not fut.done():
                     fut.set_result(None)
 
+    async def latest(
+        self,
+        *,
+        tenant_id: str = "",
+        method: str = "",
+        start: float = 0.0,
+        end: float = 0.0,
+        limit: int = 100,
+    ) -> tuple[list[obs.AuditEvent], int]:
+        """The newest ``limit`` events (newest first) matching the filters of
+        ``list``, and the revision of the read: what a dashboard shows."""
+        if not 0 < limit <= MAX_PAGE:
+            raise InvalidArgument.single("limit", f"must be between 1 and {MAX_PAGE}")
+        lo = _time_key(start) if start else keys.AUDIT
+        hi = _time_key(end) if end else keys.AUDIT + b"\xff"
+        out: list[obs.AuditEvent] = []
+        revision = 0
+        while len(out) < limit and lo < hi:
+            kvs, revision = await self._store.get_range(lo, hi, limit=500, descending=True)
+            for kv in kvs:
+                event = obs.AuditEvent.FromString(kv.value)
+                if _matches(event, tenant_id, method):
+                    out.append(event)
+                    if len(out) == limit:
+                        break
+            if len(kvs) < 500:
+                break
+            hi = kvs[-1].key
+        return out, revision
+
     async def list(
         self,
         *,
@@ -114,9 +151,7 @@ class AuditLog:
             for kv in kvs:
                 event = obs.AuditEvent.FromString(kv.value)
                 lo = kv.key + b"\0"
-                if tenant_id and event.tenant_id != tenant_id:
-                    continue
-                if method and event.method != method and not event.method.endswith("/" + method):
+                if not _matches(event, tenant_id, method):
                     continue
                 out.append(event)
                 if len(out) == size:

@@ -1,0 +1,381 @@
+"""The dashboard's HTTP server, in the hub's own process and event loop: the page
+(static ES modules and one CSS file, nothing fetched from elsewhere), its JSON
+sections, a change feed (Server-Sent Events) and the operator actions.
+
+Reads and actions are authorized like the gRPC calls whose data they show or
+whose work they do (the hub's one role table). Only loopback addresses are
+served unless the hub requires credentials. Requests naming a host other than
+an IP address, localhost or this machine are refused (DNS rebinding), and
+actions must be same-origin JSON posts (CSRF).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from hub_server.api.errors import status_code_for
+from hub_server.domain.errors import HubError, InvalidArgument
+from hub_server.domain.event_log import EventLog
+from hub_server.ui.actions import Actions, authorize, caller_name, check_fleet_reader, method_name
+from hub_server.ui.data import Sections, to_json
+
+if TYPE_CHECKING:
+    from hub_server.app import Hub
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "FAILED_PRECONDITION": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+# Sections refreshed on a timer: they have no change feed (audit records and
+# error patterns are read from etcd; the overview carries RPC statistics).
+TIMED_SECTIONS = ("overview", "audit", "errors")
+TIMED_INTERVAL = 5.0
+KEEPALIVE = 15.0
+COALESCE = 0.2
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` or ``PORT``; the host defaults to
+    loopback."""
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        host, port = "", listen
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--ui-listen {listen!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ChangeFeed:
+    """Which sections of the page changed. Follows the change logs of the mirrors
+    that the Watch RPCs stream from, so the page moves when a watcher would."""
+
+    def __init__(self, sources: dict[str, list[EventLog[Any]]]) -> None:
+        self._sources = sources
+        self._subscribers: set[_Subscriber] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for section, logs in self._sources.items():
+            for log_ in logs:
+                self._tasks.append(asyncio.create_task(self._follow(section, log_)))
+        self._tasks.append(asyncio.create_task(self._tick()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for subscriber in list(self._subscribers):
+            subscriber.close()
+
+    def subscribe(self) -> _Subscriber:
+        subscriber = _Subscriber()
+        self._subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: _Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    def mark(self, *sections: str) -> None:
+        for subscriber in self._subscribers:
+            subscriber.pending.update(sections)
+            subscriber.wake.set()
+
+    async def _follow(self, section: str, log_: EventLog[Any]) -> None:
+        seen = log_.head
+        while True:
+            await log_.wait(seen, 30.0)
+            head = log_.head
+            if head <= seen:
+                continue
+            changes = log_.since(seen)  # None: more than the log keeps
+            seen = head
+            if changes is None or changes:
+                # Most changes are audited calls; the overview counts them.
+                self.mark(section, "overview", "audit")
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TIMED_INTERVAL)
+            self.mark(*TIMED_SECTIONS)
+
+
+class _Subscriber:
+    def __init__(self) -> None:
+        self.pending: set[str] = set()
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Dashboard:
+    """``await start()`` once the hub's domain objects exist; ``await stop()``."""
+
+    def __init__(self, hub: Hub, listen: str) -> None:
+        self._hub = hub
+        self.host, self.port = parse_listen(listen)
+        self._runner: web.AppRunner | None = None
+        self._feed: ChangeFeed | None = None
+        self._names = {"localhost", self.host.lower()}
+        with contextlib.suppress(OSError):
+            self._names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    async def start(self) -> None:
+        hub = self._hub
+        self._check_exposure()
+        self._sections = Sections(hub)
+        self._routes = self._sections.routes()
+        self._actions = Actions(hub)
+        self._feed = ChangeFeed(
+            {
+                "services": [
+                    hub.view.log,
+                    hub.health_view.mirror.log,
+                    hub.picker.loads.log,
+                    hub.deployments.drains.log,
+                ],
+                "circuits": [hub.circuits.mirror.log, hub.circuits.settings.log, hub.view.log],
+                "alerts": [hub.alerts.active.log],
+                "deployments": [hub.deployments.mirror.log],
+                "tenants": [
+                    hub.tenants.mirror.log,
+                    hub.configs.mirror.log,
+                    hub.tenant_limits.usage.log,
+                ],
+                "overview": [hub.replicas.log],
+            }
+        )
+        self._feed.start()
+        app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
+        app.on_response_prepare.append(_add_security_headers)
+        app.router.add_get("/", self._index)
+        app.router.add_get("/static/{name}", self._static)
+        app.router.add_get("/api/whoami", self._whoami)
+        app.router.add_get("/api/events", self._events)
+        app.router.add_get("/api/{section}", self._section)
+        app.router.add_post("/api/actions/{service}/{rpc}", self._action)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        log.info("dashboard on %s", self.url)
+
+    async def stop(self) -> None:
+        if self._feed is not None:
+            await self._feed.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _check_exposure(self) -> None:
+        """Beyond loopback only when the hub requires credentials (or was told
+        --insecure), as for its gRPC address: without credentials everyone is admin."""
+        if is_loopback(self.host) or self._hub.authorizer.enabled or self._hub.config.insecure:
+            return
+        raise ValueError(
+            f"refusing to serve the dashboard on {self.host} without credentials: give "
+            "--credentials-file, listen on loopback, or pass --insecure"
+        )
+
+    # -- guard ---------------------------------------------------------------
+
+    def _host_allowed(self, host_header: str) -> bool:
+        host = urlsplit(f"//{host_header}").hostname or ""
+        if host in self._names:
+            return True
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            return False
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not self._host_allowed(request.host):
+            return _error(421, "MISDIRECTED", "this dashboard does not answer for that host")
+        if request.method == "POST":
+            if request.content_type != "application/json":
+                return _error(415, "UNSUPPORTED_MEDIA_TYPE", "actions take application/json")
+            origin = request.headers.get("Origin")
+            fetch_site = request.headers.get("Sec-Fetch-Site", "same-origin")
+            if (origin and urlsplit(origin).netloc != request.host) or fetch_site not in (
+                "same-origin",
+                "none",
+            ):
+                return _error(403, "CROSS_ORIGIN", "actions are accepted from this page only")
+        try:
+            return await handler(request)
+        except HubError as e:
+            return _hub_error(e)
+
+    # -- handlers ------------------------------------------------------------
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return _file(STATIC / "index.html")
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or path.suffix not in CONTENT_TYPES:
+            raise web.HTTPNotFound()
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        return _file(path)
+
+    def _read_access(self, request: web.Request, method: str) -> Any:
+        identity = authorize(self._hub, method_name(method), _metadata(request))
+        check_fleet_reader(identity)
+        return identity
+
+    async def _whoami(self, request: web.Request) -> web.StreamResponse:
+        identity = self._read_access(request, "ObservabilityService/GetSystemMetrics")
+        role = getattr(identity, "role", "admin")
+        return _json({"name": caller_name(identity), "role": str(role), "hubId": self._hub.hub_id})
+
+    async def _section(self, request: web.Request) -> web.StreamResponse:
+        found = self._routes.get(request.match_info["section"])
+        if found is None:
+            raise web.HTTPNotFound()
+        method, build = found
+        self._read_access(request, method)
+        return _json(await build(request.query))
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        self._read_access(request, "ObservabilityService/GetSystemMetrics")
+        assert self._feed is not None
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
+        )
+        await response.prepare(request)
+        subscriber = self._feed.subscribe()
+        try:
+            await response.write(b"retry: 2000\nevent: hello\ndata: {}\n\n")
+            while not subscriber.closed:
+                try:
+                    await asyncio.wait_for(subscriber.wake.wait(), KEEPALIVE)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await asyncio.sleep(COALESCE)  # one refresh for a burst of changes
+                subscriber.wake.clear()
+                sections, subscriber.pending = sorted(subscriber.pending), set()
+                if sections and not subscriber.closed:
+                    data = json.dumps(sections)
+                    await response.write(f"event: change\ndata: {data}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the page went away
+        finally:
+            self._feed.unsubscribe(subscriber)
+        return response
+
+    async def _action(self, request: web.Request) -> web.StreamResponse:
+        method = method_name(f"{request.match_info['service']}/{request.match_info['rpc']}")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise InvalidArgument.single("body", "must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise InvalidArgument.single("body", "must be a JSON object")
+        peer = request.remote or ""
+        response = await self._actions.run(method, body, _metadata(request), peer)
+        if self._feed is not None:
+            self._feed.mark("audit")
+        return _json(to_json(response))
+
+
+def _metadata(request: web.Request) -> list[tuple[str, str]]:
+    """The request's credentials as the gRPC metadata the authorizer reads."""
+    value = request.headers.get("Authorization")
+    return [("authorization", value)] if value else []
+
+
+async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+def _file(path: Path) -> web.StreamResponse:
+    return web.Response(body=path.read_bytes(), content_type=None,
+                        headers={"Content-Type": CONTENT_TYPES[path.suffix]})  # fmt: skip
+
+
+def _json(data: Any) -> web.Response:
+    return web.json_response(data)
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"code": code, "message": message, **extra}, status=status)
+
+
+def _hub_error(e: HubError) -> web.Response:
+    code = status_code_for(e).name
+    if code == "INTERNAL":
+        log.error("unmapped domain error in the dashboard: %r", e)
+    extra: dict[str, Any] = {"reason": e.reason}
+    if isinstance(e, InvalidArgument):
+        extra["violations"] = [
+            {"field": v.field, "description": v.description} for v in e.violations
+        ]
+    return _error(HTTP_STATUS.get(code, 500), code, e.message, **extra)
