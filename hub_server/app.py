@@ -74,6 +74,7 @@ from hub_server.store.etcd import EtcdStore, KeyValue
 from hub_server.store.mirror import PrefixMirror
 from hub_server.store.presence import Presence
 from hub_server.telemetry import Telemetry
+from hub_server.ui import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class HubConfig:
     backup_dir: Path | None = None
     backup_interval: float = 0.0
     backup_keep: int = 7
+    # host:port of the operators' web dashboard ("" = none; hub_server/ui).
+    ui_listen: str = ""
     # Who may call (hub_server/auth/credentials.py); None: nobody is asked,
     # so the hub refuses any address but loopback unless `insecure`.
     credentials_file: Path | None = None
@@ -207,6 +210,7 @@ class Hub:
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self.dashboard: Dashboard | None = None
 
     @property
     def address(self) -> str:
@@ -382,6 +386,9 @@ class Hub:
         self.election.start()
         await self._set_serving(True)
         self._tasks.append(asyncio.create_task(self._watch_store_health()))
+        if cfg.ui_listen:
+            self.dashboard = Dashboard(self, cfg.ui_listen)
+            await self.dashboard.start()
         log.info("central hub %s serving on %s", self.hub_id, self.address)
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
@@ -455,6 +462,9 @@ class Hub:
 
     async def stop(self) -> None:
         """Graceful: health says NOT_SERVING, calls in flight get a grace period."""
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+            self.dashboard = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
