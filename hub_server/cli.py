@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between PROGRESS messages on idle watch streams (default 10)",
     )
     serve.add_argument(
+        "--ui-listen",
+        default="",
+        help="HOST:PORT (or PORT, on loopback) for the operators' web dashboard (default: none)",
+    )
+    serve.add_argument(
         "--metrics-listen",
         default="",
         help="HOST:PORT for a Prometheus /metrics endpoint (default: none)",
@@ -163,6 +168,8 @@ async def serve(config: HubConfig) -> None:
     await hub.start()
     loop.add_signal_handler(signal.SIGHUP, hub.reload_credentials)
     print(f"central hub serving on {hub.address}", flush=True)
+    if hub.dashboard is not None:
+        print(f"dashboard on {hub.dashboard.url}", flush=True)
     try:
         await stop.wait()
     finally:
@@ -178,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.workers > 1 and args.metrics_listen:
         parser.error("--metrics-listen serves one process; use --otlp-endpoint with --workers")
+    if args.workers > 1 and args.ui_listen:
+        parser.error("--ui-listen serves one process; not with --workers")
     if args.backup_interval < 0 or args.backup_keep < 1:
         parser.error("--backup-interval must be >= 0 and --backup-keep >= 1")
     if args.backup_interval > 0 and args.etcd_endpoints.strip() and args.backup_dir is None:
@@ -196,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         hub_id=args.hub_id,
         watch_progress_interval=args.watch_progress_interval,
         metrics_listen=args.metrics_listen,
+        ui_listen=args.ui_listen,
         otlp_endpoint=args.otlp_endpoint,
         audit_retention=args.audit_retention_days * 86400,
         backup_dir=args.backup_dir,
