@@ -1,11 +1,12 @@
 """Shell completion: the ``completion`` command and its scripts, generated from
 the command table (so new commands complete without touching this file).
-Service and tenant names complete live from the hub through the hidden
-``hubctl __complete services|tenants``.
+Service and tenant names and deployment ids complete live from the hub through
+the hidden ``hubctl __complete services|tenants|deployments``.
 
 A positional argument says how it completes with ``arg(..., complete=KIND)``:
-``services``, ``tenants``, ``layer`` (global, tier or tenant) or ``layer-name``
-(the tier or tenant after ``layer``); arguments with ``choices`` complete those.
+``services``, ``tenants``, ``deployments``, ``files`` (local file names),
+``layer`` (global, tier or tenant) or ``layer-name`` (the tier or tenant after
+``layer``); arguments with ``choices`` complete those.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ _hubctl() {
     fi
   done
   local words=""
-  case "$prev" in
+  case "$path|$prev" in
 __VALUES__
   esac
   if [[ -z "$words" ]]; then
@@ -50,6 +51,9 @@ __PATHS__
 }
 complete -F _hubctl hubctl
 """
+
+# Names completed live from the hub (``hubctl __complete KIND``).
+_LIVE = ("services", "tenants", "deployments")
 
 _ZSH = """#compdef hubctl
 # hubctl completion for zsh (through bash completion). Load it with:
@@ -85,10 +89,12 @@ def script(shell: str) -> str:
     parser = build_parser()
     nodes: list[str] = []
     paths: list[str] = []
-    values: dict[str, list[str]] = {}
 
     top_flags, top_valued = _options(parser)
-    values.update(top_valued)
+    # Options that take a value: the global ones (any command), then each
+    # command's own where they differ from the global ones (`pick --strategy`
+    # and `deployments start --strategy` offer different words).
+    own: dict[str, dict[str, list[str]]] = {}
     top_words = [w for w in _subparsers(parser) if not w.startswith("__")]
     paths.append(f'      "") words={shlex.quote(" ".join([*top_words, *top_flags]))} ;;')
 
@@ -106,12 +112,17 @@ def script(shell: str) -> str:
             return
         cmd = COMMANDS.get(tuple(prefix.split()))
         flags, valued = _options(p)
-        values.update(valued)
+        mine = {f: c for f, c in valued.items() if top_valued.get(f) != c}
+        if mine:
+            own[prefix] = mine
         positional = [a for a in cmd.args if not a.flags[0].startswith("-")] if cmd else []
         cases = []
         for n, a in enumerate(positional):
-            if a.complete in ("services", "tenants"):
+            if a.complete in _LIVE:
                 cases.append(f'{n}) words="$(_hubctl_names {a.complete} "$target")" ;;')
+            elif a.complete == "files":
+                files = 'COMPREPLY=($(compgen -f -- "$cur")); return'
+                cases.append(f'{n}) [[ "$cur" == -* ]] || {{ {files}; }} ;;')
             elif a.complete == "layer":
                 cases.append(f"{n}) words='global tier tenant' ;;")
             elif a.complete == "layer-name":
@@ -137,18 +148,23 @@ def script(shell: str) -> str:
         nodes.append(word)
         walk(word, child)
 
-    value_cases = [
-        f"    {flag}) words={shlex.quote(' '.join(choices))} ;;"
-        for flag, choices in sorted(values.items())
-        if choices
-    ]
-    free = [flag for flag, choices in sorted(values.items()) if not choices]
-    if free:
-        # A value of the user's own (a host, a port, an id): nothing to offer.
-        value_cases.append(f"    {'|'.join(free)}) COMPREPLY=(); return ;;")
+    # Cases on "PATH|FLAG": a command's own options first, then the global ones.
+    value_cases: list[str] = []
+    for path, mine in [*own.items(), ("*", top_valued)]:
+        where = "*" if path == "*" else shlex.quote(path)
+        for flag, choices in sorted(mine.items()):
+            if choices:
+                words = shlex.quote(" ".join(choices))
+                value_cases.append(f"    {where}{shlex.quote('|' + flag)}) words={words} ;;")
+        free = [f"{where}{shlex.quote('|' + f)}" for f, choices in sorted(mine.items())
+                if not choices]  # fmt: skip
+        if free:
+            # A value of the user's own (a host, a port, an id): nothing to offer.
+            value_cases.append(f"    {'|'.join(free)}) COMPREPLY=(); return ;;")
+    valued = set(top_valued).union(*own.values())
     bash = (
         _BASH.replace("__NODES__", "|".join(nodes))
-        .replace("__VALUED__", "|".join(sorted(values)))
+        .replace("__VALUED__", "|".join(sorted(valued)))
         .replace("__VALUES__", "\n".join(value_cases))
         .replace("__PATHS__", "\n".join(paths))
     )
@@ -173,12 +189,14 @@ async def completion(ctx: Context, args: argparse.Namespace) -> None:
 @command(
     "__complete",
     "names for shell completion",
-    arg("kind", choices=("services", "tenants")),
+    arg("kind", choices=_LIVE),
     hidden=True,
 )
 async def complete(ctx: Context, args: argparse.Namespace) -> None:
     if args.kind == "tenants":
         names = [t.tenant_id for t in await ctx.hub.list_tenants()]
+    elif args.kind == "deployments":
+        names = [d.id for d in await ctx.hub.deployments()]
     else:
         names = [s.name for s in await ctx.hub.list_services(legacy_mode=True)]
     for name in names:
