@@ -21,6 +21,7 @@ from hub_server.api.errors import status_code_for, to_status
 from hub_server.auth.authorizer import Authorizer
 from hub_server.auth.credentials import ANONYMOUS, Identity
 from hub_server.auth.limits import CallerLimits
+from hub_server.auth.roles import is_open
 from hub_server.domain.audit import AuditLog
 from hub_server.domain.errors import HubError
 from hub_server.domain.tiers import parse_tier
@@ -172,6 +173,8 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
     ) -> CallContext:
         """Who the caller is and whether it may make this call; the context the
         servicer sees (a bound caller's tenant and stored tier, not its headers)."""
+        if is_open(ctx.method):  # grpc.health.v1 and reflection
+            return ctx
         cert_names = _cert_names(context) if self._auth.client_certs else ()
         identity = self._auth.authenticate(metadata or (), cert_names)
         rule = self._auth.check_method(identity, ctx.method)
