@@ -308,3 +308,14 @@ def test_open_streams_are_bounded_per_caller() -> None:
     limits.close_stream("a")
     limits.close_stream("a")
     assert "a" not in limits._streams
+
+
+def test_the_readme_shows_the_current_role_table() -> None:
+    from pathlib import Path
+
+    from hub_server.auth.table import markdown
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("<!-- role-table")
+    start = readme.index("\n", start) + 1
+    assert readme[start : readme.index("<!-- /role-table -->")] == markdown()
