@@ -503,3 +503,27 @@ async def test_hubctl_with_token_and_tls(
         hub, *flags, "--token", secret("admin"), "tenants", "create", "acme", "--tier", "pro"
     )
     assert made.code == 0, made.err
+
+
+async def test_a_token_rides_on_streams_and_background_keep_alives(fleet: Hub) -> None:
+    async with client(fleet, "service") as svc:
+        events = svc.watch("orders")
+        reg = await svc.register("orders", host="127.0.0.1", port=9200, ttl=2)
+        event = await asyncio.wait_for(anext(events), 10)
+        assert event.instance.instance_id == reg.instance.instance_id
+        async for config in svc.watch_config():
+            assert config.tenant_id == "acme"
+            break
+        await asyncio.sleep(3)  # past the TTL: only keep-alives keep it
+        assert len((await svc.discover("orders")).instances) == 1
+        await events.aclose()
+
+
+async def test_a_token_rides_on_client_streams(fleet: Hub) -> None:
+    async with client(fleet, "admin") as admin, client(fleet, "reader") as ro:
+        data = await admin.backup()
+        assert isinstance(data, bytes)
+        report = await admin.restore(data, dry_run=True)  # client-streaming RestoreBackup
+        assert report is not None
+        with pytest.raises(PermissionDenied):
+            await ro.restore(data, dry_run=True)

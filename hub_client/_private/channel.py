@@ -50,29 +50,32 @@ def _with_token(details: Any, header: tuple[str, str]) -> Any:
     return details._replace(metadata=metadata)
 
 
-class _BearerToken(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Adds ``authorization: Bearer <token>`` to every call. (gRPC's own call
-    credentials need TLS; a token over plaintext loopback is legitimate too.)"""
-
+class _Token:
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
 
+
+# grpc.aio files each interceptor under the first call kind it implements, so
+# each kind needs an object of its own.
+class _UnaryUnaryToken(_Token, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(_with_token(details, self._header), request)
 
+
+class _UnaryStreamToken(_Token, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(_with_token(details, self._header), request)
 
+
+class _StreamUnaryToken(_Token, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(_with_token(details, self._header), request_iterator)
 
-    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
-        return await continuation(_with_token(details, self._header), request_iterator)
+
+def _bearer_token(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Adds ``authorization: Bearer <token>`` to every call. (gRPC's own call
+    credentials need TLS; a token over plaintext loopback is legitimate too.)"""
+    return [_UnaryUnaryToken(token), _UnaryStreamToken(token), _StreamUnaryToken(token)]
 
 
 def open_channel(
@@ -85,7 +88,7 @@ def open_channel(
     """A channel to the hub. ``token=None`` reads $HUB_TOKEN; "" sends none."""
     if token is None:
         token = os.environ.get(TOKEN_ENV, "")
-    interceptors = [_BearerToken(token)] if token else None
+    interceptors = _bearer_token(token) if token else None
     opts = list(options)
     if tls is None:
         return grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
