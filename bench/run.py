@@ -56,7 +56,7 @@ import grpc
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import fanout, probing, quota, report
+from bench import cluster, fanout, probing, quota, report
 from bench.load import Stats, closed_loop, open_loop, spread
 from bench.procs import HubProcess, cpu_seconds
 from bench.report import ETCD_READ, GET, NOOP
@@ -276,6 +276,8 @@ async def measure(
         bench.section(f"probes: {probing.INSTANCES:,} TCP checks every {probing.INTERVAL:g} s, "
                       f"watched for {args.probe_wait:g} s")  # fmt: skip
         await probing.measure(bench, registry, args.probe_wait)
+        bench.pids = {}  # the cluster's processes are its own
+        await cluster.run(bench, workdir, REGISTER)
         bench.section("done")
         if hub.proc is not None and hub.proc.poll() is not None:
             raise RuntimeError("the hub died during the run")
