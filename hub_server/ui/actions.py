@@ -22,6 +22,7 @@ from hub_server.store import keys
 
 if TYPE_CHECKING:
     from hub_server.app import Hub
+    from hub_server.auth.credentials import Identity
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +34,28 @@ def method_name(short: str) -> str:
     return f"/{PACKAGE}.{short}"
 
 
-def authorize(hub: Hub, method: str, headers: Sequence[tuple[str, str]]) -> Any:
-    """Who the caller is, if it may call ``method``; raises Unauthenticated or
-    PermissionDenied. Asks the hub's authorizer, the gRPC API's (its role
-    table; without credentials configured everyone is the anonymous admin)."""
-    return hub.authorizer.authorize(method, list(headers))
+def authenticate(hub: Hub, headers: Sequence[tuple[str, str]]) -> Identity:
+    """Who the caller is (Unauthenticated if its token is unknown or missing
+    where one is required), by the hub's authorizer, the gRPC API's: without
+    credentials configured everyone is the anonymous admin."""
+    return hub.authorizer.authenticate(list(headers))
 
 
-def caller_name(identity: Any) -> str:
-    return str(getattr(identity, "name", "") or "anonymous")
+def authorize(hub: Hub, method: str, headers: Sequence[tuple[str, str]]) -> Identity:
+    """Who the caller is, if the role table lets it call ``method``; raises
+    Unauthenticated or PermissionDenied."""
+    identity = authenticate(hub, headers)
+    hub.authorizer.check_method(identity, method)
+    return identity
 
 
-def check_fleet_reader(identity: Any) -> None:
+def caller_name(identity: Identity) -> str:
+    return identity.name
+
+
+def check_fleet_reader(identity: Identity) -> None:
     """The dashboard shows every tenant: a credential bound to one may not use it."""
-    tenant = getattr(identity, "tenant", "")
+    tenant = identity.tenant
     if tenant:
         raise PermissionDenied(
             f"{caller_name(identity)} is bound to tenant {tenant!r}; "
@@ -128,12 +137,13 @@ class Actions:
         action = self.table.get(method)
         if action is None:
             raise NotFound(f"{method} is not an action the dashboard offers")
-        identity = None
+        identity: Identity | None = None
         request: Message | None = None
         note = {"via": "dashboard", "peer": peer}
         outcome, before, after = "OK", "", ""
         try:
-            identity = authorize(self._hub, method, headers)
+            identity = authenticate(self._hub, headers)
+            self._hub.authorizer.check_method(identity, method)
             request = _parse(method, body)
             before = action.before(request)
             response = await action.call(request)
@@ -150,7 +160,7 @@ class Actions:
 
     async def _audit(
         self,
-        identity: Any,
+        identity: Identity | None,
         method: str,
         request: Message | None,
         action: Action,

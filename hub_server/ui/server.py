@@ -32,6 +32,7 @@ from hub_server.ui.data import Sections, to_json
 
 if TYPE_CHECKING:
     from hub_server.app import Hub
+    from hub_server.auth.credentials import Identity
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class Dashboard:
 
     async def start(self) -> None:
         hub = self._hub
-        self._check_exposure()
+        self.check_exposure()
         self._sections = Sections(hub)
         self._routes = self._sections.routes()
         self._actions = Actions(hub)
@@ -229,7 +230,7 @@ class Dashboard:
             await self._runner.cleanup()
             self._runner = None
 
-    def _check_exposure(self) -> None:
+    def check_exposure(self) -> None:
         """Beyond loopback only when the hub requires credentials (or was told
         --insecure), as for its gRPC address: without credentials everyone is admin."""
         if is_loopback(self.host) or self._hub.authorizer.enabled or self._hub.config.insecure:
@@ -284,15 +285,16 @@ class Dashboard:
             raise web.HTTPNotFound()
         return _file(path)
 
-    def _read_access(self, request: web.Request, method: str) -> Any:
+    def _read_access(self, request: web.Request, method: str) -> Identity:
         identity = authorize(self._hub, method_name(method), _metadata(request))
         check_fleet_reader(identity)
         return identity
 
     async def _whoami(self, request: web.Request) -> web.StreamResponse:
         identity = self._read_access(request, "ObservabilityService/GetSystemMetrics")
-        role = getattr(identity, "role", "admin")
-        return _json({"name": caller_name(identity), "role": str(role), "hubId": self._hub.hub_id})
+        return _json(
+            {"name": caller_name(identity), "role": str(identity.role), "hubId": self._hub.hub_id}
+        )
 
     async def _section(self, request: web.Request) -> web.StreamResponse:
         found = self._routes.get(request.match_info["section"])

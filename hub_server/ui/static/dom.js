@@ -90,10 +90,6 @@ export function duration(from, to) {
   return span(seconds(to) - seconds(from));
 }
 
-export function percent(ratio) {
-  return `${(100 * (Number(ratio) || 0)).toFixed(ratio > 0 && ratio < 0.1 ? 1 : 0)}%`;
-}
-
 // A horizontal bar for a share in [0, 1] (beyond 1 shows as full and "over").
 export function bar(ratio, label, { warn = 0.8 } = {}) {
   const r = Math.max(0, Number(ratio) || 0);

@@ -2,7 +2,7 @@
 // API answers it), elements out. Actions are buttons with data-method and
 // data-request; app.js sends them.
 
-import { h, short, time, duration, span, percent, bar, pill, table } from './dom.js';
+import { h, short, time, duration, span, bar, pill, table } from './dom.js';
 
 const HEALTH_KIND = { HEALTHY: 'good', DEGRADED: 'warn', UNHEALTHY: 'bad', UNSPECIFIED: 'none' };
 const CIRCUIT_KIND = {
@@ -140,8 +140,10 @@ export function circuits(data) {
       return h('tr', { class: 'circuit', dataset: { service: c.service, instance: c.instanceId, state } },
         h('td', { class: 'mono' }, c.service, c.instanceId ? h('span', { class: 'muted' }, ` / ${c.instanceId}`) : null),
         h('td', {}, pill(state, CIRCUIT_KIND[state], c.reason || undefined)),
-        h('td', {}, bar(c.failureRate, percent(c.failureRate), { warn: 0.25 }),
-          c.slowCallRate > 0 ? h('div', { class: 'muted small' }, `slow ${percent(c.slowCallRate)}`) : null),
+        // Rates are in percent; the bar is full at the threshold that opens the circuit.
+        h('td', {}, bar(c.failureRate / (c.settings?.failureRateThreshold || 100),
+          `${Number(c.failureRate).toFixed(0)}%`, { warn: 0.5 }),
+        c.slowCallRate > 0 ? h('div', { class: 'muted small' }, `slow ${Number(c.slowCallRate).toFixed(0)}%`) : null),
         h('td', { class: 'num' }, c.calls),
         h('td', {}, time(c.stateSince)),
         h('td', { class: 'ops' },
