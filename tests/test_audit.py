@@ -13,6 +13,7 @@ from aitrading.hub.v1 import observability_pb2_grpc, registry_pb2
 
 from hub_client import HubClient, InvalidArgument
 from hub_server.app import Hub
+from hub_server.domain import errors
 from tests.conftest import eventually
 
 
@@ -99,3 +100,17 @@ async def test_retention_prunes_old_records(hub: Hub, client: HubClient) -> None
 
 async def _empty(hub: Hub) -> bool:
     return not (await _list(hub)).events
+
+
+async def test_latest_is_newest_first_with_the_same_filters(hub: Hub) -> None:
+    for i in range(6):
+        await hub.audit.append(
+            obs.AuditEvent(method=f"/x.S/M{i % 2}", tenant_id=f"t{i % 3}", target=f"n{i}")
+        )
+    events, revision = await hub.audit.latest(limit=4)
+    assert [e.target for e in events] == ["n5", "n4", "n3", "n2"] and revision > 0
+    assert [e.target for e in (await hub.audit.latest(method="M1"))[0]] == ["n5", "n3", "n1"]
+    assert [e.target for e in (await hub.audit.latest(tenant_id="t0"))[0]] == ["n3", "n0"]
+    assert (await hub.audit.latest(start=time.time() + 60))[0] == []
+    with pytest.raises(errors.InvalidArgument, match="limit"):
+        await hub.audit.latest(limit=0)
