@@ -21,10 +21,12 @@ from aitrading.hub.v1 import circuit_pb2, observability_pb2, observability_pb2_g
 from hub_client import HubClient, health_check
 from hub_server.app import Hub, HubConfig
 from hub_server.auth.authorizer import Authorizer
-from hub_server.auth.credentials import token_entry
+from hub_server.auth.credentials import Identity, token_entry
 from hub_server.auth.roles import Role
 from hub_server.domain.circuit import CircuitState
+from hub_server.domain.errors import PermissionDenied
 from hub_server.ui import Dashboard
+from hub_server.ui.actions import check_fleet_reader
 from tests.conftest import HubFactory
 from tests.support.servers import GrpcServer, HttpServer
 from tests.test_deployments import fleet
@@ -494,3 +496,9 @@ def test_the_dashboard_stays_on_loopback_without_credentials(tmp_path: Path) -> 
     Dashboard(hub, "0.0.0.0:7080").check_exposure()
     with pytest.raises(ValueError, match="HOST:PORT"):
         Dashboard(hub, "127.0.0.1:http")
+
+
+def test_a_tenant_bound_credential_may_not_use_the_dashboard() -> None:
+    with pytest.raises(PermissionDenied, match="bound to tenant 'acme'"):
+        check_fleet_reader(Identity("token:acme-dash", Role.READER, tenant="acme"))
+    check_fleet_reader(Identity("token:dash", Role.READER))
