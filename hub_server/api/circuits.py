@@ -11,7 +11,7 @@ from google.protobuf import duration_pb2
 from hub_server.api.context import audit_note, audited
 from hub_server.api.streaming import watch_stream
 from hub_server.domain import validation
-from hub_server.domain.circuit import Call, CircuitSettings, Outcome, WindowType
+from hub_server.domain.circuit import Call, CircuitSettings, Outcome
 from hub_server.domain.circuits import Circuits, StoredCircuit
 from hub_server.domain.errors import InvalidArgument, Violations
 from hub_server.store.mirror import REMOVED, Change
@@ -37,7 +37,8 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 def settings_from_pb(m: circuit_pb2.CircuitSettings) -> CircuitSettings:
     settings = CircuitSettings.with_defaults(
-        window_type=WindowType(m.window_type) if m.window_type else None,
+        # Raw: an unknown number is reported by validate(), not raised here.
+        window_type=m.window_type or None,
         window_size=m.window_size,
         minimum_calls=m.minimum_calls,
         failure_rate_threshold=m.failure_rate_threshold,

@@ -49,6 +49,9 @@ SCHEMA_VERSION = 1
 MAX_COUNT_WINDOW = 10_000
 MAX_TIME_WINDOW = 3_600
 MAX_PERMITTED_CALLS_IN_HALF_OPEN = 10_000
+# Longest duration a setting may hold (seconds): a day; a Duration near its own
+# limit would overflow when sent back.
+MAX_DURATION = 86_400.0
 
 
 class WindowType(IntEnum):
@@ -100,15 +103,16 @@ class CircuitSettings:
         minimum_calls: Calls the window must hold before rates are judged. For a
             COUNT window it is capped at ``window_size``.
         failure_rate_threshold: Failure rate (percent, 0 < x <= 100) that opens.
-        slow_call_duration: A call taking longer than this (seconds) is slow,
-            whether it succeeded or failed.
+        slow_call_duration: A call taking longer than this (seconds, at most a
+            day) is slow, whether it succeeded or failed.
         slow_call_rate_threshold: Slow-call rate (percent, 0 < x <= 100) that
             opens. At 100 only a window of nothing but slow calls opens.
-        wait_in_open: Seconds in OPEN before trial calls are allowed (> 0).
+        wait_in_open: Seconds in OPEN before trial calls are allowed (> 0, at
+            most a day).
         permitted_calls_in_half_open: Trial calls in HALF_OPEN; their outcomes
             decide CLOSED or OPEN.
         max_wait_in_half_open: Seconds in HALF_OPEN before giving up and going
-            back to OPEN; 0 waits for the trial outcomes forever.
+            back to OPEN (at most a day); 0 waits for the trial outcomes forever.
     """
 
     window_type: WindowType = WindowType.COUNT
@@ -176,18 +180,20 @@ class CircuitSettings:
             check_int("window_size", self.window_size, 1, MAX_TIME_WINDOW)
         check_int("minimum_calls", self.minimum_calls, 1, 2**31 - 1)
         check_float("failure_rate_threshold", self.failure_rate_threshold, positive=True, high=100)
-        check_float("slow_call_duration", self.slow_call_duration, positive=True, high=None)
+        check_float("slow_call_duration", self.slow_call_duration, positive=True, high=MAX_DURATION)
         check_float(
             "slow_call_rate_threshold", self.slow_call_rate_threshold, positive=True, high=100
         )
-        check_float("wait_in_open", self.wait_in_open, positive=True, high=None)
+        check_float("wait_in_open", self.wait_in_open, positive=True, high=MAX_DURATION)
         check_int(
             "permitted_calls_in_half_open",
             self.permitted_calls_in_half_open,
             1,
             MAX_PERMITTED_CALLS_IN_HALF_OPEN,
         )
-        check_float("max_wait_in_half_open", self.max_wait_in_half_open, positive=False, high=None)
+        check_float(
+            "max_wait_in_half_open", self.max_wait_in_half_open, positive=False, high=MAX_DURATION
+        )
         return out
 
     def ensure_valid(self) -> CircuitSettings:
