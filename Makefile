@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install gen check-gen lint breaking run test test-faults bench clean
+.PHONY: install browser gen check-gen lint breaking run test test-faults bench clean
 
 install: $(STAMP) node_modules/.installed
 
@@ -42,7 +42,14 @@ breaking: install
 run: install
 	$(BIN)/central-hub serve --listen 127.0.0.1:7000
 
-test: install check-gen lint breaking
+# The dashboard's browser tests drive Debian's chromium (never a downloaded build).
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
+test: install browser check-gen lint breaking
 	scripts/run-tests.sh
 
 test-faults: install
