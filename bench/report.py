@@ -150,7 +150,7 @@ def render(result: dict[str, Any]) -> str:
             "open loop: p99 of how late calls started against the schedule: "
             + ", ".join(f"{r['op'].split(' (')[0]} {r['start_lag_p99_ms']:.2f} ms" for r in lags)
         )
-    lines += _propagation(result.get("propagation", []))
+    lines += _propagation(result.get("propagation", []), env.get("watchers"))
     lines.append("")
     width = max((len(f["name"]) for f in result["facts"]), default=0)
     for f in result["facts"]:
@@ -163,7 +163,7 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _propagation(rows: list[Row]) -> list[str]:
+def _propagation(rows: list[Row], watchers: Row | None = None) -> list[str]:
     """The fan-out table: per change, the time until the last receiver has it."""
     if not rows:
         return []
@@ -193,6 +193,12 @@ def _propagation(rows: list[Row]) -> list[str]:
         "Propagation: per change, the time from the change until the last receiver had it "
         "(p99 of fewer than 100 changes is their max); median rcv: until half had it",
     ]
+    if watchers:
+        lines.append(
+            f"Receivers: the hub's streams are read by {watchers['processes']} watcher "
+            f"processes ({watchers['streams_per_connection']} streams per connection) on "
+            "the same cores as the hub; their CPU per change is beside the hub's"
+        )
     for n, row in enumerate(table):
         cells = [c.ljust(w) if i in (0, 9) else c.rjust(w)
                  for i, (c, w) in enumerate(zip(row, widths, strict=True))]  # fmt: skip

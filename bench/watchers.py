@@ -38,7 +38,10 @@ from aitrading.hub.v1 import (
 from hub_server.store.etcd import EtcdStore, Event, decode_event, prefix_end
 
 STREAMS_PER_CHANNEL = 100
-WAVE = 500  # streams opened at once (over all processes)
+# Streams opened at once (over all processes): every cell's in one burst. The hub
+# queues up to 10,000 calls it has not picked up yet (grpc.server.max_pending_requests;
+# grpc's default of 1,000 cancelled part of any larger burst).
+WAVE = 5000
 # A channel of its own subchannel pool opens its own connection: without this,
 # channels to one address share one HTTP/2 connection.
 _CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
@@ -234,10 +237,8 @@ class WatcherPool:
         """Opens one stream per entry of ``args``, spread over the processes, and
         waits until every stream has its first message; returns the seconds taken.
 
-        Streams are opened in waves of ``WAVE``: a burst of much more than 1,000
-        new streams overflows grpc core's queue of calls the server has not yet
-        picked up (``grpc.server.max_pending_requests``, 1,000 by default), and
-        it cancels the excess."""
+        Streams are opened in waves of ``WAVE``, each all at once; the opening
+        fails if any stream of a wave did not start."""
         t0 = time.perf_counter()
         n = self.processes
         self._groups[name] = []

@@ -287,8 +287,9 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
             header=self._header(stored.revision), layer=stored_layer_to_pb(stored)
         )
 
-    def _message(self, state: ConfigState, kind: int) -> config_pb2.WatchConfigResponse:
-        """Built once per state and kind, however many streams send it."""
+    def _message(self, state: ConfigState, kind: int) -> bytes:
+        """Built and serialized once per state and kind, however many streams send
+        it (WatchConfig's response serializer passes bytes through)."""
         if state.cache is None:
             state.cache = {}
         message = state.cache.get(kind)
@@ -297,7 +298,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                 header=self._header(state.revision),
                 kind=kind,  # type: ignore[arg-type]
                 config=merged_to_pb(state.config, self._values_pb),
-            )
+            ).SerializeToString()
         return message  # type: ignore[no-any-return]
 
     async def WatchConfig(self, request, context) -> AsyncIterator[config_pb2.WatchConfigResponse]:  # type: ignore[no-untyped-def,override]

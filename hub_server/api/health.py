@@ -72,5 +72,6 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
             select=select,
             respond=respond,
             progress_interval=self.progress_interval,
+            share=("health", service),
         ):
             yield response

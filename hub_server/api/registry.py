@@ -210,5 +210,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             select=select,
             respond=respond,
             progress_interval=self.progress_interval,
+            share=("registry", service, tier),
         ):
             yield response

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any, TypeVar
 
+import grpc
 from aitrading.hub.v1 import registry_pb2
 
 from hub_server.domain.errors import InvalidArgument
@@ -32,6 +33,21 @@ M = TypeVar("M")  # what a stream sends per item (an Instance, an InstanceHealth
 # Builds one response: (kind, items, revision, more, compact_revision) -> message.
 Respond = Callable[[int, list[M], int, bool, int], Any]
 
+_MISSING = object()
+
+
+def _events(
+    log_: EventLog[Change[Any]],
+    after: int,
+    head: int,
+    select: Callable[[Change[Any]], M | None],
+    respond: Respond[M],
+) -> Any:
+    """The EVENTS response for everything after ``after`` (None: nothing to send)."""
+    changes = log_.since(after) or []
+    selected = [m for m in map(select, changes) if m is not None]
+    return respond(EVENTS, selected, head, False, 0) if selected else None
+
 
 async def watch_stream(
     log_: EventLog[Change[Any]],
@@ -41,12 +57,20 @@ async def watch_stream(
     select: Callable[[Change[Any]], M | None],
     respond: Respond[M],
     progress_interval: float,
+    share: Hashable | None = None,
 ) -> AsyncIterator[Any]:
     """Yields the responses of one watch.
 
     ``snapshot`` returns the current items and the revision they reflect (it must
     not await, so they are consistent); ``select`` turns a change into the item to
     send, or None to skip it.
+
+    ``share``: a key that names everything ``select`` and ``respond`` depend on
+    besides the log (the kind of stream and its filter). Streams with the same key
+    at the same cursor send the same EVENTS response for the same head: it is
+    selected, built and serialized once (kept in the log's ``at_head``) and every
+    such stream yields those bytes, so its method needs a response serializer
+    that passes bytes through (``sends_bytes``). None: each stream builds its own.
     """
     global open_streams
     if start_revision < 0:
@@ -57,23 +81,41 @@ async def watch_stream(
             items, cursor = snapshot()
             for i in range(0, max(len(items), 1), SNAPSHOT_CHUNK):
                 more = i + SNAPSHOT_CHUNK < len(items)
-                yield respond(SNAPSHOT, items[i : i + SNAPSHOT_CHUNK], cursor, more, 0)
+                message = respond(SNAPSHOT, items[i : i + SNAPSHOT_CHUNK], cursor, more, 0)
+                # As bytes where bytes pass: grpc and the wrappers around this
+                # generator hold the last message sent until the next one.
+                yield message if share is None else message.SerializeToString()
+                del message
+            # The frame lives as long as the stream: what it holds between
+            # messages is held once per stream (a snapshot's copies, ~1 KiB per
+            # instance).
+            del items
         else:
             cursor = start_revision - 1
         last_sent = time.monotonic()
         while True:
             await log_.wait(cursor, progress_interval)
-            changes = log_.since(cursor)
             head = log_.head
-            if changes is None:
+            if cursor < log_.complete_after:  # what it has not sent is gone
                 yield respond(RESYNC_REQUIRED, [], head, False, log_.complete_after + 1)
                 return
             # One message for everything new, so that a revision is never split
             # across messages and header.revision is always a safe resume point.
-            selected = [m for m in map(select, changes) if m is not None]
+            if share is None:
+                events = _events(log_, cursor, head, select, respond)
+            else:
+                built = log_.at_head
+                key = (share, cursor)
+                events = built.get(key, _MISSING)
+                if events is _MISSING:
+                    events = _events(log_, cursor, head, select, respond)
+                    if events is not None:
+                        events = events.SerializeToString()
+                    built[key] = events
             cursor = max(cursor, head)
-            if selected:
-                yield respond(EVENTS, selected, head, False, 0)
+            if events is not None:
+                yield events
+                events = None
                 last_sent = time.monotonic()
             elif time.monotonic() - last_sent >= progress_interval:
                 yield respond(PROGRESS, [], cursor, False, 0)
@@ -83,3 +125,53 @@ async def watch_stream(
         raise
     finally:
         open_streams -= 1
+
+
+def _pass_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
+    def serialize_unless_bytes(message: Any) -> bytes:
+        if message.__class__ is bytes:
+            return message  # type: ignore[no-any-return]
+        return serialize(message) if serialize is not None else message  # type: ignore[no-any-return]
+
+    return serialize_unless_bytes
+
+
+def _sending_bytes(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler is None or not handler.response_streaming:
+        return handler
+    return handler._replace(  # type: ignore[attr-defined,no-any-return]
+        response_serializer=_pass_bytes(handler.response_serializer)
+    )
+
+
+class _GenericSendingBytes(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = _sending_bytes(self._inner.service(handler_call_details))
+            if handler is not None:
+                self._handlers[method] = handler
+        return handler
+
+
+class sends_bytes:  # used like a function: add_X_to_server(servicer, sends_bytes(server))
+    """Stands for the server when a generated ``add_*Servicer_to_server`` registers
+    a service whose streams yield pre-serialized responses (``watch_stream`` with
+    ``share``): its server-streaming methods get a response serializer that sends
+    bytes as they are (and serializes anything else as before)."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_GenericSendingBytes(h) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self._server.add_registered_method_handlers(
+            service, {name: _sending_bytes(h) for name, h in handlers.items()}
+        )

@@ -22,8 +22,6 @@ last state a stream sends is the current one.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +46,7 @@ from hub_server.domain.config_merge import (
 from hub_server.domain.errors import NotFound, StoreUnavailable, VersionConflict
 from hub_server.domain.tenants import Tenants
 from hub_server.domain.tiers import parse_tier
+from hub_server.domain.waiters import Waiters
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 from hub_server.store.mirror import Change, PrefixMirror
@@ -86,18 +85,16 @@ class _Group:
         self.streams = 0
         self.generation = 0
         self.state: ConfigState | None = None
-        self._changed = asyncio.Event()
+        self._changed = Waiters()
 
     def bump(self) -> None:
         self.generation += 1
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._changed.wake_all()
 
     async def wait(self, generation: int, timeout: float) -> None:
         if self.generation != generation:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        await self._changed.wait(timeout)
 
 
 class ConfigSubscription:

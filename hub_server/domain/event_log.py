@@ -4,13 +4,20 @@ Writers append and never wait. Each watcher keeps only a cursor (the revision it
 has sent up to) and reads what came after it; a watcher that falls so far behind
 that its events were trimmed is told so (it must resync), like etcd's compacted
 watchers. No per-watcher queue exists, so a slow reader costs nothing to others.
+
+What readers build from the log at its current head (the response a stream
+sends for "everything after revision N", which every stream with the same filter
+at the same cursor sends alike) is kept in ``at_head`` until the head moves, so
+that it is built once, not once per stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 from bisect import bisect_right
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from hub_server.domain.waiters import Waiters
 
 T = TypeVar("T")
 
@@ -24,7 +31,10 @@ class EventLog(Generic[T]):
         self.complete_after = 0
         # The newest revision the log reflects (events or progress).
         self.head = 0
-        self._changed = asyncio.Event()
+        self._waiters = Waiters()
+        # Built from the log as it is now, keyed by whoever builds it; emptied
+        # (a new dict) whenever the log changes.
+        self.at_head: dict[Any, Any] = {}
 
     def reset(self, revision: int) -> None:
         """Forget everything: the log is complete only after ``revision`` now."""
@@ -40,6 +50,7 @@ class EventLog(Generic[T]):
         self._items[:0] = [item for _, item in events]
         self.complete_after = min(self.complete_after, complete_from - 1)
         self._trim()
+        self.at_head = {}
 
     def append(self, events: list[tuple[int, T]], revision: int) -> None:
         """Adds events (in revision order) and moves the head to ``revision``."""
@@ -60,11 +71,7 @@ class EventLog(Generic[T]):
         """Returns once the head passes ``after``, or when ``timeout`` runs out."""
         if self.head > after:
             return
-        changed = self._changed
-        try:
-            await asyncio.wait_for(changed.wait(), timeout)
-        except TimeoutError:
-            pass
+        await self._waiters.wait(timeout)
 
     async def wait_for_revision(self, revision: int, timeout: float) -> bool:
         """Waits until the log has reached ``revision``; False on timeout."""
@@ -78,8 +85,9 @@ class EventLog(Generic[T]):
         return True
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        """One wake-up for every waiter, however many events came in."""
+        self.at_head = {}
+        self._waiters.wake_all()
 
     def _trim(self) -> None:
         # Trim in chunks (a quarter of capacity) so appends stay amortised O(1).

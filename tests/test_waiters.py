@@ -1,0 +1,87 @@
+"""Waiters (many tasks, one wake-up) and the EventLog waits built on it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from hub_server.domain.event_log import EventLog
+from hub_server.domain.waiters import Waiters
+
+
+async def _wait(waiters: Waiters, timeout: float) -> None:
+    await waiters.wait(timeout)
+
+
+async def test_wake_all_resumes_every_waiter_at_once() -> None:
+    waiters = Waiters()
+    tasks = [asyncio.create_task(_wait(waiters, 30.0)) for _ in range(100)]
+    await asyncio.sleep(0)
+    assert len(waiters) == 100 and not any(t.done() for t in tasks)
+    waiters.wake_all()
+    await asyncio.wait_for(asyncio.gather(*tasks), 1.0)
+    assert len(waiters) == 0
+
+
+async def test_each_waiter_times_out_on_its_own_deadline() -> None:
+    waiters = Waiters()
+    t0 = time.monotonic()
+
+    async def wait(timeout: float) -> float:
+        await waiters.wait(timeout)
+        return time.monotonic() - t0
+
+    short, long_, longer = await asyncio.gather(wait(0.05), wait(0.2), wait(0.1))
+    assert 0.04 <= short < 0.15
+    assert 0.09 <= longer < 0.2
+    assert 0.19 <= long_ < 0.4
+    assert len(waiters) == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_others_waiting() -> None:
+    waiters = Waiters()
+    gone = asyncio.create_task(_wait(waiters, 30.0))
+    stays = asyncio.create_task(_wait(waiters, 30.0))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.sleep(0.01)
+    assert gone.cancelled() and not stays.done()
+    waiters.wake_all()
+    await asyncio.wait_for(stays, 1.0)
+
+
+async def test_a_wake_up_before_the_timeout_cancels_nothing_later() -> None:
+    waiters = Waiters()
+    first = asyncio.create_task(_wait(waiters, 0.05))
+    await asyncio.sleep(0)
+    waiters.wake_all()
+    await first
+    # A waiter that came after the wake-up still gets its full timeout.
+    t0 = time.monotonic()
+    await waiters.wait(0.1)
+    assert time.monotonic() - t0 >= 0.09
+
+
+async def test_event_log_wait_returns_on_append_or_timeout() -> None:
+    log: EventLog[str] = EventLog()
+    log.reset(10)
+    waiting = asyncio.create_task(log.wait(10, 30.0))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    log.append([(11, "a")], 11)
+    await asyncio.wait_for(waiting, 1.0)
+    await log.wait(10, 30.0)  # the head is past 10 already: no wait
+    t0 = time.monotonic()
+    await log.wait(11, 0.05)
+    assert time.monotonic() - t0 >= 0.04
+
+
+async def test_event_log_at_head_is_emptied_when_the_log_changes() -> None:
+    log: EventLog[str] = EventLog()
+    log.reset(1)
+    log.at_head["k"] = b"built"
+    log.append([(2, "a")], 2)
+    assert log.at_head == {}
+    log.at_head["k"] = b"built"
+    log.preload([(1, "z")], 1)
+    assert log.at_head == {}
