@@ -176,7 +176,7 @@ class Alerts:
             instance_id=c.instance_id, tenant_id=c.tenant_id, summary=c.summary, active=True,
         )  # fmt: skip
         alert.raised_at.FromNanoseconds(int(now * 1e9))
-        key = keys.ALERTS_ACTIVE + c.id.encode()
+        key = keys.alert_key(c.id)
         txn = Txn().absent(key)
         txn.success += [Txn.put(key, alert.SerializeToString()), self._history(alert, now)]
         if (await self._store.txn(txn)).succeeded:
@@ -184,7 +184,7 @@ class Alerts:
 
     async def _resolve(self, alert: obs.Alert) -> None:
         now = self._clock()
-        key = keys.ALERTS_ACTIVE + alert.id.encode()
+        key = keys.alert_key(alert.id)
         txn = Txn().mod_revision_is(key, self.active.mod_revision(key))
         txn.success += [Txn.delete(key), self._history(as_resolved(alert, now), now)]
         if (await self._store.txn(txn)).succeeded:
@@ -192,7 +192,7 @@ class Alerts:
 
     @staticmethod
     def _history(alert: obs.Alert, now: float) -> rpc.RequestOp:
-        key = keys.ALERTS_HISTORY + f"{int(now * 1e9):020d}-{alert.id}".encode()
+        key = keys.alert_history_key(int(now * 1e9), alert.id)
         return Txn.put(key, alert.SerializeToString())
 
     async def history(self, limit: int) -> list[obs.Alert]:

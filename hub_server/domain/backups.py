@@ -62,7 +62,7 @@ MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 MAX_TXN_BYTES = 1024 * 1024  # etcd refuses requests over 1.5 MiB by default
 PAGE = 2000  # keys per range read of the export
 SUFFIX = ".chub"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.chub$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.chub")  # fullmatch
 
 NOTE_LEASES = (
     "{n} lease-bound key(s) in the backup (registered instances, their health and "
@@ -296,9 +296,9 @@ def backup_name(created_at: float, revision: int, *, scheduled: bool) -> str:
     return f"{kind}-{stamp:%Y%m%dT%H%M%S}{ms:03d}Z-r{revision}{SUFFIX}"
 
 
-def check_name(name: str) -> None:
-    if not _NAME.match(name):
-        raise InvalidArgument.single("name", f"not a backup file name (like manual-...{SUFFIX})")
+def check_name(name: str, field: str = "name") -> None:
+    if not _NAME.fullmatch(name):
+        raise InvalidArgument.single(field, f"not a backup file name (like manual-...{SUFFIX})")
 
 
 # -- the service -------------------------------------------------------------
@@ -507,7 +507,7 @@ def _list_directory(directory: Path) -> list[StoredBackup]:
     if not directory.is_dir():
         return out
     for path in directory.iterdir():
-        if not _NAME.match(path.name):
+        if not _NAME.fullmatch(path.name):
             continue
         try:
             with open(path, "rb") as f:

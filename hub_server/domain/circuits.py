@@ -28,7 +28,7 @@ from hub_server.store.mirror import PrefixMirror
 
 log = logging.getLogger(__name__)
 
-SERVICE_LEVEL = "_"  # the instance part of a service circuit's key
+SERVICE_LEVEL = keys.SERVICE_LEVEL  # the instance part of a service circuit's key
 MAX_CAS_ATTEMPTS = 50
 REFUSING = (CircuitState.OPEN, CircuitState.FORCED_OPEN)
 
@@ -41,12 +41,8 @@ class StoredCircuit:
     revision: int  # etcd mod revision; 0 for a circuit never written
 
 
-def circuit_key(service: str, instance_id: str) -> bytes:
-    return keys.CIRCUITS + f"{service}/{instance_id or SERVICE_LEVEL}".encode()
-
-
-def settings_key(service: str) -> bytes:
-    return keys.CIRCUIT_SETTINGS + service.encode()
+circuit_key = keys.circuit_key
+settings_key = keys.circuit_settings_key
 
 
 def _decode_circuit(kv: KeyValue) -> StoredCircuit:

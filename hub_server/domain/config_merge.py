@@ -60,7 +60,7 @@ FLAGS = "flags"  # the map of other flags, inside "features"
 SETTINGS = "settings"
 
 MAX_FLAGS = 256
-_FLAG_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
+_FLAG_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")  # fullmatch
 MAX_SETTINGS_BYTES = 64 * 1024
 MAX_SETTINGS_DEPTH = 16
 
@@ -191,7 +191,7 @@ def _check_flags(bad: list[FieldViolation], where: str, value: Any) -> dict[str,
     flags: dict[str, bool] = {}
     for name, flag in value.items():
         at = f"{where}[{str(name)[:64]!r}]"
-        if not isinstance(name, str) or not _FLAG_NAME.match(name):
+        if not isinstance(name, str) or not _FLAG_NAME.fullmatch(name):
             bad.append(FieldViolation(at, "name must be 1-64 of letters, digits, '.', '_', '-'"))
         elif f"features.{name}" in FIELDS_BY_PATH:
             bad.append(FieldViolation(at, f"is a typed feature: set features.{name} instead"))

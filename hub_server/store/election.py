@@ -37,7 +37,7 @@ class Election:
     ) -> None:
         self._store = store
         self.candidate_id = candidate_id
-        self.key = keys.ELECTION + name.encode()
+        self.key = keys.election_key(name)
         self.ttl = ttl
         self._poll = poll_interval
         self.leader_id = ""
