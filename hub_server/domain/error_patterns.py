@@ -21,14 +21,13 @@ CATEGORIES = {
     "connection", "timeout", "authentication", "authorization", "validation",
     "resource_exhaustion", "database", "dependency", "configuration", "unknown",
 }  # fmt: skip
-_FINGERPRINT = re.compile(r"^[0-9a-f]{8,64}$")
+_FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")
 MAX_BATCH = 1000
 MAX_TEXT = 2048
 MAX_LIMIT = 1000
 
 
-def _key(service: str, tenant_id: str, fingerprint: str) -> bytes:
-    return keys.ERROR_PATTERNS + f"{service}/{tenant_id or '_'}/{fingerprint}".encode()
+_key = keys.error_pattern_key
 
 
 def validate(service: str, patterns: list[obs.ErrorPattern]) -> None:
@@ -38,7 +37,7 @@ def validate(service: str, patterns: list[obs.ErrorPattern]) -> None:
         v.add("patterns", f"at most {MAX_BATCH} per report")
     for i, p in enumerate(patterns[:MAX_BATCH]):
         path = f"patterns[{i}]"
-        if not _FINGERPRINT.match(p.fingerprint):
+        if not _FINGERPRINT.fullmatch(p.fingerprint):
             v.add(f"{path}.fingerprint", "must be 8-64 lower-case hex digits")
         validation.check_safe_id(v, f"{path}.tenant_id", p.tenant_id, required=False)
         if p.category not in CATEGORIES:
@@ -48,6 +47,9 @@ def validate(service: str, patterns: list[obs.ErrorPattern]) -> None:
         for name in ("sample", "normalized_message", "exception_type", "severity"):
             if len(getattr(p, name)) > MAX_TEXT:
                 v.add(f"{path}.{name}", f"must be at most {MAX_TEXT} characters")
+        for name in ("first_seen", "last_seen"):
+            if p.HasField(name):
+                validation.check_timestamp(v, f"{path}.{name}", getattr(p, name))
     v.raise_if_any()
 
 
@@ -57,7 +59,7 @@ def merge(total: obs.ErrorPattern | None, delta: obs.ErrorPattern) -> obs.ErrorP
     out.CopyFrom(delta)
     if total is None:
         return out
-    out.count = total.count + delta.count
+    out.count = min(total.count + delta.count, 2**63 - 1)
     out.sample = total.sample or delta.sample
     if total.first_seen.ToNanoseconds() and (
         not delta.first_seen.ToNanoseconds()
@@ -104,7 +106,7 @@ class ErrorPatterns:
         if category and category not in CATEGORIES:
             v.add("category", f"must be one of {', '.join(sorted(CATEGORIES))}")
         v.raise_if_any()
-        prefix = keys.ERROR_PATTERNS + (f"{service}/".encode() if service else b"")
+        prefix = keys.error_pattern_prefix(service) if service else keys.ERROR_PATTERNS
         kvs, revision = await self._store.get_prefix(prefix)
         found = [obs.ErrorPattern.FromString(kv.value) for kv in kvs]
         found = [
