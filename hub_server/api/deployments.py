@@ -16,6 +16,7 @@ from hub_server.store import keys
 from hub_server.store.mirror import REMOVED, Change
 
 MAX_VERSION = 128
+MAX_REASON = 1024  # bytes: kept in the deployment's record
 
 
 def _seconds(d: duration_pb2.Duration) -> float:
@@ -107,9 +108,11 @@ def progress_to_pb(d: rollout.Deployment) -> deployment_pb2.DeploymentProgress:
     )
 
 
-def _check_id(deployment_id: str) -> None:
+def _check_id(deployment_id: str, reason: str = "") -> None:
     v = Violations()
     validation.check_safe_id(v, "id", deployment_id)
+    if len(reason.encode()) > MAX_REASON:
+        v.add("reason", f"must be at most {MAX_REASON} bytes")
     v.raise_if_any()
 
 
@@ -166,7 +169,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         )
 
     async def _operate(self, request, verb: str, op):  # type: ignore[no-untyped-def]
-        _check_id(request.id)
+        _check_id(request.id, getattr(request, "reason", ""))
         audit_note(target=f"deployment/{request.id}", action=verb)
         before = self._deployments.get(request.id)
         stored = await op()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 from aetcd import rpc
 
-from hub_server.domain.errors import Compacted, StoreUnavailable
+from hub_server.domain.errors import Compacted, InvalidArgument, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,20 @@ class EtcdStore:
                 raise StoreUnavailable(f"etcd unavailable: {e.code().name}: {e.details()}") from e
             if e.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (e.details() or ""):
                 raise Compacted(e.details() or "compacted", compact_revision=0) from e
+            if _too_large(e):
+                # The last line of defence: servicers bound what they store, so
+                # this is a request whose values add up past etcd's limit.
+                raise InvalidArgument.single("request", "is too large to store") from e
             raise
+
+
+def _too_large(e: grpc.aio.AioRpcError) -> bool:
+    """etcd's "request is too large" (over --max-request-bytes), or a message over
+    its gRPC receive limit."""
+    code, details = e.code(), (e.details() or "").lower()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return "too large" in details
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger" in details
 
 
 class _LeaseKeepAliveStream:
