@@ -130,9 +130,16 @@ class Election:
         tasks, self._work_tasks = self._work_tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self.is_leader:
-            self.is_leader = False
-            self._set_leader("")
+        try:
+            if tasks:
+                # Not ``await task`` under suppress(CancelledError): that also
+                # swallowed a cancel of the campaign itself (stop(), a crash)
+                # arriving while it stepped down, and the campaign ran on.
+                await asyncio.wait(tasks)
+                for task in tasks:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: not logged as never retrieved
+        finally:
+            if self.is_leader:
+                self.is_leader = False
+                self._set_leader("")
