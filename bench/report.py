@@ -131,8 +131,9 @@ def render(result: dict[str, Any]) -> str:
             f"{r['p99_ms']:.3f}",
             f"{r['max_ms']:.2f}",
             str(r["errors"]),
-            "/".join(str(r["cpu_pct"][k]) for k in ("client", "hub", "etcd")),
-            str(r["cpu_us_per_call"]["hub"]),
+            # Rows of processes of their own (the cluster's) have no hub or etcd here.
+            "/".join(str(r["cpu_pct"].get(k, "-")) for k in ("client", "hub", "etcd")),
+            str(r["cpu_us_per_call"].get("hub", "-")),
             _ratios(r) or ("(baseline)" if r["op"] in baselines else ""),
         )
         for r in result["results"]

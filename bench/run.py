@@ -457,11 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: everything the run started is stopped", file=sys.stderr)
         return 130
     result["environment"]["wall_seconds"] = round(time.perf_counter() - started, 1)
-    print()
-    print(report.render(result))
+    # Written before it is rendered, so that a report bug does not lose a run.
     out = args.out or RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(report.render(result))
     print(f"\nwritten to {out}")
     return 0
 
