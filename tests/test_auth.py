@@ -25,7 +25,7 @@ from google.protobuf import message_factory
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from hub_client import TLS, HubClient, PermissionDenied, Unauthenticated
+from hub_client import TLS, HubClient, PermissionDenied, RateLimited, Unauthenticated
 from hub_server.app import Hub
 from hub_server.auth.authorizer import Authorizer
 from hub_server.auth.credentials import Identity, token_entry
@@ -308,6 +308,10 @@ async def test_a_caller_over_its_rate_gets_resource_exhausted(
         assert {_reason(r) for r in refused} == {"CALLER_RATE_LIMITED"}
         # Another caller has its own budget.
         await stub(registry_pb2.ListServicesRequest(), metadata=md("gateway"))
+    async with client(hub, "reader") as ro:
+        with pytest.raises(RateLimited, match="over 20 calls/s"):
+            for _ in range(100):
+                await ro.list_services()
 
 
 async def test_open_streams_are_bounded_per_caller(

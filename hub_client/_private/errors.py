@@ -112,6 +112,11 @@ class CircuitOpen(Unavailable):
     """The fleet-wide circuit refuses calls; raised locally, without a round trip."""
 
 
+class RateLimited(Unavailable):
+    """This caller is over its share of the hub (reason CALLER_RATE_LIMITED: calls
+    per second; CALLER_STREAM_LIMIT: open streams); back off and retry."""
+
+
 class QuotaExceeded(HubError):
     """Over a tenant limit; see ``quota_violations`` (``resource``, ``limit``,
     ``current`` and ``requested`` are those of the first one)."""
@@ -160,6 +165,8 @@ _BY_REASON: dict[str, type[HubError]] = {
     "NO_ELIGIBLE_INSTANCE": NoEligibleInstance,
     "CIRCUIT_OPEN": CircuitOpen,
     "QUOTA_EXCEEDED": QuotaExceeded,
+    "CALLER_RATE_LIMITED": RateLimited,
+    "CALLER_STREAM_LIMIT": RateLimited,
     "SUBSCRIPTION_TIER_TOO_LOW": TierTooLow,
 }
 
@@ -172,6 +179,8 @@ _BY_CODE: dict[grpc.StatusCode, type[HubError]] = {
     grpc.StatusCode.OUT_OF_RANGE: RevisionCompacted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    # The hub replica stopped with the call in flight: another may serve it.
+    grpc.StatusCode.CANCELLED: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: QuotaExceeded,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
