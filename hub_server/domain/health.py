@@ -10,6 +10,7 @@ or every REFRESH seconds, not after every probe: 1,000 instances probed every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -209,11 +210,20 @@ class HealthMonitor:
         # rescanning every instance each round, which stalled the event loop for
         # tens of ms with 10,000 instances.
         self._changed: set[Key] | None = None
+        # Set when the loop should look again before its timer: an instance
+        # changed, or a probe finished and its next one is due sooner.
+        self._wake = asyncio.Event()
         registry.mirror.add_listener(self._note_change)
 
     def _note_change(self, change: Change[types_pb2.Instance]) -> None:
         if self._changed is not None:
             self._changed.add(keys.parse_instance_key(change.key))
+            self._wake.set()
+
+    def _schedule(self, due: float, key: Key) -> None:
+        if not self._due or due < self._due[0][0]:
+            self._wake.set()
+        heapq.heappush(self._due, (due, key))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -221,6 +231,7 @@ class HealthMonitor:
         self._changed = {(s, i) for s, insts in self._registry.services.items() for i in insts}
         try:
             while True:
+                self._wake.clear()
                 now = loop.time()
                 changed, self._changed = self._changed, set()
                 for key in changed:
@@ -231,26 +242,28 @@ class HealthMonitor:
                         and check_kind(inst) != "lease"
                     ):
                         self._scheduled.add(key)
-                        heapq.heappush(self._due, (now, key))
+                        self._schedule(now, key)
                 while self._due and self._due[0][0] <= now:
-                    _, key = heapq.heappop(self._due)
+                    due, key = heapq.heappop(self._due)
                     inst = self._registry.get_instance(*key)
                     if inst is None or check_kind(inst) == "lease":
                         self._scheduled.discard(key)
                         self._states.pop(key, None)
                         continue
                     await self._limit.acquire()
-                    task = asyncio.create_task(self._probe_one(key, inst))
+                    task = asyncio.create_task(self._probe_one(key, inst, due))
                     self._running.add(task)
                     task.add_done_callback(self._running.discard)
-                wait = self._due[0][0] - loop.time() if self._due else 0.5
-                await asyncio.sleep(min(max(wait, 0.01), 0.5))
+                wait = self._due[0][0] - loop.time() if self._due else 60.0
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
         finally:
             self._changed = None
             for task in list(self._running):
                 task.cancel()
 
-    async def _probe_one(self, key: Key, inst: types_pb2.Instance) -> None:
+    async def _probe_one(self, key: Key, inst: types_pb2.Instance, due: float) -> None:
         policy = Policy.of(inst.health_check)
         try:
             try:
@@ -264,8 +277,11 @@ class HealthMonitor:
             self._limit.release()
             self.probes_done += 1
             if key in self._scheduled:
-                loop = asyncio.get_running_loop()
-                heapq.heappush(self._due, (loop.time() + policy.interval, key))
+                # Counted from when this probe was due, not when it finished, so
+                # the interval does not stretch by each probe's latency; a probe
+                # that fell behind by a whole interval is simply due now.
+                now = asyncio.get_running_loop().time()
+                self._schedule(max(due + policy.interval, now), key)
 
     async def _record(
         self, key: Key, inst: types_pb2.Instance, result: ProbeResult, policy: Policy
