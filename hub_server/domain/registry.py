@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 30
 DEFAULT_WEIGHT = 100
+MAX_THRESHOLD = 100  # consecutive probes (HealthCheck.*_threshold)
+_TIERS = (
+    types_pb2.SUBSCRIPTION_TIER_FREE,
+    types_pb2.SUBSCRIPTION_TIER_PRO,
+    types_pb2.SUBSCRIPTION_TIER_ENTERPRISE,
+)
 
 
 def tier_names(instance: types_pb2.Instance) -> tuple[str, ...]:
@@ -287,7 +293,9 @@ def validate_registration(req: registry_pb2.RegisterRequest) -> types_pb2.Instan
         v.add("protocol", "is not a known protocol")
     if req.resource_tier not in types_pb2.ResourceTier.values():
         v.add("resource_tier", "is not a known resource tier")
-    for i, tier in enumerate(req.subscription_requirements):
+    if len(req.subscription_requirements) > len(_TIERS):
+        v.add("subscription_requirements", f"at most {len(_TIERS)} (one per tier)")
+    for i, tier in enumerate(req.subscription_requirements[: len(_TIERS)]):
         if tier not in types_pb2.SubscriptionTier.values() or tier == 0:
             v.add(f"subscription_requirements[{i}]", "must be FREE, PRO or ENTERPRISE")
     _check_health_check(v, req.health_check)
@@ -325,9 +333,12 @@ def _check_health_check(v: Violations, hc: types_pb2.HealthCheck) -> None:
             v.add("health_check.http.path", "must start with '/', at most 1024, no spaces")
     elif kind == "grpc" and len(hc.grpc.service) > 256:
         v.add("health_check.grpc.service", "must be at most 256 characters")
-    for name in ("interval", "timeout"):
+    for name, low in (("interval", 0.1), ("timeout", 0.1), ("degraded_latency", 0.001)):
         if hc.HasField(name):
             d = getattr(hc, name)
             seconds = d.seconds + d.nanos / 1e9
-            if not 0.1 <= seconds <= 3600:
-                v.add(f"health_check.{name}", "must be between 0.1s and 3600s")
+            if not low <= seconds <= 3600:
+                v.add(f"health_check.{name}", f"must be between {low:g}s and 3600s")
+    for name in ("unhealthy_threshold", "healthy_threshold"):
+        if not 0 <= getattr(hc, name) <= MAX_THRESHOLD:
+            v.add(f"health_check.{name}", f"must be between 0 (the default) and {MAX_THRESHOLD}")
