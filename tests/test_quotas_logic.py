@@ -119,3 +119,47 @@ def test_violation_carries_the_numbers() -> None:
         "acme", "pro", quotas.BY_NAME["api_calls_per_hour"], limit=1, current=1, requested=1
     )
     assert "this hour" in rate.description
+
+
+# -- request records (retries of Allocate and Release) ---------------------------------
+
+
+@pytest.mark.parametrize("offset", [0, 0.4, 1, 299.9, 300, 1800, 3599.9])
+def test_request_records_live_an_hour_at_least(offset: float) -> None:
+    now = T0 + offset
+    start, ttl = quotas.request_record_lease(now)
+    assert start <= now < start + quotas.REQUEST_BUCKET_SECONDS  # 5-minute buckets
+    assert start % quotas.REQUEST_BUCKET_SECONDS == 0
+    assert HOUR <= ttl <= HOUR + quotas.REQUEST_BUCKET_SECONDS
+    # Every record of a bucket expires with it, an hour after the bucket ends.
+    bucket_end = start + quotas.REQUEST_BUCKET_SECONDS
+    assert bucket_end + HOUR <= now + ttl < bucket_end + HOUR + 1
+
+
+def test_request_records_keep_the_first_answer() -> None:
+    rate, ws = quotas.BY_NAME["api_calls_per_hour"], quotas.BY_NAME["websocket_connections"]
+    usage = quotas.Usage(rate, 7, 1000, T0, T0 + HOUR)
+    record = quotas.record_of(quotas.ALLOCATE, rate, 3, usage)
+    assert quotas.RequestRecord.from_json(record.to_json()) == record
+    assert record.usage() == usage
+    released = quotas.record_of(quotas.RELEASE, ws, 5, quotas.Usage(ws, 0, 5), released=2)
+    again = quotas.RequestRecord.from_json(released.to_json())
+    assert (again.released, again.usage()) == (2, quotas.Usage(ws, 0, 5))
+
+
+@pytest.mark.parametrize(
+    ("op", "resource", "amount", "retry"),
+    [
+        ("allocate", "api_calls_per_hour", 3, True),
+        ("allocate", "api_calls_per_hour", 4, False),
+        ("release", "api_calls_per_hour", 3, False),
+        ("allocate", "websocket_connections", 3, False),
+    ],
+)
+def test_a_request_id_names_one_request(op: str, resource: str, amount: int, retry: bool) -> None:
+    rate = quotas.BY_NAME["api_calls_per_hour"]
+    record = quotas.record_of(quotas.ALLOCATE, rate, 3, quotas.Usage(rate, 3, 10))
+    problem = record.mismatch(op, quotas.BY_NAME[resource], amount)
+    assert (problem == "") is retry
+    if not retry:
+        assert "allocate 3 api_calls_per_hour" in problem

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,7 +47,7 @@ from hub_client._private.deployments import (
     watch_deployment,
     watch_directives,
 )
-from hub_client._private.errors import from_rpc_error
+from hub_client._private.errors import Unavailable, from_rpc_error
 from hub_client._private.models import (
     CircuitInfo,
     ConfigLayer,
@@ -94,6 +96,12 @@ _RESOURCE_TIERS = {
     "premium": types_pb2.RESOURCE_TIER_PREMIUM,
     "enterprise": types_pb2.RESOURCE_TIER_ENTERPRISE,
 }
+
+# Calls that carry a request id are retried on Unavailable (UNAVAILABLE,
+# CANCELLED from a replica stopping, ...) while the client's timeout lasts.
+_RETRY_ATTEMPTS = 8
+_RETRY_FIRST_DELAY = 0.05
+_RETRY_MAX_DELAY = 1.0
 
 _QUOTA_RESOURCES = {
     "api_calls_per_hour": tenant_pb2.QUOTA_RESOURCE_API_CALLS_PER_HOUR,
@@ -271,6 +279,35 @@ class HubClient:
             )
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
+
+    async def _unary_retried(self, method: Any, request: Any) -> Any:
+        """For a request the hub answers once however often it is sent (one with a
+        request id): sent again on Unavailable, with backoff, until it is answered
+        or the client's timeout (for all attempts together) runs out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        delay = _RETRY_FIRST_DELAY
+        for attempt in range(1, _RETRY_ATTEMPTS + 1):
+            try:
+                return await method(
+                    request,
+                    timeout=max(0.001, deadline - loop.time()),
+                    metadata=self.context.metadata(),
+                    wait_for_ready=True,
+                )
+            except grpc.aio.AioRpcError as e:
+                error = from_rpc_error(e)
+                pause = random.uniform(delay / 2, delay)
+                if (
+                    not isinstance(error, Unavailable)
+                    or attempt == _RETRY_ATTEMPTS
+                    or loop.time() + pause >= deadline
+                ):
+                    raise error from None
+                log.debug("%s: %s; retrying (attempt %d)", method, error, attempt + 1)
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, _RETRY_MAX_DELAY)
+        raise AssertionError("unreachable")
 
     # -- registry ----------------------------------------------------------
 
@@ -608,31 +645,55 @@ class HubClient:
         return bool(resp.allowed)
 
     async def allocate(
-        self, resource: str, amount: int = 1, *, tenant: str | None = None
+        self,
+        resource: str,
+        amount: int = 1,
+        *,
+        tenant: str | None = None,
+        request_id: str | None = None,
     ) -> ResourceUsage:
         """Takes ``amount`` of a quota resource ("websocket_connections",
         "concurrent_requests", "data_storage_mb", "api_calls_per_hour").
 
+        The call carries a request id (``request_id``, or a new random one) and
+        is retried with it on Unavailable within the client's timeout: the hub
+        counts it once however many attempts reach it. Pass your own
+        ``request_id`` to retry a call yourself later (within the hour).
+
         Raises:
             QuotaExceeded: it does not fit; ``limit``, ``current`` and
                 ``requested`` say by how much.
+            Unavailable: no attempt was answered in time; whether the
+                allocation was made is unknown (retry with the same request_id).
         """
-        resp = await self._unary(
+        resp = await self._unary_retried(
             self.tenant_stub.Allocate,
             tenant_pb2.AllocateRequest(
-                tenant_id=self._tenant(tenant), resource=_quota_resource(resource), amount=amount
+                tenant_id=self._tenant(tenant),
+                resource=_quota_resource(resource),
+                amount=amount,
+                request_id=request_id or uuid.uuid4().hex,
             ),
         )
         return ResourceUsage.from_pb(resp.usage)
 
     async def release(
-        self, resource: str, amount: int = 1, *, tenant: str | None = None
+        self,
+        resource: str,
+        amount: int = 1,
+        *,
+        tenant: str | None = None,
+        request_id: str | None = None,
     ) -> ResourceUsage:
-        """Gives back ``amount`` (usage never goes below zero)."""
-        resp = await self._unary(
+        """Gives back ``amount`` (usage never goes below zero). Carries a request
+        id and is retried like ``allocate``, so it takes effect once."""
+        resp = await self._unary_retried(
             self.tenant_stub.Release,
             tenant_pb2.ReleaseRequest(
-                tenant_id=self._tenant(tenant), resource=_quota_resource(resource), amount=amount
+                tenant_id=self._tenant(tenant),
+                resource=_quota_resource(resource),
+                amount=amount,
+                request_id=request_id or uuid.uuid4().hex,
             ),
         )
         return ResourceUsage.from_pb(resp.usage)

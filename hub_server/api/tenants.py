@@ -78,6 +78,11 @@ def _amount(v: Violations, amount: int) -> None:
         v.add("amount", problem)
 
 
+def _request_id(v: Violations, request_id: str) -> None:
+    """Optional; part of an etcd key when given."""
+    validation.check_safe_id(v, "request_id", request_id, required=False)
+
+
 class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
     def __init__(
         self,
@@ -189,11 +194,16 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         tenant_id = _tenant_id(v, request.tenant_id)
         resource = _resource(v, request.resource)
         _amount(v, request.amount)
+        _request_id(v, request.request_id)
         v.raise_if_any()
         self._audit_amount(tenant_id, resource.name, request.amount)
         self._configs.ensure_live()
         usage, revision = await self._quotas.allocate(
-            tenant_id, current().subscription_tier, resource, request.amount
+            tenant_id,
+            current().subscription_tier,
+            resource,
+            request.amount,
+            request_id=request.request_id,
         )
         return tenant_pb2.AllocateResponse(header=self._header(revision), usage=usage_to_pb(usage))
 
@@ -203,11 +213,16 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         tenant_id = _tenant_id(v, request.tenant_id)
         resource = _resource(v, request.resource)
         _amount(v, request.amount)
+        _request_id(v, request.request_id)
         v.raise_if_any()
         self._audit_amount(tenant_id, resource.name, request.amount)
         self._configs.ensure_live()
         usage, released, revision = await self._quotas.release(
-            tenant_id, current().subscription_tier, resource, request.amount
+            tenant_id,
+            current().subscription_tier,
+            resource,
+            request.amount,
+            request_id=request.request_id,
         )
         return tenant_pb2.ReleaseResponse(
             header=self._header(revision), usage=usage_to_pb(usage), released=released

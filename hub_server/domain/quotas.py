@@ -6,12 +6,19 @@ allocation and down on release. A rate resource (API calls per hour) counts what
 was allocated in the current hourly window; each window has its own usage key
 under an etcd lease that outlives the window by an hour, so old windows expire
 by themselves.
+
+An allocation or release given a request id is recorded (RequestRecord) in the
+same transaction as its usage change, so a retry finds the record and gets the
+first call's answer instead of counting again. Records made in the same five
+minutes share one lease that outlives the last of them by an hour: at most 12
+lease grants an hour per replica, and expiries come in small batches.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 from hub_server.domain.config_merge import ConfigValues
 from hub_server.domain.errors import QuotaViolation
@@ -21,6 +28,10 @@ WINDOW_SECONDS = 3600
 # read for a while), then its lease expires it.
 WINDOW_GRACE_SECONDS = 3600
 MAX_AMOUNT = 1_000_000_000
+# A retry of a call with a request id is recognised this long after the call at
+# least; records made within one bucket share one lease.
+REQUEST_RECORD_SECONDS = 3600
+REQUEST_BUCKET_SECONDS = 300
 
 
 class Kind(enum.Enum):
@@ -63,6 +74,15 @@ def window_lease_ttl(now: float) -> int:
     the window ends (so between one and two hours)."""
     _, end = window(now)
     return max(1, int(end + WINDOW_GRACE_SECONDS - now + 0.999))
+
+
+def request_record_lease(now: float) -> tuple[int, int]:
+    """(start of the bucket holding ``now``, TTL) for the lease of a request record
+    written at ``now``: the lease ends an hour after the bucket does, so every
+    record in it lives at least REQUEST_RECORD_SECONDS (at most 5 minutes more)."""
+    start = int(now // REQUEST_BUCKET_SECONDS) * REQUEST_BUCKET_SECONDS
+    end = start + REQUEST_BUCKET_SECONDS
+    return start, max(1, int(end + REQUEST_RECORD_SECONDS - now + 0.999))
 
 
 def check_amount(amount: int) -> str:
@@ -115,3 +135,74 @@ class Usage:
     limit: int
     window_start: int = 0
     window_end: int = 0
+
+
+# -- retried requests ----------------------------------------------------------------
+
+ALLOCATE = "allocate"
+RELEASE = "release"
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What an allocation or release with a request id did, kept for its retries:
+    the request (op, resource, amount) and its answer (usage after, the amount
+    released). The revision of the answer is the record's own mod revision."""
+
+    op: str
+    resource: str
+    amount: int
+    used: int
+    limit: int
+    window_start: int = 0
+    window_end: int = 0
+    released: int = 0
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, value: bytes) -> RequestRecord:
+        doc = json.loads(value)
+        return cls(
+            op=str(doc.get("op", "")),
+            resource=str(doc.get("resource", "")),
+            amount=int(doc.get("amount", 0)),
+            used=int(doc.get("used", 0)),
+            limit=int(doc.get("limit", 0)),
+            window_start=int(doc.get("window_start", 0)),
+            window_end=int(doc.get("window_end", 0)),
+            released=int(doc.get("released", 0)),
+        )
+
+    def usage(self) -> Usage:
+        """The usage the first call answered with."""
+        return Usage(
+            BY_NAME[self.resource], self.used, self.limit, self.window_start, self.window_end
+        )
+
+    def mismatch(self, op: str, resource: Resource, amount: int) -> str:
+        """Why a call with this record's request id is not a retry of the recorded
+        call ("" when it is: same op, resource and amount)."""
+        if (self.op, self.resource, self.amount) == (op, resource.name, amount):
+            return ""
+        return (
+            f"was used within the last hour by another request ({self.op} {self.amount} "
+            f"{self.resource}); use a new id for a new request"
+        )
+
+
+def record_of(
+    op: str, resource: Resource, amount: int, usage: Usage, released: int = 0
+) -> RequestRecord:
+    """The record of a call that answered ``usage`` (and released ``released``)."""
+    return RequestRecord(
+        op,
+        resource.name,
+        amount,
+        usage.used,
+        usage.limit,
+        usage.window_start,
+        usage.window_end,
+        released,
+    )

@@ -10,6 +10,12 @@ mod_revision, retried from the value the failed transaction read back, so
 concurrent allocators on any number of replicas never push usage past the
 limit nor a release below zero. Within one replica, changes to one key take
 turns (a lock per key), so contention is only ever between replicas.
+
+A call given a request id also writes its record (quotas.RequestRecord) in the
+same transaction, on the condition that no record of that id exists yet; when
+one does, the call changes nothing and answers what the record says. Records
+live under a lease shared by five minutes' worth of them that ends an hour after
+those five minutes, so retries within an hour are always caught.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from hub_server.domain import quotas
 from hub_server.domain.config_merge import MergedConfig
 from hub_server.domain.errors import (
     AlreadyExists,
+    FieldViolation,
     HubError,
+    InvalidArgument,
     NotFound,
     QuotaExceeded,
     StoreUnavailable,
@@ -211,6 +219,22 @@ def _decode_used(kv: KeyValue | None) -> tuple[int, int]:
     return max(0, int(json.loads(kv.value).get("used", 0))), kv.mod_revision
 
 
+@dataclass(frozen=True)
+class _Request:
+    """A call made with a request id: where its record goes, what the call was, and
+    how to make its record from the usage before and after."""
+
+    key: bytes
+    op: str
+    amount: int
+    record: Callable[[int, int], quotas.RequestRecord]
+
+
+# What _update did: usage after, revision, usage before, and the record replayed
+# (None when this call made the change).
+_Updated = tuple[int, int, int, quotas.RequestRecord | None]
+
+
 class Quotas:
     """Allocations and releases against the limits of each tenant's merged config."""
 
@@ -230,7 +254,9 @@ class Quotas:
         # hint that saves a read; the compare-and-set catches it being stale.
         self._known: dict[bytes, tuple[int, int]] = {}
         self._known_capacity = known_capacity
-        self._leases: dict[int, int] = {}  # window start -> lease id
+        # (what for, start of its span) -> lease id: "window" leases hold a rate
+        # window's usage keys, "request" leases the request records of 5 minutes.
+        self._leases: dict[tuple[str, int], int] = {}
         self._lease_lock = asyncio.Lock()
 
     def config(self, tenant_id: str, header_tier: str) -> MergedConfig:
@@ -258,9 +284,17 @@ class Quotas:
         return quotas.fits(used, amount, limit), self._usage(resource, used, limit, now), revision
 
     async def allocate(
-        self, tenant_id: str, header_tier: str, resource: quotas.Resource, amount: int
+        self,
+        tenant_id: str,
+        header_tier: str,
+        resource: quotas.Resource,
+        amount: int,
+        *,
+        request_id: str = "",
     ) -> tuple[quotas.Usage, int]:
-        """Takes ``amount``; raises QuotaExceeded if it does not fit under the limit."""
+        """Takes ``amount``; raises QuotaExceeded if it does not fit under the limit.
+        With a ``request_id`` used before (within the hour), changes nothing and
+        returns what that call returned."""
         merged = self.config(tenant_id, header_tier)
         limit = quotas.limit_of(resource, merged.values)
         now = self._clock()
@@ -271,23 +305,60 @@ class Quotas:
                 raise self._exceeded(tenant_id, merged.tier, resource, limit, used, amount, now)
             return after
 
-        used, revision, _ = await self._update(
-            self._key(tenant_id, resource, now), step, resource, now
+        request = None
+        if request_id:
+            request = _Request(
+                keys.quota_request_key(tenant_id, request_id),
+                quotas.ALLOCATE,
+                amount,
+                lambda before, after: quotas.record_of(
+                    quotas.ALLOCATE, resource, amount, self._usage(resource, after, limit, now)
+                ),
+            )
+        used, revision, _, replayed = await self._update(
+            self._key(tenant_id, resource, now), step, resource, now, request
         )
+        if replayed is not None:
+            return replayed.usage(), revision
         return self._usage(resource, used, limit, now), revision
 
     async def release(
-        self, tenant_id: str, header_tier: str, resource: quotas.Resource, amount: int
+        self,
+        tenant_id: str,
+        header_tier: str,
+        resource: quotas.Resource,
+        amount: int,
+        *,
+        request_id: str = "",
     ) -> tuple[quotas.Usage, int, int]:
-        """Gives back up to ``amount``; returns (usage after, amount released, revision)."""
+        """Gives back up to ``amount``; returns (usage after, amount released, revision).
+        With a ``request_id`` used before (within the hour), changes nothing and
+        returns what that call returned."""
         limit = quotas.limit_of(resource, self.config(tenant_id, header_tier).values)
         now = self._clock()
-        used, revision, before = await self._update(
+        request = None
+        if request_id:
+            request = _Request(
+                keys.quota_request_key(tenant_id, request_id),
+                quotas.RELEASE,
+                amount,
+                lambda before, after: quotas.record_of(
+                    quotas.RELEASE,
+                    resource,
+                    amount,
+                    self._usage(resource, after, limit, now),
+                    released=before - after,
+                ),
+            )
+        used, revision, before, replayed = await self._update(
             self._key(tenant_id, resource, now),
             lambda used: quotas.release(used, amount)[0],
             resource,
             now,
+            request,
         )
+        if replayed is not None:
+            return replayed.usage(), replayed.released, revision
         return self._usage(resource, used, limit, now), before - used, revision
 
     async def usage(
@@ -340,62 +411,127 @@ class Quotas:
                 self._locks.pop(key, None)
 
     async def _update(
-        self, key: bytes, step: Callable[[int], int], resource: quotas.Resource, now: float
-    ) -> tuple[int, int, int]:
+        self,
+        key: bytes,
+        step: Callable[[int], int],
+        resource: quotas.Resource,
+        now: float,
+        request: _Request | None = None,
+    ) -> _Updated:
         """Read, step, compare-and-set, retried from what the failed txn read.
 
         ``step`` returns the new usage or raises (QuotaExceeded). A decision made
         on the cached hint is confirmed on a fresh read before it is final.
-        Returns (usage after, revision, usage before).
+        Returns (usage after, revision, usage before, None).
+
+        With a ``request``, the reads and the failed txn also read its record
+        and the txn writes it if absent (even when usage does not change): a
+        record found is a retry, answered by (_, its revision, _, the record).
         """
         async with self._turn(key):
             hint = self._known.get(key)
             fresh = hint is None
             revision = 0
             lease_renewed = False
+            found: KeyValue | None = None  # the request's record, as last read
             if hint is None:
-                kv, revision = await self._store.get(key)
-                hint = _decode_used(kv)
+                hint, found, revision = await self._read(key, request)
             for attempt in range(MAX_CAS_ATTEMPTS):
+                if found is not None and request is not None:
+                    return self._replay(found, request, resource)
                 used, mod_revision = hint
                 try:
                     after = step(used)
                 except HubError:
-                    if fresh:
+                    if fresh:  # (and no record was found in the same read)
                         raise
                     after = None
                 if after is None or (after == used and not fresh):
-                    kv, revision = await self._store.get(key)
-                    hint, fresh = _decode_used(kv), True
+                    hint, found, revision = await self._read(key, request)
+                    fresh = True
                     continue
-                if after == used:  # nothing to change (a release with nothing in use)
-                    return used, revision, used
-                lease = await self._window_lease(now) if resource.kind is quotas.Kind.RATE else 0
+                if after == used and request is None:
+                    # Nothing to change (a release with nothing in use).
+                    return used, revision, used, None
+                lease = record_lease = 0
                 txn = Txn().mod_revision_is(key, mod_revision)
-                txn.success.append(Txn.put(key, _encode_used(after), lease))
+                if after != used:
+                    if resource.kind is quotas.Kind.RATE:
+                        lease = await self._window_lease(now)
+                    txn.success.append(Txn.put(key, _encode_used(after), lease))
                 txn.failure.append(Txn.get(key))
+                if request is not None:
+                    record_lease = await self._request_lease(now)
+                    txn.absent(request.key)
+                    txn.success.append(
+                        Txn.put(request.key, request.record(used, after).to_json(), record_lease)
+                    )
+                    txn.failure.append(Txn.get(request.key))
                 try:
                     result = await self._store.txn(txn)
                 except HubError:
                     raise
                 except Exception:
-                    if not lease or lease_renewed:
+                    if not (lease or record_lease) or lease_renewed:
                         raise
-                    # Most likely the lease is gone (etcd restored from a backup,
-                    # say): forget it and try once more with a new one.
-                    log.info("usage write with lease %x failed; granting a new lease", lease)
-                    self._leases.pop(quotas.window(now)[0], None)
+                    # Most likely a lease is gone (etcd restored from a backup,
+                    # say): forget them and try once more with new ones.
+                    log.info(
+                        "usage write with leases %x, %x failed; granting new leases",
+                        lease,
+                        record_lease,
+                    )
+                    self._leases = {
+                        k: v for k, v in self._leases.items() if v not in (lease, record_lease)
+                    }
                     lease_renewed = True
                     continue
                 revision = result.revision
                 if result.succeeded:
-                    self._remember(key, (after, revision))
-                    return after, revision, used
+                    if after != used:
+                        self._remember(key, (after, revision))
+                    return after, revision, used, None
                 kvs = result.ranges[0] if result.ranges else []
                 hint, fresh = _decode_used(kvs[0] if kvs else None), True
+                if request is not None:
+                    # Both compares are read back: a record found means a retry
+                    # of a call that took effect, not a usage change to redo.
+                    records = result.ranges[1] if len(result.ranges) > 1 else []
+                    found = records[0] if records else None
+                    if found is not None:
+                        continue
                 if attempt >= 2:  # another replica keeps winning: step aside a little
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
             raise StoreUnavailable("quota usage: too much contention, try again")
+
+    async def _read(
+        self, key: bytes, request: _Request | None
+    ) -> tuple[tuple[int, int], KeyValue | None, int]:
+        """(used, mod revision) of a usage key, the request's record (if a request
+        is given and it has one) and the revision of the read: both in one read."""
+        if request is None:
+            kv, revision = await self._store.get(key)
+            return _decode_used(kv), None, revision
+        txn = Txn()  # no compares: the success ops run
+        txn.success += [Txn.get(key), Txn.get(request.key)]
+        result = await self._store.txn(txn)
+        usage, records = result.ranges
+        return (
+            _decode_used(usage[0] if usage else None),
+            records[0] if records else None,
+            result.revision,
+        )
+
+    @staticmethod
+    def _replay(kv: KeyValue, request: _Request, resource: quotas.Resource) -> _Updated:
+        """The answer recorded for a request id, if this call is a retry of it."""
+        record = quotas.RequestRecord.from_json(kv.value)
+        problem = record.mismatch(request.op, resource, request.amount)
+        if problem:
+            raise InvalidArgument(
+                [FieldViolation("request_id", problem)], reason="REQUEST_ID_REUSED"
+            )
+        return record.used, kv.mod_revision, record.used + record.released, record
 
     def _remember(self, key: bytes, value: tuple[int, int]) -> None:
         if len(self._known) >= self._known_capacity:
@@ -405,14 +541,26 @@ class Quotas:
     async def _window_lease(self, now: float) -> int:
         """This replica's lease for the window holding ``now`` (granted once)."""
         start, _ = quotas.window(now)
-        lease = self._leases.get(start)
+        return await self._lease("window", start, quotas.window_lease_ttl(now))
+
+    async def _request_lease(self, now: float) -> int:
+        """This replica's lease for request records written in the 5 minutes
+        holding ``now`` (granted once)."""
+        return await self._lease("request", *quotas.request_record_lease(now))
+
+    async def _lease(self, kind: str, start: int, ttl: int) -> int:
+        lease = self._leases.get((kind, start))
         if lease:
             return lease
         async with self._lease_lock:
-            lease = self._leases.get(start)
+            lease = self._leases.get((kind, start))
             if not lease:
-                lease = await self._store.grant_lease(quotas.window_lease_ttl(now))
-                # Older windows' leases expire by themselves; only forget them.
-                self._leases = {s: lease_id for s, lease_id in self._leases.items() if s >= start}
-                self._leases[start] = lease
+                lease = await self._store.grant_lease(ttl)
+                # Older spans' leases expire by themselves; only forget them.
+                self._leases = {
+                    (k, s): lease_id
+                    for (k, s), lease_id in self._leases.items()
+                    if k != kind or s >= start
+                }
+                self._leases[kind, start] = lease
             return lease

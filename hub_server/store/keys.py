@@ -119,12 +119,14 @@ def parse_pair(prefix: bytes, key: bytes) -> tuple[str, str]:
 
 
 # Tenancy: config layers (mirrored), their history (read on demand), tenant
-# records (mirrored) and quota usage (read and written by compare-and-set).
+# records (mirrored), quota usage (read and written by compare-and-set) and the
+# records of allocations and releases made with a request id (under a lease).
 # "config/" never prefixes "config-history/", so the config mirror sees layers only.
 CONFIG = ROOT + b"config/"
 CONFIG_HISTORY = ROOT + b"config-history/"
 TENANTS = ROOT + b"tenants/"
 USAGE = ROOT + b"usage/"
+QUOTA_REQUESTS = ROOT + b"quota-requests/"
 
 
 def _layer(layer: str) -> str:
@@ -176,6 +178,13 @@ def usage_key(tenant_id: str, resource: str, window_start: int | None = None) ->
     starts at ``window_start`` (seconds since the epoch)."""
     suffix = "" if window_start is None else f"/{int(window_start)}"
     return usage_prefix(tenant_id) + f"{_name('resource', resource)}{suffix}".encode()
+
+
+def quota_request_key(tenant_id: str, request_id: str) -> bytes:
+    """The record of a tenant's allocation or release made with ``request_id``."""
+    return QUOTA_REQUESTS + (
+        f"{_name('tenant_id', tenant_id)}/{_name('request_id', request_id)}".encode()
+    )
 
 
 # Deployments: one record per deployment (changed by compare-and-set), the

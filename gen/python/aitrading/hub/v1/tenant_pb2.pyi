@@ -460,22 +460,33 @@ class AllocateRequest(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant (empty: the caller's x-tenant-id)."""
     resource: Global___QuotaResource.ValueType
     """The resource."""
     amount: _builtins.int
     """The amount (1-1000000000)."""
+    request_id: _builtins.str
+    """Optional: makes the call safe to retry. A retry with the same request_id
+    (same tenant) within an hour of the call that took effect changes nothing
+    and returns that call's response again, even from another hub replica. A
+    call that was refused (RESOURCE_EXHAUSTED, ...) records nothing, so its
+    retry is decided afresh. The id is 1-128 of letters, digits, '.', '_', ':',
+    '-' (a UUID, say); one already used for a different Allocate or Release of
+    the tenant is INVALID_ARGUMENT (reason REQUEST_ID_REUSED).
+    """
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         resource: Global___QuotaResource.ValueType = ...,
         amount: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "resource", b"resource", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "request_id", b"request_id", "resource", b"resource", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -520,22 +531,29 @@ class ReleaseRequest(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant (empty: the caller's x-tenant-id)."""
     resource: Global___QuotaResource.ValueType
     """The resource."""
     amount: _builtins.int
     """The amount (1-1000000000); more than is in use releases what is in use."""
+    request_id: _builtins.str
+    """Optional: makes the call safe to retry, as AllocateRequest.request_id does.
+    Even a release of nothing (nothing in use) is recorded, so its retry
+    releases nothing either.
+    """
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         resource: Global___QuotaResource.ValueType = ...,
         amount: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "resource", b"resource", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "request_id", b"request_id", "resource", b"resource", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

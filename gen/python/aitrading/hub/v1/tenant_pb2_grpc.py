@@ -37,7 +37,8 @@ class TenantServiceStub:
     and releases never take it below zero. Over the limit is RESOURCE_EXHAUSTED
     (reason QUOTA_EXCEEDED) with a google.rpc.QuotaFailure detail (quota_value is
     the limit) and ErrorInfo metadata limit, current, requested, resource,
-    tenant_id and tier.
+    tenant_id and tier. Allocate and Release given a request_id are safe to
+    retry after a lost reply (UNAVAILABLE, CANCELLED): they take effect once.
     """
 
     def __init__(self, channel):
@@ -100,7 +101,8 @@ class TenantServiceServicer:
     and releases never take it below zero. Over the limit is RESOURCE_EXHAUSTED
     (reason QUOTA_EXCEEDED) with a google.rpc.QuotaFailure detail (quota_value is
     the limit) and ErrorInfo metadata limit, current, requested, resource,
-    tenant_id and tier.
+    tenant_id and tier. Allocate and Release given a request_id are safe to
+    retry after a lost reply (UNAVAILABLE, CANCELLED): they take effect once.
     """
 
     def CreateTenant(self, request, context):
@@ -223,7 +225,8 @@ class TenantService:
     and releases never take it below zero. Over the limit is RESOURCE_EXHAUSTED
     (reason QUOTA_EXCEEDED) with a google.rpc.QuotaFailure detail (quota_value is
     the limit) and ErrorInfo metadata limit, current, requested, resource,
-    tenant_id and tier.
+    tenant_id and tier. Allocate and Release given a request_id are safe to
+    retry after a lost reply (UNAVAILABLE, CANCELLED): they take effect once.
     """
 
     @staticmethod

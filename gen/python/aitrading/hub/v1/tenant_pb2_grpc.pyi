@@ -38,7 +38,8 @@ class TenantServiceStub:
     and releases never take it below zero. Over the limit is RESOURCE_EXHAUSTED
     (reason QUOTA_EXCEEDED) with a google.rpc.QuotaFailure detail (quota_value is
     the limit) and ErrorInfo metadata limit, current, requested, resource,
-    tenant_id and tier.
+    tenant_id and tier. Allocate and Release given a request_id are safe to
+    retry after a lost reply (UNAVAILABLE, CANCELLED): they take effect once.
     """
 
     @_typing.overload
@@ -77,7 +78,8 @@ class TenantServiceAsyncStub(TenantServiceStub):
     and releases never take it below zero. Over the limit is RESOURCE_EXHAUSTED
     (reason QUOTA_EXCEEDED) with a google.rpc.QuotaFailure detail (quota_value is
     the limit) and ErrorInfo metadata limit, current, requested, resource,
-    tenant_id and tier.
+    tenant_id and tier. Allocate and Release given a request_id are safe to
+    retry after a lost reply (UNAVAILABLE, CANCELLED): they take effect once.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -112,7 +114,8 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
     and releases never take it below zero. Over the limit is RESOURCE_EXHAUSTED
     (reason QUOTA_EXCEEDED) with a google.rpc.QuotaFailure detail (quota_value is
     the limit) and ErrorInfo metadata limit, current, requested, resource,
-    tenant_id and tier.
+    tenant_id and tier. Allocate and Release given a request_id are safe to
+    retry after a lost reply (UNAVAILABLE, CANCELLED): they take effect once.
     """
 
     @_abc_1.abstractmethod

@@ -1245,6 +1245,17 @@ class AllocateRequest(betterproto2.Message):
     The amount (1-1000000000).
     """
 
+    request_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Optional: makes the call safe to retry. A retry with the same request_id
+    (same tenant) within an hour of the call that took effect changes nothing
+    and returns that call's response again, even from another hub replica. A
+    call that was refused (RESOURCE_EXHAUSTED, ...) records nothing, so its
+    retry is decided afresh. The id is 1-128 of letters, digits, '.', '_', ':',
+    '-' (a UUID, say); one already used for a different Allocate or Release of
+    the tenant is INVALID_ARGUMENT (reason REQUEST_ID_REUSED).
+    """
+
 
 default_message_pool.register_message("aitrading.hub.v1", "AllocateRequest", AllocateRequest)
 
@@ -4001,6 +4012,13 @@ class ReleaseRequest(betterproto2.Message):
     The amount (1-1000000000); more than is in use releases what is in use.
     """
 
+    request_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Optional: makes the call safe to retry, as AllocateRequest.request_id does.
+    Even a release of nothing (nothing in use) is recorded, so its retry
+    releases nothing either.
+    """
+
 
 default_message_pool.register_message("aitrading.hub.v1", "ReleaseRequest", ReleaseRequest)
 
@@ -6089,7 +6107,8 @@ class TenantServiceStub:
     and releases never take it below zero. Over the limit is RESOURCE_EXHAUSTED
     (reason QUOTA_EXCEEDED) with a google.rpc.QuotaFailure detail (quota_value is
     the limit) and ErrorInfo metadata limit, current, requested, resource,
-    tenant_id and tier.
+    tenant_id and tier. Allocate and Release given a request_id are safe to
+    retry after a lost reply (UNAVAILABLE, CANCELLED): they take effect once.
     """
 
     def __init__(self, channel: grpc.Channel):

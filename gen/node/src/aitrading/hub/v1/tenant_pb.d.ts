@@ -454,6 +454,19 @@ export declare type AllocateRequest = Message<"aitrading.hub.v1.AllocateRequest"
    * @generated from field: int64 amount = 3;
    */
   amount: bigint;
+
+  /**
+   * Optional: makes the call safe to retry. A retry with the same request_id
+   * (same tenant) within an hour of the call that took effect changes nothing
+   * and returns that call's response again, even from another hub replica. A
+   * call that was refused (RESOURCE_EXHAUSTED, ...) records nothing, so its
+   * retry is decided afresh. The id is 1-128 of letters, digits, '.', '_', ':',
+   * '-' (a UUID, say); one already used for a different Allocate or Release of
+   * the tenant is INVALID_ARGUMENT (reason REQUEST_ID_REUSED).
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
 };
 
 /**
@@ -515,6 +528,15 @@ export declare type ReleaseRequest = Message<"aitrading.hub.v1.ReleaseRequest"> 
    * @generated from field: int64 amount = 3;
    */
   amount: bigint;
+
+  /**
+   * Optional: makes the call safe to retry, as AllocateRequest.request_id does.
+   * Even a release of nothing (nothing in use) is recorded, so its retry
+   * releases nothing either.
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
 };
 
 /**
@@ -678,7 +700,8 @@ export declare const QuotaResourceSchema: GenEnum<QuotaResource>;
  * and releases never take it below zero. Over the limit is RESOURCE_EXHAUSTED
  * (reason QUOTA_EXCEEDED) with a google.rpc.QuotaFailure detail (quota_value is
  * the limit) and ErrorInfo metadata limit, current, requested, resource,
- * tenant_id and tier.
+ * tenant_id and tier. Allocate and Release given a request_id are safe to
+ * retry after a lost reply (UNAVAILABLE, CANCELLED): they take effect once.
  *
  * @generated from service aitrading.hub.v1.TenantService
  */
