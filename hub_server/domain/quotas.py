@@ -30,8 +30,8 @@ WINDOW_GRACE_SECONDS = 3600
 MAX_AMOUNT = 1_000_000_000
 # A retry of a call with a request id is recognised this long after the call at
 # least; records made within one bucket share one lease.
-REQUEST_RECORD_SECONDS = 3600
-REQUEST_BUCKET_SECONDS = 300
+REQUEST_RECORD_SECONDS = 600
+REQUEST_BUCKET_SECONDS = 60
 
 
 class Kind(enum.Enum):
@@ -78,8 +78,8 @@ def window_lease_ttl(now: float) -> int:
 
 def request_record_lease(now: float) -> tuple[int, int]:
     """(start of the bucket holding ``now``, TTL) for the lease of a request record
-    written at ``now``: the lease ends an hour after the bucket does, so every
-    record in it lives at least REQUEST_RECORD_SECONDS (at most 5 minutes more)."""
+    written at ``now``: the lease ends REQUEST_RECORD_SECONDS after the bucket does, so
+    every record in it lives at least that long (at most a bucket more)."""
     start = int(now // REQUEST_BUCKET_SECONDS) * REQUEST_BUCKET_SECONDS
     end = start + REQUEST_BUCKET_SECONDS
     return start, max(1, int(end + REQUEST_RECORD_SECONDS - now + 0.999))

@@ -1248,7 +1248,7 @@ class AllocateRequest(betterproto2.Message):
     request_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
     Optional: makes the call safe to retry. A retry with the same request_id
-    (same tenant) within an hour of the call that took effect changes nothing
+    (same tenant) within 10 minutes of the call that took effect changes nothing
     and returns that call's response again, even from another hub replica. A
     call that was refused (RESOURCE_EXHAUSTED, ...) records nothing, so its
     retry is decided afresh. The id is 1-128 of letters, digits, '.', '_', ':',

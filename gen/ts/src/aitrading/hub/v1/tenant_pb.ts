@@ -473,7 +473,7 @@ export type AllocateRequest = Message<"aitrading.hub.v1.AllocateRequest"> & {
 
   /**
    * Optional: makes the call safe to retry. A retry with the same request_id
-   * (same tenant) within an hour of the call that took effect changes nothing
+   * (same tenant) within 10 minutes of the call that took effect changes nothing
    * and returns that call's response again, even from another hub replica. A
    * call that was refused (RESOURCE_EXHAUSTED, ...) records nothing, so its
    * retry is decided afresh. The id is 1-128 of letters, digits, '.', '_', ':',
