@@ -48,6 +48,7 @@ from hub_server.api.circuits import CircuitBreakerServicer
 from hub_server.api.cluster import ClusterServicer
 from hub_server.api.config import ConfigServicer
 from hub_server.api.context import ContextInterceptor
+from hub_server.api.decoding import DecodeInterceptor
 from hub_server.api.deployments import DeploymentServicer
 from hub_server.api.health import HealthServicer
 from hub_server.api.observability import ObservabilityServicer, SystemMetrics
@@ -319,7 +320,12 @@ class Hub:
             limits=CallerLimits(cfg.caller_rate_limit, cfg.caller_max_streams),
             tier_of=self._stored_tier,
         )
-        server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
+        server = grpc.aio.server(
+            # Outermost first: the context interceptor also maps the decoding
+            # interceptor's refusals of requests that do not parse.
+            interceptors=[interceptor, DecodeInterceptor()],
+            options=SERVER_OPTIONS,
+        )
         progress = cfg.watch_progress_interval
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(

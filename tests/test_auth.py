@@ -531,3 +531,20 @@ async def test_a_token_rides_on_client_streams(fleet: Hub) -> None:
         assert report is not None
         with pytest.raises(PermissionDenied):
             await ro.restore(data, dry_run=True)
+
+
+async def test_a_request_that_does_not_parse_is_invalid_argument_for_bound_callers_too(
+    channel: grpc.aio.Channel,
+) -> None:
+    call = channel.unary_unary(
+        "/aitrading.hub.v1.ConfigService/GetTenantConfig",
+        request_serializer=lambda raw: raw,
+        response_deserializer=lambda raw: raw,
+    )
+    for who in ("service", "admin"):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(b"\x0a\xff\xff", metadata=md(who))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, who
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(b"\x0a\xff\xff", metadata=md(None))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 from aitrading.hub.v1 import observability_pb2 as obs
+from google.protobuf.message import Message
 
 from hub_client._private.logging import RequestContext, set_context
 from hub_server.api.errors import status_code_for, to_status
@@ -178,7 +179,7 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         cert_names = _cert_names(context) if self._auth.client_certs else ()
         identity = self._auth.authenticate(metadata or (), cert_names)
         rule = self._auth.check_method(identity, ctx.method)
-        if request is not None:
+        if isinstance(request, Message):  # not a stream, nor a request that did not parse
             self._auth.check_request(identity, rule, request)
         if self._limits is not None:
             self._limits.take_call(self._caller_key(identity, context))
