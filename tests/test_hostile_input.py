@@ -167,69 +167,180 @@ for _t in (F.TYPE_UINT32, F.TYPE_FIXED32):
 for _t in (F.TYPE_UINT64, F.TYPE_FIXED64):
     SCALARS[_t] = _ints(0, 2**64 - 1)
 
+# Plausible values by field name, so that "benign" requests get past the checks
+# and reach what is behind them (stores, state machines, pagination). The
+# request types are still enumerated from the descriptors: these only say what a
+# field called ``port`` usually holds. SEEDS is filled by the fixture with names
+# that exist on the hub (deployment ids, backup names).
+SEEDS: dict[str, list[str]] = {"id": ["dep-1"], "stored_name": [""], "name": ["manual-1.chub"]}
+
+
+def _seeded(name: str) -> st.SearchStrategy[str]:
+    return st.deferred(lambda: st.sampled_from(SEEDS[name]))
+
+
+def _duration_like(seconds: st.SearchStrategy[int]) -> st.SearchStrategy[dict[str, int]]:
+    return st.fixed_dictionaries({"seconds": seconds, "nanos": st.sampled_from([0, 500_000_000])})
+
+
+STRING_HINTS: dict[str, st.SearchStrategy[str]] = {
+    "service": st.sampled_from(["svc", "data-bridge", "api-gateway"]),
+    "instance_id": st.sampled_from(["", "i1", "i2", "127.0.0.1-9"]),
+    "tenant_id": st.sampled_from(["", "t1", "company_abc"]),
+    "host": st.sampled_from(["127.0.0.1", "h", "10.0.0.5", "::1"]),
+    "version": st.sampled_from(["1.0.0", "2.0.0"]),
+    "target_version": st.sampled_from(["2.0.0", "3.0.0"]),
+    "fingerprint": st.sampled_from(["deadbeef", "0123456789abcdef"]),
+    "category": st.sampled_from(["timeout", "connection", "unknown"]),
+    "severity": st.sampled_from(["low", "high"]),
+    "page_token": st.just(""),
+    "path": st.just("/health"),
+    "method": st.sampled_from(["", "Register", "/aitrading.hub.v1.RegistryService/Register"]),
+    "id": _seeded("id"),
+    "stored_name": _seeded("stored_name"),
+    "name": _seeded("name"),
+}
+INT_HINTS: dict[str, st.SearchStrategy[int]] = {
+    "port": st.integers(1, 65535),
+    "ttl_seconds": st.sampled_from([0, 2, 30, 3600]),
+    "weight": st.sampled_from([0, 1, 100, 1000]),
+    "amount": st.integers(1, 100),
+    "count": st.integers(1, 1000),
+    "start_revision": st.sampled_from([0, 0, 1, 5]),
+    "version": st.integers(1, 5),
+    "expected_version": st.integers(0, 3),
+    "expected_revision": st.integers(0, 3),
+}
+BENIGN_SCALARS: dict[int, st.SearchStrategy[Any]] = {
+    F.TYPE_STRING: st.sampled_from(VALID),
+    F.TYPE_BYTES: st.binary(max_size=16),
+    F.TYPE_BOOL: st.booleans(),
+    F.TYPE_DOUBLE: st.floats(0, 100),
+    F.TYPE_FLOAT: st.floats(0, 100, width=32),
+}
+for _t in SCALARS:
+    BENIGN_SCALARS.setdefault(_t, st.integers(0, 100))
+# Durations and timestamps of a plausible size.
+BENIGN_MESSAGES: dict[str, st.SearchStrategy[dict[str, int]]] = {
+    "google.protobuf.Duration": _duration_like(st.integers(1, 60)),
+    "google.protobuf.Timestamp": _duration_like(st.integers(1_600_000_000, 2_000_000_000)),
+}
+
 MAX_DEPTH = 4
-_cache: dict[tuple[str, int], st.SearchStrategy[message.Message]] = {}
+_cache: dict[tuple[str, int, bool], st.SearchStrategy[message.Message]] = {}
 
 
-def _value(field: descriptor.FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
+def _hint(field: descriptor.FieldDescriptor) -> st.SearchStrategy[Any] | None:
+    if field.type == F.TYPE_STRING:
+        return STRING_HINTS.get(field.name)
+    if field.cpp_type in (F.CPPTYPE_INT32, F.CPPTYPE_INT64):
+        return INT_HINTS.get(field.name)
+    return None
+
+
+def _value(field: descriptor.FieldDescriptor, depth: int, benign: bool) -> st.SearchStrategy[Any]:
+    hint = _hint(field) if benign else None
+    if hint is not None:
+        return hint
     if field.type == F.TYPE_MESSAGE:
-        return messages(field.message_type, depth + 1)
+        return messages(field.message_type, depth + 1, benign=benign)
     if field.type == F.TYPE_ENUM:
         known = [v.number for v in field.enum_type.values]
+        if benign:
+            return st.sampled_from([n for n in known if n] or known)
         return st.one_of(st.sampled_from(known), _ints(-(2**31), 2**31 - 1))
-    return SCALARS[field.type]
+    return (BENIGN_SCALARS if benign else SCALARS)[field.type]
 
 
-def _field(field: descriptor.FieldDescriptor, depth: int) -> st.SearchStrategy[Any] | None:
+def _field(
+    field: descriptor.FieldDescriptor, depth: int, benign: bool = False
+) -> st.SearchStrategy[Any] | None:
     if field.type == F.TYPE_MESSAGE and depth >= MAX_DEPTH:
         return None
     if field.type == F.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
         entry = field.message_type
-        key = _value(entry.fields_by_name["key"], depth)
-        value = _value(entry.fields_by_name["value"], depth)
+        key = _value(entry.fields_by_name["key"], depth, benign)
+        if benign and entry.fields_by_name["key"].type == F.TYPE_STRING:
+            key = st.sampled_from(["zone", "beta", "a", "region-1"])
+        value = _value(entry.fields_by_name["value"], depth, benign)
         return st.dictionaries(key, value, max_size=4)
     if field.is_repeated:
-        return st.lists(_value(field, depth), max_size=4)
-    return _value(field, depth)
+        return st.lists(_value(field, depth, benign), max_size=2 if benign else 4)
+    return _value(field, depth, benign)
+
+
+def _set(msg: message.Message, field: descriptor.FieldDescriptor, value: Any) -> None:
+    name = field.name
+    if value is None:
+        return
+    if isinstance(value, dict) and field.type == F.TYPE_MESSAGE and not field.is_repeated:
+        value = message_factory.GetMessageClass(field.message_type)(**value)
+    target = getattr(msg, name) if field.is_repeated else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, message.Message):
+                target[k].CopyFrom(v)  # type: ignore[index]
+            else:
+                target[k] = v  # type: ignore[index]
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):  # a benign Duration or Timestamp
+                item = message_factory.GetMessageClass(field.message_type)(**item)
+            if isinstance(item, message.Message):
+                target.add().CopyFrom(item)  # type: ignore[union-attr]
+            else:
+                target.append(item)  # type: ignore[union-attr]
+    elif field.type == F.TYPE_MESSAGE:
+        getattr(msg, name).CopyFrom(value)
+    else:
+        setattr(msg, name, value)
 
 
 def _build(desc: descriptor.Descriptor, values: dict[str, Any]) -> message.Message:
     msg = message_factory.GetMessageClass(desc)()
     for name, value in values.items():
-        if value is None:
-            continue
-        field = desc.fields_by_name[name]
-        target = getattr(msg, name) if field.is_repeated else None
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if isinstance(v, message.Message):
-                    target[k].CopyFrom(v)  # type: ignore[index]
-                else:
-                    target[k] = v  # type: ignore[index]
-        elif isinstance(value, list):
-            target.extend(value)  # type: ignore[union-attr]
-        elif field.type == F.TYPE_MESSAGE:
-            getattr(msg, name).CopyFrom(value)
-        else:
-            setattr(msg, name, value)
+        _set(msg, desc.fields_by_name[name], value)
     return msg
 
 
-def messages(desc: descriptor.Descriptor, depth: int = 0) -> st.SearchStrategy[message.Message]:
-    """Arbitrary messages of a type: each field absent or generated."""
-    key = (desc.full_name, depth)
+def messages(
+    desc: descriptor.Descriptor, depth: int = 0, *, benign: bool = False
+) -> st.SearchStrategy[Any]:
+    """Messages of a type, each field absent or generated: hostile values, or
+    (benign) plausible ones."""
+    key = (desc.full_name, depth, benign)
     if key not in _cache:
-        _cache[key] = st.deferred(lambda: _messages(desc, depth))
+        if benign and desc.full_name in BENIGN_MESSAGES:
+            _cache[key] = BENIGN_MESSAGES[desc.full_name]
+        else:
+            _cache[key] = st.deferred(lambda: _messages(desc, depth, benign))
     return _cache[key]
 
 
-def _messages(desc: descriptor.Descriptor, depth: int) -> st.SearchStrategy[message.Message]:
+def _messages(desc: descriptor.Descriptor, depth: int, benign: bool) -> st.SearchStrategy[Any]:
     fields = {}
     for field in desc.fields:
-        strategy = _field(field, depth)
+        strategy = _field(field, depth, benign)
         if strategy is not None:
             fields[field.name] = st.one_of(st.none(), strategy)
     return st.fixed_dictionaries(fields).map(lambda values: _build(desc, values))
+
+
+@st.composite
+def mutated(draw: st.DrawFn, desc: descriptor.Descriptor) -> message.Message:
+    """A plausible request with zero to two of its fields made hostile."""
+    msg = draw(messages(desc, benign=True))
+    for _ in range(draw(st.integers(0, 2)) if desc.fields else 0):
+        field = draw(st.sampled_from(list(desc.fields)))
+        strategy = _field(field, 0)
+        if strategy is not None:
+            msg.ClearField(field.name)
+            _set(msg, field, draw(strategy))
+    return msg
+
+
+def requests(desc: descriptor.Descriptor) -> st.SearchStrategy[message.Message]:
+    return st.one_of(mutated(desc), messages(desc))
 
 
 tenant_headers = st.fixed_dictionaries(
@@ -284,6 +395,7 @@ async def target(
         hub.address, options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]
     )
     try:
+        await seed(channel)
         yield Target(hub, store, channel)
     finally:
         await channel.close()
@@ -291,6 +403,48 @@ async def target(
             await hub.stop()
         await store.delete(b"/hub/", prefix=True)
         await store.close()
+
+
+async def seed(channel: grpc.aio.Channel) -> None:
+    """Things for plausible requests to find: instances, a tenant with a config
+    layer, a pending deployment (nobody leads, so it stays there) and a stored
+    backup; their generated names go into SEEDS."""
+    from aitrading.hub.v1 import (
+        backup_pb2,
+        config_pb2,
+        config_pb2_grpc,
+        deployment_pb2,
+        deployment_pb2_grpc,
+        tenant_pb2,
+        tenant_pb2_grpc,
+    )
+
+    registry = registry_pb2_grpc.RegistryServiceStub(channel)
+    for instance_id, port in (("i1", 9), ("i2", 10)):
+        await registry.Register(
+            registry_pb2.RegisterRequest(
+                service="svc", instance_id=instance_id, host="127.0.0.1", port=port,
+                version="1.0.0", ttl_seconds=3600,
+            )
+        )  # fmt: skip
+    await tenant_pb2_grpc.TenantServiceStub(channel).CreateTenant(
+        tenant_pb2.CreateTenantRequest(tenant_id="t1")
+    )
+    layer = config_pb2.ConfigLayerRef(kind=config_pb2.CONFIG_LAYER_KIND_TENANT, tenant_id="t1")
+    values = config_pb2.ConfigValues()
+    values.features.flags["beta"] = True
+    await config_pb2_grpc.ConfigServiceStub(channel).SetConfigLayer(
+        config_pb2.SetConfigLayerRequest(layer=layer, values=values)
+    )
+    started = await deployment_pb2_grpc.DeploymentServiceStub(channel).StartDeployment(
+        deployment_pb2.StartDeploymentRequest(service="svc", target_version="2.0.0")
+    )
+    SEEDS["id"].append(started.deployment.id)
+    backups = backup_pb2_grpc.BackupServiceStub(channel)
+    async for reply in backups.CreateBackup(backup_pb2.CreateBackupRequest(store=True)):
+        SEEDS["name"].append(reply.info.name)
+        SEEDS["stored_name"].append(reply.info.name)
+        break
 
 
 async def stable_state(store: EtcdStore) -> dict[bytes, bytes]:
@@ -384,7 +538,7 @@ def _show(request: Any) -> str:
 
 
 def requests_for(rpc: Rpc) -> st.SearchStrategy[Any]:
-    one = messages(rpc.method.input_type)
+    one = requests(rpc.method.input_type)
     if rpc.method.client_streaming:
         return st.lists(one, max_size=4)
     return one
@@ -598,7 +752,7 @@ def _parses(rpc: Rpc, raw: bytes) -> bool:
 
 
 def raw_requests(rpc: Rpc) -> st.SearchStrategy[bytes]:
-    valid = messages(rpc.method.input_type).map(lambda m: m.SerializeToString())
+    valid = requests(rpc.method.input_type).map(lambda m: m.SerializeToString())
 
     def mutate(pair: tuple[bytes, list[tuple[int, int]]]) -> bytes:
         raw, flips = pair
