@@ -17,19 +17,16 @@ no leader work (probes, circuit ticker, deployment stepping, alert rules, audit
 pruning) writes behind the test's back and "a rejected call changed nothing" can
 be checked exactly.
 
-Raw bytes: a request that does not parse never reaches a servicer. grpc itself
-answers it with UNKNOWN ("Unexpected <class 'DecodeError'>") unless the hub
-installs hub_server.api.decoding.DecodeInterceptor, which makes it
-INVALID_ARGUMENT on the field "request"; grpc's answer is excused (for bytes the
-request type really cannot parse, and nothing else) only while it is not
-installed.
+Raw bytes: a request that does not parse never reaches a servicer; grpc alone
+would answer it with UNKNOWN ("Unexpected <class 'DecodeError'>"). The hub's
+DecodeInterceptor (hub_server/api/decoding.py) makes it INVALID_ARGUMENT on the
+field "request", and that is what must come back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import os
 import pkgutil
 from collections.abc import AsyncIterator
@@ -47,7 +44,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub_server import app as hub_app
 from hub_server.api.backups import BackupServicer
 from hub_server.api.context import ContextInterceptor
 from hub_server.api.decoding import DecodeInterceptor
@@ -767,14 +763,6 @@ def raw_requests(rpc: Rpc) -> st.SearchStrategy[bytes]:
     return st.one_of(st.binary(max_size=200), mutated, valid.map(lambda b: b[: len(b) // 2]))
 
 
-# Until the hub installs DecodeInterceptor (hub_server/app.py), grpc answers a
-# request that does not parse itself, with UNKNOWN ("Unexpected <class
-# 'DecodeError'>") for unary requests; then only that is excused. Once installed,
-# undecodable requests must be INVALID_ARGUMENT.
-HUB_DECODES = "DecodeInterceptor" in inspect.getsource(hub_app)
-GRPC_DECODE_CODES = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-
-
 def _raw_method(rpc: Rpc, channel: grpc.aio.Channel) -> Any:
     factory = {
         "unary_unary": channel.unary_unary,
@@ -800,12 +788,8 @@ async def test_raw_bytes_get_clean_answers(target: Target, rpc: Rpc, data: st.Da
         parses = _parses(rpc, request)
     before = await stable_state(target.store)
     outcome = await invoke(rpc, _raw_method(rpc, target.channel), request, ())
-    if not parses and not HUB_DECODES and outcome.code in GRPC_DECODE_CODES:
-        # grpc's own answer to a request it cannot deserialize; the hub never saw it.
-        assert "DecodeError" in outcome.details or "deserializ" in outcome.details, outcome
-    else:
-        assert is_clean(outcome), f"{rpc} answered {outcome.code.name} to {request!r}"
-    if not parses and HUB_DECODES:
+    assert is_clean(outcome), f"{rpc} answered {outcome.code.name} to {request!r}"
+    if not parses:  # DecodeInterceptor's answer (grpc's own would be UNKNOWN)
         assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
     if outcome.code != grpc.StatusCode.OK:
         assert await stable_state(target.store) == before
