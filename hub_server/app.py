@@ -69,6 +69,7 @@ from hub_server.domain.picking import Picker
 from hub_server.domain.registry import Registry, RegistryView
 from hub_server.domain.tenant_alerts import TenantLimits
 from hub_server.domain.tenants import Quotas, Tenants
+from hub_server.domain.validation import require_key_name
 from hub_server.embedded_etcd import EtcdProcess, embedded
 from hub_server.store import keys
 from hub_server.store.election import Election
@@ -210,7 +211,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _default_hub_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    host = socket.gethostname().split(".")[0][:64]
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class Hub:
@@ -218,7 +220,8 @@ class Hub:
 
     def __init__(self, config: HubConfig) -> None:
         self.config = config
-        self.hub_id = config.hub_id or _default_hub_id()
+        # Part of etcd keys (presence, election): refused before anything starts.
+        self.hub_id = require_key_name("hub_id", config.hub_id or _default_hub_id())
         self.etcd: EtcdProcess | None = None
         self.store: EtcdStore | None = None
         self.server: grpc.aio.Server | None = None

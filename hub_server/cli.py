@@ -18,6 +18,7 @@ from hub_server.auth.credentials import (
     token_entry,
 )
 from hub_server.auth.roles import Role
+from hub_server.domain.errors import InvalidArgument
 from hub_server.workers import supervise
 
 
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve(config))
     except KeyboardInterrupt:
         pass
-    except (ValueError, CredentialsError) as e:  # a setting the hub refuses to start with
+    except (ValueError, CredentialsError, InvalidArgument) as e:  # a setting it refuses
         print(f"central-hub: {e}", file=sys.stderr)
         return 2
     return 0

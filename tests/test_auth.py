@@ -427,6 +427,16 @@ async def test_no_credentials_means_loopback_only(hub_factory: HubFactory) -> No
         await anyone.create_tenant("t1")
 
 
+def test_the_cli_refuses_a_hub_id_that_cannot_be_a_key() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hub_server.cli", "serve", "--hub-id", "../x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "hub_id" in done.stderr
+
+
 def test_the_cli_refuses_to_expose_a_hub_without_credentials() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "hub_server.cli", "serve", "--listen", "0.0.0.0:7999"],

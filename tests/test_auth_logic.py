@@ -98,6 +98,8 @@ SHA = "a" * 64
         ("[[users]]\nname='x'", "unknown section"),
         (f'[[tokens]]\nrole="admin"\nsha256="{SHA}"', "tokens[0].name"),
         (f'[[tokens]]\nname="a/b"\nrole="admin"\nsha256="{SHA}"', "tokens[0].name"),
+        (f'[[tokens]]\nname="a\\n"\nrole="admin"\nsha256="{SHA}"', "tokens[0].name"),
+        (f'[[tokens]]\nname="a"\nrole="admin"\nsha256="{SHA}\\n"', "tokens[0].sha256"),
         (f'[[tokens]]\nname="a"\nrole="root"\nsha256="{SHA}"', "tokens[0].role"),
         ('[[tokens]]\nname="a"\nrole="admin"\nsha256="abc"', "tokens[0].sha256"),
         (f'[[tokens]]\nname="a"\nrole="service"\nsha256="{SHA}"', "tokens[0].service"),

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from hub_server.auth.roles import Role
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class CredentialsError(ValueError):
@@ -85,7 +85,7 @@ def _identity(entry: object, where: str, kind: str) -> Identity:
     if not isinstance(entry, dict):
         raise CredentialsError(f"{where}: expected a table")
     label = entry.get("name") if kind == "token" else entry.get("subject")
-    if not isinstance(label, str) or not _NAME.match(label):
+    if not isinstance(label, str) or not _NAME.fullmatch(label):
         field = "name" if kind == "token" else "subject"
         raise CredentialsError(f"{where}.{field}: required, letters, digits and ._@:- only")
     try:
@@ -95,7 +95,7 @@ def _identity(entry: object, where: str, kind: str) -> Identity:
         raise CredentialsError(f"{where}.role: one of {roles}") from None
     tenant, service = str(entry.get("tenant", "")), str(entry.get("service", ""))
     for field, value in (("tenant", tenant), ("service", service)):
-        if value and not _ID.match(value):
+        if value and not _ID.fullmatch(value):
             raise CredentialsError(f"{where}.{field}: letters, digits and ._- only")
     if role is Role.SERVICE and not service:
         raise CredentialsError(f"{where}.service: required for a service credential")
@@ -119,7 +119,7 @@ def parse_credentials(text: str) -> Credentials:
         where = f"tokens[{i}]"
         identity = _identity(entry, where, "token")
         digest = str(entry.get("sha256", "")).lower()
-        if not _SHA256.match(digest):
+        if not _SHA256.fullmatch(digest):
             raise CredentialsError(f"{where}.sha256: 64 hex digits (sha256 of the token)")
         if digest in by_hash:
             raise CredentialsError(f"{where}.sha256: same token as {by_hash[digest].name}")
