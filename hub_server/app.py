@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import logging
 import os
 import socket
@@ -41,6 +40,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hub_server import probes
+from hub_server.addresses import is_loopback
 from hub_server.api import streaming
 from hub_server.api.backups import BackupServicer
 from hub_server.api.balancer import LoadBalancerServicer
@@ -189,7 +189,7 @@ def authorizer_for(cfg: HubConfig) -> Authorizer:
     if authorizer.enabled:
         return authorizer
     host = cfg.listen.rpartition(":")[0].strip("[]")
-    if _is_loopback(host):
+    if is_loopback(host):
         log.warning("no credentials configured: every caller is admin, serving on loopback only")
     elif cfg.insecure:
         log.warning("no credentials configured and --insecure: anyone reaching %s is admin", host)
@@ -199,15 +199,6 @@ def authorizer_for(cfg: HubConfig) -> Authorizer:
             "(and/or --tls-client-ca), listen on loopback, or pass --insecure"
         )
     return authorizer
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _default_hub_id() -> str:

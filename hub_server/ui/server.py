@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from hub_server.addresses import is_loopback
 from hub_server.api.errors import status_code_for
 from hub_server.domain.errors import HubError, InvalidArgument
 from hub_server.domain.event_log import EventLog
@@ -83,15 +84,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"--ui-listen {listen!r}: expected HOST:PORT")
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ChangeFeed:
