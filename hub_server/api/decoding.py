@@ -73,7 +73,9 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
+        # Only the hub's own (async) servicers: reflection's is synchronous, and
+        # its request iterator must stay a plain one.
+        if handler is None or not handler_call_details.method.startswith("/aitrading."):
             return handler
         deserializer = _deserializer(handler.request_deserializer)
         serializer = handler.response_serializer
