@@ -7,6 +7,8 @@ from typing import Any
 Row = dict[str, Any]
 
 GET, NOOP, ETCD_READ = "GetService", "health.Check (no-op RPC)", "etcd Range (direct)"
+PICK = "PickEndpoint"
+DISCOVERY = (GET, PICK)
 P99_TARGET_MS = 2.0
 RSS_TARGET_MIB = 250.0
 # Fan-out: p99 of the time until the last of N streams has a change.
@@ -53,23 +55,25 @@ def targets(
     """The issue's targets for discovery, fan-out and memory, each met or missed;
     and whether the prober kept up."""
     out: list[Row] = []
-    offered = _find(rows, GET, f"{rate}/s")
-    if offered:
+    for op in DISCOVERY:
+        offered = _find(rows, op, f"{rate}/s")
+        if not offered:
+            continue
         out.append({
-            "target": f"GetService p99 < {P99_TARGET_MS:g} ms at {rate:,} calls/s offered",
+            "target": f"{op} p99 < {P99_TARGET_MS:g} ms at {rate:,} calls/s offered",
             "measured": f"p99 {offered['p99_ms']:.2f} ms at {offered['calls_per_s']:.0f} calls/s",
             "met": offered["p99_ms"] < P99_TARGET_MS
             and offered["calls_per_s"] >= 0.95 * rate
             and offered["errors"] == 0,
         })  # fmt: skip
     for row in rows:
-        if row["op"] != GET or not isinstance(row["concurrency"], int):
+        if row["op"] not in DISCOVERY or not isinstance(row["concurrency"], int):
             continue
         for base, need in ((NOOP, 0.9), (ETCD_READ, 1.0)):
             ratio = row["ratios"].get(base)
             if ratio is not None:
                 out.append({
-                    "target": f"GetService c={row['concurrency']} throughput "
+                    "target": f"{row['op']} c={row['concurrency']} throughput "
                     f">= {need:g} x {base}",
                     "measured": f"{ratio:.2f} x",
                     "met": ratio >= need,

@@ -4,7 +4,7 @@ Starts an etcd (in a temp dir) and a hub as a separate `central-hub serve`
 process, registers 10,000 instances over 500 services, then measures, with every
 figure beside a baseline taken in the same run:
 
-- GetService at concurrency 1, 16, 64 (closed loop, fixed duration) beside (a) the
+- GetService and PickEndpoint at concurrency 1, 16, 64 (closed loop, fixed duration) beside (a) the
   standard grpc.health.v1 Health/Check on the same hub (a near no-op unary RPC:
   the gRPC stack's own limit) and (b) a direct etcd range read of the same
   service's keys with the hub's own store client (EtcdStore.get_prefix);
@@ -53,13 +53,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
+from aitrading.hub.v1 import balancer_pb2, balancer_pb2_grpc, registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import cluster, fanout, probing, quota, report
 from bench.load import Stats, closed_loop, open_loop, spread
 from bench.procs import HubProcess, cpu_seconds
-from bench.report import ETCD_READ, GET, NOOP
+from bench.report import ETCD_READ, GET, NOOP, PICK
 from bench.watchers import STREAMS_PER_CHANNEL, WAVE
 from hub_server.embedded_etcd import EtcdProcess, etcd_binary
 from hub_server.store import keys
@@ -239,6 +239,13 @@ async def measure(
         def get_service() -> Awaitable[Any]:
             return registry.GetService(rnd.choice(get_requests))
 
+        pick_requests = [balancer_pb2.PickEndpointRequest(service=n) for n in names]
+        balancer = balancer_pb2_grpc.LoadBalancerServiceStub(channel)
+        await balancer.PickEndpoint(pick_requests[0])
+
+        def pick_endpoint() -> Awaitable[Any]:
+            return balancer.PickEndpoint(rnd.choice(pick_requests))
+
         def noop() -> Awaitable[Any]:
             return health.Check(check)
 
@@ -250,10 +257,12 @@ async def measure(
             await bench.closed(NOOP, noop, c)
             await bench.closed(ETCD_READ, etcd_read, c)
             await bench.closed(GET, get_service, c, vs=(NOOP, ETCD_READ))
+            await bench.closed(PICK, pick_endpoint, c, vs=(NOOP, ETCD_READ))
         bench.section(f"discovery: open loop at {OFFERED_RATE} calls/s")
         await bench.offered(NOOP, noop)
         await bench.offered(ETCD_READ, etcd_read)
         await bench.offered(GET, get_service, vs=(NOOP, ETCD_READ))
+        await bench.offered(PICK, pick_endpoint, vs=(NOOP, ETCD_READ))
 
         bench.section("scale: GetService on one process and on --workers 2")
         await workers(bench, hub, etcd.endpoint, workdir, get_requests, rnd)
