@@ -47,13 +47,14 @@ from hub_server.api.balancer import LoadBalancerServicer
 from hub_server.api.circuits import CircuitBreakerServicer
 from hub_server.api.cluster import ClusterServicer
 from hub_server.api.config import ConfigServicer
-from hub_server.api.context import ContextInterceptor
-from hub_server.api.decoding import DecodeInterceptor
+from hub_server.api.context import CallWrapper
+from hub_server.api.decoding import tolerant
 from hub_server.api.deployments import DeploymentServicer
 from hub_server.api.health import HealthServicer
 from hub_server.api.observability import ObservabilityServicer, SystemMetrics
 from hub_server.api.registry import RegistryServicer
 from hub_server.api.tenants import TenantServicer
+from hub_server.api.wrapping import WrappingServer
 from hub_server.auth.authorizer import Authorizer
 from hub_server.auth.limits import CallerLimits
 from hub_server.domain.alerts import Alerts
@@ -307,19 +308,17 @@ class Hub:
             self.election.add_work(self.backups.schedule_forever)
         self.election.add_work(lambda: self.alerts.run(cfg.alert_interval))
 
-        interceptor = ContextInterceptor(
+        calls = CallWrapper(
             self.audit,
             self.telemetry,
             authorizer=self.authorizer,
             limits=CallerLimits(cfg.caller_rate_limit, cfg.caller_max_streams),
             tier_of=self._stored_tier,
         )
-        server = grpc.aio.server(
-            # Outermost first: the context interceptor also maps the decoding
-            # interceptor's refusals of requests that do not parse.
-            interceptors=[interceptor, DecodeInterceptor()],
-            options=SERVER_OPTIONS,
-        )
+        core = grpc.aio.server(options=SERVER_OPTIONS)
+        # Every hub method: the call context outside (it also maps the refusal of
+        # a request that does not parse), the tolerant deserializer inside.
+        server = WrappingServer(core, lambda method, handler: calls.wrap(method, tolerant(handler)))
         progress = cfg.watch_progress_interval
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(
@@ -382,6 +381,8 @@ class Hub:
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
             ClusterServicer(self.replicas, self.election, self.hub_id), server
         )
+        # Open to every caller, and not the hub's own: registered unwrapped.
+        server = core
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(_service_names(), server)
         credentials = self._server_credentials()

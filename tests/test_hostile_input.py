@@ -19,7 +19,7 @@ be checked exactly.
 
 Raw bytes: a request that does not parse never reaches a servicer; grpc alone
 would answer it with UNKNOWN ("Unexpected <class 'DecodeError'>"). The hub's
-DecodeInterceptor (hub_server/api/decoding.py) makes it INVALID_ARGUMENT on the
+tolerant() (hub_server/api/decoding.py) makes it INVALID_ARGUMENT on the
 field "request", and that is what must come back.
 """
 
@@ -45,8 +45,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub_server.api.backups import BackupServicer
-from hub_server.api.context import ContextInterceptor
-from hub_server.api.decoding import DecodeInterceptor
+from hub_server.api.context import CallWrapper
+from hub_server.api.decoding import tolerant
+from hub_server.api.wrapping import WrappingServer
 from hub_server.app import Hub, HubConfig, _service_names
 from hub_server.embedded_etcd import EtcdProcess
 from hub_server.store import keys
@@ -789,14 +790,14 @@ async def test_raw_bytes_get_clean_answers(target: Target, rpc: Rpc, data: st.Da
     before = await stable_state(target.store)
     outcome = await invoke(rpc, _raw_method(rpc, target.channel), request, ())
     assert is_clean(outcome), f"{rpc} answered {outcome.code.name} to {request!r}"
-    if not parses:  # DecodeInterceptor's answer (grpc's own would be UNKNOWN)
+    if not parses:  # tolerant()'s answer (grpc's own would be UNKNOWN)
         assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
     if outcome.code != grpc.StatusCode.OK:
         assert await stable_state(target.store) == before
     await assert_serving(target)
 
 
-# -- DecodeInterceptor: undecodable requests are INVALID_ARGUMENT -----------------------
+# -- tolerant(): undecodable requests are INVALID_ARGUMENT -----------------------
 
 
 class _Registry(registry_pb2_grpc.RegistryServiceServicer):
@@ -809,11 +810,13 @@ class _Registry(registry_pb2_grpc.RegistryServiceServicer):
 
 @pytest.fixture
 async def decoding_server() -> AsyncIterator[grpc.aio.Channel]:
-    """A bare server with the hub's interceptors and DecodeInterceptor inside them."""
-    server = grpc.aio.server(interceptors=[ContextInterceptor(), DecodeInterceptor()])
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(_Registry(), server)
+    """A bare server whose handlers are wrapped as the hub wraps its own."""
+    server = grpc.aio.server()
+    calls = CallWrapper()
+    wrapped = WrappingServer(server, lambda method, h: calls.wrap(method, tolerant(h)))
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(_Registry(), wrapped)
     # RestoreBackup refuses an undecodable message before it needs any backups.
-    backup_pb2_grpc.add_BackupServiceServicer_to_server(BackupServicer(None, None, "h"), server)  # type: ignore[arg-type]
+    backup_pb2_grpc.add_BackupServiceServicer_to_server(BackupServicer(None, None, "h"), wrapped)  # type: ignore[arg-type]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

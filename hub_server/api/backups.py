@@ -106,7 +106,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
             )
 
     async def RestoreBackup(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        # Client-streaming calls pass the interceptor untouched: this handler maps
+        # Client-streaming calls pass the CallWrapper untouched: this handler maps
         # its own errors and writes its own audit record.
         method = "/aitrading.hub.v1.BackupService/RestoreBackup"
         dry_run = True

@@ -1,6 +1,7 @@
-"""Per-call context: the tenant headers of a request, read once by the interceptor
-and available to servicers through a contextvar; plus the interceptor that maps
-domain errors to statuses, so servicers stay free of try/except boilerplate."""
+"""Per-call context: the tenant headers of a request, read once per call and
+available to servicers through a contextvar; plus the wrapper around every hub
+handler that maps domain errors to statuses, so servicers stay free of
+try/except boilerplate."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -130,7 +131,7 @@ async def _abort(context: grpc.aio.ServicerContext, error: HubError) -> None:
     await context.abort_with_status(to_status(error))
 
 
-class ContextInterceptor(grpc.aio.ServerInterceptor):
+class CallWrapper:
     """Authenticates and authorizes each call (role table, bound tenant and
     service, per-caller limits), reads the tenant headers into the call context
     and echoes them back, turns domain errors into gRPC statuses, and records
@@ -225,19 +226,13 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         except Exception as e:  # the call's outcome stands; the gap is logged
             log.error("audit record of %s %s lost: %r", ctx.method, event.target, e)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata
-        header_ctx, echo = _parse(metadata, method)  # type: ignore[arg-type]
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler with all of the above around it. The hub wraps each
+        method once when it registers its servicers (see ``WrappingServer``):
+        as a grpc.aio interceptor the same work costs a lookup per call and
+        leaves a reference cycle per call (grpc's own) for the collector."""
 
-        def enter(ctx: CallContext) -> None:
+        def enter(ctx: CallContext, echo: list[tuple[str, str]]) -> None:
             # grpc.aio runs every call in its own task, so the values set here
             # cannot leak into another call and need no reset.
             _current.set(ctx)
@@ -256,6 +251,8 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
             audit = bool(getattr(inner_uu, "__audited__", False) and self._audit)
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                metadata = context.invocation_metadata()
+                header_ctx, echo = _parse(metadata, method)
                 call_note: dict[str, str] | None = {} if audit else None
                 _audit_note.set(call_note)
                 outcome, started = "OK", time.perf_counter()
@@ -263,7 +260,7 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                 with self._span(method, metadata):
                     try:
                         ctx = self._admit(header_ctx, metadata, context, request)
-                        enter(ctx)
+                        enter(ctx, echo)
                         if echo:
                             await context.send_initial_metadata(echo)
                         return await inner_uu(request, context)
@@ -290,6 +287,8 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
+                metadata = context.invocation_metadata()
+                header_ctx, echo = _parse(metadata, method)
                 outcome, started = "OK", time.perf_counter()
                 caller = ""
                 try:
@@ -298,7 +297,7 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                         key = self._caller_key(ctx.caller, context)
                         self._limits.open_stream(key)
                         caller = key
-                    enter(ctx)
+                    enter(ctx, echo)
                     if echo:
                         await context.send_initial_metadata(echo)
                     async for response in inner_us(request, context):
@@ -329,11 +328,13 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
             inner_su = handler.stream_unary
 
             async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                metadata = context.invocation_metadata()
+                header_ctx, echo = _parse(metadata, method)
                 try:
                     ctx = self._admit(header_ctx, metadata, context, None)
                 except HubError as e:
                     await _abort(context, e)
-                enter(ctx)
+                enter(ctx, echo)
                 return await inner_su(request_iterator, context)
 
             return grpc.stream_unary_rpc_method_handler(

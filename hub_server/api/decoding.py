@@ -2,13 +2,13 @@
 
 grpc-python parses a request before any handler code runs, and when parsing
 fails it answers UNKNOWN ("Unexpected <class 'DecodeError'>: ..."), which reads
-like a crash of the hub. ``DecodeInterceptor`` wraps every method's request
+like a crash of the hub. ``tolerant(handler)`` wraps a method's request
 deserializer so that bytes that do not parse become an ``Undecodable`` value;
 the wrapped handler turns it into a domain InvalidArgument on the field
-``request``. Installed inside the ContextInterceptor, that error is mapped,
-logged and audited like any other refusal:
+``request``. Wrapped inside the CallWrapper, that error is mapped, logged and
+audited like any other refusal:
 
-    grpc.aio.server(interceptors=[ContextInterceptor(...), DecodeInterceptor()])
+    WrappingServer(server, lambda method, h: calls.wrap(method, tolerant(h)))
 
 A client stream's messages are parsed one by one as the handler reads them: the
 request iterator raises InvalidArgument at the first one that does not parse.
@@ -16,7 +16,7 @@ request iterator raises InvalidArgument at the first one that does not parse.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -53,7 +53,7 @@ def _deserializer(inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any
 
 
 def _keep_marks(wrapper: Any, inner: Any) -> Any:
-    # The ContextInterceptor reads @audited from the handler it is given.
+    # The CallWrapper reads @audited from the handler it is given.
     if getattr(inner, "__audited__", False):
         wrapper.__audited__ = True
     return wrapper
@@ -66,73 +66,64 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-class DecodeInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        # Only the hub's own (async) servicers: reflection's is synchronous, and
-        # its request iterator must stay a plain one.
-        if handler is None or not handler_call_details.method.startswith("/aitrading."):
-            return handler
-        deserializer = _deserializer(handler.request_deserializer)
-        serializer = handler.response_serializer
+def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The handler with a deserializer that never raises (see the module's doc)."""
+    deserializer = _deserializer(handler.request_deserializer)
+    serializer = handler.response_serializer
 
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if isinstance(request, Undecodable):
-                    raise refusal(request)
-                return await inner_uu(request, context)
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, Undecodable):
+                raise refusal(request)
+            return await inner_uu(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                _keep_marks(unary_unary, inner_uu),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
+        return grpc.unary_unary_rpc_method_handler(
+            _keep_marks(unary_unary, inner_uu),
+            request_deserializer=deserializer,
+            response_serializer=serializer,
+        )
 
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
 
-            def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                # A plain function returning the stream: no extra layer per message.
-                if isinstance(request, Undecodable):
-                    return _refused_stream(request)
-                return inner_us(request, context)
+        def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # A plain function returning the stream: no extra layer per message.
+            if isinstance(request, Undecodable):
+                return _refused_stream(request)
+            return inner_us(request, context)
 
-            return grpc.unary_stream_rpc_method_handler(
-                _keep_marks(unary_stream, inner_us),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
+        return grpc.unary_stream_rpc_method_handler(
+            _keep_marks(unary_stream, inner_us),
+            request_deserializer=deserializer,
+            response_serializer=serializer,
+        )
 
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
+    if handler.stream_unary is not None:
+        inner_su = handler.stream_unary
 
-            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                return await inner_su(_checked(requests), context)
+        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await inner_su(_checked(requests), context)
 
-            return grpc.stream_unary_rpc_method_handler(
-                _keep_marks(stream_unary, inner_su),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
+        return grpc.stream_unary_rpc_method_handler(
+            _keep_marks(stream_unary, inner_su),
+            request_deserializer=deserializer,
+            response_serializer=serializer,
+        )
 
-        if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
+    if handler.stream_stream is not None:
+        inner_ss = handler.stream_stream
 
-            def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                return inner_ss(_checked(requests), context)
+        def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return inner_ss(_checked(requests), context)
 
-            return grpc.stream_stream_rpc_method_handler(
-                _keep_marks(stream_stream, inner_ss),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        return handler
+        return grpc.stream_stream_rpc_method_handler(
+            _keep_marks(stream_stream, inner_ss),
+            request_deserializer=deserializer,
+            response_serializer=serializer,
+        )
+    return handler
 
 
 async def _refused_stream(request: Undecodable) -> AsyncIterator[Any]:

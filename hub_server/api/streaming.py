@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from aitrading.hub.v1 import registry_pb2
 
+from hub_server.api.wrapping import WrappingServer
 from hub_server.domain.errors import InvalidArgument
 from hub_server.domain.event_log import EventLog
 from hub_server.store.mirror import Change
@@ -144,34 +145,9 @@ def _sending_bytes(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     )
 
 
-class _GenericSendingBytes(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
-        self._inner = inner
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        handler = self._handlers.get(method)
-        if handler is None:
-            handler = _sending_bytes(self._inner.service(handler_call_details))
-            if handler is not None:
-                self._handlers[method] = handler
-        return handler
-
-
-class sends_bytes:  # used like a function: add_X_to_server(servicer, sends_bytes(server))
+def sends_bytes(server: Any) -> WrappingServer:
     """Stands for the server when a generated ``add_*Servicer_to_server`` registers
     a service whose streams yield pre-serialized responses (``watch_stream`` with
     ``share``): its server-streaming methods get a response serializer that sends
     bytes as they are (and serializes anything else as before)."""
-
-    def __init__(self, server: Any) -> None:
-        self._server = server
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_GenericSendingBytes(h) for h in handlers))
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
-        self._server.add_registered_method_handlers(
-            service, {name: _sending_bytes(h) for name, h in handlers.items()}
-        )
+    return WrappingServer(server, lambda method, handler: _sending_bytes(handler))
