@@ -64,7 +64,7 @@ def _scrape(port: int) -> str:
 async def test_trace_context_is_continued(hub_factory: HubFactory) -> None:
     hub = await hub_factory()
     spans = InMemorySpanExporter()
-    hub.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    hub.telemetry.add_span_processor(SimpleSpanProcessor(spans))
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     async with grpc.aio.insecure_channel(hub.address) as ch:
         stub = observability_pb2_grpc.ObservabilityServiceStub(ch)

@@ -87,7 +87,10 @@ class Deployments:
         return [self.mirror, self.drains, self.directives]
 
     def is_draining(self, service: str, instance_id: str) -> bool:
-        return keys.drain_key(service, instance_id) in self.drains.items
+        # Asked for every instance of every discovery answer; almost always
+        # nothing is draining, and then no key need be built.
+        drains = self.drains.items
+        return bool(drains) and keys.drain_key(service, instance_id) in drains
 
     # -- reads -------------------------------------------------------------
 
