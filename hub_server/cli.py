@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from hub_client._private.logging import configure_logging
-from hub_server.app import Hub, HubConfig, authorizer_for
+from hub_server.app import Hub, HubConfig, authorizer_for, tune_garbage_collector
 from hub_server.auth.credentials import (
     CredentialsError,
     new_token,
@@ -167,6 +167,7 @@ async def serve(config: HubConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await hub.start()
+    tune_garbage_collector()
     loop.add_signal_handler(signal.SIGHUP, hub.reload_credentials)
     print(f"central hub serving on {hub.address}", flush=True)
     if hub.dashboard is not None:
