@@ -651,9 +651,9 @@ async def test_keep_alive_survives_hub_failover_instance_never_dropped(
     start_hub: StartHub, store: EtcdStore
 ) -> None:
     a, b = await leader_and_follower(start_hub)
-    # HubClient takes any gRPC target: a static list of replicas, tried in order.
+    # Both replicas, tried in order (hub_client/_private/targets.py).
     async with (
-        HubClient(f"ipv4:{a.address},{b.address}", timeout=3) as client,
+        HubClient([a.address, b.address], timeout=3) as client,
         HubClient(b.address, timeout=3) as observer,
     ):
         ledger = Ledger()

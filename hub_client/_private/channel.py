@@ -11,6 +11,8 @@ from typing import Any
 
 import grpc
 
+from hub_client._private.targets import channel_target
+
 # The environment variable a token is read from when none is given
 # (like CONSUL_HTTP_TOKEN), so services and hubctl need no code for it.
 TOKEN_ENV = "HUB_TOKEN"
@@ -79,13 +81,15 @@ def _bearer_token(token: str) -> list[grpc.aio.ClientInterceptor]:
 
 
 def open_channel(
-    target: str,
+    target: str | Sequence[str],
     *,
     token: str | None,
     tls: TLS | None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
-    """A channel to the hub. ``token=None`` reads $HUB_TOKEN; "" sends none."""
+    """A channel to the hub, or to whichever of several hubs answers (see
+    targets.py). ``token=None`` reads $HUB_TOKEN; "" sends none."""
+    target = channel_target(target)
     if token is None:
         token = os.environ.get(TOKEN_ENV, "")
     interceptors = _bearer_token(token) if token else None

@@ -198,6 +198,10 @@ class HubClient:
             reg = await hub.register("data-bridge", host="10.0.0.5", port=8001)
             svc = await hub.discover("data-bridge")
 
+    Several hub replicas (``["h1:7000", "h2:7000"]`` or ``"h1:7000,h2:7000"``)
+    make one channel that moves to another replica when the one it uses fails;
+    their names are resolved once, here.
+
     A hub with credentials wants a token (``token=``, else $HUB_TOKEN) and,
     over TLS, ``tls=TLS(ca="ca.pem")`` (plus ``cert``/``key`` for mTLS).
 
@@ -207,7 +211,7 @@ class HubClient:
 
     def __init__(
         self,
-        target: str = "127.0.0.1:7000",
+        target: str | Sequence[str] = "127.0.0.1:7000",
         *,
         tenant_id: str = "",
         user_id: str = "",

@@ -206,8 +206,9 @@ def _global_options(
     g.add_argument(
         "--target",
         default=default(_env("HUB_TARGET", "127.0.0.1:7000")),
-        metavar="HOST:PORT",
-        help="hub address (env HUB_TARGET, default 127.0.0.1:7000)",
+        metavar="HOST:PORT[,...]",
+        help="hub address, or several replicas separated by commas "
+        "(env HUB_TARGET, default 127.0.0.1:7000)",
     )
     g.add_argument(
         "-o",
@@ -405,15 +406,19 @@ async def _execute(ctx: Context, cmd: Command) -> int:
     args = ctx.args
     if not cmd.needs_hub:
         return await cmd.handler(ctx, args) or EXIT_OK
-    async with HubClient(
-        ctx.target,
-        tenant_id=args.tenant,
-        user_id=args.user,
-        subscription_tier=args.tier or "",
-        timeout=ctx.timeout,
-        token=args.token or "",
-        tls=_tls(args),
-    ) as hub:
+    try:
+        client = HubClient(
+            ctx.target,
+            tenant_id=args.tenant,
+            user_id=args.user,
+            subscription_tier=args.tier or "",
+            timeout=ctx.timeout,
+            token=args.token or "",
+            tls=_tls(args),
+        )
+    except ValueError as e:  # an address that is not host:port or does not resolve
+        raise UsageError(f"--target: {e}") from None
+    async with client as hub:
         ctx.hub = hub
         try:
             await asyncio.wait_for(hub.channel.channel_ready(), ctx.timeout)
