@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -23,6 +24,11 @@ from hub_server.store.etcd import EtcdStore, Txn
 log = logging.getLogger(__name__)
 
 LeaderWork = Callable[[], Coroutine[Any, Any, None]]
+
+# How long stepping down waits for cancelled leader work to end. Work that
+# outlives it is a bug (something swallowed its cancellation): it is logged with
+# its stack and left behind, so that neither a stop nor the next campaign hangs.
+STEP_DOWN_WAIT = 10.0
 
 
 class Election:
@@ -106,7 +112,7 @@ class Election:
     async def _lead(self) -> None:
         self.is_leader = True
         self._set_leader(self.candidate_id)
-        self._work_tasks = [asyncio.create_task(w()) for w in self._work]
+        self._work_tasks = [_named_task(w()) for w in self._work]
         loop = asyncio.get_running_loop()
         confirmed = loop.time()
         try:
@@ -135,11 +141,26 @@ class Election:
                 # Not ``await task`` under suppress(CancelledError): that also
                 # swallowed a cancel of the campaign itself (stop(), a crash)
                 # arriving while it stepped down, and the campaign ran on.
-                await asyncio.wait(tasks)
-                for task in tasks:
+                done, stuck = await asyncio.wait(tasks, timeout=STEP_DOWN_WAIT)
+                for task in done:
                     if not task.cancelled():
                         task.exception()  # retrieved: not logged as never retrieved
+                for task in stuck:
+                    log.error(
+                        "leader work %s still runs %gs after it was cancelled:\n%s",
+                        task.get_name(), STEP_DOWN_WAIT, _stack(task),
+                    )  # fmt: skip
         finally:
             if self.is_leader:
                 self.is_leader = False
                 self._set_leader("")
+
+
+def _named_task(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    return asyncio.create_task(work, name=f"leader:{getattr(work, '__qualname__', 'work')}")
+
+
+def _stack(task: asyncio.Task[None]) -> str:
+    out = io.StringIO()
+    task.print_stack(file=out)
+    return out.getvalue()
