@@ -323,3 +323,26 @@ async def _get_quote(address: str, symbol: str) -> Any:
             response_deserializer=tick_data_pb2.TickData.FromString,
         )
         return await call(wrappers_pb2.StringValue(value=symbol), timeout=5)
+
+
+async def test_stop_does_not_wait_forever_for_a_task_that_ignores_cancellation(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = Echo(fast_config(hub.address, shutdown_grace=0.3))
+    await svc.start()
+    await asyncio.wait_for(svc.registered.wait(), 15)
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:  # the bug this guards against
+            await release.wait()
+
+    svc._spawn(stubborn(), "stubborn")
+    await asyncio.sleep(0)  # let it start, so that its cancel lands in the sleep
+    await asyncio.wait_for(svc.stop(), 30)
+    assert any("echo-stubborn" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    async with HubClient(hub.address) as client:  # it still deregistered
+        assert await instance_ports(client, "echo") == []
+    release.set()

@@ -302,9 +302,15 @@ class BaseService:
         self.serving = False
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: a task that ignores its cancellation must not keep the
+            # process from exiting (an orchestrator would kill it mid-drain).
+            done, stuck = await asyncio.wait(self._tasks, timeout=cfg.shutdown_grace)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: ended by an error is fine here
+            for task in stuck:
+                log.error("%s: %s still runs after it was cancelled", cfg.service_name, task)
         self._tasks.clear()
         deregistered = False
         if self.registration is not None:
