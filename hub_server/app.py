@@ -108,11 +108,11 @@ def tune_garbage_collector() -> None:
     Thousands of open watch streams keep a few hundred thousand objects alive,
     and fanning one change out to them allocates tens of thousands more that
     outlive a young collection: with the default thresholds (700, 10, 10) the
-    collector walked that heap over and over, ~40% of the hub's CPU during a
+    collector walked that heap over and over, 26-40% of the hub's CPU during a
     fan-out to 5,000 streams. A young generation of 50,000 fixed that but made
     each young collection a 25-45 ms pause (grpc.aio leaves a small reference
     cycle per call, so there is always garbage to find), the p99 of discovery
-    at 1,000 calls/s. 5,000 keeps pauses at 2-7 ms with the same fan-out cost.
+    at 1,000 calls/s. 5,000 keeps pauses at 2-7 ms and fan-out no slower.
     Freezing what start-up built (modules, classes, the loaded views) keeps
     ~60,000 objects that live as long as the process out of every full
     collection: with 10,000 instances registered, a full collection took
