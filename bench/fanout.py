@@ -7,7 +7,8 @@ keys receiving the same change (issue 8).
   other services besides). Each change is a Register of a new instance in that
   service, timed from just before the call until each stream has the ADDED
   event. The hub's resident size is read with the first 1,000 streams open.
-- Health: 1,000 HealthService/WatchHealth streams on one service. Each round
+- Health: 1,000 and then 5,000 HealthService/WatchHealth streams on one
+  service. Each round
   registers an instance with a TCP check every 0.2 s against a listener of the
   bench, waits until every stream has it HEALTHY, then closes the listener. From
   the close until a stream reports UNHEALTHY is detection (3 failed probes in a
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 FANOUT = "bench-fanout"
 HEALTH_SERVICE = "bench-health"
 SIZES = (1000, 5000)
-HEALTH_STREAMS = 1000
 CHECK_INTERVAL = 0.2  # seconds between probes of the health cell's instance
 CONFIG_STREAMS = 1000
 PROCESSES = 4  # watcher processes
@@ -142,8 +142,7 @@ async def measure(
         bench.section(f"watch fan-out: registry, {sizes} Watch streams on one service ({FANOUT})")
         await registry_fanout(bench, pool, hub, registry, store, changes)
         bench.section(
-            f"watch fan-out: health, {HEALTH_STREAMS:,} WatchHealth streams on one service "
-            f"({HEALTH_SERVICE})"
+            f"watch fan-out: health, {sizes} WatchHealth streams on one service ({HEALTH_SERVICE})"
         )
         await health_fanout(bench, pool, hub, registry, store, health_rounds)
         bench.section(f"config push: {CONFIG_STREAMS:,} WatchConfig streams")
@@ -238,80 +237,102 @@ async def health_fanout(
     check = types_pb2.HealthCheck(
         tcp=types_pb2.TcpCheck(), interval=duration_pb2.Duration(nanos=int(CHECK_INTERVAL * 1e9))
     )
-    await pool.open("health", HEALTH, [HEALTH_SERVICE] * HEALTH_STREAMS)
-    detection, fanout = _Cell(hub, pool), _Cell(hub, pool)
     gaps: list[float] = []  # between probes of one instance while it was up
+    groups: list[str] = []
+    opened = 0
     try:
-        for k in range(rounds):
-            iid = f"h{k}"
-            key = keys.health_key(HEALTH_SERVICE, iid)
-            accepted: list[float] = []
-            server, port = await _tcp_listener(accepted)
-            try:
-                await registry.Register(
-                    registry_pb2.RegisterRequest(
-                        service=HEALTH_SERVICE,
-                        instance_id=iid,
-                        host="127.0.0.1",
-                        port=port,
-                        health_check=check,
-                        ttl_seconds=300,
-                    )
+        for size in SIZES:
+            name = f"health-{size}"
+            await pool.open(name, HEALTH, [HEALTH_SERVICE] * (size - opened))
+            groups.append(name)
+            opened = size
+            detection, fanout = _Cell(hub, pool), _Cell(hub, pool)
+            for k in range(rounds):
+                gaps += await _health_round(
+                    f"h{size}-{k}", groups, pool, registry, watch, check, detection, fanout
                 )
-                healthy = await pool.expect(["health"], f"{iid}/{HEALTHY}", TIMEOUT)
-                if None in healthy:
-                    raise RuntimeError(f"{iid} never reported HEALTHY on every stream")
-                for _ in range(40):  # see one probe interval
-                    if len(accepted) >= 2:
-                        break
-                    await asyncio.sleep(0.05)
-                gaps += [b - a for a, b in itertools.pairwise(accepted)]
-            finally:
-                t0 = time.time()
-                server.close()
-                await server.wait_closed()
-
-            def unhealthy(e: Event, key: bytes = key) -> bool:
-                return (
-                    e.kind == "put"
-                    and e.kv.key == key
-                    and types_pb2.InstanceHealth.FromString(e.kv.value).status == UNHEALTHY
-                )
-
-            times = await pool.expect(["health"], f"{iid}/{UNHEALTHY}", TIMEOUT)
-            t_etcd, event = await watch.first(unhealthy)
-            written = types_pb2.InstanceHealth.FromString(event.kv.value).last_check
-            detection.add(times, t0, t_etcd)
-            fanout.add(times, t0, t_etcd, zero=written.ToMicroseconds() / 1e6)
-            # Gone, so that the hub stops probing a closed port.
-            await registry.Deregister(
-                registry_pb2.DeregisterRequest(service=HEALTH_SERVICE, instance_id=iid)
+            n = f"{size:,}"
+            detection.record(
+                bench,
+                f"closed -> last of {n} WatchHealth",
+                ETCD_HEALTH_CLOSE,
+                f"health close {size}",
+                size,
+                cpu=False,
+            )
+            fanout.record(
+                bench,
+                f"written -> last of {n} WatchHealth",
+                ETCD_HEALTH_WRITE,
+                f"health write {size}",
+                size,
+                cpu=False,
             )
         bench.fact(
             f"health probe interval observed ({CHECK_INTERVAL:g} s set)",
             statistics.median(gaps),
             "s",
         )
-        n = f"{HEALTH_STREAMS:,}"
-        detection.record(
-            bench,
-            f"closed -> last of {n} WatchHealth",
-            ETCD_HEALTH_CLOSE,
-            "health close",
-            HEALTH_STREAMS,
-            cpu=False,
-        )
-        fanout.record(
-            bench,
-            f"written -> last of {n} WatchHealth",
-            ETCD_HEALTH_WRITE,
-            "health write",
-            HEALTH_STREAMS,
-            cpu=False,
-        )
     finally:
-        await pool.close("health")
+        for name in groups:
+            await pool.close(name)
         await watch.stop()
+
+
+async def _health_round(
+    iid: str,
+    groups: list[str],
+    pool: WatcherPool,
+    registry: registry_pb2_grpc.RegistryServiceStub,
+    watch: EtcdWatch,
+    check: types_pb2.HealthCheck,
+    detection: _Cell,
+    fanout: _Cell,
+) -> list[float]:
+    """One instance up (HEALTHY everywhere), then its listener closed: adds the
+    times to UNHEALTHY to both cells; returns the gaps seen between its probes."""
+    key = keys.health_key(HEALTH_SERVICE, iid)
+    accepted: list[float] = []
+    server, port = await _tcp_listener(accepted)
+    try:
+        await registry.Register(
+            registry_pb2.RegisterRequest(
+                service=HEALTH_SERVICE,
+                instance_id=iid,
+                host="127.0.0.1",
+                port=port,
+                health_check=check,
+                ttl_seconds=300,
+            )
+        )
+        healthy = await pool.expect(groups, f"{iid}/{HEALTHY}", TIMEOUT)
+        if None in healthy:
+            raise RuntimeError(f"{iid} never reported HEALTHY on every stream")
+        for _ in range(40):  # see one probe interval
+            if len(accepted) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        t0 = time.time()
+        server.close()
+        await server.wait_closed()
+
+    def unhealthy(e: Event) -> bool:
+        return (
+            e.kind == "put"
+            and e.kv.key == key
+            and types_pb2.InstanceHealth.FromString(e.kv.value).status == UNHEALTHY
+        )
+
+    times = await pool.expect(groups, f"{iid}/{UNHEALTHY}", TIMEOUT)
+    t_etcd, event = await watch.first(unhealthy)
+    written = types_pb2.InstanceHealth.FromString(event.kv.value).last_check
+    detection.add(times, t0, t_etcd)
+    fanout.add(times, t0, t_etcd, zero=written.ToMicroseconds() / 1e6)
+    # Gone, so that the hub stops probing a closed port.
+    gone = registry_pb2.DeregisterRequest(service=HEALTH_SERVICE, instance_id=iid)
+    await registry.Deregister(gone)
+    return [b - a for a, b in itertools.pairwise(accepted)]
 
 
 async def config_push(

@@ -10,9 +10,10 @@ figure beside a baseline taken in the same run:
   service's keys with the hub's own store client (EtcdStore.get_prefix);
 - the same three at a fixed offered rate of 1,000 calls/s (open loop);
 - watch fan-out (bench.fanout): a registry change to the last of 1,000 and of
-  5,000 Watch streams, a health change to the last of 1,000 WatchHealth streams
-  (detection + fan-out, and fan-out alone), a global config write to the last of
-  1,000 WatchConfig streams, each beside one direct etcd watch of the same keys;
+  5,000 Watch streams, a health change to the last of 1,000 and of 5,000
+  WatchHealth streams (detection + fan-out, and fan-out alone), a global config
+  write to the last of 1,000 WatchConfig streams, each beside one direct etcd
+  watch of the same keys;
   the hub's resident size with 1,000 (and 5,000) watchers open;
 - quota Allocate with 50 concurrent allocators on one tenant beside a raw etcd
   compare-and-set increment, 50 concurrent (bench.quota);
