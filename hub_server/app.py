@@ -233,6 +233,7 @@ class Hub:
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
         self.dashboard: Dashboard | None = None
 
     @property
@@ -490,7 +491,11 @@ class Hub:
                 await self._set_serving(ok)
 
     async def stop(self) -> None:
-        """Graceful: health says NOT_SERVING, calls in flight get a grace period."""
+        """Graceful: health says NOT_SERVING, calls in flight get a grace period.
+        Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.dashboard is not None:
             await self.dashboard.stop()
             self.dashboard = None
