@@ -13,7 +13,12 @@ from typing import Any
 
 import grpc
 import pytest
-from aitrading.hub.v1 import tenant_pb2, tenant_pb2_grpc
+from aitrading.hub.v1 import (
+    observability_pb2,
+    observability_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
+)
 
 from hub_client import HubClient, QuotaExceeded, Unavailable
 from hub_client._private.errors import from_rpc_error
@@ -36,9 +41,11 @@ def allocate(
     )
 
 
-def release(tenant: str, amount: int, request_id: str = "") -> tenant_pb2.ReleaseRequest:
+def release(
+    tenant: str, amount: int, request_id: str = "", resource: int = WS
+) -> tenant_pb2.ReleaseRequest:
     return tenant_pb2.ReleaseRequest(
-        tenant_id=tenant, resource=WS, amount=amount, request_id=request_id
+        tenant_id=tenant, resource=resource, amount=amount, request_id=request_id
     )
 
 
@@ -327,3 +334,27 @@ async def test_client_gives_up_within_its_timeout(hub: Hub, etcd_store: EtcdStor
         assert 2 <= len(lose.request_ids) <= 8 and set(lose.request_ids) == {"mine"}
     await channel.close()
     assert await used_in_etcd(etcd_store, "gone") == 1  # however many attempts arrived
+
+
+async def test_a_replayed_call_is_audited_as_a_replay(hub: Hub, client: HubClient) -> None:
+    c = client.with_context(tenant_id="aud", subscription_tier="enterprise")
+    for _ in range(2):  # with the tenant headers, so that the records are the tenant's
+        await c._unary(c.tenant_stub.Allocate, allocate("aud", 10, "a-1", resource=RATE))
+    for _ in range(2):
+        await c._unary(c.tenant_stub.Release, release("aud", 10, "a-2", resource=RATE))
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        events = (
+            await observability_pb2_grpc.ObservabilityServiceStub(ch).ListAuditEvents(
+                observability_pb2.ListAuditEventsRequest(tenant_id="aud")
+            )
+        ).events
+    seen = [
+        (e.method.rsplit("/", 1)[1], e.details["request_id"], e.details.get("replay", ""))
+        for e in events
+    ]
+    assert seen == [
+        ("Allocate", "a-1", ""),
+        ("Allocate", "a-1", "true"),
+        ("Release", "a-2", ""),
+        ("Release", "a-2", "true"),
+    ]

@@ -101,11 +101,13 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         # smaller ones are routine traffic.
         self.audit_allocations_from = audit_allocations_from
 
-    def _audit_amount(self, tenant_id: str, resource: str, amount: int) -> None:
+    def _audit_amount(self, tenant_id: str, resource: str, amount: int, request_id: str) -> None:
         if amount < self.audit_allocations_from:
             audit_skip()
-        else:
-            audit_note(target=f"usage/{tenant_id}/{resource}", amount=amount)
+            return
+        audit_note(target=f"usage/{tenant_id}/{resource}", amount=amount)
+        if request_id:  # a retry's record carries the same id (and replay=true)
+            audit_note(request_id=request_id)
 
     def _header(self, revision: int) -> types_pb2.ResponseHeader:
         return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
@@ -196,15 +198,17 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         _amount(v, request.amount)
         _request_id(v, request.request_id)
         v.raise_if_any()
-        self._audit_amount(tenant_id, resource.name, request.amount)
+        self._audit_amount(tenant_id, resource.name, request.amount, request.request_id)
         self._configs.ensure_live()
-        usage, revision = await self._quotas.allocate(
+        usage, revision, replayed = await self._quotas.allocate(
             tenant_id,
             current().subscription_tier,
             resource,
             request.amount,
             request_id=request.request_id,
         )
+        if replayed:
+            audit_note(replay="true")
         return tenant_pb2.AllocateResponse(header=self._header(revision), usage=usage_to_pb(usage))
 
     @audited
@@ -215,15 +219,17 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         _amount(v, request.amount)
         _request_id(v, request.request_id)
         v.raise_if_any()
-        self._audit_amount(tenant_id, resource.name, request.amount)
+        self._audit_amount(tenant_id, resource.name, request.amount, request.request_id)
         self._configs.ensure_live()
-        usage, released, revision = await self._quotas.release(
+        usage, released, revision, replayed = await self._quotas.release(
             tenant_id,
             current().subscription_tier,
             resource,
             request.amount,
             request_id=request.request_id,
         )
+        if replayed:
+            audit_note(replay="true")
         return tenant_pb2.ReleaseResponse(
             header=self._header(revision), usage=usage_to_pb(usage), released=released
         )

@@ -291,10 +291,11 @@ class Quotas:
         amount: int,
         *,
         request_id: str = "",
-    ) -> tuple[quotas.Usage, int]:
+    ) -> tuple[quotas.Usage, int, bool]:
         """Takes ``amount``; raises QuotaExceeded if it does not fit under the limit.
-        With a ``request_id`` used before (within the hour), changes nothing and
-        returns what that call returned."""
+        Returns (usage after, revision, whether this was a replay): with a
+        ``request_id`` used before (within the hour), changes nothing and returns
+        what that call returned."""
         merged = self.config(tenant_id, header_tier)
         limit = quotas.limit_of(resource, merged.values)
         now = self._clock()
@@ -319,8 +320,8 @@ class Quotas:
             self._key(tenant_id, resource, now), step, resource, now, request
         )
         if replayed is not None:
-            return replayed.usage(), revision
-        return self._usage(resource, used, limit, now), revision
+            return replayed.usage(), revision, True
+        return self._usage(resource, used, limit, now), revision, False
 
     async def release(
         self,
@@ -330,10 +331,10 @@ class Quotas:
         amount: int,
         *,
         request_id: str = "",
-    ) -> tuple[quotas.Usage, int, int]:
-        """Gives back up to ``amount``; returns (usage after, amount released, revision).
-        With a ``request_id`` used before (within the hour), changes nothing and
-        returns what that call returned."""
+    ) -> tuple[quotas.Usage, int, int, bool]:
+        """Gives back up to ``amount``; returns (usage after, amount released,
+        revision, whether this was a replay): with a ``request_id`` used before
+        (within the hour), changes nothing and returns what that call returned."""
         limit = quotas.limit_of(resource, self.config(tenant_id, header_tier).values)
         now = self._clock()
         request = None
@@ -358,8 +359,8 @@ class Quotas:
             request,
         )
         if replayed is not None:
-            return replayed.usage(), replayed.released, revision
-        return self._usage(resource, used, limit, now), before - used, revision
+            return replayed.usage(), replayed.released, revision, True
+        return self._usage(resource, used, limit, now), before - used, revision, False
 
     async def usage(
         self, tenant_id: str, header_tier: str
