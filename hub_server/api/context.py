@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from hub_client._private.logging import RequestContext, set_context
 from hub_server.api.errors import status_code_for, to_status
+from hub_server.api.wrapping import replaced
 from hub_server.auth.authorizer import Authorizer
 from hub_server.auth.credentials import ANONYMOUS, Identity
 from hub_server.auth.limits import CallerLimits
@@ -275,11 +276,7 @@ class CallWrapper:
                         if call_note is not None:
                             await self._record(ctx, context, call_note, outcome)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return replaced(handler, unary_unary=unary_unary)
 
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
@@ -316,11 +313,7 @@ class CallWrapper:
                         self._limits.close_stream(caller)
                     self._finished(method, outcome, started)
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return replaced(handler, unary_stream=unary_stream)
 
         if handler.stream_unary is not None:
             # RestoreBackup: checked here (who may call it); its servicer maps
@@ -337,9 +330,5 @@ class CallWrapper:
                 enter(ctx, echo)
                 return await inner_su(request_iterator, context)
 
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return replaced(handler, stream_unary=stream_unary)
         return handler

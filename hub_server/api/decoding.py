@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from hub_server.api.wrapping import replaced
 from hub_server.domain.errors import InvalidArgument
 
 FIELD = "request"
@@ -69,7 +70,6 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """The handler with a deserializer that never raises (see the module's doc)."""
     deserializer = _deserializer(handler.request_deserializer)
-    serializer = handler.response_serializer
 
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
@@ -79,13 +79,8 @@ def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
                 raise refusal(request)
             return await inner_uu(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            _keep_marks(unary_unary, inner_uu),
-            request_deserializer=deserializer,
-            response_serializer=serializer,
-        )
-
-    if handler.unary_stream is not None:
+        behaviour = {"unary_unary": _keep_marks(unary_unary, inner_uu)}
+    elif handler.unary_stream is not None:
         inner_us = handler.unary_stream
 
         def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -94,36 +89,22 @@ def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
                 return _refused_stream(request)
             return inner_us(request, context)
 
-        return grpc.unary_stream_rpc_method_handler(
-            _keep_marks(unary_stream, inner_us),
-            request_deserializer=deserializer,
-            response_serializer=serializer,
-        )
-
-    if handler.stream_unary is not None:
+        behaviour = {"unary_stream": _keep_marks(unary_stream, inner_us)}
+    elif handler.stream_unary is not None:
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             return await inner_su(_checked(requests), context)
 
-        return grpc.stream_unary_rpc_method_handler(
-            _keep_marks(stream_unary, inner_su),
-            request_deserializer=deserializer,
-            response_serializer=serializer,
-        )
-
-    if handler.stream_stream is not None:
+        behaviour = {"stream_unary": _keep_marks(stream_unary, inner_su)}
+    else:
         inner_ss = handler.stream_stream
 
         def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             return inner_ss(_checked(requests), context)
 
-        return grpc.stream_stream_rpc_method_handler(
-            _keep_marks(stream_stream, inner_ss),
-            request_deserializer=deserializer,
-            response_serializer=serializer,
-        )
-    return handler
+        behaviour = {"stream_stream": _keep_marks(stream_stream, inner_ss)}
+    return replaced(handler, request_deserializer=deserializer, **behaviour)
 
 
 async def _refused_stream(request: Undecodable) -> AsyncIterator[Any]:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from aitrading.hub.v1 import registry_pb2
 
-from hub_server.api.wrapping import WrappingServer
+from hub_server.api.wrapping import WrappingServer, replaced
 from hub_server.domain.errors import InvalidArgument
 from hub_server.domain.event_log import EventLog
 from hub_server.store.mirror import Change
@@ -138,11 +138,9 @@ def _pass_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], byt
 
 
 def _sending_bytes(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    if handler is None or not handler.response_streaming:
+    if not handler.response_streaming:
         return handler
-    return handler._replace(  # type: ignore[attr-defined,no-any-return]
-        response_serializer=_pass_bytes(handler.response_serializer)
-    )
+    return replaced(handler, response_serializer=_pass_bytes(handler.response_serializer))
 
 
 def sends_bytes(server: Any) -> WrappingServer:

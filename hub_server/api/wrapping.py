@@ -16,6 +16,12 @@ import grpc
 Wrap = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
 
 
+def replaced(handler: grpc.RpcMethodHandler, **fields: Any) -> grpc.RpcMethodHandler:
+    """The handler with some of its fields (behaviour, serializers) replaced:
+    grpc's method handlers are named tuples."""
+    return handler._replace(**fields)  # type: ignore[attr-defined,no-any-return]
+
+
 class WrappingServer:
     def __init__(self, server: Any, wrap: Wrap) -> None:
         self._server = server
