@@ -4,11 +4,12 @@ Starts an etcd (in a temp dir) and a hub as a separate `central-hub serve`
 process, registers 10,000 instances over 500 services, then measures, with every
 figure beside a baseline taken in the same run:
 
-- GetService and PickEndpoint at concurrency 1, 16, 64 (closed loop, fixed duration) beside (a) the
-  standard grpc.health.v1 Health/Check on the same hub (a near no-op unary RPC:
-  the gRPC stack's own limit) and (b) a direct etcd range read of the same
-  service's keys with the hub's own store client (EtcdStore.get_prefix);
-- the same three at a fixed offered rate of 1,000 calls/s (open loop);
+- GetService and PickEndpoint at concurrency 1, 16, 64 (closed loop, fixed
+  duration) beside (a) the standard grpc.health.v1 Health/Check on the same hub
+  (a near no-op unary RPC: the gRPC stack's own limit) and (b) a direct etcd
+  range read of the same service's keys with the hub's own store client
+  (EtcdStore.get_prefix);
+- the same four at a fixed offered rate of 1,000 calls/s (open loop);
 - watch fan-out (bench.fanout): a registry change to the last of 1,000 and of
   5,000 Watch streams, a health change to the last of 1,000 and of 5,000
   WatchHealth streams (detection + fan-out, and fan-out alone), a global config
