@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser gen check-gen lint breaking run test test-faults bench clean
+.PHONY: install browser gen check-gen lint breaking release-baseline run test test-faults bench clean
 
 install: $(STAMP) node_modules/.installed
 
@@ -36,8 +36,13 @@ lint: install
 	$(BIN)/ruff format --check hub_server hub_client tests scripts examples bench
 	$(BIN)/mypy
 
+# buf breaking against the committed API baseline (api/), not against a commit.
 breaking: install
 	scripts/breaking.sh
+
+# A release step: moves the API baseline after a version bump and a CHANGELOG entry.
+release-baseline: install
+	scripts/release-baseline.sh
 
 run: install
 	$(BIN)/central-hub serve --listen 127.0.0.1:7000

@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# buf breaking against the previous commit on main. With a single commit there is
-# nothing to compare against, which is not a failure.
+# buf breaking against the committed baseline of the released API (api/baseline.binpb,
+# built from protos/ at the release named in api/baseline.version). It needs no git
+# history, so a breaking change fails however many commits follow it, in a shallow
+# clone too. Moving the baseline is a release step: scripts/release-baseline.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUF=${VENV:-.venv}/bin/buf
-if ! git rev-parse -q --verify HEAD~1 >/dev/null; then
-  echo "buf breaking: no previous commit, nothing to compare"
-  exit 0
+baseline=api/baseline.binpb
+if [ ! -s "$baseline" ]; then
+  echo "buf breaking: $baseline is missing; the API baseline is part of the repository" >&2
+  exit 1
 fi
-# Compare against HEAD~1 only when protos existed there.
-if ! git cat-file -e HEAD~1:protos 2>/dev/null; then
-  echo "buf breaking: no protos in the previous commit"
-  exit 0
-fi
-"$BUF" breaking protos --against ".git#ref=HEAD~1,subdir=protos"
+"$BUF" breaking protos --against "$baseline"
+echo "buf breaking: no breaking change against the $(cat api/baseline.version) API baseline"
