@@ -108,6 +108,7 @@ RULES: dict[str, Rule] = {
             "ResumeDeployment": ADMIN_ONLY,
             "AbortDeployment": ADMIN_ONLY,
             "RollbackDeployment": ADMIN_ONLY,
+            "ReleaseDeploymentDrains": ADMIN_ONLY,
             "WatchDirectives": _rule(S, R, scope=Scope.OWN_SERVICE),
         },
         "BackupService": {

@@ -275,6 +275,8 @@ class KindChanges(_message.Message):
     UNCHANGED_FIELD_NUMBER: _builtins.int
     SKIPPED_LEASE_BOUND_FIELD_NUMBER: _builtins.int
     KEPT_LIVE_FIELD_NUMBER: _builtins.int
+    KEPT_RECORDS_FIELD_NUMBER: _builtins.int
+    APPEND_ONLY_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """The kind ("config", "config-history", "tenants", "usage", ...)."""
     added: _builtins.int
@@ -289,6 +291,14 @@ class KindChanges(_message.Message):
     """Lease-bound keys of the backup, not restored."""
     kept_live: _builtins.int
     """Keys bound to a live lease now, left untouched."""
+    kept_records: _builtins.int
+    """Keys present now and absent from the backup that the restore keeps because
+    the kind is an append-only record (audit, alert history, config history).
+    """
+    append_only: _builtins.bool
+    """The kind is an append-only record: a restore adds what is missing and never
+    removes or overwrites what exists.
+    """
     def __init__(
         self,
         *,
@@ -299,10 +309,12 @@ class KindChanges(_message.Message):
         unchanged: _builtins.int = ...,
         skipped_lease_bound: _builtins.int = ...,
         kept_live: _builtins.int = ...,
+        kept_records: _builtins.int = ...,
+        append_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "kept_live", b"kept_live", "kind", b"kind", "removed", b"removed", "skipped_lease_bound", b"skipped_lease_bound", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "append_only", b"append_only", "kept_live", b"kept_live", "kept_records", b"kept_records", "kind", b"kind", "removed", b"removed", "skipped_lease_bound", b"skipped_lease_bound", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

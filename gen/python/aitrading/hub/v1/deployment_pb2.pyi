@@ -940,6 +940,68 @@ class RollbackDeploymentResponse(_message.Message):
 Global___RollbackDeploymentResponse: _TypeAlias = RollbackDeploymentResponse  # noqa: Y015
 
 @_typing.final
+class ReleaseDeploymentDrainsRequest(_message.Message):
+    """ReleaseDeploymentDrainsRequest names the deployment whose drains to release."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The deployment."""
+    reason: _builtins.str
+    """Why (kept in the audit trail)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseDeploymentDrainsRequest: _TypeAlias = ReleaseDeploymentDrainsRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseDeploymentDrainsResponse(_message.Message):
+    """ReleaseDeploymentDrainsResponse says which instances were put back into use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    RELEASED_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _types_pb2.ResponseHeader:
+        """Revision of the write."""
+
+    @_builtins.property
+    def deployment(self) -> Global___Deployment:
+        """The deployment."""
+
+    @_builtins.property
+    def released_instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Instance ids whose drain mark was removed (empty when none was left)."""
+
+    def __init__(
+        self,
+        *,
+        header: _types_pb2.ResponseHeader | None = ...,
+        deployment: Global___Deployment | None = ...,
+        released_instance_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "header", b"header", "released_instance_ids", b"released_instance_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseDeploymentDrainsResponse: _TypeAlias = ReleaseDeploymentDrainsResponse  # noqa: Y015
+
+@_typing.final
 class WatchDirectivesRequest(_message.Message):
     """WatchDirectivesRequest opens a directive stream."""
 

@@ -79,6 +79,11 @@ class DeploymentServiceStub:
                 request_serializer=aitrading_dot_hub_dot_v1_dot_deployment__pb2.RollbackDeploymentRequest.SerializeToString,
                 response_deserializer=aitrading_dot_hub_dot_v1_dot_deployment__pb2.RollbackDeploymentResponse.FromString,
                 _registered_method=True)
+        self.ReleaseDeploymentDrains = channel.unary_unary(
+                '/aitrading.hub.v1.DeploymentService/ReleaseDeploymentDrains',
+                request_serializer=aitrading_dot_hub_dot_v1_dot_deployment__pb2.ReleaseDeploymentDrainsRequest.SerializeToString,
+                response_deserializer=aitrading_dot_hub_dot_v1_dot_deployment__pb2.ReleaseDeploymentDrainsResponse.FromString,
+                _registered_method=True)
         self.WatchDirectives = channel.unary_stream(
                 '/aitrading.hub.v1.DeploymentService/WatchDirectives',
                 request_serializer=aitrading_dot_hub_dot_v1_dot_deployment__pb2.WatchDirectivesRequest.SerializeToString,
@@ -151,6 +156,15 @@ class DeploymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseDeploymentDrains(self, request, context):
+        """ReleaseDeploymentDrains takes back every drain mark the deployment left on
+        instances that are still registered, whatever its state: the operator's way
+        to put a service back into use by hand.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchDirectives(self, request, context):
         """WatchDirectives streams the directives for one instance (or every instance
         of a service): what it, or an external deployer, should do now.
@@ -201,6 +215,11 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
                     servicer.RollbackDeployment,
                     request_deserializer=aitrading_dot_hub_dot_v1_dot_deployment__pb2.RollbackDeploymentRequest.FromString,
                     response_serializer=aitrading_dot_hub_dot_v1_dot_deployment__pb2.RollbackDeploymentResponse.SerializeToString,
+            ),
+            'ReleaseDeploymentDrains': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseDeploymentDrains,
+                    request_deserializer=aitrading_dot_hub_dot_v1_dot_deployment__pb2.ReleaseDeploymentDrainsRequest.FromString,
+                    response_serializer=aitrading_dot_hub_dot_v1_dot_deployment__pb2.ReleaseDeploymentDrainsResponse.SerializeToString,
             ),
             'WatchDirectives': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchDirectives,
@@ -429,6 +448,33 @@ class DeploymentService:
             '/aitrading.hub.v1.DeploymentService/RollbackDeployment',
             aitrading_dot_hub_dot_v1_dot_deployment__pb2.RollbackDeploymentRequest.SerializeToString,
             aitrading_dot_hub_dot_v1_dot_deployment__pb2.RollbackDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseDeploymentDrains(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitrading.hub.v1.DeploymentService/ReleaseDeploymentDrains',
+            aitrading_dot_hub_dot_v1_dot_deployment__pb2.ReleaseDeploymentDrainsRequest.SerializeToString,
+            aitrading_dot_hub_dot_v1_dot_deployment__pb2.ReleaseDeploymentDrainsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,11 @@ class DeploymentServiceStub:
     """
     RollbackDeployment: _grpc.UnaryUnaryMultiCallable[_deployment_pb2.RollbackDeploymentRequest, _deployment_pb2.RollbackDeploymentResponse]
     """RollbackDeployment brings the service back to the version it ran before."""
+    ReleaseDeploymentDrains: _grpc.UnaryUnaryMultiCallable[_deployment_pb2.ReleaseDeploymentDrainsRequest, _deployment_pb2.ReleaseDeploymentDrainsResponse]
+    """ReleaseDeploymentDrains takes back every drain mark the deployment left on
+    instances that are still registered, whatever its state: the operator's way
+    to put a service back into use by hand.
+    """
     WatchDirectives: _grpc.UnaryStreamMultiCallable[_deployment_pb2.WatchDirectivesRequest, _deployment_pb2.WatchDirectivesResponse]
     """WatchDirectives streams the directives for one instance (or every instance
     of a service): what it, or an external deployer, should do now.
@@ -89,6 +94,11 @@ class DeploymentServiceAsyncStub(DeploymentServiceStub):
     """
     RollbackDeployment: _aio.UnaryUnaryMultiCallable[_deployment_pb2.RollbackDeploymentRequest, _deployment_pb2.RollbackDeploymentResponse]  # type: ignore[assignment]
     """RollbackDeployment brings the service back to the version it ran before."""
+    ReleaseDeploymentDrains: _aio.UnaryUnaryMultiCallable[_deployment_pb2.ReleaseDeploymentDrainsRequest, _deployment_pb2.ReleaseDeploymentDrainsResponse]  # type: ignore[assignment]
+    """ReleaseDeploymentDrains takes back every drain mark the deployment left on
+    instances that are still registered, whatever its state: the operator's way
+    to put a service back into use by hand.
+    """
     WatchDirectives: _aio.UnaryStreamMultiCallable[_deployment_pb2.WatchDirectivesRequest, _deployment_pb2.WatchDirectivesResponse]  # type: ignore[assignment]
     """WatchDirectives streams the directives for one instance (or every instance
     of a service): what it, or an external deployer, should do now.
@@ -167,6 +177,17 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_deployment_pb2.RollbackDeploymentResponse, _abc.Awaitable[_deployment_pb2.RollbackDeploymentResponse]]:
         """RollbackDeployment brings the service back to the version it ran before."""
+
+    @_abc_1.abstractmethod
+    def ReleaseDeploymentDrains(
+        self,
+        request: _deployment_pb2.ReleaseDeploymentDrainsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deployment_pb2.ReleaseDeploymentDrainsResponse, _abc.Awaitable[_deployment_pb2.ReleaseDeploymentDrainsResponse]]:
+        """ReleaseDeploymentDrains takes back every drain mark the deployment left on
+        instances that are still registered, whatever its state: the operator's way
+        to put a service back into use by hand.
+        """
 
     @_abc_1.abstractmethod
     def WatchDirectives(

@@ -149,7 +149,9 @@ class RegisterRequest(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Free-form labels: at most 64 entries, keys up to 63 and values up to 512 bytes."""
+        """Free-form labels: at most 64 entries, keys up to 63 bytes and values up to
+        512 bytes (so at most 36,800 bytes in all); no other limit applies.
+        """
 
     @_builtins.property
     def subscription_requirements(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.SubscriptionTier.ValueType]:

@@ -127,6 +127,11 @@ class _HealthStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthSt
     """Up, but slower than its latency threshold or reporting itself degraded."""
     HEALTH_STATUS_UNHEALTHY: _HealthStatus.ValueType  # 3
     """Failing its probes."""
+    HEALTH_STATUS_STARTING: _HealthStatus.ValueType  # 4
+    """Newly registered with a health check and not yet proven: no probe has
+    succeeded and fewer than unhealthy_threshold have failed in a row. Used by
+    the balancer only when no HEALTHY or DEGRADED instance exists.
+    """
 
 class HealthStatus(_HealthStatus, metaclass=_HealthStatusEnumTypeWrapper):
     """HealthStatus is what the hub's probes concluded about an instance."""
@@ -139,6 +144,11 @@ HEALTH_STATUS_DEGRADED: HealthStatus.ValueType  # 2
 """Up, but slower than its latency threshold or reporting itself degraded."""
 HEALTH_STATUS_UNHEALTHY: HealthStatus.ValueType  # 3
 """Failing its probes."""
+HEALTH_STATUS_STARTING: HealthStatus.ValueType  # 4
+"""Newly registered with a health check and not yet proven: no probe has
+succeeded and fewer than unhealthy_threshold have failed in a row. Used by
+the balancer only when no HEALTHY or DEGRADED instance exists.
+"""
 Global___HealthStatus: _TypeAlias = HealthStatus  # noqa: Y015
 
 @_typing.final
@@ -466,7 +476,11 @@ class InstanceHealth(_message.Message):
     """The revision at which this record was last written."""
     @_builtins.property
     def last_check(self) -> _timestamp_pb2.Timestamp:
-        """When the last probe finished."""
+        """When the last probe finished, as stored. Probe results are written to etcd
+        when the status changes and otherwise at most every refresh period (30 s),
+        so while probing runs last_check is at most max(interval, 30 s) old; an
+        older value means nobody is probing this instance.
+        """
 
     def __init__(
         self,

@@ -111,6 +111,8 @@ __all__ = (
     "RegisterRequest",
     "RegisterResponse",
     "RegistryServiceStub",
+    "ReleaseDeploymentDrainsRequest",
+    "ReleaseDeploymentDrainsResponse",
     "ReleaseRequest",
     "ReleaseResponse",
     "Replica",
@@ -676,6 +678,13 @@ class HealthStatus(betterproto2.Enum):
     Failing its probes.
     """
 
+    STARTING = 4
+    """
+    Newly registered with a health check and not yet proven: no probe has
+    succeeded and fewer than unhealthy_threshold have failed in a row. Used by
+    the balancer only when no HEALTHY or DEGRADED instance exists.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -683,6 +692,7 @@ class HealthStatus(betterproto2.Enum):
             1: "HEALTH_STATUS_HEALTHY",
             2: "HEALTH_STATUS_DEGRADED",
             3: "HEALTH_STATUS_UNHEALTHY",
+            4: "HEALTH_STATUS_STARTING",
         }
 
     @classmethod
@@ -692,6 +702,7 @@ class HealthStatus(betterproto2.Enum):
             "HEALTH_STATUS_HEALTHY": 1,
             "HEALTH_STATUS_DEGRADED": 2,
             "HEALTH_STATUS_UNHEALTHY": 3,
+            "HEALTH_STATUS_STARTING": 4,
         }
 
 
@@ -3118,7 +3129,10 @@ class InstanceHealth(betterproto2.Message):
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
     """
-    When the last probe finished.
+    When the last probe finished, as stored. Probe results are written to etcd
+    when the status changes and otherwise at most every refresh period (30 s),
+    so while probing runs last_check is at most max(interval, 30 s) old; an
+    older value means nobody is probing this instance.
     """
 
     consecutive_failures: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
@@ -3237,6 +3251,18 @@ class KindChanges(betterproto2.Message):
     kept_live: "int" = betterproto2.field(7, betterproto2.TYPE_INT64)
     """
     Keys bound to a live lease now, left untouched.
+    """
+
+    kept_records: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+    """
+    Keys present now and absent from the backup that the restore keeps because
+    the kind is an append-only record (audit, alert history, config history).
+    """
+
+    append_only: "bool" = betterproto2.field(9, betterproto2.TYPE_BOOL)
+    """
+    The kind is an append-only record: a restore adds what is missing and never
+    removes or overwrites what exists.
     """
 
 
@@ -3931,7 +3957,8 @@ class RegisterRequest(betterproto2.Message):
         map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
     """
-    Free-form labels: at most 64 entries, keys up to 63 and values up to 512 bytes.
+    Free-form labels: at most 64 entries, keys up to 63 bytes and values up to
+    512 bytes (so at most 36,800 bytes in all); no other limit applies.
     """
 
     tenant_capable: "bool | None" = betterproto2.field(9, betterproto2.TYPE_BOOL, optional=True)
@@ -3987,6 +4014,61 @@ class RegisterResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("aitrading.hub.v1", "RegisterResponse", RegisterResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ReleaseDeploymentDrainsRequest(betterproto2.Message):
+    """
+    ReleaseDeploymentDrainsRequest names the deployment whose drains to release.
+    """
+
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The deployment.
+    """
+
+    reason: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Why (kept in the audit trail).
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "ReleaseDeploymentDrainsRequest", ReleaseDeploymentDrainsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ReleaseDeploymentDrainsResponse(betterproto2.Message):
+    """
+    ReleaseDeploymentDrainsResponse says which instances were put back into use.
+    """
+
+    header: "ResponseHeader | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Revision of the write.
+    """
+
+    deployment: "Deployment | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The deployment.
+    """
+
+    released_instance_ids: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
+    """
+    Instance ids whose drain mark was removed (empty when none was left).
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "ReleaseDeploymentDrainsResponse", ReleaseDeploymentDrainsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -5844,6 +5926,21 @@ class DeploymentServiceStub:
             "/aitrading.hub.v1.DeploymentService/RollbackDeployment",
             RollbackDeploymentRequest.SerializeToString,
             RollbackDeploymentResponse.FromString,
+        )(message)
+
+    def release_deployment_drains(
+        self, message: "ReleaseDeploymentDrainsRequest"
+    ) -> "ReleaseDeploymentDrainsResponse":
+        """
+        ReleaseDeploymentDrains takes back every drain mark the deployment left on
+        instances that are still registered, whatever its state: the operator's way
+        to put a service back into use by hand.
+        """
+
+        return self._channel.unary_unary(
+            "/aitrading.hub.v1.DeploymentService/ReleaseDeploymentDrains",
+            ReleaseDeploymentDrainsRequest.SerializeToString,
+            ReleaseDeploymentDrainsResponse.FromString,
         )(message)
 
     def watch_directives(

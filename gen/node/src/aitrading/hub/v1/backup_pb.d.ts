@@ -351,6 +351,22 @@ export declare type KindChanges = Message<"aitrading.hub.v1.KindChanges"> & {
    * @generated from field: int64 kept_live = 7;
    */
   keptLive: bigint;
+
+  /**
+   * Keys present now and absent from the backup that the restore keeps because
+   * the kind is an append-only record (audit, alert history, config history).
+   *
+   * @generated from field: int64 kept_records = 8;
+   */
+  keptRecords: bigint;
+
+  /**
+   * The kind is an append-only record: a restore adds what is missing and never
+   * removes or overwrites what exists.
+   *
+   * @generated from field: bool append_only = 9;
+   */
+  appendOnly: boolean;
 };
 
 /**

@@ -826,6 +826,67 @@ export declare type RollbackDeploymentResponse = Message<"aitrading.hub.v1.Rollb
 export declare const RollbackDeploymentResponseSchema: GenMessage<RollbackDeploymentResponse>;
 
 /**
+ * ReleaseDeploymentDrainsRequest names the deployment whose drains to release.
+ *
+ * @generated from message aitrading.hub.v1.ReleaseDeploymentDrainsRequest
+ */
+export declare type ReleaseDeploymentDrainsRequest = Message<"aitrading.hub.v1.ReleaseDeploymentDrainsRequest"> & {
+  /**
+   * The deployment.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Why (kept in the audit trail).
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ReleaseDeploymentDrainsRequest.
+ * Use `create(ReleaseDeploymentDrainsRequestSchema)` to create a new message.
+ */
+export declare const ReleaseDeploymentDrainsRequestSchema: GenMessage<ReleaseDeploymentDrainsRequest>;
+
+/**
+ * ReleaseDeploymentDrainsResponse says which instances were put back into use.
+ *
+ * @generated from message aitrading.hub.v1.ReleaseDeploymentDrainsResponse
+ */
+export declare type ReleaseDeploymentDrainsResponse = Message<"aitrading.hub.v1.ReleaseDeploymentDrainsResponse"> & {
+  /**
+   * Revision of the write.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The deployment.
+   *
+   * @generated from field: aitrading.hub.v1.Deployment deployment = 2;
+   */
+  deployment?: Deployment | undefined;
+
+  /**
+   * Instance ids whose drain mark was removed (empty when none was left).
+   *
+   * @generated from field: repeated string released_instance_ids = 3;
+   */
+  releasedInstanceIds: string[];
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ReleaseDeploymentDrainsResponse.
+ * Use `create(ReleaseDeploymentDrainsResponseSchema)` to create a new message.
+ */
+export declare const ReleaseDeploymentDrainsResponseSchema: GenMessage<ReleaseDeploymentDrainsResponse>;
+
+/**
  * WatchDirectivesRequest opens a directive stream.
  *
  * @generated from message aitrading.hub.v1.WatchDirectivesRequest
@@ -1200,6 +1261,18 @@ export declare const DeploymentService: GenService<{
     methodKind: "unary";
     input: typeof RollbackDeploymentRequestSchema;
     output: typeof RollbackDeploymentResponseSchema;
+  },
+  /**
+   * ReleaseDeploymentDrains takes back every drain mark the deployment left on
+   * instances that are still registered, whatever its state: the operator's way
+   * to put a service back into use by hand.
+   *
+   * @generated from rpc aitrading.hub.v1.DeploymentService.ReleaseDeploymentDrains
+   */
+  releaseDeploymentDrains: {
+    methodKind: "unary";
+    input: typeof ReleaseDeploymentDrainsRequestSchema;
+    output: typeof ReleaseDeploymentDrainsResponseSchema;
   },
   /**
    * WatchDirectives streams the directives for one instance (or every instance

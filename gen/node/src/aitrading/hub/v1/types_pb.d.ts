@@ -368,7 +368,10 @@ export declare type InstanceHealth = Message<"aitrading.hub.v1.InstanceHealth"> 
   latencyMs: number;
 
   /**
-   * When the last probe finished.
+   * When the last probe finished, as stored. Probe results are written to etcd
+   * when the status changes and otherwise at most every refresh period (30 s),
+   * so while probing runs last_check is at most max(interval, 30 s) old; an
+   * older value means nobody is probing this instance.
    *
    * @generated from field: google.protobuf.Timestamp last_check = 5;
    */
@@ -610,6 +613,15 @@ export enum HealthStatus {
    * @generated from enum value: HEALTH_STATUS_UNHEALTHY = 3;
    */
   UNHEALTHY = 3,
+
+  /**
+   * Newly registered with a health check and not yet proven: no probe has
+   * succeeded and fewer than unhealthy_threshold have failed in a row. Used by
+   * the balancer only when no HEALTHY or DEGRADED instance exists.
+   *
+   * @generated from enum value: HEALTH_STATUS_STARTING = 4;
+   */
+  STARTING = 4,
 }
 
 /**

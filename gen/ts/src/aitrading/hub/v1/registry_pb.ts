@@ -70,7 +70,8 @@ export type RegisterRequest = Message<"aitrading.hub.v1.RegisterRequest"> & {
   version: string;
 
   /**
-   * Free-form labels: at most 64 entries, keys up to 63 and values up to 512 bytes.
+   * Free-form labels: at most 64 entries, keys up to 63 bytes and values up to
+   * 512 bytes (so at most 36,800 bytes in all); no other limit applies.
    *
    * @generated from field: map<string, string> metadata = 8;
    */
