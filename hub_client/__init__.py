@@ -64,11 +64,13 @@ from hub_client._private.models import (
 from hub_client._private.performance import Measurement, OperationSummary, PerformanceTracker
 from hub_client._private.quotas import Allocation
 from hub_client._private.registration import Registration
+from hub_client._private.resume import Backoff, resume_watch
 
 __all__ = [
     "TLS",
     "Allocation",
     "AlreadyExists",
+    "Backoff",
     "BackupInfo",
     "BaseService",
     "CircuitGuard",
@@ -128,5 +130,6 @@ __all__ = [
     "health_check",
     "normalize_message",
     "reset_context",
+    "resume_watch",
     "set_context",
 ]

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import grpc
 from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc, registry_pb2
 
-from hub_client._private.errors import CircuitOpen
+from hub_client._private.errors import CircuitOpen, HubError
+from hub_client._private.resume import resume_watch
 
 if TYPE_CHECKING:
     from hub_client._private.client import HubClient
@@ -59,17 +60,21 @@ class CircuitCache:
             self._task = asyncio.create_task(self._follow())
 
     async def _follow(self) -> None:
-        revision, backoff = 0, 0.1
-        while True:
-            call = self._stub.WatchCircuits(
-                circuit_pb2.WatchCircuitsRequest(start_revision=revision),
+        fresh: dict[tuple[str, str], circuit_pb2.Circuit] = {}
+
+        def open_stream(start: int) -> Any:
+            nonlocal fresh
+            fresh = {}  # a snapshot (start 0) may come in several messages
+            return self._stub.WatchCircuits(
+                circuit_pb2.WatchCircuitsRequest(start_revision=start),
                 metadata=self._metadata,
                 wait_for_ready=True,
             )
-            try:
-                fresh: dict[tuple[str, str], circuit_pb2.Circuit] = {}
-                async for msg in call:
-                    backoff = 0.1
+
+        stream = resume_watch(open_stream)
+        try:
+            async with contextlib.aclosing(stream):
+                async for msg in stream:
                     if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_SNAPSHOT:
                         for c in msg.circuits:
                             fresh[(c.service, c.instance_id)] = c
@@ -78,16 +83,8 @@ class CircuitCache:
                     elif msg.kind == registry_pb2.WATCH_RESPONSE_KIND_EVENTS:
                         for c in msg.circuits:
                             self.circuits[(c.service, c.instance_id)] = c
-                    elif msg.kind == registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED:
-                        revision = 0
-                        break
-                    revision = msg.header.revision + 1
-            except grpc.aio.AioRpcError as e:
-                log.debug("circuit watch interrupted: %s", e.code().name)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                call.cancel()
+        except HubError as e:  # not retryable (a permission, ...): calls go unguarded
+            log.warning("circuit watch ended: %s", e)
 
     def refuses(self, service: str, instance_id: str = "") -> circuit_pb2.Circuit | None:
         """The circuit that refuses this call, if any (the instance's or the service's)."""

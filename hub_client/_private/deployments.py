@@ -5,15 +5,15 @@ to its end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import grpc
-from aitrading.hub.v1 import deployment_pb2, registry_pb2
+from aitrading.hub.v1 import deployment_pb2
 
-from hub_client._private.errors import from_rpc_error
+from hub_client._private.resume import resume_watch
 
 if TYPE_CHECKING:
     from hub_client._private.client import HubClient
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "ABORTED", "ROLLED_BACK"})
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 
 @dataclass(frozen=True)
@@ -108,27 +107,14 @@ class Directive:
 
 
 async def _resuming(
-    hub: HubClient,
-    open_stream: Callable[[int], Any],
-    handle: Callable[[Any], list[Any]],
+    open_stream: Callable[[int], Any], handle: Callable[[Any], list[Any]]
 ) -> AsyncIterator[Any]:
-    """Follows a hub watch stream, reopening it from the last revision + 1
-    after a disconnect (a RESYNC_REQUIRED starts over with a snapshot)."""
-    start = 0
-    while True:
-        try:
-            async for msg in open_stream(start):
-                if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED:
-                    start = 0
-                    break
-                for item in handle(msg):
-                    yield item
-                start = msg.header.revision + 1
-        except grpc.aio.AioRpcError as e:
-            if e.code() not in _RETRYABLE:
-                raise from_rpc_error(e) from None
-            log.debug("deployment stream broke (%s); resuming", e.code().name)
-            await asyncio.sleep(0.2)
+    """What ``handle`` makes of every message of a resuming hub watch stream."""
+    stream = resume_watch(open_stream)
+    async with contextlib.aclosing(stream):
+        async for msg in stream:
+            for item in handle(msg):
+                yield item
 
 
 def watch_deployment(hub: HubClient, deployment_id: str) -> AsyncIterator[Deployment]:
@@ -142,7 +128,7 @@ def watch_deployment(hub: HubClient, deployment_id: str) -> AsyncIterator[Deploy
     def handle(msg: deployment_pb2.WatchDeploymentResponse) -> list[Deployment]:
         return [Deployment.from_pb(msg.deployment)] if msg.HasField("deployment") else []
 
-    return _resuming(hub, open_stream, handle)
+    return _resuming(open_stream, handle)
 
 
 def watch_directives(hub: HubClient, service: str, instance_id: str) -> AsyncIterator[Directive]:
@@ -158,7 +144,7 @@ def watch_directives(hub: HubClient, service: str, instance_id: str) -> AsyncIte
     def handle(msg: deployment_pb2.WatchDirectivesResponse) -> list[Directive]:
         return [Directive.from_pb(d) for d in msg.directives]
 
-    return _resuming(hub, open_stream, handle)
+    return _resuming(open_stream, handle)
 
 
 ProgressCallback = Callable[[Deployment], Awaitable[None] | None]

@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-import grpc
 from aitrading.hub.v1 import circuit_pb2, registry_pb2
 
-from hub_client import CircuitInfo, Endpoint, Health, Instance, WatchEvent, health_check
-from hub_client._private.errors import from_rpc_error
+from hub_client import (
+    CircuitInfo,
+    Endpoint,
+    Health,
+    Instance,
+    WatchEvent,
+    health_check,
+    resume_watch,
+)
 from hub_server.hubctl.app import Context, UsageError, arg, command, group
 from hub_server.hubctl.output import (
     Style,
@@ -395,35 +402,26 @@ async def circuits_override(ctx: Context, args: argparse.Namespace) -> None:
 
 async def _watch_circuits(ctx: Context, service: str) -> AsyncIterator[tuple[CircuitInfo, bool]]:
     """(circuit, initial) pairs; resumes from the last revision after a disconnect."""
-    revision, backoff = 0, 0.1
-    retryable = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-    while True:
-        call = ctx.hub.circuit_stub.WatchCircuits(
-            circuit_pb2.WatchCircuitsRequest(service=service, start_revision=revision),
+
+    def open_stream(start: int) -> Any:
+        return ctx.hub.circuit_stub.WatchCircuits(
+            circuit_pb2.WatchCircuitsRequest(service=service, start_revision=start),
             metadata=ctx.hub.context.metadata(),
             wait_for_ready=True,
         )
-        try:
-            async for msg in call:
-                backoff = 0.1
-                if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_SNAPSHOT:
-                    for c in msg.circuits:
-                        yield CircuitInfo.from_pb(c), True
-                elif msg.kind == registry_pb2.WATCH_RESPONSE_KIND_EVENTS:
-                    for c in msg.circuits:
-                        yield CircuitInfo.from_pb(c), False
-                elif msg.kind == registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED:
-                    revision = 0
-                    break
-                revision = msg.header.revision + 1
-        except grpc.aio.AioRpcError as e:
-            if e.code() not in retryable:
-                raise from_rpc_error(e) from None
-            ctx.output.note(f"circuit watch interrupted ({e.code().name}); resuming")
-        finally:
-            call.cancel()
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 2.0)
+
+    def interrupted(why: str) -> None:
+        ctx.output.note(f"circuit watch interrupted ({why}); resuming")
+
+    stream = resume_watch(open_stream, on_interrupt=interrupted)
+    async with contextlib.aclosing(stream):
+        async for msg in stream:
+            if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_SNAPSHOT:
+                for c in msg.circuits:
+                    yield CircuitInfo.from_pb(c), True
+            elif msg.kind == registry_pb2.WATCH_RESPONSE_KIND_EVENTS:
+                for c in msg.circuits:
+                    yield CircuitInfo.from_pb(c), False
 
 
 @command(

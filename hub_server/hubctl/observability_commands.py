@@ -4,19 +4,17 @@ exposes (hub_client has no wrapper for it: these use the generated stub)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import Any
 
-import grpc
 from aitrading.hub.v1 import observability_pb2 as obs
 from aitrading.hub.v1 import observability_pb2_grpc, registry_pb2
 
-from hub_client import ErrorCategory
-from hub_client._private.errors import from_rpc_error
+from hub_client import ErrorCategory, resume_watch
 from hub_server.hubctl.app import Context, UsageError, arg, command, group
 from hub_server.hubctl.output import (
     Style,
@@ -136,36 +134,27 @@ async def alerts_list(ctx: Context, args: argparse.Namespace) -> None:
 
 async def _watch_alerts(ctx: Context, tenant: str) -> AsyncIterator[tuple[obs.Alert, bool]]:
     """(alert, initial) pairs; resumes from the last revision after a disconnect."""
-    revision, backoff = 0, 0.1
-    retryable = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
     stub = _stub(ctx)
-    while True:
-        call = stub.WatchAlerts(
-            obs.WatchAlertsRequest(start_revision=revision, tenant_id=tenant),
+
+    def open_stream(start: int) -> Any:
+        return stub.WatchAlerts(
+            obs.WatchAlertsRequest(start_revision=start, tenant_id=tenant),
             metadata=ctx.hub.context.metadata(),
             wait_for_ready=True,
         )
-        try:
-            async for msg in call:
-                backoff = 0.1
-                if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_SNAPSHOT:
-                    for a in msg.alerts:
-                        yield a, True
-                elif msg.kind == registry_pb2.WATCH_RESPONSE_KIND_EVENTS:
-                    for a in msg.alerts:
-                        yield a, False
-                elif msg.kind == registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED:
-                    revision = 0  # start over with the active alerts
-                    break
-                revision = msg.header.revision + 1
-        except grpc.aio.AioRpcError as e:
-            if e.code() not in retryable:
-                raise from_rpc_error(e) from None
-            ctx.output.note(f"alert watch interrupted ({e.code().name}); resuming")
-        finally:
-            call.cancel()
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 2.0)
+
+    def interrupted(why: str) -> None:
+        ctx.output.note(f"alert watch interrupted ({why}); resuming")
+
+    stream = resume_watch(open_stream, on_interrupt=interrupted)
+    async with contextlib.aclosing(stream):
+        async for msg in stream:
+            if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_SNAPSHOT:
+                for a in msg.alerts:
+                    yield a, True
+            elif msg.kind == registry_pb2.WATCH_RESPONSE_KIND_EVENTS:
+                for a in msg.alerts:
+                    yield a, False
 
 
 @command(
