@@ -322,7 +322,7 @@ class Hub:
             self.election.add_work(self.backups.schedule_forever)
         self.election.add_work(lambda: self.alerts.run(cfg.alert_interval))
 
-        calls = CallWrapper(
+        self.calls = calls = CallWrapper(
             self.audit,
             self.telemetry,
             authorizer=self.authorizer,
@@ -441,8 +441,12 @@ class Hub:
         return record.tier if record is not None else ""
 
     def reload_credentials(self) -> bool:
-        """SIGHUP: re-reads the credentials file (a bad one is logged and ignored)."""
-        return self.authorizer.reload()
+        """SIGHUP: re-reads the credentials file (a bad one is logged and ignored)
+        and ends the open streams of callers it no longer allows."""
+        if not self.authorizer.reload():
+            return False
+        self.calls.reauthorize_streams()
+        return True
 
     def _backup_dir(self) -> Path | None:
         if self.config.backup_dir is not None:

@@ -17,6 +17,7 @@ import grpc
 import pytest
 from aitrading.hub.v1 import (
     config_pb2,
+    deployment_pb2,
     observability_pb2,
     registry_pb2,
     tenant_pb2,
@@ -414,6 +415,71 @@ async def test_sighup_reloads_a_running_hub(
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
+
+
+def _stream(channel: grpc.aio.Channel, method: str, request: Any, who: str) -> Any:
+    """A raw server stream of ``method`` (responses left as bytes)."""
+    return channel.unary_stream(
+        method, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
+    )(request, metadata=md(who))
+
+
+async def _ends_with(stream: Any) -> grpc.StatusCode:
+    """Reads the stream to its end; the status it ended with."""
+
+    async def drain() -> None:
+        while await stream.read() is not grpc.aio.EOF:
+            pass
+
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await asyncio.wait_for(drain(), 10)
+    return ended.value.code()  # type: ignore[no-any-return]
+
+
+async def test_a_reload_ends_the_streams_its_credentials_no_longer_allow(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    tokens = dict(TOKENS, watcher=("ops-watch", Role.READER, "", ""))
+    path = tmp_path / "credentials.toml"
+    write(path, credentials_text(tokens))
+    hub = await hub_factory(credentials_file=path)
+    watch = "/aitrading.hub.v1.RegistryService/Watch"
+    watch_config = "/aitrading.hub.v1.ConfigService/WatchConfig"
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        revoked = [
+            _stream(ch, watch, registry_pb2.WatchRequest(), "reader"),
+            _stream(ch, watch_config, config_pb2.WatchConfigRequest(), "reader"),
+        ]
+        downgraded = _stream(
+            ch,
+            "/aitrading.hub.v1.DeploymentService/WatchDirectives",
+            deployment_pb2.WatchDirectivesRequest(service="orders"),
+            "watcher",
+        )
+        rebound = _stream(ch, watch_config, config_pb2.WatchConfigRequest(), "acme-reader")
+        kept = [
+            _stream(ch, watch, registry_pb2.WatchRequest(), "gateway"),
+            _stream(ch, watch_config, config_pb2.WatchConfigRequest(tenant_id="acme"), "gateway"),
+        ]
+        for stream in (*revoked, downgraded, rebound, *kept):
+            await stream.read()  # open: its snapshot came
+
+        changed = dict(tokens)
+        del changed["reader"]
+        changed["watcher"] = ("ops-watch", Role.GATEWAY, "", "")  # may not watch directives
+        changed["acme-reader"] = ("acme-dash", Role.READER, "globex", "")
+        write(path, credentials_text(changed))
+        assert hub.reload_credentials()
+
+        for stream in revoked:
+            assert await _ends_with(stream) == grpc.StatusCode.UNAUTHENTICATED
+        assert await _ends_with(downgraded) == grpc.StatusCode.PERMISSION_DENIED
+        assert await _ends_with(rebound) == grpc.StatusCode.PERMISSION_DENIED
+        # Other callers' streams go on: their next message (PROGRESS) comes.
+        for stream in kept:
+            assert await asyncio.wait_for(stream.read(), 10) is not grpc.aio.EOF
+            assert not stream.done()
+            stream.cancel()
 
 
 # -- safe by default -----------------------------------------------------------------

@@ -11,7 +11,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -26,7 +26,7 @@ from hub_server.auth.credentials import ANONYMOUS, Identity
 from hub_server.auth.limits import CallerLimits
 from hub_server.auth.roles import is_open
 from hub_server.domain.audit import AuditLog
-from hub_server.domain.errors import HubError
+from hub_server.domain.errors import HubError, PermissionDenied
 from hub_server.domain.tiers import parse_tier
 from hub_server.telemetry import Telemetry
 
@@ -126,6 +126,22 @@ def _cert_names(context: grpc.aio.ServicerContext) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
+@dataclass(eq=False, slots=True)
+class _OpenStream:
+    """A stream being served, as admitted: what a credentials reload checks again."""
+
+    header_ctx: CallContext  # from its headers, before its identity was applied
+    ctx: CallContext  # what its servicer sees
+    metadata: Any
+    context: grpc.aio.ServicerContext
+    request: Any  # None for a client stream
+    task: asyncio.Task[Any] | None = field(default_factory=asyncio.current_task)
+    # Why a reload ended it (the status its caller gets).
+    ended: HubError | None = None
+    # Suspended at a yield: grpc is sending, a cancel would land in grpc's code.
+    sending: bool = False
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: HubError) -> None:
     if status_code_for(error) == grpc.StatusCode.INTERNAL:
         log.error("unmapped domain error: %r", error)
@@ -154,6 +170,8 @@ class CallWrapper:
         # The stored tier of a tenant ("" when unknown): what a caller bound to
         # a tenant gets instead of its x-subscription-tier header.
         self._tier_of = tier_of
+        # Streams open now, checked again when the credentials are reloaded.
+        self._streams: set[_OpenStream] = set()
 
     def _span(self, method: str, metadata: Any) -> contextlib.AbstractContextManager[Any]:
         if self._telemetry is None:
@@ -185,6 +203,9 @@ class CallWrapper:
             self._auth.check_request(identity, rule, request)
         if self._limits is not None:
             self._limits.take_call(self._caller_key(identity, context))
+        return self._as(ctx, identity)
+
+    def _as(self, ctx: CallContext, identity: Identity) -> CallContext:
         if identity.trusts_headers:
             return ctx if identity is ANONYMOUS else replace(ctx, caller=identity)
         return replace(
@@ -193,6 +214,69 @@ class CallWrapper:
             tenant_id=identity.tenant,
             subscription_tier=self._tier_of(identity.tenant) if identity.tenant else "",
         )
+
+    def _track(
+        self,
+        header_ctx: CallContext,
+        ctx: CallContext,
+        metadata: Any,
+        context: grpc.aio.ServicerContext,
+        request: Any,
+    ) -> _OpenStream | None:
+        if is_open(ctx.method) or not self._auth.enabled:
+            return None
+        stream = _OpenStream(header_ctx, ctx, metadata, context, request)
+        self._streams.add(stream)
+        return stream
+
+    def _readmit(self, stream: _OpenStream) -> None:
+        """Raises what admitting the stream's call would raise now: its caller
+        is unknown, its role may no longer call the method, or its binding no
+        longer covers what the stream serves."""
+        cert_names = _cert_names(stream.context) if self._auth.client_certs else ()
+        identity = self._auth.authenticate(stream.metadata or (), cert_names)
+        rule = self._auth.check_method(identity, stream.ctx.method)
+        if isinstance(stream.request, Message):
+            request = type(stream.request)()
+            request.CopyFrom(stream.request)  # as admitted (bound fields filled in)
+            self._auth.check_request(identity, rule, request)
+        if not identity.trusts_headers and identity.tenant:
+            serves = stream.ctx.tenant_id
+            if self._as(stream.header_ctx, identity).tenant_id != serves:
+                raise PermissionDenied(
+                    f"{identity.name} is bound to tenant {identity.tenant!r}, "
+                    f"not {serves or 'all tenants'!r}",
+                    field="tenant_id",
+                )
+
+    def reauthorize_streams(self) -> int:
+        """After a credentials reload: ends every open stream whose caller may
+        no longer make its call (UNAUTHENTICATED, PERMISSION_DENIED). Returns
+        how many it ended."""
+        ended = 0
+        for stream in list(self._streams):
+            if stream.ended is not None:
+                continue
+            try:
+                self._readmit(stream)
+            except HubError as e:
+                stream.ended = e
+                ended += 1
+                log.info("%s: %s; stream ended", stream.ctx.method, e)
+                # Idle in its servicer: cancelled there, the wrapper answers
+                # with the status. Sending: the wrapper ends it after the send.
+                if not stream.sending and stream.task is not None:
+                    stream.task.cancel()
+        return ended
+
+    @staticmethod
+    def _ended_by_reload(stream: _OpenStream | None) -> HubError | None:
+        """On a CancelledError: the reason when the cancel was a reload's (the
+        task goes on, to answer with that status), None when it was not."""
+        if stream is None or stream.ended is None or stream.task is None:
+            return None
+        stream.task.uncancel()
+        return stream.ended
 
     @staticmethod
     def _caller_key(identity: Identity, context: grpc.aio.ServicerContext) -> str:
@@ -288,27 +372,42 @@ class CallWrapper:
                 header_ctx, echo = _parse(metadata, method)
                 outcome, started = "OK", time.perf_counter()
                 caller = ""
+                stream = None
                 try:
                     ctx = self._admit(header_ctx, metadata, context, request)
                     if self._limits is not None:
                         key = self._caller_key(ctx.caller, context)
                         self._limits.open_stream(key)
                         caller = key
+                    stream = self._track(header_ctx, ctx, metadata, context, request)
                     enter(ctx, echo)
                     if echo:
                         await context.send_initial_metadata(echo)
                     async for response in inner_us(request, context):
+                        if stream is None:
+                            yield response
+                            continue
+                        stream.sending = True
                         yield response
+                        stream.sending = False
+                        if stream.ended is not None:
+                            raise stream.ended
                 except HubError as e:
                     outcome = status_code_for(e).name
                     await _abort(context, e)
                 except asyncio.CancelledError:
-                    outcome = "CANCELLED"  # the client went away: normal for a stream
-                    raise
+                    revoked = self._ended_by_reload(stream)
+                    if revoked is None:
+                        outcome = "CANCELLED"  # the client went away: normal for a stream
+                        raise
+                    outcome = status_code_for(revoked).name
+                    await _abort(context, revoked)
                 except Exception:
                     outcome = "INTERNAL"
                     raise
                 finally:
+                    if stream is not None:
+                        self._streams.discard(stream)
                     if caller and self._limits is not None:
                         self._limits.close_stream(caller)
                     self._finished(method, outcome, started)
