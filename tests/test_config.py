@@ -618,3 +618,46 @@ async def test_tier_change_moves_config_and_limits_at_once(client: HubClient) ->
     assert (await client.config("grow")).rate_limits["websocket_connections"] == 50
     usage = await client.allocate("websocket_connections", tenant="grow")
     assert (usage.used, usage.limit) == (6, 50)
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """settings holding objects ``levels`` deep in all (settings itself is one),
+    the innermost holding a number."""
+    inner: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        inner = {"a": inner}
+    return inner
+
+
+async def test_settings_nesting_limit_is_the_one_the_message_states(hub: Hub) -> None:
+    s = Stubs(hub)
+    try:
+        await s.set(GLOBAL, {"settings": _nested(16)})  # refused before: "more than 16"
+        err = await rpc_error(s.set(GLOBAL, {"settings": _nested(17)}))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        (violation,) = from_rpc_error(err).field_violations
+        assert violation.field == "values.settings"
+        assert "more than 16 deep" in violation.description
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+async def test_non_finite_settings_are_invalid_argument_naming_the_field(
+    hub: Hub, etcd_store: EtcdStore, number: float
+) -> None:
+    """They answered UNKNOWN with a server traceback."""
+    s = Stubs(hub)
+    try:
+        before = await config_keys(etcd_store)
+        request = cfg.SetConfigLayerRequest(layer=GLOBAL)
+        request.values.settings.update({"ok": 1, "risk": {"max": number}})
+        err = await rpc_error(s.config.SetConfigLayer(request))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in from_rpc_error(err).field_violations] == [
+            "values.settings.risk.max"
+        ]
+        assert "finite" in err.details()
+        assert await config_keys(etcd_store) == before
+    finally:
+        await s.close()

@@ -853,3 +853,83 @@ async def test_decodable_requests_pass_through(decoding_server: grpc.aio.Channel
     async for response in stub.Watch(registry_pb2.WatchRequest(), timeout=5):
         assert response == registry_pb2.WatchResponse()
         break
+
+
+# -- values no JSON reader accepts (issue 14 items 6 and 7) -----------------------------
+
+
+def _bad_value_paths(desc: descriptor.Descriptor, prefix: str = "", depth: int = 0) -> list[str]:
+    """Paths of the singular Duration, Timestamp, Struct and double/float fields."""
+    out = []
+    for f in desc.fields:
+        if f.is_repeated or depth > 3:
+            continue
+        path = f"{prefix}{f.name}"
+        if f.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
+            out.append(path)
+        elif f.type == F.TYPE_MESSAGE:
+            if f.message_type.full_name in (
+                "google.protobuf.Duration",
+                "google.protobuf.Timestamp",
+                "google.protobuf.Struct",
+            ):
+                out.append(path)
+            elif not f.message_type.full_name.startswith("google.protobuf."):
+                out += _bad_value_paths(f.message_type, f"{path}.", depth + 1)
+    return out
+
+
+def _with_bad_value(rpc: Rpc, path: str) -> tuple[message.Message, str]:
+    """A request with a bad value at ``path``, and the field path the hub must name."""
+    request = rpc.request_class()
+    *parents, name = path.split(".")
+    msg = request
+    for part in parents:
+        msg = getattr(msg, part)
+    field = msg.DESCRIPTOR.fields_by_name[name]
+    if field.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
+        setattr(msg, name, float("nan"))
+        return request, path
+    target = getattr(msg, name)
+    kind = field.message_type.full_name
+    if kind == "google.protobuf.Duration":
+        target.nanos = 2_000_000_000  # normalised it would be 2 s: still refused
+    elif kind == "google.protobuf.Timestamp":
+        target.seconds = 253_402_300_800  # year 10000
+    else:
+        target.update({"deep": {"x": [1, float("inf")]}})
+        return request, f"{path}.deep.x[1]"
+    return request, path
+
+
+BAD_VALUE_CASES = [(rpc, path) for rpc in RPCS for path in _bad_value_paths(rpc.method.input_type)]
+
+
+def test_bad_value_cases_cover_the_reported_fields() -> None:
+    paths = {f"{rpc.method.name}:{path}" for rpc, path in BAD_VALUE_CASES}
+    assert {
+        "Register:health_check.interval",
+        "SetConfigLayer:values.settings",
+        "ReportLoad:load_factor",
+        "ListAuditEvents:start_time",
+    } <= paths
+
+
+@pytest.mark.parametrize(("rpc", "path"), BAD_VALUE_CASES, ids=lambda x: str(x))
+async def test_out_of_range_durations_timestamps_and_non_finite_numbers_are_refused(
+    target: Target, rpc: Rpc, path: str
+) -> None:
+    """Every request field that holds a Duration, a Timestamp, a Struct or a
+    double (found from the descriptors): a value json_format cannot write is
+    INVALID_ARGUMENT naming its field, and nothing is stored."""
+    request, field = _with_bad_value(rpc, path)
+    before = await stable_state(target.store)
+    outcome = await invoke(
+        rpc,
+        rpc.stub_method(target.channel),
+        [request] if rpc.kind == "stream_unary" else request,
+        (),
+    )
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
+    assert outcome.fields == (field,), outcome
+    assert await stable_state(target.store) == before

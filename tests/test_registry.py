@@ -18,7 +18,8 @@ from hub_client import (
     health_check,
 )
 from hub_server.store import keys
-from tests.conftest import eventually
+from hub_server.store.etcd import EtcdStore
+from tests.conftest import HubFactory, eventually
 
 
 async def test_register_discover_and_fields(client: HubClient) -> None:
@@ -309,3 +310,36 @@ async def test_tenant_headers_are_echoed(hub) -> None:  # type: ignore[no-untype
         echoed = dict(await call.initial_metadata())
     assert echoed["x-company-id"] == "company_abc"
     assert echoed["x-correlation-id"] == "req_456"
+
+
+async def test_a_bad_duration_stored_before_the_check_does_not_break_readers(
+    hub_factory: HubFactory, etcd_store: EtcdStore
+) -> None:
+    """An instance written (before requests were checked) with health check
+    durations json_format refuses: GetService still answers something grpcurl can
+    print, with the durations normalised or dropped, and the dashboard's
+    /api/services answers 200 (it answered 500)."""
+    import aiohttp
+    from google.protobuf import json_format
+
+    bad = types_pb2.Instance(service="svc", instance_id="i1", host="127.0.0.1", port=9)
+    bad.health_check.tcp.SetInParent()
+    bad.health_check.interval.nanos = 2_000_000_000  # only unnormalised: becomes 2 s
+    bad.health_check.timeout.seconds = 10**13  # out of any range: dropped
+    await etcd_store.put(keys.instance_key("svc", "i1"), bad.SerializeToString())
+    hub = await hub_factory(ui_listen="127.0.0.1:0")
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        reply = await stub.GetService(
+            registry_pb2.GetServiceRequest(service="svc", include_unhealthy=True)
+        )
+    (inst,) = reply.service.instances
+    assert json_format.MessageToDict(inst)["healthCheck"]["interval"] == "2s"
+    assert not inst.health_check.HasField("timeout")
+    assert hub.dashboard is not None
+    async with aiohttp.ClientSession() as http:
+        async with http.get(hub.dashboard.url + "api/services") as response:
+            assert response.status == 200, await response.text()
+            body = await response.json()
+    (service,) = body["services"]
+    assert service["instances"][0]["healthCheck"]["interval"] == "2s"

@@ -12,6 +12,11 @@ audited like any other refusal:
 
 A client stream's messages are parsed one by one as the handler reads them: the
 request iterator raises InvalidArgument at the first one that does not parse.
+
+A request that parses but holds a value no JSON reader accepts (a Duration or
+Timestamp out of range or not normalised, a NaN or infinite double or Struct
+number) is refused the same way, naming the field (validation.check_wellformed):
+once stored, such a value would break GetService for grpcurl and the dashboard.
 """
 
 from __future__ import annotations
@@ -20,24 +25,26 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from hub_server.api.wrapping import replaced
-from hub_server.domain.errors import InvalidArgument
+from hub_server.domain.errors import InvalidArgument, Violations
+from hub_server.domain.validation import check_wellformed
 
 FIELD = "request"
 
 
 class Undecodable:
-    """What a request that does not parse deserializes to."""
+    """What a request that does not parse, or is not well-formed, deserializes to."""
 
     __slots__ = ("error",)
 
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: InvalidArgument) -> None:
         self.error = error
 
 
 def refusal(request: Undecodable) -> InvalidArgument:
-    return InvalidArgument.single(FIELD, f"is not a valid message: {request.error[:200]}")
+    return request.error
 
 
 def _deserializer(inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -46,9 +53,17 @@ def _deserializer(inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any
 
     def deserialize(raw: bytes) -> Any:
         try:
-            return inner(raw)
+            request = inner(raw)
         except Exception as e:  # DecodeError, or upb's depth and UTF-8 checks
-            return Undecodable(str(e) or type(e).__name__)
+            text = str(e) or type(e).__name__
+            return Undecodable(
+                InvalidArgument.single(FIELD, f"is not a valid message: {text[:200]}")
+            )
+        if not isinstance(request, Message):
+            return request
+        v = Violations()
+        check_wellformed(v, request)
+        return Undecodable(InvalidArgument(v.items)) if v.items else request
 
     return deserialize
 

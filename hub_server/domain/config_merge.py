@@ -62,7 +62,7 @@ SETTINGS = "settings"
 MAX_FLAGS = 256
 _FLAG_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")  # fullmatch
 MAX_SETTINGS_BYTES = 64 * 1024
-MAX_SETTINGS_DEPTH = 16
+MAX_SETTINGS_DEPTH = 16  # levels of objects and lists, settings itself included
 
 Scalar = int | bool
 
@@ -218,9 +218,14 @@ def _check_settings(bad: list[FieldViolation], where: str, value: Any) -> dict[s
 
 
 def _json_problem(value: Any, depth: int) -> str:
-    """What makes ``value`` not plain JSON within the depth bound ("" if nothing)."""
-    if depth > MAX_SETTINGS_DEPTH:
-        return f"is nested more than {MAX_SETTINGS_DEPTH} deep"
+    """What makes ``value`` not plain JSON within the depth bound ("" if nothing).
+    ``depth`` counts objects and lists only (settings itself is 1): a scalar
+    inside the 16th level is allowed, as the message says."""
+    if isinstance(value, Mapping | list) and depth > MAX_SETTINGS_DEPTH:
+        return (
+            f"nests objects or lists more than {MAX_SETTINGS_DEPTH} deep "
+            "(settings itself is the first)"
+        )
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str):

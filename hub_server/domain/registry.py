@@ -51,6 +51,11 @@ def visible(instance: types_pb2.Instance, tier: str | None) -> bool:
 def decode_instance(kv: KeyValue) -> types_pb2.Instance:
     """The stored instance, with the fields etcd knows filled in from the key-value."""
     inst = types_pb2.Instance.FromString(kv.value)
+    # A value stored before requests were checked (a Duration with nanos past a
+    # second) would break every JSON reader of GetService: normalise or drop it.
+    repaired = validation.repair_wellformed(inst)
+    if repaired:
+        log.warning("stored instance %r: repaired bad values of %s", kv.key, ", ".join(repaired))
     inst.service, inst.instance_id = keys.parse_instance_key(kv.key)
     inst.create_revision = kv.create_revision
     inst.mod_revision = kv.mod_revision

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import re
+from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import descriptor, message, timestamp_pb2
 
 from hub_server.domain.errors import InvalidArgument, Violations
 
@@ -108,10 +110,185 @@ def check_version(v: Violations, path: str, value: str) -> None:
         v.add(path, "must be 1-64 characters: letters, digits, '.', '+', '_' or '-'")
 
 
+TIMESTAMP_RULE = "must be a valid timestamp (years 1-9999, nanos 0-999999999)"
+DURATION_RULE = (
+    "must be a valid duration (seconds within ±315576000000, nanos within ±999999999 "
+    "and of the same sign as seconds)"
+)
+FINITE_RULE = "must be a finite number (not NaN or Infinity)"
+_MAX_DURATION = 315_576_000_000  # 10,000 years, google.protobuf.Duration's range
+
+
+def timestamp_ok(value: timestamp_pb2.Timestamp) -> bool:
+    return _MIN_TIMESTAMP <= value.seconds <= _MAX_TIMESTAMP and 0 <= value.nanos < 10**9
+
+
+def duration_ok(value: message.Message) -> bool:
+    """A normalised google.protobuf.Duration in range (json_format and grpcurl
+    refuse any other, so one stored would break every JSON reader)."""
+    seconds, nanos = value.seconds, value.nanos  # type: ignore[attr-defined]
+    return (
+        -_MAX_DURATION <= seconds <= _MAX_DURATION
+        and -(10**9) < nanos < 10**9
+        and not (seconds > 0 > nanos or seconds < 0 < nanos)
+    )
+
+
 def check_timestamp(v: Violations, path: str, value: timestamp_pb2.Timestamp) -> None:
     """A set timestamp must be one google.protobuf.Timestamp can hold."""
-    if not (_MIN_TIMESTAMP <= value.seconds <= _MAX_TIMESTAMP and 0 <= value.nanos < 10**9):
-        v.add(path, "must be a valid timestamp (years 1-9999, nanos 0-999999999)")
+    if not timestamp_ok(value):
+        v.add(path, TIMESTAMP_RULE)
+
+
+# -- every request: well-known types and floating point --------------------------------
+
+_F = descriptor.FieldDescriptor
+_DURATION = "google.protobuf.Duration"
+_TIMESTAMP = "google.protobuf.Timestamp"
+_STRUCT = "google.protobuf.Struct"
+_VALUE = "google.protobuf.Value"
+_LIST_VALUE = "google.protobuf.ListValue"
+_FLOATS = (_F.TYPE_DOUBLE, _F.TYPE_FLOAT)
+_MAX_MALFORMED = 10  # reported per request; one is enough to fix, 10,000 would not fit a trailer
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@functools.cache
+def _may_hold_checked(desc: descriptor.Descriptor) -> bool:
+    """Whether a message of this type can contain, at any depth, a Duration, a
+    Timestamp or a double/float (Struct numbers included). Most requests cannot,
+    and are then not walked at all."""
+    seen, todo = set(), [desc]
+    while todo:
+        d = todo.pop()
+        if d.full_name in seen:
+            continue
+        seen.add(d.full_name)
+        if d.full_name in (_DURATION, _TIMESTAMP):
+            return True
+        for f in d.fields:
+            if f.type in _FLOATS:
+                return True
+            if f.message_type is not None:
+                todo.append(f.message_type)
+    return False
+
+
+def check_wellformed(v: Violations, msg: message.Message, path: str = "") -> None:
+    """Reports, anywhere in ``msg``, a Duration or Timestamp out of range or not
+    normalised and a double, float or Struct number that is NaN or ±Infinity,
+    each naming its field path. Every request passes here as it is decoded
+    (hub_server/api/decoding.py), so no servicer stores such a value: it would
+    break json_format, grpcurl and the dashboard, and turn arithmetic into NaN."""
+    if _may_hold_checked(msg.DESCRIPTOR):
+        _Walk(v).walk(msg, path)
+
+
+def repair_wellformed(msg: message.Message) -> list[str]:
+    """Makes a stored message (written before requests were checked) readable in
+    place: a Duration that is only unnormalised is normalised, any other bad
+    Duration or Timestamp is cleared, a non-finite number becomes 0 (in a
+    Struct, null). Returns the paths it changed."""
+    if not _may_hold_checked(msg.DESCRIPTOR):
+        return []
+    v = Violations()
+    _Walk(v, fix=True).walk(msg, "")
+    return [item.field for item in v.items]
+
+
+def _normalised(d: message.Message) -> bool:
+    """Carries whole seconds out of ``nanos`` and aligns the signs; in range after?"""
+    total = d.seconds * 10**9 + d.nanos  # type: ignore[attr-defined]
+    seconds, nanos = divmod(abs(total), 10**9)
+    sign = -1 if total < 0 else 1
+    if seconds > _MAX_DURATION:
+        return False
+    d.seconds, d.nanos = sign * seconds, sign * nanos  # type: ignore[attr-defined]
+    return True
+
+
+class _Walk:
+    """One pass over a message: reports (and, with ``fix``, repairs) bad values.
+    ``walk`` answers whether the message itself must be dropped by its parent."""
+
+    def __init__(self, v: Violations, *, fix: bool = False) -> None:
+        self.v, self.fix, self.found = v, fix, 0
+
+    def bad(self, path: str, rule: str) -> None:
+        self.found += 1
+        if self.found <= _MAX_MALFORMED or self.fix:
+            self.v.add(path or "request", rule)
+
+    def walk(self, msg: message.Message, path: str) -> bool:
+        name = msg.DESCRIPTOR.full_name
+        if name == _DURATION:
+            if duration_ok(msg):
+                return False
+            self.bad(path, DURATION_RULE)
+            return not (self.fix and _normalised(msg))
+        if name == _TIMESTAMP:
+            if timestamp_ok(msg):  # type: ignore[arg-type]
+                return False
+            self.bad(path, TIMESTAMP_RULE)
+            return True
+        if name == _STRUCT:
+            fields = msg.fields  # type: ignore[attr-defined]
+            for key in list(fields):
+                sub = f"{path}.{key}" if _PLAIN_KEY.fullmatch(key) else f"{path}[{key[:40]!r}]"
+                if self.walk(fields[key], sub) and self.fix:
+                    fields[key].null_value = 0
+            return False
+        if name == _VALUE:
+            kind = msg.WhichOneof("kind")
+            if kind == "number_value" and not math.isfinite(msg.number_value):  # type: ignore[attr-defined]
+                self.bad(path, FINITE_RULE)
+                return True
+            if kind in ("struct_value", "list_value"):
+                self.walk(getattr(msg, kind), path)
+            return False
+        if name == _LIST_VALUE:
+            for i, item in enumerate(msg.values):  # type: ignore[attr-defined]
+                if self.walk(item, f"{path}[{i}]") and self.fix:
+                    item.null_value = 0
+            return False
+        if _may_hold_checked(msg.DESCRIPTOR):
+            for field, value in msg.ListFields():
+                at = f"{path}.{field.name}" if path else field.name
+                self.field(msg, field, value, at)
+        return False
+
+    def field(self, msg: message.Message, field: _F, value: Any, at: str) -> None:
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            value_field = entry.fields_by_name["value"]
+            for key in list(value):
+                sub = f"{at}[{str(key)[:40]!r}]"
+                if value_field.type == _F.TYPE_MESSAGE:
+                    drop = self.walk(value[key], sub)
+                elif value_field.type in _FLOATS and not math.isfinite(value[key]):
+                    self.bad(sub, FINITE_RULE)
+                    drop = True
+                else:
+                    drop = False
+                if drop and self.fix:
+                    del value[key]
+        elif field.type == _F.TYPE_MESSAGE and field.is_repeated:
+            for i in reversed(range(len(value))):
+                if self.walk(value[i], f"{at}[{i}]") and self.fix:
+                    del value[i]
+        elif field.type == _F.TYPE_MESSAGE:
+            if self.walk(value, at) and self.fix:
+                msg.ClearField(field.name)
+        elif field.type in _FLOATS and field.is_repeated:
+            for i, item in enumerate(value):
+                if not math.isfinite(item):
+                    self.bad(f"{at}[{i}]", FINITE_RULE)
+                    if self.fix:
+                        value[i] = 0.0
+        elif field.type in _FLOATS and not math.isfinite(value):
+            self.bad(at, FINITE_RULE)
+            if self.fix:
+                msg.ClearField(field.name)
 
 
 # Labels (RegisterRequest.metadata): bounded in number, key and value size.

@@ -23,6 +23,7 @@ from hub_server.api.registry import instance_view
 from hub_server.api.tenants import tenant_to_pb, usage_to_pb
 from hub_server.domain.error_patterns import ErrorPatterns
 from hub_server.domain.errors import InvalidArgument
+from hub_server.domain.validation import repair_wellformed
 from hub_server.store import keys
 
 if TYPE_CHECKING:
@@ -38,7 +39,15 @@ ALERT_HISTORY = 50
 
 def to_json(message: Message) -> Json:
     """proto3 JSON, with default values spelled out so the page need not guess."""
-    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    try:
+        return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    except (ValueError, json_format.Error):
+        # A value stored before requests were checked (a Duration out of range, a
+        # NaN in a Struct): show the rest of the message rather than fail the page.
+        copy = type(message)()
+        copy.CopyFrom(message)
+        repair_wellformed(copy)
+        return json_format.MessageToDict(copy, always_print_fields_with_no_presence=True)
 
 
 def request_from(query: Mapping[str, str], message: Message) -> Message:
