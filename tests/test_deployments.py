@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
+from aitrading.hub.v1 import deployment_pb2
 
 from hub_client import Deployer, Deployment, Directive, FailedPrecondition, HubClient, health_check
 from hub_client._private.registration import Registration
@@ -408,3 +409,110 @@ async def test_twenty_instance_rolling_duration_breakdown(hub: Hub, client: HubC
             gone = max(f.removed_at[i] for i in b.instance_ids)
             print(f"{b.index + 1:>5}  {seen_at - started:>20.3f}s  {healthy - started:>28.3f}s"
                   f"  {gone - finished:>19.3f}s")  # fmt: skip
+
+
+async def _drained(client: HubClient, service: str) -> set[str]:
+    """The service's registered instances that discovery says are draining."""
+    svc = await client.discover(service, include_unhealthy=True)
+    return {i.instance_id for i in svc.instances if i.raw.draining}
+
+
+def _drained_is(
+    client: HubClient, service: str, expected: set[str]
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await _drained(client, service) == expected
+
+    return check
+
+
+async def _picked(client: HubClient, service: str, n: int) -> set[str]:
+    return {(await client.pick(service, strategy="round_robin")).instance_id for _ in range(n)}
+
+
+async def test_a_failed_rollback_moves_in_batches_and_leaves_the_service_usable(
+    hub: Hub, client: HubClient
+) -> None:
+    async with fleet(client, "quotes", 4) as f:
+        done = await Deployer(client).run("quotes", "2.0.0", batch_size=2, health_gate_timeout=5)
+        assert done.state == "SUCCEEDED", done.reason
+        new = sorted(i for b in done.batches for i in b.replacement_ids)
+        await eventually(lambda: _all_healthy(client, "quotes", 4), timeout=30)
+        f.replacement_serving = False  # 1.0.0 never comes back
+        stub = client.deployment_stub
+        await stub.RollbackDeployment(deployment_pb2.RollbackDeploymentRequest(id=done.id))
+        most: set[str] = set()
+        while (await client.deployment(done.id)).state == "ROLLING_BACK":
+            drained = await _drained(client, "quotes")
+            most = max(most, drained, key=len)
+            assert len(drained) <= 2, drained  # a batch at a time, like the roll-out
+            await asyncio.sleep(0.05)
+        failed = await client.deployment(done.id)
+        assert failed.state == "FAILED" and "0 of 2 instances of 1.0.0" in failed.reason
+        assert most == set(new[:2])
+        # The 2.0.0 instances still serve: every one is picked again.
+        await eventually(_drained_is(client, "quotes", set()))
+        assert await _picked(client, "quotes", 12) == set(new)
+        assert f.count("RESUME") == Counter(new[:2])
+        # Nothing left for ReleaseDeploymentDrains to do.
+        resp = await stub.ReleaseDeploymentDrains(
+            deployment_pb2.ReleaseDeploymentDrainsRequest(id=done.id)
+        )
+        assert list(resp.released_instance_ids) == []
+
+
+async def test_pause_and_abort_while_rolling_back(hub: Hub, client: HubClient) -> None:
+    async with fleet(client, "books", 2) as f:
+        done = await Deployer(client).run("books", "2.0.0", batch_size=1, health_gate_timeout=30)
+        assert done.state == "SUCCEEDED", done.reason
+        new = sorted(i for b in done.batches for i in b.replacement_ids)
+        f.replace = False
+        back = await client.rollback_deployment(done.id)
+        assert back.state == "ROLLING_BACK"
+        paused = await client.pause_deployment(done.id, "look first")
+        assert paused.state == "PAUSED"
+        with pytest.raises(FailedPrecondition):
+            await client.rollback_deployment(done.id)
+        assert (await client.resume_deployment(done.id)).state == "ROLLING_BACK"
+        await eventually(_drained_is(client, "books", {new[0]}))
+        aborted = await client.abort_deployment(done.id, "enough")
+        assert aborted.state == "ABORTED"
+        await eventually(_drained_is(client, "books", set()))
+        assert await _picked(client, "books", 6) == set(new)
+
+
+async def test_release_deployment_drains(hub: Hub, client: HubClient) -> None:
+    from hub_client import InvalidArgument, NotFound
+
+    stub = client.deployment_stub
+    async with fleet(client, "feeds", 2) as f:
+        f.replace = False
+        d = await client.deploy("feeds", "2.0.0", batch_size=1, health_gate_timeout=60)
+        await eventually(_drained_is(client, "feeds", {"feeds-old-00"}))
+        resp = await stub.ReleaseDeploymentDrains(
+            deployment_pb2.ReleaseDeploymentDrainsRequest(id=d.id, reason="needed it back")
+        )
+        assert list(resp.released_instance_ids) == ["feeds-old-00"]
+        assert resp.deployment.id == d.id and resp.header.revision > 0
+        assert not await _drained(client, "feeds")  # at once, on the replica that answered
+        assert await _picked(client, "feeds", 6) == {"feeds-old-00", "feeds-old-01"}
+        await eventually(lambda: f.count("RESUME") == Counter(["feeds-old-00"]))
+        again = await stub.ReleaseDeploymentDrains(
+            deployment_pb2.ReleaseDeploymentDrainsRequest(id=d.id)
+        )
+        assert list(again.released_instance_ids) == []
+        events, _ = await hub.audit.latest(method="ReleaseDeploymentDrains")
+        assert [(e.target, e.outcome) for e in events][-1] == (f"deployment/{d.id}", "OK")
+        first = events[-1]
+        assert first.details["reason"] == "needed it back"
+        assert first.details["released"] == "feeds-old-00"
+        await client.abort_deployment(d.id)
+    with pytest.raises(NotFound):
+        await client._unary(
+            stub.ReleaseDeploymentDrains,
+            deployment_pb2.ReleaseDeploymentDrainsRequest(id="dep-nope"),
+        )
+    with pytest.raises(InvalidArgument):
+        await client._unary(
+            stub.ReleaseDeploymentDrains, deployment_pb2.ReleaseDeploymentDrainsRequest(id="a/b")
+        )

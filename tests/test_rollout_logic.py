@@ -252,3 +252,195 @@ def test_each_batch_replaced_exactly_once_over_a_simulated_run() -> None:
     assert sorted(i for b in d.batches for i in b.replacements) == sorted(
         f"new-{i}" for i in _ids(7)
     )
+
+
+# -- roll-backs in batches, and what every final state leaves drained ---------------
+
+
+class Sim:
+    """Applies a deployment's actions like the hub and an orchestrator would: drain
+    marks only on registered instances; an UPGRADE starts a healthy replacement at
+    the directive's version when ``up(directive)``; a RETIRE'd instance leaves when
+    ``leave`` (and its lease-bound drain mark with it)."""
+
+    def __init__(self, d: r.Deployment, n: int, *, leave: bool = True) -> None:
+        self.d = d
+        self.facts = _fleet(n)
+        self.drained: set[str] = set()
+        self.retired: set[str] = set()
+        self.up = lambda x: True
+        self.leave = leave
+        self.now = 0.0
+        self.most_drained = 0  # not counting retirees: the service's lost capacity
+
+    def _apply(self, new: r.Deployment | None, a: r.Actions) -> None:
+        if new is not None:
+            self.d = new
+        self.drained |= set(a.drain) & set(self.facts)
+        self.drained -= set(a.undrain)
+        for x in a.directives:
+            if x.action == r.UPGRADE and self.up(x):
+                self.facts[f"{x.instance_id}>{x.target_version}"] = F(x.target_version, True)
+            elif x.action == r.RETIRE:
+                self.retired.add(x.instance_id)
+                if self.leave:
+                    self.facts.pop(x.instance_id, None)
+                    self.drained.discard(x.instance_id)
+        self.most_drained = max(self.most_drained, len(self.drained - self.retired))
+
+    def view(self) -> dict[str, F]:
+        return {i: F(f.version, f.healthy, i in self.drained) for i, f in self.facts.items()}
+
+    def tick(self) -> None:
+        self.now += 1
+        self._apply(*r.step(self.d, self.view(), self.now))
+
+    def run(self) -> r.Deployment:
+        while not self.d.final:
+            self.tick()
+            assert self.now < 200
+        return self.d
+
+    def op(self, fn: object) -> None:
+        self.now += 1
+        out = fn(self.d, self.now)  # type: ignore[operator]
+        self._apply(*(out if isinstance(out, tuple) else (out, r.Actions())))
+
+
+def _succeeded(sim: Sim) -> Sim:
+    assert sim.run().state == r.SUCCEEDED
+    return sim
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "max_unavailable", "expected"),
+    [
+        (4, 2, 0, [2, 2]),
+        (5, 2, 0, [2, 2, 1]),
+        (6, 3, 2, [2, 2, 2]),
+        (3, 10, 0, [3]),
+        (2, 1, 0, [1, 1]),
+    ],
+)
+def test_rollback_of_a_succeeded_rollout_moves_in_batches(
+    n: int, size: int, max_unavailable: int, expected: list[int]
+) -> None:
+    sim = _succeeded(Sim(_plan(n, batch_size=size, max_unavailable=max_unavailable), n))
+    new = sorted(i for b in sim.d.batches for i in b.replacements)
+    sim.most_drained = 0
+    sim.op(r.rollback)
+    d = sim.d
+    assert d.state == r.ROLLING_BACK
+    assert [len(b.instances) for b in d.rollback_batches] == expected
+    assert [i for b in d.rollback_batches for i in b.instances] == new
+    assert sim.drained == set(d.rollback_batches[0].instances)  # only the first batch
+    assert sim.run().state == r.ROLLED_BACK
+    assert sim.most_drained == max(expected)  # never more than a batch out of use
+    assert sim.retired >= set(new) and not sim.drained
+    assert {f.version for f in sim.facts.values()} == {"1"}
+    assert sum(f.version == "1" for f in sim.facts.values()) == n
+
+
+def test_a_rollback_whose_replacements_never_come_fails_and_releases_its_batch() -> None:
+    sim = _succeeded(Sim(_plan(4, batch_size=2), 4))
+    sim.up = lambda x: x.target_version == "2"
+    sim.op(r.rollback)
+    first = set(sim.d.rollback_batches[0].instances)
+    assert sim.drained == first
+    d = sim.run()
+    assert d.state == r.FAILED and "0 of 2 instances of 1 HEALTHY" in d.reason
+    assert not sim.drained  # every 2 instance serves again
+    assert [b.state for b in d.rollback_batches] == [r.B_CANCELLED, r.B_CANCELLED]
+    # Nothing of the second batch was touched; the first was told to stay.
+    assert not sim.retired - {i for b in d.batches for i in b.instances}
+
+
+# Each a way to a final state: (settings, up, steps) where a step is "run" (to the
+# next final state), "tick", or an operator action.
+SCENARIOS = {
+    "succeeded": ({}, None, ["run"]),
+    "aborted while pending": ({}, None, [r.abort]),
+    "aborted while running": ({}, None, ["tick", r.abort]),
+    "aborted while paused": ({}, None, ["tick", r.pause, r.abort]),
+    "rolled back on a gate failure": (
+        {"rollback_on_failure": True}, lambda x: not (x.target_version == "2" and x.batch == 1),
+        ["run"],
+    ),
+    "rolled back after success": ({}, None, ["run", r.rollback, "run"]),
+    "roll-back failed": ({}, lambda x: x.target_version == "2", ["run", r.rollback, "run"]),
+    "roll-back failed mid-way": (
+        {}, lambda x: x.target_version == "2" or x.batch == 0, ["run", r.rollback, "run"],
+    ),
+    "aborted rolling back": ({}, lambda x: x.target_version == "2", ["run", r.rollback, r.abort]),
+    "aborted paused rolling back": (
+        {}, lambda x: x.target_version == "2", ["run", r.rollback, "tick", r.pause, r.abort],
+    ),
+    "rolled back mid roll-out": ({}, lambda x: x.batch == 0, ["tick", "tick", r.rollback, "run"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("leave", [True, False], ids=["retirees-leave", "retirees-stay"])
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_every_final_state_leaves_no_drain_mark_on_a_serving_instance(
+    name: str, leave: bool
+) -> None:
+    settings, up, steps = SCENARIOS[name]
+    sim = Sim(_plan(4, **settings), 4, leave=leave)
+    if up is not None:
+        sim.up = up
+    for s in steps:
+        if s == "run":
+            sim.run()
+        elif s == "tick":
+            sim.tick()
+        else:
+            sim.op(s)
+    assert sim.d.final, name
+    # Drained and still registered: only instances told to RETIRE (they are leaving).
+    assert sim.drained <= sim.retired, name
+    if leave:
+        assert not sim.drained & set(sim.facts)
+    assert sim.most_drained <= 2, name  # a batch at a time, roll-out or roll-back
+
+
+@pytest.mark.parametrize("rolling_back", [False, True])
+def test_every_active_state_pauses_resumes_and_aborts(rolling_back: bool) -> None:
+    sim = Sim(_plan(4), 4)
+    pending = sim.d
+    assert r.pause(pending, 1.0).state == r.PAUSED
+    assert r.resume(r.pause(pending, 1.0), 2.0).state == r.RUNNING
+    assert r.abort(pending, 1.0)[0].state == r.ABORTED
+    sim.tick()
+    if rolling_back:
+        sim.up = lambda x: x.target_version == "2"
+        sim.run()
+        sim.op(r.rollback)
+    active = sim.d
+    assert active.state == (r.ROLLING_BACK if rolling_back else r.RUNNING)
+    paused = r.pause(active, 50.0, "lunch")
+    assert paused.state == r.PAUSED and paused.reason == "lunch"
+    assert r.step(paused, sim.view(), 1000.0) == (None, r.Actions())  # paused: no gate runs
+    with pytest.raises(r.Refused):
+        r.pause(paused, 51.0)
+    if rolling_back:
+        with pytest.raises(r.Refused, match="already rolling back"):
+            r.rollback(paused, 51.0)
+    back = r.resume(paused, 60.0)
+    assert back.state == active.state
+    gate = back.rollback_batches[0] if rolling_back else back.batches[0]
+    assert gate.gate_since == 60.0  # the gate starts anew
+    aborted, a = r.abort(paused, 61.0)
+    assert aborted.state == r.ABORTED
+    assert set(a.undrain) == sim.drained  # all it held goes back into use
+    assert {x.action for x in a.directives} == {r.RESUME}
+
+
+def test_a_record_from_before_batched_rollbacks_steps_as_one_batch() -> None:
+    sim = _succeeded(Sim(_plan(2), 2))
+    sim.op(r.rollback)
+    old = sim.d.to_dict()
+    del old["rollback_batches"], old["rollback_current"]
+    d = r.Deployment.from_dict(old)
+    assert [b.instances for b in d.rollback_batches] == [d.rollback_instances]
+    assert d.rollback_batches[0].state == r.B_DRAINING
+    assert r.Deployment.from_dict(d.to_dict()) == d

@@ -207,6 +207,21 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         )
         return deployment_pb2.RollbackDeploymentResponse(header=header, deployment=d)
 
+    @audited
+    async def ReleaseDeploymentDrains(self, request, context):  # type: ignore[no-untyped-def]
+        _check_id(request.id, request.reason)
+        audit_note(target=f"deployment/{request.id}", action="release-drains")
+        if request.reason:  # kept in the audit trail only: the record is not changed
+            audit_note(reason=request.reason)
+        stored, released, revision = await self._deployments.release_drains(request.id)
+        state = rollout.state_name(stored.deployment.state)
+        audit_note(version_before=state, version_after=state, released=",".join(released) or "-")
+        return deployment_pb2.ReleaseDeploymentDrainsResponse(
+            header=self._header(revision),
+            deployment=deployment_to_pb(stored),
+            released_instance_ids=released,
+        )
+
     async def WatchDeployment(
         self, request, context
     ) -> AsyncIterator[deployment_pb2.WatchDeploymentResponse]:  # type: ignore[no-untyped-def,override]

@@ -181,6 +181,30 @@ class Deployments:
 
         return await self._operate(deployment_id, op)
 
+    async def release_drains(self, deployment_id: str) -> tuple[StoredDeployment, list[str], int]:
+        """Takes back every drain mark of the deployment on a still-registered
+        instance, whatever its state, and tells each to RESUME: the operator's
+        way to put a service back into use. Returns the deployment, the released
+        instance ids and the revision of the write (the mirror's if none)."""
+        stored = self.get(deployment_id)
+        d = stored.deployment
+        self._registry.ensure_live()
+        await self.drains.barrier()  # every mark written so far, ours included
+        instances = self._registry.services.get(d.service, {})
+        released = sorted(
+            i for i in instances if self.drains.items.get(keys.drain_key(d.service, i)) == d.id
+        )
+        if not released:
+            return stored, [], self.drains.revision
+        actions = rollout.Actions(
+            undrain=released, directives=[rollout.Directive(i, rollout.RESUME) for i in released]
+        )
+        txn = Txn()
+        txn.success += self._effects(d, actions, instances)
+        result = await self._store.txn(txn)
+        await self.drains.barrier()
+        return stored, released, result.revision
+
     async def _operate(
         self,
         deployment_id: str,

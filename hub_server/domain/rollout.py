@@ -12,7 +12,12 @@ Invariants:
   ``current`` is DONE;
 - an instance counted as a replacement by one batch is never counted again;
 - an old instance is told to RETIRE only after its batch's replacements are
-  HEALTHY (and, for the canary batch, stayed HEALTHY for the observation).
+  HEALTHY (and, for the canary batch, stayed HEALTHY for the observation);
+- a roll-back moves in batches too: at most one batch of new-version instances
+  is drained at a time, and a batch is retired only when enough old-version
+  instances are HEALTHY to stand in for it;
+- no final state leaves a drain mark on an instance that was not told to
+  RETIRE: whatever the roll-out or roll-back had drained goes back into use.
 """
 
 from __future__ import annotations
@@ -105,10 +110,14 @@ class Deployment:
     finished_at: float = 0.0
     previous_version: str = ""
     original_count: int = 0
-    # Roll-back: when it started, and the target-version instances it replaces.
+    # Roll-back: when it started (0: never; also how a PAUSED one knows to go
+    # back to ROLLING_BACK), the target-version instances it replaces, and those
+    # in batches, ``rollback_current`` the one drained now.
     rollback_since: float = 0.0
     rollback_instances: list[str] = field(default_factory=list)
     phase: str = ""
+    rollback_batches: list[Batch] = field(default_factory=list)
+    rollback_current: int = 0
 
     def to_dict(self) -> dict:  # type: ignore[type-arg]
         return asdict(self)
@@ -118,6 +127,14 @@ class Deployment:
         d = dict(d)
         d["settings"] = Settings(**d["settings"])
         d["batches"] = [Batch(**b) for b in d["batches"]]
+        if "rollback_batches" not in d and d.get("rollback_instances") and not _is_final(d):
+            # A record from before batched roll-backs drained them all at once.
+            since = d.get("rollback_since", 0.0)
+            d["rollback_batches"] = [
+                dict(index=0, instances=d["rollback_instances"], state=B_DRAINING,
+                     started_at=since, gate_since=since)
+            ]  # fmt: skip
+        d["rollback_batches"] = [Batch(**b) for b in d.get("rollback_batches", [])]
         return cls(**d)
 
     def copy(self) -> Deployment:
@@ -126,6 +143,10 @@ class Deployment:
     @property
     def final(self) -> bool:
         return self.state in FINAL
+
+
+def _is_final(d: Mapping) -> bool:  # type: ignore[type-arg]
+    return d.get("state") in FINAL
 
 
 @dataclass(frozen=True)
@@ -328,39 +349,81 @@ def _begin_rollback(n: Deployment, now: float, reason: str, actions: Actions) ->
     actions.undrain += survivors
     actions.directives += [Directive(i, RESUME, "", n.current) for i in survivors]
     new = sorted(_claimed(n))
-    actions.drain += new
-    actions.directives += [Directive(i, UPGRADE, n.previous_version, n.current) for i in new]
     for b in n.batches:
         if b.state in (B_PENDING, B_DRAINING, B_OBSERVING):
             b.state = B_CANCELLED
+    size = n.settings.effective_batch_size
+    n.rollback_batches = [
+        Batch(k, new[i : i + size]) for k, i in enumerate(range(0, len(new), size))
+    ]
+    n.rollback_current = 0
     n.state, n.reason, n.rollback_since = ROLLING_BACK, reason, now
     n.rollback_instances = new
-    n.phase = f"rolling back: waiting for {len(new)} instance(s) of {n.previous_version}"
+    if n.rollback_batches:
+        _start_rollback_batch(n, now, actions)
+    else:
+        n.phase = f"rolling back: waiting for {n.original_count} instances of {n.previous_version}"
+
+
+def _start_rollback_batch(n: Deployment, now: float, actions: Actions) -> None:
+    b = n.rollback_batches[n.rollback_current]
+    b.state, b.started_at, b.gate_since = B_DRAINING, now, now
+    actions.drain += b.instances
+    actions.directives += [Directive(i, UPGRADE, n.previous_version, b.index) for i in b.instances]
+    n.phase = (
+        f"rolling back: batch {b.index + 1}/{len(n.rollback_batches)}: "
+        f"waiting for instances of {n.previous_version}"
+    )
+
+
+def _release_rollback(n: Deployment, now: float, actions: Actions) -> None:
+    """The drained roll-back batch goes back into use; the rest never starts."""
+    for b in n.rollback_batches:
+        if b.state == B_DRAINING:
+            actions.undrain += b.instances
+            actions.directives += [Directive(i, RESUME, "", b.index) for i in b.instances]
+        if b.state in (B_PENDING, B_DRAINING):
+            b.state, b.finished_at = B_CANCELLED, now
 
 
 def _step_rollback(
     d: Deployment, instances: Mapping[str, InstanceFact], now: float
 ) -> tuple[Deployment | None, Actions]:
-    """Waits until as many old-version instances are HEALTHY as before the
-    roll-out, then retires the new-version ones it counted."""
+    """Batch by batch: a drained batch of new-version instances is retired once
+    as many old-version instances are HEALTHY as the roll-out started with,
+    less the new-version instances still to come back in later batches."""
     actions = Actions()
-    replaced = set(d.rollback_instances)
-    back = [
-        i
-        for i, f in instances.items()
-        if f.version != d.target_version and f.healthy and not f.draining and i not in replaced
-    ]
     n = d.copy()
     n.updated_at = now
-    if len(back) >= d.original_count:
-        actions.directives += [Directive(i, RETIRE, "", n.current) for i in n.rollback_instances]
-        _finish(n, ROLLED_BACK, now)
+    b = n.rollback_batches[n.rollback_current] if n.rollback_batches else None
+    later = sum(len(x.instances) for x in n.rollback_batches[n.rollback_current + 1 :])
+    need = n.original_count - later
+    replaced = set(n.rollback_instances)
+    back = sum(
+        1
+        for i, f in instances.items()
+        if f.version != n.target_version and f.healthy and not f.draining and i not in replaced
+    )
+    if back >= need:
+        if b is None:
+            _finish(n, ROLLED_BACK, now)
+            return n, actions
+        b.state, b.healthy_at, b.finished_at = B_DONE, now, now
+        actions.directives += [Directive(i, RETIRE, "", b.index) for i in b.instances]
+        n.rollback_current += 1
+        if n.rollback_current >= len(n.rollback_batches):
+            _finish(n, ROLLED_BACK, now)
+        else:
+            _start_rollback_batch(n, now, actions)
         return n, actions
-    if now - d.rollback_since >= d.settings.health_gate_timeout:
+    gate_since = b.gate_since if b is not None else n.rollback_since
+    if now - gate_since >= n.settings.health_gate_timeout:
+        # The new-version instances it had drained still serve: back into use.
+        _release_rollback(n, now, actions)
         _finish(
             n, FAILED, now,
-            f"roll-back: {len(back)} of {d.original_count} instances of "
-            f"{d.previous_version} HEALTHY after {d.settings.health_gate_timeout:g}s",
+            f"roll-back: {back} of {need} instances of {n.previous_version} HEALTHY "
+            f"after {n.settings.health_gate_timeout:g}s",
         )  # fmt: skip
         return n, actions
     return None, actions
@@ -370,18 +433,29 @@ def _step_rollback(
 
 
 def pause(d: Deployment, now: float, reason: str = "") -> Deployment:
-    if d.state not in (PENDING, RUNNING):
-        raise Refused(f"deployment {d.id} is {state_name(d.state)}: only a running one pauses")
+    if d.state not in (PENDING, RUNNING, ROLLING_BACK):
+        raise Refused(f"deployment {d.id} is {state_name(d.state)}: only an active one pauses")
     n = d.copy()
     n.state, n.reason, n.updated_at, n.phase = PAUSED, reason or "paused by operator", now, "paused"
     return n
 
 
 def resume(d: Deployment, now: float) -> Deployment:
+    """Back to RUNNING, or to ROLLING_BACK if it was paused rolling back; the
+    current batch's health gate starts anew."""
     if d.state != PAUSED:
         raise Refused(f"deployment {d.id} is {state_name(d.state)}, not PAUSED")
     n = d.copy()
-    n.state, n.reason, n.updated_at = RUNNING, "", now
+    n.reason, n.updated_at = "", now
+    if n.rollback_since:
+        n.state = ROLLING_BACK
+        if n.rollback_current < len(n.rollback_batches):
+            n.rollback_batches[n.rollback_current].gate_since = now
+        else:
+            n.rollback_since = now
+        n.phase = "resumed rolling back"
+        return n
+    n.state = RUNNING
     if n.current < len(n.batches):
         b = n.batches[n.current]
         b.gate_since = now  # the gate starts anew
@@ -392,17 +466,19 @@ def resume(d: Deployment, now: float) -> Deployment:
 
 
 def abort(d: Deployment, now: float, reason: str = "") -> tuple[Deployment, Actions]:
+    """From any non-final state; every instance it holds drained and has not
+    told to RETIRE goes back into use."""
     if d.final:
         raise Refused(f"deployment {d.id} is already {state_name(d.state)}")
     n = d.copy()
     actions = Actions()
-    if d.state != ROLLING_BACK:
-        survivors = _unfinished_old(n)
-        actions.undrain += survivors
-        actions.directives += [Directive(i, RESUME, "", n.current) for i in survivors]
+    survivors = _unfinished_old(n)
+    actions.undrain += survivors
+    actions.directives += [Directive(i, RESUME, "", n.current) for i in survivors]
     for b in n.batches:
         if b.state in (B_PENDING, B_DRAINING, B_OBSERVING):
             b.state = B_CANCELLED
+    _release_rollback(n, now, actions)
     n.updated_at = now
     _finish(n, ABORTED, now, reason or "aborted by operator")
     return n, actions
@@ -411,8 +487,10 @@ def abort(d: Deployment, now: float, reason: str = "") -> tuple[Deployment, Acti
 def rollback(
     d: Deployment, now: float, reason: str = "", *, latest: bool = True
 ) -> tuple[Deployment, Actions]:
-    """From PENDING, RUNNING, PAUSED, or SUCCEEDED while it is the service's
-    latest deployment (``latest``)."""
+    """From PENDING, RUNNING, PAUSED (not while already rolling back), or
+    SUCCEEDED while it is the service's latest deployment (``latest``)."""
+    if d.state == PAUSED and d.rollback_since:
+        raise Refused(f"deployment {d.id} is already rolling back (paused): resume it")
     if d.state not in (PENDING, RUNNING, PAUSED) and not (d.state == SUCCEEDED and latest):
         raise Refused(f"deployment {d.id} is {state_name(d.state)}: it cannot be rolled back")
     n = d.copy()
