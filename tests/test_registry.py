@@ -343,3 +343,29 @@ async def test_a_bad_duration_stored_before_the_check_does_not_break_readers(
             body = await response.json()
     (service,) = body["services"]
     assert service["instances"][0]["healthCheck"]["interval"] == "2s"
+
+
+async def test_metadata_at_every_documented_limit_at_once_is_accepted(hub) -> None:  # type: ignore[no-untyped-def]
+    """64 entries, 63-byte keys, 512-byte values (36,800 bytes): an undocumented
+    16 KiB total refused it. One byte or entry more is refused, saying the limits."""
+    biggest = {f"{i:02d}".ljust(63, "k"): "v" * 512 for i in range(64)}
+    assert sum(len(k) + len(v) for k, v in biggest.items()) == 36_800
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        request = registry_pb2.RegisterRequest(service="svc", host="h", port=1, metadata=biggest)
+        await stub.Register(request)
+        reply = await stub.GetService(
+            registry_pb2.GetServiceRequest(service="svc", include_unhealthy=True)
+        )
+        assert dict(reply.service.instances[0].metadata) == biggest
+        for metadata in (
+            {**biggest, "extra": "v"},
+            {**dict(list(biggest.items())[:63]), "k" * 64: "v"},
+            {**dict(list(biggest.items())[:63]), "last": "v" * 513},
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Register(
+                    registry_pb2.RegisterRequest(service="svc", host="h", port=2, metadata=metadata)
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "63" in (err.value.details() or "")

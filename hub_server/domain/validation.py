@@ -291,25 +291,29 @@ class _Walk:
                 msg.ClearField(field.name)
 
 
-# Labels (RegisterRequest.metadata): bounded in number, key and value size.
+# Labels (RegisterRequest.metadata): at most 64 entries, keys up to 63 bytes, values
+# up to 512 bytes, so at most 36,800 bytes; no other limit applies (the proto
+# comment, the README and the messages below say the same).
 MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY = 63
 MAX_METADATA_VALUE = 512
-MAX_METADATA_TOTAL = 16 * 1024
+METADATA_RULE = (
+    f"at most {MAX_METADATA_ENTRIES} entries, keys up to {MAX_METADATA_KEY} bytes, "
+    f"values up to {MAX_METADATA_VALUE} bytes"
+)
 
 
 def check_metadata(v: Violations, path: str, metadata: dict[str, str]) -> None:
     if len(metadata) > MAX_METADATA_ENTRIES:
-        v.add(path, f"has {len(metadata)} entries, at most {MAX_METADATA_ENTRIES} are allowed")
+        v.add(path, f"has {len(metadata)} entries; {METADATA_RULE}")
         return
-    total = 0
     for key, value in metadata.items():
         if not _METADATA_KEY.fullmatch(key):
             v.add(
-                f"{path}[{key[:40]!r}]", "key must be 1-63 of letters, digits, '.', '_', '/', '-'"
+                f"{path}[{key[:40]!r}]",
+                f"key must be 1-{MAX_METADATA_KEY} letters, digits, '.', '_', '/' or '-', "
+                "starting and ending with a letter or digit",
             )
         size = len(value.encode())
         if size > MAX_METADATA_VALUE:
-            v.add(f"{path}[{key[:40]!r}]", f"value is {size} bytes, at most {MAX_METADATA_VALUE}")
-        total += len(key) + size
-    if total > MAX_METADATA_TOTAL:
-        v.add(path, f"is {total} bytes in all, at most {MAX_METADATA_TOTAL}")
+            v.add(f"{path}[{key[:40]!r}]", f"value is {size} bytes; {METADATA_RULE}")
