@@ -24,11 +24,12 @@ from hub_server.domain.balancing import (
     stable_hash,
 )
 
-H, D, U, K = (
+H, D, U, K, S = (
     HealthStatus.HEALTHY,
     HealthStatus.DEGRADED,
     HealthStatus.UNHEALTHY,
     HealthStatus.UNKNOWN,
+    HealthStatus.STARTING,
 )
 
 
@@ -61,6 +62,13 @@ ELIGIBILITY: list[tuple[str, list[Candidate], dict[str, Any], list[str] | Inelig
     ("degraded as fallback", [cand("a", D), cand("b", U), cand("c", K)], {}, ["a"]),
     ("unhealthy and unknown never", [cand("a", U), cand("b", K)], {}, Ineligibility.UNHEALTHY),
     ("unknown only", [cand("a", K)], {}, Ineligibility.UNHEALTHY),
+    # STARTING (not proven yet) is the last resort, after DEGRADED
+    ("healthy beats starting", [cand("a", S), cand("b")], {}, ["b"]),
+    ("degraded beats starting", [cand("a", S), cand("b", D)], {}, ["b"]),
+    ("starting as last resort", [cand("a", S), cand("b", U), cand("c", K), cand("d", S)], {},
+     ["a", "d"]),
+    ("starting but draining", [cand("a", S, draining=True), cand("b", U)], {},
+     Ineligibility.UNHEALTHY),
     ("draining never", [cand("a", draining=True), cand("b", D)], {}, ["b"]),
     ("all draining", [cand("a", draining=True), cand("b", draining=True)], {},
      Ineligibility.DRAINING),

@@ -158,6 +158,79 @@ async def test_discovery_answers_usable_instances_by_default(hub: Hub, client: H
         await bad.stop()
 
 
+async def _watch_statuses(address: str, service: str, statuses: list[int]) -> asyncio.Task[None]:
+    """Follows WatchHealth of ``service``, appending each new status to ``statuses``."""
+
+    async def follow() -> None:
+        async with grpc.aio.insecure_channel(address) as ch:
+            call = health_pb2_grpc.HealthServiceStub(ch).WatchHealth(
+                health_pb2.WatchHealthRequest(service=service)
+            )
+            async for msg in call:
+                for r in msg.instances:
+                    if not statuses or statuses[-1] != r.status:
+                        statuses.append(r.status)
+
+    return asyncio.create_task(follow())
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_new_instance_is_starting_until_threshold_failures(
+    hub: Hub, client: HubClient
+) -> None:
+    S, U = types_pb2.HEALTH_STATUS_STARTING, types_pb2.HEALTH_STATUS_UNHEALTHY
+    http = HttpServer()  # has a port, never listens: the health endpoint does not answer
+    statuses: list[int] = []
+    follower = await _watch_statuses(hub.address, "warming", statuses)
+    try:
+        await client.register(
+            "warming", instance_id="w", host="127.0.0.1", port=http.port,
+            health=health_check(http="/health", interval=0.6, timeout=0.5),
+        )  # fmt: skip
+        # Not yet proven either way: STARTING, and discovery still answers it
+        # (nothing HEALTHY or DEGRADED exists).
+        await eventually(lambda: _status_is(hub.address, "warming", "w", S))
+        svc = await client.discover("warming")
+        assert [i.instance_id for i in svc.instances] == ["w"]
+        assert svc.instances[0].raw.health.status == S
+        # UNHEALTHY after the default 3 failures in a row, not after the first.
+        await eventually(lambda: _status_is(hub.address, "warming", "w", U))
+        record = (await _health(hub.address, "warming"))["w"]
+        assert record.consecutive_failures >= 3
+        await eventually(lambda: statuses[-1:] == [U])
+        assert statuses == [S, U]
+        assert (await client.discover("warming")).instances == []
+    finally:
+        await _stop(follower)
+
+
+async def test_starting_instance_is_healthy_on_its_first_success(
+    hub: Hub, client: HubClient
+) -> None:
+    S, H = types_pb2.HEALTH_STATUS_STARTING, types_pb2.HEALTH_STATUS_HEALTHY
+    http = HttpServer()
+    statuses: list[int] = []
+    follower = await _watch_statuses(hub.address, "boot", statuses)
+    try:
+        await client.register(
+            "boot", instance_id="b", host="127.0.0.1", port=http.port,
+            health=health_check(http="/health", interval=0.5, timeout=0.5),
+        )  # fmt: skip
+        await eventually(lambda: statuses[-1:] == [S])
+        await http.start()  # comes up after one or two failed probes
+        await eventually(lambda: statuses[-1:] == [H])
+        # Proven by one success: healthy_threshold (2) is for recovering from UNHEALTHY.
+        assert statuses == [S, H]
+    finally:
+        await _stop(follower)
+        await http.stop()
+
+
 async def _cluster(address: str) -> cluster_pb2.GetClusterStatusResponse:
     async with grpc.aio.insecure_channel(address) as ch:
         return await cluster_pb2_grpc.ClusterServiceStub(ch).GetClusterStatus(

@@ -9,12 +9,14 @@ from google.protobuf import duration_pb2
 from hub_server.domain.health import (
     DEGRADED,
     HEALTHY,
+    STARTING,
     UNHEALTHY,
     UNKNOWN,
     Policy,
     ProbeResult,
     State,
     next_state,
+    usable,
     worth_writing,
 )
 
@@ -36,21 +38,93 @@ def run(results: list[ProbeResult], start: State | None = None) -> list[int]:
 @pytest.mark.parametrize(
     ("results", "statuses"),
     [
-        ([OK], [HEALTHY]),  # the first probe decides outright
-        ([FAIL], [UNHEALTHY]),
+        # A new instance is STARTING: one success proves it (no healthy_threshold:
+        # there is nothing to recover from), unhealthy_threshold failures fail it.
+        ([OK], [HEALTHY]),
+        ([FAIL], [STARTING]),
+        ([FAIL, FAIL], [STARTING, STARTING]),
+        ([FAIL, FAIL, FAIL], [STARTING, STARTING, UNHEALTHY]),
+        ([FAIL, FAIL, OK], [STARTING, STARTING, HEALTHY]),
+        ([FAIL, FAIL, SLOW], [STARTING, STARTING, DEGRADED]),
+        ([FAIL, OK, FAIL, FAIL, FAIL], [STARTING, HEALTHY, HEALTHY, HEALTHY, UNHEALTHY]),
         ([SLOW], [DEGRADED]),
         ([SAYS_DEGRADED], [DEGRADED]),
         ([OK, FAIL, FAIL, FAIL], [HEALTHY, HEALTHY, HEALTHY, UNHEALTHY]),
         ([OK, FAIL, FAIL, OK, FAIL, FAIL], [HEALTHY] * 6),  # a blip resets the count
-        ([FAIL, OK, OK], [UNHEALTHY, UNHEALTHY, HEALTHY]),
-        ([FAIL, OK, FAIL, OK, OK], [UNHEALTHY] * 4 + [HEALTHY]),
-        ([FAIL, OK, SLOW], [UNHEALTHY, UNHEALTHY, DEGRADED]),
+        # Recovering from UNHEALTHY takes healthy_threshold successes in a row.
+        ([FAIL] * 3 + [OK, OK], [STARTING] * 2 + [UNHEALTHY] * 2 + [HEALTHY]),
+        ([FAIL] * 3 + [OK, FAIL, OK, OK], [STARTING] * 2 + [UNHEALTHY] * 4 + [HEALTHY]),
+        ([FAIL] * 3 + [OK, SLOW], [STARTING] * 2 + [UNHEALTHY] * 2 + [DEGRADED]),
+        ([FAIL] * 4, [STARTING] * 2 + [UNHEALTHY] * 2),
         ([OK, SLOW, OK], [HEALTHY, DEGRADED, HEALTHY]),  # latency has no delay
         ([SLOW, FAIL, FAIL, FAIL], [DEGRADED, DEGRADED, DEGRADED, UNHEALTHY]),
     ],
 )
 def test_transitions(results: list[ProbeResult], statuses: list[int]) -> None:
     assert run(results) == statuses
+
+
+# Every (status before, probe result) pair with the default policy and no counts
+# yet: (status after, failures, successes).
+@pytest.mark.parametrize(
+    ("before", "result", "after"),
+    [
+        (STARTING, OK, (HEALTHY, 0, 1)),
+        (STARTING, SLOW, (DEGRADED, 0, 1)),
+        (STARTING, SAYS_DEGRADED, (DEGRADED, 0, 1)),
+        (STARTING, FAIL, (STARTING, 1, 0)),
+        (UNKNOWN, OK, (HEALTHY, 0, 1)),  # no status yet counts as STARTING
+        (UNKNOWN, SLOW, (DEGRADED, 0, 1)),
+        (UNKNOWN, FAIL, (STARTING, 1, 0)),
+        (HEALTHY, OK, (HEALTHY, 0, 1)),
+        (HEALTHY, SLOW, (DEGRADED, 0, 1)),
+        (HEALTHY, FAIL, (HEALTHY, 1, 0)),
+        (DEGRADED, OK, (HEALTHY, 0, 1)),
+        (DEGRADED, SAYS_DEGRADED, (DEGRADED, 0, 1)),
+        (DEGRADED, FAIL, (DEGRADED, 1, 0)),
+        (UNHEALTHY, OK, (UNHEALTHY, 0, 1)),
+        (UNHEALTHY, SLOW, (UNHEALTHY, 0, 1)),
+        (UNHEALTHY, FAIL, (UNHEALTHY, 1, 0)),
+    ],
+)
+def test_every_status_and_result(before: int, result: ProbeResult, after: tuple) -> None:  # type: ignore[type-arg]
+    s = next_state(State(before), result, P)
+    assert (s.status, s.failures, s.successes) == after
+
+
+@pytest.mark.parametrize(
+    ("before", "result", "after"),
+    [
+        # the last failure allowed: one more and it is UNHEALTHY, from any up state
+        (State(STARTING, failures=2), FAIL, UNHEALTHY),
+        (State(HEALTHY, failures=2), FAIL, UNHEALTHY),
+        (State(DEGRADED, failures=2), FAIL, UNHEALTHY),
+        (State(UNKNOWN, failures=2), FAIL, UNHEALTHY),
+        # one success short of healthy_threshold: this one recovers it
+        (State(UNHEALTHY, successes=1), OK, HEALTHY),
+        (State(UNHEALTHY, successes=1), SLOW, DEGRADED),
+        # a failure resets the successes, a success the failures
+        (State(UNHEALTHY, successes=1), FAIL, UNHEALTHY),
+        (State(STARTING, failures=2), OK, HEALTHY),
+    ],
+)
+def test_thresholds_reached(before: State, result: ProbeResult, after: int) -> None:
+    assert next_state(before, result, P).status == after
+
+
+def test_a_new_state_is_starting() -> None:
+    assert State().status == STARTING
+
+
+@pytest.mark.parametrize(("unhealthy", "fails"), [(1, 1), (2, 2), (5, 5)])
+def test_starting_fails_after_unhealthy_threshold(unhealthy: int, fails: int) -> None:
+    policy = Policy(unhealthy_threshold=unhealthy, healthy_threshold=7)
+    state = State()
+    for n in range(1, fails + 1):
+        state = next_state(state, FAIL, policy)
+        assert state.status == (UNHEALTHY if n == fails else STARTING)
+    # healthy_threshold does not hold back a STARTING instance's first success
+    assert next_state(State(STARTING, failures=fails - 1), OK, policy).status == HEALTHY
 
 
 def test_thresholds_come_from_the_check() -> None:
@@ -99,3 +173,25 @@ def _record(status: int, latency: float, at: float) -> types_pb2.InstanceHealth:
 )
 def test_worth_writing(old, new, now: float, write: bool) -> None:  # type: ignore[no-untyped-def]
     assert worth_writing(old, new, now) is write
+
+
+def _pairs(*statuses: int) -> list[tuple[types_pb2.Instance, types_pb2.InstanceHealth]]:
+    return [
+        (types_pb2.Instance(instance_id=str(n)), types_pb2.InstanceHealth(status=status))
+        for n, status in enumerate(statuses)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "chosen"),
+    [
+        ((HEALTHY, DEGRADED, STARTING, UNHEALTHY), ["0"]),
+        ((STARTING, DEGRADED, UNHEALTHY), ["1"]),
+        ((STARTING, UNHEALTHY, STARTING), ["0", "2"]),
+        ((UNKNOWN, STARTING), ["0", "1"]),  # no status ranks as STARTING
+        ((UNHEALTHY, UNHEALTHY), []),
+        ((), []),
+    ],
+)
+def test_usable_order(statuses: tuple[int, ...], chosen: list[str]) -> None:
+    assert [i.instance_id for i, _ in usable(_pairs(*statuses))] == chosen

@@ -365,7 +365,7 @@ class HubClient:
         self, service: str, *, legacy_mode: bool = False, include_unhealthy: bool = False
     ) -> Service:
         """The service's usable instances that this caller's tier may use: the
-        HEALTHY ones, else the DEGRADED ones, else those not probed yet.
+        HEALTHY ones, else the DEGRADED ones, else the STARTING ones (not proven yet).
         ``include_unhealthy`` returns every instance (for operators)."""
         resp = await self._unary(
             self.registry_stub.GetService,

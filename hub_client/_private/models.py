@@ -128,7 +128,7 @@ class Health:
 
     service: str
     instance_id: str
-    status: str  # "healthy", "degraded", "unhealthy" or "unspecified" (not probed yet)
+    status: str  # "healthy", "degraded", "unhealthy", "starting" (not proven yet) or "unspecified"
     latency_ms: float
     last_check: float  # seconds since the epoch; 0 if never probed
     check: str  # "http", "grpc", "tcp" or "lease"

@@ -15,7 +15,14 @@ from hub_server.domain.alerts import Alerts, as_resolved
 from hub_server.domain.audit import AuditLog
 from hub_server.domain.error_patterns import ErrorPatterns
 from hub_server.domain.errors import InvalidArgument
-from hub_server.domain.health import DEGRADED, HEALTHY, UNHEALTHY, UNKNOWN, HealthView
+from hub_server.domain.health import (
+    DEGRADED,
+    HEALTHY,
+    STARTING,
+    UNHEALTHY,
+    UNKNOWN,
+    HealthView,
+)
 from hub_server.domain.registry import RegistryView
 from hub_server.store.mirror import REMOVED, Change
 from hub_server.telemetry import Telemetry
@@ -168,7 +175,7 @@ class SystemMetrics:
                     healthy=counts[HEALTHY],
                     degraded=counts[DEGRADED],
                     unhealthy=counts[UNHEALTHY],
-                    unknown=counts[UNKNOWN],
+                    unknown=counts[UNKNOWN] + counts[STARTING],  # not proven yet
                 )
             )
         rpcs = [

@@ -10,8 +10,9 @@ Eligibility, in order (the first rule that leaves nothing names the cause):
 1. the caller's tier must reach the instance's requirements (:func:`can_access`);
 2. never a draining instance;
 3. never an instance whose circuit is open;
-4. HEALTHY only; DEGRADED only when no HEALTHY instance is left; never
-   UNHEALTHY or UNKNOWN.
+4. HEALTHY only; DEGRADED only when no HEALTHY instance is left; STARTING
+   (not proven yet) only when no DEGRADED one is left either; never UNHEALTHY
+   or UNKNOWN.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class Ineligibility(StrEnum):
     TIER = "TIER"
     DRAINING = "DRAINING"
     CIRCUIT_OPEN = "CIRCUIT_OPEN"
-    UNHEALTHY = "UNHEALTHY"  # unhealthy or not yet probed
+    UNHEALTHY = "UNHEALTHY"  # unhealthy, or no status
 
 
 class NoEligibleInstance(errors.NoEligibleInstance):
@@ -122,7 +123,7 @@ _EXCLUDED = {
     "excluded_tier": "above the caller's tier",
     "excluded_draining": "draining",
     "excluded_circuit_open": "with an open circuit",
-    "excluded_unhealthy": "unhealthy or not yet probed",
+    "excluded_unhealthy": "unhealthy or without a status",
 }
 
 
@@ -142,8 +143,9 @@ def eligible(
         service: Only for the error message.
 
     Returns:
-        The HEALTHY eligible instances, or if there are none the DEGRADED ones.
-        Order is that of ``candidates``.
+        The HEALTHY eligible instances, or if there are none the DEGRADED ones,
+        or if there are none either the STARTING ones. Order is that of
+        ``candidates``.
 
     Raises:
         NoEligibleInstance: Nothing is left; ``cause`` says which rule emptied it.
@@ -178,6 +180,9 @@ def eligible(
     degraded = [c for c in pool if c.health is HealthStatus.DEGRADED]
     if degraded:
         return degraded
+    starting = [c for c in pool if c.health is HealthStatus.STARTING]
+    if starting:
+        return starting
     counts["excluded_unhealthy"] = len(pool)
     raise fail(Ineligibility.UNHEALTHY)
 

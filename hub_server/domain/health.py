@@ -30,6 +30,7 @@ HEALTHY = types_pb2.HEALTH_STATUS_HEALTHY
 DEGRADED = types_pb2.HEALTH_STATUS_DEGRADED
 UNHEALTHY = types_pb2.HEALTH_STATUS_UNHEALTHY
 UNKNOWN = types_pb2.HEALTH_STATUS_UNSPECIFIED
+STARTING = types_pb2.HEALTH_STATUS_STARTING
 
 REFRESH = 30.0  # seconds between writes of an unchanged record
 
@@ -70,7 +71,7 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class State:
-    status: int = UNKNOWN
+    status: int = STARTING
     failures: int = 0
     successes: int = 0
 
@@ -78,10 +79,12 @@ class State:
 def next_state(prev: State, result: ProbeResult, policy: Policy) -> State:
     """The status after one probe, with hysteresis.
 
-    The first probe decides outright. After that a HEALTHY or DEGRADED instance
-    becomes UNHEALTHY only after ``unhealthy_threshold`` failures in a row, and an
-    UNHEALTHY one recovers only after ``healthy_threshold`` successes in a row, so
-    one lost packet does not flap it. Up-but-slow is DEGRADED, with no delay.
+    A new instance is STARTING: its first success makes it HEALTHY (nothing to
+    recover from), ``unhealthy_threshold`` failures in a row make it UNHEALTHY.
+    A HEALTHY or DEGRADED instance becomes UNHEALTHY only after
+    ``unhealthy_threshold`` failures in a row, and an UNHEALTHY one recovers only
+    after ``healthy_threshold`` successes in a row, so one lost packet does not
+    flap it. Up-but-slow is DEGRADED, with no delay.
     """
     if result.ok:
         successes, failures = prev.successes + 1, 0
@@ -94,8 +97,11 @@ def next_state(prev: State, result: ProbeResult, policy: Policy) -> State:
             return State(UNHEALTHY, failures, successes)
         return State(up, failures, successes)
     successes, failures = 0, prev.failures + 1
-    if prev.status in (HEALTHY, DEGRADED) and failures < policy.unhealthy_threshold:
-        return State(prev.status, failures, successes)
+    if failures < policy.unhealthy_threshold:
+        if prev.status in (HEALTHY, DEGRADED, STARTING):
+            return State(prev.status, failures, successes)
+        if prev.status == UNKNOWN:  # no status yet is starting
+            return State(STARTING, failures, successes)
     return State(UNHEALTHY, failures, successes)
 
 
@@ -144,7 +150,7 @@ class HealthView:
 
     def of(self, instance: types_pb2.Instance) -> types_pb2.InstanceHealth:
         """The instance's health; an instance without a check is healthy while its
-        lease lives, one not probed yet is UNSPECIFIED."""
+        lease lives, one with a check and no probe result yet is STARTING."""
         record = self._records.get((instance.service, instance.instance_id))
         if record is not None:
             return record
@@ -152,7 +158,7 @@ class HealthView:
         return types_pb2.InstanceHealth(
             service=instance.service,
             instance_id=instance.instance_id,
-            status=HEALTHY if kind == "lease" else UNKNOWN,
+            status=HEALTHY if kind == "lease" else STARTING,
             check=kind,
         )
 
@@ -161,12 +167,14 @@ def usable(
     instances: list[tuple[types_pb2.Instance, types_pb2.InstanceHealth]],
 ) -> list[tuple[types_pb2.Instance, types_pb2.InstanceHealth]]:
     """What discovery answers by default, of (instance, health) pairs: the
-    HEALTHY instances; if none, the DEGRADED ones; if none, those not probed
-    yet. Never UNHEALTHY ones."""
+    HEALTHY instances; if none, the DEGRADED ones; if none, the STARTING ones
+    (not proven yet either way). Never UNHEALTHY ones."""
     by_status: dict[int, list[tuple[types_pb2.Instance, types_pb2.InstanceHealth]]] = {}
     for pair in instances:
-        by_status.setdefault(pair[1].status, []).append(pair)
-    for status in (HEALTHY, DEGRADED, UNKNOWN):
+        # UNKNOWN (no status) ranks as STARTING, keeping the order of the pairs.
+        status = STARTING if pair[1].status == UNKNOWN else pair[1].status
+        by_status.setdefault(status, []).append(pair)
+    for status in (HEALTHY, DEGRADED, STARTING):
         if by_status.get(status):
             return by_status[status]
     return []
@@ -216,8 +224,12 @@ class HealthMonitor:
         registry.mirror.add_listener(self._note_change)
 
     def _note_change(self, change: Change[types_pb2.Instance]) -> None:
+        key = keys.parse_instance_key(change.key)
+        if change.type == REMOVED:
+            # Registered again under this id, it is a new instance: STARTING.
+            self._states.pop(key, None)
         if self._changed is not None:
-            self._changed.add(keys.parse_instance_key(change.key))
+            self._changed.add(key)
             self._wake.set()
 
     def _schedule(self, due: float, key: Key) -> None:

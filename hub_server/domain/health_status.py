@@ -12,7 +12,8 @@ class HealthStatus(IntEnum):
     API layer converts with ``HealthStatus(number)`` and ``int(status)``.
     """
 
-    UNKNOWN = 0  # never probed yet (HEALTH_STATUS_UNSPECIFIED)
+    UNKNOWN = 0  # no status at all (HEALTH_STATUS_UNSPECIFIED)
     HEALTHY = 1
     DEGRADED = 2
     UNHEALTHY = 3
+    STARTING = 4  # has a check, not yet proven either way

@@ -4,7 +4,9 @@
 
 import { h, short, time, duration, span, bar, pill, table } from './dom.js';
 
-const HEALTH_KIND = { HEALTHY: 'good', DEGRADED: 'warn', UNHEALTHY: 'bad', UNSPECIFIED: 'none' };
+const HEALTH_KIND = {
+  HEALTHY: 'good', DEGRADED: 'warn', UNHEALTHY: 'bad', STARTING: 'info', UNSPECIFIED: 'none',
+};
 const CIRCUIT_KIND = {
   CLOSED: 'good', HALF_OPEN: 'warn', OPEN: 'bad', FORCED_OPEN: 'bad', FORCED_CLOSED: 'warn',
 };
@@ -81,7 +83,8 @@ function healthBar(instances) {
     return k ? h('span', { class: `seg ${kind}`, style: { flexGrow: String(k) }, title: `${k} ${status.toLowerCase()}` }) : null;
   };
   return h('span', { class: 'stack', title: `${n} instances` },
-    part('HEALTHY', 'good'), part('DEGRADED', 'warn'), part('UNHEALTHY', 'bad'), part('UNSPECIFIED', 'none'));
+    part('HEALTHY', 'good'), part('DEGRADED', 'warn'), part('UNHEALTHY', 'bad'),
+    part('STARTING', 'info'), part('UNSPECIFIED', 'none'));
 }
 
 function instanceRow(i) {
