@@ -11,6 +11,7 @@ from aitrading.hub.v1 import backup_pb2
 
 from hub_server.domain import backups
 from hub_server.domain.backups import Record, batches, decode, encode, parse_header, plan_restore
+from hub_server.domain.config_merge import StoredLayer, empty_layer, parse_values
 from hub_server.domain.errors import FailedPrecondition, InvalidArgument
 from hub_server.store.etcd import KeyValue
 
@@ -173,13 +174,17 @@ def test_plan_of_identical_state_is_empty() -> None:
 
 def test_batches_respect_op_and_byte_limits() -> None:
     plan = plan_restore([Record(R + b"c/%05d" % i, b"v") for i in range(300)], [])
-    sizes = [len(b) for b in batches(plan)]
+    sizes = [len(b.ops) for b in batches(plan)]
     assert sizes == [128, 128, 44]
     big = plan_restore([Record(R + b"c/%d" % i, b"x" * 400_000) for i in range(5)], [])
-    assert [len(b) for b in batches(big)] == [2, 2, 1]
+    assert [len(b.ops) for b in batches(big)] == [2, 2, 1]
     # Deletes go first, each op exactly once.
     mixed = plan_restore([Record(R + b"a", b"1")], [_kv(R + b"b", b"2")])
-    assert [op for b in batches(mixed) for op in b] == [(R + b"b", None), (R + b"a", b"1")]
+    assert [op for b in batches(mixed) for op in b.ops] == [(R + b"b", None), (R + b"a", b"1")]
+    # Appends carry one compare each (still absent), and compares count as ops too.
+    audit = plan_restore([Record(R + b"audit/%05d" % i, b"e") for i in range(200)], [])
+    assert [(len(b.ops), len(b.expect)) for b in batches(audit)] == [(128, 128), (72, 72)]
+    assert all(rev == 0 for b in batches(audit) for _, rev in b.expect)
 
 
 def test_names() -> None:
@@ -189,3 +194,178 @@ def test_names() -> None:
     for bad in ("../etc/passwd", "x.txt", "/abs.chub", "a/b.chub", ".hidden.chub"):
         with pytest.raises(InvalidArgument):
             backups.check_name(bad)
+
+
+# -- append-only records and config versions ---------------------------------------
+
+AUDIT = R + b"audit/"
+
+
+def _layer(version: int, limit: int, *, restored: int = 0) -> bytes:
+    values, _ = parse_values({"settings": {"limit": limit}})
+    return StoredLayer("global", version, values, restored_version=restored).to_json()
+
+
+def _hist(layer: str, version: int) -> bytes:
+    return R + b"config-history/" + layer.encode() + b"/%012d" % version
+
+
+@pytest.mark.parametrize(
+    ("kind", "key"),
+    [
+        ("audit", AUDIT + b"00000000000000000001-h-1"),
+        ("alerts/history", R + b"alerts/history/00000000000000000001-a1"),
+        ("config-history", _hist("global", 1)),
+    ],
+)
+def test_append_only_records_are_added_to_never_removed_or_overwritten(
+    kind: str, key: bytes
+) -> None:
+    later = key[:-1] + b"9"
+    plan = plan_restore(
+        [Record(key, b"old"), Record(later, b"in backup only")],
+        [_kv(key, b"newer"), _kv(key + b"-after", b"written after the backup")],
+    )
+    c = plan.kinds[kind]
+    assert backups.is_append_only(kind)
+    assert (c.added, c.updated, c.removed, c.unchanged, c.kept_records) == (1, 0, 0, 0, 2)
+    assert plan.appends == [(later, b"in backup only")]
+    assert not plan.puts and not plan.deletes and not plan.steps
+    assert plan.total.kept_records == 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "append_only"),
+    [
+        ("audit", True),
+        ("alerts/history", True),
+        ("config-history", True),
+        ("alerts", False),
+        ("config", False),
+        ("tenants", False),
+        ("usage", False),
+        ("deployments", False),
+        ("error-patterns", False),
+    ],
+)
+def test_append_only_kinds(kind: str, append_only: bool) -> None:
+    assert backups.is_append_only(kind) is append_only
+
+
+def test_alert_history_is_a_kind_apart_from_active_alerts() -> None:
+    assert backups.kind_of(R + b"alerts/history/0001-a") == "alerts/history"
+    assert backups.kind_of(R + b"alerts/active/a") == "alerts"
+    plan = plan_restore([], [_kv(R + b"alerts/active/a", b"x")])
+    assert plan.kinds["alerts"].removed == 1 and plan.deletes == [R + b"alerts/active/a"]
+
+
+def _step_docs(plan: backups.RestorePlan) -> list[tuple[bytes, StoredLayer]]:
+    return [(k, StoredLayer.from_json("global", v or b"", 0)) for s in plan.steps for k, v in s.ops]
+
+
+@pytest.mark.parametrize(
+    ("backup", "current", "counts", "new_version", "restored"),
+    [
+        # Changed since the backup (v2 -> v3): the backup's v2 values become v4.
+        (
+            [(R + b"config/global", _layer(2, 6)), (_hist("global", 2), _layer(2, 6))],
+            [
+                (R + b"config/global", _layer(3, 7)),
+                (_hist("global", 2), _layer(2, 6)),
+                (_hist("global", 3), _layer(3, 7)),
+            ],
+            (0, 1, 0),
+            4,
+            2,
+        ),
+        # History above the current layer counts too (never reuse a number).
+        (
+            [(R + b"config/global", _layer(2, 6))],
+            [(R + b"config/global", _layer(3, 7)), (_hist("global", 9), _layer(9, 1))],
+            (0, 1, 0),
+            10,
+            2,
+        ),
+        # The backup's own history (added back) counts as well.
+        (
+            [(R + b"config/global", _layer(5, 6)), (_hist("global", 5), _layer(5, 6))],
+            [(R + b"config/global", _layer(1, 7)), (_hist("global", 1), _layer(1, 7))],
+            (0, 1, 0),
+            6,
+            5,
+        ),
+        # Absent from the backup: its defaults (empty) as a new version.
+        (
+            [],
+            [(R + b"config/global", _layer(3, 7)), (_hist("global", 3), _layer(3, 7))],
+            (0, 1, 0),
+            4,
+            0,
+        ),
+        # Absent now while history exists: added as a new version, not the old number.
+        (
+            [(R + b"config/global", _layer(2, 6))],
+            [(_hist("global", 4), _layer(4, 7))],
+            (1, 0, 0),
+            5,
+            2,
+        ),
+    ],
+)
+def test_a_restored_layer_is_a_new_version_above_every_existing_one(
+    backup: list[tuple[bytes, bytes]],
+    current: list[tuple[bytes, bytes]],
+    counts: tuple[int, int, int],
+    new_version: int,
+    restored: int,
+) -> None:
+    plan = plan_restore(
+        [Record(k, v) for k, v in backup],
+        [_kv(k, v) for k, v in current],
+        now=1234.5,
+        by="ops",
+        backup_revision=77,
+    )
+    c = plan.kinds["config"]
+    assert (c.added, c.updated, c.removed) == counts
+    assert not any(k.startswith(R + b"config/") for k in plan.deletes)
+    assert not any(k.startswith(R + b"config/") for k, _ in plan.puts)
+    (step,) = plan.steps
+    (layer_key, doc), (history_key, same) = _step_docs(plan)
+    assert (layer_key, history_key) == (R + b"config/global", _hist("global", new_version))
+    assert doc == same and doc.version == new_version and doc.restored_version == restored
+    assert (doc.updated_at, doc.updated_by) == (1234.5, "ops")
+    assert "revision 77" in doc.comment
+    # Applied only if the layer is still as read and the version still unused.
+    now_rev = {k: 1 for k, _ in current}
+    assert step.expect == (
+        (R + b"config/global", now_rev.get(R + b"config/global", 0)),
+        (_hist("global", new_version), 0),
+    )
+    assert plan.kinds["config-history"].added >= 1
+
+
+def test_equal_layer_values_are_unchanged_whatever_the_version() -> None:
+    plan = plan_restore(
+        [Record(R + b"config/global", _layer(2, 6))], [_kv(R + b"config/global", _layer(5, 6))]
+    )
+    assert plan.kinds["config"].unchanged == 1 and not plan.steps and not plan.puts
+
+
+def test_into_a_keyspace_without_the_layer_the_backup_document_is_put_as_is() -> None:
+    """Disaster recovery into an empty etcd: no version exists, nothing to collide."""
+    backup = [Record(R + b"config/global", _layer(2, 6)), Record(_hist("global", 2), _layer(2, 6))]
+    plan = plan_restore(backup, [])
+    assert plan.puts == [(R + b"config/global", _layer(2, 6))]
+    assert plan.appends == [(_hist("global", 2), _layer(2, 6))]
+    assert not plan.steps and plan.kinds["config"].added == 1
+
+
+def test_a_tier_layer_absent_from_the_backup_goes_back_to_the_built_in_defaults() -> None:
+    key = R + b"config/tier/pro"
+    values, _ = parse_values({"settings": {"limit": 1}})
+    now = StoredLayer("tier/pro", 3, values).to_json()
+    plan = plan_restore([], [_kv(key, now)])
+    (step,) = plan.steps
+    doc = StoredLayer.from_json("tier/pro", step.ops[0][1] or b"", 0)
+    assert doc.values == empty_layer("tier/pro").values and doc.version == 4

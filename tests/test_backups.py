@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from aitrading.hub.v1 import circuit_pb2
+from aitrading.hub.v1 import circuit_pb2, observability_pb2_grpc
 from aitrading.hub.v1 import observability_pb2 as obs
 
 from hub_client import FailedPrecondition, HubClient, InvalidArgument, NotFound, RestoreReport
+from hub_server.domain import backups
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 from tests.conftest import HubFactory, eventually
@@ -89,8 +90,8 @@ async def test_backup_wipe_restore_round_trip(bclient: HubClient, etcd_store: Et
     restored = await _plain(etcd_store)
     for key, value in original.items():
         assert restored.get(key) == value, key
-    extra = {keys.kind_of(k) for k in set(restored) - set(original)}
-    assert extra <= {"audit", "alerts"}  # the restore's own audit record, new alerts
+    extra = {backups.kind_of(k) for k in set(restored) - set(original)}
+    assert extra <= {"audit", "alerts", "alerts/history"}  # the restore's audit record, alerts
     assert not any(k.startswith(keys.REGISTRY + b"pricing/") for k in restored)
 
     # The hub serves the restored state (its mirrors follow the writes).
@@ -112,7 +113,8 @@ async def test_backup_wipe_restore_round_trip(bclient: HubClient, etcd_store: Et
     # Restoring again changes nothing but the audit trail.
     again = await bclient.restore(data, dry_run=True)
     changed = {k: c.changed for k, c in again.kinds.items() if c.changed}
-    assert set(changed) <= {"audit", "alerts"}
+    assert set(changed) <= {"alerts"}  # active alerts may come and go
+    assert again.kinds["audit"].append_only and again.kinds["audit"].kept_records >= 1
 
 
 async def test_live_instances_are_never_touched(bclient: HubClient, etcd_store: EtcdStore) -> None:
@@ -284,7 +286,10 @@ async def test_restore_into_a_fresh_etcd(
                 assert report.kinds["registry"].skipped_lease_bound == 1
                 restored = await _plain(new_store)
                 for key, value in original.items():
+                    if key.startswith((keys.CONFIG + b"tier/", keys.CONFIG_HISTORY + b"tier/")):
+                        continue  # seeded by the new hub at start: the same values, kept
                     assert restored.get(key) == value, key
+                assert report.kinds["config"].updated == 0
                 assert (await c.get_tenant("acme")).tier == "pro"
                 assert not (await new_store.get_prefix(keys.REGISTRY))[0]
         finally:
@@ -292,3 +297,95 @@ async def test_restore_into_a_fresh_etcd(
             await hub.stop()
     finally:
         await asyncio.to_thread(fresh.stop)
+
+
+async def _audit_ids(client: HubClient) -> dict[str, str]:
+    """Every audit record's id and method, through ObservabilityService."""
+    out: dict[str, str] = {}
+    token = ""
+    stub = observability_pb2_grpc.ObservabilityServiceStub(client.channel)
+    while True:
+        resp = await stub.ListAuditEvents(
+            obs.ListAuditEventsRequest(page_size=500, page_token=token)
+        )
+        out.update({e.id: e.method for e in resp.events})
+        token = resp.next_page_token
+        if not token:
+            return out
+
+
+async def test_a_restore_keeps_the_audit_trail_written_after_the_backup(
+    bclient: HubClient, etcd_store: EtcdStore
+) -> None:
+    """Issue 14 item 2: the records of the calls being reverted (and of refused
+    restores) were deleted by the restore."""
+    await _populate(bclient, etcd_store)
+    data = await bclient.backup()
+    await bclient.create_tenant("later", tier="free")
+    await bclient.set_config_layer("global", {"settings": {"limit": 99}})
+    with pytest.raises(InvalidArgument):
+        await bclient.restore(data[: len(data) // 2], dry_run=False)  # refused, audited
+    alert = keys.ALERTS_HISTORY + b"%020d-later" % time.time_ns()
+    await etcd_store.put(alert, b"alert after the backup")
+    before = await _audit_ids(bclient)
+    methods = set(before.values())
+    assert {m.rsplit("/", 1)[1] for m in methods} >= {
+        "CreateTenant",
+        "SetConfigLayer",
+        "RestoreBackup",
+    }
+
+    dry = await bclient.restore(data, dry_run=True)
+    assert dry.kinds["audit"].append_only and dry.kinds["audit"].removed == 0
+    assert dry.kinds["audit"].kept_records >= 3
+    assert dry.kinds["alerts/history"].append_only
+    assert dry.kinds["alerts/history"].kept_records == 1
+    assert dry.kinds["config-history"].append_only and dry.kinds["config-history"].removed == 0
+    assert dry.kinds["config-history"].kept_records >= 1  # the version written since
+    assert not dry.kinds["tenants"].append_only and dry.kinds["tenants"].removed == 1
+    assert dry.total.kept_records == sum(c.kept_records for c in dry.kinds.values())
+    assert any("append-only" in n for n in dry.notes)
+
+    report = await bclient.restore(data, dry_run=False)
+    assert report.kinds["audit"].kept_records == dry.kinds["audit"].kept_records
+    after = await _audit_ids(bclient)
+    assert set(before) <= set(after)  # not one record lost
+    new = [m for i, m in after.items() if i not in before]
+    assert new == ["/aitrading.hub.v1.BackupService/RestoreBackup"]  # the restore itself
+    assert (await etcd_store.get(alert))[0] is not None
+
+
+async def test_config_versions_are_never_reused_after_a_restore(
+    bclient: HubClient, etcd_store: EtcdStore
+) -> None:
+    """Issue 14 item 2: the first write after a restore reused a version number."""
+    await bclient.set_config_layer("global", {"settings": {"limit": 1}})
+    await bclient.set_config_layer("global", {"settings": {"limit": 2}})
+    data = await bclient.backup()  # global at version 2
+    await bclient.set_config_layer("global", {"settings": {"limit": 3}})
+    await bclient.set_config_layer("tenant/acme", {"settings": {"limit": 30}})  # not in it
+
+    dry = await bclient.restore(data, dry_run=True)
+    assert dry.kinds["config"].updated == 2 and dry.kinds["config"].removed == 0
+    assert dry.kinds["config-history"].added == 2  # the two new versions
+    report = await bclient.restore(data, dry_run=False)
+    assert report.kinds["config"].updated == 2
+
+    async def restored() -> bool:
+        return (await bclient.config_layer("global")).version == 4
+
+    await eventually(restored)
+    layer = await bclient.config_layer("global")
+    assert layer.values == {"settings": {"limit": 2}} and layer.restored_version == 2
+    assert "version 2" in layer.comment
+    tenant = await bclient.config_layer("tenant/acme")
+    assert (tenant.version, tenant.values, tenant.restored_version) == (2, {}, 0)
+
+    after = await bclient.set_config_layer("global", {"settings": {"limit": 5}})
+    assert after.version == 5
+    history = await bclient.config_versions("global")
+    assert [v.version for v in history] == [5, 4, 3, 2, 1]
+    contents = {v.version: v.values["settings"]["limit"] for v in history}
+    assert contents == {1: 1, 2: 2, 3: 3, 4: 2, 5: 5}  # one content per number
+    assert [v.restored_version for v in history] == [0, 2, 0, 0, 0]
+    assert [v.version for v in await bclient.config_versions("tenant/acme")] == [2, 1]

@@ -382,9 +382,16 @@ async def test_backups_create_list_restore(
         assert dry.out.startswith(f"dry run of {path}: would change ")
         assert "nothing was written" in dry.out.splitlines()[0]
         assert _row(dry.out, "KIND") == [
-            "KIND", "ADDED", "UPDATED", "REMOVED", "UNCHANGED", "LEASE-BOUND", "KEPT", "LIVE"
+            "KIND", "ADDED", "UPDATED", "REMOVED", "UNCHANGED", "LEASE-BOUND", "KEPT", "LIVE",
+            "KEPT", "RECORDS", "APPEND-ONLY"
         ]  # fmt: skip
         assert _row(dry.out, "tenants")[1:4] == ["0", "0", "1"]  # intruder would go
+        assert _row(dry.out, "tenants")[-2:] == ["0", "no"]
+        # Records written since (the calls above, the version of global) are kept.
+        audit_row = _row(dry.out, "audit")
+        assert audit_row[3] == "0" and int(audit_row[7]) >= 2 and audit_row[-1] == "yes"
+        assert _row(dry.out, "config-history")[3] == "0"
+        assert _row(dry.out, "config-history")[-2:] == ["1", "yes"]
         assert _row(dry.out, "config")[2] == "1"  # global would go back to limit 6
         assert _row(dry.out, "registry")[5] == "1"  # the instance is not restored
         assert _row(dry.out, "total")
@@ -396,6 +403,9 @@ async def test_backups_create_list_restore(
         kinds = {k["kind"]: k for k in report["kinds"]}
         assert (kinds["tenants"]["removed"], kinds["tenants"]["added"]) == (1, 0)
         assert kinds["config"]["updated"] == 1
+        assert kinds["audit"]["append_only"] and kinds["audit"]["kept_records"] >= 2
+        assert not kinds["tenants"]["append_only"] and kinds["tenants"]["kept_records"] == 0
+        assert report["total"]["kept_records"] >= 3
         assert report["total"]["changed"] == sum(k["changed"] for k in report["kinds"])
         assert report["backup"]["revision"] == made["revision"]
         assert await _plain(etcd_store) == before  # the dry runs wrote nothing
@@ -418,12 +428,14 @@ async def test_backups_create_list_restore(
         await eventually(restored)
         assert (await client.config_layer("global")).values == {"settings": {"limit": 6}}
 
-        # Again, from the stored copy (taken after the changes above: they come back).
+        # Again, from the stored copy (the same state): nothing left to change, the
+        # records written since (audit, config versions) are kept.
+        await client.create_tenant("again", tier="free")
         again = await hubctl(hub, "backups", "restore", name, "--stored", "--dry-run", "-o", "json")
         assert again.code == 0, again.err
         assert again.json()["stored"] and again.json()["dry_run"]
         text_again = await hubctl(hub, "backups", "restore", name, "--stored", "--dry-run")
-        assert text_again.out.startswith(f"dry run of stored backup {name}: would change ")
+        assert text_again.out.startswith(f"dry run of stored backup {name}: would change 1 keys")
         assert f"hubctl backups restore {name} --stored --yes" in text_again.err
 
 

@@ -272,3 +272,48 @@ async def test_hub_watch_resyncs_after_partition_with_compaction(
             call.cancel()
     finally:
         await bridge.close()
+
+
+async def test_progress_after_a_future_start_revision_is_never_ahead_of_the_store(hub) -> None:  # type: ignore[no-untyped-def]
+    channel, stub = _stub(hub.address)
+    async with channel:
+        now = (await _register(stub, "ahead-other", 1)).header.revision
+        call = stub.Watch(registry_pb2.WatchRequest(service="ahead", start_revision=now + 50))
+        progress = await asyncio.wait_for(call.read(), 10)
+        call.cancel()
+        assert progress.kind == PROGRESS
+        listed = await stub.ListServices(registry_pb2.ListServicesRequest())
+        assert progress.header.revision <= listed.header.revision
+        # Resuming from it misses nothing that came after.
+        resumed = stub.Watch(
+            registry_pb2.WatchRequest(service="ahead", start_revision=progress.header.revision + 1)
+        )
+        added = await _register(stub, "ahead", 2)
+        msg = await asyncio.wait_for(resumed.read(), 10)
+        while msg.kind == PROGRESS:
+            msg = await asyncio.wait_for(resumed.read(), 10)
+        resumed.cancel()
+        assert msg.kind == EVENTS
+        assert [e.revision for e in msg.events] == [added.header.revision]
+
+
+async def test_every_watch_reports_progress_the_store_has_reached(hub) -> None:  # type: ignore[no-untyped-def]
+    from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc, health_pb2, health_pb2_grpc
+
+    channel, stub = _stub(hub.address)
+    async with channel:
+        now = (await _register(stub, "ahead-any", 1)).header.revision
+        ahead = now + 50
+        for call in (
+            health_pb2_grpc.HealthServiceStub(channel).WatchHealth(
+                health_pb2.WatchHealthRequest(start_revision=ahead)
+            ),
+            circuit_pb2_grpc.CircuitBreakerServiceStub(channel).WatchCircuits(
+                circuit_pb2.WatchCircuitsRequest(start_revision=ahead)
+            ),
+        ):
+            progress = await asyncio.wait_for(call.read(), 10)
+            call.cancel()
+            assert progress.kind == PROGRESS
+            listed = await stub.ListServices(registry_pb2.ListServicesRequest())
+            assert progress.header.revision <= listed.header.revision

@@ -48,6 +48,11 @@ class KindChanges:
     unchanged: int = 0
     skipped_lease_bound: int = 0
     kept_live: int = 0
+    # Kept although absent from the backup: the kind is an append-only record.
+    kept_records: int = 0
+    # An append-only record (audit, alert history, config history): a restore
+    # only adds what is missing, never removes or overwrites.
+    append_only: bool = False
 
     @property
     def changed(self) -> int:
@@ -55,7 +60,16 @@ class KindChanges:
 
     @classmethod
     def from_pb(cls, m: backup_pb2.KindChanges) -> KindChanges:
-        return cls(m.added, m.updated, m.removed, m.unchanged, m.skipped_lease_bound, m.kept_live)
+        return cls(
+            m.added,
+            m.updated,
+            m.removed,
+            m.unchanged,
+            m.skipped_lease_bound,
+            m.kept_live,
+            m.kept_records,
+            m.append_only,
+        )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,14 @@ from google.protobuf.message import DecodeError
 from hub_server.api.context import audit_note, audited, current
 from hub_server.api.errors import status_code_for, to_status
 from hub_server.domain.audit import AuditLog
-from hub_server.domain.backups import Backups, KindCounts, RestoreResult, StoredBackup, check_name
+from hub_server.domain.backups import (
+    Backups,
+    KindCounts,
+    RestoreResult,
+    StoredBackup,
+    check_name,
+    is_append_only,
+)
 from hub_server.domain.errors import HubError, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,8 @@ def _counts_pb(kind: str, c: KindCounts) -> backup_pb2.KindChanges:
         unchanged=c.unchanged,
         skipped_lease_bound=c.skipped_lease_bound,
         kept_live=c.kept_live,
+        kept_records=c.kept_records,
+        append_only=is_append_only(kind),
     )
 
 
@@ -119,7 +128,8 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
                 target = f"backup/{options.stored_name}"
                 check_name(options.stored_name, "options.stored_name")
                 data = await self._backups.read_stored(options.stored_name)
-            result = await self._backups.restore(data, dry_run=dry_run)
+            _, user_id, _ = self._identity(context)
+            result = await self._backups.restore(data, dry_run=dry_run, by=user_id)
             response = self._report(result)
             t = result.plan.total
             details = {
@@ -130,6 +140,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
                 "unchanged": str(t.unchanged),
                 "skipped_lease_bound": str(t.skipped_lease_bound),
                 "kept_live": str(t.kept_live),
+                "kept_records": str(t.kept_records),
                 "transactions": str(result.transactions),
             }
         except HubError as e:
@@ -193,18 +204,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
     ) -> None:
         if self._audit is None:
             return
-        if identity is None:
-            found = {
-                k: v
-                for k, v in (context.invocation_metadata() or ())
-                if k in _AUDITED_HEADERS and isinstance(v, str)
-            }
-            identity = (
-                found.get("x-tenant-id") or found.get("x-company-id", ""),
-                found.get("x-user-id", ""),
-                found.get("x-correlation-id", ""),
-            )
-        tenant_id, user_id, correlation_id = identity
+        tenant_id, user_id, correlation_id = identity or self._identity(context)
         event = obs.AuditEvent(
             caller=context.peer() or "",
             tenant_id=tenant_id,
@@ -219,6 +219,20 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
             await self._audit.append(event)
         except Exception as e:  # the call's outcome stands; the gap is logged
             log.error("audit record of %s %s lost: %r", method, target, e)
+
+    @staticmethod
+    def _identity(context: grpc.aio.ServicerContext) -> tuple[str, str, str]:
+        """(tenant, user, correlation id) of the call's metadata."""
+        found = {
+            k: v
+            for k, v in (context.invocation_metadata() or ())
+            if k in _AUDITED_HEADERS and isinstance(v, str)
+        }
+        return (
+            found.get("x-tenant-id") or found.get("x-company-id", ""),
+            found.get("x-user-id", ""),
+            found.get("x-correlation-id", ""),
+        )
 
     async def ListBackups(self, request, context):  # type: ignore[no-untyped-def]
         found = await self._backups.stored()

@@ -119,7 +119,9 @@ async def watch_stream(
                 events = None
                 last_sent = time.monotonic()
             elif time.monotonic() - last_sent >= progress_interval:
-                yield respond(PROGRESS, [], cursor, False, 0)
+                # A resume point the store has reached: after a start_revision
+                # ahead of it, the cursor is not one.
+                yield respond(PROGRESS, [], min(cursor, head), False, 0)
                 last_sent = time.monotonic()
     except asyncio.CancelledError:
         log.debug("watch stream cancelled by the client")

@@ -19,6 +19,12 @@ so as a whole it is **not atomic**: a failure part-way leaves a mix of old and
 restored keys. Restoring the same file again converges (the plan is computed
 from the current state each time).
 
+Records of what happened (audit trail, alert history, config history) are
+append-only: a restore adds the backup's entries they lack and never removes or
+overwrites one. A config layer is restored as a new version above every version
+that ever existed (its history entry notes the version restored, as a
+rollback's does), so a version number never names two contents.
+
 Everything above ``Backups`` is pure (no I/O) and tested directly.
 """
 
@@ -41,12 +47,14 @@ from pathlib import Path
 from aitrading.hub.v1 import backup_pb2
 from google.protobuf.internal import decoder, encoder
 
+from hub_server.domain.config_merge import StoredLayer, empty_layer, parse_layer
 from hub_server.domain.errors import (
     Compacted,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    VersionConflict,
 )
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn, prefix_end
@@ -74,6 +82,14 @@ NOTE_ATOMIC = (
     "whole; if it fails part-way, restore the same file again"
 )
 NOTE_LIVE = "{n} key(s) bound to a live lease now were left untouched"
+NOTE_RECORDS = (
+    "{n} record(s) (audit, alert history, config history) not in the backup were kept: "
+    "records are append-only and a restore never removes or overwrites one"
+)
+NOTE_VERSIONS = (
+    "config layers are restored as new versions above every existing one "
+    "(their history notes the version restored)"
+)
 
 
 def _rejected(reason: str, description: str) -> InvalidArgument:
@@ -203,6 +219,27 @@ def decode(data: bytes) -> ParsedBackup:
 
 # -- restore planning (pure) -------------------------------------------------
 
+# Records of what happened are append-only evidence: a restore adds the entries
+# the backup has and they lack, and never removes or overwrites one (the calls
+# being reverted, the refused restores, the config versions written since).
+APPEND_ONLY = {
+    "audit": keys.AUDIT,
+    "alerts/history": keys.ALERTS_HISTORY,
+    "config-history": keys.CONFIG_HISTORY,
+}
+
+
+def kind_of(key: bytes) -> str:
+    """The kind of a key in restore reports: its first path segment, except that
+    alert history ("alerts/history", append-only) is apart from active alerts."""
+    if key.startswith(keys.ALERTS_HISTORY):
+        return "alerts/history"
+    return keys.kind_of(key)
+
+
+def is_append_only(kind: str) -> bool:
+    return kind in APPEND_ONLY
+
 
 @dataclass
 class KindCounts:
@@ -212,10 +249,20 @@ class KindCounts:
     unchanged: int = 0
     skipped_lease_bound: int = 0
     kept_live: int = 0
+    kept_records: int = 0
 
     def add(self, other: KindCounts) -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(frozen=True)
+class Step:
+    """Writes (value None: delete) applied in one transaction, and only if every
+    ``expect``ed key is still at the mod revision the plan read (0: absent)."""
+
+    ops: tuple[tuple[bytes, bytes | None], ...]
+    expect: tuple[tuple[bytes, int], ...] = ()
 
 
 @dataclass
@@ -223,9 +270,13 @@ class RestorePlan:
     kinds: dict[str, KindCounts] = field(default_factory=dict)
     puts: list[tuple[bytes, bytes]] = field(default_factory=list)
     deletes: list[bytes] = field(default_factory=list)
+    # Entries added to append-only records (each only if still absent).
+    appends: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # New config layer versions: the layer and its history entry together.
+    steps: list[Step] = field(default_factory=list)
 
     def kind(self, key: bytes) -> KindCounts:
-        return self.kinds.setdefault(keys.kind_of(key), KindCounts())
+        return self.kinds.setdefault(kind_of(key), KindCounts())
 
     @property
     def total(self) -> KindCounts:
@@ -235,35 +286,172 @@ class RestorePlan:
         return out
 
 
-def plan_restore(backup: Iterable[Record], current: Iterable[KeyValue]) -> RestorePlan:
+def _history_version(key: bytes) -> tuple[str, int] | None:
+    """(layer, version) of a config history key; None if it is not one."""
+    layer, _, version = key[len(keys.CONFIG_HISTORY) :].decode(errors="replace").rpartition("/")
+    return (layer, int(version)) if layer and version.isdigit() else None
+
+
+def _layer_doc(layer: str, raw: bytes) -> StoredLayer | None:
+    try:
+        return StoredLayer.from_json(layer, raw, 0)
+    except (ValueError, TypeError, AttributeError):  # not a layer document
+        return None
+
+
+def _highest_versions(backup: list[Record], now: dict[bytes, KeyValue]) -> dict[str, int]:
+    """Per layer, the highest version that exists now or in the backup (layers
+    and their history): a restored layer is written above all of them."""
+    highest: dict[str, int] = {}
+    docs = [(r.key, r.value) for r in backup if not r.lease_bound]
+    docs += [(kv.key, kv.value) for kv in now.values()]
+    for key, value in docs:
+        if key.startswith(keys.CONFIG_HISTORY):
+            found = _history_version(key)
+            if found is not None:
+                highest[found[0]] = max(highest.get(found[0], 0), found[1])
+        elif key.startswith(keys.CONFIG):
+            layer = keys.parse_config_layer_key(key)
+            doc = _layer_doc(layer, value)
+            if doc is not None:
+                highest[layer] = max(highest.get(layer, 0), doc.version)
+    return highest
+
+
+def _plan_layer(
+    plan: RestorePlan,
+    key: bytes,
+    wanted: bytes | None,
+    kv: KeyValue | None,
+    *,
+    highest: dict[str, int],
+    versions_now: set[str],
+    now: float,
+    by: str,
+    backup_revision: int,
+) -> bool:
+    """Plans a config layer as a new version (False: not a layer document, to be
+    handled as a plain key). A version number never names two contents: the
+    backup's values become version highest + 1 (restored_version: the backup's
+    version), as RollbackConfig writes an earlier version's values; a layer the
+    backup lacks gets its defaults (what an absent layer means) the same way.
+    Only into a keyspace with no version of the layer at all is the backup's
+    document put as it is."""
+    layer = keys.parse_config_layer_key(key)
+    try:
+        parse_layer(layer)
+        backup_doc = _layer_doc(layer, wanted) if wanted is not None else empty_layer(layer)
+    except (ValueError, KeyError):  # a malformed layer name or an unknown tier
+        return False
+    current = _layer_doc(layer, kv.value) if kv is not None else None
+    if backup_doc is None or (kv is not None and current is None):
+        return False
+    counts = plan.kind(key)
+    if current is not None and current.values == backup_doc.values:
+        counts.unchanged += 1
+        return True
+    if current is None:
+        counts.added += 1
+    else:
+        counts.updated += 1
+    if current is None and wanted is not None and layer not in versions_now:
+        plan.puts.append((key, wanted))
+        return True
+    version = highest.get(layer, 0) + 1
+    highest[layer] = version
+    comment = f"restore of the backup of revision {backup_revision}: " + (
+        f"version {backup_doc.version}" if wanted is not None else "the layer was not in it"
+    )
+    doc = StoredLayer(
+        layer,
+        version,
+        backup_doc.values,
+        now,
+        by,
+        restored_version=backup_doc.version if wanted is not None else 0,
+        comment=comment,
+    ).to_json()
+    history = keys.config_history_key(layer, version)
+    plan.kind(history).added += 1
+    plan.steps.append(
+        Step(
+            ((key, doc), (history, doc)),
+            expect=((key, kv.mod_revision if kv is not None else 0), (history, 0)),
+        )
+    )
+    return True
+
+
+def plan_restore(
+    backup: Iterable[Record],
+    current: Iterable[KeyValue],
+    *,
+    now: float = 0.0,
+    by: str = "",
+    backup_revision: int = 0,
+) -> RestorePlan:
     """What makes the non-lease keyspace equal to the backup's: puts for keys
     added or changed, deletes for keys the backup lacks. Lease-bound keys of the
-    backup are skipped; keys bound to a live lease now are never touched."""
+    backup are skipped; keys bound to a live lease now are never touched.
+    Append-only records (APPEND_ONLY) only gain the backup's entries they lack;
+    config layers are written as new versions (see _plan_layer), stamped ``now``
+    and ``by``."""
     plan = RestorePlan()
-    now = {kv.key: kv for kv in current}
+    records = list(backup)
+    now_kvs = {kv.key: kv for kv in current}
+    highest = _highest_versions(records, now_kvs)
+    versions_now = set(_highest_versions([], now_kvs))
+
+    def layer(key: bytes, value: bytes | None, kv: KeyValue | None) -> bool:
+        return _plan_layer(
+            plan,
+            key,
+            value,
+            kv,
+            highest=highest,
+            versions_now=versions_now,
+            now=now,
+            by=by,
+            backup_revision=backup_revision,
+        )
+
     wanted: set[bytes] = set()
-    for r in backup:
+    for r in records:
         counts = plan.kind(r.key)
         if r.lease_bound:
             counts.skipped_lease_bound += 1
             continue
         wanted.add(r.key)
-        kv = now.get(r.key)
-        if kv is None:
+        kv = now_kvs.get(r.key)
+        if kv is not None and kv.lease:
+            counts.kept_live += 1
+        elif is_append_only(kind_of(r.key)):
+            if kv is None:
+                counts.added += 1
+                plan.appends.append((r.key, r.value))
+            elif kv.value == r.value:
+                counts.unchanged += 1
+            else:  # an entry is never overwritten
+                counts.kept_records += 1
+        elif r.key.startswith(keys.CONFIG) and layer(r.key, r.value, kv):
+            continue
+        elif kv is None:
             counts.added += 1
             plan.puts.append((r.key, r.value))
-        elif kv.lease:
-            counts.kept_live += 1
         elif kv.value == r.value:
             counts.unchanged += 1
         else:
             counts.updated += 1
             plan.puts.append((r.key, r.value))
-    for key, kv in now.items():
+    for key, kv in now_kvs.items():
         if key in wanted:
             continue
         if kv.lease:
             plan.kind(key).kept_live += 1
+        elif is_append_only(kind_of(key)):
+            plan.kind(key).kept_records += 1
+        elif key.startswith(keys.CONFIG) and layer(key, None, kv):
+            continue
         else:
             plan.kind(key).removed += 1
             plan.deletes.append(key)
@@ -272,21 +460,33 @@ def plan_restore(backup: Iterable[Record], current: Iterable[KeyValue]) -> Resto
 
 def batches(
     plan: RestorePlan, *, max_ops: int = MAX_TXN_OPS, max_bytes: int = MAX_TXN_BYTES
-) -> Iterator[list[tuple[bytes, bytes | None]]]:
-    """The plan's writes (value None: delete) in groups that fit one etcd txn."""
-    batch: list[tuple[bytes, bytes | None]] = []
+) -> Iterator[Step]:
+    """The plan's writes in groups that fit one etcd txn: deletes, puts, appends
+    (each only if still absent), then the config layer versions. A step is
+    never split."""
+    units = [Step(((k, None),)) for k in plan.deletes]
+    units += [Step(((k, v),)) for k, v in plan.puts]
+    units += [Step(((k, v),), expect=((k, 0),)) for k, v in plan.appends]
+    units += plan.steps
+    ops: list[tuple[bytes, bytes | None]] = []
+    expect: list[tuple[bytes, int]] = []
     size = 0
-    ops: list[tuple[bytes, bytes | None]] = [(k, None) for k in plan.deletes]
-    ops += [(k, v) for k, v in plan.puts]
-    for key, value in ops:
-        op_size = len(key) + len(value or b"") + 16
-        if batch and (len(batch) >= max_ops or size + op_size > max_bytes):
-            yield batch
-            batch, size = [], 0
-        batch.append((key, value))
-        size += op_size
-    if batch:
-        yield batch
+    for unit in units:
+        unit_size = sum(len(k) + len(v or b"") + 16 for k, v in unit.ops)
+        unit_size += sum(len(k) + 16 for k, _ in unit.expect)
+        full = (
+            len(ops) + len(unit.ops) > max_ops
+            or len(expect) + len(unit.expect) > max_ops
+            or size + unit_size > max_bytes
+        )
+        if ops and full:
+            yield Step(tuple(ops), tuple(expect))
+            ops, expect, size = [], [], 0
+        ops += unit.ops
+        expect += unit.expect
+        size += unit_size
+    if ops:
+        yield Step(tuple(ops), tuple(expect))
 
 
 def backup_name(created_at: float, revision: int, *, scheduled: bool) -> str:
@@ -427,33 +627,54 @@ class Backups:
 
     # -- restore -------------------------------------------------------------
 
-    async def restore(self, data: bytes, *, dry_run: bool) -> RestoreResult:
+    async def restore(self, data: bytes, *, dry_run: bool, by: str = "") -> RestoreResult:
         """Verifies the whole file first (nothing is written if it is refused),
-        then plans against the current keyspace and, unless ``dry_run``, applies."""
+        then plans against the current keyspace and, unless ``dry_run``, applies.
+        ``by`` is who restores (the new config versions' updated_by)."""
         parsed = decode(data)
         async with self._restore_lock:
             current, revision = await self.read_keyspace()
-            plan = plan_restore(parsed.records, current)
+            plan = plan_restore(
+                parsed.records,
+                current,
+                now=self._clock(),
+                by=by or "restore",
+                backup_revision=parsed.header.revision,
+            )
             notes = []
             total = plan.total
             if total.skipped_lease_bound:
                 notes.append(NOTE_LEASES.format(n=total.skipped_lease_bound))
             if total.kept_live:
                 notes.append(NOTE_LIVE.format(n=total.kept_live))
+            if total.kept_records:
+                notes.append(NOTE_RECORDS.format(n=total.kept_records))
+            if plan.steps:
+                notes.append(NOTE_VERSIONS)
             transactions = 0
             if not dry_run:
                 for batch in batches(plan):
                     txn = Txn()
+                    for k, rev in batch.expect:
+                        txn.mod_revision_is(k, rev)
                     txn.success.extend(
-                        Txn.delete(k) if v is None else Txn.put(k, v) for k, v in batch
+                        Txn.delete(k) if v is None else Txn.put(k, v) for k, v in batch.ops
                     )
-                    revision = (await self._store.txn(txn)).revision
+                    result = await self._store.txn(txn)
+                    if not result.succeeded:
+                        raise VersionConflict(
+                            f"a config layer or a record was written during the restore; "
+                            f"{transactions} of its transaction(s) were applied: restore "
+                            "the same file again",
+                            reason="RESTORE_CONFLICT",
+                        )
+                    revision = result.revision
                     transactions += 1
                 notes.append(NOTE_ATOMIC.format(t=transactions))
                 log.warning(
                     "restored backup of revision %d: %d put(s), %d delete(s) in %d txn(s)",
                     parsed.header.revision,
-                    len(plan.puts),
+                    len(plan.puts) + len(plan.appends) + len(plan.steps),
                     len(plan.deletes),
                     transactions,
                 )

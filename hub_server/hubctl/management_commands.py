@@ -612,6 +612,8 @@ def changes_json(kind: str, c: KindChanges) -> dict[str, Any]:
         "unchanged": c.unchanged,
         "skipped_lease_bound": c.skipped_lease_bound,
         "kept_live": c.kept_live,
+        "kept_records": c.kept_records,
+        "append_only": c.append_only,
         "changed": c.changed,
     }
 
@@ -747,17 +749,21 @@ def _restore_text(r: RestoreReport, source: str, st: Style) -> Iterable[str]:
     yield st(f"the backup: {_holds(b)}, taken {local_time(b.created_at.timestamp())} "
              f"by {b.hub_id}", "dim")  # fmt: skip
     yield ""
+    # Append-only records (audit, alert history, config history) are only added
+    # to: KEPT RECORDS counts their entries not in the backup, which stay.
     body = [
         [kind if c.changed else st(kind, "dim"), _count(c.added, "green", st),
          _count(c.updated, "yellow", st), _count(c.removed, "red", st), str(c.unchanged),
-         str(c.skipped_lease_bound), str(c.kept_live)]
+         str(c.skipped_lease_bound), str(c.kept_live), str(c.kept_records),
+         "yes" if c.append_only else st("no", "dim")]
         for kind, c in sorted(r.kinds.items())
     ]  # fmt: skip
     body.append(
         [st("total", "bold"), str(t.added), str(t.updated), str(t.removed), str(t.unchanged),
-         str(t.skipped_lease_bound), str(t.kept_live)]
+         str(t.skipped_lease_bound), str(t.kept_live), str(t.kept_records), ""]
     )  # fmt: skip
-    headers = ["KIND", "ADDED", "UPDATED", "REMOVED", "UNCHANGED", "LEASE-BOUND", "KEPT LIVE"]
+    headers = ["KIND", "ADDED", "UPDATED", "REMOVED", "UNCHANGED", "LEASE-BOUND", "KEPT LIVE",
+               "KEPT RECORDS", "APPEND-ONLY"]  # fmt: skip
     yield from table(headers, body, st)
     for note in r.notes:
         yield st(f"note: {note}", "dim")
@@ -765,8 +771,9 @@ def _restore_text(r: RestoreReport, source: str, st: Style) -> Iterable[str]:
 
 @command(
     "backups restore",
-    "make the hub's keyspace what a backup holds (keys it lacks are deleted); "
-    "--dry-run first shows what would change",
+    "make the hub's state what a backup holds (keys it lacks are deleted, except "
+    "append-only records: audit, alert history, config history); --dry-run first "
+    "shows what would change",
     arg("file", metavar="FILE", complete="files",
         help="a backup file (from `backups create`), or with --stored a backup the hub keeps"),
     arg("--stored", action="store_true",
