@@ -325,9 +325,22 @@ def validate_registration(req: registry_pb2.RegisterRequest) -> types_pb2.Instan
     return inst
 
 
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # IPv4, most host names
+_UNSAFE_IN_ID = re.compile(r"[^A-Za-z0-9.:-]")
+
+
 def default_instance_id(host: str, port: int) -> str:
-    """``host-port`` with anything unsafe in a key (IPv6 colons) made '_'."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{host}-{port}").lstrip("._-") or "instance"
+    """An id distinct for every distinct (host, port), and a valid key name.
+
+    An IPv4 address or a host name starting with a letter or digit gives
+    ``host-port`` as ever (the port is after the last '-'). Any other host is
+    prefixed, ``ip6:`` for an IPv6 address and ``host:`` otherwise (a leading
+    '_'): no plain id has a ':', and in the rest every character outside the key
+    alphabet, '_' included, is written ``_XX`` (hex), so no two hosts meet."""
+    if _PLAIN_HOST.fullmatch(host):
+        return f"{host}-{port}"
+    escaped = _UNSAFE_IN_ID.sub(lambda m: "".join(f"_{b:02x}" for b in m[0].encode()), host)
+    return f"{'ip6' if ':' in host else 'host'}:{escaped}-{port}"
 
 
 def _check_health_check(v: Violations, hc: types_pb2.HealthCheck) -> None:
