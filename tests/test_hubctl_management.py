@@ -248,6 +248,30 @@ async def test_rollback_follow(hub: Hub, client: HubClient) -> None:
         assert gone.code == 1 and "FailedPrecondition" in gone.err
 
 
+async def test_release_drains(hub: Hub, client: HubClient) -> None:
+    async with fleet(client, "feeds", 2) as f:
+        f.replace = False  # the first batch stays drained
+        d = await client.deploy("feeds", "2.0.0", batch_size=1, health_gate_timeout=60)
+        await eventually(lambda: f.count("UPGRADE"))
+        await eventually(lambda: hub.deployments.is_draining("feeds", "feeds-old-00"))
+        res = await hubctl(hub, "deployments", "release-drains", d.id, "--reason", "need it")
+        assert res.code == 0, res.err
+        assert res.out == (
+            f"released 1 instance of {d.id} (feeds 1.0.0 -> 2.0.0, RUNNING): feeds-old-00\n"
+        )
+        assert not hub.deployments.is_draining("feeds", "feeds-old-00")
+        again = await hubctl(hub, "deployments", "release-drains", d.id, "-o", "json")
+        assert again.code == 0, again.err
+        data = again.json()
+        assert (data["id"], data["state"], data["released_instance_ids"]) == (d.id, "RUNNING", [])
+        text = await hubctl(hub, "deployments", "release-drains", d.id)
+        assert text.out.endswith(": no drained instance left to release\n")
+        await client.abort_deployment(d.id)
+    gone = await hubctl(hub, "deployments", "release-drains", "dep-nope")
+    assert gone.code == 4 and "NotFound: deployment 'dep-nope' does not exist" in gone.err
+    assert (await hubctl(hub, "deployments", "release-drains")).code == 2
+
+
 async def test_deployment_errors_and_usage(hub: Hub, client: HubClient) -> None:
     for argv in (
         ("status", "dep-nope"),

@@ -43,7 +43,10 @@ from hub_server.hubctl.output import (
     table,
 )
 
-group("deployments", "start, follow, pause, resume, abort and roll back roll-outs")
+group(
+    "deployments",
+    "start, follow, pause, resume, abort and roll back roll-outs, release the drains they left",
+)
 group("backups", "export the hub's keyspace, list stored backups, restore one")
 
 STRATEGIES = ("rolling", "canary")
@@ -584,6 +587,32 @@ async def deployments_rollback(ctx: Context, args: argparse.Namespace) -> int:
         lambda: ctx.hub.rollback_deployment(args.deployment_id, args.reason),
         follow_goal="ROLLED_BACK" if args.follow else "",
     )
+
+
+@command(
+    "deployments release-drains",
+    "put every instance the deployment left drained (and still registered) back into use, "
+    "whatever its state",
+    _id_arg(),
+    REASON,
+)
+async def deployments_release_drains(ctx: Context, args: argparse.Namespace) -> int:
+    resp = await ctx.hub._unary(
+        ctx.hub.deployment_stub.ReleaseDeploymentDrains,
+        deployment_pb2.ReleaseDeploymentDrainsRequest(id=args.deployment_id, reason=args.reason),
+    )
+    d = Deployment.from_pb(resp.deployment)
+    released = list(resp.released_instance_ids)
+
+    def text(st: Style) -> list[str]:
+        what = f"{st(d.id, 'bold')} ({d.service} {_versions(d)}, {_state(st, d.state)})"
+        if not released:
+            return [f"{what}: {st('no drained instance left to release', 'dim')}"]
+        n = len(released)
+        return [f"released {n} instance{'s' if n != 1 else ''} of {what}: {', '.join(released)}"]
+
+    ctx.emit({**deployment_json(d), "released_instance_ids": released}, text)
+    return 0
 
 
 # -- backups -------------------------------------------------------------------------
