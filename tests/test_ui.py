@@ -481,6 +481,44 @@ async def test_the_dashboard_refuses_cross_site_requests(
     assert ui_hub.circuits.get("x").circuit.state is CircuitState.CLOSED
 
 
+async def test_release_deployment_drains_from_the_dashboard(
+    ui_hub: Hub, ui_client: HubClient
+) -> None:
+    """The action the deployment card's "Release drains" button posts."""
+    import urllib.request
+
+    from tests.conftest import eventually
+
+    assert ui_hub.dashboard is not None
+    async with fleet(ui_client, "feeds", 2) as f:
+        f.replace = False  # the first batch stays drained
+        d = await ui_client.deploy("feeds", "2.0.0", batch_size=1, health_gate_timeout=60)
+        await eventually(lambda: ui_hub.deployments.is_draining("feeds", "feeds-old-00"))
+        request = urllib.request.Request(
+            ui_hub.dashboard.url + "api/actions/DeploymentService/ReleaseDeploymentDrains",
+            data=json.dumps({"id": d.id, "reason": "from the card"}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+
+        def send() -> tuple[int, Any]:
+            with urllib.request.urlopen(request) as r:
+                return int(r.status), json.loads(r.read())
+
+        status, body = await asyncio.to_thread(send)
+        assert status == 200
+        assert body["releasedInstanceIds"] == ["feeds-old-00"]
+        assert body["deployment"]["id"] == d.id
+        assert not ui_hub.deployments.is_draining("feeds", "feeds-old-00")
+        events, _ = await ui_hub.audit.latest(method="ReleaseDeploymentDrains")
+        assert [(e.caller, e.outcome, e.target) for e in events] == [
+            ("anonymous", "OK", f"deployment/{d.id}")
+        ]
+        assert events[0].details["via"] == "dashboard"
+        assert events[0].details["reason"] == "from the card"
+        await ui_client.abort_deployment(d.id)
+
+
 def test_the_dashboard_stays_on_loopback_without_credentials(tmp_path: Path) -> None:
     hub: Any = SimpleNamespace(authorizer=Authorizer(None), config=HubConfig())
     with pytest.raises(ValueError, match="without credentials"):

@@ -123,6 +123,9 @@ class Actions:
             method_name("DeploymentService/AbortDeployment"): deployment(
                 deployments.AbortDeployment
             ),
+            method_name("DeploymentService/ReleaseDeploymentDrains"): deployment(
+                deployments.ReleaseDeploymentDrains
+            ),
         }
 
     async def run(

@@ -226,10 +226,14 @@ export function deployments(data) {
           d.finishedAt ? [' · finished ', time(d.finishedAt)] : null),
         h('span', { class: 'spacer' }),
         action('Pause', 'DeploymentService/PauseDeployment', { ...request, reason: 'paused from the dashboard' },
-          { disabled: state !== 'RUNNING' && state !== 'PENDING' }),
+          { disabled: !active || state === 'PAUSED' }),
         action('Resume', 'DeploymentService/ResumeDeployment', request, { disabled: state !== 'PAUSED' }),
         action('Abort', 'DeploymentService/AbortDeployment', { ...request, reason: 'aborted from the dashboard' },
-          { kind: 'danger', disabled: !active })));
+          { kind: 'danger', disabled: !active }),
+        // Whatever its state: the way back when a deployment left instances drained.
+        action('Release drains', 'DeploymentService/ReleaseDeploymentDrains',
+          { ...request, reason: 'released from the dashboard' },
+          { title: 'put every instance this deployment left drained back into use' })));
   });
 }
 
