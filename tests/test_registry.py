@@ -7,6 +7,8 @@ import asyncio
 import grpc
 import pytest
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hub_client import (
     EventType,
@@ -17,6 +19,9 @@ from hub_client import (
     TierTooLow,
     health_check,
 )
+from hub_server.domain import validation
+from hub_server.domain.errors import Violations
+from hub_server.domain.registry import default_instance_id
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 from tests.conftest import HubFactory, eventually
@@ -369,3 +374,62 @@ async def test_metadata_at_every_documented_limit_at_once_is_accepted(hub) -> No
                 )
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "63" in (err.value.details() or "")
+
+
+# -- default instance ids (issue 14 item 9) ------------------------------------------
+
+_host_names = st.from_regex(
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,8}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,8}[A-Za-z0-9_])?){0,3}\.?",
+    fullmatch=True,
+)
+_ipv6_texts = st.one_of(
+    st.ip_addresses(v=6).map(str),
+    st.ip_addresses(v=6).map(lambda a: a.exploded),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    st.tuples(st.ip_addresses(v=6), st.from_regex(r"[A-Za-z0-9_.]{1,6}", fullmatch=True)).map(
+        lambda t: f"{t[0]}%{t[1]}"
+    ),
+)
+
+
+def _valid_host(host: str) -> bool:
+    v = Violations()
+    validation.check_host(v, "host", host)
+    return not v.items
+
+
+COLLIDING = ["::1", "1", "::ffff:1.2.3.4", "ffff_1.2.3.4", "_1", "fe80::1%eth0", "fe80__1"]
+_hosts = st.one_of(
+    st.ip_addresses(v=4).map(str), _ipv6_texts, _host_names, st.sampled_from(COLLIDING)
+).filter(_valid_host)
+
+
+@given(st.lists(st.tuples(_hosts, st.integers(1, 65535)), min_size=2, max_size=30, unique=True))
+@settings(max_examples=500, deadline=None)
+def test_default_instance_ids_differ_for_different_hosts_and_ports(
+    addresses: list[tuple[str, int]],
+) -> None:
+    ids = [default_instance_id(host, port) for host, port in addresses]
+    assert len(set(ids)) == len(ids), list(zip(addresses, ids, strict=True))
+    for (host, _), instance_id in zip(addresses, ids, strict=True):
+        if len(host) <= 90:
+            assert validation.is_key_name(instance_id), (host, instance_id)
+
+
+def test_default_instance_ids_stay_the_same_for_ipv4_and_host_names() -> None:
+    assert default_instance_id("10.0.0.5", 8001) == "10.0.0.5-8001"
+    assert default_instance_id("data-bridge.svc.local", 80) == "data-bridge.svc.local-80"
+    assert default_instance_id("::1", 9000) == "ip6:::1-9000"
+    assert len({default_instance_id(h, 9000) for h in COLLIDING}) == len(COLLIDING)
+
+
+async def test_hosts_that_shared_a_default_id_register_as_two_instances(client: HubClient) -> None:
+    """``::1`` and ``1`` on port 9000 both became ``1-9000``: the second
+    registration silently replaced the first."""
+    for pair in (("::1", "1"), ("::ffff:1.2.3.4", "ffff_1.2.3.4")):
+        ids = [(await client.register("twins", host=h, port=9000)).instance_id for h in pair]
+        assert ids[0] != ids[1]
+    svc = await client.discover("twins", include_unhealthy=True)
+    assert sorted(i.host for i in svc.instances) == sorted(
+        ["::1", "1", "::ffff:1.2.3.4", "ffff_1.2.3.4"]
+    )

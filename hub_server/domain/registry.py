@@ -288,6 +288,9 @@ def validate_registration(req: registry_pb2.RegisterRequest) -> types_pb2.Instan
     if req.instance_id:
         validation.check_safe_id(v, "instance_id", req.instance_id)
     instance_id = req.instance_id or default_instance_id(req.host, req.port)
+    bad_address = any(item.field in ("host", "port") for item in v.items)
+    if not req.instance_id and not bad_address and not validation.is_key_name(instance_id):
+        v.add("host", "is too long to make the default instance id: send an instance_id")
     validation.check_version(v, "version", req.version)
     validation.check_metadata(v, "metadata", dict(req.metadata))
     ttl = req.ttl_seconds or DEFAULT_TTL
@@ -326,7 +329,7 @@ def validate_registration(req: registry_pb2.RegisterRequest) -> types_pb2.Instan
 
 
 _PLAIN_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # IPv4, most host names
-_UNSAFE_IN_ID = re.compile(r"[^A-Za-z0-9.:-]")
+_UNSAFE_IN_ID = re.compile(r"[^A-Za-z0-9.:-]|(?<=\.)\.")  # "..": never in a key
 
 
 def default_instance_id(host: str, port: int) -> str:
@@ -336,7 +339,8 @@ def default_instance_id(host: str, port: int) -> str:
     ``host-port`` as ever (the port is after the last '-'). Any other host is
     prefixed, ``ip6:`` for an IPv6 address and ``host:`` otherwise (a leading
     '_'): no plain id has a ':', and in the rest every character outside the key
-    alphabet, '_' included, is written ``_XX`` (hex), so no two hosts meet."""
+    alphabet, '_' included (and a '.' after a '.', as a scope id may have), is
+    written ``_XX`` (hex), so no two hosts meet."""
     if _PLAIN_HOST.fullmatch(host):
         return f"{host}-{port}"
     escaped = _UNSAFE_IN_ID.sub(lambda m: "".join(f"_{b:02x}" for b in m[0].encode()), host)
