@@ -138,6 +138,9 @@ class HubConfig:
     election_ttl: int = 5
     # Probes running at once on the leader.
     probe_concurrency: int = 200
+    # Seconds an unchanged health record may go unwritten: its last_check is at
+    # most max(interval, this) old while probing runs (the proto says 30 s).
+    health_refresh: float = 30.0
     # How long audit records are kept.
     audit_retention: float = 30 * 24 * 3600.0
     # How often the leader evaluates alert rules.
@@ -299,6 +302,7 @@ class Hub:
             self.health_view,
             probes.probe,
             concurrency=cfg.probe_concurrency,
+            refresh=cfg.health_refresh,
         )
         self.election.add_work(self.health_monitor.run)
         self.election.add_work(self.circuits.tick_forever)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import grpc
 from aitrading.hub.v1 import (
@@ -292,3 +293,46 @@ async def _crash(hub: Hub) -> None:
         task.cancel()
     hub.election._lease = 0  # nothing left for stop() to revoke
     hub.presence._lease = 0
+
+
+async def _max_age(address: str, service: str, instance_id: str, seconds: float) -> float:
+    """The oldest last_check GetHealth reports for the instance over ``seconds``."""
+    oldest = 0.0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        record = (await _health(address, service))[instance_id]
+        oldest = max(oldest, time.time() - record.last_check.ToMicroseconds() / 1e6)
+        await asyncio.sleep(0.1)
+    return oldest
+
+
+async def test_last_check_is_never_older_than_the_bound_across_a_leader_change(
+    hub_factory: HubFactory,
+) -> None:
+    # An interval just under the refresh period: a record written only once the
+    # refresh period has passed would be almost two intervals old.
+    interval, refresh = 2.0, 2.1
+    a = await hub_factory(election_ttl=30, health_refresh=refresh)
+    await eventually(lambda: a.election.is_leader)
+    b = await hub_factory(election_ttl=30, health_refresh=refresh)
+    http = HttpServer()
+    await http.start()
+    try:
+        async with HubClient(b.address) as client:
+            await client.register(
+                "fresh", instance_id="f", host="127.0.0.1", port=http.port,
+                health=health_check(http="/", interval=interval, timeout=1.0),
+            )  # fmt: skip
+            await eventually(
+                lambda: _status_is(b.address, "fresh", "f", types_pb2.HEALTH_STATUS_HEALTHY)
+            )
+            # max(interval, refresh), with slack for the hand-over, a probe and a write.
+            bound = max(interval, refresh) + 1.0
+            steady = await _max_age(b.address, "fresh", "f", 2.5 * interval)
+            await a.stop()  # hands over: b leads and probes at once
+            await eventually(lambda: b.election.is_leader, timeout=5)
+            after = await _max_age(b.address, "fresh", "f", 2.5 * interval)
+            assert b.health_monitor.probes_done >= 2
+            assert steady <= bound and after <= bound, (steady, after)
+    finally:
+        await http.stop()

@@ -175,6 +175,44 @@ def test_worth_writing(old, new, now: float, write: bool) -> None:  # type: igno
     assert worth_writing(old, new, now) is write
 
 
+@pytest.mark.parametrize(
+    ("age", "interval", "refresh", "write"),
+    [
+        (19.0, 10.0, 30.0, False),  # the next probe, 10 s on, is still within 30 s
+        (20.0, 10.0, 30.0, True),  # the next one would find it 30 s old
+        (29.4, 0.5, 30.0, False),
+        (29.5, 0.5, 30.0, True),
+        (0.1, 60.0, 30.0, True),  # an interval above refresh: every probe is written
+        (0.5, 2.0, 2.1, True),
+        (0.0, 0.0, 30.0, False),
+    ],
+)
+def test_worth_writing_keeps_last_check_within_refresh(
+    age: float, interval: float, refresh: float, write: bool
+) -> None:
+    old, new = _record(HEALTHY, 10, 100), _record(HEALTHY, 10, 100 + age)
+    assert worth_writing(old, new, 100 + age, interval=interval, refresh=refresh) is write
+
+
+@pytest.mark.parametrize(
+    ("interval", "refresh"), [(0.5, 30.0), (10.0, 30.0), (7.0, 30.0), (29.0, 30.0), (45.0, 30.0)]
+)
+def test_stored_last_check_is_at_most_max_of_interval_and_refresh_old(
+    interval: float, refresh: float
+) -> None:
+    # Probes of an unchanged instance every interval for an hour: the stored
+    # last_check, looked at just before each probe, is never older than the bound.
+    stored = _record(HEALTHY, 10, 0.0)
+    oldest, now = 0.0, 0.0
+    while now < 3600:
+        now += interval
+        oldest = max(oldest, now - stored.last_check.ToMicroseconds() / 1e6)
+        new = _record(HEALTHY, 10, now)
+        if worth_writing(stored, new, now, interval=interval, refresh=refresh):
+            stored = new
+    assert oldest <= max(interval, refresh) + 1e-6
+
+
 def _pairs(*statuses: int) -> list[tuple[types_pb2.Instance, types_pb2.InstanceHealth]]:
     return [
         (types_pb2.Instance(instance_id=str(n)), types_pb2.InstanceHealth(status=status))

@@ -3,8 +3,10 @@ keeps, and the monitor the elected replica runs to probe every instance.
 
 Records live in etcd under the instance's own lease, so they disappear with it.
 The monitor writes a record when the status changes, when latency moves a lot,
-or every REFRESH seconds, not after every probe: 1,000 instances probed every
-10 s would otherwise be 100 writes/s fanned out to every watcher.
+or often enough that ``last_check`` is never older than max(interval, REFRESH)
+while probing runs (the proto's promise), not after every probe: 10,000
+instances probed every 10 s would otherwise be 1,000 writes/s fanned out to
+every watcher.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ UNHEALTHY = types_pb2.HEALTH_STATUS_UNHEALTHY
 UNKNOWN = types_pb2.HEALTH_STATUS_UNSPECIFIED
 STARTING = types_pb2.HEALTH_STATUS_STARTING
 
-REFRESH = 30.0  # seconds between writes of an unchanged record
+REFRESH = 30.0  # the most an unchanged record's last_check lags, when interval is shorter
 
 
 @dataclass(frozen=True)
@@ -106,14 +108,25 @@ def next_state(prev: State, result: ProbeResult, policy: Policy) -> State:
 
 
 def worth_writing(
-    old: types_pb2.InstanceHealth | None, new: types_pb2.InstanceHealth, now: float
+    old: types_pb2.InstanceHealth | None,
+    new: types_pb2.InstanceHealth,
+    now: float,
+    *,
+    interval: float = 0.0,
+    refresh: float = REFRESH,
 ) -> bool:
+    """Whether a probe result made at ``now`` must be stored.
+
+    An unchanged one is stored when skipping it would let the stored
+    ``last_check`` grow older than ``refresh`` before the next probe, due
+    ``interval`` from now: so it is never older than max(interval, refresh).
+    """
     if old is None or old.status != new.status:
         return True
     moved = abs(new.latency_ms - old.latency_ms)
     if moved > 5 and moved > 0.5 * max(old.latency_ms, 1.0):
         return True
-    return now - old.last_check.ToMicroseconds() / 1e6 >= REFRESH
+    return now - old.last_check.ToMicroseconds() / 1e6 + interval >= refresh
 
 
 def check_kind(instance: types_pb2.Instance) -> str:
@@ -201,6 +214,7 @@ class HealthMonitor:
         *,
         concurrency: int = 200,
         clock: Callable[[], float] = time.time,
+        refresh: float = REFRESH,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -208,6 +222,10 @@ class HealthMonitor:
         self._probe = probe
         self._limit = asyncio.Semaphore(concurrency)
         self._clock = clock
+        self._refresh = refresh
+        # Bumped by every run(): a probe of an earlier term that finishes late
+        # must not schedule into this one's heap.
+        self._term = 0
         self._states: dict[Key, State] = {}
         self._due: list[tuple[float, Key]] = []
         self._scheduled: set[Key] = set()
@@ -239,6 +257,13 @@ class HealthMonitor:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        # A new term starts afresh: every instance is probed now, not when a timer
+        # of an earlier term says (its records have aged meanwhile), and from its
+        # stored record, which another leader may have written since.
+        self._term += 1
+        self._states.clear()
+        self._due.clear()
+        self._scheduled.clear()
         # What changed while this was not running is unknown: look at everything once.
         self._changed = {(s, i) for s, insts in self._registry.services.items() for i in insts}
         try:
@@ -263,7 +288,7 @@ class HealthMonitor:
                         self._states.pop(key, None)
                         continue
                     await self._limit.acquire()
-                    task = asyncio.create_task(self._probe_one(key, inst, due))
+                    task = asyncio.create_task(self._probe_one(key, inst, due, self._term))
                     self._running.add(task)
                     task.add_done_callback(self._running.discard)
                 wait = self._due[0][0] - loop.time() if self._due else 60.0
@@ -275,7 +300,7 @@ class HealthMonitor:
             for task in list(self._running):
                 task.cancel()
 
-    async def _probe_one(self, key: Key, inst: types_pb2.Instance, due: float) -> None:
+    async def _probe_one(self, key: Key, inst: types_pb2.Instance, due: float, term: int) -> None:
         policy = Policy.of(inst.health_check)
         try:
             try:
@@ -288,7 +313,7 @@ class HealthMonitor:
         finally:
             self._limit.release()
             self.probes_done += 1
-            if key in self._scheduled:
+            if term == self._term and key in self._scheduled:
                 # Counted from when this probe was due, not when it finished, so
                 # the interval does not stretch by each probe's latency; a probe
                 # that fell behind by a whole interval is simply due now.
@@ -321,7 +346,7 @@ class HealthMonitor:
             check=check_kind(inst),
         )
         record.last_check.FromMicroseconds(int(now * 1e6))
-        if worth_writing(old, record, now):
+        if worth_writing(old, record, now, interval=policy.interval, refresh=self._refresh):
             # Under the instance's lease: the record goes when the instance goes.
             await self._store.put(
                 keys.health_key(*key), record.SerializeToString(), lease=inst.lease_id
