@@ -543,7 +543,9 @@ t hubctl backups restore saved.chub --d
     )  # fmt: skip
     lines = done.stdout.splitlines()
     assert len(lines) == 6, done.stderr
-    assert lines[0].split() == ["start", "list", "status", "pause", "resume", "abort", "rollback"]
+    assert lines[0].split() == [
+        "start", "list", "status", "pause", "resume", "abort", "rollback", "release-drains",
+    ]  # fmt: skip
     assert lines[1].split()[0] == dep
     assert lines[2].split() == ["canary"]
     assert lines[3].split() == ["create", "list", "restore"]
