@@ -358,23 +358,25 @@ class Hub:
         circuit_pb2_grpc.add_CircuitBreakerServiceServicer_to_server(
             CircuitBreakerServicer(self.circuits, self.hub_id, progress_interval=progress), server
         )
+        # The dashboard shows what these answer (not a second wiring of them).
+        self.system_metrics = SystemMetrics(
+            self.hub_id,
+            self.view,
+            self.health_view,
+            self.telemetry,
+            lambda: self.election.is_leader,
+            self._tenant_metrics,
+        )
+        self.observability = ObservabilityServicer(
+            self.audit,
+            self.alerts,
+            ErrorPatterns(store),
+            self.system_metrics,
+            self.hub_id,
+            progress_interval=progress,
+        )
         observability_pb2_grpc.add_ObservabilityServiceServicer_to_server(
-            ObservabilityServicer(
-                self.audit,
-                self.alerts,
-                ErrorPatterns(store),
-                SystemMetrics(
-                    self.hub_id,
-                    self.view,
-                    self.health_view,
-                    self.telemetry,
-                    lambda: self.election.is_leader,
-                    self._tenant_metrics,
-                ),
-                self.hub_id,
-                progress_interval=progress,
-            ),
-            server,
+            self.observability, server
         )
         config_pb2_grpc.add_ConfigServiceServicer_to_server(
             ConfigServicer(self.configs, self.hub_id, progress_interval=progress),

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from pathlib import Path
 
 import grpc
+import pytest
 from aitrading.hub.v1 import observability_pb2 as obs
 from aitrading.hub.v1 import observability_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from hub_client import HubClient, ServiceNotFound
+from hub_client import HubClient, InvalidArgument, ServiceNotFound
 from tests.conftest import HubFactory, eventually
 
 
@@ -117,3 +119,54 @@ async def test_system_metrics_list_tenants_and_access_log_carries_context(
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     allocate = next(x for x in lines if "TenantService/Allocate" in x["message"])
     assert allocate["tenant_id"] == "acme" and allocate["correlation_id"] == "req-1"
+
+
+async def test_a_config_watch_counts_as_a_watch_stream(hub_factory: HubFactory) -> None:
+    from aitrading.hub.v1 import config_pb2, config_pb2_grpc
+
+    hub = await hub_factory()
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        stub = observability_pb2_grpc.ObservabilityServiceStub(ch)
+        before = (await stub.GetSystemMetrics(obs.GetSystemMetricsRequest())).watch_streams
+        watch = config_pb2_grpc.ConfigServiceStub(ch).WatchConfig(config_pb2.WatchConfigRequest())
+        await watch.read()  # open: its snapshot came
+        during = (await stub.GetSystemMetrics(obs.GetSystemMetricsRequest())).watch_streams
+        watch.cancel()
+
+        async def closed() -> bool:
+            m = await stub.GetSystemMetrics(obs.GetSystemMetricsRequest())
+            return m.watch_streams == before
+
+        await eventually(closed)
+    assert during == before + 1
+
+
+async def test_a_client_stream_is_measured_and_logged_like_every_call(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    import io
+    import logging
+
+    hub = await hub_factory(backup_dir=tmp_path / "backups")
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    access = logging.getLogger("hub_server.access")
+    access.addHandler(handler)
+    access.setLevel(logging.DEBUG)
+    try:
+        async with HubClient(hub.address) as client:
+            await client.restore(await client.backup(), dry_run=True)
+            with pytest.raises(InvalidArgument):
+                await client.restore(b"not a backup", dry_run=True)
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(logging.NOTSET)
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        m = await observability_pb2_grpc.ObservabilityServiceStub(ch).GetSystemMetrics(
+            obs.GetSystemMetricsRequest()
+        )
+    rpcs = {r.method.rsplit("/", 1)[1]: r for r in m.rpcs}
+    assert rpcs["RestoreBackup"].calls == 2 and rpcs["RestoreBackup"].errors == 1
+    logged = lines.getvalue()
+    assert "/aitrading.hub.v1.BackupService/RestoreBackup OK" in logged
+    assert "/aitrading.hub.v1.BackupService/RestoreBackup INVALID_ARGUMENT" in logged

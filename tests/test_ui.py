@@ -540,3 +540,29 @@ def test_a_tenant_bound_credential_may_not_use_the_dashboard() -> None:
     with pytest.raises(PermissionDenied, match="bound to tenant 'acme'"):
         check_fleet_reader(Identity("token:acme-dash", Role.READER, tenant="acme"))
     check_fleet_reader(Identity("token:dash", Role.READER))
+
+
+async def test_the_overview_is_what_get_system_metrics_answers_tenants_included(
+    ui_hub: Hub, ui_client: HubClient
+) -> None:
+    import urllib.request
+
+    import grpc
+
+    await ui_client.create_tenant("overview-acme", tier="pro")
+    assert ui_hub.dashboard is not None
+    url = ui_hub.dashboard.url + "api/overview"
+
+    def fetch() -> Any:
+        with urllib.request.urlopen(url) as r:
+            return json.load(r)
+
+    shown = (await asyncio.to_thread(fetch))["metrics"]
+    async with grpc.aio.insecure_channel(ui_hub.address) as ch:
+        answered = await observability_pb2_grpc.ObservabilityServiceStub(ch).GetSystemMetrics(
+            observability_pb2.GetSystemMetricsRequest()
+        )
+    assert [t.tenant_id for t in answered.tenants] == [t["tenantId"] for t in shown["tenants"]]
+    assert {"tenantId": "overview-acme", "tier": "pro"}.items() <= next(
+        t for t in shown["tenants"] if t["tenantId"] == "overview-acme"
+    ).items()

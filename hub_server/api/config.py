@@ -15,7 +15,7 @@ from google.protobuf import json_format
 
 from hub_server.api.context import audit_note, audited, current
 from hub_server.api.paging import decode_page_token, encode_page_token
-from hub_server.api.streaming import EVENTS, PROGRESS, SNAPSHOT
+from hub_server.api.streaming import EVENTS, PROGRESS, SNAPSHOT, counted
 from hub_server.domain import validation
 from hub_server.domain.config import Configs, ConfigState
 from hub_server.domain.config_merge import (
@@ -308,29 +308,30 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
             v.add("start_revision", "must not be negative")
         v.raise_if_any()
         subscription = self._configs.subscribe(request.tenant_id, current().subscription_tier)
-        try:
-            state = subscription.state()
-            last = state.config
-            if request.start_revision == 0:
-                yield self._message(state, SNAPSHOT)
-            elif state.config.revision >= request.start_revision:
-                # Changed since the watcher's resume point.
-                yield self._message(state, EVENTS)
-            last_sent = time.monotonic()
-            while True:
-                await subscription.wait(state.generation, self.progress_interval)
+        with counted():  # a watch stream like the others (gauge, GetSystemMetrics)
+            try:
                 state = subscription.state()
-                if state.config != last:
+                last = state.config
+                if request.start_revision == 0:
+                    yield self._message(state, SNAPSHOT)
+                elif state.config.revision >= request.start_revision:
+                    # Changed since the watcher's resume point.
                     yield self._message(state, EVENTS)
-                    last = state.config
-                    last_sent = time.monotonic()
-                elif time.monotonic() - last_sent >= self.progress_interval:
-                    yield config_pb2.WatchConfigResponse(
-                        header=self._header(self._configs.revision), kind=PROGRESS
-                    )
-                    last_sent = time.monotonic()
-        except asyncio.CancelledError:
-            log.debug("config watch cancelled by the client")
-            raise
-        finally:
-            subscription.close()
+                last_sent = time.monotonic()
+                while True:
+                    await subscription.wait(state.generation, self.progress_interval)
+                    state = subscription.state()
+                    if state.config != last:
+                        yield self._message(state, EVENTS)
+                        last = state.config
+                        last_sent = time.monotonic()
+                    elif time.monotonic() - last_sent >= self.progress_interval:
+                        yield config_pb2.WatchConfigResponse(
+                            header=self._header(self._configs.revision), kind=PROGRESS
+                        )
+                        last_sent = time.monotonic()
+            except asyncio.CancelledError:
+                log.debug("config watch cancelled by the client")
+                raise
+            finally:
+                subscription.close()

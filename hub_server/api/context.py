@@ -142,6 +142,16 @@ class _OpenStream:
     sending: bool = False
 
 
+def _code_name(code: Any) -> str:
+    """A status code's name, as grpc.aio reports it (a StatusCode or its number)."""
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for known in grpc.StatusCode:
+        if known.value[0] == code:
+            return known.name
+    return "UNKNOWN"
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: HubError) -> None:
     if status_code_for(error) == grpc.StatusCode.INTERNAL:
         log.error("unmapped domain error: %r", error)
@@ -415,19 +425,33 @@ class CallWrapper:
             return replaced(handler, unary_stream=unary_stream)
 
         if handler.stream_unary is not None:
-            # RestoreBackup: checked here (who may call it); its servicer maps
-            # its own errors and writes its own audit record.
+            # RestoreBackup: checked, measured and logged here like every call;
+            # its servicer maps its own errors and writes its own audit record.
             inner_su = handler.stream_unary
 
             async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
                 metadata = context.invocation_metadata()
                 header_ctx, echo = _parse(metadata, method)
-                try:
-                    ctx = self._admit(header_ctx, metadata, context, None)
-                except HubError as e:
-                    await _abort(context, e)
-                enter(ctx, echo)
-                return await inner_su(request_iterator, context)
+                outcome, started = "OK", time.perf_counter()
+                with self._span(method, metadata):
+                    try:
+                        ctx = self._admit(header_ctx, metadata, context, None)
+                        enter(ctx, echo)
+                        return await inner_su(request_iterator, context)
+                    except HubError as e:
+                        outcome = status_code_for(e).name
+                        await _abort(context, e)
+                    except grpc.aio.AbortError:  # the servicer answered with a status
+                        outcome = _code_name(context.code())
+                        raise
+                    except asyncio.CancelledError:
+                        outcome = "CANCELLED"
+                        raise
+                    except Exception:
+                        outcome = "INTERNAL"
+                        raise
+                    finally:
+                        self._finished(method, outcome, started)
 
             return replaced(handler, stream_unary=stream_unary)
         return handler

@@ -5,9 +5,10 @@ idle, RESYNC_REQUIRED when the stream fell behind what the log keeps."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -35,6 +36,18 @@ M = TypeVar("M")  # what a stream sends per item (an Instance, an InstanceHealth
 Respond = Callable[[int, list[M], int, bool, int], Any]
 
 _MISSING = object()
+
+
+@contextlib.contextmanager
+def counted() -> Iterator[None]:
+    """Counts one watch stream in ``open_streams`` while it is served: every
+    Watch* method, ``watch_stream`` or not (WatchConfig), goes through here."""
+    global open_streams
+    open_streams += 1
+    try:
+        yield
+    finally:
+        open_streams -= 1
 
 
 def _events(
@@ -73,61 +86,58 @@ async def watch_stream(
     such stream yields those bytes, so its method needs a response serializer
     that passes bytes through (``sends_bytes``). None: each stream builds its own.
     """
-    global open_streams
     if start_revision < 0:
         raise InvalidArgument.single("start_revision", "must not be negative")
-    open_streams += 1
-    try:
-        if start_revision == 0:
-            items, cursor = snapshot()
-            for i in range(0, max(len(items), 1), SNAPSHOT_CHUNK):
-                more = i + SNAPSHOT_CHUNK < len(items)
-                message = respond(SNAPSHOT, items[i : i + SNAPSHOT_CHUNK], cursor, more, 0)
-                # As bytes where bytes pass: grpc and the wrappers around this
-                # generator hold the last message sent until the next one.
-                yield message if share is None else message.SerializeToString()
-                del message
-            # The frame lives as long as the stream: what it holds between
-            # messages is held once per stream (a snapshot's copies, ~1 KiB per
-            # instance).
-            del items
-        else:
-            cursor = start_revision - 1
-        last_sent = time.monotonic()
-        while True:
-            await log_.wait(cursor, progress_interval)
-            head = log_.head
-            if cursor < log_.complete_after:  # what it has not sent is gone
-                yield respond(RESYNC_REQUIRED, [], head, False, log_.complete_after + 1)
-                return
-            # One message for everything new, so that a revision is never split
-            # across messages and header.revision is always a safe resume point.
-            if share is None:
-                events = _events(log_, cursor, head, select, respond)
+    with counted():
+        try:
+            if start_revision == 0:
+                items, cursor = snapshot()
+                for i in range(0, max(len(items), 1), SNAPSHOT_CHUNK):
+                    more = i + SNAPSHOT_CHUNK < len(items)
+                    message = respond(SNAPSHOT, items[i : i + SNAPSHOT_CHUNK], cursor, more, 0)
+                    # As bytes where bytes pass: grpc and the wrappers around this
+                    # generator hold the last message sent until the next one.
+                    yield message if share is None else message.SerializeToString()
+                    del message
+                # The frame lives as long as the stream: what it holds between
+                # messages is held once per stream (a snapshot's copies, ~1 KiB per
+                # instance).
+                del items
             else:
-                built = log_.at_head
-                key = (share, cursor)
-                events = built.get(key, _MISSING)
-                if events is _MISSING:
+                cursor = start_revision - 1
+            last_sent = time.monotonic()
+            while True:
+                await log_.wait(cursor, progress_interval)
+                head = log_.head
+                if cursor < log_.complete_after:  # what it has not sent is gone
+                    yield respond(RESYNC_REQUIRED, [], head, False, log_.complete_after + 1)
+                    return
+                # One message for everything new, so that a revision is never split
+                # across messages and header.revision is always a safe resume point.
+                if share is None:
                     events = _events(log_, cursor, head, select, respond)
-                    if events is not None:
-                        events = events.SerializeToString()
-                    built[key] = events
-            cursor = max(cursor, head)
-            if events is not None:
-                yield events
-                events = None
-                last_sent = time.monotonic()
-            elif time.monotonic() - last_sent >= progress_interval:
-                # A resume point the store has reached: after a start_revision
-                # ahead of it, the cursor is not one.
-                yield respond(PROGRESS, [], min(cursor, head), False, 0)
-                last_sent = time.monotonic()
-    except asyncio.CancelledError:
-        log.debug("watch stream cancelled by the client")
-        raise
-    finally:
-        open_streams -= 1
+                else:
+                    built = log_.at_head
+                    key = (share, cursor)
+                    events = built.get(key, _MISSING)
+                    if events is _MISSING:
+                        events = _events(log_, cursor, head, select, respond)
+                        if events is not None:
+                            events = events.SerializeToString()
+                        built[key] = events
+                cursor = max(cursor, head)
+                if events is not None:
+                    yield events
+                    events = None
+                    last_sent = time.monotonic()
+                elif time.monotonic() - last_sent >= progress_interval:
+                    # A resume point the store has reached: after a start_revision
+                    # ahead of it, the cursor is not one.
+                    yield respond(PROGRESS, [], min(cursor, head), False, 0)
+                    last_sent = time.monotonic()
+        except asyncio.CancelledError:
+            log.debug("watch stream cancelled by the client")
+            raise
 
 
 def _pass_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:

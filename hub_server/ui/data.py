@@ -18,10 +18,8 @@ from hub_server.api.circuits import circuit_to_pb
 from hub_server.api.cluster import ClusterServicer
 from hub_server.api.config import merged_to_pb
 from hub_server.api.deployments import deployment_to_pb, progress_to_pb
-from hub_server.api.observability import ObservabilityServicer, SystemMetrics
 from hub_server.api.registry import instance_view
 from hub_server.api.tenants import tenant_to_pb, usage_to_pb
-from hub_server.domain.error_patterns import ErrorPatterns
 from hub_server.domain.errors import InvalidArgument
 from hub_server.domain.validation import repair_wellformed
 from hub_server.store import keys
@@ -66,18 +64,9 @@ class Sections:
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
-        store = hub.store
-        assert store is not None
-        self._system = SystemMetrics(
-            hub.hub_id,
-            hub.view,
-            hub.health_view,
-            hub.telemetry,
-            lambda: hub.election.is_leader,
-        )
-        self._observability = ObservabilityServicer(
-            hub.audit, hub.alerts, ErrorPatterns(store), self._system, hub.hub_id
-        )
+        # The hub's own: the overview is what GetSystemMetrics answers.
+        self._system = hub.system_metrics
+        self._observability = hub.observability
         self._cluster = ClusterServicer(hub.replicas, hub.election, hub.hub_id)
 
     # Which section answers which path, and the gRPC method whose permission it
