@@ -8,12 +8,14 @@ import contextlib
 import time
 
 import grpc
+import pytest
 from aitrading.hub.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
     health_pb2,
     health_pb2_grpc,
     registry_pb2,
+    registry_pb2_grpc,
     types_pb2,
 )
 
@@ -336,3 +338,110 @@ async def test_last_check_is_never_older_than_the_bound_across_a_leader_change(
             assert steady <= bound and after <= bound, (steady, after)
     finally:
         await http.stop()
+
+
+# -- who sees which instances' health ------------------------------------------------
+
+ENTERPRISE = types_pb2.SUBSCRIPTION_TIER_ENTERPRISE
+
+
+def _tenant(tier: str) -> list[tuple[str, str]]:
+    return [("x-tenant-id", f"t-{tier}"), ("x-subscription-tier", tier)]
+
+
+async def _register(
+    ch: grpc.aio.Channel, service: str, iid: str, http: HttpServer, requirements: list[int]
+) -> int:
+    check = health_check(http="/", **FAST)
+    resp = await registry_pb2_grpc.RegistryServiceStub(ch).Register(
+        registry_pb2.RegisterRequest(
+            service=service, instance_id=iid, host="127.0.0.1", port=http.port,
+            health_check=check, subscription_requirements=requirements,
+        )
+    )  # fmt: skip
+    return int(resp.header.revision)
+
+
+async def test_get_health_shows_a_caller_only_what_get_service_shows_it(hub: Hub) -> None:
+    pub, ent = HttpServer(), HttpServer()
+    for srv in (pub, ent):
+        await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(hub.address) as ch:
+            await _register(ch, "vis", "pub", pub, [])
+            await _register(ch, "vis", "ent", ent, [ENTERPRISE])
+            await _register(ch, "secret", "only", ent, [ENTERPRISE])
+            stub = health_pb2_grpc.HealthServiceStub(ch)
+
+            async def ids(tier: str | None, service: str = "") -> list[str]:
+                resp = await stub.GetHealth(
+                    health_pb2.GetHealthRequest(service=service),
+                    metadata=_tenant(tier) if tier else None,
+                )
+                return [f"{r.service}/{r.instance_id}" for r in resp.instances]
+
+            everything = ["secret/only", "vis/ent", "vis/pub"]
+            assert sorted(await ids(None)) == everything  # no tenant context
+            assert sorted(await ids("enterprise")) == everything
+            assert await ids("free") == ["vis/pub"]
+            assert await ids("pro", "vis") == ["vis/pub"]
+            # As GetService answers the same caller: nothing of it is visible.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ids("free", "secret")
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await registry_pb2_grpc.RegistryServiceStub(ch).GetService(
+                    registry_pb2.GetServiceRequest(service="secret"), metadata=_tenant("free")
+                )
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        for srv in (pub, ent):
+            await srv.stop()
+
+
+async def test_watch_health_shows_a_caller_only_what_get_service_shows_it(hub: Hub) -> None:
+    U = types_pb2.HEALTH_STATUS_UNHEALTHY
+    pub, ent, up = HttpServer(), HttpServer(), HttpServer()
+    for srv in (pub, ent, up):
+        await srv.start()
+    seen: dict[str, list[tuple[str, int, int]]] = {"free": [], "enterprise": []}
+    snapshots: dict[str, list[str]] = {}
+
+    async def follow(ch: grpc.aio.Channel, tier: str) -> None:
+        call = health_pb2_grpc.HealthServiceStub(ch).WatchHealth(
+            health_pb2.WatchHealthRequest(service="vis"), metadata=_tenant(tier)
+        )
+        async for msg in call:
+            if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_SNAPSHOT:
+                snapshots[tier] = sorted(r.instance_id for r in msg.instances)
+            seen[tier].extend((r.instance_id, r.status, r.revision) for r in msg.instances)
+
+    try:
+        async with grpc.aio.insecure_channel(hub.address) as ch:
+            await _register(ch, "vis", "pub", pub, [])
+            await _register(ch, "vis", "ent", ent, [ENTERPRISE])
+            await _register(ch, "vis", "up", up, [])
+            for iid in ("pub", "ent", "up"):
+                await eventually(lambda iid=iid: _status_is(hub.address, "vis", iid, 1))
+            tasks = [asyncio.create_task(follow(ch, tier)) for tier in seen]
+            try:
+                await eventually(lambda: len(snapshots) == 2)
+                assert snapshots == {"free": ["pub", "up"], "enterprise": ["ent", "pub", "up"]}
+                # "up" now needs enterprise: it leaves the free caller's view.
+                rose = await _register(ch, "vis", "up", up, [ENTERPRISE])
+                up.status = 500
+                await eventually(lambda: ("up", U) in [r[:2] for r in seen["enterprise"]])
+                pub.status = 500  # a later change the free caller does see
+                await eventually(lambda: ("pub", U) in [r[:2] for r in seen["free"]])
+                assert {iid for iid, _, rev in seen["free"] if rev > rose} == {"pub"}
+                assert "ent" not in {iid for iid, _, _ in seen["free"]}
+            finally:
+                for task in tasks:
+                    await _stop(task)
+            records = await health_pb2_grpc.HealthServiceStub(ch).GetHealth(
+                health_pb2.GetHealthRequest(service="vis"), metadata=_tenant("free")
+            )
+            assert [r.instance_id for r in records.instances] == ["pub"]
+    finally:
+        for srv in (pub, ent, up):
+            await srv.stop()
