@@ -999,3 +999,57 @@ def test_usage_bar() -> None:
     coloured = usage_bar(9, 10, Style(True))
     assert "\x1b[33m" in coloured  # yellow from 80%
     assert "\x1b[31m" in usage_bar(10, 10, Style(True))  # red at the limit
+
+
+async def test_quota_commands_take_the_tenant_from_the_global_flag(
+    hub: Hub, client: HubClient
+) -> None:
+    """`hubctl --tenant T quota allocate RESOURCE N` answered `invalid choice: '3'`."""
+    await client.create_tenant("flagged", tier="free")
+    took = await hubctl(
+        hub, "--tenant", "flagged", "quota", "allocate", "websocket_connections", "3"
+    )
+    assert took.code == 0, took.err
+    assert took.out.strip() == "allocated 3 websocket_connections to flagged: 3 of 5 in use, 2 left"
+    one = await hubctl(hub, "--tenant", "flagged", "quota", "check", "websocket-connections")
+    assert one.out.strip() == "1 websocket_connections for flagged fits: 3 of 5 in use, 2 left"
+    # An explicit TENANT still wins over the flag.
+    named = await hubctl(
+        hub, "--tenant", "other", "quota", "release", "flagged", "websocket_connections", "3"
+    )
+    assert named.code == 0, named.err
+    assert "of flagged" in named.out
+    # Without any tenant, or with words that make no sense, a usage error (exit 2).
+    for argv in (
+        ("quota", "allocate", "websocket_connections", "3"),
+        ("--tenant", "flagged", "quota", "allocate", "websocket_connections", "x"),
+        ("quota", "allocate", "flagged", "sockets"),
+    ):
+        bad = await hubctl(hub, *argv)
+        assert bad.code == 2 and "invalid choice" not in bad.err, (argv, bad.err)
+
+
+async def test_pick_with_only_unhealthy_instances_says_why_not_outage(
+    hub: Hub, client: HubClient
+) -> None:
+    """It said `the hub or its etcd cannot serve now; retry shortly`: the hub was
+    fine, no instance was usable. The reason stays NO_ELIGIBLE_INSTANCE."""
+    from hub_client import health_check
+
+    check = health_check(tcp=True, interval=0.1, timeout=0.1)
+    check.unhealthy_threshold = 1
+    closed = free_port()  # nothing listens there
+    await client.register("down", instance_id="d1", host="127.0.0.1", port=closed, health=check)
+    result: list[Any] = []
+
+    async def refused_as_unhealthy() -> bool:
+        result[:] = [await hubctl(hub, "pick", "down")]
+        return "UNHEALTHY" in result[0].err
+
+    await eventually(refused_as_unhealthy)
+    picked = result[0]
+    assert picked.code == 3, picked.err
+    assert "[NO_ELIGIBLE_INSTANCE]" in picked.err
+    assert "none is HEALTHY, DEGRADED or STARTING (1 UNHEALTHY)" in picked.err
+    assert "no instance is usable now" in picked.err
+    assert "cannot serve now" not in picked.err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from pathlib import Path
 
 import grpc
 import pytest
@@ -276,3 +277,88 @@ async def test_hourly_windows_start_from_zero_and_expire(
     await c.allocate("websocket_connections")
     kv3, _ = await etcd_store.get(keys.usage_key("rate", "websocket_connections"))
     assert kv3 is not None and kv3.lease == 0
+
+
+# -- messages and records (issue 14 item 18) ---------------------------------------------
+
+RATE = tenant_pb2.QUOTA_RESOURCE_API_CALLS_PER_HOUR
+WS = tenant_pb2.QUOTA_RESOURCE_WEBSOCKET_CONNECTIONS
+
+
+async def test_release_never_gives_back_hourly_calls(hub: Hub) -> None:
+    """The calls were made: a Release of api_calls_per_hour releases 0 (it refunded them)."""
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        stub = tenant_pb2_grpc.TenantServiceStub(ch)
+        took = await stub.Allocate(
+            tenant_pb2.AllocateRequest(tenant_id="r", resource=RATE, amount=7)
+        )
+        assert took.usage.used == 7
+        back = await stub.Release(tenant_pb2.ReleaseRequest(tenant_id="r", resource=RATE, amount=7))
+        assert (back.released, back.usage.used) == (0, 7)
+        again = await stub.Release(
+            tenant_pb2.ReleaseRequest(tenant_id="r", resource=RATE, amount=3, request_id="q1")
+        )
+        assert (again.released, again.usage.used) == (0, 7)
+
+
+async def test_a_reused_request_id_says_how_long_ids_are_remembered(hub: Hub) -> None:
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        stub = tenant_pb2_grpc.TenantServiceStub(ch)
+        await stub.Allocate(
+            tenant_pb2.AllocateRequest(tenant_id="t", resource=WS, amount=1, request_id="once")
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Allocate(
+                tenant_pb2.AllocateRequest(tenant_id="t", resource=WS, amount=2, request_id="once")
+            )
+    details = err.value.details() or ""
+    assert "within the last 10 minutes" in details and "hour" not in details
+    assert quotas.REQUEST_RECORD_SECONDS == 600  # what the message states
+
+
+async def test_allocation_audit_records_carry_usage_before_and_after(
+    hub_factory: HubFactory,
+) -> None:
+    hub = await hub_factory(audit_allocations_from=1)
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        stub = tenant_pb2_grpc.TenantServiceStub(ch)
+        await stub.Allocate(tenant_pb2.AllocateRequest(tenant_id="au", resource=WS, amount=2))
+        await stub.Allocate(tenant_pb2.AllocateRequest(tenant_id="au", resource=WS, amount=3))
+        await stub.Release(tenant_pb2.ReleaseRequest(tenant_id="au", resource=WS, amount=4))
+    events, _ = await hub.audit.latest(tenant_id="", method="", start=0.0, limit=100)
+    moved = sorted(
+        (e.method.rsplit("/", 1)[1], e.version_before, e.version_after)
+        for e in events
+        if e.target == "usage/au/websocket_connections"
+    )
+    assert moved == [("Allocate", "0", "2"), ("Allocate", "2", "5"), ("Release", "5", "1")]
+
+
+async def test_an_ignored_tenant_header_is_named_in_the_error(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    """A reader not bound to a tenant sends x-tenant-id: the header is ignored (only
+    admin and gateway callers name tenants by header), and the error says so
+    instead of suggesting to send the header it did send."""
+    from tests.test_auth import credentials_text, md
+
+    path = tmp_path / "credentials.toml"
+    path.write_text(credentials_text())
+    hub = await hub_factory(credentials_file=path)
+    async with grpc.aio.insecure_channel(hub.address) as ch:
+        stub = tenant_pb2_grpc.TenantServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetUsage(
+                tenant_pb2.GetUsageRequest(), metadata=md("reader", x_tenant_id="acme")
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = err.value.details() or ""
+        assert "x-tenant-id header was ignored" in details and "not trusted" in details
+        # Without the header the old hint stands; a gateway's header is used.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetUsage(tenant_pb2.GetUsageRequest(), metadata=md("reader"))
+        assert "(or send x-tenant-id)" in (err.value.details() or "")
+        reply = await stub.GetUsage(
+            tenant_pb2.GetUsageRequest(), metadata=md("gateway", x_tenant_id="acme")
+        )
+        assert reply.tenant_id == "acme"

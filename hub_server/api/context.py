@@ -52,6 +52,9 @@ class CallContext:
     correlation_id: str = ""
     method: str = ""
     caller: Identity = ANONYMOUS
+    # The x-tenant-id (or x-company-id) a caller sent that is not trusted to name
+    # a tenant (not admin or gateway): ignored, but kept to say so in errors.
+    ignored_tenant_id: str = ""
 
     @property
     def has_tenant_context(self) -> bool:
@@ -222,6 +225,7 @@ class CallWrapper:
             ctx,
             caller=identity,
             tenant_id=identity.tenant,
+            ignored_tenant_id=ctx.tenant_id if ctx.tenant_id != identity.tenant else "",
             subscription_tier=self._tier_of(identity.tenant) if identity.tenant else "",
         )
 

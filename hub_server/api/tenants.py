@@ -56,8 +56,15 @@ def usage_to_pb(usage: quotas.Usage) -> tenant_pb2.ResourceUsage:
 
 def _tenant_id(v: Violations, requested: str) -> str:
     """The request's tenant, or the caller's x-tenant-id."""
-    tenant_id = requested or current().tenant_id
-    if not tenant_id:
+    ctx = current()
+    tenant_id = requested or ctx.tenant_id
+    if not tenant_id and ctx.ignored_tenant_id:
+        v.add(
+            "tenant_id",
+            "is required: the x-tenant-id header was ignored because this caller is not "
+            "trusted to name a tenant (only admin and gateway callers are)",
+        )
+    elif not tenant_id:
         v.add("tenant_id", "is required (or send x-tenant-id)")
     else:
         validation.check_safe_id(v, "tenant_id", tenant_id)
@@ -209,6 +216,9 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
         if replayed:
             audit_note(replay="true")
+        # The usage the call moved (a replay's: the first call's), as UpdateTenantTier
+        # records its tiers.
+        audit_note(version_before=usage.used - request.amount, version_after=usage.used)
         return tenant_pb2.AllocateResponse(header=self._header(revision), usage=usage_to_pb(usage))
 
     @audited
@@ -230,6 +240,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
         if replayed:
             audit_note(replay="true")
+        audit_note(version_before=usage.used + released, version_after=usage.used)
         return tenant_pb2.ReleaseResponse(
             header=self._header(revision), usage=usage_to_pb(usage), released=released
         )

@@ -155,10 +155,10 @@ def eligible(
         raise NoEligibleInstance(Ineligibility.NO_INSTANCES, f"{what} has no instances")
     counts = {"instances": len(candidates)}
 
-    def fail(cause: Ineligibility) -> NoEligibleInstance:
+    def fail(cause: Ineligibility, why: str = "") -> NoEligibleInstance:
         parts = [f"{v} {_EXCLUDED[k]}" for k, v in counts.items() if k in _EXCLUDED and v]
         text = f"no eligible instance of {what} ({len(candidates)} instances: {', '.join(parts)})"
-        return NoEligibleInstance(cause, text, **counts)
+        return NoEligibleInstance(cause, text + why, **counts)
 
     pool = [c for c in candidates if can_access(c.subscription_requirements, tier, legacy=legacy)]
     counts["excluded_tier"] = len(candidates) - len(pool)
@@ -184,7 +184,11 @@ def eligible(
     if starting:
         return starting
     counts["excluded_unhealthy"] = len(pool)
-    raise fail(Ineligibility.UNHEALTHY)
+    states: dict[str, int] = {}
+    for c in pool:
+        states[c.health.name] = states.get(c.health.name, 0) + 1
+    by_state = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    raise fail(Ineligibility.UNHEALTHY, f": none is HEALTHY, DEGRADED or STARTING ({by_state})")
 
 
 class RoundRobinCounter:

@@ -187,8 +187,8 @@ class RequestRecord:
         if (self.op, self.resource, self.amount) == (op, resource.name, amount):
             return ""
         return (
-            f"was used within the last hour by another request ({self.op} {self.amount} "
-            f"{self.resource}); use a new id for a new request"
+            f"was used within the last {REQUEST_RECORD_SECONDS // 60} minutes by another "
+            f"request ({self.op} {self.amount} {self.resource}); use a new id for a new request"
         )
 
 

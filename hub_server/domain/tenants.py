@@ -294,8 +294,8 @@ class Quotas:
     ) -> tuple[quotas.Usage, int, bool]:
         """Takes ``amount``; raises QuotaExceeded if it does not fit under the limit.
         Returns (usage after, revision, whether this was a replay): with a
-        ``request_id`` used before (within the hour), changes nothing and returns
-        what that call returned."""
+        ``request_id`` used before (within 10 minutes), changes nothing and
+        returns what that call returned."""
         merged = self.config(tenant_id, header_tier)
         limit = quotas.limit_of(resource, merged.values)
         now = self._clock()
@@ -334,7 +334,9 @@ class Quotas:
     ) -> tuple[quotas.Usage, int, int, bool]:
         """Gives back up to ``amount``; returns (usage after, amount released,
         revision, whether this was a replay): with a ``request_id`` used before
-        (within the hour), changes nothing and returns what that call returned."""
+        (within 10 minutes), changes nothing and returns what that call returned.
+        A rate (api_calls_per_hour) is never given back: the calls were made, so
+        its release releases 0."""
         limit = quotas.limit_of(resource, self.config(tenant_id, header_tier).values)
         now = self._clock()
         request = None
@@ -351,9 +353,10 @@ class Quotas:
                     released=before - after,
                 ),
             )
+        rate = resource.kind is quotas.Kind.RATE
         used, revision, before, replayed = await self._update(
             self._key(tenant_id, resource, now),
-            lambda used: quotas.release(used, amount)[0],
+            lambda used: used if rate else quotas.release(used, amount)[0],
             resource,
             now,
             request,

@@ -358,6 +358,9 @@ def describe(error: HubError, target: str) -> str:
     if cause:
         parts.append(f"(cause: {cause})")
     hint = _HINTS.get(error.code)
+    if error.reason == "NO_ELIGIBLE_INSTANCE":
+        # UNAVAILABLE (so clients retry), but the hub is fine: say what to look at.
+        hint = "no instance is usable now, for the reason above; `hubctl health` shows each one"
     if hint and error.reason != "HUB_UNREACHABLE":
         tenant = error.metadata.get("tenant_id") or "TENANT"
         parts.append(f"- {hint.format(target=target, tenant=tenant)}")

@@ -202,18 +202,53 @@ async def usage(ctx: Context, args: argparse.Namespace) -> None:
 # -- quota -------------------------------------------------------------------------
 
 
+class _Completed(tuple[str, ...]):
+    """Choices that shell completion offers but argparse does not enforce: the
+    word may be an AMOUNT when TENANT was left out (see _quota_target)."""
+
+    def __contains__(self, _: object) -> bool:
+        return True
+
+
 def _quota_args() -> list[Any]:
+    # TENANT may be left out when --tenant / HUB_TENANT names it; argparse alone
+    # would then take RESOURCE for TENANT and AMOUNT for RESOURCE ("invalid
+    # choice: '3'"), so the words are sorted out in _quota_target.
     return [
-        _tenant_arg(),
-        arg("resource", metavar="RESOURCE", type=lambda s: s.replace("-", "_"),
-            choices=RESOURCES, help=", ".join(RESOURCES)),
-        arg("amount", nargs="?", type=int, default=1, metavar="AMOUNT", help="default 1"),
+        arg("tenant_id", metavar="[TENANT]", complete="tenants",
+            help="the tenant (default: --tenant / HUB_TENANT)"),
+        arg("resource", nargs="?", metavar="RESOURCE", choices=_Completed(RESOURCES),
+            help=", ".join(RESOURCES)),
+        arg("amount", nargs="?", metavar="AMOUNT", help="default 1"),
     ]  # fmt: skip
 
 
-def _check_amount(amount: int) -> None:
+def _quota_target(ctx: Context, args: argparse.Namespace) -> None:
+    """Sets args.tenant_id, args.resource and args.amount from the words given:
+    TENANT RESOURCE [AMOUNT], or RESOURCE [AMOUNT] with --tenant / HUB_TENANT."""
+    words = [w for w in (args.tenant_id, args.resource, args.amount) if w is not None]
+    if (
+        words
+        and words[0].replace("-", "_") in RESOURCES
+        and (len(words) == 1 or words[1].replace("-", "_") not in RESOURCES)
+    ):
+        words.insert(0, ctx.hub.context.tenant_id)
+        if not words[0]:
+            raise UsageError("which tenant? give TENANT, or --tenant / HUB_TENANT")
+    if len(words) < 2:
+        raise UsageError("give TENANT RESOURCE [AMOUNT], or RESOURCE [AMOUNT] with --tenant")
+    if len(words) > 3:
+        raise UsageError(f"unexpected {words[3]!r}: give TENANT RESOURCE [AMOUNT]")
+    resource = words[1].replace("-", "_")
+    if resource not in RESOURCES:
+        raise UsageError(f"RESOURCE must be one of {', '.join(RESOURCES)} (got {words[1]!r})")
+    try:
+        amount = int(words[2]) if len(words) == 3 else 1
+    except ValueError:
+        raise UsageError(f"AMOUNT must be a whole number (got {words[2]!r})") from None
     if amount < 1:
         raise UsageError(f"AMOUNT must be at least 1 (got {amount})")
+    args.tenant_id, args.resource, args.amount = words[0], resource, amount
 
 
 @command(
@@ -222,7 +257,7 @@ def _check_amount(amount: int) -> None:
     *_quota_args(),
 )
 async def quota_check(ctx: Context, args: argparse.Namespace) -> int:
-    _check_amount(args.amount)
+    _quota_target(ctx, args)
     resp = await ctx.hub._unary(
         ctx.hub.tenant_stub.CheckQuota,
         tenant_pb2.CheckQuotaRequest(
@@ -252,7 +287,7 @@ async def quota_check(ctx: Context, args: argparse.Namespace) -> int:
     *_quota_args(),
 )
 async def quota_allocate(ctx: Context, args: argparse.Namespace) -> None:
-    _check_amount(args.amount)
+    _quota_target(ctx, args)
     u = await ctx.hub.allocate(args.resource, args.amount, tenant=args.tenant_id)
     ctx.emit(
         {"tenant_id": args.tenant_id, "amount": args.amount, "usage": usage_json(u)},
@@ -264,7 +299,7 @@ async def quota_allocate(ctx: Context, args: argparse.Namespace) -> None:
 
 @command("quota release", "give back an amount of a resource", *_quota_args())
 async def quota_release(ctx: Context, args: argparse.Namespace) -> None:
-    _check_amount(args.amount)
+    _quota_target(ctx, args)
     resp = await ctx.hub._unary(
         ctx.hub.tenant_stub.Release,
         tenant_pb2.ReleaseRequest(
