@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from hub_server.domain.tiers import TIER_LEVELS, can_access, parse_tier, tier_level
+from hub_server.domain.tiers import (
+    TIER_LEVELS,
+    can_access,
+    filtered_event_type,
+    parse_tier,
+    tier_level,
+    view_tier,
+    visible_to,
+)
+from hub_server.store.mirror import ADDED, REMOVED, UPDATED
 
 
 def test_hierarchy() -> None:
@@ -87,3 +96,52 @@ def test_access_is_monotonic_in_tier() -> None:
     for requirements, _ in ACCESS_TABLE:
         allowed = [can_access(requirements, t) for t in ordered]
         assert allowed == sorted(allowed)
+
+
+@pytest.mark.parametrize(
+    ("tier", "has_tenant", "bound", "legacy", "expected"),
+    [
+        # Not bound to a tenant: legacy mode, or no tenant context, sees everything.
+        ("pro", True, False, False, "pro"),
+        ("pro", True, False, True, None),
+        ("", False, False, False, None),
+        ("", False, False, True, None),
+        ("", True, False, False, "free"),  # a tenant without a tier is free
+        ("bogus", True, False, False, "free"),
+        # Bound to a tenant: always its own tier's view, legacy mode or not.
+        ("free", True, True, True, "free"),
+        ("enterprise", True, True, True, "enterprise"),
+        ("", True, True, True, "free"),
+        ("", False, True, True, "free"),
+    ],
+)
+def test_view_tier(
+    tier: str, has_tenant: bool, bound: bool, legacy: bool, expected: str | None
+) -> None:
+    got = view_tier(tier, has_tenant=has_tenant, tenant_bound=bound, legacy_mode=legacy)
+    assert got == expected
+
+
+def test_visible_to() -> None:
+    assert visible_to(["enterprise"], None)
+    assert not visible_to(["enterprise"], "pro")
+    assert visible_to([], "free")
+
+
+@pytest.mark.parametrize(
+    ("change", "was", "now", "sent"),
+    [
+        (ADDED, None, True, ADDED),
+        (ADDED, None, False, None),
+        (REMOVED, None, True, REMOVED),
+        (REMOVED, None, False, None),
+        (UPDATED, True, True, UPDATED),
+        (UPDATED, False, True, ADDED),  # enters the view
+        (UPDATED, True, False, REMOVED),  # leaves it
+        (UPDATED, False, False, None),
+        (UPDATED, None, True, UPDATED),  # unknown before: an upsert either way
+        (UPDATED, None, False, REMOVED),  # unknown before: make sure it is gone
+    ],
+)
+def test_filtered_event_type(change: int, was: bool | None, now: bool, sent: int | None) -> None:
+    assert filtered_event_type(change, was, now) == sent

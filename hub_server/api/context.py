@@ -27,7 +27,7 @@ from hub_server.auth.limits import CallerLimits
 from hub_server.auth.roles import is_open
 from hub_server.domain.audit import AuditLog
 from hub_server.domain.errors import HubError, PermissionDenied
-from hub_server.domain.tiers import parse_tier
+from hub_server.domain.tiers import view_tier
 from hub_server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,14 @@ class CallContext:
 
     def tier_filter(self, legacy_mode: bool) -> str | None:
         """The tier to filter discovery by; None lists everything (no tenant
-        context, or legacy mode). A tenant without a known tier counts as free."""
-        if legacy_mode or not self.has_tenant_context:
-            return None
-        return parse_tier(self.subscription_tier) or "free"
+        context, or legacy mode from a caller not bound to a tenant). See
+        :func:`hub_server.domain.tiers.view_tier`."""
+        return view_tier(
+            self.subscription_tier,
+            has_tenant=self.has_tenant_context,
+            tenant_bound=bool(self.caller.tenant),
+            legacy_mode=legacy_mode,
+        )
 
 
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar(
@@ -220,6 +224,11 @@ class CallWrapper:
 
     def _as(self, ctx: CallContext, identity: Identity) -> CallContext:
         if identity.trusts_headers:
+            # A tenant's stored tier wins over the header, as in GetTenantConfig:
+            # the header speaks only for tenants without a record.
+            stored = self._tier_of(ctx.tenant_id) if ctx.tenant_id else ""
+            if stored:
+                ctx = replace(ctx, subscription_tier=stored)
             return ctx if identity is ANONYMOUS else replace(ctx, caller=identity)
         return replace(
             ctx,

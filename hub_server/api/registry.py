@@ -16,10 +16,9 @@ from hub_server.domain.errors import InvalidArgument, Violations
 from hub_server.domain.health import HealthView, usable
 from hub_server.domain.registry import (
     Registry,
+    filtered_watch_event,
     on_service_change,
     removed_instance,
-    visible,
-    watch_event,
 )
 from hub_server.store.mirror import Change
 
@@ -188,10 +187,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             return [self._with_health(i) for i in instances], revision
 
         def select(change: Change[types_pb2.Instance]) -> registry_pb2.WatchEvent | None:
-            inst = removed_instance(change)
-            if (service and inst.service != service) or not visible(inst, tier):
+            if service and removed_instance(change).service != service:
                 return None
-            return watch_event(change)
+            return filtered_watch_event(change, tier)
 
         def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
             msg = registry_pb2.WatchResponse(

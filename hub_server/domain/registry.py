@@ -18,7 +18,7 @@ from aitrading.hub.v1 import registry_pb2, types_pb2
 
 from hub_server.domain import validation
 from hub_server.domain.errors import NotFound, PermissionDenied, Violations
-from hub_server.domain.tiers import can_access
+from hub_server.domain.tiers import filtered_event_type, visible_to
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, KeyValue
 from hub_server.store.mirror import REMOVED, Change, PrefixMirror
@@ -45,7 +45,7 @@ def tier_names(instance: types_pb2.Instance) -> tuple[str, ...]:
 
 def visible(instance: types_pb2.Instance, tier: str | None) -> bool:
     """Whether a caller of ``tier`` may see the instance (None: no filtering)."""
-    return tier is None or can_access(tier_names(instance), tier)
+    return visible_to(tier_names(instance), tier)
 
 
 def decode_instance(kv: KeyValue) -> types_pb2.Instance:
@@ -81,6 +81,35 @@ def watch_event(change: Change[types_pb2.Instance]) -> registry_pb2.WatchEvent:
     return change.cache  # type: ignore[no-any-return]
 
 
+def filtered_watch_event(
+    change: Change[types_pb2.Instance], tier: str | None
+) -> registry_pb2.WatchEvent | None:
+    """The change as a stream filtered by ``tier`` sees it (None: not at all).
+
+    An update that moves an instance into the caller's view is ADDED, one that
+    moves it out is REMOVED carrying the instance as the caller last saw it, so
+    a watch always holds what GetService answers the same caller.
+    """
+    if tier is None:
+        return watch_event(change)
+    inst = removed_instance(change)
+    before = change.previous
+    was = visible(before, tier) if before is not None else None
+    kind = filtered_event_type(change.type, was, visible(inst, tier))
+    if kind is None:
+        return None
+    if kind == change.type:
+        return watch_event(change)
+    shown = inst
+    if kind == REMOVED:  # as the caller last saw it, never what it may not see now
+        shown = (
+            before
+            if before is not None
+            else types_pb2.Instance(service=inst.service, instance_id=inst.instance_id)
+        )
+    return registry_pb2.WatchEvent(type=kind, instance=shown, revision=change.revision)
+
+
 def on_service_change(mirror: PrefixMirror[Any], callback: Callable[[str], None]) -> None:
     """Calls ``callback(service)`` after every change to ``mirror``, whose keys are
     laid out like the registry's (``<prefix><service>/<instance id>``: registry,
@@ -105,6 +134,7 @@ class RegistryView:
             decode_instance,
             on_change=self._index,
             history_capacity=history_capacity,
+            keep_previous=True,  # for filtered watches (filtered_watch_event)
         )
         self.log = self.mirror.log
 

@@ -40,6 +40,10 @@ class Change(Generic[T]):
     # Whatever a view wants to build once per change (a response message), not
     # once per stream that sends it.
     cache: Any = None
+    # For UPDATED, the value before it, when the mirror keeps previous values
+    # (``keep_previous``) and etcd still had it: filtered streams need it to
+    # tell an item that enters or leaves their filter (ADDED/REMOVED for them).
+    previous: T | None = None
 
 
 class PrefixMirror(Generic[T]):
@@ -52,8 +56,10 @@ class PrefixMirror(Generic[T]):
         on_change: Callable[[Change[T]], None] | None = None,
         history_capacity: int = 20_000,
         history_revisions: int = HISTORY_REVISIONS,
+        keep_previous: bool = False,
     ) -> None:
         self._store = store
+        self._keep_previous = keep_previous
         self.prefix = prefix
         self._decode = decode
         self._on_change = on_change or (lambda change: None)
@@ -135,7 +141,10 @@ class PrefixMirror(Generic[T]):
             return Change(REMOVED, ev.kv.key, prev, ev.revision)
         # etcd restarts a key's version at 1 whenever it is created anew.
         kind = ADDED if ev.kv.version == 1 else UPDATED
-        return Change(kind, ev.kv.key, self._decode(ev.kv), ev.revision)
+        change = Change(kind, ev.kv.key, self._decode(ev.kv), ev.revision)
+        if kind == UPDATED and self._keep_previous and ev.prev is not None:
+            change.previous = self._decode(ev.prev)
+        return change
 
     def _store_change(self, change: Change[T]) -> None:
         if change.type == REMOVED:
@@ -172,7 +181,10 @@ class PrefixMirror(Generic[T]):
             if key not in self.items:
                 changes.append(Change(ADDED, key, self._decode(kv), revision))
             elif self._mod_revisions.get(key) != kv.mod_revision:
-                changes.append(Change(UPDATED, key, self._decode(kv), revision))
+                change = Change(UPDATED, key, self._decode(kv), revision)
+                if self._keep_previous:
+                    change.previous = self.items[key]
+                changes.append(change)
         self._snapshot_revision = revision
         for change in changes:
             self._store_change(change)
