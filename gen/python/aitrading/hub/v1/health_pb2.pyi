@@ -108,6 +108,7 @@ class WatchHealthResponse(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     COMPACT_REVISION_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
     kind: _registry_pb2.WatchResponseKind.ValueType
     """How to read this message (the same kinds as the registry watch)."""
     compact_revision: _builtins.int
@@ -120,6 +121,13 @@ class WatchHealthResponse(_message.Message):
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.InstanceHealth]:
         """Snapshot entries (kind SNAPSHOT) or changed entries (kind EVENTS)."""
 
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemovedInstance]:
+        """Instances that left the watcher's view (kind EVENTS): deregistered, or
+        their subscription requirements rose above the caller's tier. An instance
+        that enters the view arrives in instances.
+        """
+
     def __init__(
         self,
         *,
@@ -127,11 +135,38 @@ class WatchHealthResponse(_message.Message):
         kind: _registry_pb2.WatchResponseKind.ValueType = ...,
         instances: _abc.Iterable[_types_pb2.InstanceHealth] | None = ...,
         compact_revision: _builtins.int = ...,
+        removed: _abc.Iterable[Global___RemovedInstance] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_revision", b"compact_revision", "header", b"header", "instances", b"instances", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_revision", b"compact_revision", "header", b"header", "instances", b"instances", "kind", b"kind", "removed", b"removed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchHealthResponse: _TypeAlias = WatchHealthResponse  # noqa: Y015
+
+@_typing.final
+class RemovedInstance(_message.Message):
+    """RemovedInstance names an instance that left a health watcher's view."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service name."""
+    instance_id: _builtins.str
+    """The instance id."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemovedInstance: _TypeAlias = RemovedInstance  # noqa: Y015

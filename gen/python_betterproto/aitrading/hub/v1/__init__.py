@@ -115,6 +115,7 @@ __all__ = (
     "ReleaseDeploymentDrainsResponse",
     "ReleaseRequest",
     "ReleaseResponse",
+    "RemovedInstance",
     "Replica",
     "ReportErrorsRequest",
     "ReportErrorsResponse",
@@ -4133,6 +4134,26 @@ default_message_pool.register_message("aitrading.hub.v1", "ReleaseResponse", Rel
 
 
 @dataclass(eq=False, repr=False)
+class RemovedInstance(betterproto2.Message):
+    """
+    RemovedInstance names an instance that left a health watcher's view.
+    """
+
+    service: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The service name.
+    """
+
+    instance_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The instance id.
+    """
+
+
+default_message_pool.register_message("aitrading.hub.v1", "RemovedInstance", RemovedInstance)
+
+
+@dataclass(eq=False, repr=False)
 class Replica(betterproto2.Message):
     """
     Replica is one running hub process.
@@ -5489,6 +5510,15 @@ class WatchHealthResponse(betterproto2.Message):
     compact_revision: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
     """
     The oldest revision the hub can resume from (kind RESYNC_REQUIRED).
+    """
+
+    removed: "list[RemovedInstance]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Instances that left the watcher's view (kind EVENTS): deregistered, or
+    their subscription requirements rose above the caller's tier. An instance
+    that enters the view arrives in instances.
     """
 
 

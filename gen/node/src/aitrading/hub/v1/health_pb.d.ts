@@ -119,6 +119,15 @@ export declare type WatchHealthResponse = Message<"aitrading.hub.v1.WatchHealthR
    * @generated from field: int64 compact_revision = 4;
    */
   compactRevision: bigint;
+
+  /**
+   * Instances that left the watcher's view (kind EVENTS): deregistered, or
+   * their subscription requirements rose above the caller's tier. An instance
+   * that enters the view arrives in instances.
+   *
+   * @generated from field: repeated aitrading.hub.v1.RemovedInstance removed = 5;
+   */
+  removed: RemovedInstance[];
 };
 
 /**
@@ -126,6 +135,33 @@ export declare type WatchHealthResponse = Message<"aitrading.hub.v1.WatchHealthR
  * Use `create(WatchHealthResponseSchema)` to create a new message.
  */
 export declare const WatchHealthResponseSchema: GenMessage<WatchHealthResponse>;
+
+/**
+ * RemovedInstance names an instance that left a health watcher's view.
+ *
+ * @generated from message aitrading.hub.v1.RemovedInstance
+ */
+export declare type RemovedInstance = Message<"aitrading.hub.v1.RemovedInstance"> & {
+  /**
+   * The service name.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * The instance id.
+   *
+   * @generated from field: string instance_id = 2;
+   */
+  instanceId: string;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.RemovedInstance.
+ * Use `create(RemovedInstanceSchema)` to create a new message.
+ */
+export declare const RemovedInstanceSchema: GenMessage<RemovedInstance>;
 
 /**
  * HealthService reports what the hub's active probes found.

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file aitrading/hub/v1/health.proto.
  */
 export const file_aitrading_hub_v1_health: GenFile = /*@__PURE__*/
-  fileDesc("Ch1haXRyYWRpbmcvaHViL3YxL2hlYWx0aC5wcm90bxIQYWl0cmFkaW5nLmh1Yi52MSIjChBHZXRIZWFsdGhSZXF1ZXN0Eg8KB3NlcnZpY2UYASABKAkiegoRR2V0SGVhbHRoUmVzcG9uc2USMAoGaGVhZGVyGAEgASgLMiAuYWl0cmFkaW5nLmh1Yi52MS5SZXNwb25zZUhlYWRlchIzCglpbnN0YW5jZXMYAiADKAsyIC5haXRyYWRpbmcuaHViLnYxLkluc3RhbmNlSGVhbHRoIj0KEldhdGNoSGVhbHRoUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEhYKDnN0YXJ0X3JldmlzaW9uGAIgASgDIskBChNXYXRjaEhlYWx0aFJlc3BvbnNlEjAKBmhlYWRlchgBIAEoCzIgLmFpdHJhZGluZy5odWIudjEuUmVzcG9uc2VIZWFkZXISMQoEa2luZBgCIAEoDjIjLmFpdHJhZGluZy5odWIudjEuV2F0Y2hSZXNwb25zZUtpbmQSMwoJaW5zdGFuY2VzGAMgAygLMiAuYWl0cmFkaW5nLmh1Yi52MS5JbnN0YW5jZUhlYWx0aBIYChBjb21wYWN0X3JldmlzaW9uGAQgASgDMsMBCg1IZWFsdGhTZXJ2aWNlElQKCUdldEhlYWx0aBIiLmFpdHJhZGluZy5odWIudjEuR2V0SGVhbHRoUmVxdWVzdBojLmFpdHJhZGluZy5odWIudjEuR2V0SGVhbHRoUmVzcG9uc2USXAoLV2F0Y2hIZWFsdGgSJC5haXRyYWRpbmcuaHViLnYxLldhdGNoSGVhbHRoUmVxdWVzdBolLmFpdHJhZGluZy5odWIudjEuV2F0Y2hIZWFsdGhSZXNwb25zZTABYgZwcm90bzM", [file_aitrading_hub_v1_registry, file_aitrading_hub_v1_types]);
+  fileDesc("Ch1haXRyYWRpbmcvaHViL3YxL2hlYWx0aC5wcm90bxIQYWl0cmFkaW5nLmh1Yi52MSIjChBHZXRIZWFsdGhSZXF1ZXN0Eg8KB3NlcnZpY2UYASABKAkiegoRR2V0SGVhbHRoUmVzcG9uc2USMAoGaGVhZGVyGAEgASgLMiAuYWl0cmFkaW5nLmh1Yi52MS5SZXNwb25zZUhlYWRlchIzCglpbnN0YW5jZXMYAiADKAsyIC5haXRyYWRpbmcuaHViLnYxLkluc3RhbmNlSGVhbHRoIj0KEldhdGNoSGVhbHRoUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEhYKDnN0YXJ0X3JldmlzaW9uGAIgASgDIv0BChNXYXRjaEhlYWx0aFJlc3BvbnNlEjAKBmhlYWRlchgBIAEoCzIgLmFpdHJhZGluZy5odWIudjEuUmVzcG9uc2VIZWFkZXISMQoEa2luZBgCIAEoDjIjLmFpdHJhZGluZy5odWIudjEuV2F0Y2hSZXNwb25zZUtpbmQSMwoJaW5zdGFuY2VzGAMgAygLMiAuYWl0cmFkaW5nLmh1Yi52MS5JbnN0YW5jZUhlYWx0aBIYChBjb21wYWN0X3JldmlzaW9uGAQgASgDEjIKB3JlbW92ZWQYBSADKAsyIS5haXRyYWRpbmcuaHViLnYxLlJlbW92ZWRJbnN0YW5jZSI3Cg9SZW1vdmVkSW5zdGFuY2USDwoHc2VydmljZRgBIAEoCRITCgtpbnN0YW5jZV9pZBgCIAEoCTLDAQoNSGVhbHRoU2VydmljZRJUCglHZXRIZWFsdGgSIi5haXRyYWRpbmcuaHViLnYxLkdldEhlYWx0aFJlcXVlc3QaIy5haXRyYWRpbmcuaHViLnYxLkdldEhlYWx0aFJlc3BvbnNlElwKC1dhdGNoSGVhbHRoEiQuYWl0cmFkaW5nLmh1Yi52MS5XYXRjaEhlYWx0aFJlcXVlc3QaJS5haXRyYWRpbmcuaHViLnYxLldhdGNoSGVhbHRoUmVzcG9uc2UwAWIGcHJvdG8z", [file_aitrading_hub_v1_registry, file_aitrading_hub_v1_types]);
 
 /**
  * GetHealthRequest names what to report on.
@@ -126,6 +126,15 @@ export type WatchHealthResponse = Message<"aitrading.hub.v1.WatchHealthResponse"
    * @generated from field: int64 compact_revision = 4;
    */
   compactRevision: bigint;
+
+  /**
+   * Instances that left the watcher's view (kind EVENTS): deregistered, or
+   * their subscription requirements rose above the caller's tier. An instance
+   * that enters the view arrives in instances.
+   *
+   * @generated from field: repeated aitrading.hub.v1.RemovedInstance removed = 5;
+   */
+  removed: RemovedInstance[];
 };
 
 /**
@@ -134,6 +143,34 @@ export type WatchHealthResponse = Message<"aitrading.hub.v1.WatchHealthResponse"
  */
 export const WatchHealthResponseSchema: GenMessage<WatchHealthResponse> = /*@__PURE__*/
   messageDesc(file_aitrading_hub_v1_health, 3);
+
+/**
+ * RemovedInstance names an instance that left a health watcher's view.
+ *
+ * @generated from message aitrading.hub.v1.RemovedInstance
+ */
+export type RemovedInstance = Message<"aitrading.hub.v1.RemovedInstance"> & {
+  /**
+   * The service name.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * The instance id.
+   *
+   * @generated from field: string instance_id = 2;
+   */
+  instanceId: string;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.RemovedInstance.
+ * Use `create(RemovedInstanceSchema)` to create a new message.
+ */
+export const RemovedInstanceSchema: GenMessage<RemovedInstance> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_health, 4);
 
 /**
  * HealthService reports what the hub's active probes found.
