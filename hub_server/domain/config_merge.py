@@ -223,8 +223,8 @@ def _json_problem(value: Any, depth: int) -> str:
     inside the 16th level is allowed, as the message says."""
     if isinstance(value, Mapping | list) and depth > MAX_SETTINGS_DEPTH:
         return (
-            f"nests objects or lists more than {MAX_SETTINGS_DEPTH} deep "
-            "(settings itself is the first)"
+            f"is nested more than {MAX_SETTINGS_DEPTH} deep "
+            "(objects and lists; settings itself is the first)"
         )
     if isinstance(value, Mapping):
         for k, v in value.items():
