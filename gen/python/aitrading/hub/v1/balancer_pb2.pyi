@@ -71,7 +71,9 @@ class PickEndpointRequest(_message.Message):
     affinity_key: _builtins.str
     """Key for CONSISTENT_HASH; defaults to the caller's x-user-id."""
     legacy_mode: _builtins.bool
-    """Ignore the caller's subscription tier."""
+    """Ignore the caller's subscription tier. Honoured only for callers not bound
+    to a tenant; a tenant-bound credential always gets its own tier's view.
+    """
     def __init__(
         self,
         *,

@@ -334,7 +334,10 @@ class GetServiceRequest(_message.Message):
     service: _builtins.str
     """The service name."""
     legacy_mode: _builtins.bool
-    """Ignore the caller's subscription tier (for operators and legacy callers)."""
+    """Ignore the caller's subscription tier (for operators and services that
+    predate tenancy). Honoured only for callers not bound to a tenant; a
+    tenant-bound credential always gets its own tier's view.
+    """
     include_unhealthy: _builtins.bool
     """Return every instance, UNHEALTHY ones included. By default only usable
     instances come back: HEALTHY ones, else DEGRADED ones, else unprobed ones.
@@ -394,7 +397,10 @@ class ListServicesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     legacy_mode: _builtins.bool
-    """Ignore the caller's subscription tier and list everything."""
+    """Ignore the caller's subscription tier and list everything. Honoured only
+    for callers not bound to a tenant; a tenant-bound credential always gets
+    its own tier's view.
+    """
     page_size: _builtins.int
     """Largest number of services to return (default and maximum 1000)."""
     page_token: _builtins.str
@@ -464,7 +470,9 @@ class WatchRequest(_message.Message):
     snapshot first. Zero starts with a snapshot of the current state.
     """
     legacy_mode: _builtins.bool
-    """Ignore the caller's subscription tier."""
+    """Ignore the caller's subscription tier. Honoured only for callers not bound
+    to a tenant; a tenant-bound credential always gets its own tier's view.
+    """
     def __init__(
         self,
         *,

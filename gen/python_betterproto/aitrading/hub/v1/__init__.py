@@ -2636,7 +2636,9 @@ class GetServiceRequest(betterproto2.Message):
 
     legacy_mode: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
     """
-    Ignore the caller's subscription tier (for operators and legacy callers).
+    Ignore the caller's subscription tier (for operators and services that
+    predate tenancy). Honoured only for callers not bound to a tenant; a
+    tenant-bound credential always gets its own tier's view.
     """
 
     include_unhealthy: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
@@ -3601,7 +3603,9 @@ class ListServicesRequest(betterproto2.Message):
 
     legacy_mode: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
     """
-    Ignore the caller's subscription tier and list everything.
+    Ignore the caller's subscription tier and list everything. Honoured only
+    for callers not bound to a tenant; a tenant-bound credential always gets
+    its own tier's view.
     """
 
     page_size: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
@@ -3831,7 +3835,8 @@ class PickEndpointRequest(betterproto2.Message):
 
     legacy_mode: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
     """
-    Ignore the caller's subscription tier.
+    Ignore the caller's subscription tier. Honoured only for callers not bound
+    to a tenant; a tenant-bound credential always gets its own tier's view.
     """
 
 
@@ -5546,7 +5551,8 @@ class WatchRequest(betterproto2.Message):
 
     legacy_mode: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
     """
-    Ignore the caller's subscription tier.
+    Ignore the caller's subscription tier. Honoured only for callers not bound
+    to a tenant; a tenant-bound credential always gets its own tier's view.
     """
 
 

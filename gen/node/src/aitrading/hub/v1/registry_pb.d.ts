@@ -265,7 +265,9 @@ export declare type GetServiceRequest = Message<"aitrading.hub.v1.GetServiceRequ
   service: string;
 
   /**
-   * Ignore the caller's subscription tier (for operators and legacy callers).
+   * Ignore the caller's subscription tier (for operators and services that
+   * predate tenancy). Honoured only for callers not bound to a tenant; a
+   * tenant-bound credential always gets its own tier's view.
    *
    * @generated from field: bool legacy_mode = 2;
    */
@@ -320,7 +322,9 @@ export declare const GetServiceResponseSchema: GenMessage<GetServiceResponse>;
  */
 export declare type ListServicesRequest = Message<"aitrading.hub.v1.ListServicesRequest"> & {
   /**
-   * Ignore the caller's subscription tier and list everything.
+   * Ignore the caller's subscription tier and list everything. Honoured only
+   * for callers not bound to a tenant; a tenant-bound credential always gets
+   * its own tier's view.
    *
    * @generated from field: bool legacy_mode = 1;
    */
@@ -403,7 +407,8 @@ export declare type WatchRequest = Message<"aitrading.hub.v1.WatchRequest"> & {
   startRevision: bigint;
 
   /**
-   * Ignore the caller's subscription tier.
+   * Ignore the caller's subscription tier. Honoured only for callers not bound
+   * to a tenant; a tenant-bound credential always gets its own tier's view.
    *
    * @generated from field: bool legacy_mode = 3;
    */

@@ -42,7 +42,8 @@ export type PickEndpointRequest = Message<"aitrading.hub.v1.PickEndpointRequest"
   affinityKey: string;
 
   /**
-   * Ignore the caller's subscription tier.
+   * Ignore the caller's subscription tier. Honoured only for callers not bound
+   * to a tenant; a tenant-bound credential always gets its own tier's view.
    *
    * @generated from field: bool legacy_mode = 4;
    */

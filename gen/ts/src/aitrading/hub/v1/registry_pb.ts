@@ -274,7 +274,9 @@ export type GetServiceRequest = Message<"aitrading.hub.v1.GetServiceRequest"> & 
   service: string;
 
   /**
-   * Ignore the caller's subscription tier (for operators and legacy callers).
+   * Ignore the caller's subscription tier (for operators and services that
+   * predate tenancy). Honoured only for callers not bound to a tenant; a
+   * tenant-bound credential always gets its own tier's view.
    *
    * @generated from field: bool legacy_mode = 2;
    */
@@ -331,7 +333,9 @@ export const GetServiceResponseSchema: GenMessage<GetServiceResponse> = /*@__PUR
  */
 export type ListServicesRequest = Message<"aitrading.hub.v1.ListServicesRequest"> & {
   /**
-   * Ignore the caller's subscription tier and list everything.
+   * Ignore the caller's subscription tier and list everything. Honoured only
+   * for callers not bound to a tenant; a tenant-bound credential always gets
+   * its own tier's view.
    *
    * @generated from field: bool legacy_mode = 1;
    */
@@ -416,7 +420,8 @@ export type WatchRequest = Message<"aitrading.hub.v1.WatchRequest"> & {
   startRevision: bigint;
 
   /**
-   * Ignore the caller's subscription tier.
+   * Ignore the caller's subscription tier. Honoured only for callers not bound
+   * to a tenant; a tenant-bound credential always gets its own tier's view.
    *
    * @generated from field: bool legacy_mode = 3;
    */
