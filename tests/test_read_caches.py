@@ -17,8 +17,8 @@ from hub_server.domain.circuit import Circuit
 from hub_server.domain.circuits import Circuits, circuit_key
 from hub_server.domain.health import (
     HEALTHY,
+    STARTING,
     UNHEALTHY,
-    UNKNOWN,
     HealthMonitor,
     HealthView,
     ProbeResult,
@@ -97,13 +97,13 @@ async def test_health_view_indexes_records_and_defaults_the_rest() -> None:
         "lease",
     )
     # Declared a check, not yet proven: STARTING until its first probe decides.
-    assert health_view.of(probed).status == types_pb2.HEALTH_STATUS_STARTING
+    assert health_view.of(probed).status == STARTING
     await feed.health(health_view, "quotes", "probed", UNHEALTHY)
     assert health_view.of(probed).status == UNHEALTHY
     assert health_view.get("quotes", "probed") is not None
     await feed.delete(health_view.mirror, keys.health_key("quotes", "probed"))
     assert health_view.get("quotes", "probed") is None
-    assert health_view.of(probed).status == types_pb2.HEALTH_STATUS_STARTING
+    assert health_view.of(probed).status == STARTING
 
 
 async def test_get_service_answers_are_cached_per_service_and_dropped_by_its_changes() -> None:
