@@ -18,7 +18,7 @@ import grpc
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
 
 from bench.procs import HubProcess
-from bench.report import GET
+from bench.report import GET_PY
 from hub_server.embedded_etcd import EtcdProcess, free_port
 
 MEMBERS = 3
@@ -88,7 +88,7 @@ async def run(bench: Any, workdir: Path, register_vs: str) -> None:
         def get_either() -> Any:
             return next(turn).GetService(pick(requests))
 
-        await bench.closed(GET_3, get_one, CONCURRENCY, vs=(GET,))
+        await bench.closed(GET_3, get_one, CONCURRENCY, vs=(GET_PY,))
         await bench.closed(GET_3_TWO_HUBS, get_either, CONCURRENCY, vs=(GET_3,))
         # The member the hubs' store reached first is as likely as any to go.
         members[0].kill()

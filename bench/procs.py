@@ -36,10 +36,20 @@ class HubProcess:
     """`central-hub serve` against an existing etcd, on a free loopback port."""
 
     def __init__(
-        self, name: str, etcd_endpoint: str, workdir: Path, extra: tuple[str, ...] = ()
+        self,
+        name: str,
+        etcd_endpoint: str,
+        workdir: Path,
+        extra: tuple[str, ...] = (),
+        *,
+        metrics: bool = False,
     ) -> None:
         self.name = name
         self.extra = extra
+        # With metrics, a Prometheus endpoint (the RPC outcome counters bench.h2load reads).
+        self.metrics_address = f"127.0.0.1:{free_port()}" if metrics else ""
+        if metrics:
+            self.extra += ("--metrics-listen", self.metrics_address)
         self.etcd_endpoint = etcd_endpoint
         self.workdir = workdir
         self.address = f"127.0.0.1:{free_port()}"

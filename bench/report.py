@@ -6,9 +6,23 @@ from typing import Any
 
 Row = dict[str, Any]
 
-GET, NOOP, ETCD_READ = "GetService", "health.Check (no-op RPC)", "etcd Range (direct)"
+# Discovery rows driven by h2load (bench.h2load): what the servers serve.
+GET, NOOP, ETCD_READ = "GetService", "health.Check (no-op RPC)", "etcd KV/Range (serializable)"
 PICK = "PickEndpoint"
 DISCOVERY = (GET, PICK)
+GET_1PROC = "GetService, 1 process, 8 connections"
+GET_2PROC = "GetService, --workers 2, 8 connections"
+# Driven by a Python grpc.aio client: what a Python caller sees.
+GET_PY = "GetService (Python grpc.aio caller)"
+# hub_client's local view of a service, when it has one (not yet).
+LOOKUP = "client-side lookup (hub_client local view)"
+# The ratios the hub is judged on: (what, numerator, denominator, driver of both).
+HEADLINE = (
+    ("hub GetService / hub no-op (same server: what the hub itself costs)", GET, NOOP, "h2load"),
+    ("hub GetService / etcd KV/Range of the same 20 keys", GET, ETCD_READ, "h2load"),
+    ("--workers 2 / one process (GetService)", GET_2PROC, GET_1PROC, "h2load"),
+    ("client-side lookup / GetService RPC (Python caller)", LOOKUP, GET_PY, "python"),
+)
 P99_TARGET_MS = 2.0
 RSS_TARGET_MIB = 250.0
 # Fan-out: p99 of the time until the last of N streams has a change.
@@ -43,6 +57,41 @@ def add_ratios(rows: list[Row], facts: list[Row], propagation: list[Row] | None 
         if base:
             for k in ("p50_ms", "p99_ms"):
                 row["ratios"][k] = round(row[k] / base[k], 1) if base[k] else None
+
+
+def headline(rows: list[Row]) -> list[Row]:
+    """The headline ratios: throughput of the numerator over the denominator at
+    each closed-loop concurrency both were measured at, by the same driver."""
+    out = []
+    for name, num, den, driver in HEADLINE:
+        values = {}
+        for row in rows:
+            if row["op"] != num or row.get("driver", "python") != driver:
+                continue
+            if not isinstance(row["concurrency"], int):
+                continue
+            base = _find(rows, den, row["concurrency"])
+            if base and base.get("driver", "python") == driver and base["calls_per_s"]:
+                values[str(row["concurrency"])] = round(row["calls_per_s"] / base["calls_per_s"], 3)
+        note = ""
+        if not values:
+            note = "n/a (no local view yet)" if num == LOOKUP else "n/a (not measured in this run)"
+        out.append({"name": name, "numerator": num, "denominator": den, "driver": driver,
+                    "by_concurrency": values, "note": note})  # fmt: skip
+    return out
+
+
+def headline_lines(items: list[Row]) -> list[str]:
+    lines = []
+    width = max((len(h["name"]) for h in items), default=0)
+    for h in items:
+        values = h["by_concurrency"]
+        text = h["note"] or (
+            " / ".join(f"{v:.2f}x" for v in values.values())
+            + f"  (c={' / '.join(values)}, {h['driver']})"
+        )
+        lines.append(f"  {h['name']:<{width}}  {text}")
+    return lines
 
 
 def targets(
@@ -123,12 +172,18 @@ def render(result: dict[str, Any]) -> str:
         f"load average {env['loadavg_start_end'][0]} -> {env['loadavg_start_end'][1]}",
         "",
     ]
-    header = ("operation", "conc", "calls/s", "p50 ms", "p99 ms", "max ms", "err",
+    if env.get("skipped"):
+        lines += [f"--quick: skipped {', '.join(env['skipped'])}", ""]
+    if result.get("headline"):
+        lines += ["Ratios the hub is judged on (throughput):", *headline_lines(result["headline"])]
+        lines.append("")
+    header = ("operation", "driver", "conc", "calls/s", "p50 ms", "p99 ms", "max ms", "err",
               "CPU % cli/hub/etcd", "hub CPU us/call", "throughput vs baseline")  # fmt: skip
     baselines = {name for r in result["results"] for name in r["ratios"]}
     table = [header] + [
         (
             r["op"],
+            r.get("driver", "python"),
             str(r["concurrency"]),
             f"{r['calls_per_s']:,.0f}",
             f"{r['p50_ms']:.3f}",
@@ -144,11 +199,15 @@ def render(result: dict[str, Any]) -> str:
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for n, row in enumerate(table):
-        cells = [c.ljust(w) if i in (0, 1, 9) else c.rjust(w)
+        cells = [c.ljust(w) if i in (0, 1, 2, 10) else c.rjust(w)
                  for i, (c, w) in enumerate(zip(row, widths, strict=True))]  # fmt: skip
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines.append(
+        "driver h2load: nghttp2's C load generator (client CPU is h2load's); python: this "
+        "process's grpc.aio client, what a Python caller sees"
+    )
     lags = [r for r in result["results"] if "start_lag_p99_ms" in r]
     if lags:
         lines.append(

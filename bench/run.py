@@ -1,15 +1,19 @@
 """`python -m bench.run [--quick] [--out FILE]`: the hub under load.
 
 Starts an etcd (in a temp dir) and a hub as a separate `central-hub serve`
-process, registers 10,000 instances over 500 services, then measures, with every
-figure beside a baseline taken in the same run:
+process (serving /metrics), registers 10,000 instances over 500 services, then
+measures, with every figure beside a baseline taken in the same run:
 
-- GetService and PickEndpoint at concurrency 1, 16, 64 (closed loop, fixed
-  duration) beside (a) the standard grpc.health.v1 Health/Check on the same hub
-  (a near no-op unary RPC: the gRPC stack's own limit) and (b) a direct etcd
-  range read of the same service's keys with the hub's own store client
-  (EtcdStore.get_prefix);
-- the same four at a fixed offered rate of 1,000 calls/s (open loop);
+- driven by h2load (bench.h2load: nghttp2's C load generator, raw gRPC frames,
+  errors counted by the servers), GetService and PickEndpoint at 1, 16 and 64
+  concurrent streams (closed loop, fixed duration) and at a fixed offered rate
+  of 1,000 calls/s (open loop), beside (a) grpc.health.v1 Health/Check on the
+  same hub, registered without the hub's call wrapper: the gRPC stack's own
+  floor, and (b) etcd's own KV/Range of the same service's 20 keys
+  (serializable). One service per cell (h2load sends one prepared body);
+- GetService from this process's grpc.aio client at the same concurrencies and
+  rate: what a Python caller sees, its own client's cost included;
+- GetService on one hub process and on `--workers 2` (h2load, 8 connections);
 - watch fan-out (bench.fanout): a registry change to the last of 1,000 and of
   5,000 Watch streams, a health change to the last of 1,000 and of 5,000
   WatchHealth streams (detection + fan-out, and fan-out alone), a global config
@@ -25,13 +29,18 @@ figure beside a baseline taken in the same run:
 - probe throughput (bench.probing): 1,000 TCP checks at the default 10 s interval
   against a listener of the bench, beside the theoretical 100 probes/s.
 
-The load generator is this process: grpc.aio, one channel to the hub shared by
-all workers (one HTTP/2 connection, calls multiplexed), one EtcdStore channel to
-etcd, read requests built before the clock starts. It shares the machine's cores
-with the hub and etcd, as a real client on the same host would. Watch streams
-are held by child processes (bench.watchers), 100 streams per connection.
+Everything but the h2load rows is driven by this process: grpc.aio, one channel
+to the hub shared by all workers (one HTTP/2 connection, calls multiplexed), one
+EtcdStore channel to etcd, requests built before the clock starts. Load
+generators share the machine's cores with the hub and etcd, as a real client on
+the same host would. Watch streams are held by child processes
+(bench.watchers), 100 streams per connection.
 
-Prints one report and writes it as JSON (default bench/results/<UTC time>.json).
+--quick (under a minute) runs setup, discovery and --workers only: it skips the
+second hub's cold start, fan-out, quota, writes, probes and the cluster.
+
+Prints one report, headed by the ratios the hub is judged on, and writes it as
+JSON (default bench/results/<UTC time>.json) with the machine it ran on.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import random
@@ -55,17 +65,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from aitrading.hub.v1 import balancer_pb2, balancer_pb2_grpc, registry_pb2, registry_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from aetcd import rpc
+from aitrading.hub.v1 import balancer_pb2, registry_pb2, registry_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from bench import cluster, fanout, probing, quota, report
+from bench import cluster, fanout, h2load, probing, quota, report
 from bench.load import Stats, closed_loop, open_loop, spread
 from bench.procs import HubProcess, cpu_seconds
-from bench.report import ETCD_READ, GET, NOOP, PICK
+from bench.report import ETCD_READ, GET, GET_1PROC, GET_2PROC, GET_PY, NOOP, PICK
 from bench.watchers import STREAMS_PER_CHANNEL, WAVE
 from hub_server.embedded_etcd import EtcdProcess, etcd_binary
 from hub_server.store import keys
-from hub_server.store.etcd import EtcdStore
+from hub_server.store.etcd import EtcdStore, prefix_end
 
 SERVICES = 500
 PER_SERVICE = 20
@@ -74,8 +85,24 @@ OFFERED_RATE = 1000
 SETUP_CONCURRENCY = 64
 WRITE_CONCURRENCY = 16
 RESULTS = Path(__file__).parent / "results"
-GET_1PROC = "GetService, 1 process, 8 connections"
-GET_2PROC = "GetService, --workers 2, 8 connections"
+# h2load sends one prepared body per run, so each h2load cell asks for one
+# service (the same for the hub and etcd: the same 20 keys); the Python rows
+# spread over all 500.
+H2_SERVICE = "svc-250"
+# Connections for h2load's closed-loop cells: several, as several callers would
+# open (c=1 is one connection); --workers cells use 8, since SO_REUSEPORT
+# spreads connections, not calls.
+H2_CONNECTIONS = 4
+WORKER_CONNECTIONS = 8
+# Sections --quick leaves out to finish in under a minute.
+SLOW_SECTIONS = (
+    "second hub's cold start",
+    "watch fan-out",
+    "quota",
+    "writes",
+    "probes",
+    "3-member cluster",
+)
 
 # Operation names, as they appear in the report (the discovery ones live in report).
 REGISTER = "Register"
@@ -115,19 +142,33 @@ class Bench:
         print(f"[{time.perf_counter() - self.started:4.0f} s] {title}", flush=True)
 
     def record(
-        self, op: str, concurrency: int | str, stats: Stats, *, vs: tuple[str, ...] = ()
+        self,
+        op: str,
+        concurrency: int | str,
+        stats: Stats | dict[str, Any],
+        *,
+        vs: tuple[str, ...] = (),
+        driver: str = "python",
     ) -> dict[str, Any]:
-        row = {"op": op, "concurrency": concurrency, **stats.summary(), "vs": list(vs)}
+        summary = stats.summary() if isinstance(stats, Stats) else stats
+        row = {"op": op, "concurrency": concurrency, "driver": driver, **summary, "vs": list(vs)}
         self.rows.append(row)
-        print(f"  {op:<30} c={concurrency!s:<8} {row['calls_per_s']:>9.0f}/s "
-              f"p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms", flush=True)  # fmt: skip
+        print(f"  {op:<38} {driver:<6} c={concurrency!s:<7} {row['calls_per_s']:>9.0f}/s "
+              f"p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms"
+              + (f"  {row['errors']} errors" if row["errors"] else ""), flush=True)  # fmt: skip
         return row
 
-    def _cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by this process (the client), the hub and etcd."""
-        return {"client": time.process_time()} | {
-            name: cpu_seconds(pid) for name, pid in self.pids.items()
-        }
+    def _cpu(self, client: Callable[[], float] = time.process_time) -> dict[str, float]:
+        """CPU seconds used so far by the client (this process, or h2load), the
+        hub and etcd."""
+        return {"client": client()} | {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def _add_cpu(
+        self, row: dict[str, Any], before: dict[str, float], client: Callable[[], float]
+    ) -> None:
+        used = {k: v - before[k] for k, v in self._cpu(client).items()}
+        row["cpu_pct"] = {k: round(100 * v / row["seconds"]) for k, v in used.items()}
+        row["cpu_us_per_call"] = {k: round(1e6 * v / max(row["calls"], 1)) for k, v in used.items()}
 
     async def timed(
         self, op: str, concurrency: int | str, load: Awaitable[Stats], vs: tuple[str, ...] = ()
@@ -135,10 +176,34 @@ class Bench:
         """Runs one load and records it with the CPU each process spent meanwhile."""
         before = self._cpu()
         stats = await load
-        used = {k: v - before[k] for k, v in self._cpu().items()}
-        row = self.record(op, concurrency, stats, vs=vs)
-        row["cpu_pct"] = {k: round(100 * v / stats.elapsed) for k, v in used.items()}
-        row["cpu_us_per_call"] = {k: round(1e6 * v / max(row["calls"], 1)) for k, v in used.items()}
+        self._add_cpu(self.record(op, concurrency, stats, vs=vs), before, time.process_time)
+
+    async def h2(
+        self,
+        op: str,
+        target: h2load.Target,
+        *,
+        c: int = 0,
+        connections: int = 1,
+        rate: float = 0.0,
+        vs: tuple[str, ...] = (),
+    ) -> None:
+        """One h2load cell: closed loop at ``c`` streams over ``connections``, or
+        open loop at ``rate`` calls/s (bench.h2load). The warm-up is a run of its
+        own, so that the cell's byte and error counts are the cell's alone."""
+        if self.warmup and not rate:
+            await h2load.run(
+                target, concurrency=c, connections=connections, duration=self.warmup, log=False
+            )
+        before = self._cpu(h2load.children_cpu)
+        summary, log, errors = await h2load.run(
+            target, concurrency=c, connections=connections, duration=self.duration, rate=rate
+        )
+        stats = h2load.summarize(summary, log, errors, rate=rate)
+        row = self.record(op, f"{rate:g}/s" if rate else c, stats, vs=vs, driver="h2load")
+        row["connections"] = math.ceil(rate / h2load.MAX_RPS_PER_CLIENT) if rate else connections
+        row["errors_counted_by"] = target.error_source
+        self._add_cpu(row, before, h2load.children_cpu)
 
     async def closed(
         self, op: str, call: Callable[[], Awaitable[Any]], c: int, vs: tuple[str, ...] = ()
@@ -213,82 +278,51 @@ async def measure(
     channel = grpc.aio.insecure_channel(hub.address)
     try:
         registry = registry_pb2_grpc.RegistryServiceStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
 
         bench.section("setup: registering 10,000 instances over 500 services")
         instances = await register_all(bench, registry)
         await asyncio.sleep(1.0)
         bench.fact("hub RSS, 10,000 instances", hub.rss_mb(), "MiB", "hub RSS, empty")
 
-        second = HubProcess("hub-2", etcd.endpoint, workdir)
-        try:
-            cold = await second.start()
-            bench.fact("hub cold start, 10,000 instances", cold, "s", "hub cold start, empty etcd")
-            await asyncio.sleep(1.0)
-            bench.fact("second hub RSS after cold start", second.rss_mb(), "MiB", "hub RSS, empty")
-        finally:
-            second.stop()
+        if not args.quick:
+            await cold_start(bench, etcd.endpoint, workdir)
 
         rnd = random.Random(8)
         names = [f"svc-{s:03d}" for s in range(SERVICES)]
         get_requests = [registry_pb2.GetServiceRequest(service=n) for n in names]
-        prefixes = [keys.service_prefix(n) for n in names]
-        check = health_pb2.HealthCheckRequest()
         got = await registry.GetService(get_requests[0])
-        kvs, _ = await store.get_prefix(prefixes[0])
+        kvs, _ = await store.get_prefix(keys.service_prefix(names[0]))
         assert len(got.service.instances) == len(kvs) == PER_SERVICE, "setup incomplete"
 
         def get_service() -> Awaitable[Any]:
             return registry.GetService(rnd.choice(get_requests))
 
-        pick_requests = [balancer_pb2.PickEndpointRequest(service=n) for n in names]
-        balancer = balancer_pb2_grpc.LoadBalancerServiceStub(channel)
-        await balancer.PickEndpoint(pick_requests[0])
-
-        def pick_endpoint() -> Awaitable[Any]:
-            return balancer.PickEndpoint(rnd.choice(pick_requests))
-
-        def noop() -> Awaitable[Any]:
-            return health.Check(check)
-
-        def etcd_read() -> Awaitable[Any]:
-            return store.get_prefix(rnd.choice(prefixes))
-
-        bench.section("discovery: closed loop")
+        targets = await discovery_targets(channel, hub, etcd.endpoint)
+        bench.section("discovery: h2load, closed loop (one service per cell: " + H2_SERVICE + ")")
         for c in CONCURRENCIES:
-            await bench.closed(NOOP, noop, c)
-            await bench.closed(ETCD_READ, etcd_read, c)
-            await bench.closed(GET, get_service, c, vs=(NOOP, ETCD_READ))
-            await bench.closed(PICK, pick_endpoint, c, vs=(NOOP, ETCD_READ))
-        bench.section(f"discovery: open loop at {OFFERED_RATE} calls/s")
-        await bench.offered(NOOP, noop)
-        await bench.offered(ETCD_READ, etcd_read)
-        await bench.offered(GET, get_service, vs=(NOOP, ETCD_READ))
-        await bench.offered(PICK, pick_endpoint, vs=(NOOP, ETCD_READ))
+            conns = min(c, H2_CONNECTIONS)
+            await bench.h2(NOOP, targets[NOOP], c=c, connections=conns)
+            await bench.h2(ETCD_READ, targets[ETCD_READ], c=c, connections=conns)
+            for op in (GET, PICK):
+                await bench.h2(op, targets[op], c=c, connections=conns, vs=(NOOP, ETCD_READ))
+        bench.section(f"discovery: h2load, open loop at {OFFERED_RATE} calls/s")
+        for op in (NOOP, ETCD_READ, GET, PICK):
+            vs = (NOOP, ETCD_READ) if op in (GET, PICK) else ()
+            await bench.h2(op, targets[op], rate=OFFERED_RATE, vs=vs)
+        # What a Python program calling the hub gets: its own client's cost
+        # included (the client, not the hub, is the limit here).
+        bench.section("discovery: a Python caller (grpc.aio, one channel, 500 services)")
+        for c in CONCURRENCIES:
+            await bench.closed(GET_PY, get_service, c)
+        await bench.offered(GET_PY, get_service)
 
-        bench.section("scale: GetService on one process and on --workers 2")
-        await workers(bench, hub, etcd.endpoint, workdir, get_requests, rnd)
+        bench.section("scale: GetService on one process and on --workers 2 (h2load)")
+        await workers(bench, hub, etcd.endpoint, workdir, targets[GET])
 
-        # Before the writes, which add instances: the memory figures with watchers
-        # open are for the 10,000 setup instances.
-        await fanout.measure(
-            bench,
-            hub,
-            channel,
-            store,
-            changes=args.changes,
-            health_rounds=args.health_rounds,
-            config_writes=args.config_writes,
-        )
-        bench.section(f"quota: Allocate, {quota.ALLOCATORS} concurrent allocators on one tenant")
-        await quota.measure(bench, channel, store)
-        bench.section("writes")
-        await writes(bench, registry, store, instances)
-        bench.section(f"probes: {probing.INSTANCES:,} TCP checks every {probing.INTERVAL:g} s, "
-                      f"watched for {args.probe_wait:g} s")  # fmt: skip
-        await probing.measure(bench, registry, args.probe_wait)
-        bench.pids = {}  # the cluster's processes are its own
-        await cluster.run(bench, workdir, REGISTER)
+        if args.quick:
+            bench.section(f"--quick: skipping {', '.join(SLOW_SECTIONS)}")
+        else:
+            await slow_sections(bench, args, workdir, hub, channel, store, instances)
         bench.section("done")
         if hub.proc is not None and hub.proc.poll() is not None:
             raise RuntimeError("the hub died during the run")
@@ -297,36 +331,147 @@ async def measure(
         await store.close()
 
 
+async def slow_sections(
+    bench: Bench,
+    args: argparse.Namespace,
+    workdir: Path,
+    hub: HubProcess,
+    channel: grpc.aio.Channel,
+    store: EtcdStore,
+    instances: list,
+) -> None:
+    """Fan-out, quota, writes, probes and the 3-member cluster (not in --quick)."""
+    registry = registry_pb2_grpc.RegistryServiceStub(channel)
+    # Before the writes, which add instances: the memory figures with watchers
+    # open are for the 10,000 setup instances.
+    await fanout.measure(
+        bench,
+        hub,
+        channel,
+        store,
+        changes=args.changes,
+        health_rounds=args.health_rounds,
+        config_writes=args.config_writes,
+    )
+    bench.section(f"quota: Allocate, {quota.ALLOCATORS} concurrent allocators on one tenant")
+    await quota.measure(bench, channel, store)
+    bench.section("writes")
+    await writes(bench, registry, store, instances)
+    bench.section(f"probes: {probing.INSTANCES:,} TCP checks every {probing.INTERVAL:g} s, "
+                  f"watched for {args.probe_wait:g} s")  # fmt: skip
+    await probing.measure(bench, registry, args.probe_wait)
+    bench.pids = {}  # the cluster's processes are its own
+    await cluster.run(bench, workdir, REGISTER)
+
+
+async def cold_start(bench: Bench, etcd_endpoint: str, workdir: Path) -> None:
+    """A second hub's start with 10,000 instances in etcd, and its memory."""
+    second = HubProcess("hub-2", etcd_endpoint, workdir)
+    try:
+        cold = await second.start()
+        bench.fact("hub cold start, 10,000 instances", cold, "s", "hub cold start, empty etcd")
+        await asyncio.sleep(1.0)
+        bench.fact("second hub RSS after cold start", second.rss_mb(), "MiB", "hub RSS, empty")
+    finally:
+        second.stop()
+
+
+async def discovery_targets(
+    channel: grpc.aio.Channel, hub: HubProcess, etcd_endpoint: str
+) -> dict[str, h2load.Target]:
+    """The four discovery methods as h2load targets, each with the counter its
+    gRPC errors are read from."""
+    assert hub.metrics_address, "the bench's hub serves /metrics"
+    hub_metrics = f"http://{hub.metrics_address}/metrics"
+    hub_counted = "hub RPC outcome metric"
+
+    def on_hub(method: str, request: Any) -> h2load.Target:
+        counter = h2load.metrics_reader(hub_metrics, h2load.hub_outcomes, method)
+        body = h2load.grpc_body(request)
+        return h2load.Target(hub.address, method, body, counter, error_source=hub_counted)
+
+    prefix = keys.service_prefix(H2_SERVICE)
+    etcd_range = "/etcdserverpb.KV/Range"
+    # The hub's own reads are linearizable; a serializable read is etcd's cheapest
+    # (what a local replica serves), the fairest floor for a read from memory.
+    range_request = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), serializable=True)
+    check = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+    targets = {
+        GET: on_hub(
+            method(registry_pb2, "RegistryService", "GetService"),
+            registry_pb2.GetServiceRequest(service=H2_SERVICE),
+        ),
+        PICK: on_hub(
+            method(balancer_pb2, "LoadBalancerService", "PickEndpoint"),
+            balancer_pb2.PickEndpointRequest(service=H2_SERVICE),
+        ),
+        # grpc.health.v1 is registered without the hub's call wrapper (hub_server
+        # app.py): no hub counter, and no authentication, limits or metric on
+        # the way, so it is the gRPC stack's own floor. Its answers all have one
+        # size: errors are the answers without a body.
+        NOOP: h2load.Target(
+            hub.address,
+            method(health_pb2, "Health", "Check"),
+            h2load.grpc_body(health_pb2.HealthCheckRequest()),
+            response_size=5 + check.ByteSize(),
+            error_source="responses without a body (health.v1 has no hub counter)",
+        ),
+        ETCD_READ: h2load.Target(
+            etcd_endpoint,
+            etcd_range,
+            h2load.grpc_body(range_request),
+            h2load.metrics_reader(
+                f"http://{etcd_endpoint}/metrics", h2load.etcd_outcomes, etcd_range
+            ),
+            error_source="etcd grpc_server_handled_total",
+        ),
+    }
+    # Both servers answer the prepared bodies before anything is timed.
+    stub = registry_pb2_grpc.RegistryServiceStub(channel)
+    got = await stub.GetService(registry_pb2.GetServiceRequest(service=H2_SERVICE))
+    assert len(got.service.instances) == PER_SERVICE
+    return targets
+
+
+def method(module: Any, service: str, name: str) -> str:
+    """/package.Service/Method, from the generated module's descriptor."""
+    return f"/{module.DESCRIPTOR.services_by_name[service].full_name}/{name}"
+
+
 async def workers(
     bench: Bench,
     hub: HubProcess,
     etcd_endpoint: str,
     workdir: Path,
-    requests: list[registry_pb2.GetServiceRequest],
-    rnd: random.Random,
+    get: h2load.Target,
 ) -> None:
-    """GetService on 1 hub process and on `--workers 2`, same client: 8 channels,
-    each its own connection, since SO_REUSEPORT spreads connections, not calls."""
+    """GetService on 1 hub process and on `--workers 2`, driven by h2load over 8
+    connections, since SO_REUSEPORT spreads connections, not calls. --workers
+    serves no /metrics: errors on both are the answers without a body (every
+    GetService answer for one service has the same size)."""
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        answer = await stub.GetService(registry_pb2.GetServiceRequest(service=H2_SERVICE))
+    size = 5 + answer.ByteSize()
+    counted = "responses without a body (--workers has no /metrics)"
     two = HubProcess("workers-2", etcd_endpoint, workdir, extra=("--workers", "2"))
     await two.start()
     try:
+        await asyncio.sleep(1.0)  # the workers' views load
         for name, address in ((GET_1PROC, hub.address), (GET_2PROC, two.address)):
-            channels = [
-                grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(8)
-            ]
-            stubs = [registry_pb2_grpc.RegistryServiceStub(ch) for ch in channels]
-            await asyncio.sleep(1.0)  # the workers' views load
-
-            def call(stubs: list = stubs) -> Awaitable[Any]:  # type: ignore[type-arg]
-                return rnd.choice(stubs).GetService(rnd.choice(requests))
-
+            target = h2load.Target(
+                address, get.method, get.body, response_size=size, error_source=counted
+            )
+            # The one-process hub's CPU is not the workers': leave it out of their rows.
+            pids = dict(bench.pids)
+            if name == GET_2PROC:
+                bench.pids.pop("hub", None)
             try:
                 for c in (16, 64):
-                    await bench.closed(name, call, c, vs=(GET_1PROC,) if name == GET_2PROC else ())
+                    vs = (GET_1PROC,) if name == GET_2PROC else ()
+                    await bench.h2(name, target, c=c, connections=WORKER_CONNECTIONS, vs=vs)
             finally:
-                for ch in channels:
-                    await ch.close()
+                bench.pids = pids
     finally:
         two.stop()
 
@@ -373,6 +518,13 @@ async def writes(
     await bench.closed(KEEPALIVE, keep_alive, c, vs=(ETCD_KEEPALIVE,))
 
 
+def meminfo_kib(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     def out(*cmd: str) -> str:
         try:
@@ -397,7 +549,17 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         # Other work on the machine skews everything: the 1-minute load average
         # when the run started and when it ended.
         "loadavg_start_end": [args.loadavg, round(os.getloadavg()[0], 2)],
+        "machine": {
+            "cores": len(os.sched_getaffinity(0)),
+            "cpu_model": cpu,
+            "memory_mib": round(meminfo_kib("MemTotal") / 1024),
+            # 1-, 5- and 15-minute load averages before and after the run.
+            "loadavg_before": args.loadavg_all,
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "h2load": (out("h2load", "--version").splitlines() or [""])[0],
         "quick": args.quick,
+        "skipped": list(SLOW_SECTIONS) if args.quick else [],
         "seconds_per_cell": args.duration,
         "instances": SERVICES * PER_SERVICE,
         "services": SERVICES,
@@ -422,7 +584,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     hub: HubProcess | None = None
     try:
         await etcd.start_async()
-        hub = HubProcess("hub-1", etcd.endpoint, workdir)
+        hub = HubProcess("hub-1", etcd.endpoint, workdir, metrics=True)
         await measure(bench, args, workdir, etcd, hub)
     finally:
         if hub is not None:
@@ -432,6 +594,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report.add_ratios(bench.rows, bench.facts, bench.propagation)
     return {
         "environment": environment(args),
+        "headline": report.headline(bench.rows),
         "results": bench.rows,
         "propagation": bench.propagation,
         "probes": bench.probes,
@@ -447,8 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="1 s per measurement, not 3 s; 5 changes per fan-out cell, not 20; "
-        "an 11 s probe watch, not 22 s",
+        help="under a minute: 1 s per measurement, not 3 s; setup, discovery and "
+        "--workers only (skips " + ", ".join(SLOW_SECTIONS) + ")",
     )
     parser.add_argument("--duration", type=float, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<time>.json)")
@@ -461,7 +624,11 @@ def main(argv: list[str] | None = None) -> int:
     args.config_writes = 3 if args.quick else 10
     args.probe_wait = 11.0 if args.quick else 22.0
     started = time.perf_counter()
-    args.loadavg = round(os.getloadavg()[0], 2)
+    args.loadavg_all = [round(x, 2) for x in os.getloadavg()]
+    args.loadavg = args.loadavg_all[0]
+    if not h2load.available():
+        print("h2load not found: apt-get install nghttp2-client (make bench does)", file=sys.stderr)
+        return 2
     try:
         result = asyncio.run(run(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
