@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser gen check-gen lint breaking release-baseline run test test-faults bench clean
+.PHONY: install browser h2load gen check-gen lint breaking release-baseline run test test-faults bench clean
 
 install: $(STAMP) node_modules/.installed
 
@@ -60,8 +60,17 @@ test: install browser check-gen lint breaking
 test-faults: install
 	$(BIN)/pytest -m faults -q
 
-bench: install
+# The benchmark's unary load comes from h2load (Debian's nghttp2-client), installed
+# as the browser tests' chromium is; its README tables are rewritten from the run.
+h2load:
+	@command -v h2load >/dev/null || { \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nghttp2-client; }
+
+bench: install h2load
 	$(PY) -m bench.run
+	$(PY) scripts/bench_readme.py
 
 clean:
 	rm -rf $(VENV) node_modules .hub-data
