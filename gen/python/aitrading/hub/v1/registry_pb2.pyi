@@ -126,7 +126,10 @@ class RegisterRequest(_message.Message):
     service: _builtins.str
     """The service name: a DNS label (lower case letters, digits, '-', at most 63)."""
     instance_id: _builtins.str
-    """Optional stable instance id; defaults to "host-port"."""
+    """Optional stable instance id. Defaults to "host-port" for an IPv4 address or
+    a host name, "ip6:<address>-port" for an IPv6 address: distinct for
+    distinct (host, port).
+    """
     host: _builtins.str
     """Host name or IP address callers connect to."""
     port: _builtins.int

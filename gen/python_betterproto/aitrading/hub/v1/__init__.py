@@ -3925,7 +3925,9 @@ class RegisterRequest(betterproto2.Message):
 
     instance_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    Optional stable instance id; defaults to "host-port".
+    Optional stable instance id. Defaults to "host-port" for an IPv4 address or
+    a host name, "ip6:<address>-port" for an IPv6 address: distinct for
+    distinct (host, port).
     """
 
     host: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)

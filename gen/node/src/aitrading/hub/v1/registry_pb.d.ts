@@ -25,7 +25,9 @@ export declare type RegisterRequest = Message<"aitrading.hub.v1.RegisterRequest"
   service: string;
 
   /**
-   * Optional stable instance id; defaults to "host-port".
+   * Optional stable instance id. Defaults to "host-port" for an IPv4 address or
+   * a host name, "ip6:<address>-port" for an IPv6 address: distinct for
+   * distinct (host, port).
    *
    * @generated from field: string instance_id = 2;
    */
