@@ -552,3 +552,37 @@ t hubctl backups restore saved.chub --d
     assert lines[4].split() == ["saved.chub"]
     assert lines[5].split() == ["--dry-run"]
     await client.abort_deployment(dep)
+
+
+async def test_follow_stops_where_a_person_is_needed_and_at_timeout(
+    hub: Hub, client: HubClient
+) -> None:
+    async with fleet(client, "fills", 2) as f:
+        f.replace = False  # no replacements: the first batch misses its gate
+        res = await hubctl(
+            hub, "deployments", "start", "fills", "2.0.0", "--health-gate-timeout", "60",
+            "-o", "json",
+        )  # fmt: skip
+        assert res.code == 0, res.err
+        dep = res.json()["id"]
+        await eventually(lambda: _state(client, dep, "RUNNING"))
+        # --timeout given: following ends when it passes, with the timeout code (3).
+        timed = await follow(hub, "--timeout", "1", "deployments", "status", dep, "--watch")
+        assert timed.code == 3, timed.err
+        assert f"{dep} did not finish within --timeout 1s" in timed.err
+        assert timed.out.splitlines()[0].split()[1] == "RUNNING"
+        await hubctl(hub, "deployments", "abort", dep)
+
+        # A gate that times out pauses the roll-out: following stops there (exit 8).
+        res = await follow(
+            hub, "deployments", "start", "fills", "3.0.0", "--health-gate-timeout", "1s",
+            "--follow",
+        )  # fmt: skip
+        assert res.code == 8, res.err
+        dep = res.out.splitlines()[0].split()[1].rstrip(":")
+        assert res.out.splitlines()[-1].split()[1] == "PAUSED"
+        assert f"{dep} stopped PAUSED: " in res.err and "it needs a person" in res.err
+        watched = await follow(hub, "deployments", "status", dep, "--watch", "-o", "json")
+        assert watched.code == 8, watched.err
+        assert [line["state"] for line in _lines(watched)] == ["PAUSED"]
+        await hubctl(hub, "deployments", "abort", dep)

@@ -49,6 +49,7 @@ EXIT_NOT_FOUND = 4
 EXIT_PERMISSION = 5  # unauthenticated, or not allowed (role, tenant, tier)
 EXIT_QUOTA = 6  # over a tenant's quota (or `quota check` says it would not fit)
 EXIT_CONFLICT = 7  # someone else changed it first, or it exists already
+EXIT_NEEDS_PERSON = 8  # a followed roll-out stopped PAUSED or FAILED: someone must decide
 EXIT_INTERRUPTED = 130  # Ctrl-C on a command that is not a watch
 
 EPILOG = """\
@@ -60,10 +61,12 @@ environment:
 
 exit codes:
   0 ok   1 error from the hub   2 usage
-  3 unavailable: hub unreachable, etcd down, or nothing eligible to pick
+  3 unavailable: hub unreachable, etcd down, or nothing eligible to pick;
+    also --timeout passed (a followed roll-out not finished within --timeout)
   4 not found   5 unauthenticated or permission denied
   6 over quota (also: `quota check` says it would not fit)
   7 conflict: changed by someone else first (--expected-version), or exists already
+  8 needs a person: a followed roll-out stopped PAUSED or FAILED
   130 interrupted (Ctrl-C ends a watch normally, with 0)
 
 shell completion:
@@ -147,6 +150,9 @@ class Context:
     target: str
     timeout: float
     hub: HubClient = field(init=False)
+    # --timeout given on the command line: it also bounds following a roll-out
+    # (which otherwise waits as long as the roll-out takes).
+    deadline: float | None = None
 
     def emit(self, data: Any, text: Callable[..., Any]) -> None:
         self.output.emit(data, text)
@@ -230,9 +236,10 @@ def _global_options(
     g.add_argument(
         "--timeout",
         type=float,
-        default=default(float(_env("HUB_TIMEOUT", "5"))),
+        default=default(None),  # None: HUB_TIMEOUT or 5; see run()
         metavar="SECONDS",
-        help="connect and call deadline (env HUB_TIMEOUT, default 5)",
+        help="connect and call deadline (env HUB_TIMEOUT, default 5); given here, it "
+        "also bounds --follow/--watch of a roll-out (exit 3 when it passes)",
     )
     g.add_argument(
         "--token",
@@ -446,7 +453,10 @@ def run(argv: Sequence[str] | None, out: IO[str], err: IO[str]) -> int:
     output = Output(
         out, err, json_mode=args.output == "json", colour=use_colour(out, args.no_color)
     )
-    ctx = Context(args=args, output=output, target=args.target, timeout=args.timeout)
+    timeout = args.timeout if args.timeout is not None else float(_env("HUB_TIMEOUT", "5"))
+    ctx = Context(
+        args=args, output=output, target=args.target, timeout=timeout, deadline=args.timeout
+    )
     try:
         return asyncio.run(_execute(ctx, cmd))
     except KeyboardInterrupt:

@@ -5,8 +5,10 @@ the hub's keyspace to a file, list the backups the hub keeps, restore one.
 ``deployments status ID --watch`` (and ``--follow`` on start, resume and
 rollback) prints a line per change until the deployment reaches a final state.
 The hub's stream stays open after that, so the command stops by itself when it
-sees one; it exits 0 if the deployment SUCCEEDED (ROLLED_BACK for ``rollback
---follow``) and 1 if it ended otherwise.
+sees one, or when the roll-out stops PAUSED or FAILED (it needs a person then);
+it exits 0 if the deployment SUCCEEDED (ROLLED_BACK for ``rollback --follow``),
+8 if it stopped PAUSED or FAILED, 1 if it ended otherwise, and 3 when a
+``--timeout`` given on the command line passes first.
 
 ``backups restore FILE`` rewrites the hub's keyspace: ``--dry-run`` reports per
 kind of key what would change and writes nothing; the real restore wants ``--yes``.
@@ -25,12 +27,19 @@ from collections.abc import AsyncGenerator, Iterable
 from pathlib import Path
 from typing import Any
 
-import grpc
-from aitrading.hub.v1 import backup_pb2, deployment_pb2, registry_pb2
+from aitrading.hub.v1 import backup_pb2, deployment_pb2
 
-from hub_client import BackupInfo, Deployment, KindChanges, RestoreReport
-from hub_client._private.errors import from_rpc_error
-from hub_server.hubctl.app import EXIT_ERROR, Context, UsageError, arg, command, group
+from hub_client import BackupInfo, Deployment, KindChanges, RestoreReport, resume_watch
+from hub_server.hubctl.app import (
+    EXIT_ERROR,
+    EXIT_NEEDS_PERSON,
+    EXIT_UNAVAILABLE,
+    Context,
+    UsageError,
+    arg,
+    command,
+    group,
+)
 from hub_server.hubctl.output import (
     Style,
     ago,
@@ -51,6 +60,9 @@ group("backups", "export the hub's keyspace, list stored backups, restore one")
 
 STRATEGIES = ("rolling", "canary")
 FINAL_STATES = ("SUCCEEDED", "FAILED", "ABORTED", "ROLLED_BACK")
+# Where a roll-out stops until someone resumes, rolls back or aborts it: following
+# it ends there (exit 8), not only at a final state.
+NEEDS_PERSON = ("PAUSED", "FAILED")
 # Colours by deployment and batch state.
 _COLOURS = {
     "PENDING": "dim",
@@ -294,6 +306,16 @@ def _summary(d: Deployment) -> str:
     return f"{d.id} ended {d.state} after {took}" + (f": {d.reason}" if d.reason else "")
 
 
+def _stopped(d: Deployment) -> str:
+    what = f"{d.id} stopped {d.state}" + (f": {d.reason}" if d.reason else "")
+    if d.state == "PAUSED":
+        return (
+            f"{what}; it needs a person: hubctl deployments resume {d.id}, "
+            f"rollback {d.id} or abort {d.id}"
+        )
+    return f"{what}; it needs a person: hubctl deployments rollback {d.id}"
+
+
 # -- deployments: following one ----------------------------------------------------------
 
 
@@ -303,38 +325,44 @@ async def _watch_deployment(
     """(deployment, progress, initial) for its current state and every change;
     resumes from the last revision after a disconnect. It never ends by itself:
     the caller stops at a final state."""
-    revision, backoff, initial = 0, 0.1, True
-    retryable = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-    while True:
-        call = ctx.hub.deployment_stub.WatchDeployment(
-            deployment_pb2.WatchDeploymentRequest(id=deployment_id, start_revision=revision),
+    initial = True
+
+    def open_stream(start: int) -> Any:
+        return ctx.hub.deployment_stub.WatchDeployment(
+            deployment_pb2.WatchDeploymentRequest(id=deployment_id, start_revision=start),
             metadata=ctx.hub.context.metadata(),
             wait_for_ready=True,
         )
-        try:
-            async for msg in call:
-                backoff = 0.1
-                if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED:
-                    revision = 0  # start over with the current state
-                    break
-                if msg.HasField("deployment"):
-                    yield Deployment.from_pb(msg.deployment), msg.progress, initial
-                    initial = False
-                revision = msg.header.revision + 1
-        except grpc.aio.AioRpcError as e:
-            if e.code() not in retryable:
-                raise from_rpc_error(e) from None
-            ctx.output.note(f"deployment watch interrupted ({e.code().name}); resuming")
-        finally:
-            call.cancel()
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 2.0)
+
+    def interrupted(why: str) -> None:
+        ctx.output.note(f"deployment watch interrupted ({why}); resuming")
+
+    stream = resume_watch(open_stream, on_interrupt=interrupted)
+    async with contextlib.aclosing(stream):
+        async for msg in stream:
+            if msg.HasField("deployment"):  # a RESYNC_REQUIRED has none: the current state follows
+                yield Deployment.from_pb(msg.deployment), msg.progress, initial
+                initial = False
 
 
 async def follow(ctx: Context, deployment_id: str, goal: str = "SUCCEEDED") -> int:
-    """Prints a line (or a JSON object) per change until a final state: exit 0
-    if the deployment ended in ``goal`` (ROLLED_BACK after an asked-for roll-back),
-    1 if it ended otherwise."""
+    """Prints a line (or a JSON object) per change until the roll-out ends or
+    stops: exit 0 if it ended in ``goal`` (ROLLED_BACK after an asked-for
+    roll-back), 8 if it stopped PAUSED or FAILED (someone must decide), 1 if it
+    ended otherwise, 3 if a --timeout given passed first."""
+    if ctx.deadline is None:
+        return await _follow(ctx, deployment_id, goal)
+    try:
+        return await asyncio.wait_for(_follow(ctx, deployment_id, goal), ctx.deadline)
+    except TimeoutError:
+        ctx.output.note(
+            f"{deployment_id} did not finish within --timeout {ctx.deadline:g}s; "
+            "it goes on (hubctl deployments status to see where it is)"
+        )
+        return EXIT_UNAVAILABLE
+
+
+async def _follow(ctx: Context, deployment_id: str, goal: str) -> int:
     last = -1
     async with contextlib.aclosing(_watch_deployment(ctx, deployment_id)) as stream:
         async for d, p, initial in stream:
@@ -349,9 +377,15 @@ async def follow(ctx: Context, deployment_id: str, goal: str = "SUCCEEDED") -> i
                 return _event_line(d, p, initial, st)
 
             ctx.output.event({**deployment_json(d, p), "initial": initial}, line)
+            if d.state == goal:
+                ctx.output.note(_summary(d))
+                return 0
+            if d.state in NEEDS_PERSON:
+                ctx.output.note(_stopped(d))
+                return EXIT_NEEDS_PERSON
             if d.state in FINAL_STATES:
                 ctx.output.note(_summary(d))
-                return 0 if d.state == goal else EXIT_ERROR
+                return EXIT_ERROR
     raise AssertionError("unreachable: the watch never ends by itself")  # pragma: no cover
 
 
@@ -364,7 +398,8 @@ def _follow_arg(goal: str = "SUCCEEDED") -> Any:
         "-f",
         "--follow",
         action="store_true",
-        help=f"then follow it to a final state, a line per change (exit 1 unless {goal})",
+        help=f"then follow it, a line per change, until it ends (exit 1 unless {goal}) or "
+        "stops PAUSED or FAILED (exit 8)",
     )
 
 
@@ -488,7 +523,8 @@ async def deployments_list(ctx: Context, args: argparse.Namespace) -> None:
     "one deployment, batch by batch; --watch follows it to a final state",
     _id_arg(),
     arg("-w", "--watch", action="store_true",
-        help="print a line per change until it ends (exit 1 unless it SUCCEEDED)"),
+        help="print a line per change until it ends (exit 1 unless it SUCCEEDED) or "
+             "stops PAUSED or FAILED (exit 8)"),
     streaming=True,
 )  # fmt: skip
 async def deployments_status(ctx: Context, args: argparse.Namespace) -> int:
