@@ -79,6 +79,7 @@ from hub_server.store.mirror import PrefixMirror
 from hub_server.store.presence import Presence
 from hub_server.telemetry import Telemetry
 from hub_server.ui import Dashboard
+from hub_server.ui.server import parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ def authorizer_for(cfg: HubConfig) -> Authorizer:
     """The config's authorizer; refuses to serve beyond loopback with nobody
     asked who they are."""
     authorizer = Authorizer(cfg.credentials_file, client_certs=cfg.tls_client_ca is not None)
+    _check_side_listeners(cfg, authorizer.enabled)
     if authorizer.enabled:
         return authorizer
     host = cfg.listen.rpartition(":")[0].strip("[]")
@@ -216,6 +218,24 @@ def authorizer_for(cfg: HubConfig) -> Authorizer:
             "(and/or --tls-client-ca), listen on loopback, or pass --insecure"
         )
     return authorizer
+
+
+def _check_side_listeners(cfg: HubConfig, credentials: bool) -> None:
+    """The dashboard's and the metrics' addresses, checked before anything starts
+    (etcd, the data dir), as --listen is: a bad one or an exposed dashboard
+    without credentials is refused here, not after the hub is half up."""
+    if cfg.ui_listen:
+        host, _ = parse_listen(cfg.ui_listen)  # ValueError names the flag
+        if not (is_loopback(host) or credentials or cfg.insecure):
+            raise ValueError(
+                f"refusing to serve the dashboard on {host} without credentials: give "
+                "--credentials-file, listen on loopback, or pass --insecure"
+            )
+    if cfg.metrics_listen:
+        # Prometheus scrapes without credentials: any host, but a real port.
+        _, sep, port = cfg.metrics_listen.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"--metrics-listen {cfg.metrics_listen!r}: expected HOST:PORT")
 
 
 def _default_hub_id() -> str:

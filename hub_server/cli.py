@@ -166,7 +166,11 @@ async def serve(config: HubConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await hub.start()
+    try:
+        await hub.start()
+    except BaseException:
+        await hub.stop()  # what did start (etcd, the store) stops in this loop, not after it
+        raise
     tune_garbage_collector()
     loop.add_signal_handler(signal.SIGHUP, hub.reload_credentials)
     print(f"central hub serving on {hub.address}", flush=True)

@@ -170,3 +170,28 @@ async def test_workers_share_one_port_and_elect_one_leader(serve: Serve) -> None
         await eventually(found, timeout=5)
     assert await serve.signal(signal.SIGTERM) == 0
     await eventually(lambda: _etcd_pids(serve.data_dir) == [], timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ui-listen", "0.0.0.0:{port}"], "refusing to serve the dashboard on 0.0.0.0"),
+        (["--ui-listen", "0.0.0.0:nope"], "--ui-listen '0.0.0.0:nope': expected HOST:PORT"),
+        (["--metrics-listen", "0.0.0.0"], "--metrics-listen '0.0.0.0': expected HOST:PORT"),
+    ],
+)
+async def test_serve_refuses_a_bad_side_listener_before_starting(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    data_dir = tmp_path / "data"
+    argv = [f.format(port=free_port()) for f in flags]
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [str(BIN / "central-hub"), "serve", "--listen", f"127.0.0.1:{free_port()}",
+         "--data-dir", str(data_dir), *argv],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"central-hub: {message}"), proc.stderr
+    assert "Event loop is closed" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not data_dir.exists()  # refused before etcd started or the data dir was made
