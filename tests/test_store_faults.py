@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from aitrading.hub.v1 import registry_pb2
+from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hub_client import EventType, HubClient, Unavailable
@@ -113,3 +113,33 @@ async def test_hub_restart_keeps_registered_state(hub_factory: HubFactory) -> No
     async with HubClient(hub2.address) as client:
         after = (await client.discover("risk")).instances
     assert [(i.instance_id, i.version, i.metadata) for i in after] == [("r-7", "3.1.0", {"k": "v"})]
+
+
+async def test_keep_alive_during_an_outage_says_what_other_rpcs_say(
+    hub_factory: HubFactory, private_etcd: EtcdProcess
+) -> None:
+    hub = await hub_factory(endpoints=[private_etcd.endpoint])
+    etcd_port = private_etcd.endpoint.rpartition(":")[2]
+    async with HubClient(hub.address, timeout=3) as client:
+        reg = await client.register("quotes", host="q", port=1, ttl=30, keep_alive=False)
+        assert reg.instance is not None
+        await asyncio.to_thread(private_etcd.stop)
+        await eventually(lambda: _is(hub.address, NOT_SERVING), timeout=10)
+        async with grpc.aio.insecure_channel(hub.address) as channel:
+            stub = registry_pb2_grpc.RegistryServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as kept:
+                await stub.KeepAlive(
+                    registry_pb2.KeepAliveRequest(
+                        service="quotes",
+                        instance_id=reg.instance.instance_id,
+                        lease_id=reg.instance.lease_id,
+                    ),
+                    timeout=10,
+                )
+            with pytest.raises(grpc.aio.AioRpcError) as got:
+                await stub.GetService(registry_pb2.GetServiceRequest(service="quotes"), timeout=10)
+        assert kept.value.code() == got.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert kept.value.details() == got.value.details(), kept.value.details()
+        assert "not current" in kept.value.details()
+        assert etcd_port not in kept.value.details()
+        await private_etcd.start_async()

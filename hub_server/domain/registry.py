@@ -261,6 +261,7 @@ class Registry:
         if lease_id <= 0:
             v.add("lease_id", "is required")
         v.raise_if_any()
+        self.view.ensure_live()  # a stale view could wrongly say NOT_FOUND
         inst = self.view.get_instance(service, instance_id)
         if inst is None or inst.lease_id != lease_id:
             raise NotFound(

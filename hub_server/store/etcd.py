@@ -44,6 +44,11 @@ _UNAVAILABLE_CODES = {
 }
 
 
+# What a caller is told while etcd cannot be reached, the words of the mirrors'
+# refusal: the raw client error names etcd's address and port, so it is logged only.
+UNREACHABLE = "the hub's view is not current: etcd is unreachable"
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The range end that selects every key starting with ``prefix``."""
     end = bytearray(prefix)
@@ -269,7 +274,8 @@ class EtcdStore:
         try:
             return await asyncio.wait_for(self._keepalive.renew(lease_id), self.timeout)
         except (TimeoutError, grpc.aio.AioRpcError, ConnectionError) as e:
-            raise StoreUnavailable(f"etcd lease keep-alive failed: {e}") from e
+            log.debug("etcd lease keep-alive failed: %r", e)
+            raise StoreUnavailable(UNREACHABLE) from e
 
     async def lease_ttl(self, lease_id: int) -> int:
         """Remaining TTL of a lease in seconds, -1 when it does not exist."""
@@ -295,7 +301,8 @@ class EtcdStore:
             return await method(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as e:
             if e.code() in _UNAVAILABLE_CODES:
-                raise StoreUnavailable(f"etcd unavailable: {e.code().name}: {e.details()}") from e
+                log.debug("etcd call failed: %s: %s", e.code().name, e.details())
+                raise StoreUnavailable(UNREACHABLE) from e
             if e.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (e.details() or ""):
                 raise Compacted(e.details() or "compacted", compact_revision=0) from e
             if _too_large(e):
