@@ -13,7 +13,9 @@ from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hub_client import EventType, HubClient, Unavailable
+from hub_server.domain.errors import Compacted
 from hub_server.embedded_etcd import EtcdProcess
+from hub_server.store.etcd import EtcdStore
 from tests.conftest import HubFactory, eventually
 
 
@@ -143,3 +145,36 @@ async def test_keep_alive_during_an_outage_says_what_other_rpcs_say(
         assert "not current" in kept.value.details()
         assert etcd_port not in kept.value.details()
         await private_etcd.start_async()
+
+
+async def test_compacted_revision_reports_etcd_compact_revision(
+    hub_factory: HubFactory, private_etcd: EtcdProcess
+) -> None:
+    store = EtcdStore([private_etcd.endpoint])
+    try:
+        first = await store.put(b"/t/k", b"0")
+        for i in range(5):
+            await store.put(b"/t/k", str(i).encode())
+        compact = await store.put(b"/t/k", b"x")
+        await store.compact(compact)
+        with pytest.raises(Compacted) as old:
+            await store.get_page(b"/t/", b"/t0", revision=first)
+        assert old.value.compact_revision == compact
+        # A revision in the future is etcd's other OUT_OF_RANGE: not a compaction.
+        with pytest.raises(grpc.aio.AioRpcError) as future:
+            await store.get_page(b"/t/", b"/t0", revision=compact + 100)
+        assert future.value.code() == grpc.StatusCode.OUT_OF_RANGE
+
+        # A hub started after the compaction: a Watch from before it is told to
+        # resync from the real compact revision.
+        hub = await hub_factory(endpoints=[private_etcd.endpoint])
+        async with grpc.aio.insecure_channel(hub.address) as channel:
+            call = registry_pb2_grpc.RegistryServiceStub(channel).Watch(
+                registry_pb2.WatchRequest(start_revision=first)
+            )
+            resp = await asyncio.wait_for(call.read(), 10)
+            call.cancel()
+        assert resp.kind == registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED
+        assert resp.compact_revision == compact
+    finally:
+        await store.close()

@@ -303,13 +303,43 @@ class EtcdStore:
             if e.code() in _UNAVAILABLE_CODES:
                 log.debug("etcd call failed: %s: %s", e.code().name, e.details())
                 raise StoreUnavailable(UNREACHABLE) from e
-            if e.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (e.details() or ""):
-                raise Compacted(e.details() or "compacted", compact_revision=0) from e
+            revision = getattr(request, "revision", 0)
+            if e.code() == grpc.StatusCode.OUT_OF_RANGE and revision > 0:
+                # A revision compacted away or one in the future: etcd tells
+                # which, and the compact revision, only to a watch started there.
+                compact = await self._compact_revision(revision)
+                if compact:
+                    raise Compacted(
+                        f"revision {revision} is compacted; the oldest kept is {compact}",
+                        compact_revision=compact,
+                    ) from e
             if _too_large(e):
                 # The last line of defence: servicers bound what they store, so
                 # this is a request whose values add up past etcd's limit.
                 raise InvalidArgument.single("request", "is too large to store") from e
             raise
+
+    async def _compact_revision(self, revision: int) -> int:
+        """etcd's compact revision if ``revision`` is older than it, else 0 (a
+        revision in the future): a watch created at ``revision`` is cancelled
+        with it (after etcd's next sync of its watchers, ~100 ms)."""
+        call = self._watch.Watch()
+        try:
+            create = rpc.WatchCreateRequest(key=b"\0", start_revision=revision)
+            await call.write(rpc.WatchRequest(create_request=create))
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    resp = await call.read()
+                    if resp is grpc.aio.EOF or (resp.canceled and not resp.compact_revision):
+                        return 0
+                    if resp.compact_revision:
+                        return int(resp.compact_revision)
+                    if resp.created and revision > resp.header.revision:
+                        return 0  # a future revision: never compacted
+        except (TimeoutError, grpc.aio.AioRpcError):
+            return 0  # not known: the caller's own error stands
+        finally:
+            call.cancel()
 
 
 def _too_large(e: grpc.aio.AioRpcError) -> bool:
