@@ -20,7 +20,10 @@ from aitrading.hub.v1 import (
 )
 
 from hub_client import HubClient, health_check
+from hub_server.api.streaming import MergedLog
 from hub_server.app import Hub
+from hub_server.domain.event_log import EventLog
+from hub_server.store.mirror import ADDED, Change
 from tests.conftest import HubFactory, eventually
 from tests.support.servers import GrpcServer, HttpServer, TcpServer
 
@@ -445,3 +448,113 @@ async def test_watch_health_shows_a_caller_only_what_get_service_shows_it(hub: H
     finally:
         for srv in (pub, ent, up):
             await srv.stop()
+
+
+async def test_watch_health_sends_instances_that_leave_and_enter_the_view(hub: Hub) -> None:
+    U = types_pb2.HEALTH_STATUS_UNHEALTHY
+    a, b = HttpServer(), HttpServer()
+    for srv in (a, b):
+        await srv.start()
+    # Per watcher: (header revision, instance ids sent, instance ids removed) per EVENTS.
+    Log = list[tuple[int, list[tuple[str, int]], list[str]]]
+    seen: dict[str, Log] = {}
+
+    async def follow(ch: grpc.aio.Channel, name: str, tier: str | None, start: int = 0) -> None:
+        seen[name] = []
+        call = health_pb2_grpc.HealthServiceStub(ch).WatchHealth(
+            health_pb2.WatchHealthRequest(service="gone", start_revision=start),
+            metadata=_tenant(tier) if tier else None,
+        )
+        async for msg in call:
+            if msg.kind == registry_pb2.WATCH_RESPONSE_KIND_EVENTS:
+                assert all(r.service == "gone" for r in msg.removed)
+                seen[name].append(
+                    (
+                        msg.header.revision,
+                        [(r.instance_id, r.status) for r in msg.instances],
+                        [r.instance_id for r in msg.removed],
+                    )
+                )
+
+    def removed(name: str, iid: str) -> int:
+        """The revision of the first message that removed ``iid`` (0: none)."""
+        return next((rev for rev, _, gone in seen.get(name, []) if iid in gone), 0)
+
+    def sent_after(name: str, iid: str, revision: int) -> bool:
+        return any(rev > revision and iid in dict(sent) for rev, sent, _ in seen.get(name, []))
+
+    try:
+        async with grpc.aio.insecure_channel(hub.address) as ch:
+            registry = registry_pb2_grpc.RegistryServiceStub(ch)
+            await _register(ch, "gone", "a", a, [])
+            await _register(ch, "gone", "b", b, [])
+            await registry.Register(
+                registry_pb2.RegisterRequest(
+                    service="gone", instance_id="lease", host="127.0.0.1", port=1
+                )
+            )  # no check: no health record, only the registry knows it
+            for iid in ("a", "b"):
+                await eventually(lambda iid=iid: _status_is(hub.address, "gone", iid, 1))
+            tasks = [
+                asyncio.create_task(follow(ch, "free", "free")),
+                asyncio.create_task(follow(ch, "all", None)),
+            ]
+            try:
+                await asyncio.sleep(0.3)  # both snapshots sent
+                # "a" now needs enterprise: it leaves the free caller's view ...
+                await _register(ch, "gone", "a", a, [ENTERPRISE])
+                await eventually(lambda: removed("free", "a") > 0)
+                left = removed("free", "a")
+                # ... and comes back into it with its health when that is dropped.
+                await _register(ch, "gone", "a", a, [])
+                await eventually(lambda: sent_after("free", "a", left))
+                # Deregistered: gone for every watcher, with or without a record.
+                for iid in ("b", "lease"):
+                    await registry.Deregister(
+                        registry_pb2.DeregisterRequest(service="gone", instance_id=iid)
+                    )
+                    await eventually(lambda iid=iid: removed("all", iid) > 0)
+                    await eventually(lambda iid=iid: removed("free", iid) > 0)
+                assert removed("all", "a") == 0  # it never left the unfiltered view
+                deregistered = removed("all", "lease")
+                # Resumed after the events, a watch sends none of them again.
+                resumed = [
+                    asyncio.create_task(follow(ch, "free again", "free", left + 1)),
+                    asyncio.create_task(follow(ch, "all again", None, deregistered + 1)),
+                ]
+                tasks += resumed
+                await eventually(lambda: sent_after("free again", "a", left))
+                a.status = 500  # a later change both see
+                for name in ("all again", "free again"):
+                    await eventually(lambda n=name: ("a", U) in [s for m in seen[n] for s in m[1]])
+                assert [i for _, _, gone in seen["all again"] for i in gone] == []
+                assert [i for _, _, gone in seen["free again"] for i in gone] == ["b", "lease"]
+            finally:
+                for task in tasks:
+                    await _stop(task)
+    finally:
+        for srv in (a, b):
+            await srv.stop()
+
+
+async def test_merged_log_is_in_revision_order_up_to_where_every_log_is_complete() -> None:
+    registry, health = EventLog[Change[None]](), EventLog[Change[None]]()
+    advanced: list[str] = []
+
+    async def nothing() -> None:
+        advanced.append("health")
+
+    async def barrier() -> None:  # what a mirror's barrier does to its log
+        advanced.append("registry")
+        registry.append([], 10)
+
+    merged = MergedLog([registry, health], [barrier, nothing])
+    health.append([(r, Change(ADDED, b"h", None, r)) for r in (3, 7)], 7)
+    registry.append([(5, Change(ADDED, b"r", None, 5))], 5)
+    # The registry may still have changes in 6..7 on their way: 7 is not sent yet.
+    assert merged.head == 5
+    assert [c.revision for c in merged.since(0) or []] == [3, 5]
+    await merged.wait(5, 5.0)  # the registry is asked to catch up, not waited for
+    assert advanced == ["registry"]
+    assert merged.head == 7
+    assert [c.revision for c in merged.since(5) or []] == [7]

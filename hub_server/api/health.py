@@ -6,15 +6,21 @@ A caller sees the health of exactly the instances GetService would answer it
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
 
 from aitrading.hub.v1 import health_pb2, health_pb2_grpc, types_pb2
 
 from hub_server.api.context import current
 from hub_server.api.registry import _service_name
-from hub_server.api.streaming import watch_stream
+from hub_server.api.streaming import MergedLog, watch_stream
 from hub_server.domain.health import HealthView
-from hub_server.domain.registry import RegistryView, visible
-from hub_server.store.mirror import REMOVED, Change
+from hub_server.domain.registry import RegistryView, removed_instance, visible
+from hub_server.domain.tiers import filtered_event_type
+from hub_server.store import keys
+from hub_server.store.mirror import ADDED, REMOVED, Change
+
+# What a health watch sends of an instance: its health, or that it left the view.
+WatchItem: TypeAlias = types_pb2.InstanceHealth | health_pb2.RemovedInstance
 
 
 class HealthServicer(health_pb2_grpc.HealthServiceServicer):
@@ -30,6 +36,13 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
         self._health = health
         self._hub_id = hub_id
         self.progress_interval = progress_interval
+        # A health watch follows the registry (which instances the caller sees)
+        # and the health records (their health), merged in revision order.
+        self._log = MergedLog(
+            [registry.log, health.mirror.log], [registry.mirror.barrier, health.mirror.barrier]
+        )
+        registry.mirror.add_listener(self._log.notify)
+        health.mirror.add_listener(self._log.notify)
 
     def _header(self, revision: int) -> types_pb2.ResponseHeader:
         return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
@@ -50,42 +63,75 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
         records, revision = self._current(request.service, tier)
         return health_pb2.GetHealthResponse(header=self._header(revision), instances=records)
 
+    def _watch_item(self, change: Change[Any], service: str, tier: str | None) -> WatchItem | None:
+        """What a change of the merged log (registry or health) tells a watcher of
+        ``service`` filtered by ``tier``: the instance's health as GetHealth now
+        answers it, a removal, or nothing.
+
+        Whether an instance is in the view is the registry's business: its
+        changes (filtered as the registry Watch filters them) add and remove
+        instances; a health record's changes only update instances in the view.
+        """
+        if change.key.startswith(keys.REGISTRY):
+            inst = removed_instance(change)
+            if service and inst.service != service:
+                return None
+            was = visible(change.previous, tier) if change.previous is not None else None
+            kind = filtered_event_type(change.type, was, visible(inst, tier))
+            if kind == REMOVED:
+                return health_pb2.RemovedInstance(
+                    service=inst.service, instance_id=inst.instance_id
+                )
+            if kind != ADDED:
+                return None  # an update within the view: its health did not change
+            service_, instance_id = inst.service, inst.instance_id
+        else:
+            service_, instance_id = keys.parse_pair(keys.HEALTH, change.key)
+            if service and service_ != service:
+                return None
+        # As the instance is now (its later changes follow in the log): one that
+        # is gone or not visible now is not shown, and a deleted record (an
+        # instance registered again under a new lease) leaves the health of()
+        # answers without one.
+        current = self._registry.get_instance(service_, instance_id)
+        if current is None or not visible(current, tier):
+            return None
+        return self._health.of(current)
+
     async def WatchHealth(self, request, context) -> AsyncIterator[health_pb2.WatchHealthResponse]:  # type: ignore[no-untyped-def,override]
         service = request.service
         _service_name(service, required=False)
         tier = current().tier_filter(False)
 
-        def snapshot() -> tuple[list[types_pb2.InstanceHealth], int]:
+        def snapshot() -> tuple[list[WatchItem], int]:
             records, _ = self._current(service, tier)
-            return records, self._health.mirror.revision
+            # Where both logs are complete: later changes of the one ahead are in
+            # the snapshot already and are sent again (the same state again).
+            return list(records), self._log.head
 
-        def select(change: Change[types_pb2.InstanceHealth]) -> types_pb2.InstanceHealth | None:
-            # Removals are not sent (a WatchHealthResponse cannot say one): the
-            # registry watch reports the instance gone, or gone from the caller's
-            # view when its requirements rise above the caller's tier.
-            record = change.value
-            if change.type == REMOVED or record is None:
-                return None
-            if service and record.service != service:
-                return None
-            if tier is not None:
-                # Visible as the registry has the instance now; one this replica
-                # does not know (yet) is not shown rather than shown unfiltered.
-                inst = self._registry.get_instance(record.service, record.instance_id)
-                if inst is None or not visible(inst, tier):
-                    return None
-            return record
+        def select(change: Change[Any]) -> WatchItem | None:
+            return self._watch_item(change, service, tier)
 
         def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+            # The last word on each instance, so that one message never both
+            # sends and removes one (the order within a message is not kept).
+            last: dict[tuple[str, str], WatchItem] = {}
+            for item in items:
+                key = (item.service, item.instance_id)
+                last.pop(key, None)
+                last[key] = item
             return health_pb2.WatchHealthResponse(
                 header=self._header(revision),
                 kind=kind,
-                instances=items,
+                instances=[i for i in last.values() if isinstance(i, types_pb2.InstanceHealth)],
+                removed=[i for i in last.values() if isinstance(i, health_pb2.RemovedInstance)],
                 compact_revision=compact,
             )
 
+        if request.start_revision == 0:
+            await self._log.settle()
         async for response in watch_stream(
-            self._health.mirror.log,
+            self._log,
             start_revision=request.start_revision,
             snapshot=snapshot,
             select=select,

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from bisect import bisect_right
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +19,7 @@ from aitrading.hub.v1 import registry_pb2
 from hub_server.api.wrapping import WrappingServer, replaced
 from hub_server.domain.errors import InvalidArgument
 from hub_server.domain.event_log import EventLog
+from hub_server.domain.waiters import Waiters
 from hub_server.store.mirror import Change
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,104 @@ Respond = Callable[[int, list[M], int, bool, int], Any]
 _MISSING = object()
 
 
+class MergedLog:
+    """Several mirrors' logs read by one watch as one log, in revision order.
+
+    All mirrors follow one etcd, so revisions are comparable, but each has its
+    own etcd watch: a log is known complete only up to its own head. The merged
+    log therefore reaches only the lowest head, and when a log is ahead with
+    events the others may precede, it asks the others to catch up (``advance``,
+    a mirror's barrier) rather than wait for a change they may never have.
+    Offers what ``watch_stream`` reads of an :class:`EventLog`; ``notify`` must
+    be called on every change of any of the logs (a mirror listener).
+    """
+
+    RETRY_AFTER = 1.0  # after a failed catch-up (etcd unreachable)
+
+    def __init__(
+        self,
+        logs: list[EventLog[Change[Any]]],
+        advance: list[Callable[[], Awaitable[Any]]],
+    ) -> None:
+        self._logs = logs
+        self._advance = advance
+        self._catching_up: list[asyncio.Task[None] | None] = [None] * len(logs)
+        self._retry_at = 0.0
+        self._waiters = Waiters()
+        self._built_at: tuple[tuple[int, int, int], ...] = ()
+        self._built: dict[Any, Any] = {}
+
+    @property
+    def head(self) -> int:
+        return min(log_.head for log_ in self._logs)
+
+    @property
+    def complete_after(self) -> int:
+        return max(log_.complete_after for log_ in self._logs)
+
+    @property
+    def at_head(self) -> dict[Any, Any]:
+        state = tuple((log_.head, len(log_), log_.complete_after) for log_ in self._logs)
+        if state != self._built_at:
+            self._built_at, self._built = state, {}
+        return self._built
+
+    def since(self, after: int) -> list[Change[Any]] | None:
+        head = self.head
+        parts = []
+        for log_ in self._logs:
+            changes = log_.since(after)
+            if changes is None:
+                return None
+            parts.append(changes[: bisect_right(changes, head, key=_revision)])
+        return list(heapq.merge(*parts, key=_revision))
+
+    def notify(self, *_: Any) -> None:
+        self._waiters.wake_all()
+
+    async def wait(self, after: int, timeout: float) -> None:
+        head = self.head
+        if head > after:
+            return
+        if any(log_.head > head and log_.since(head) for log_ in self._logs):
+            self._catch_up(max(log_.head for log_ in self._logs))
+        await self._waiters.wait(timeout)
+
+    async def settle(self, rounds: int = 3) -> None:
+        """Catches the logs up where one is ahead with events, so that a snapshot
+        taken next (at ``head``) is not followed by many changes it already shows."""
+        for _ in range(rounds):
+            head = self.head
+            if not any(log_.head > head and log_.since(head) for log_ in self._logs):
+                return
+            self._catch_up(max(log_.head for log_ in self._logs))
+            tasks = [t for t in self._catching_up if t is not None]
+            if not tasks:
+                return
+            await asyncio.wait(tasks)  # never cancels them: other streams share them
+
+    def _catch_up(self, target: int) -> None:
+        if time.monotonic() < self._retry_at:
+            return
+        for i, log_ in enumerate(self._logs):
+            if log_.head < target and self._catching_up[i] is None:
+                self._catching_up[i] = asyncio.create_task(self._advance_one(i))
+
+    async def _advance_one(self, i: int) -> None:
+        try:
+            await self._advance[i]()
+        except Exception as e:
+            log.debug("catching up a merged log failed: %r", e)
+            self._retry_at = time.monotonic() + self.RETRY_AFTER
+        finally:
+            self._catching_up[i] = None
+            self.notify()
+
+
+def _revision(change: Change[Any]) -> int:
+    return change.revision
+
+
 @contextlib.contextmanager
 def counted() -> Iterator[None]:
     """Counts one watch stream in ``open_streams`` while it is served: every
@@ -51,7 +152,7 @@ def counted() -> Iterator[None]:
 
 
 def _events(
-    log_: EventLog[Change[Any]],
+    log_: EventLog[Change[Any]] | MergedLog,
     after: int,
     head: int,
     select: Callable[[Change[Any]], M | None],
@@ -64,7 +165,7 @@ def _events(
 
 
 async def watch_stream(
-    log_: EventLog[Change[Any]],
+    log_: EventLog[Change[Any]] | MergedLog,
     *,
     start_revision: int,
     snapshot: Callable[[], tuple[list[M], int]],
