@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -79,7 +79,7 @@ async def resume_watch(
     start_revision: int = 0,
     on_interrupt: Callable[[str], None] | None = None,
     backoff: Backoff | None = None,
-) -> AsyncIterator[M]:
+) -> AsyncGenerator[M, None]:
     """Every message of a hub watch stream, across reopenings.
 
     ``open_stream(start_revision)`` opens the stream (a grpc.aio call or any
