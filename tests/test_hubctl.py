@@ -120,7 +120,7 @@ async def test_services_list_text_and_json(hub: Hub, fleet: HubClient) -> None:
         assert (prices["instance_count"], prices["healthy_count"]) == (2, 2)
         assert prices["instances"][0]["address"] == "10.0.0.1:8001"
         assert prices["instances"][0]["metadata"] == {"zone": "a"}
-        assert data["revision"] > 0
+        assert int(data["revision"]) > 0  # int64: a string, as in proto3 JSON
 
     # A free tenant sees only what its tier may use.
     free = await hubctl(hub, "--tenant", "acme", "--tier", "free", "services", "list", "-o", "json")
@@ -177,7 +177,7 @@ async def test_services_watch_streams_until_ctrl_c(hub: Hub, client: HubClient) 
         await reg.deregister()
         removed = json.loads(await read_line(proc))
         assert (removed["type"], removed["instance"]["instance_id"]) == ("REMOVED", "p2")
-        assert removed["revision"] > added["revision"] > first["revision"] - 1
+        assert int(removed["revision"]) > int(added["revision"]) > int(first["revision"]) - 1
     finally:
         code, err = await interrupt(proc)
     assert code == 0 and "Traceback" not in err, err
@@ -492,7 +492,7 @@ async def test_runs_as_a_program(hub: Hub) -> None:
     proc = await spawn(hub, "services", "list", "-o", "json")
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err
-    assert json.loads(out) == {"revision": 0, "services": []}
+    assert json.loads(out) == {"revision": "0", "services": []}
 
 
 # -- config ----------------------------------------------------------------------
@@ -682,7 +682,7 @@ async def test_tenants_usage_and_quota(hub: Hub, client: HubClient, monkeypatch:
     assert (made.code, made.out.strip()) == (0, "created tenant acme (pro)")
     data = (await hubctl(hub, "tenants", "create", "beta", "--tier", "free", "-o", "json")).json()
     assert (data["tenant_id"], data["tier"], data["display_name"]) == ("beta", "free", "")
-    assert data["created_at"].endswith("+00:00") and data["revision"] > 0
+    assert data["created_at"].endswith("+00:00") and int(data["revision"]) > 0
     again = await hubctl(hub, "tenants", "create", "acme", "--tier", "free")
     assert again.code == 7 and again.err.startswith("hubctl: AlreadyExists: ")
     bad = await hubctl(hub, "tenants", "create", "no spaces!", "--tier", "free")

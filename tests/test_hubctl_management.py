@@ -22,6 +22,7 @@ import pytest
 from hub_client import HubClient
 from hub_server.app import Hub
 from hub_server.hubctl.management_commands import duration, share
+from hub_server.hubctl.output import int64_strings
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 from tests.conftest import HubFactory, eventually
@@ -106,7 +107,7 @@ async def test_start_follow_status_and_list(hub: Hub, client: HubClient) -> None
         assert events[-1]["state"] == "SUCCEEDED" and events[-1]["target_version"] == "3.0.0"
         assert events[-1]["previous_version"] == "2.0.0"
         second = events[-1]["id"]
-        revisions = [e["revision"] for e in events]
+        revisions = [int(e["revision"]) for e in events]
         assert revisions == sorted(set(revisions))  # each change once, in order
 
         listed = await hubctl(hub, "deployments", "list")
@@ -586,3 +587,53 @@ async def test_follow_stops_where_a_person_is_needed_and_at_timeout(
         assert watched.code == 8, watched.err
         assert [line["state"] for line in _lines(watched)] == ["PAUSED"]
         await hubctl(hub, "deployments", "abort", dep)
+
+
+async def test_json_writes_lease_ids_and_revisions_as_strings(hub: Hub, client: HubClient) -> None:
+    # int64 as in proto3 JSON: jq and JavaScript would round a lease id as a number.
+    reg = await client.register("ledger", host="10.0.0.9", port=9000, keep_alive=False)
+    assert reg.instance is not None
+    lease = str(reg.instance.lease_id)
+    shown = (await hubctl(hub, "services", "show", "ledger", "-o", "json")).json()
+    assert shown["instances"][0]["lease_id"] == lease
+    assert isinstance(shown["revision"], str) and int(shown["revision"]) > 0
+    listed = (await hubctl(hub, "services", "list", "-o", "json")).json()
+    assert isinstance(listed["revision"], str)
+    assert listed["services"][0]["instances"][0]["lease_id"] == lease
+    tenant = (
+        await hubctl(hub, "tenants", "create", "ledgers", "--tier", "pro", "-o", "json")
+    ).json()
+    assert isinstance(tenant["revision"], str)
+    async with fleet(client, "books", 1):
+        res = await hubctl(
+            hub,
+            "deployments",
+            "start",
+            "books",
+            "2.0.0",
+            "--health-gate-timeout",
+            "60",
+            "-o",
+            "json",
+        )
+        assert res.code == 0, res.err
+        dep = res.json()
+        assert isinstance(dep["revision"], str)
+        status = (await hubctl(hub, "deployments", "status", dep["id"], "-o", "json")).json()
+        assert isinstance(status["revision"], str)
+        await hubctl(hub, "deployments", "abort", dep["id"])
+
+
+def test_int64_strings_leaves_config_values_alone() -> None:
+    data = {
+        "revision": 3493845877466214136,
+        "values": {"revision": 5},
+        "settings": {"lease_id": 7},
+        "items": [{"lease_id": 2**62, "count": 4, "mod_revision": 9, "ok": True}],
+    }
+    assert int64_strings(data) == {
+        "revision": "3493845877466214136",
+        "values": {"revision": 5},
+        "settings": {"lease_id": 7},
+        "items": [{"lease_id": str(2**62), "count": 4, "mod_revision": "9", "ok": True}],
+    }

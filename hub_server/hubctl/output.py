@@ -164,6 +164,33 @@ def plain(value: Any) -> Any:
     return value
 
 
+# Proto3 JSON writes int64 as strings: jq and JavaScript keep 53 bits, and a lease
+# id (3493845877466214136) would come out rounded. Lease ids and revisions are
+# int64 in the API, so hubctl's JSON writes them as strings too; counts stay numbers.
+_USER_DATA = frozenset({"values", "settings"})  # config as its author wrote it
+
+
+def _int64_key(key: str) -> bool:
+    return key in ("lease_id", "revision") or key.endswith("_revision")
+
+
+def int64_strings(value: Any) -> Any:
+    """``value`` with every lease id and revision (by key) as a decimal string."""
+    if isinstance(value, list):
+        return [int64_strings(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for k, v in value.items():
+        if _int64_key(k) and isinstance(v, int) and not isinstance(v, bool):
+            out[k] = str(v)
+        elif k in _USER_DATA:
+            out[k] = v
+        else:
+            out[k] = int64_strings(v)
+    return out
+
+
 def show(value: Any, style: Style | None = None) -> str:
     """A config value for a table: on/off for booleans, compact JSON for the rest."""
     if isinstance(value, bool):
@@ -208,7 +235,8 @@ class Output:
 
     def emit(self, data: Any, text: Callable[[Style], Iterable[str]]) -> None:
         if self.json:
-            self.out.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+            body = json.dumps(int64_strings(data), indent=2, sort_keys=False, default=str)
+            self.out.write(body + "\n")
         else:
             for line in text(self.style):
                 self.out.write(line + "\n")
@@ -216,7 +244,8 @@ class Output:
 
     def event(self, data: Any, text: Callable[[Style], str]) -> None:
         if self.json:
-            self.out.write(json.dumps(data, separators=(",", ":"), default=str) + "\n")
+            line = json.dumps(int64_strings(data), separators=(",", ":"), default=str)
+            self.out.write(line + "\n")
         else:
             self.out.write(text(self.style) + "\n")
         self.out.flush()
