@@ -35,6 +35,7 @@ lint: install
 	$(BIN)/ruff check hub_server hub_client tests scripts examples bench
 	$(BIN)/ruff format --check hub_server hub_client tests scripts examples bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # buf breaking against the committed API baseline (api/), not against a commit.
 breaking: install

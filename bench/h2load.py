@@ -43,7 +43,7 @@ HEADERS = ("content-type: application/grpc", "te: trailers")
 # one evenly spaced stream of calls.
 MAX_RPS_PER_CLIENT = 100
 
-# The hub's per-RPC histogram (hub_server.telemetry via PerformanceTracker),
+# The hub's per-RPC histogram (hub_server.observability.telemetry via PerformanceTracker),
 # as the Prometheus exporter names it; etcd's go-grpc-prometheus counter.
 HUB_RPC_COUNT = "hub_operation_duration_milliseconds_count"
 ETCD_HANDLED = "grpc_server_handled_total"

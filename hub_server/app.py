@@ -39,45 +39,46 @@ from aitrading.hub.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hub_server import probes
 from hub_server.addresses import is_loopback
-from hub_server.api import streaming
 from hub_server.api.backups import BackupServicer
 from hub_server.api.balancer import LoadBalancerServicer
 from hub_server.api.circuits import CircuitBreakerServicer
 from hub_server.api.cluster import ClusterServicer
 from hub_server.api.config import ConfigServicer
-from hub_server.api.context import CallWrapper
-from hub_server.api.decoding import tolerant
 from hub_server.api.deployments import DeploymentServicer
 from hub_server.api.health import HealthServicer
 from hub_server.api.observability import ObservabilityServicer, SystemMetrics
 from hub_server.api.registry import RegistryServicer
 from hub_server.api.tenants import TenantServicer
-from hub_server.api.wrapping import WrappingServer
 from hub_server.auth.authorizer import Authorizer
 from hub_server.auth.limits import CallerLimits
-from hub_server.domain.alerts import Alerts
-from hub_server.domain.audit import AuditLog
-from hub_server.domain.backups import Backups
-from hub_server.domain.circuits import Circuits
-from hub_server.domain.config import Configs
-from hub_server.domain.deployments import Deployments
-from hub_server.domain.error_patterns import ErrorPatterns
-from hub_server.domain.errors import StoreUnavailable
-from hub_server.domain.health import HealthMonitor, HealthView
-from hub_server.domain.picking import Picker
-from hub_server.domain.registry import Registry, RegistryView
-from hub_server.domain.tenant_alerts import TenantLimits
-from hub_server.domain.tenants import Quotas, Tenants
-from hub_server.domain.validation import require_key_name
+from hub_server.backups.service import Backups
+from hub_server.balancing.service import Picker
+from hub_server.circuits.service import Circuits
+from hub_server.config.service import Configs
+from hub_server.deployments.service import Deployments
 from hub_server.embedded_etcd import EtcdProcess, embedded
+from hub_server.health import probes
+from hub_server.health.service import HealthMonitor, HealthView
+from hub_server.kernel.errors import StoreUnavailable
+from hub_server.kernel.validation import require_key_name
+from hub_server.observability.alerts import Alerts
+from hub_server.observability.audit import AuditLog
+from hub_server.observability.error_patterns import ErrorPatterns
+from hub_server.observability.telemetry import Telemetry
+from hub_server.observability.tenant_alerts import TenantLimits
+from hub_server.quotas.service import Quotas
+from hub_server.registry.service import Registry, RegistryView
+from hub_server.rpc import streaming
+from hub_server.rpc.context import CallWrapper
+from hub_server.rpc.decoding import tolerant
+from hub_server.rpc.wrapping import WrappingServer
 from hub_server.store import keys
 from hub_server.store.election import Election
 from hub_server.store.etcd import EtcdStore, KeyValue
 from hub_server.store.mirror import PrefixMirror
 from hub_server.store.presence import Presence
-from hub_server.telemetry import Telemetry
+from hub_server.tenancy.service import Tenants
 from hub_server.ui import Dashboard
 from hub_server.ui.server import parse_listen
 

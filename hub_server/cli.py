@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from hub_client._private.logging import configure_logging
+from hub_client import configure_logging
 from hub_server.app import Hub, HubConfig, authorizer_for, tune_garbage_collector
 from hub_server.auth.credentials import (
     CredentialsError,
@@ -18,7 +18,7 @@ from hub_server.auth.credentials import (
     token_entry,
 )
 from hub_server.auth.roles import Role
-from hub_server.domain.errors import InvalidArgument
+from hub_server.kernel.errors import InvalidArgument
 from hub_server.workers import supervise
 
 

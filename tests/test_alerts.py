@@ -13,9 +13,9 @@ from aitrading.hub.v1 import observability_pb2 as obs
 
 from hub_client import HubClient, health_check
 from hub_server.app import Hub
-from hub_server.domain.alerts import circuit_conditions, service_conditions
-from hub_server.domain.circuit import CircuitState
-from hub_server.domain.health import DEGRADED, HEALTHY, UNHEALTHY, UNKNOWN
+from hub_server.circuits.breaker import CircuitState
+from hub_server.health.service import DEGRADED, HEALTHY, UNHEALTHY, UNKNOWN
+from hub_server.observability.alerts import circuit_conditions, service_conditions
 from tests.conftest import HubFactory, eventually
 from tests.support.servers import GrpcServer
 

@@ -28,7 +28,7 @@ from hub_server.auth.credentials import (
 )
 from hub_server.auth.limits import CallerLimits
 from hub_server.auth.roles import RULES, Role, Scope, rule_for
-from hub_server.domain.errors import PermissionDenied, TooManyCalls, Unauthenticated
+from hub_server.kernel.errors import PermissionDenied, TooManyCalls, Unauthenticated
 
 PB2_MODULES = (
     backup_pb2,

@@ -9,10 +9,10 @@ import zlib
 import pytest
 from aitrading.hub.v1 import backup_pb2
 
-from hub_server.domain import backups
-from hub_server.domain.backups import Record, batches, decode, encode, parse_header, plan_restore
-from hub_server.domain.config_merge import StoredLayer, empty_layer, parse_values
-from hub_server.domain.errors import FailedPrecondition, InvalidArgument
+from hub_server.backups import service as backups
+from hub_server.backups.service import Record, batches, decode, encode, parse_header, plan_restore
+from hub_server.config.merge import StoredLayer, empty_layer, parse_values
+from hub_server.kernel.errors import FailedPrecondition, InvalidArgument
 from hub_server.store.etcd import KeyValue
 
 R = b"/hub/v1/"

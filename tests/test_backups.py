@@ -11,7 +11,7 @@ from aitrading.hub.v1 import circuit_pb2, observability_pb2_grpc
 from aitrading.hub.v1 import observability_pb2 as obs
 
 from hub_client import FailedPrecondition, HubClient, InvalidArgument, NotFound, RestoreReport
-from hub_server.domain import backups
+from hub_server.backups import service as backups
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 from tests.conftest import HubFactory, eventually

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from aitrading.hub.v1 import balancer_pb2, types_pb2
 
-from hub_server.domain import errors
-from hub_server.domain.balancing import (
+from hub_server.balancing.strategies import (
     Balancer,
     Candidate,
     HashRing,
@@ -23,6 +22,7 @@ from hub_server.domain.balancing import (
     pick,
     stable_hash,
 )
+from hub_server.kernel import errors
 
 H, D, U, K, S = (
     HealthStatus.HEALTHY,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aitrading.hub.v1 import circuit_pb2
 
-from hub_server.domain.circuit import (
+from hub_server.circuits.breaker import (
     MAX_COUNT_WINDOW,
     MAX_TIME_WINDOW,
     Call,
@@ -26,7 +26,7 @@ from hub_server.domain.circuit import (
     TransitionReason,
     WindowType,
 )
-from hub_server.domain.errors import FieldViolation, InvalidArgument
+from hub_server.kernel.errors import FieldViolation, InvalidArgument
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 FORCED_OPEN, FORCED_CLOSED = CircuitState.FORCED_OPEN, CircuitState.FORCED_CLOSED

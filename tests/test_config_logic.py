@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hub_server.domain.config_merge import (
+from hub_server.config.merge import (
     INT32_MAX,
     INT64_LIMIT_MAX,
     MAX_FLAGS,
@@ -29,7 +29,7 @@ from hub_server.domain.config_merge import (
     parse_values,
     resolve_tier,
 )
-from hub_server.domain.errors import InvalidArgument
+from hub_server.kernel.errors import InvalidArgument
 
 FULL = {
     "rate_limits": {"api_calls_per_hour": 10, "websocket_connections": 2},

@@ -20,9 +20,9 @@ from aitrading.hub.v1 import (
 )
 
 from hub_client import HubClient, health_check
-from hub_server.api.streaming import MergedLog
 from hub_server.app import Hub
-from hub_server.domain.event_log import EventLog
+from hub_server.rpc.streaming import MergedLog
+from hub_server.store.event_log import EventLog
 from hub_server.store.mirror import ADDED, Change
 from tests.conftest import HubFactory, eventually
 from tests.support.servers import GrpcServer, HttpServer, TcpServer

@@ -6,7 +6,7 @@ import pytest
 from aitrading.hub.v1 import types_pb2
 from google.protobuf import duration_pb2
 
-from hub_server.domain.health import (
+from hub_server.health.service import (
     DEGRADED,
     HEALTHY,
     STARTING,

@@ -19,7 +19,7 @@ be checked exactly.
 
 Raw bytes: a request that does not parse never reaches a servicer; grpc alone
 would answer it with UNKNOWN ("Unexpected <class 'DecodeError'>"). The hub's
-tolerant() (hub_server/api/decoding.py) makes it INVALID_ARGUMENT on the
+tolerant() (hub_server/rpc/decoding.py) makes it INVALID_ARGUMENT on the
 field "request", and that is what must come back.
 """
 
@@ -45,11 +45,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub_server.api.backups import BackupServicer
-from hub_server.api.context import CallWrapper
-from hub_server.api.decoding import tolerant
-from hub_server.api.wrapping import WrappingServer
 from hub_server.app import Hub, HubConfig, _service_names
 from hub_server.embedded_etcd import EtcdProcess
+from hub_server.rpc.context import CallWrapper
+from hub_server.rpc.decoding import tolerant
+from hub_server.rpc.wrapping import WrappingServer
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 

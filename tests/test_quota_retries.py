@@ -23,7 +23,7 @@ from aitrading.hub.v1 import (
 from hub_client import HubClient, QuotaExceeded, Unavailable
 from hub_client._private.errors import from_rpc_error
 from hub_server.app import Hub
-from hub_server.domain import quotas
+from hub_server.quotas import arithmetic as quotas
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 from tests.conftest import HubFactory

@@ -24,7 +24,7 @@ from hub_client import (
     VersionConflict,
 )
 from hub_server.app import Hub
-from hub_server.domain import quotas
+from hub_server.quotas import arithmetic as quotas
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 from tests.conftest import HubFactory

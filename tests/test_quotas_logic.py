@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from aitrading.hub.v1 import tenant_pb2
 
-from hub_server.domain import quotas
-from hub_server.domain.config_merge import TIER_DEFAULTS
+from hub_server.config.merge import TIER_DEFAULTS
+from hub_server.quotas import arithmetic as quotas
 
 HOUR = 3600
 T0 = 1_700_000_000 - 1_700_000_000 % HOUR  # the start of some hour

@@ -11,11 +11,11 @@ from typing import Any
 from aitrading.hub.v1 import registry_pb2, types_pb2
 
 from hub_server.api.registry import RegistryServicer
-from hub_server.domain.alerts import Alerts
-from hub_server.domain.balancing import Strategy
-from hub_server.domain.circuit import Circuit
-from hub_server.domain.circuits import Circuits, circuit_key
-from hub_server.domain.health import (
+from hub_server.balancing.service import Picker
+from hub_server.balancing.strategies import Strategy
+from hub_server.circuits.breaker import Circuit
+from hub_server.circuits.service import Circuits, circuit_key
+from hub_server.health.service import (
     HEALTHY,
     STARTING,
     UNHEALTHY,
@@ -23,8 +23,8 @@ from hub_server.domain.health import (
     HealthView,
     ProbeResult,
 )
-from hub_server.domain.picking import Picker
-from hub_server.domain.registry import Registry, RegistryView, on_service_change
+from hub_server.observability.alerts import Alerts
+from hub_server.registry.service import Registry, RegistryView, on_service_change
 from hub_server.store import keys
 from hub_server.store.etcd import Event, KeyValue
 from hub_server.store.mirror import PrefixMirror

@@ -19,9 +19,9 @@ from hub_client import (
     TierTooLow,
     health_check,
 )
-from hub_server.domain import validation
-from hub_server.domain.errors import Violations
-from hub_server.domain.registry import default_instance_id
+from hub_server.kernel import validation
+from hub_server.kernel.errors import Violations
+from hub_server.registry.service import default_instance_id
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 from tests.conftest import HubFactory, eventually

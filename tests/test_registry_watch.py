@@ -253,7 +253,7 @@ async def test_hub_watch_resyncs_after_partition_with_compaction(
 
             await etcd_store.delete(keys.instance_key("feed", "h-1"))
             other = registry_pb2.RegisterRequest(service="feed", host="h", port=3)
-            from hub_server.domain.registry import validate_registration
+            from hub_server.registry.service import validate_registration
 
             inst = validate_registration(other)
             rev = await etcd_store.put(keys.instance_key("feed", "h-3"), inst.SerializeToString())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hub_server.domain import rollout as r
-from hub_server.domain.rollout import InstanceFact as F
+from hub_server.deployments import rollout as r
+from hub_server.deployments.rollout import InstanceFact as F
 
 
 def _ids(n: int) -> list[str]:

@@ -13,8 +13,8 @@ from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hub_client import EventType, HubClient, Unavailable
-from hub_server.domain.errors import Compacted
 from hub_server.embedded_etcd import EtcdProcess
+from hub_server.kernel.errors import Compacted
 from hub_server.store.etcd import EtcdStore
 from tests.conftest import HubFactory, eventually
 

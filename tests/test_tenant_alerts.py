@@ -9,7 +9,7 @@ from aitrading.hub.v1 import observability_pb2_grpc
 
 from hub_client import HubClient
 from hub_server.app import Hub
-from hub_server.domain.tenant_alerts import limit_conditions
+from hub_server.observability.tenant_alerts import limit_conditions
 from tests.conftest import HubFactory, eventually
 
 

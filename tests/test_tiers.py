@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub_server.domain.tiers import (
+from hub_server.kernel.tiers import (
     TIER_LEVELS,
     can_access,
     filtered_event_type,

@@ -23,8 +23,8 @@ from hub_server.app import Hub, HubConfig
 from hub_server.auth.authorizer import Authorizer
 from hub_server.auth.credentials import Identity, token_entry
 from hub_server.auth.roles import Role
-from hub_server.domain.circuit import CircuitState
-from hub_server.domain.errors import PermissionDenied
+from hub_server.circuits.breaker import CircuitState
+from hub_server.kernel.errors import PermissionDenied
 from hub_server.ui import Dashboard
 from hub_server.ui.actions import check_fleet_reader
 from tests.conftest import HubFactory

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from hub_server.domain.event_log import EventLog
-from hub_server.domain.waiters import Waiters
+from hub_server.store.event_log import EventLog
+from hub_server.store.waiters import Waiters
 
 
 async def _wait(waiters: Waiters, timeout: float) -> None:

@@ -12,10 +12,7 @@ from aitrading.hub.v1 import backup_pb2, backup_pb2_grpc, types_pb2
 from aitrading.hub.v1 import observability_pb2 as obs
 from google.protobuf.message import DecodeError
 
-from hub_server.api.context import audit_note, audited, current
-from hub_server.api.errors import status_code_for, to_status
-from hub_server.domain.audit import AuditLog
-from hub_server.domain.backups import (
+from hub_server.backups.service import (
     Backups,
     KindCounts,
     RestoreResult,
@@ -23,7 +20,10 @@ from hub_server.domain.backups import (
     check_name,
     is_append_only,
 )
-from hub_server.domain.errors import HubError, InvalidArgument
+from hub_server.kernel.errors import HubError, InvalidArgument
+from hub_server.observability.audit import AuditLog
+from hub_server.rpc.context import audit_note, audited, current
+from hub_server.rpc.errors import status_code_for, to_status
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aitrading.hub.v1 import balancer_pb2, balancer_pb2_grpc, types_pb2
 
-from hub_server.api.context import current
-from hub_server.domain import validation
-from hub_server.domain.balancing import Strategy
-from hub_server.domain.errors import Violations
-from hub_server.domain.picking import Picker
+from hub_server.balancing.service import Picker
+from hub_server.balancing.strategies import Strategy
+from hub_server.kernel import validation
+from hub_server.kernel.errors import Violations
+from hub_server.rpc.context import current
 
 
 class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc, types_pb2
 from google.protobuf import duration_pb2
 
-from hub_server.api.context import audit_note, audited
-from hub_server.api.streaming import watch_stream
-from hub_server.domain import validation
-from hub_server.domain.circuit import Call, CircuitSettings, Outcome
-from hub_server.domain.circuits import Circuits, StoredCircuit
-from hub_server.domain.errors import InvalidArgument, Violations
+from hub_server.circuits.breaker import Call, CircuitSettings, Outcome
+from hub_server.circuits.service import Circuits, StoredCircuit
+from hub_server.kernel import validation
+from hub_server.kernel.errors import InvalidArgument, Violations
+from hub_server.rpc.context import audit_note, audited
+from hub_server.rpc.streaming import watch_stream
 from hub_server.store.mirror import REMOVED, Change
 
 MAX_OUTCOMES = 10_000

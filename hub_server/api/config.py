@@ -1,6 +1,6 @@
 """ConfigService: check the request, call the config domain, fill the header.
 WatchConfig pushes whole merged configs (state, not events), so it follows its
-subscription's state rather than a mirror's log; see hub_server/domain/config.py."""
+subscription's state rather than a mirror's log; see hub_server/config/service.py."""
 
 from __future__ import annotations
 
@@ -13,12 +13,7 @@ from typing import Any
 from aitrading.hub.v1 import config_pb2, config_pb2_grpc, types_pb2
 from google.protobuf import json_format
 
-from hub_server.api.context import audit_note, audited, current
-from hub_server.api.paging import decode_page_token, encode_page_token
-from hub_server.api.streaming import EVENTS, PROGRESS, SNAPSHOT, counted
-from hub_server.domain import validation
-from hub_server.domain.config import Configs, ConfigState
-from hub_server.domain.config_merge import (
+from hub_server.config.merge import (
     GLOBAL_LAYER,
     TIER_FROM_DEFAULT,
     TIER_FROM_HEADER,
@@ -31,7 +26,12 @@ from hub_server.domain.config_merge import (
     tenant_layer,
     tier_layer,
 )
-from hub_server.domain.errors import InvalidArgument, Violations
+from hub_server.config.service import Configs, ConfigState
+from hub_server.kernel import validation
+from hub_server.kernel.errors import InvalidArgument, Violations
+from hub_server.rpc.context import audit_note, audited, current
+from hub_server.rpc.paging import decode_page_token, encode_page_token
+from hub_server.rpc.streaming import EVENTS, PROGRESS, SNAPSHOT, counted
 
 log = logging.getLogger(__name__)
 

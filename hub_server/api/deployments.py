@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from aitrading.hub.v1 import deployment_pb2, deployment_pb2_grpc, types_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from hub_server.api.context import audit_note, audited
-from hub_server.api.streaming import watch_stream
-from hub_server.domain import rollout, validation
-from hub_server.domain.deployments import Deployments, StoredDeployment
-from hub_server.domain.errors import Violations
+from hub_server.deployments import rollout
+from hub_server.deployments.service import Deployments, StoredDeployment
+from hub_server.kernel import validation
+from hub_server.kernel.errors import Violations
+from hub_server.rpc.context import audit_note, audited
+from hub_server.rpc.streaming import watch_stream
 from hub_server.store import keys
 from hub_server.store.mirror import REMOVED, Change
 

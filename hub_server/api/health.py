@@ -1,7 +1,7 @@
 """HealthService: probe results from the health view.
 
 A caller sees the health of exactly the instances GetService would answer it
-(the same tier filter, :func:`hub_server.domain.registry.visible`)."""
+(the same tier filter, :func:`hub_server.registry.service.visible`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any, TypeAlias
 
 from aitrading.hub.v1 import health_pb2, health_pb2_grpc, types_pb2
 
-from hub_server.api.context import current
 from hub_server.api.registry import _service_name
-from hub_server.api.streaming import MergedLog, watch_stream
-from hub_server.domain.health import HealthView
-from hub_server.domain.registry import RegistryView, removed_instance, visible
-from hub_server.domain.tiers import filtered_event_type
+from hub_server.health.service import HealthView
+from hub_server.kernel.tiers import filtered_event_type
+from hub_server.registry.service import RegistryView, removed_instance, visible
+from hub_server.rpc.context import current
+from hub_server.rpc.streaming import MergedLog, watch_stream
 from hub_server.store import keys
 from hub_server.store.mirror import ADDED, REMOVED, Change
 

@@ -9,13 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aitrading.hub.v1 import observability_pb2 as obs
 from aitrading.hub.v1 import observability_pb2_grpc, types_pb2
 
-from hub_server.api import streaming
-from hub_server.api.streaming import watch_stream
-from hub_server.domain.alerts import Alerts, as_resolved
-from hub_server.domain.audit import AuditLog
-from hub_server.domain.error_patterns import ErrorPatterns
-from hub_server.domain.errors import InvalidArgument
-from hub_server.domain.health import (
+from hub_server.health.service import (
     DEGRADED,
     HEALTHY,
     STARTING,
@@ -23,9 +17,15 @@ from hub_server.domain.health import (
     UNKNOWN,
     HealthView,
 )
-from hub_server.domain.registry import RegistryView
+from hub_server.kernel.errors import InvalidArgument
+from hub_server.observability.alerts import Alerts, as_resolved
+from hub_server.observability.audit import AuditLog
+from hub_server.observability.error_patterns import ErrorPatterns
+from hub_server.observability.telemetry import Telemetry
+from hub_server.registry.service import RegistryView
+from hub_server.rpc import streaming
+from hub_server.rpc.streaming import watch_stream
 from hub_server.store.mirror import REMOVED, Change
-from hub_server.telemetry import Telemetry
 
 MAX_HISTORY = 1000
 

@@ -8,18 +8,18 @@ from dataclasses import dataclass
 
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 
-from hub_server.api.context import audit_note, audited, current
-from hub_server.api.paging import decode_page_token, encode_page_token
-from hub_server.api.streaming import SNAPSHOT, watch_stream
-from hub_server.domain import validation
-from hub_server.domain.errors import InvalidArgument, Violations
-from hub_server.domain.health import HealthView, usable
-from hub_server.domain.registry import (
+from hub_server.health.service import HealthView, usable
+from hub_server.kernel import validation
+from hub_server.kernel.errors import InvalidArgument, Violations
+from hub_server.registry.service import (
     Registry,
     filtered_watch_event,
     on_service_change,
     removed_instance,
 )
+from hub_server.rpc.context import audit_note, audited, current
+from hub_server.rpc.paging import decode_page_token, encode_page_token
+from hub_server.rpc.streaming import SNAPSHOT, watch_stream
 from hub_server.store.mirror import Change
 
 log = logging.getLogger(__name__)

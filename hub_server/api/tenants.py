@@ -6,12 +6,14 @@ from __future__ import annotations
 from aitrading.hub.v1 import tenant_pb2, tenant_pb2_grpc, types_pb2
 
 from hub_server.api.config import TIER_VALUES, TIERS
-from hub_server.api.context import audit_note, audit_skip, audited, current
-from hub_server.api.paging import decode_page_token, encode_page_token
-from hub_server.domain import quotas, validation
-from hub_server.domain.config import Configs
-from hub_server.domain.errors import Violations
-from hub_server.domain.tenants import Quotas, TenantRecord, Tenants
+from hub_server.config.service import Configs
+from hub_server.kernel import validation
+from hub_server.kernel.errors import Violations
+from hub_server.quotas import arithmetic as quotas
+from hub_server.quotas.service import Quotas
+from hub_server.rpc.context import audit_note, audit_skip, audited, current
+from hub_server.rpc.paging import decode_page_token, encode_page_token
+from hub_server.tenancy.service import TenantRecord, Tenants
 
 MAX_PAGE = 1000
 MAX_DISPLAY_NAME = 256

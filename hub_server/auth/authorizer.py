@@ -21,7 +21,7 @@ from hub_server.auth.credentials import (
     load_credentials,
 )
 from hub_server.auth.roles import Rule, Scope, is_open, rule_for
-from hub_server.domain.errors import PermissionDenied, Unauthenticated
+from hub_server.kernel.errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 

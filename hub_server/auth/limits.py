@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from hub_server.domain.errors import TooManyCalls
+from hub_server.kernel.errors import TooManyCalls
 
 
 class CallerLimits:

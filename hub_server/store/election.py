@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from hub_server.domain.errors import StoreUnavailable
+from hub_server.kernel.errors import StoreUnavailable
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, Txn
 

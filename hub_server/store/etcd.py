@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 from aetcd import rpc
 
-from hub_server.domain.errors import Compacted, InvalidArgument, StoreUnavailable
+from hub_server.kernel.errors import Compacted, InvalidArgument, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 
-from hub_server.domain.errors import InvalidArgument
-from hub_server.domain.validation import require_key_name as _name
+from hub_server.kernel.errors import InvalidArgument
+from hub_server.kernel.validation import require_key_name as _name
 
 ROOT = b"/hub/v1/"
 

@@ -13,16 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from hub_server.domain.errors import StoreUnavailable
-from hub_server.domain.event_log import EventLog
+from hub_server.kernel.changes import ADDED, REMOVED, UPDATED
+from hub_server.kernel.errors import StoreUnavailable
 from hub_server.store.etcd import EtcdStore, Event, KeyValue
+from hub_server.store.event_log import EventLog
 from hub_server.store.watch import FENCE, PrefixWatch
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-ADDED, UPDATED, REMOVED = 1, 2, 3  # the values of every *_EVENT_TYPE enum in the protos
 
 # How many revisions of history a starting mirror loads, so that streams that
 # were connected to a replica that died resume on this one without a resync.

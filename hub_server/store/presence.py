@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 
-from hub_server.domain.errors import StoreUnavailable
+from hub_server.kernel.errors import StoreUnavailable
 from hub_server.store.etcd import EtcdStore
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from google.protobuf.message import Message
 
 from hub_server.api.circuits import CircuitBreakerServicer
 from hub_server.api.deployments import DeploymentServicer
-from hub_server.api.errors import status_code_for
-from hub_server.domain import rollout
-from hub_server.domain.errors import HubError, InvalidArgument, NotFound, PermissionDenied
+from hub_server.deployments import rollout
+from hub_server.kernel.errors import HubError, InvalidArgument, NotFound, PermissionDenied
+from hub_server.rpc.errors import status_code_for
 from hub_server.store import keys
 
 if TYPE_CHECKING:

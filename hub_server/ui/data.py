@@ -20,8 +20,8 @@ from hub_server.api.config import merged_to_pb
 from hub_server.api.deployments import deployment_to_pb, progress_to_pb
 from hub_server.api.registry import instance_view
 from hub_server.api.tenants import tenant_to_pb, usage_to_pb
-from hub_server.domain.errors import InvalidArgument
-from hub_server.domain.validation import repair_wellformed
+from hub_server.kernel.errors import InvalidArgument
+from hub_server.kernel.validation import repair_wellformed
 from hub_server.store import keys
 
 if TYPE_CHECKING:

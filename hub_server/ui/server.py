@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from hub_server.addresses import is_loopback
-from hub_server.api.errors import status_code_for
-from hub_server.domain.errors import HubError, InvalidArgument
-from hub_server.domain.event_log import EventLog
+from hub_server.kernel.errors import HubError, InvalidArgument
+from hub_server.rpc.errors import status_code_for
+from hub_server.store.event_log import EventLog
 from hub_server.ui.actions import Actions, authorize, caller_name, check_fleet_reader, method_name
 from hub_server.ui.data import Sections, to_json
 

@@ -1,0 +1,156 @@
+"""PickEndpoint and ReportLoad: the balancer (hub_server/balancing/strategies.py) fed
+from the views every replica keeps in memory, so a pick never touches etcd."""
+
+from __future__ import annotations
+
+from aitrading.hub.v1 import types_pb2
+
+from hub_server.balancing.strategies import (
+    Balancer,
+    Candidate,
+    Ineligibility,
+    NoEligibleInstance,
+    Strategy,
+)
+from hub_server.circuits.service import Circuits
+from hub_server.health.service import HealthView
+from hub_server.health.status import HealthStatus
+from hub_server.kernel import validation
+from hub_server.kernel.errors import NotFound, Violations
+from hub_server.registry.service import RegistryView, on_service_change, tier_names
+from hub_server.store import keys
+from hub_server.store.etcd import EtcdStore, KeyValue
+from hub_server.store.mirror import PrefixMirror
+
+MAX_LOAD = 1000.0
+
+
+def _decode_load(kv: KeyValue) -> float:
+    return float(kv.value)
+
+
+class Picker:
+    def __init__(
+        self,
+        store: EtcdStore,
+        registry: RegistryView,
+        health: HealthView,
+        circuits: Circuits,
+        *,
+        balancer: Balancer | None = None,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._health = health
+        self._circuits = circuits
+        self.loads: PrefixMirror[float] = PrefixMirror(store, keys.LOAD, _decode_load)
+        self._balancer = balancer or Balancer()
+        self._drains: PrefixMirror[str] | None = None
+        # Candidates per service, dropped when something they are built from
+        # changes for that service: a stamp of whole-view revisions was moved by
+        # every health write or load report anywhere, so it rebuilt them nearly
+        # every call in a busy fleet.
+        self._cache: dict[str, list[Candidate]] = {}
+        for mirror in (registry.mirror, health.mirror, self.loads, circuits.mirror):
+            on_service_change(mirror, self._forget)
+
+    @property
+    def drains(self) -> PrefixMirror[str] | None:
+        """Drain marks of roll-outs (hub_server/deployments/service.py), set by the
+        composition root: a marked instance is never picked."""
+        return self._drains
+
+    @drains.setter
+    def drains(self, mirror: PrefixMirror[str] | None) -> None:
+        self._drains = mirror
+        self._cache.clear()
+        if mirror is not None:
+            on_service_change(mirror, self._forget)
+
+    def _forget(self, service: str) -> None:
+        self._cache.pop(service, None)
+
+    @property
+    def revision(self) -> int:
+        return self._registry.revision
+
+    def _candidates(
+        self, service: str, instances: dict[str, types_pb2.Instance]
+    ) -> list[Candidate]:
+        cached = self._cache.get(service)
+        if cached is not None:
+            return cached
+        candidates = []
+        for instance_id, inst in instances.items():
+            record = self._health.of(inst)
+            probed = record.check != "lease" and record.status != 0
+            candidates.append(
+                Candidate(
+                    instance_id=instance_id,
+                    host=inst.host,
+                    port=inst.port,
+                    weight=inst.weight,
+                    load=self.loads.items.get(keys.load_key(service, instance_id), 0.0),
+                    latency_ms=record.latency_ms if probed else None,
+                    health=HealthStatus(record.status),
+                    draining=inst.draining
+                    or (
+                        self._drains is not None
+                        and keys.drain_key(service, instance_id) in self._drains.items
+                    ),
+                    circuit_open=self._circuits.refuses(service, instance_id),
+                    subscription_requirements=tier_names(inst),
+                    version=inst.version,
+                )
+            )
+        self._cache[service] = candidates
+        return candidates
+
+    def pick(
+        self,
+        service: str,
+        strategy: Strategy,
+        *,
+        affinity_key: str,
+        tier: str | None,
+    ) -> tuple[types_pb2.Instance, float]:
+        """The chosen instance and its load. ``tier`` None: no tier filtering."""
+        self._registry.ensure_live()
+        instances = self._registry.services.get(service)
+        if not instances:
+            self._balancer.forget(service)
+            raise NotFound(
+                f"service {service!r} is not registered", reason="SERVICE_NOT_FOUND",
+                service=service,
+            )  # fmt: skip
+        if self._circuits.refuses(service):
+            raise NoEligibleInstance(
+                Ineligibility.CIRCUIT_OPEN, f"the circuit of service {service!r} is open"
+            )
+        chosen = self._balancer.pick(
+            service,
+            self._candidates(service, instances),
+            strategy,
+            affinity_key=affinity_key or None,
+            tier=tier,
+            legacy=tier is None,
+        )
+        return instances[chosen.instance_id], chosen.load
+
+    async def report_load(self, service: str, instance_id: str, load: float) -> int:
+        v = Violations()
+        validation.check_dns_label(v, "service", service)
+        validation.check_safe_id(v, "instance_id", instance_id)
+        if not 0.0 <= load <= MAX_LOAD:
+            v.add("load_factor", f"must be between 0 and {MAX_LOAD:g}")
+        v.raise_if_any()
+        inst = self._registry.services.get(service, {}).get(instance_id)
+        if inst is None:
+            raise NotFound(
+                f"instance {service}/{instance_id} is not registered",
+                reason="INSTANCE_NOT_FOUND", service=service, instance_id=instance_id,
+            )  # fmt: skip
+        # Under the instance's lease: the load goes when the instance goes.
+        return await self._store.put(
+            keys.load_key(service, instance_id), repr(float(load)).encode(), lease=inst.lease_id
+        )

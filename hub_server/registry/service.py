@@ -1,0 +1,397 @@
+"""The service registry: instances under etcd leases, an in-memory view kept current
+by one etcd watch per hub process, and a log of recent changes for Watch streams.
+
+Reads never touch etcd: they come from the view and report the revision it has
+reached. Writes go to etcd and wait until the view has seen them, so a caller
+reads its own writes on the same replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aitrading.hub.v1 import registry_pb2, types_pb2
+
+from hub_server.kernel import validation
+from hub_server.kernel.errors import NotFound, PermissionDenied, Violations
+from hub_server.kernel.tiers import filtered_event_type, visible_to
+from hub_server.store import keys
+from hub_server.store.etcd import EtcdStore, KeyValue
+from hub_server.store.mirror import REMOVED, Change, PrefixMirror
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = 30
+DEFAULT_WEIGHT = 100
+MAX_THRESHOLD = 100  # consecutive probes (HealthCheck.*_threshold)
+_TIERS = (
+    types_pb2.SUBSCRIPTION_TIER_FREE,
+    types_pb2.SUBSCRIPTION_TIER_PRO,
+    types_pb2.SUBSCRIPTION_TIER_ENTERPRISE,
+)
+
+
+def tier_names(instance: types_pb2.Instance) -> tuple[str, ...]:
+    return tuple(
+        types_pb2.SubscriptionTier.Name(t).removeprefix("SUBSCRIPTION_TIER_").lower()
+        for t in instance.subscription_requirements
+        if t != types_pb2.SUBSCRIPTION_TIER_UNSPECIFIED
+    )
+
+
+def visible(instance: types_pb2.Instance, tier: str | None) -> bool:
+    """Whether a caller of ``tier`` may see the instance (None: no filtering)."""
+    return visible_to(tier_names(instance), tier)
+
+
+def decode_instance(kv: KeyValue) -> types_pb2.Instance:
+    """The stored instance, with the fields etcd knows filled in from the key-value."""
+    inst = types_pb2.Instance.FromString(kv.value)
+    # A value stored before requests were checked (a Duration with nanos past a
+    # second) would break every JSON reader of GetService: normalise or drop it.
+    repaired = validation.repair_wellformed(inst)
+    if repaired:
+        log.warning("stored instance %r: repaired bad values of %s", kv.key, ", ".join(repaired))
+    inst.service, inst.instance_id = keys.parse_instance_key(kv.key)
+    inst.create_revision = kv.create_revision
+    inst.mod_revision = kv.mod_revision
+    inst.lease_id = kv.lease
+    return inst
+
+
+def removed_instance(change: Change[types_pb2.Instance]) -> types_pb2.Instance:
+    """The instance a change is about (for a removal whose last value etcd had
+    compacted away, just its names)."""
+    if change.value is not None:
+        return change.value
+    service, instance_id = keys.parse_instance_key(change.key)
+    return types_pb2.Instance(service=service, instance_id=instance_id)
+
+
+def watch_event(change: Change[types_pb2.Instance]) -> registry_pb2.WatchEvent:
+    """The change as a message, built once however many watchers send it."""
+    if change.cache is None:
+        change.cache = registry_pb2.WatchEvent(
+            type=change.type, instance=removed_instance(change), revision=change.revision
+        )
+    return change.cache  # type: ignore[no-any-return]
+
+
+def filtered_watch_event(
+    change: Change[types_pb2.Instance], tier: str | None
+) -> registry_pb2.WatchEvent | None:
+    """The change as a stream filtered by ``tier`` sees it (None: not at all).
+
+    An update that moves an instance into the caller's view is ADDED, one that
+    moves it out is REMOVED carrying the instance as the caller last saw it, so
+    a watch always holds what GetService answers the same caller.
+    """
+    if tier is None:
+        return watch_event(change)
+    inst = removed_instance(change)
+    before = change.previous
+    was = visible(before, tier) if before is not None else None
+    kind = filtered_event_type(change.type, was, visible(inst, tier))
+    if kind is None:
+        return None
+    if kind == change.type:
+        return watch_event(change)
+    shown = inst
+    if kind == REMOVED:  # as the caller last saw it, never what it may not see now
+        shown = (
+            before
+            if before is not None
+            else types_pb2.Instance(service=inst.service, instance_id=inst.instance_id)
+        )
+    return registry_pb2.WatchEvent(type=kind, instance=shown, revision=change.revision)
+
+
+def on_service_change(mirror: PrefixMirror[Any], callback: Callable[[str], None]) -> None:
+    """Calls ``callback(service)`` after every change to ``mirror``, whose keys are
+    laid out like the registry's (``<prefix><service>/<instance id>``: registry,
+    health, load, drain marks, circuits), so that what is derived per service is
+    redone for that service alone."""
+    cut = len(mirror.prefix)
+
+    def listener(change: Change[Any]) -> None:
+        callback(change.key[cut:].partition(b"/")[0].decode())
+
+    mirror.add_listener(listener)
+
+
+class RegistryView:
+    """Every instance, in memory, indexed by service; fed by one etcd watch."""
+
+    def __init__(self, store: EtcdStore, *, history_capacity: int = 20_000) -> None:
+        self.services: dict[str, dict[str, types_pb2.Instance]] = {}
+        self.mirror: PrefixMirror[types_pb2.Instance] = PrefixMirror(
+            store,
+            keys.REGISTRY,
+            decode_instance,
+            on_change=self._index,
+            history_capacity=history_capacity,
+            keep_previous=True,  # for filtered watches (filtered_watch_event)
+        )
+        self.log = self.mirror.log
+
+    @property
+    def revision(self) -> int:
+        return self.mirror.revision
+
+    @property
+    def live(self) -> bool:
+        return self.mirror.live
+
+    async def start(self) -> None:
+        await self.mirror.start()
+
+    async def stop(self) -> None:
+        await self.mirror.stop()
+
+    def _index(self, change: Change[types_pb2.Instance]) -> None:
+        service, instance_id = keys.parse_instance_key(change.key)
+        if change.type == REMOVED:
+            instances = self.services.get(service)
+            if instances is not None:
+                instances.pop(instance_id, None)
+                if not instances:
+                    del self.services[service]
+        elif change.value is not None:
+            self.services.setdefault(service, {})[instance_id] = change.value
+
+    # -- reads -------------------------------------------------------------
+
+    def ensure_live(self) -> None:
+        self.mirror.ensure_live()
+
+    def get_instance(self, service: str, instance_id: str) -> types_pb2.Instance | None:
+        return self.services.get(service, {}).get(instance_id)
+
+    def instances(self, service: str, tier: str | None) -> list[types_pb2.Instance]:
+        """The service's instances visible to ``tier``, by instance id.
+
+        Raises NotFound for an unknown service and PermissionDenied when it exists
+        but the caller's tier may use none of its instances.
+        """
+        self.ensure_live()
+        instances = self.services.get(service)
+        if not instances:
+            raise NotFound(
+                f"service {service!r} is not registered",
+                reason="SERVICE_NOT_FOUND",
+                service=service,
+            )
+        found = [instances[k] for k in sorted(instances) if visible(instances[k], tier)]
+        if not found:
+            raise PermissionDenied(
+                f"service {service!r} requires a higher subscription tier than {tier!r}",
+                reason="SUBSCRIPTION_TIER_TOO_LOW",
+                service=service,
+                tier=tier or "",
+            )
+        return found
+
+    def list_services(self, tier: str | None) -> list[tuple[str, list[types_pb2.Instance]]]:
+        """(name, visible instances) of every service with at least one visible instance."""
+        self.ensure_live()
+        out = []
+        for name in sorted(self.services):
+            instances = self.services[name]
+            found = [instances[k] for k in sorted(instances) if visible(instances[k], tier)]
+            if found:
+                out.append((name, found))
+        return out
+
+    def snapshot(self, service: str, tier: str | None) -> tuple[list[types_pb2.Instance], int]:
+        """A consistent snapshot (no await inside) and the revision it reflects."""
+        self.ensure_live()
+        if service:
+            instances = self.services.get(service, {})
+            found = [i for _, i in sorted(instances.items()) if visible(i, tier)]
+        else:
+            found = [
+                i
+                for name in sorted(self.services)
+                for _, i in sorted(self.services[name].items())
+                if visible(i, tier)
+            ]
+        return found, self.revision
+
+
+class Registry:
+    """Registry writes: register, keep alive, deregister."""
+
+    def __init__(self, store: EtcdStore, view: RegistryView, *, write_wait: float = 5.0) -> None:
+        self._store = store
+        self.view = view
+        self._write_wait = write_wait
+
+    async def register(self, req: registry_pb2.RegisterRequest) -> types_pb2.Instance:
+        inst = validate_registration(req)
+        self.view.ensure_live()
+        key = keys.instance_key(inst.service, inst.instance_id)
+        previous = self.view.get_instance(inst.service, inst.instance_id)
+        now = time.time()
+        if previous is not None and previous.HasField("registered_at"):
+            inst.registered_at.CopyFrom(previous.registered_at)
+        else:
+            inst.registered_at.FromNanoseconds(int(now * 1e9))
+        inst.updated_at.FromNanoseconds(int(now * 1e9))
+
+        lease = await self._store.grant_lease(inst.ttl_seconds)
+        revision = await self._store.put(key, inst.SerializeToString(), lease=lease)
+        if previous is not None and previous.lease_id and previous.lease_id != lease:
+            # The key now lives on the new lease; the old one holds nothing.
+            await self._revoke_quietly(previous.lease_id)
+        await self.view.log.wait_for_revision(revision, self._write_wait)
+        stored = self.view.get_instance(inst.service, inst.instance_id)
+        if stored is not None and stored.mod_revision == revision:
+            return stored
+        inst.lease_id, inst.create_revision, inst.mod_revision = lease, revision, revision
+        return inst
+
+    async def keep_alive(self, service: str, instance_id: str, lease_id: int) -> int:
+        v = Violations()
+        validation.check_dns_label(v, "service", service)
+        validation.check_safe_id(v, "instance_id", instance_id)
+        if lease_id <= 0:
+            v.add("lease_id", "is required")
+        v.raise_if_any()
+        self.view.ensure_live()  # a stale view could wrongly say NOT_FOUND
+        inst = self.view.get_instance(service, instance_id)
+        if inst is None or inst.lease_id != lease_id:
+            raise NotFound(
+                f"instance {service}/{instance_id} is not registered under lease {lease_id}; "
+                "register again",
+                reason="INSTANCE_NOT_FOUND",
+                service=service,
+                instance_id=instance_id,
+            )
+        ttl = await self._store.keep_alive(lease_id)
+        if ttl <= 0:
+            raise NotFound(
+                f"lease {lease_id} has expired; register again",
+                reason="LEASE_NOT_FOUND",
+                service=service,
+                instance_id=instance_id,
+            )
+        return ttl
+
+    async def deregister(self, service: str, instance_id: str) -> int:
+        v = Violations()
+        validation.check_dns_label(v, "service", service)
+        validation.check_safe_id(v, "instance_id", instance_id)
+        v.raise_if_any()
+        inst = self.view.get_instance(service, instance_id)
+        deleted, revision = await self._store.delete(keys.instance_key(service, instance_id))
+        if not deleted:
+            raise NotFound(
+                f"instance {service}/{instance_id} is not registered",
+                reason="INSTANCE_NOT_FOUND",
+                service=service,
+                instance_id=instance_id,
+            )
+        if inst is not None and inst.lease_id:
+            await self._revoke_quietly(inst.lease_id)
+        await self.view.log.wait_for_revision(revision, self._write_wait)
+        return revision
+
+    async def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            await self._store.revoke_lease(lease_id)
+        except Exception as e:  # it lapses by itself anyway
+            log.debug("revoking lease %x failed: %r", lease_id, e)
+
+
+def validate_registration(req: registry_pb2.RegisterRequest) -> types_pb2.Instance:
+    """Checks every field of a RegisterRequest and builds the Instance to store.
+
+    Reports all bad fields at once; raises InvalidArgument.
+    """
+    v = Violations()
+    validation.check_dns_label(v, "service", req.service)
+    validation.check_host(v, "host", req.host)
+    validation.check_port(v, "port", req.port)
+    if req.instance_id:
+        validation.check_safe_id(v, "instance_id", req.instance_id)
+    instance_id = req.instance_id or default_instance_id(req.host, req.port)
+    bad_address = any(item.field in ("host", "port") for item in v.items)
+    if not req.instance_id and not bad_address and not validation.is_key_name(instance_id):
+        v.add("host", "is too long to make the default instance id: send an instance_id")
+    validation.check_version(v, "version", req.version)
+    validation.check_metadata(v, "metadata", dict(req.metadata))
+    ttl = req.ttl_seconds or DEFAULT_TTL
+    validation.check_range(v, "ttl_seconds", ttl, 2, 86_400)
+    weight = req.weight or DEFAULT_WEIGHT
+    validation.check_range(v, "weight", weight, 1, 1000)
+    if req.protocol not in types_pb2.Protocol.values():
+        v.add("protocol", "is not a known protocol")
+    if req.resource_tier not in types_pb2.ResourceTier.values():
+        v.add("resource_tier", "is not a known resource tier")
+    if len(req.subscription_requirements) > len(_TIERS):
+        v.add("subscription_requirements", f"at most {len(_TIERS)} (one per tier)")
+    for i, tier in enumerate(req.subscription_requirements[: len(_TIERS)]):
+        if tier not in types_pb2.SubscriptionTier.values() or tier == 0:
+            v.add(f"subscription_requirements[{i}]", "must be FREE, PRO or ENTERPRISE")
+    _check_health_check(v, req.health_check)
+    v.raise_if_any()
+
+    inst = types_pb2.Instance(
+        service=req.service,
+        instance_id=instance_id,
+        host=req.host,
+        port=req.port,
+        protocol=req.protocol or types_pb2.PROTOCOL_HTTP,
+        version=req.version,
+        metadata=dict(req.metadata),
+        tenant_capable=req.tenant_capable if req.HasField("tenant_capable") else True,
+        subscription_requirements=req.subscription_requirements,
+        resource_tier=req.resource_tier or types_pb2.RESOURCE_TIER_BASIC,
+        ttl_seconds=ttl,
+        weight=weight,
+    )
+    if req.HasField("health_check"):
+        inst.health_check.CopyFrom(req.health_check)
+    return inst
+
+
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # IPv4, most host names
+_UNSAFE_IN_ID = re.compile(r"[^A-Za-z0-9.:-]|(?<=\.)\.")  # "..": never in a key
+
+
+def default_instance_id(host: str, port: int) -> str:
+    """An id distinct for every distinct (host, port), and a valid key name.
+
+    An IPv4 address or a host name starting with a letter or digit gives
+    ``host-port`` as ever (the port is after the last '-'). Any other host is
+    prefixed, ``ip6:`` for an IPv6 address and ``host:`` otherwise (a leading
+    '_'): no plain id has a ':', and in the rest every character outside the key
+    alphabet, '_' included (and a '.' after a '.', as a scope id may have), is
+    written ``_XX`` (hex), so no two hosts meet."""
+    if _PLAIN_HOST.fullmatch(host):
+        return f"{host}-{port}"
+    escaped = _UNSAFE_IN_ID.sub(lambda m: "".join(f"_{b:02x}" for b in m[0].encode()), host)
+    return f"{'ip6' if ':' in host else 'host'}:{escaped}-{port}"
+
+
+def _check_health_check(v: Violations, hc: types_pb2.HealthCheck) -> None:
+    kind = hc.WhichOneof("check")
+    if kind == "http":
+        path = hc.http.path
+        if not path.startswith("/") or len(path) > 1024 or any(c in path for c in " \r\n\0"):
+            v.add("health_check.http.path", "must start with '/', at most 1024, no spaces")
+    elif kind == "grpc" and len(hc.grpc.service) > 256:
+        v.add("health_check.grpc.service", "must be at most 256 characters")
+    for name, low in (("interval", 0.1), ("timeout", 0.1), ("degraded_latency", 0.001)):
+        if hc.HasField(name):
+            d = getattr(hc, name)
+            seconds = d.seconds + d.nanos / 1e9
+            if not low <= seconds <= 3600:
+                v.add(f"health_check.{name}", f"must be between {low:g}s and 3600s")
+    for name in ("unhealthy_threshold", "healthy_threshold"):
+        if not 0 <= getattr(hc, name) <= MAX_THRESHOLD:
+            v.add(f"health_check.{name}", f"must be between 0 (the default) and {MAX_THRESHOLD}")
