@@ -30,12 +30,12 @@ async def test_mutations_are_audited_with_who_what_and_outcome(hub: Hub) -> None
     ) as client:
         reg = await client.register("data-bridge", host="db", port=8001, version="2.0.0")
         await client.register("data-bridge", host="db", port=8001, keep_alive=False)
-        await client._unary(
+        await client.call(
             client.circuit_stub.OverrideCircuit,
             cb.OverrideCircuitRequest(service="data-bridge", action=cb.CIRCUIT_OVERRIDE_FORCE_OPEN),
         )
         with pytest.raises(InvalidArgument):
-            await client._unary(client.registry_stub.Register, registry_pb2.RegisterRequest())
+            await client.call(client.registry_stub.Register, registry_pb2.RegisterRequest())
         await reg.deregister()
         await client.list_services()  # reads leave no record
 

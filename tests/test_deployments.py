@@ -508,11 +508,11 @@ async def test_release_deployment_drains(hub: Hub, client: HubClient) -> None:
         assert first.details["released"] == "feeds-old-00"
         await client.abort_deployment(d.id)
     with pytest.raises(NotFound):
-        await client._unary(
+        await client.call(
             stub.ReleaseDeploymentDrains,
             deployment_pb2.ReleaseDeploymentDrainsRequest(id="dep-nope"),
         )
     with pytest.raises(InvalidArgument):
-        await client._unary(
+        await client.call(
             stub.ReleaseDeploymentDrains, deployment_pb2.ReleaseDeploymentDrainsRequest(id="a/b")
         )

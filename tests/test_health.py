@@ -150,7 +150,7 @@ async def test_discovery_answers_usable_instances_by_default(hub: Hub, client: H
         svc = await client.discover("quotes")
         assert [i.instance_id for i in svc.instances] == ["good"]
         assert svc.instances[0].raw.health.status == types_pb2.HEALTH_STATUS_HEALTHY
-        everything = await client._unary(
+        everything = await client.call(
             client.registry_stub.GetService,
             registry_pb2.GetServiceRequest(service="quotes", include_unhealthy=True),
         )

@@ -339,9 +339,9 @@ async def test_client_gives_up_within_its_timeout(hub: Hub, etcd_store: EtcdStor
 async def test_a_replayed_call_is_audited_as_a_replay(hub: Hub, client: HubClient) -> None:
     c = client.with_context(tenant_id="aud", subscription_tier="enterprise")
     for _ in range(2):  # with the tenant headers, so that the records are the tenant's
-        await c._unary(c.tenant_stub.Allocate, allocate("aud", 10, "a-1", resource=RATE))
+        await c.call(c.tenant_stub.Allocate, allocate("aud", 10, "a-1", resource=RATE))
     for _ in range(2):
-        await c._unary(c.tenant_stub.Release, release("aud", 10, "a-2", resource=RATE))
+        await c.call(c.tenant_stub.Release, release("aud", 10, "a-2", resource=RATE))
     async with grpc.aio.insecure_channel(hub.address) as ch:
         events = (
             await observability_pb2_grpc.ObservabilityServiceStub(ch).ListAuditEvents(

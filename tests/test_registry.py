@@ -78,7 +78,7 @@ async def test_deregister(client: HubClient) -> None:
 
 
 async def _deregister(client: HubClient, service: str, instance_id: str) -> None:
-    await client._unary(
+    await client.call(
         client.registry_stub.Deregister,
         registry_pb2.DeregisterRequest(service=service, instance_id=instance_id),
     )
@@ -263,7 +263,7 @@ async def test_bad_registration_is_invalid_argument_and_stores_nothing(
 ) -> None:
     request = registry_pb2.RegisterRequest(**{**GOOD, **changes})
     with pytest.raises(InvalidArgument) as err:
-        await client._unary(client.registry_stub.Register, request)
+        await client.call(client.registry_stub.Register, request)
     assert field in [v.field for v in err.value.field_violations]
     assert err.value.reason == "INVALID_ARGUMENT"
     kvs, _ = await etcd_store.get_prefix(keys.ROOT)
@@ -273,7 +273,7 @@ async def test_bad_registration_is_invalid_argument_and_stores_nothing(
 async def test_every_bad_field_reported_at_once(client: HubClient) -> None:
     request = registry_pb2.RegisterRequest(service="BAD", host="", port=0, ttl_seconds=1)
     with pytest.raises(InvalidArgument) as err:
-        await client._unary(client.registry_stub.Register, request)
+        await client.call(client.registry_stub.Register, request)
     fields = {v.field for v in err.value.field_violations}
     assert {"service", "host", "port", "ttl_seconds"} <= fields
 
@@ -291,7 +291,7 @@ async def test_every_bad_field_reported_at_once(client: HubClient) -> None:
 )
 async def test_bad_requests_of_other_methods(client: HubClient, method: str, request_) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidArgument):
-        await client._unary(getattr(client.registry_stub, method), request_)
+        await client.call(getattr(client.registry_stub, method), request_)
 
 
 async def test_unknown_service_is_not_found_with_reason(client: HubClient) -> None:

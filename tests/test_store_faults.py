@@ -104,7 +104,7 @@ async def test_lease_survives_etcd_restart_with_keep_alive(
 async def test_hub_restart_keeps_registered_state(hub_factory: HubFactory) -> None:
     hub = await hub_factory()
     async with HubClient(hub.address) as client:
-        await client._unary(
+        await client.call(
             client.registry_stub.Register,
             registry_pb2.RegisterRequest(
                 service="risk", host="r", port=7, version="3.1.0", metadata={"k": "v"}

@@ -206,7 +206,8 @@ class HubClient:
     over TLS, ``tls=TLS(ca="ca.pem")`` (plus ``cert``/``key`` for mTLS).
 
     The generated stubs stay reachable as ``hub.registry_stub`` for anything the
-    wrapper does not cover.
+    wrapper does not cover; ``hub.call(hub.registry_stub.GetService, request)``
+    calls one with the wrapper's headers and typed errors.
     """
 
     def __init__(
@@ -271,13 +272,21 @@ class HubClient:
         if self._own_channel:
             await self.channel.close()
 
-    async def _unary(self, method: Any, request: Any) -> Any:
+    async def call(self, method: Any, request: Any, *, timeout: float | None = None) -> Any:
+        """Calls any unary method of the generated stubs (``hub.registry_stub.GetService``,
+        ``hub.backup_stub.ListBackups``, ...) as this wrapper's own methods do: with
+        this client's tenant headers, waiting for a reconnecting channel, and gRPC
+        errors raised as the typed ``HubError`` subclasses. Returns the response
+        message as the stub does. For what the wrapper does not cover.
+
+        ``timeout``: this call's deadline in seconds (default: the client's).
+        """
         # wait_for_ready: ride over a hub restart (within the timeout) instead of
         # failing at once while the channel reconnects.
         try:
             return await method(
                 request,
-                timeout=self.timeout,
+                timeout=self.timeout if timeout is None else timeout,
                 metadata=self.context.metadata(),
                 wait_for_ready=True,
             )
@@ -367,7 +376,7 @@ class HubClient:
         """The service's usable instances that this caller's tier may use: the
         HEALTHY ones, else the DEGRADED ones, else the STARTING ones (not proven yet).
         ``include_unhealthy`` returns every instance (for operators)."""
-        resp = await self._unary(
+        resp = await self.call(
             self.registry_stub.GetService,
             registry_pb2.GetServiceRequest(
                 service=service, legacy_mode=legacy_mode, include_unhealthy=include_unhealthy
@@ -380,7 +389,7 @@ class HubClient:
         out: list[Service] = []
         token = ""
         while True:
-            resp = await self._unary(
+            resp = await self.call(
                 self.registry_stub.ListServices,
                 registry_pb2.ListServicesRequest(legacy_mode=legacy_mode, page_token=token),
             )
@@ -405,7 +414,7 @@ class HubClient:
 
     async def get_health(self, service: str = "") -> list[Health]:
         """What the hub's probes found, per instance (one service, or all)."""
-        resp = await self._unary(
+        resp = await self.call(
             self.health_stub.GetHealth, health_pb2.GetHealthRequest(service=service)
         )
         return [Health.from_pb(r) for r in resp.instances]
@@ -423,7 +432,7 @@ class HubClient:
         ``latency_aware``). Raises NoEligibleInstance when none may be picked."""
         if strategy not in _STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; one of {sorted(_STRATEGIES)}")
-        resp = await self._unary(
+        resp = await self.call(
             self.balancer_stub.PickEndpoint,
             balancer_pb2.PickEndpointRequest(
                 service=service,
@@ -436,7 +445,7 @@ class HubClient:
 
     async def report_load(self, service: str, instance_id: str, load: float) -> None:
         """Tells the hub an instance's load (0 idle .. 1 at capacity)."""
-        await self._unary(
+        await self.call(
             self.balancer_stub.ReportLoad,
             balancer_pb2.ReportLoadRequest(
                 service=service, instance_id=instance_id, load_factor=load
@@ -444,7 +453,7 @@ class HubClient:
         )
 
     async def circuit_state(self, service: str, instance_id: str = "") -> CircuitInfo:
-        resp = await self._unary(
+        resp = await self.call(
             self.circuit_stub.GetCircuitState,
             circuit_pb2.GetCircuitStateRequest(service=service, instance_id=instance_id),
         )
@@ -467,7 +476,7 @@ class HubClient:
         return self._reporter
 
     async def _send_outcomes(self, outcomes: list[circuit_pb2.CallOutcome]) -> None:
-        await self._unary(
+        await self.call(
             self.circuit_stub.ReportOutcomes, circuit_pb2.ReportOutcomesRequest(outcomes=outcomes)
         )
 
@@ -478,7 +487,7 @@ class HubClient:
 
     async def cluster_status(self) -> cluster_pb2.GetClusterStatusResponse:
         """The hub replicas and which one leads."""
-        return await self._unary(  # type: ignore[no-any-return]
+        return await self.call(  # type: ignore[no-any-return]
             self.cluster_stub.GetClusterStatus, cluster_pb2.GetClusterStatusRequest()
         )
 
@@ -495,7 +504,7 @@ class HubClient:
                 without tenant overrides. For a tenant the hub does not know, the
                 tier is this client's subscription_tier (free without one).
         """
-        resp = await self._unary(
+        resp = await self.call(
             self.config_stub.GetTenantConfig,
             config_pb2.GetTenantConfigRequest(tenant_id=self._tenant(tenant)),
         )
@@ -514,7 +523,7 @@ class HubClient:
 
     async def config_layer(self, layer: str) -> ConfigLayer:
         """One layer as stored: ``global``, ``tier/<tier>`` or ``tenant/<id>``."""
-        resp = await self._unary(
+        resp = await self.call(
             self.config_stub.GetConfigLayer,
             config_pb2.GetConfigLayerRequest(layer=_layer_ref(layer)),
         )
@@ -548,7 +557,7 @@ class HubClient:
         )
         if expected_version is not None:
             request.expected_version = expected_version
-        resp = await self._unary(self.config_stub.SetConfigLayer, request)
+        resp = await self.call(self.config_stub.SetConfigLayer, request)
         return ConfigLayer.from_pb(resp.layer)
 
     async def config_versions(self, layer: str) -> list[ConfigLayer]:
@@ -556,7 +565,7 @@ class HubClient:
         out: list[ConfigLayer] = []
         token = ""
         while True:
-            resp = await self._unary(
+            resp = await self.call(
                 self.config_stub.ListConfigVersions,
                 config_pb2.ListConfigVersionsRequest(
                     layer=_layer_ref(layer), page_size=1000, page_token=token
@@ -581,7 +590,7 @@ class HubClient:
         )
         if expected_version is not None:
             request.expected_version = expected_version
-        resp = await self._unary(self.config_stub.RollbackConfig, request)
+        resp = await self.call(self.config_stub.RollbackConfig, request)
         return ConfigLayer.from_pb(resp.layer)
 
     # -- tenants and quotas --------------------------------------------------
@@ -590,7 +599,7 @@ class HubClient:
         self, tenant_id: str, *, tier: str = "free", display_name: str = ""
     ) -> Tenant:
         """Stores a new tenant (AlreadyExists if it exists)."""
-        resp = await self._unary(
+        resp = await self.call(
             self.tenant_stub.CreateTenant,
             tenant_pb2.CreateTenantRequest(
                 tenant_id=tenant_id, tier=_tier(tier), display_name=display_name
@@ -600,7 +609,7 @@ class HubClient:
 
     async def get_tenant(self, tenant_id: str) -> Tenant:
         """One tenant (NotFound if the hub does not know it)."""
-        resp = await self._unary(
+        resp = await self.call(
             self.tenant_stub.GetTenant, tenant_pb2.GetTenantRequest(tenant_id=tenant_id)
         )
         return Tenant.from_pb(resp.tenant)
@@ -610,7 +619,7 @@ class HubClient:
         out: list[Tenant] = []
         token = ""
         while True:
-            resp = await self._unary(
+            resp = await self.call(
                 self.tenant_stub.ListTenants,
                 tenant_pb2.ListTenantsRequest(page_token=token, tier=_tier(tier) if tier else 0),
             )
@@ -621,7 +630,7 @@ class HubClient:
 
     async def set_tier(self, tenant_id: str, tier: str, *, expected_revision: int = 0) -> Tenant:
         """Changes a tenant's tier; its merged config and limits follow at once."""
-        resp = await self._unary(
+        resp = await self.call(
             self.tenant_stub.UpdateTenantTier,
             tenant_pb2.UpdateTenantTierRequest(
                 tenant_id=tenant_id, tier=_tier(tier), expected_revision=expected_revision
@@ -631,7 +640,7 @@ class HubClient:
 
     async def usage(self, tenant: str | None = None) -> dict[str, ResourceUsage]:
         """A tenant's usage of every quota resource, with its limits, by resource."""
-        resp = await self._unary(
+        resp = await self.call(
             self.tenant_stub.GetUsage, tenant_pb2.GetUsageRequest(tenant_id=self._tenant(tenant))
         )
         return {u.resource: u for u in map(ResourceUsage.from_pb, resp.usage)}
@@ -640,7 +649,7 @@ class HubClient:
         self, resource: str, amount: int = 1, *, tenant: str | None = None
     ) -> bool:
         """Whether ``amount`` of ``resource`` would fit now (nothing is allocated)."""
-        resp = await self._unary(
+        resp = await self.call(
             self.tenant_stub.CheckQuota,
             tenant_pb2.CheckQuotaRequest(
                 tenant_id=self._tenant(tenant), resource=_quota_resource(resource), amount=amount
@@ -745,7 +754,7 @@ class HubClient:
             canary_observation=_duration(canary_observation),
             rollback_on_failure=rollback_on_failure,
         )
-        resp = await self._unary(
+        resp = await self.call(
             self.deployment_stub.StartDeployment,
             deployment_pb2.StartDeploymentRequest(
                 service=service,
@@ -758,7 +767,7 @@ class HubClient:
 
     async def deployment(self, deployment_id: str) -> Deployment:
         """One deployment as the hub has it now."""
-        resp = await self._unary(
+        resp = await self.call(
             self.deployment_stub.GetDeployment,
             deployment_pb2.GetDeploymentRequest(id=deployment_id),
         )
@@ -768,35 +777,35 @@ class HubClient:
         self, service: str = "", *, active_only: bool = False
     ) -> list[Deployment]:
         """Deployments (of one service, or all), newest first."""
-        resp = await self._unary(
+        resp = await self.call(
             self.deployment_stub.ListDeployments,
             deployment_pb2.ListDeploymentsRequest(service=service, active_only=active_only),
         )
         return [Deployment.from_pb(d) for d in resp.deployments]
 
     async def pause_deployment(self, deployment_id: str, reason: str = "") -> Deployment:
-        resp = await self._unary(
+        resp = await self.call(
             self.deployment_stub.PauseDeployment,
             deployment_pb2.PauseDeploymentRequest(id=deployment_id, reason=reason),
         )
         return Deployment.from_pb(resp.deployment)
 
     async def resume_deployment(self, deployment_id: str) -> Deployment:
-        resp = await self._unary(
+        resp = await self.call(
             self.deployment_stub.ResumeDeployment,
             deployment_pb2.ResumeDeploymentRequest(id=deployment_id),
         )
         return Deployment.from_pb(resp.deployment)
 
     async def abort_deployment(self, deployment_id: str, reason: str = "") -> Deployment:
-        resp = await self._unary(
+        resp = await self.call(
             self.deployment_stub.AbortDeployment,
             deployment_pb2.AbortDeploymentRequest(id=deployment_id, reason=reason),
         )
         return Deployment.from_pb(resp.deployment)
 
     async def rollback_deployment(self, deployment_id: str, reason: str = "") -> Deployment:
-        resp = await self._unary(
+        resp = await self.call(
             self.deployment_stub.RollbackDeployment,
             deployment_pb2.RollbackDeploymentRequest(id=deployment_id, reason=reason),
         )
@@ -817,17 +826,34 @@ class HubClient:
     def backup_stub(self) -> backup_pb2_grpc.BackupServiceStub:
         return backup_pb2_grpc.BackupServiceStub(self.channel)
 
-    async def _backup_stream(
-        self, request: backup_pb2.CreateBackupRequest, timeout: float
-    ) -> AsyncIterator[backup_pb2.CreateBackupResponse]:
+    async def export_backup(
+        self, *, store: bool = False, download: bool = True, timeout: float = 300.0
+    ) -> tuple[BackupInfo, bytes]:
+        """A backup of the hub's whole keyspace at one revision: its description and
+        the file's bytes. ``store`` also keeps it in the hub's backup directory
+        (its name is then ``info.name``); ``download=False`` (only with ``store``)
+        has nothing but the description sent back, and the bytes are empty.
+
+        Raises:
+            InvalidArgument: ``download=False`` without ``store``.
+        """
+        request = backup_pb2.CreateBackupRequest(store=store, omit_data=not download)
         call = self.backup_stub.CreateBackup(
             request, timeout=timeout, metadata=self.context.metadata(), wait_for_ready=True
         )
+        info: BackupInfo | None = None
+        chunks: list[bytes] = []
         try:
             async for message in call:
-                yield message
+                if message.WhichOneof("content") == "info":
+                    info = BackupInfo.from_pb(message.info)
+                else:
+                    chunks.append(message.chunk)
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
+        if info is None:
+            raise RuntimeError("the hub sent no backup info")
+        return info, b"".join(chunks)
 
     async def backup(
         self,
@@ -839,15 +865,10 @@ class HubClient:
         """A backup of the hub's whole keyspace at one revision: the file's bytes,
         or, with ``path``, the file written there (its Path). ``store`` also keeps
         it in the hub's backup directory."""
-        out = Path(path) if path is not None else None
-        chunks: list[bytes] = []
-        request = backup_pb2.CreateBackupRequest(store=store)
-        async for message in self._backup_stream(request, timeout):
-            if message.WhichOneof("content") == "chunk":
-                chunks.append(message.chunk)
-        data = b"".join(chunks)
-        if out is None:
+        _, data = await self.export_backup(store=store, timeout=timeout)
+        if path is None:
             return data
+        out = Path(path)
         tmp = out.with_name(f".{out.name}.partial")
         await asyncio.to_thread(tmp.write_bytes, data)
         await asyncio.to_thread(os.replace, tmp, out)
@@ -856,11 +877,8 @@ class HubClient:
     async def store_backup(self, *, timeout: float = 300.0) -> BackupInfo:
         """Has the hub write a backup to its backup directory (nothing is sent back
         but its description)."""
-        request = backup_pb2.CreateBackupRequest(store=True, omit_data=True)
-        async for message in self._backup_stream(request, timeout):
-            if message.WhichOneof("content") == "info":
-                return BackupInfo.from_pb(message.info)
-        raise RuntimeError("the hub sent no backup info")
+        info, _ = await self.export_backup(store=True, download=False, timeout=timeout)
+        return info
 
     async def restore(
         self,
@@ -904,9 +922,9 @@ class HubClient:
 
     async def list_backups(self) -> list[BackupInfo]:
         """The backups in the answering hub replica's backup directory, newest first."""
-        resp = await self._unary(self.backup_stub.ListBackups, backup_pb2.ListBackupsRequest())
+        resp = await self.call(self.backup_stub.ListBackups, backup_pb2.ListBackupsRequest())
         return [BackupInfo.from_pb(b) for b in resp.backups]
 
     async def delete_backup(self, name: str) -> None:
         """Deletes a stored backup by name (as in ``list_backups``)."""
-        await self._unary(self.backup_stub.DeleteBackup, backup_pb2.DeleteBackupRequest(name=name))
+        await self.call(self.backup_stub.DeleteBackup, backup_pb2.DeleteBackupRequest(name=name))

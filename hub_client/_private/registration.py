@@ -50,7 +50,7 @@ class Registration:
             self._task = asyncio.create_task(self._keep_alive_loop())
 
     async def _register(self) -> None:
-        resp = await self._client._unary(self._client.registry_stub.Register, self._request)
+        resp = await self._client.call(self._client.registry_stub.Register, self._request)
         self.instance = Instance.from_pb(resp.instance)
         # Later registrations must update this instance, not make a new one.
         self._request.instance_id = self.instance.instance_id
@@ -80,7 +80,7 @@ class Registration:
     async def keep_alive(self) -> int:
         """Renews the lease once; returns the TTL. Raises InstanceNotFound if gone."""
         assert self.instance is not None
-        resp = await self._client._unary(
+        resp = await self._client.call(
             self._client.registry_stub.KeepAlive,
             registry_pb2.KeepAliveRequest(
                 service=self.instance.service,
@@ -104,7 +104,7 @@ class Registration:
         if self.instance is None:
             return
         with contextlib.suppress(NotFound):
-            await self._client._unary(
+            await self._client.call(
                 self._client.registry_stub.Deregister,
                 registry_pb2.DeregisterRequest(
                     service=self.instance.service, instance_id=self.instance.instance_id

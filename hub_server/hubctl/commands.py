@@ -197,7 +197,7 @@ async def services_list(ctx: Context, args: argparse.Namespace) -> None:
     ALL,
 )
 async def services_show(ctx: Context, args: argparse.Namespace) -> None:
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         ctx.hub.registry_stub.GetService,
         registry_pb2.GetServiceRequest(
             service=args.service, legacy_mode=args.all, include_unhealthy=True
@@ -390,7 +390,7 @@ async def circuits_show(ctx: Context, args: argparse.Namespace) -> None:
     INSTANCE,
 )
 async def circuits_override(ctx: Context, args: argparse.Namespace) -> None:
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         ctx.hub.circuit_stub.OverrideCircuit,
         circuit_pb2.OverrideCircuitRequest(
             service=args.service, instance_id=args.instance, action=OVERRIDES[args.action]
@@ -601,7 +601,7 @@ async def register(ctx: Context, args: argparse.Namespace) -> None:
     arg("instance_id", metavar="INSTANCE_ID"),
 )
 async def deregister(ctx: Context, args: argparse.Namespace) -> None:
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         ctx.hub.registry_stub.Deregister,
         registry_pb2.DeregisterRequest(service=args.service, instance_id=args.instance_id),
     )

@@ -532,7 +532,7 @@ async def deployments_status(ctx: Context, args: argparse.Namespace) -> int:
         ctx.output.note(f"following {args.deployment_id} on {ctx.target} until it ends; "
                         "Ctrl-C to stop")  # fmt: skip
         return await follow(ctx, args.deployment_id)
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         ctx.hub.deployment_stub.GetDeployment,
         deployment_pb2.GetDeploymentRequest(id=args.deployment_id),
     )
@@ -633,7 +633,7 @@ async def deployments_rollback(ctx: Context, args: argparse.Namespace) -> int:
     REASON,
 )
 async def deployments_release_drains(ctx: Context, args: argparse.Namespace) -> int:
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         ctx.hub.deployment_stub.ReleaseDeploymentDrains,
         deployment_pb2.ReleaseDeploymentDrainsRequest(id=args.deployment_id, reason=args.reason),
     )
@@ -729,26 +729,18 @@ async def backups_create(ctx: Context, args: argparse.Namespace) -> None:
     if path is not None and (path.is_dir() or not path.parent.is_dir()):
         what = "is a directory" if path.is_dir() else "is in a directory that does not exist"
         raise UsageError(f"cannot write {path}: it {what}")
-    info: BackupInfo | None = None
-    chunks: list[bytes] = []
-    request = backup_pb2.CreateBackupRequest(store=args.store, omit_data=path is None)
-    async for message in ctx.hub._backup_stream(request, _transfer_timeout(ctx)):
-        if message.WhichOneof("content") == "info":
-            info = BackupInfo.from_pb(message.info)
-        else:
-            chunks.append(message.chunk)
-    if info is None:
-        raise UsageError("the hub sent no backup")  # pragma: no cover
+    b, data = await ctx.hub.export_backup(
+        store=args.store, download=path is not None, timeout=_transfer_timeout(ctx)
+    )
     if path is not None:
         tmp = path.with_name(f".{path.name}.partial")
         try:
-            await asyncio.to_thread(tmp.write_bytes, b"".join(chunks))
+            await asyncio.to_thread(tmp.write_bytes, data)
             await asyncio.to_thread(os.replace, tmp, path)
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
-    b = info
 
     def text(st: Style) -> Iterable[str]:
         if path is not None:
@@ -763,7 +755,7 @@ async def backups_create(ctx: Context, args: argparse.Namespace) -> None:
 
 @command("backups list", "the backups kept in the hub's backup directory, newest first")
 async def backups_list(ctx: Context, args: argparse.Namespace) -> None:
-    resp = await ctx.hub._unary(ctx.hub.backup_stub.ListBackups, backup_pb2.ListBackupsRequest())
+    resp = await ctx.hub.call(ctx.hub.backup_stub.ListBackups, backup_pb2.ListBackupsRequest())
     found = [BackupInfo.from_pb(b) for b in resp.backups]
     hub_id = resp.header.hub_id
     data = {"directory": resp.directory or None, "hub_id": hub_id,

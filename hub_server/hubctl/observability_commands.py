@@ -91,7 +91,7 @@ def _severity(a: obs.Alert, st: Style) -> str:
 async def alerts_list(ctx: Context, args: argparse.Namespace) -> None:
     if args.history < 0:
         raise UsageError("--history must be 0 or more")
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         _stub(ctx).ListAlerts,
         obs.ListAlertsRequest(history_limit=args.history, tenant_id=args.only_tenant),
     )
@@ -262,7 +262,7 @@ async def audit(ctx: Context, args: argparse.Namespace) -> None:
             request.start_time.FromNanoseconds(int(start * 1e9))
         if end:
             request.end_time.FromNanoseconds(int(end * 1e9))
-        resp = await ctx.hub._unary(stub.ListAuditEvents, request)
+        resp = await ctx.hub.call(stub.ListAuditEvents, request)
         events.extend(resp.events)
         token = resp.next_page_token
         if not token:
@@ -324,7 +324,7 @@ def pattern_json(p: obs.ErrorPattern) -> dict[str, Any]:
     arg("--limit", type=int, default=100, metavar="N", help="at most N (default 100, max 1000)"),
 )
 async def errors(ctx: Context, args: argparse.Namespace) -> None:
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         _stub(ctx).ListErrorPatterns,
         obs.ListErrorPatternsRequest(
             service=args.service,
@@ -367,7 +367,7 @@ def _ms(value: float) -> str:
 
 @command("metrics", "services by health, tenants' usage, and this replica's RPC traffic")
 async def metrics(ctx: Context, args: argparse.Namespace) -> None:
-    resp = await ctx.hub._unary(_stub(ctx).GetSystemMetrics, obs.GetSystemMetricsRequest())
+    resp = await ctx.hub.call(_stub(ctx).GetSystemMetrics, obs.GetSystemMetricsRequest())
     rpcs = sorted(resp.rpcs, key=lambda r: (-r.calls, r.method))
     data = {
         "hub_id": resp.hub_id,

@@ -146,7 +146,7 @@ async def tenants_create(ctx: Context, args: argparse.Namespace) -> None:
         help="change only if the tenant record is at this revision; else exit 7"),
 )  # fmt: skip
 async def tenants_set_tier(ctx: Context, args: argparse.Namespace) -> None:
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         ctx.hub.tenant_stub.UpdateTenantTier,
         tenant_pb2.UpdateTenantTierRequest(
             tenant_id=args.tenant_id,
@@ -178,7 +178,7 @@ async def usage(ctx: Context, args: argparse.Namespace) -> None:
     tenant = args.tenant_id or ctx.hub.context.tenant_id
     if not tenant:
         raise UsageError("which tenant? give TENANT, or --tenant / HUB_TENANT")
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         ctx.hub.tenant_stub.GetUsage, tenant_pb2.GetUsageRequest(tenant_id=tenant)
     )
     rows = [ResourceUsage.from_pb(u) for u in resp.usage]
@@ -258,7 +258,7 @@ def _quota_target(ctx: Context, args: argparse.Namespace) -> None:
 )
 async def quota_check(ctx: Context, args: argparse.Namespace) -> int:
     _quota_target(ctx, args)
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         ctx.hub.tenant_stub.CheckQuota,
         tenant_pb2.CheckQuotaRequest(
             tenant_id=args.tenant_id, resource=_quota_resource(args.resource), amount=args.amount
@@ -300,7 +300,7 @@ async def quota_allocate(ctx: Context, args: argparse.Namespace) -> None:
 @command("quota release", "give back an amount of a resource", *_quota_args())
 async def quota_release(ctx: Context, args: argparse.Namespace) -> None:
     _quota_target(ctx, args)
-    resp = await ctx.hub._unary(
+    resp = await ctx.hub.call(
         ctx.hub.tenant_stub.Release,
         tenant_pb2.ReleaseRequest(
             tenant_id=args.tenant_id, resource=_quota_resource(args.resource), amount=args.amount
