@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from aitrading.hub.v1 import backup_pb2, backup_pb2_grpc, types_pb2
+from aitrading.hub.v1 import backup_pb2, backup_pb2_grpc
 from aitrading.hub.v1 import observability_pb2 as obs
 from google.protobuf.message import DecodeError
 
@@ -24,6 +24,7 @@ from hub_server.kernel.errors import HubError, InvalidArgument
 from hub_server.observability.audit import AuditLog
 from hub_server.rpc.context import audit_note, audited, current
 from hub_server.rpc.errors import status_code_for, to_status
+from hub_server.rpc.header import response_header
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,6 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
         self._audit = audit
         self._hub_id = hub_id
 
-    def _header(self, revision: int) -> types_pb2.ResponseHeader:
-        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
-
     async def CreateBackup(  # type: ignore[no-untyped-def]
         self, request, context
     ) -> AsyncIterator[backup_pb2.CreateBackupResponse]:
@@ -105,7 +103,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
                 details={"revision": str(stored.header.revision), "size": str(stored.size)},
                 identity=(ctx.tenant_id, ctx.user_id, ctx.correlation_id),
             )
-        header = self._header(stored.header.revision)
+        header = response_header(self._hub_id, stored.header.revision)
         yield backup_pb2.CreateBackupResponse(header=header, info=info_to_pb(stored))
         if request.omit_data:
             return
@@ -183,7 +181,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
     def _report(self, result: RestoreResult) -> backup_pb2.RestoreBackupResponse:
         parsed = result.backup
         return backup_pb2.RestoreBackupResponse(
-            header=self._header(result.revision),
+            header=response_header(self._hub_id, result.revision),
             dry_run=result.dry_run,
             backup=backup_pb2.BackupInfo(size_bytes=parsed.size, header=parsed.header),
             kinds=[_counts_pb(k, c) for k, c in sorted(result.plan.kinds.items())],
@@ -238,7 +236,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
         found = await self._backups.stored()
         directory = self._backups.directory
         return backup_pb2.ListBackupsResponse(
-            header=self._header(0),
+            header=response_header(self._hub_id, 0),
             backups=[info_to_pb(b) for b in found],
             directory=str(directory) if directory is not None else "",
         )
@@ -247,4 +245,4 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
     async def DeleteBackup(self, request, context):  # type: ignore[no-untyped-def]
         audit_note(target=f"backup/{request.name}")
         await self._backups.delete(request.name)
-        return backup_pb2.DeleteBackupResponse(header=self._header(0))
+        return backup_pb2.DeleteBackupResponse(header=response_header(self._hub_id, 0))

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from aitrading.hub.v1 import balancer_pb2, balancer_pb2_grpc, types_pb2
+from aitrading.hub.v1 import balancer_pb2, balancer_pb2_grpc
 
 from hub_server.balancing.service import Picker
 from hub_server.balancing.strategies import Strategy
 from hub_server.kernel import validation
 from hub_server.kernel.errors import Violations
 from hub_server.rpc.context import current
+from hub_server.rpc.header import response_header
 
 
 class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
     def __init__(self, picker: Picker, hub_id: str) -> None:
         self._picker = picker
         self._hub_id = hub_id
-
-    def _header(self, revision: int) -> types_pb2.ResponseHeader:
-        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
 
     async def PickEndpoint(self, request, context):  # type: ignore[no-untyped-def]
         v = Violations()
@@ -34,7 +32,7 @@ class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
             tier=call.tier_filter(request.legacy_mode),
         )
         return balancer_pb2.PickEndpointResponse(
-            header=self._header(self._picker.revision),
+            header=response_header(self._hub_id, self._picker.revision),
             host=instance.host,
             port=instance.port,
             instance_id=instance.instance_id,
@@ -46,4 +44,4 @@ class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
         revision = await self._picker.report_load(
             request.service, request.instance_id, request.load_factor
         )
-        return balancer_pb2.ReportLoadResponse(header=self._header(revision))
+        return balancer_pb2.ReportLoadResponse(header=response_header(self._hub_id, revision))

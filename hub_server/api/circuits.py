@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc, types_pb2
+from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc
 from google.protobuf import duration_pb2
 
 from hub_server.circuits.breaker import Call, CircuitSettings, Outcome
@@ -13,6 +13,7 @@ from hub_server.circuits.service import Circuits, StoredCircuit
 from hub_server.kernel import validation
 from hub_server.kernel.errors import InvalidArgument, Violations
 from hub_server.rpc.context import audit_note, audited
+from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import watch_stream
 from hub_server.store.mirror import REMOVED, Change
 
@@ -100,9 +101,6 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
         self._hub_id = hub_id
         self.progress_interval = progress_interval
 
-    def _header(self, revision: int) -> types_pb2.ResponseHeader:
-        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
-
     async def ReportOutcomes(self, request, context):  # type: ignore[no-untyped-def]
         v = Violations()
         if len(request.outcomes) > MAX_OUTCOMES:
@@ -121,7 +119,7 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
         stored = await self._circuits.report(batch)
         now = time.time()
         return circuit_pb2.ReportOutcomesResponse(
-            header=self._header(max((s.revision for s in stored), default=0)),
+            header=response_header(self._hub_id, max((s.revision for s in stored), default=0)),
             circuits=[circuit_to_pb(s, now) for s in stored],
         )
 
@@ -132,7 +130,7 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
         self._circuits.mirror.ensure_live()
         stored = self._circuits.get(request.service, request.instance_id)
         return circuit_pb2.GetCircuitStateResponse(
-            header=self._header(self._circuits.mirror.revision),
+            header=response_header(self._hub_id, self._circuits.mirror.revision),
             circuit=circuit_to_pb(stored, time.time()),
         )
 
@@ -145,7 +143,8 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
         settings = settings_from_pb(request.settings)
         stored = await self._circuits.set_settings(request.service, settings)
         return circuit_pb2.SetCircuitSettingsResponse(
-            header=self._header(stored.revision), circuit=circuit_to_pb(stored, time.time())
+            header=response_header(self._hub_id, stored.revision),
+            circuit=circuit_to_pb(stored, time.time()),
         )
 
     @audited
@@ -167,7 +166,8 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
             version_before=before.circuit.state.name, version_after=stored.circuit.state.name
         )
         return circuit_pb2.OverrideCircuitResponse(
-            header=self._header(stored.revision), circuit=circuit_to_pb(stored, time.time())
+            header=response_header(self._hub_id, stored.revision),
+            circuit=circuit_to_pb(stored, time.time()),
         )
 
     async def WatchCircuits(
@@ -199,7 +199,10 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
 
         def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
             return circuit_pb2.WatchCircuitsResponse(
-                header=self._header(revision), kind=kind, circuits=items, compact_revision=compact
+                header=response_header(self._hub_id, revision),
+                kind=kind,
+                circuits=items,
+                compact_revision=compact,
             )
 
         async for response in watch_stream(

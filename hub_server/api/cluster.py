@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from aitrading.hub.v1 import cluster_pb2, cluster_pb2_grpc, types_pb2
+from aitrading.hub.v1 import cluster_pb2, cluster_pb2_grpc
 
+from hub_server.rpc.header import response_header
 from hub_server.store.election import Election
 from hub_server.store.mirror import PrefixMirror
 
@@ -25,7 +26,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
             copy.leader = r.hub_id == leader
             replicas.append(copy)
         return cluster_pb2.GetClusterStatusResponse(
-            header=types_pb2.ResponseHeader(revision=self._replicas.revision, hub_id=self._hub_id),
+            header=response_header(self._hub_id, self._replicas.revision),
             hub_id=self._hub_id,
             leader_id=leader,
             replicas=replicas,

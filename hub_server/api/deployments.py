@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aitrading.hub.v1 import deployment_pb2, deployment_pb2_grpc, types_pb2
+from aitrading.hub.v1 import deployment_pb2, deployment_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from hub_server.deployments import rollout
@@ -12,6 +12,7 @@ from hub_server.deployments.service import Deployments, StoredDeployment
 from hub_server.kernel import validation
 from hub_server.kernel.errors import Violations
 from hub_server.rpc.context import audit_note, audited
+from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import watch_stream
 from hub_server.store import keys
 from hub_server.store.mirror import REMOVED, Change
@@ -125,9 +126,6 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         self._hub_id = hub_id
         self.progress_interval = progress_interval
 
-    def _header(self, revision: int) -> types_pb2.ResponseHeader:
-        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
-
     @audited
     async def StartDeployment(self, request, context):  # type: ignore[no-untyped-def]
         audit_note(target=f"deployment/{request.service}", version=request.target_version)
@@ -147,14 +145,15 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         )
         audit_note(target=f"deployment/{request.service}/{stored.deployment.id}")
         return deployment_pb2.StartDeploymentResponse(
-            header=self._header(stored.revision), deployment=deployment_to_pb(stored)
+            header=response_header(self._hub_id, stored.revision),
+            deployment=deployment_to_pb(stored),
         )
 
     async def GetDeployment(self, request, context):  # type: ignore[no-untyped-def]
         _check_id(request.id)
         stored = self._deployments.get(request.id)
         return deployment_pb2.GetDeploymentResponse(
-            header=self._header(self._deployments.mirror.revision),
+            header=response_header(self._hub_id, self._deployments.mirror.revision),
             deployment=deployment_to_pb(stored),
             progress=progress_to_pb(stored.deployment),
         )
@@ -165,7 +164,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         v.raise_if_any()
         found = self._deployments.find(request.service, active_only=request.active_only)
         return deployment_pb2.ListDeploymentsResponse(
-            header=self._header(self._deployments.mirror.revision),
+            header=response_header(self._hub_id, self._deployments.mirror.revision),
             deployments=[deployment_to_pb(s) for s in found],
         )
 
@@ -178,7 +177,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             version_before=rollout.state_name(before.deployment.state),
             version_after=rollout.state_name(stored.deployment.state),
         )
-        return self._header(stored.revision), deployment_to_pb(stored)
+        return response_header(self._hub_id, stored.revision), deployment_to_pb(stored)
 
     @audited
     async def PauseDeployment(self, request, context):  # type: ignore[no-untyped-def]
@@ -218,7 +217,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         state = rollout.state_name(stored.deployment.state)
         audit_note(version_before=state, version_after=state, released=",".join(released) or "-")
         return deployment_pb2.ReleaseDeploymentDrainsResponse(
-            header=self._header(revision),
+            header=response_header(self._hub_id, revision),
             deployment=deployment_to_pb(stored),
             released_instance_ids=released,
         )
@@ -243,7 +242,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
 
         def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
             msg = deployment_pb2.WatchDeploymentResponse(
-                header=self._header(revision), kind=kind, compact_revision=compact
+                header=response_header(self._hub_id, revision), kind=kind, compact_revision=compact
             )
             if items:
                 last = items[-1]  # the newest state is what a progress display wants
@@ -287,7 +286,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
 
         def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
             return deployment_pb2.WatchDirectivesResponse(
-                header=self._header(revision), kind=kind, directives=items,
+                header=response_header(self._hub_id, revision), kind=kind, directives=items,
                 compact_revision=compact,
             )  # fmt: skip
 

@@ -15,6 +15,7 @@ from hub_server.health.service import HealthView
 from hub_server.kernel.tiers import filtered_event_type
 from hub_server.registry.service import RegistryView, removed_instance, visible
 from hub_server.rpc.context import current
+from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import MergedLog, watch_stream
 from hub_server.store import keys
 from hub_server.store.mirror import ADDED, REMOVED, Change
@@ -44,9 +45,6 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
         registry.mirror.add_listener(self._log.notify)
         health.mirror.add_listener(self._log.notify)
 
-    def _header(self, revision: int) -> types_pb2.ResponseHeader:
-        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
-
     def _current(
         self, service: str, tier: str | None
     ) -> tuple[list[types_pb2.InstanceHealth], int]:
@@ -61,7 +59,9 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
             # As GetService: NOT_FOUND if unknown, PERMISSION_DENIED if none is visible.
             self._registry.instances(request.service, tier)
         records, revision = self._current(request.service, tier)
-        return health_pb2.GetHealthResponse(header=self._header(revision), instances=records)
+        return health_pb2.GetHealthResponse(
+            header=response_header(self._hub_id, revision), instances=records
+        )
 
     def _watch_item(self, change: Change[Any], service: str, tier: str | None) -> WatchItem | None:
         """What a change of the merged log (registry or health) tells a watcher of
@@ -121,7 +121,7 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
                 last.pop(key, None)
                 last[key] = item
             return health_pb2.WatchHealthResponse(
-                header=self._header(revision),
+                header=response_header(self._hub_id, revision),
                 kind=kind,
                 instances=[i for i in last.values() if isinstance(i, types_pb2.InstanceHealth)],
                 removed=[i for i in last.values() if isinstance(i, health_pb2.RemovedInstance)],

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aitrading.hub.v1 import observability_pb2 as obs
-from aitrading.hub.v1 import observability_pb2_grpc, types_pb2
+from aitrading.hub.v1 import observability_pb2_grpc
 
 from hub_server.health.service import (
     DEGRADED,
@@ -24,6 +24,7 @@ from hub_server.observability.error_patterns import ErrorPatterns
 from hub_server.observability.telemetry import Telemetry
 from hub_server.registry.service import RegistryView
 from hub_server.rpc import streaming
+from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import watch_stream
 from hub_server.store.mirror import REMOVED, Change
 
@@ -67,7 +68,7 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
         if request.tenant_id:
             history = [a for a in history if a.tenant_id == request.tenant_id]
         return obs.ListAlertsResponse(
-            header=self._header(self._alerts.active.revision),
+            header=response_header(self._hub_id, self._alerts.active.revision),
             active=self._active(request.tenant_id),
             history=history,
         )
@@ -88,7 +89,10 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
 
         def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
             return obs.WatchAlertsResponse(
-                header=self._header(revision), kind=kind, alerts=items, compact_revision=compact
+                header=response_header(self._hub_id, revision),
+                kind=kind,
+                alerts=items,
+                compact_revision=compact,
             )
 
         async for response in watch_stream(
@@ -101,9 +105,6 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
         ):
             yield response
 
-    def _header(self, revision: int) -> types_pb2.ResponseHeader:
-        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
-
     async def ListAuditEvents(self, request, context):  # type: ignore[no-untyped-def]
         events, token, revision = await self._audit.list(
             tenant_id=request.tenant_id,
@@ -114,13 +115,13 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
             page_token=request.page_token,
         )
         return obs.ListAuditEventsResponse(
-            header=self._header(revision), events=events, next_page_token=token
+            header=response_header(self._hub_id, revision), events=events, next_page_token=token
         )
 
     async def ReportErrors(self, request, context):  # type: ignore[no-untyped-def]
         revision = await self._errors.report(request.service, list(request.patterns))
         return obs.ReportErrorsResponse(
-            header=self._header(revision), accepted=len(request.patterns)
+            header=response_header(self._hub_id, revision), accepted=len(request.patterns)
         )
 
     async def ListErrorPatterns(self, request, context):  # type: ignore[no-untyped-def]
@@ -130,11 +131,13 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
             category=request.category,
             limit=request.limit,
         )
-        return obs.ListErrorPatternsResponse(header=self._header(revision), patterns=patterns)
+        return obs.ListErrorPatternsResponse(
+            header=response_header(self._hub_id, revision), patterns=patterns
+        )
 
     async def GetSystemMetrics(self, request, context):  # type: ignore[no-untyped-def]
         response = await self._system.collect()
-        response.header.CopyFrom(self._header(self._system.revision()))
+        response.header.CopyFrom(response_header(self._hub_id, self._system.revision()))
         return response
 
 
