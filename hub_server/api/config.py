@@ -29,13 +29,14 @@ from hub_server.config.merge import (
 from hub_server.config.service import Configs, ConfigState
 from hub_server.kernel import validation
 from hub_server.kernel.errors import InvalidArgument, Violations
+from hub_server.kernel.validation import MAX_PAGE
 from hub_server.rpc.context import audit_note, audited, current
+from hub_server.rpc.header import response_header
 from hub_server.rpc.paging import decode_page_token, encode_page_token
 from hub_server.rpc.streaming import EVENTS, PROGRESS, SNAPSHOT, counted
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_COMMENT = 512
 
@@ -202,9 +203,6 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         self.progress_interval = progress_interval
         self._values_pb = ValuesCache()
 
-    def _header(self, revision: int) -> types_pb2.ResponseHeader:
-        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
-
     async def GetTenantConfig(self, request, context):  # type: ignore[no-untyped-def]
         v = Violations()
         validation.check_safe_id(v, "tenant_id", request.tenant_id, required=False)
@@ -212,7 +210,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         self._configs.ensure_live()
         merged = self._configs.merged(request.tenant_id, current().subscription_tier)
         return config_pb2.GetTenantConfigResponse(
-            header=self._header(self._configs.revision),
+            header=response_header(self._hub_id, self._configs.revision),
             config=merged_to_pb(merged, self._values_pb),
         )
 
@@ -222,7 +220,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         v.raise_if_any()
         self._configs.ensure_live()
         return config_pb2.GetConfigLayerResponse(
-            header=self._header(self._configs.mirror.revision),
+            header=response_header(self._hub_id, self._configs.mirror.revision),
             layer=stored_layer_to_pb(self._configs.layer(layer)),
         )
 
@@ -244,7 +242,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         )
         audit_note(version_before=stored.version - 1, version_after=stored.version)
         return config_pb2.SetConfigLayerResponse(
-            header=self._header(stored.revision), layer=stored_layer_to_pb(stored)
+            header=response_header(self._hub_id, stored.revision), layer=stored_layer_to_pb(stored)
         )
 
     async def ListConfigVersions(self, request, context):  # type: ignore[no-untyped-def]
@@ -260,7 +258,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
             versions = [s for s in versions if s.version < before]
         page, rest = versions[:size], versions[size:]
         return config_pb2.ListConfigVersionsResponse(
-            header=self._header(revision),
+            header=response_header(self._hub_id, revision),
             versions=[stored_layer_to_pb(s) for s in page],
             next_page_token=encode_page_token("before", str(page[-1].version)) if rest else "",
         )
@@ -284,7 +282,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         )
         audit_note(version_before=stored.version - 1, version_after=stored.version)
         return config_pb2.RollbackConfigResponse(
-            header=self._header(stored.revision), layer=stored_layer_to_pb(stored)
+            header=response_header(self._hub_id, stored.revision), layer=stored_layer_to_pb(stored)
         )
 
     def _message(self, state: ConfigState, kind: int) -> bytes:
@@ -295,7 +293,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         message = state.cache.get(kind)
         if message is None:
             message = state.cache[kind] = config_pb2.WatchConfigResponse(
-                header=self._header(state.revision),
+                header=response_header(self._hub_id, state.revision),
                 kind=kind,  # type: ignore[arg-type]
                 config=merged_to_pb(state.config, self._values_pb),
             ).SerializeToString()
@@ -327,7 +325,8 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
                         last_sent = time.monotonic()
                     elif time.monotonic() - last_sent >= self.progress_interval:
                         yield config_pb2.WatchConfigResponse(
-                            header=self._header(self._configs.revision), kind=PROGRESS
+                            header=response_header(self._hub_id, self._configs.revision),
+                            kind=PROGRESS,
                         )
                         last_sent = time.monotonic()
             except asyncio.CancelledError:

@@ -11,6 +11,7 @@ from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 from hub_server.health.service import HealthView, usable
 from hub_server.kernel import validation
 from hub_server.kernel.errors import InvalidArgument, Violations
+from hub_server.kernel.validation import MAX_PAGE
 from hub_server.registry.service import (
     Registry,
     filtered_watch_event,
@@ -18,13 +19,12 @@ from hub_server.registry.service import (
     removed_instance,
 )
 from hub_server.rpc.context import audit_note, audited, current
+from hub_server.rpc.header import response_header
 from hub_server.rpc.paging import decode_page_token, encode_page_token
 from hub_server.rpc.streaming import SNAPSHOT, watch_stream
 from hub_server.store.mirror import Change
 
 log = logging.getLogger(__name__)
-
-MAX_PAGE = 1000
 
 
 def _service_name(service: str, *, required: bool = True) -> None:
@@ -103,9 +103,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         draining = self._is_draining(inst.service, inst.instance_id)
         return instance_view(inst, self._health.of(inst), draining)
 
-    def _header(self, revision: int) -> types_pb2.ResponseHeader:
-        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
-
     @audited
     async def Register(self, request, context):  # type: ignore[no-untyped-def]
         audit_note(target=f"registry/{request.service}/{request.instance_id}")
@@ -115,21 +112,23 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             version_after=inst.mod_revision,
             version=inst.version,
         )
-        return registry_pb2.RegisterResponse(header=self._header(inst.mod_revision), instance=inst)
+        return registry_pb2.RegisterResponse(
+            header=response_header(self._hub_id, inst.mod_revision), instance=inst
+        )
 
     async def KeepAlive(self, request, context):  # type: ignore[no-untyped-def]
         ttl = await self._registry.keep_alive(
             request.service, request.instance_id, request.lease_id
         )
         return registry_pb2.KeepAliveResponse(
-            header=self._header(self._view.revision), ttl_seconds=ttl
+            header=response_header(self._hub_id, self._view.revision), ttl_seconds=ttl
         )
 
     @audited
     async def Deregister(self, request, context):  # type: ignore[no-untyped-def]
         audit_note(target=f"registry/{request.service}/{request.instance_id}")
         revision = await self._registry.deregister(request.service, request.instance_id)
-        return registry_pb2.DeregisterResponse(header=self._header(revision))
+        return registry_pb2.DeregisterResponse(header=response_header(self._hub_id, revision))
 
     async def GetService(self, request, context):  # type: ignore[no-untyped-def]
         service = request.service
@@ -156,7 +155,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             pairs = usable(pairs)
         ids = tuple(i.instance_id for i, _ in pairs)
         drained = self._drained(service, ids)
-        response = registry_pb2.GetServiceResponse(header=self._header(self._view.revision))
+        response = registry_pb2.GetServiceResponse(
+            header=response_header(self._hub_id, self._view.revision)
+        )
         response.service.name = service
         add = response.service.instances.add
         for (inst, health), draining in zip(pairs, drained, strict=True):
@@ -172,7 +173,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         services = [s for s in self._view.list_services(tier) if s[0] > after]
         page, rest = services[:size], services[size:]
         return registry_pb2.ListServicesResponse(
-            header=self._header(self._view.revision),
+            header=response_header(self._hub_id, self._view.revision),
             services=[types_pb2.Service(name=name, instances=inst) for name, inst in page],
             next_page_token=encode_page_token("after", page[-1][0]) if rest else "",
         )
@@ -193,7 +194,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
         def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
             msg = registry_pb2.WatchResponse(
-                header=self._header(revision), kind=kind, more=more, compact_revision=compact
+                header=response_header(self._hub_id, revision),
+                kind=kind,
+                more=more,
+                compact_revision=compact,
             )
             if kind == SNAPSHOT:
                 msg.instances.extend(items)

@@ -9,13 +9,14 @@ from hub_server.api.config import TIER_VALUES, TIERS
 from hub_server.config.service import Configs
 from hub_server.kernel import validation
 from hub_server.kernel.errors import Violations
+from hub_server.kernel.validation import MAX_PAGE
 from hub_server.quotas import arithmetic as quotas
 from hub_server.quotas.service import Quotas
 from hub_server.rpc.context import audit_note, audit_skip, audited, current
+from hub_server.rpc.header import response_header
 from hub_server.rpc.paging import decode_page_token, encode_page_token
 from hub_server.tenancy.service import TenantRecord, Tenants
 
-MAX_PAGE = 1000
 MAX_DISPLAY_NAME = 256
 
 # QUOTA_RESOURCE_<NAME> is the resource <name>.
@@ -118,9 +119,6 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         if request_id:  # a retry's record carries the same id (and replay=true)
             audit_note(request_id=request_id)
 
-    def _header(self, revision: int) -> types_pb2.ResponseHeader:
-        return types_pb2.ResponseHeader(revision=revision, hub_id=self._hub_id)
-
     @audited
     async def CreateTenant(self, request, context):  # type: ignore[no-untyped-def]
         audit_note(target=f"tenant/{request.tenant_id}")
@@ -136,7 +134,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
         audit_note(version_after=record.tier)
         return tenant_pb2.CreateTenantResponse(
-            header=self._header(record.revision), tenant=tenant_to_pb(record)
+            header=response_header(self._hub_id, record.revision), tenant=tenant_to_pb(record)
         )
 
     async def GetTenant(self, request, context):  # type: ignore[no-untyped-def]
@@ -145,7 +143,8 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         v.raise_if_any()
         record = self._tenants.require(request.tenant_id)
         return tenant_pb2.GetTenantResponse(
-            header=self._header(self._tenants.revision), tenant=tenant_to_pb(record)
+            header=response_header(self._hub_id, self._tenants.revision),
+            tenant=tenant_to_pb(record),
         )
 
     async def ListTenants(self, request, context):  # type: ignore[no-untyped-def]
@@ -160,7 +159,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
             after, request.page_size or MAX_PAGE, TIERS.get(request.tier)
         )
         return tenant_pb2.ListTenantsResponse(
-            header=self._header(self._tenants.revision),
+            header=response_header(self._hub_id, self._tenants.revision),
             tenants=[tenant_to_pb(r) for r in page],
             next_page_token=encode_page_token("after", page[-1].tenant_id) if more else "",
         )
@@ -180,7 +179,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
         audit_note(version_before=previous, version_after=record.tier)
         return tenant_pb2.UpdateTenantTierResponse(
-            header=self._header(max(record.revision, self._tenants.revision)),
+            header=response_header(self._hub_id, max(record.revision, self._tenants.revision)),
             tenant=tenant_to_pb(record),
             previous_tier=TIER_VALUES.get(previous, types_pb2.SUBSCRIPTION_TIER_UNSPECIFIED),
         )
@@ -196,7 +195,9 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
             tenant_id, current().subscription_tier, resource, request.amount
         )
         return tenant_pb2.CheckQuotaResponse(
-            header=self._header(revision), allowed=allowed, usage=usage_to_pb(usage)
+            header=response_header(self._hub_id, revision),
+            allowed=allowed,
+            usage=usage_to_pb(usage),
         )
 
     @audited
@@ -221,7 +222,9 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         # The usage the call moved (a replay's: the first call's), as UpdateTenantTier
         # records its tiers.
         audit_note(version_before=usage.used - request.amount, version_after=usage.used)
-        return tenant_pb2.AllocateResponse(header=self._header(revision), usage=usage_to_pb(usage))
+        return tenant_pb2.AllocateResponse(
+            header=response_header(self._hub_id, revision), usage=usage_to_pb(usage)
+        )
 
     @audited
     async def Release(self, request, context):  # type: ignore[no-untyped-def]
@@ -244,7 +247,9 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
             audit_note(replay="true")
         audit_note(version_before=usage.used + released, version_after=usage.used)
         return tenant_pb2.ReleaseResponse(
-            header=self._header(revision), usage=usage_to_pb(usage), released=released
+            header=response_header(self._hub_id, revision),
+            usage=usage_to_pb(usage),
+            released=released,
         )
 
     async def GetUsage(self, request, context):  # type: ignore[no-untyped-def]
@@ -254,7 +259,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         self._configs.ensure_live()
         merged, usage, revision = await self._quotas.usage(tenant_id, current().subscription_tier)
         return tenant_pb2.GetUsageResponse(
-            header=self._header(revision),
+            header=response_header(self._hub_id, revision),
             tenant_id=tenant_id,
             tier=TIER_VALUES[merged.tier],
             usage=[usage_to_pb(u) for u in usage],

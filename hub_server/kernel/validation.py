@@ -100,6 +100,10 @@ def check_port(v: Violations, path: str, value: int) -> None:
         v.add(path, "must be between 1 and 65535")
 
 
+# The most items one page of any listing holds (listing RPCs, the audit trail).
+MAX_PAGE = 1000
+
+
 def check_range(v: Violations, path: str, value: int, lo: int, hi: int) -> None:
     if not lo <= value <= hi:
         v.add(path, f"must be between {lo} and {hi}")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from aitrading.hub.v1 import observability_pb2 as obs
 
 from hub_server.kernel.errors import InvalidArgument
+from hub_server.kernel.validation import MAX_PAGE
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, Txn
 
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 DEFAULT_RETENTION = 30 * 24 * 3600.0
-MAX_PAGE = 1000
 
 
 def _key(record_id: str) -> bytes:
