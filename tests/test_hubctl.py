@@ -24,11 +24,11 @@ from aitrading.hub.v1 import observability_pb2_grpc
 from hub_client import HubClient, ServiceNotFound
 from hub_server.app import Hub
 from hub_server.embedded_etcd import free_port
-from hub_server.hubctl import run
-from hub_server.hubctl.app import UsageError
-from hub_server.hubctl.config_commands import layer_of
-from hub_server.hubctl.observability_commands import parse_when
-from hub_server.hubctl.output import Style, table, usage_bar, use_colour
+from hubctl import run
+from hubctl.app import UsageError
+from hubctl.config_commands import layer_of
+from hubctl.observability_commands import parse_when
+from hubctl.output import Style, table, usage_bar, use_colour
 from tests.conftest import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,12 +51,12 @@ async def hubctl(hub: Hub | str, *argv: str) -> Result:
     return Result(code, out.getvalue(), err.getvalue())
 
 
-# Runs hubctl as `python -m hub_server.hubctl` would, with Ctrl-C restored first:
+# Runs hubctl as `python -m hubctl` would, with Ctrl-C restored first:
 # a shell may start background jobs (like this test run) with SIGINT ignored.
 # (No preexec_fn: forking a process that runs gRPC threads is not safe.)
 _LAUNCH = (
     "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv[0] = 'hubctl'; runpy.run_module('hub_server.hubctl', run_name='__main__')"
+    "sys.argv[0] = 'hubctl'; runpy.run_module('hubctl', run_name='__main__')"
 )
 
 
@@ -65,6 +65,18 @@ async def spawn(hub: Hub, *argv: str) -> asyncio.subprocess.Process:
         sys.executable, "-c", _LAUNCH, "--target", hub.address, *argv,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip
+
+
+def test_the_old_module_path_runs_hubctl() -> None:
+    # `python -m hub_server.hubctl`: hubctl's entry point before it was a top-level package.
+    old, new = [
+        subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT
+        )
+        for module in ("hub_server.hubctl", "hubctl")
+    ]
+    assert old.returncode == new.returncode == 0, old.stderr
+    assert old.stdout == new.stdout
 
 
 async def read_line(proc: asyncio.subprocess.Process) -> str:
@@ -428,7 +440,7 @@ async def test_completion_scripts(hub: Hub, fleet: HubClient, tmp_path: Path) ->
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "hubctl"
-    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m hub_server.hubctl "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m hubctl "$@"\n')
     shim.chmod(0o755)
     (tmp_path / "hubctl.bash").write_text(bash.out)
     script = f"""

@@ -21,10 +21,10 @@ import pytest
 
 from hub_client import HubClient
 from hub_server.app import Hub
-from hub_server.hubctl.management_commands import duration, share
-from hub_server.hubctl.output import int64_strings
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
+from hubctl.management_commands import duration, share
+from hubctl.output import int64_strings
 from tests.conftest import HubFactory, eventually
 from tests.test_deployments import _state, fleet
 from tests.test_hubctl import ROOT, Result, _row, hubctl
@@ -521,7 +521,7 @@ async def test_completion_of_ids_and_files(hub: Hub, client: HubClient, tmp_path
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "hubctl"
-    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m hub_server.hubctl "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m hubctl "$@"\n')
     shim.chmod(0o755)
     (tmp_path / "hubctl.bash").write_text(bash.out)
     (tmp_path / "saved.chub").write_bytes(b"")

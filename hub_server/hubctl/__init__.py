@@ -1,16 +1,7 @@
-"""hubctl: the operator's command line for Central Hub.
+"""The old home of hubctl, kept so ``python -m hub_server.hubctl`` and
+``from hub_server.hubctl import main`` still work: hubctl is the top-level package
+``hubctl`` now."""
 
-``hubctl services list``, ``hubctl services watch``, ``hubctl health``,
-``hubctl pick SERVICE``, ``hubctl circuits show SERVICE``, ``hubctl cluster status``,
-``hubctl config get TENANT``, ``hubctl tenants list``, ``hubctl usage TENANT``,
-``hubctl alerts watch``, ``hubctl audit --since 1h``, ``hubctl errors``,
-``hubctl metrics`` and more; ``--output json`` for scripts; ``hubctl --help`` for
-the rest.
-
-Commands live in a table (``hub_server.hubctl.app.command``); a new group is a
-``group(...)`` call and one decorated async function per verb.
-"""
-
-from hub_server.hubctl.app import main, run
+from hubctl import main, run
 
 __all__ = ["main", "run"]

@@ -1,7 +1,7 @@
-"""``python -m hub_server.hubctl``: the same as the ``hubctl`` console script."""
+"""``python -m hub_server.hubctl``: the same as ``python -m hubctl``."""
 
 import sys
 
-from hub_server.hubctl import main
+from hubctl import main
 
 sys.exit(main())

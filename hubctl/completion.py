@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from hub_server.hubctl.app import COMMANDS, Context, arg, build_parser, command
+from hubctl.app import COMMANDS, Context, arg, build_parser, command
 
 _BASH = r"""# hubctl completion for bash. Load it with:  source <(hubctl completion bash)
 _hubctl_names() {

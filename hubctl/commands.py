@@ -23,8 +23,8 @@ from hub_client import (
     health_check,
     resume_watch,
 )
-from hub_server.hubctl.app import Context, UsageError, arg, command, group
-from hub_server.hubctl.output import (
+from hubctl.app import Context, UsageError, arg, command, group
+from hubctl.output import (
     Style,
     ago,
     clock,

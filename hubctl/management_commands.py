@@ -30,7 +30,7 @@ from typing import Any
 from aitrading.hub.v1 import backup_pb2, deployment_pb2
 
 from hub_client import BackupInfo, Deployment, KindChanges, RestoreReport, resume_watch
-from hub_server.hubctl.app import (
+from hubctl.app import (
     EXIT_ERROR,
     EXIT_NEEDS_PERSON,
     EXIT_UNAVAILABLE,
@@ -40,7 +40,7 @@ from hub_server.hubctl.app import (
     command,
     group,
 )
-from hub_server.hubctl.output import (
+from hubctl.output import (
     Style,
     ago,
     clock,

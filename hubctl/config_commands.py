@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from hub_client import ConfigLayer, TenantConfig, VersionConflict
-from hub_server.hubctl.app import Context, UsageError, arg, command, group
-from hub_server.hubctl.commands import TIERS
-from hub_server.hubctl.output import (
+from hubctl.app import Context, UsageError, arg, command, group
+from hubctl.commands import TIERS
+from hubctl.output import (
     Style,
     ago,
     clock,

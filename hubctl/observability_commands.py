@@ -15,8 +15,8 @@ from aitrading.hub.v1 import observability_pb2 as obs
 from aitrading.hub.v1 import observability_pb2_grpc, registry_pb2
 
 from hub_client import ErrorCategory, resume_watch
-from hub_server.hubctl.app import Context, UsageError, arg, command, group
-from hub_server.hubctl.output import (
+from hubctl.app import Context, UsageError, arg, command, group
+from hubctl.output import (
     Style,
     ago,
     clock,
@@ -26,7 +26,7 @@ from hub_server.hubctl.output import (
     span,
     table,
 )
-from hub_server.hubctl.tenant_commands import RESOURCES
+from hubctl.tenant_commands import RESOURCES
 
 group("alerts", "active alerts, their history, and a live feed")
 

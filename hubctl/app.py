@@ -38,7 +38,7 @@ from hub_client import (
     Unavailable,
     VersionConflict,
 )
-from hub_server.hubctl.output import Output, use_colour
+from hubctl.output import Output, use_colour
 
 # Exit codes: stable, documented in `hubctl --help`.
 EXIT_OK = 0
@@ -109,12 +109,12 @@ GROUPS: dict[str, str] = {}
 
 # Modules whose import registers commands, in the order `hubctl --help` lists them.
 COMMAND_MODULES = (
-    "hub_server.hubctl.commands",
-    "hub_server.hubctl.config_commands",
-    "hub_server.hubctl.tenant_commands",
-    "hub_server.hubctl.observability_commands",
-    "hub_server.hubctl.management_commands",
-    "hub_server.hubctl.completion",
+    "hubctl.commands",
+    "hubctl.config_commands",
+    "hubctl.tenant_commands",
+    "hubctl.observability_commands",
+    "hubctl.management_commands",
+    "hubctl.completion",
 )
 
 

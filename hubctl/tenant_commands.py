@@ -11,9 +11,9 @@ from typing import Any
 from aitrading.hub.v1 import tenant_pb2, types_pb2
 
 from hub_client import ResourceUsage, Tenant
-from hub_server.hubctl.app import EXIT_QUOTA, Context, UsageError, arg, command, group
-from hub_server.hubctl.commands import TIERS
-from hub_server.hubctl.output import (
+from hubctl.app import EXIT_QUOTA, Context, UsageError, arg, command, group
+from hubctl.commands import TIERS
+from hubctl.output import (
     Style,
     ago,
     iso,
