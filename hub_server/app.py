@@ -1,5 +1,7 @@
-"""The composition root: builds the store, the domain objects and the servicers,
-and runs them in one grpc.aio server."""
+"""One hub replica's lifecycle: starts etcd (or connects to it), has the
+replica's parts built (hub_server/wiring.py), loads its views, serves them on
+one grpc.aio server (and the dashboard), runs the leader's work, and stops it
+all in order."""
 
 from __future__ import annotations
 
@@ -10,77 +12,36 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from aitrading.hub.v1 import (
     backup_pb2,
-    backup_pb2_grpc,
     balancer_pb2,
-    balancer_pb2_grpc,
     circuit_pb2,
-    circuit_pb2_grpc,
     cluster_pb2,
-    cluster_pb2_grpc,
     config_pb2,
-    config_pb2_grpc,
     deployment_pb2,
-    deployment_pb2_grpc,
     observability_pb2,
-    observability_pb2_grpc,
-    registry_pb2_grpc,
     tenant_pb2,
-    tenant_pb2_grpc,
-)
-from aitrading.hub.v1 import (
-    health_pb2_grpc as hub_health_pb2_grpc,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hub_server.addresses import is_loopback
-from hub_server.api.backups import BackupServicer
-from hub_server.api.balancer import LoadBalancerServicer
-from hub_server.api.circuits import CircuitBreakerServicer
-from hub_server.api.cluster import ClusterServicer
-from hub_server.api.config import ConfigServicer
-from hub_server.api.deployments import DeploymentServicer
-from hub_server.api.health import HealthServicer
-from hub_server.api.observability import ObservabilityServicer, SystemMetrics
-from hub_server.api.registry import RegistryServicer
-from hub_server.api.tenants import TenantServicer
 from hub_server.auth.authorizer import Authorizer
-from hub_server.auth.limits import CallerLimits
-from hub_server.backups.service import Backups
-from hub_server.balancing.service import Picker
-from hub_server.circuits.service import Circuits
-from hub_server.config.service import Configs
-from hub_server.deployments.service import Deployments
 from hub_server.embedded_etcd import EtcdProcess, embedded
-from hub_server.health import probes
-from hub_server.health.service import HealthMonitor, HealthView
 from hub_server.kernel.errors import StoreUnavailable
 from hub_server.kernel.validation import require_key_name
-from hub_server.observability.alerts import Alerts
-from hub_server.observability.audit import AuditLog
-from hub_server.observability.error_patterns import ErrorPatterns
-from hub_server.observability.telemetry import Telemetry
-from hub_server.observability.tenant_alerts import TenantLimits
-from hub_server.quotas.service import Quotas
-from hub_server.registry.service import Registry, RegistryView
-from hub_server.rpc import streaming
-from hub_server.rpc.context import CallWrapper
-from hub_server.rpc.decoding import tolerant
-from hub_server.rpc.wrapping import WrappingServer
+from hub_server.settings import HubConfig
 from hub_server.store import keys
-from hub_server.store.election import Election
-from hub_server.store.etcd import EtcdStore, KeyValue
-from hub_server.store.mirror import PrefixMirror
+from hub_server.store.etcd import EtcdStore
 from hub_server.store.presence import Presence
-from hub_server.tenancy.service import Tenants
 from hub_server.ui import Dashboard
-from hub_server.ui.server import parse_listen
+from hub_server.ui.server import check_exposure, parse_listen
+from hub_server.wiring import Services, wire
+
+__all__ = ["Hub", "HubConfig", "authorizer_for", "tune_garbage_collector"]
 
 log = logging.getLogger(__name__)
 
@@ -122,62 +83,6 @@ def tune_garbage_collector() -> None:
     """
     gc.set_threshold(5_000, 20, 100)
     gc.freeze()
-
-
-@dataclass
-class HubConfig:
-    listen: str = "127.0.0.1:7000"
-    data_dir: Path = Path(".hub-data")
-    # None or empty: start an embedded etcd under data_dir.
-    etcd_endpoints: list[str] = field(default_factory=list)
-    hub_id: str = ""
-    # How often an idle Watch stream gets a PROGRESS message.
-    watch_progress_interval: float = 10.0
-    # How often the hub checks that etcd answers (drives grpc.health.v1).
-    store_check_interval: float = 1.0
-    shutdown_grace: float = 5.0
-    # Leader lease: a dead leader is replaced within about this many seconds.
-    election_ttl: int = 5
-    # Probes running at once on the leader.
-    probe_concurrency: int = 200
-    # Seconds an unchanged health record may go unwritten: its last_check is at
-    # most max(interval, this) old while probing runs (the proto says 30 s).
-    health_refresh: float = 30.0
-    # How long audit records are kept.
-    audit_retention: float = 30 * 24 * 3600.0
-    # How often the leader evaluates alert rules.
-    alert_interval: float = 1.0
-    # A tenant using at least this share of a limit raises TENANT_NEAR_LIMIT.
-    tenant_alert_share: float = 0.8
-    # Quota allocations / releases of at least this amount are audited.
-    audit_allocations_from: int = 10
-    # host:port for a Prometheus scrape endpoint ("" = none).
-    metrics_listen: str = ""
-    # host:port of an OpenTelemetry collector for OTLP/gRPC export ("" = none).
-    otlp_endpoint: str = ""
-    # Backups: the directory (None: <data_dir>/backups with an embedded etcd,
-    # none with an external one), the schedule's interval in seconds (0: no
-    # schedule) and how many scheduled files to keep.
-    backup_dir: Path | None = None
-    backup_interval: float = 0.0
-    backup_keep: int = 7
-    # host:port of the operators' web dashboard ("" = none; hub_server/ui).
-    ui_listen: str = ""
-    # Who may call (hub_server/auth/credentials.py); None: nobody is asked,
-    # so the hub refuses any address but loopback unless `insecure`.
-    credentials_file: Path | None = None
-    # Server TLS; with tls_client_ca, clients must present a certificate it signed.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    insecure: bool = False
-    # Per caller: calls per second (0: unlimited) and open streams (0: unbounded).
-    caller_rate_limit: float = 10_000.0
-    caller_max_streams: int = 10_000
-
-
-def _decode_replica(kv: KeyValue) -> cluster_pb2.Replica:
-    return cluster_pb2.Replica.FromString(kv.value)
 
 
 def _service_names() -> list[str]:
@@ -227,11 +132,7 @@ def _check_side_listeners(cfg: HubConfig, credentials: bool) -> None:
     without credentials is refused here, not after the hub is half up."""
     if cfg.ui_listen:
         host, _ = parse_listen(cfg.ui_listen)  # ValueError names the flag
-        if not (is_loopback(host) or credentials or cfg.insecure):
-            raise ValueError(
-                f"refusing to serve the dashboard on {host} without credentials: give "
-                "--credentials-file, listen on loopback, or pass --insecure"
-            )
+        check_exposure(host, credentials=credentials, insecure=cfg.insecure)
     if cfg.metrics_listen:
         # Prometheus scrapes without credentials: any host, but a real port.
         _, sep, port = cfg.metrics_listen.rpartition(":")
@@ -258,7 +159,16 @@ class Hub:
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
+        self._services: Services | None = None
+        self.presence: Presence | None = None
         self.dashboard: Dashboard | None = None
+
+    @property
+    def services(self) -> Services:
+        """The replica's parts, built by ``start()``."""
+        if self._services is None:
+            raise RuntimeError(f"hub {self.hub_id} has not started")
+        return self._services
 
     @property
     def address(self) -> str:
@@ -266,7 +176,7 @@ class Hub:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
-        self.authorizer = authorizer_for(self.config)
+        authorizer = authorizer_for(self.config)
         endpoints = self.config.etcd_endpoints
         if not endpoints:
             self.etcd = embedded(self.config.data_dir)
@@ -276,154 +186,18 @@ class Hub:
         self.store = EtcdStore(endpoints)
         await self._wait_for_store()
 
-        store, cfg = self.store, self.config
-        self.view = RegistryView(store)
-        self.health_view = HealthView(store)
-        self.replicas: PrefixMirror[cluster_pb2.Replica] = PrefixMirror(
-            store, keys.REPLICAS, _decode_replica
+        cfg = self.config
+        self._services = services = wire(
+            cfg, self.store, self.hub_id, authorizer, backup_dir=self._backup_dir()
         )
-        self.circuits = Circuits(store)
-        self.tenants = Tenants(store)
-        self.configs = Configs(store, self.tenants)
-        self.quotas = Quotas(store, self.configs)
-        self.picker = Picker(store, self.view, self.health_view, self.circuits)
-        self.deployments = Deployments(store, self.view, self.health_view)
-        self.picker.drains = self.deployments.drains
-        self.tenant_limits = TenantLimits(store, self.configs, share=cfg.tenant_alert_share)
-        self.alerts = Alerts(
-            store,
-            self.view,
-            self.health_view,
-            self.circuits,
-            extra_conditions=self.tenant_limits.conditions,
-        )
-        self._mirrors = [
-            self.alerts.active,
-            self.tenant_limits.usage,
-            self.picker.loads,
-            self.view.mirror,
-            self.health_view.mirror,
-            self.replicas,
-            self.circuits.mirror,
-            self.circuits.settings,
-            self.tenants.mirror,
-            self.configs.mirror,
-            *self.deployments.mirrors,
-        ]
-        await self.configs.seed_tier_defaults()
+        await services.configs.seed_tier_defaults()
         # Independent views: load them together (each start waits on an etcd
         # round trip or two, so one after another they add up).
-        await asyncio.gather(*(mirror.start() for mirror in self._mirrors))
-        self.registry = Registry(store, self.view)
+        await asyncio.gather(*(mirror.start() for mirror in services.mirrors))
 
-        self.election = Election(store, self.hub_id, ttl=cfg.election_ttl)
-        self.health_monitor = HealthMonitor(
-            store,
-            self.view,
-            self.health_view,
-            probes.probe,
-            concurrency=cfg.probe_concurrency,
-            refresh=cfg.health_refresh,
-        )
-        self.election.add_work(self.health_monitor.run)
-        self.election.add_work(self.circuits.tick_forever)
-        self.election.add_work(self.deployments.run)
-        self.audit = AuditLog(store, self.hub_id, retention=cfg.audit_retention)
-        self.telemetry = Telemetry(
-            self.hub_id, metrics_listen=cfg.metrics_listen, otlp_endpoint=cfg.otlp_endpoint
-        )
-        self._add_gauges()
-        self.election.add_work(self.audit.prune_forever)
-        self.backups = Backups(
-            store,
-            self.hub_id,
-            directory=self._backup_dir(),
-            interval=cfg.backup_interval,
-            keep=cfg.backup_keep,
-        )
-        if cfg.backup_interval > 0:
-            if self.backups.directory is None:
-                raise ValueError("scheduled backups need a backup directory (--backup-dir)")
-            self.election.add_work(self.backups.schedule_forever)
-        self.election.add_work(lambda: self.alerts.run(cfg.alert_interval))
-
-        self.calls = calls = CallWrapper(
-            self.audit,
-            self.telemetry,
-            authorizer=self.authorizer,
-            limits=CallerLimits(cfg.caller_rate_limit, cfg.caller_max_streams),
-            tier_of=self._stored_tier,
-        )
-        core = grpc.aio.server(options=SERVER_OPTIONS)
-        # Every hub method: the call context outside (it also maps the refusal of
-        # a request that does not parse), the tolerant deserializer inside.
-        server = WrappingServer(core, lambda method, handler: calls.wrap(method, tolerant(handler)))
-        progress = cfg.watch_progress_interval
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(
-                self.registry,
-                self.health_view,
-                self.hub_id,
-                progress_interval=progress,
-                is_draining=self.deployments.is_draining,
-            ),
-            streaming.sends_bytes(server),  # Watch yields pre-serialized events
-        )
-        hub_health_pb2_grpc.add_HealthServiceServicer_to_server(
-            HealthServicer(self.view, self.health_view, self.hub_id, progress_interval=progress),
-            streaming.sends_bytes(server),
-        )
-        balancer_pb2_grpc.add_LoadBalancerServiceServicer_to_server(
-            LoadBalancerServicer(self.picker, self.hub_id), server
-        )
-        circuit_pb2_grpc.add_CircuitBreakerServiceServicer_to_server(
-            CircuitBreakerServicer(self.circuits, self.hub_id, progress_interval=progress), server
-        )
-        # The dashboard shows what these answer (not a second wiring of them).
-        self.system_metrics = SystemMetrics(
-            self.hub_id,
-            self.view,
-            self.health_view,
-            self.telemetry,
-            lambda: self.election.is_leader,
-            self._tenant_metrics,
-        )
-        self.observability = ObservabilityServicer(
-            self.audit,
-            self.alerts,
-            ErrorPatterns(store),
-            self.system_metrics,
-            self.hub_id,
-            progress_interval=progress,
-        )
-        observability_pb2_grpc.add_ObservabilityServiceServicer_to_server(
-            self.observability, server
-        )
-        config_pb2_grpc.add_ConfigServiceServicer_to_server(
-            ConfigServicer(self.configs, self.hub_id, progress_interval=progress),
-            streaming.sends_bytes(server),
-        )
-        tenant_pb2_grpc.add_TenantServiceServicer_to_server(
-            TenantServicer(
-                self.tenants,
-                self.configs,
-                self.quotas,
-                self.hub_id,
-                audit_allocations_from=cfg.audit_allocations_from,
-            ),
-            server,
-        )
-        deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentServicer(self.deployments, self.hub_id, progress_interval=progress), server
-        )
-        backup_pb2_grpc.add_BackupServiceServicer_to_server(
-            BackupServicer(self.backups, self.audit, self.hub_id), server
-        )
-        cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
-            ClusterServicer(self.replicas, self.election, self.hub_id), server
-        )
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        services.handlers.install(server)
         # Open to every caller, and not the hub's own: registered unwrapped.
-        server = core
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(_service_names(), server)
         credentials = self._server_credentials()
@@ -438,13 +212,15 @@ class Hub:
 
         replica = cluster_pb2.Replica(hub_id=self.hub_id, address=self.address)
         replica.started_at.GetCurrentTime()
-        self.presence = Presence(store, keys.replica_key(self.hub_id), replica.SerializeToString())
+        self.presence = Presence(
+            self.store, keys.replica_key(self.hub_id), replica.SerializeToString()
+        )
         await self.presence.start()
-        self.election.start()
+        services.election.start()
         await self._set_serving(True)
         self._tasks.append(asyncio.create_task(self._watch_store_health()))
         if cfg.ui_listen:
-            self.dashboard = Dashboard(self, cfg.ui_listen)
+            self.dashboard = Dashboard(services, cfg.ui_listen, insecure=cfg.insecure)
             await self.dashboard.start()
         log.info("central hub %s serving on %s", self.hub_id, self.address)
 
@@ -463,16 +239,12 @@ class Hub:
             require_client_auth=client_ca is not None,
         )
 
-    def _stored_tier(self, tenant_id: str) -> str:
-        record = self.tenants.get(tenant_id)
-        return record.tier if record is not None else ""
-
     def reload_credentials(self) -> bool:
         """SIGHUP: re-reads the credentials file (a bad one is logged and ignored)
         and ends the open streams of callers it no longer allows."""
-        if not self.authorizer.reload():
+        if not self.services.authorizer.reload():
             return False
-        self.calls.reauthorize_streams()
+        self.services.calls.reauthorize_streams()
         return True
 
     def _backup_dir(self) -> Path | None:
@@ -511,7 +283,7 @@ class Hub:
             await asyncio.sleep(self.config.store_check_interval)
             try:
                 await self.store.status(timeout=max(self.config.store_check_interval, 0.5))
-                ok = all(m.live for m in self._mirrors)
+                ok = all(m.live for m in self.services.mirrors)
             except StoreUnavailable:
                 ok = False
             if ok != serving:
@@ -537,63 +309,19 @@ class Hub:
                 await task
         self._tasks.clear()
         await self.health.enter_graceful_shutdown()
-        if getattr(self, "election", None) is not None:
-            await self.election.stop()  # hands leadership over at once
+        services = self._services
+        if services is not None:
+            await services.election.stop()  # hands leadership over at once
+        if self.presence is not None:
             await self.presence.stop()
         if self.server is not None:
             await self.server.stop(self.config.shutdown_grace)
-        for mirror in getattr(self, "_mirrors", []):
-            await mirror.stop()
+        if services is not None:
+            for mirror in services.mirrors:
+                await mirror.stop()
         if self.store is not None:
             await self.store.close()
-        if getattr(self, "telemetry", None) is not None:
-            self.telemetry.shutdown()
+        if services is not None:
+            services.telemetry.shutdown()
         if self.etcd is not None:
             await asyncio.to_thread(self.etcd.stop)
-
-    async def _tenant_metrics(self) -> list[observability_pb2.TenantMetrics]:
-        """Every tenant with its tier, current usage and limits (from memory)."""
-        usage: dict[str, dict[str, tuple[int, int]]] = {}
-        for tenant_id, resource, used, limit in self.tenant_limits.current():
-            usage.setdefault(tenant_id, {})[resource] = (used, limit)
-        out = []
-        for record in sorted(self.tenants.mirror.items.values(), key=lambda r: r.tenant_id):
-            found = usage.get(record.tenant_id, {})
-            out.append(
-                observability_pb2.TenantMetrics(
-                    tenant_id=record.tenant_id,
-                    tier=record.tier,
-                    usage={r: u for r, (u, _) in found.items()},
-                    limits={r: lim for r, (_, lim) in found.items()},
-                )
-            )
-        return out
-
-    def _add_gauges(self) -> None:
-        t = self.telemetry
-        t.gauge(
-            "hub.instances",
-            "Registered instances per service",
-            lambda: [(len(i), {"service": s}) for s, i in self.view.services.items()],
-        )
-        t.gauge("hub.watch_streams", "Watch streams served", lambda: [(streaming.open_streams, {})])
-        t.gauge(
-            "hub.leader", "1 on the elected replica", lambda: [(int(self.election.is_leader), {})]
-        )
-        t.gauge(
-            "hub.instance.probe_latency",
-            "Latency of each instance's last probe",
-            lambda: [
-                (h.latency_ms, {"service": h.service, "instance": h.instance_id})
-                for h in self.health_view.mirror.items.values()
-            ],
-            unit="ms",
-        )
-        t.gauge(
-            "hub.quota.usage",
-            "Tenant usage per resource (this hour's for rates)",
-            lambda: [
-                (used, {"tenant": tenant, "resource": resource, "limit": limit})
-                for tenant, resource, used, limit in self.tenant_limits.current()
-            ],
-        )

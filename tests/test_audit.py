@@ -90,8 +90,8 @@ async def test_filters_and_paging(hub: Hub, client: HubClient) -> None:
 
 async def test_retention_prunes_old_records(hub: Hub, client: HubClient) -> None:
     await client.register("old", host="h", port=1, keep_alive=False)
-    hub.audit.retention = 0.0  # everything is old now
-    task = asyncio.create_task(hub.audit.prune_forever(interval=0.05))
+    hub.services.audit.retention = 0.0  # everything is old now
+    task = asyncio.create_task(hub.services.audit.prune_forever(interval=0.05))
     try:
         await eventually(lambda: _empty(hub))
     finally:
@@ -104,13 +104,13 @@ async def _empty(hub: Hub) -> bool:
 
 async def test_latest_is_newest_first_with_the_same_filters(hub: Hub) -> None:
     for i in range(6):
-        await hub.audit.append(
+        await hub.services.audit.append(
             obs.AuditEvent(method=f"/x.S/M{i % 2}", tenant_id=f"t{i % 3}", target=f"n{i}")
         )
-    events, revision = await hub.audit.latest(limit=4)
+    events, revision = await hub.services.audit.latest(limit=4)
     assert [e.target for e in events] == ["n5", "n4", "n3", "n2"] and revision > 0
-    assert [e.target for e in (await hub.audit.latest(method="M1"))[0]] == ["n5", "n3", "n1"]
-    assert [e.target for e in (await hub.audit.latest(tenant_id="t0"))[0]] == ["n3", "n0"]
-    assert (await hub.audit.latest(start=time.time() + 60))[0] == []
+    assert [e.target for e in (await hub.services.audit.latest(method="M1"))[0]] == ["n5", "n3", "n1"]
+    assert [e.target for e in (await hub.services.audit.latest(tenant_id="t0"))[0]] == ["n3", "n0"]
+    assert (await hub.services.audit.latest(start=time.time() + 60))[0] == []
     with pytest.raises(errors.InvalidArgument, match="limit"):
-        await hub.audit.latest(limit=0)
+        await hub.services.audit.latest(limit=0)

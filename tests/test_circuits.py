@@ -140,8 +140,8 @@ async def test_per_instance_circuit(hub: Hub) -> None:
         )
         assert inst.circuit.state == OPEN
         assert (await _state(stub, "feed")).state == CLOSED
-        assert hub.circuits.refuses("feed", "feed-1")
-        assert not hub.circuits.refuses("feed")
+        assert hub.services.circuits.refuses("feed", "feed-1")
+        assert not hub.services.circuits.refuses("feed")
 
 
 @pytest.mark.parametrize(
@@ -181,4 +181,4 @@ async def test_bad_requests(hub: Hub, request_, field: str) -> None:  # type: ig
     error = from_rpc_error(err.value)
     assert isinstance(error, InvalidArgument)
     assert field in [v.field for v in error.field_violations]
-    assert not any(s.service == "ok" for s in hub.circuits.mirror.items.values())
+    assert not any(s.service == "ok" for s in hub.services.circuits.mirror.items.values())

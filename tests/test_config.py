@@ -447,7 +447,7 @@ async def test_every_kind_of_change_reaches_50_subscribers_on_two_replicas(
     try:
         await sa.create_tenant("acme", PRO)
         await sa.create_tenant("other", FREE)
-        await eventually(lambda: b.tenants.get("other") is not None)  # created after acme
+        await eventually(lambda: b.services.tenants.get("other") is not None)  # created after acme
         acme = [Subscriber((sa, sb)[i % 2], "acme") for i in range(50)]
         other = [Subscriber((sa, sb)[i % 2], "other") for i in range(4)]
         anon_pro = [Subscriber((sa, sb)[i % 2], "", tier="pro") for i in range(4)]

@@ -133,9 +133,9 @@ async def test_rolling_to_completion_and_draining_never_picked(hub: Hub, client:
 
         async def slow(d: Directive) -> None:
             # While a batch is drained, ask the balancer many times.
-            await eventually(lambda: hub.deployments.is_draining("quotes", d.instance_id))
+            await eventually(lambda: hub.services.deployments.is_draining("quotes", d.instance_id))
             for _ in range(30):
-                drained = {i for i in old if hub.deployments.is_draining("quotes", i)}
+                drained = {i for i in old if hub.services.deployments.is_draining("quotes", i)}
                 ep = await client.pick("quotes", strategy="round_robin")
                 picks.append((drained, ep.instance_id))
 
@@ -170,12 +170,12 @@ async def test_get_service_shows_draining(hub: Hub, client: HubClient) -> None:
     async with fleet(client, "feeds", 2) as f:
         f.replace = False
         d = await client.deploy("feeds", "2.0.0", batch_size=1, health_gate_timeout=30)
-        await eventually(lambda: hub.deployments.is_draining("feeds", "feeds-old-00"))
+        await eventually(lambda: hub.services.deployments.is_draining("feeds", "feeds-old-00"))
         svc = await client.discover("feeds", include_unhealthy=True)
         draining = {i.instance_id: i.raw.draining for i in svc.instances}
         assert draining == {"feeds-old-00": True, "feeds-old-01": False}
         await client.abort_deployment(d.id, "test over")
-        await eventually(lambda: not hub.deployments.is_draining("feeds", "feeds-old-00"))
+        await eventually(lambda: not hub.services.deployments.is_draining("feeds", "feeds-old-00"))
         assert f.count("RESUME") == Counter(["feeds-old-00"])
 
 
@@ -292,8 +292,8 @@ async def _current(client: HubClient, deployment_id: str, n: int) -> bool:
 async def test_leader_killed_mid_batch_the_other_continues(hub_factory: HubFactory) -> None:
     a = await hub_factory(election_ttl=2)
     b = await hub_factory(election_ttl=2)
-    await eventually(lambda: a.election.is_leader or b.election.is_leader)
-    leader, follower = (a, b) if a.election.is_leader else (b, a)
+    await eventually(lambda: a.services.election.is_leader or b.services.election.is_leader)
+    leader, follower = (a, b) if a.services.election.is_leader else (b, a)
     async with HubClient(follower.address) as client, fleet(client, "ledger", 3) as f:
         crashed = asyncio.Event()
         takeover: list[float] = []
@@ -306,7 +306,7 @@ async def test_leader_killed_mid_batch_the_other_continues(hub_factory: HubFacto
                 # server or mirrors; the replica is dead for the hub either way.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_crash(leader), 5)
-                await eventually(lambda: follower.election.is_leader, timeout=60)
+                await eventually(lambda: follower.services.election.is_leader, timeout=60)
                 takeover.append(time.monotonic() - t)
 
         f.before_replace = crash_during_second_batch
@@ -320,7 +320,7 @@ async def test_leader_killed_mid_batch_the_other_continues(hub_factory: HubFacto
             )
         finally:
             print(f"\nleader crashed mid-batch; the other took over after {takeover}s")
-        assert crashed.is_set() and follower.election.is_leader
+        assert crashed.is_set() and follower.services.election.is_leader
         assert result.state == "SUCCEEDED", result.reason
         old = [f"ledger-old-{k:02d}" for k in range(3)]
         assert [b.instance_ids for b in result.batches] == [[i] for i in old]
@@ -331,7 +331,7 @@ async def test_leader_killed_mid_batch_the_other_continues(hub_factory: HubFacto
         assert len(replacements) == len(set(replacements)) == 3
         batches = [d.current_batch for d in history]
         assert batches == sorted(batches)
-        assert follower.deployments.steps_taken >= 1
+        assert follower.services.deployments.steps_taken >= 1
 
 
 async def test_invalid_requests(hub: Hub, client: HubClient) -> None:
@@ -501,7 +501,7 @@ async def test_release_deployment_drains(hub: Hub, client: HubClient) -> None:
             deployment_pb2.ReleaseDeploymentDrainsRequest(id=d.id)
         )
         assert list(again.released_instance_ids) == []
-        events, _ = await hub.audit.latest(method="ReleaseDeploymentDrains")
+        events, _ = await hub.services.audit.latest(method="ReleaseDeploymentDrains")
         assert [(e.target, e.outcome) for e in events][-1] == (f"deployment/{d.id}", "OK")
         first = events[-1]
         assert first.details["reason"] == "needed it back"

@@ -98,9 +98,9 @@ async def leader_and_follower(start_hub: StartHub) -> tuple[Hub, Hub]:
     """Two replicas; the first started leads (the elected one), on member m0;
     the other uses m1."""
     a = await start_hub("m0")
-    await eventually(lambda: a.election.is_leader)
+    await eventually(lambda: a.services.election.is_leader)
     b = await start_hub("m1")
-    await eventually(lambda: b.election.leader_id == a.hub_id)
+    await eventually(lambda: b.services.election.leader_id == a.hub_id)
     return a, b
 
 
@@ -373,14 +373,14 @@ async def test_leader_replica_killed_while_probing_the_other_probes_on(
             await ledger.register(
                 client, "feed", iid, port=http.port, health=health_check(http="/", **FAST)
             )
-            await eventually(lambda: leader.health_monitor.probes_done >= 3)
+            await eventually(lambda: leader.services.health_monitor.probes_done >= 3)
             await eventually(lambda: _health_is(client, "feed", iid, HEALTHY))
 
-            assert leader.election.is_leader
+            assert leader.services.election.is_leader
             await crash(leader)
-            await eventually(lambda: follower.election.is_leader, timeout=30)
-            probed = follower.health_monitor.probes_done
-            await eventually(lambda: follower.health_monitor.probes_done > probed + 3)
+            await eventually(lambda: follower.services.election.is_leader, timeout=30)
+            probed = follower.services.health_monitor.probes_done
+            await eventually(lambda: follower.services.health_monitor.probes_done > probed + 3)
             # Still judged: a server that stops goes unhealthy, and back.
             await http.stop()
             await eventually(lambda: _health_is(client, "feed", iid, UNHEALTHY))
@@ -408,9 +408,9 @@ async def test_leader_replica_killed_mid_deployment_the_other_finishes_it(
         async def crash_during_second_batch(d: Directive) -> None:
             if d.batch == 1 and not crashed.is_set():
                 crashed.set()
-                killed_leading.append(leader.election.is_leader)
+                killed_leading.append(leader.services.election.is_leader)
                 await crash(leader)
-                await eventually(lambda: follower.election.is_leader, timeout=30)
+                await eventually(lambda: follower.services.election.is_leader, timeout=30)
 
         f.before_replace = crash_during_second_batch
         history: list[Deployment] = []
@@ -420,7 +420,7 @@ async def test_leader_replica_killed_mid_deployment_the_other_finishes_it(
             ),
             90,
         )
-        assert killed_leading == [True] and follower.election.is_leader
+        assert killed_leading == [True] and follower.services.election.is_leader
         assert result.state == "SUCCEEDED", result.reason
         old = [f"ledger-svc-old-{k:02d}" for k in range(3)]
         assert [b.instance_ids for b in result.batches] == [[i] for i in old]
@@ -430,7 +430,7 @@ async def test_leader_replica_killed_mid_deployment_the_other_finishes_it(
         replacements = [r for b in result.batches for r in b.replacement_ids]
         assert len(replacements) == len(set(replacements)) == 3
         assert [d.current_batch for d in history] == sorted(d.current_batch for d in history)
-        assert follower.deployments.steps_taken >= 1
+        assert follower.services.deployments.steps_taken >= 1
         await eventually(lambda: _versions_are(client, "ledger-svc", {"2.0.0"}), timeout=RETRY_FOR)
         await ledger.verify(client, store)
 
@@ -455,7 +455,7 @@ async def test_leader_replica_killed_during_quota_allocations_limit_holds(
         await ledger.write_config(
             cb, "tenant/busy", {"rate_limits": {"websocket_connections": limit}}
         )
-        await leader.configs.mirror.barrier()
+        await leader.services.configs.mirror.barrier()
         key = ("busy", "websocket_connections")
         refused: list[QuotaExceeded] = []
 
@@ -479,13 +479,13 @@ async def test_leader_replica_killed_during_quota_allocations_limit_holds(
         workers = [asyncio.create_task(allocator(i)) for i in range(8)]
         try:
             await eventually(lambda: ledger.granted[key] >= limit // 3)
-            assert leader.election.is_leader
+            assert leader.services.election.is_leader
             await crash(leader)  # allocations to it in flight
             await asyncio.wait_for(asyncio.gather(*workers), 60)
         finally:
             for w in workers:
                 w.cancel()
-        await eventually(lambda: follower.election.is_leader, timeout=30)
+        await eventually(lambda: follower.services.election.is_leader, timeout=30)
 
         used = await usage_in_etcd(store, "busy", "websocket_connections")
         assert used == limit  # filled, never past the limit
@@ -672,13 +672,13 @@ async def test_keep_alive_survives_hub_failover_instance_never_dropped(
             assert (await client.cluster_status()).hub_id == a.hub_id
             await eventually(lambda: reg.renewals >= 2)
 
-            assert a.election.is_leader
+            assert a.services.election.is_leader
             await crash(a)
             renewed = reg.renewals
             # Renewed for longer than the TTL since, all through the other replica.
             await eventually(lambda: reg.renewals >= renewed + 4, timeout=30)
             assert (await client.cluster_status()).hub_id == b.hub_id
-            await eventually(lambda: b.election.is_leader, timeout=30)
+            await eventually(lambda: b.services.election.is_leader, timeout=30)
 
             assert reg.reregistrations == 0
             assert [(e.type, e.initial) for e in seen] == [(EventType.ADDED, True)]

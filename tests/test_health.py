@@ -247,9 +247,9 @@ async def _cluster(address: str) -> cluster_pb2.GetClusterStatusResponse:
 async def test_only_the_leader_probes_and_another_takes_over(hub_factory: HubFactory) -> None:
     a = await hub_factory(election_ttl=2)
     b = await hub_factory(election_ttl=2)
-    await eventually(lambda: a.election.is_leader or b.election.is_leader)
-    leader, follower = (a, b) if a.election.is_leader else (b, a)
-    await eventually(lambda: follower.election.leader_id == leader.hub_id)
+    await eventually(lambda: a.services.election.is_leader or b.services.election.is_leader)
+    leader, follower = (a, b) if a.services.election.is_leader else (b, a)
+    await eventually(lambda: follower.services.election.leader_id == leader.hub_id)
     status = await _cluster(follower.address)
     assert status.leader_id == leader.hub_id
     assert {r.hub_id for r in status.replicas} == {a.hub_id, b.hub_id}
@@ -261,14 +261,14 @@ async def test_only_the_leader_probes_and_another_takes_over(hub_factory: HubFac
             await client.register(
                 "feed", host="127.0.0.1", port=http.port, health=health_check(http="/", **FAST)
             )
-            await eventually(lambda: leader.health_monitor.probes_done >= 5)
-            assert follower.health_monitor.probes_done == 0
+            await eventually(lambda: leader.services.health_monitor.probes_done >= 5)
+            assert follower.services.health_monitor.probes_done == 0
 
             # The leader dies without handing over: the other waits out its lease.
             await _crash(leader)
-            await eventually(lambda: follower.election.is_leader, timeout=10)
-            before = follower.health_monitor.probes_done
-            await eventually(lambda: follower.health_monitor.probes_done > before + 3)
+            await eventually(lambda: follower.services.election.is_leader, timeout=10)
+            before = follower.services.health_monitor.probes_done
+            await eventually(lambda: follower.services.health_monitor.probes_done > before + 3)
             await http.stop()
             await eventually(lambda: _status_is(follower.address, "feed",
                                                 f"127.0.0.1-{http.port}", 3))  # fmt: skip
@@ -278,25 +278,25 @@ async def test_only_the_leader_probes_and_another_takes_over(hub_factory: HubFac
 
 async def test_graceful_stop_hands_over_at_once(hub_factory: HubFactory) -> None:
     a = await hub_factory(election_ttl=30)  # a long lease: only a hand-over is quick
-    await eventually(lambda: a.election.is_leader)
+    await eventually(lambda: a.services.election.is_leader)
     b = await hub_factory(election_ttl=30)
     await a.stop()
-    await eventually(lambda: b.election.is_leader, timeout=5)
+    await eventually(lambda: b.services.election.is_leader, timeout=5)
     assert (await _cluster(b.address)).leader_id == b.hub_id
 
 
 async def _crash(hub: Hub) -> None:
     """Stops a hub the way a killed process stops: no lease revoked, nothing handed over."""
-    assert hub.election._task is not None and hub.server is not None
-    hub.election._task.cancel()
-    await hub.election._step_down()
+    assert hub.services.election._task is not None and hub.server is not None
+    hub.services.election._task.cancel()
+    await hub.services.election._step_down()
     hub.presence._task.cancel()  # type: ignore[union-attr]
     await hub.server.stop(0)
-    for mirror in hub._mirrors:
+    for mirror in hub.services.mirrors:
         await mirror.stop()
     for task in hub._tasks:
         task.cancel()
-    hub.election._lease = 0  # nothing left for stop() to revoke
+    hub.services.election._lease = 0  # nothing left for stop() to revoke
     hub.presence._lease = 0
 
 
@@ -318,7 +318,7 @@ async def test_last_check_is_never_older_than_the_bound_across_a_leader_change(
     # refresh period has passed would be almost two intervals old.
     interval, refresh = 2.0, 2.1
     a = await hub_factory(election_ttl=30, health_refresh=refresh)
-    await eventually(lambda: a.election.is_leader)
+    await eventually(lambda: a.services.election.is_leader)
     b = await hub_factory(election_ttl=30, health_refresh=refresh)
     http = HttpServer()
     await http.start()
@@ -335,9 +335,9 @@ async def test_last_check_is_never_older_than_the_bound_across_a_leader_change(
             bound = max(interval, refresh) + 1.0
             steady = await _max_age(b.address, "fresh", "f", 2.5 * interval)
             await a.stop()  # hands over: b leads and probes at once
-            await eventually(lambda: b.election.is_leader, timeout=5)
+            await eventually(lambda: b.services.election.is_leader, timeout=5)
             after = await _max_age(b.address, "fresh", "f", 2.5 * interval)
-            assert b.health_monitor.probes_done >= 2
+            assert b.services.health_monitor.probes_done >= 2
             assert steady <= bound and after <= bound, (steady, after)
     finally:
         await http.stop()

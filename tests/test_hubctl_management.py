@@ -254,13 +254,13 @@ async def test_release_drains(hub: Hub, client: HubClient) -> None:
         f.replace = False  # the first batch stays drained
         d = await client.deploy("feeds", "2.0.0", batch_size=1, health_gate_timeout=60)
         await eventually(lambda: f.count("UPGRADE"))
-        await eventually(lambda: hub.deployments.is_draining("feeds", "feeds-old-00"))
+        await eventually(lambda: hub.services.deployments.is_draining("feeds", "feeds-old-00"))
         res = await hubctl(hub, "deployments", "release-drains", d.id, "--reason", "need it")
         assert res.code == 0, res.err
         assert res.out == (
             f"released 1 instance of {d.id} (feeds 1.0.0 -> 2.0.0, RUNNING): feeds-old-00\n"
         )
-        assert not hub.deployments.is_draining("feeds", "feeds-old-00")
+        assert not hub.services.deployments.is_draining("feeds", "feeds-old-00")
         again = await hubctl(hub, "deployments", "release-drains", d.id, "-o", "json")
         assert again.code == 0, again.err
         data = again.json()

@@ -84,7 +84,7 @@ async def test_same_request_id_counts_once_and_answers_the_same_on_any_replica(
             assert resp.header.revision == first.header.revision
         assert await used_in_etcd(etcd_store, "t1") == 2
         # Without this replica's cached usage it reads the record as well.
-        a.quotas._known.clear()
+        a.services.quotas._known.clear()
         assert (await sa.Allocate(allocate("t1", 2, "req-1"), metadata=FREE)).usage.used == 2
         assert await used_in_etcd(etcd_store, "t1") == 2
 
@@ -103,7 +103,7 @@ async def test_same_request_id_counts_once_and_answers_the_same_on_any_replica(
             assert (await s.Allocate(allocate("t1", 2, "req-2"), metadata=FREE)).usage == (
                 second.usage
             )
-        b.quotas._known.clear()
+        b.services.quotas._known.clear()
         assert (await sb.Allocate(allocate("t1", 2, "req-2"), metadata=FREE)).usage.used == 4
         # While a new id is refused, and a refusal records nothing: once room is
         # made, the same id is tried afresh and granted.
@@ -149,7 +149,7 @@ async def test_release_with_a_request_id_happens_once(
             first.usage,
             first.header.revision,
         )
-    hub.quotas._known.clear()
+    hub.services.quotas._known.clear()
     assert (await c.tenant_stub.Release(release("rel", 2, "r-1"))).released == 2
     assert await used_in_etcd(etcd_store, "rel") == 3
 
@@ -215,7 +215,7 @@ async def test_records_live_under_a_lease_of_about_ten_minutes(
 ) -> None:
     hub = await hub_factory()
     now = [1_800_000_000.0 - 1_800_000_000 % HOUR + HOUR - 5]  # five seconds before an hour ends
-    hub.quotas._clock = lambda: now[0]
+    hub.services.quotas._clock = lambda: now[0]
     async with HubClient(hub.address, tenant_id="exp", subscription_tier="free") as c:
         first = await c.allocate("websocket_connections", 1, request_id="e-1")
         rate = await c.allocate("api_calls_per_hour", 3, request_id="e-2")

@@ -86,12 +86,12 @@ async def test_50_allocators_on_two_replicas_never_pass_the_limit(
         # Without the per-replica turn-taking all 50 race in etcd: the
         # compare-and-set alone must hold the line.
         for h in (a, b):
-            h.quotas._turn = lambda key: contextlib.nullcontext()  # type: ignore[method-assign,assignment,return-value]
-            h.quotas._known.clear()
+            h.services.quotas._turn = lambda key: contextlib.nullcontext()  # type: ignore[method-assign,assignment,return-value]
+            h.services.quotas._known.clear()
     async with HubClient(a.address) as ca, HubClient(b.address) as cb:
         await ca.create_tenant("busy", tier="free")
         await ca.set_config_layer("tenant/busy", {"rate_limits": {"websocket_connections": 20}})
-        await b.configs.mirror.barrier()
+        await b.services.configs.mirror.barrier()
 
         async def allocate(i: int) -> bool:
             try:
@@ -245,7 +245,7 @@ async def test_hourly_windows_start_from_zero_and_expire(
     hub: Hub, client: HubClient, etcd_store: EtcdStore
 ) -> None:
     now = [1_800_000_000.0 - 1_800_000_000 % HOUR + 10]  # ten seconds into an hour
-    hub.quotas._clock = lambda: now[0]
+    hub.services.quotas._clock = lambda: now[0]
     c = client.with_context(tenant_id="rate")
     await c.set_config_layer("tenant/rate", {"rate_limits": {"api_calls_per_hour": 5}})
     first = await c.allocate("api_calls_per_hour", 5)
@@ -325,7 +325,7 @@ async def test_allocation_audit_records_carry_usage_before_and_after(
         await stub.Allocate(tenant_pb2.AllocateRequest(tenant_id="au", resource=WS, amount=2))
         await stub.Allocate(tenant_pb2.AllocateRequest(tenant_id="au", resource=WS, amount=3))
         await stub.Release(tenant_pb2.ReleaseRequest(tenant_id="au", resource=WS, amount=4))
-    events, _ = await hub.audit.latest(tenant_id="", method="", start=0.0, limit=100)
+    events, _ = await hub.services.audit.latest(tenant_id="", method="", start=0.0, limit=100)
     moved = sorted(
         (e.method.rsplit("/", 1)[1], e.version_before, e.version_after)
         for e in events

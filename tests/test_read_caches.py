@@ -155,9 +155,8 @@ async def test_get_service_answers_are_cached_per_service_and_dropped_by_its_cha
 async def test_picker_rebuilds_candidates_of_the_changed_service_only() -> None:
     view, health_view, feed = await registry_with(("quotes", "i1"), ("feeds", "f1"))
     circuits = Circuits(NO_STORE)
-    picker = Picker(NO_STORE, view, health_view, circuits)
     drains: PrefixMirror[str] = PrefixMirror(NO_STORE, keys.DRAIN, lambda kv: kv.value.decode())
-    picker.drains = drains
+    picker = Picker(NO_STORE, view, health_view, circuits, drains=drains)
     Feed(picker.loads, circuits.mirror, drains)
 
     def candidates(service: str) -> list[Any]:

@@ -198,7 +198,7 @@ async def test_slow_reader_stalls_nobody_and_is_told_to_resync(
     hub_factory: HubFactory,
 ) -> None:
     hub = await hub_factory()
-    hub.view.log.capacity = 200  # a small history, so the slow reader falls off it
+    hub.services.view.log.capacity = 200  # a small history, so the slow reader falls off it
     channel, stub = _stub(hub.address)
     # No BDP probing: the slow client's window stays small, so the hub's sends to
     # it block as soon as it stops reading.

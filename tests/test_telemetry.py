@@ -19,7 +19,7 @@ from tests.conftest import HubFactory, eventually
 
 async def test_prometheus_endpoint_and_system_metrics(hub_factory: HubFactory) -> None:
     hub = await hub_factory(metrics_listen="127.0.0.1:0")
-    await eventually(lambda: hub.election.is_leader)
+    await eventually(lambda: hub.services.election.is_leader)
     async with HubClient(hub.address) as client:
         await client.register("quotes", host="h", port=1, keep_alive=False)
         await client.register("quotes", host="h", port=2, keep_alive=False)
@@ -32,7 +32,7 @@ async def test_prometheus_endpoint_and_system_metrics(hub_factory: HubFactory) -
         watch = client.watch("quotes")
         await anext(watch)  # one open watch stream
 
-        text = await asyncio.to_thread(_scrape, hub.telemetry.metrics_port)
+        text = await asyncio.to_thread(_scrape, hub.services.telemetry.metrics_port)
         lines = text.splitlines()
 
         def metric(name: str, *labels: str) -> list[str]:
@@ -66,7 +66,7 @@ def _scrape(port: int) -> str:
 async def test_trace_context_is_continued(hub_factory: HubFactory) -> None:
     hub = await hub_factory()
     spans = InMemorySpanExporter()
-    hub.telemetry.add_span_processor(SimpleSpanProcessor(spans))
+    hub.services.telemetry.add_span_processor(SimpleSpanProcessor(spans))
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     async with grpc.aio.insecure_channel(hub.address) as ch:
         stub = observability_pb2_grpc.ObservabilityServiceStub(ch)

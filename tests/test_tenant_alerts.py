@@ -44,7 +44,7 @@ async def test_near_and_over_limit_alerts_follow_usage(hub_factory: HubFactory) 
     async with HubClient(hub.address) as client:
         await client.create_tenant("acme", tier="free")  # 5 websocket connections
         await client.allocate("websocket_connections", 3, tenant="acme")
-        await eventually(lambda: hub.election.is_leader)
+        await eventually(lambda: hub.services.election.is_leader)
         assert await _active(hub) == set()
         await client.allocate("websocket_connections", 1, tenant="acme")
         await eventually(lambda: _rules_are(hub, {"TENANT_NEAR_LIMIT"}))

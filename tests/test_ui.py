@@ -19,7 +19,7 @@ import pytest
 from aitrading.hub.v1 import circuit_pb2, observability_pb2, observability_pb2_grpc
 
 from hub_client import HubClient, health_check
-from hub_server.app import Hub, HubConfig
+from hub_server.app import Hub
 from hub_server.auth.authorizer import Authorizer
 from hub_server.auth.credentials import Identity, token_entry
 from hub_server.auth.roles import Role
@@ -307,7 +307,7 @@ async def test_a_reader_cannot_act_and_an_admin_can(
         await page.b.click(open_button, "Open")
         refused = await page.b.wait('#toast.error[data-status="403"]')
         assert "PERMISSION_DENIED" in refused and "token:dash" in refused
-        assert hub.circuits.get("ledger").circuit.state is CircuitState.CLOSED
+        assert hub.services.circuits.get("ledger").circuit.state is CircuitState.CLOSED
 
         await page.b.fill("#token", "admin-secret")
         await page.b.click('#token-form button[type="submit"]')
@@ -315,10 +315,10 @@ async def test_a_reader_cannot_act_and_an_admin_can(
         await page.b.click(open_button, "Open")
         await page.b.wait('#toast.ok[data-status="200"]', "Open: done")
         await page.b.wait('tr.circuit[data-service="ledger"][data-state="FORCED_OPEN"]')
-        assert hub.circuits.get("ledger").circuit.state is CircuitState.FORCED_OPEN
+        assert hub.services.circuits.get("ledger").circuit.state is CircuitState.FORCED_OPEN
 
         # Both attempts are in the audit trail, with who made them; the page shows it.
-        events, _ = await hub.audit.latest(method="OverrideCircuit")
+        events, _ = await hub.services.audit.latest(method="OverrideCircuit")
         assert [(e.caller, e.outcome) for e in events] == [
             ("token:ops", "OK"),
             ("token:dash", "PERMISSION_DENIED"),
@@ -373,7 +373,7 @@ async def test_actions_from_the_page_without_credentials_and_the_screenshot(
             await page.b.wait(f'{card}[data-state="RUNNING"]')
             await page.b.click(f"{card} button.action", "Abort")
             await page.b.wait(f'{card}[data-state="ABORTED"]')
-            events, _ = await ui_hub.audit.latest(method="PauseDeployment")
+            events, _ = await ui_hub.services.audit.latest(method="PauseDeployment")
             assert events[0].caller == "anonymous" and events[0].outcome == "OK"
     finally:
         for s in servers:
@@ -478,7 +478,7 @@ async def test_the_dashboard_refuses_cross_site_requests(
             return int(e.code)
 
     assert await asyncio.to_thread(send) == status
-    assert ui_hub.circuits.get("x").circuit.state is CircuitState.CLOSED
+    assert ui_hub.services.circuits.get("x").circuit.state is CircuitState.CLOSED
 
 
 async def test_release_deployment_drains_from_the_dashboard(
@@ -493,7 +493,7 @@ async def test_release_deployment_drains_from_the_dashboard(
     async with fleet(ui_client, "feeds", 2) as f:
         f.replace = False  # the first batch stays drained
         d = await ui_client.deploy("feeds", "2.0.0", batch_size=1, health_gate_timeout=60)
-        await eventually(lambda: ui_hub.deployments.is_draining("feeds", "feeds-old-00"))
+        await eventually(lambda: ui_hub.services.deployments.is_draining("feeds", "feeds-old-00"))
         request = urllib.request.Request(
             ui_hub.dashboard.url + "api/actions/DeploymentService/ReleaseDeploymentDrains",
             data=json.dumps({"id": d.id, "reason": "from the card"}).encode(),
@@ -509,8 +509,8 @@ async def test_release_deployment_drains_from_the_dashboard(
         assert status == 200
         assert body["releasedInstanceIds"] == ["feeds-old-00"]
         assert body["deployment"]["id"] == d.id
-        assert not ui_hub.deployments.is_draining("feeds", "feeds-old-00")
-        events, _ = await ui_hub.audit.latest(method="ReleaseDeploymentDrains")
+        assert not ui_hub.services.deployments.is_draining("feeds", "feeds-old-00")
+        events, _ = await ui_hub.services.audit.latest(method="ReleaseDeploymentDrains")
         assert [(e.caller, e.outcome, e.target) for e in events] == [
             ("anonymous", "OK", f"deployment/{d.id}")
         ]
@@ -520,20 +520,22 @@ async def test_release_deployment_drains_from_the_dashboard(
 
 
 def test_the_dashboard_stays_on_loopback_without_credentials(tmp_path: Path) -> None:
-    hub: Any = SimpleNamespace(authorizer=Authorizer(None), config=HubConfig())
+    services: Any = SimpleNamespace(authorizer=Authorizer(None))
     with pytest.raises(ValueError, match="without credentials"):
-        Dashboard(hub, "0.0.0.0:7080").check_exposure()
+        Dashboard(services, "0.0.0.0:7080").check_exposure()
     for listen in ("127.0.0.1:7080", "[::1]:7080", ":7080", "7080", "localhost:7080"):
-        Dashboard(hub, listen).check_exposure()
-    assert (Dashboard(hub, "7080").host, Dashboard(hub, "7080").port) == ("127.0.0.1", 7080)
-    hub.config.insecure = True
-    Dashboard(hub, "0.0.0.0:7080").check_exposure()
+        Dashboard(services, listen).check_exposure()
+    assert (Dashboard(services, "7080").host, Dashboard(services, "7080").port) == (
+        "127.0.0.1",
+        7080,
+    )
+    Dashboard(services, "0.0.0.0:7080", insecure=True).check_exposure()
     credentials = tmp_path / "credentials.toml"
     credentials.write_text(token_entry("ops", Role.ADMIN, "admin-secret"))
-    hub = SimpleNamespace(authorizer=Authorizer(credentials), config=HubConfig())
-    Dashboard(hub, "0.0.0.0:7080").check_exposure()
+    services = SimpleNamespace(authorizer=Authorizer(credentials))
+    Dashboard(services, "0.0.0.0:7080").check_exposure()
     with pytest.raises(ValueError, match="HOST:PORT"):
-        Dashboard(hub, "127.0.0.1:http")
+        Dashboard(services, "127.0.0.1:http")
 
 
 def test_a_tenant_bound_credential_may_not_use_the_dashboard() -> None:

@@ -38,6 +38,7 @@ class Picker:
         circuits: Circuits,
         *,
         balancer: Balancer | None = None,
+        drains: PrefixMirror[str] | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -45,27 +46,17 @@ class Picker:
         self._circuits = circuits
         self.loads: PrefixMirror[float] = PrefixMirror(store, keys.LOAD, _decode_load)
         self._balancer = balancer or Balancer()
-        self._drains: PrefixMirror[str] | None = None
+        # Drain marks of roll-outs (hub_server/deployments/service.py): a
+        # marked instance is never picked.
+        self._drains = drains
         # Candidates per service, dropped when something they are built from
         # changes for that service: a stamp of whole-view revisions was moved by
         # every health write or load report anywhere, so it rebuilt them nearly
         # every call in a busy fleet.
         self._cache: dict[str, list[Candidate]] = {}
-        for mirror in (registry.mirror, health.mirror, self.loads, circuits.mirror):
-            on_service_change(mirror, self._forget)
-
-    @property
-    def drains(self) -> PrefixMirror[str] | None:
-        """Drain marks of roll-outs (hub_server/deployments/service.py), set by the
-        composition root: a marked instance is never picked."""
-        return self._drains
-
-    @drains.setter
-    def drains(self, mirror: PrefixMirror[str] | None) -> None:
-        self._drains = mirror
-        self._cache.clear()
-        if mirror is not None:
-            on_service_change(mirror, self._forget)
+        for mirror in (registry.mirror, health.mirror, self.loads, circuits.mirror, drains):
+            if mirror is not None:
+                on_service_change(mirror, self._forget)
 
     def _forget(self, service: str) -> None:
         self._cache.pop(service, None)

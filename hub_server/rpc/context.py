@@ -28,6 +28,7 @@ from hub_server.kernel.tiers import view_tier
 from hub_server.observability.audit import AuditLog
 from hub_server.observability.telemetry import Telemetry
 from hub_server.rpc.errors import status_code_for, to_status
+from hub_server.rpc.inprocess import InProcessContext
 from hub_server.rpc.wrapping import replaced
 
 log = logging.getLogger(__name__)
@@ -202,25 +203,26 @@ class CallWrapper:
         if access_log.isEnabledFor(logging.DEBUG):
             access_log.debug("%s %s %.2fms", method, outcome, elapsed_ms)
 
-    def _admit(
-        self,
-        ctx: CallContext,
-        metadata: Any,
-        context: grpc.aio.ServicerContext,
-        request: Any,
+    def _identify(
+        self, ctx: CallContext, metadata: Any, context: grpc.aio.ServicerContext
     ) -> CallContext:
-        """Who the caller is and whether it may make this call; the context the
-        servicer sees (a bound caller's tenant and stored tier, not its headers)."""
+        """Who the caller is: the context the servicer sees (a bound caller's
+        tenant and stored tier, not its headers). A refused call is recorded
+        with it too."""
         if is_open(ctx.method):  # grpc.health.v1 and reflection
             return ctx
         cert_names = _cert_names(context) if self._auth.client_certs else ()
-        identity = self._auth.authenticate(metadata or (), cert_names)
-        rule = self._auth.check_method(identity, ctx.method)
+        return self._as(ctx, self._auth.authenticate(metadata or (), cert_names))
+
+    def _admit(self, ctx: CallContext, context: grpc.aio.ServicerContext, request: Any) -> None:
+        """Whether the identified caller may make this call."""
+        if is_open(ctx.method):
+            return
+        rule = self._auth.check_method(ctx.caller, ctx.method)
         if isinstance(request, Message):  # not a stream, nor a request that did not parse
-            self._auth.check_request(identity, rule, request)
+            self._auth.check_request(ctx.caller, rule, request)
         if self._limits is not None:
-            self._limits.take_call(self._caller_key(identity, context))
-        return self._as(ctx, identity)
+            self._limits.take_call(self._caller_key(ctx.caller, context))
 
     def _as(self, ctx: CallContext, identity: Identity) -> CallContext:
         if identity.trusts_headers:
@@ -316,11 +318,18 @@ class CallWrapper:
     ) -> None:
         if self._audit is None or note.pop("skip", ""):
             return
-        peer = context.peer() or ""
-        if ctx.caller is not ANONYMOUS:
-            note["peer"] = peer
+        if isinstance(context, InProcessContext):  # the dashboard: named as it authenticated
+            caller = ctx.caller.name
+            note.update(context.origin)
+        else:
+            # Without credentials every caller is anonymous: its connection
+            # tells them apart.
+            peer = context.peer() or ""
+            caller = ctx.caller.name if ctx.caller is not ANONYMOUS else peer
+            if ctx.caller is not ANONYMOUS:
+                note["peer"] = peer
         event = obs.AuditEvent(
-            caller=ctx.caller.name if ctx.caller is not ANONYMOUS else peer,
+            caller=caller,
             tenant_id=ctx.tenant_id,
             user_id=ctx.user_id,
             method=ctx.method,
@@ -367,7 +376,8 @@ class CallWrapper:
                 ctx = header_ctx
                 with self._span(method, metadata):
                     try:
-                        ctx = self._admit(header_ctx, metadata, context, request)
+                        ctx = self._identify(header_ctx, metadata, context)
+                        self._admit(ctx, context, request)
                         enter(ctx, echo)
                         if echo:
                             await context.send_initial_metadata(echo)
@@ -397,7 +407,8 @@ class CallWrapper:
                 caller = ""
                 stream = None
                 try:
-                    ctx = self._admit(header_ctx, metadata, context, request)
+                    ctx = self._identify(header_ctx, metadata, context)
+                    self._admit(ctx, context, request)
                     if self._limits is not None:
                         key = self._caller_key(ctx.caller, context)
                         self._limits.open_stream(key)
@@ -448,7 +459,8 @@ class CallWrapper:
                 outcome, started = "OK", time.perf_counter()
                 with self._span(method, metadata):
                     try:
-                        ctx = self._admit(header_ctx, metadata, context, None)
+                        ctx = self._identify(header_ctx, metadata, context)
+                        self._admit(ctx, context, None)
                         enter(ctx, echo)
                         return await inner_su(request_iterator, context)
                     except HubError as e:

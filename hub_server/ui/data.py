@@ -1,21 +1,21 @@
-"""What the dashboard shows, section by section, built from the domain objects the
-hub holds and turned into proto3 JSON by the API layer's own message builders
-(``MessageToDict`` of the messages the gRPC API answers with): one source of
-truth, and no hand-written copy of the protos' shapes."""
+"""What the dashboard shows, section by section, built from the replica's views,
+services and servicers (hub_server/wiring.py) and turned into proto3 JSON by the
+API layer's own message builders (``MessageToDict`` of the messages the gRPC API
+answers with): one source of truth, and no hand-written copy of the protos'
+shapes."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aitrading.hub.v1 import cluster_pb2, observability_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from hub_server.api.circuits import circuit_to_pb
-from hub_server.api.cluster import ClusterServicer
 from hub_server.api.config import merged_to_pb
 from hub_server.api.deployments import deployment_to_pb, progress_to_pb
 from hub_server.api.registry import instance_view
@@ -23,9 +23,7 @@ from hub_server.api.tenants import tenant_to_pb, usage_to_pb
 from hub_server.kernel.errors import InvalidArgument
 from hub_server.kernel.validation import repair_wellformed
 from hub_server.store import keys
-
-if TYPE_CHECKING:
-    from hub_server.app import Hub
+from hub_server.wiring import Services
 
 Json = dict[str, Any]
 
@@ -62,12 +60,13 @@ def request_from(query: Mapping[str, str], message: Message) -> Message:
 class Sections:
     """One method per section of the page; each answers a JSON object."""
 
-    def __init__(self, hub: Hub) -> None:
-        self._hub = hub
-        # The hub's own: the overview is what GetSystemMetrics answers.
-        self._system = hub.system_metrics
-        self._observability = hub.observability
-        self._cluster = ClusterServicer(hub.replicas, hub.election, hub.hub_id)
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        # The replica's own servicers: the overview is what GetSystemMetrics
+        # and GetClusterStatus answer.
+        self._system = services.system_metrics
+        self._observability = services.observability
+        self._cluster = services.cluster
 
     # Which section answers which path, and the gRPC method whose permission it
     # needs (the data it shows is what that method answers).
@@ -91,8 +90,8 @@ class Sections:
         return {"metrics": to_json(metrics), "cluster": to_json(cluster)}
 
     async def services(self, query: Mapping[str, str]) -> Json:
-        hub = self._hub
-        view, health, loads = hub.view, hub.health_view, hub.picker.loads.items
+        s = self._services
+        view, health, loads = s.view, s.health_view, s.picker.loads.items
         view.ensure_live()
         now = time.time()
         counts = {m.service: m for m in (await self._system.collect()).services}
@@ -101,7 +100,7 @@ class Sections:
             instances = []
             for instance_id, inst in sorted(view.services[name].items()):
                 shown = instance_view(
-                    inst, health.of(inst), hub.deployments.is_draining(name, instance_id)
+                    inst, health.of(inst), s.deployments.is_draining(name, instance_id)
                 )
                 shown.load_factor = loads.get(keys.load_key(name, instance_id), 0.0)
                 instances.append(to_json(shown))
@@ -109,7 +108,7 @@ class Sections:
                 {
                     "name": name,
                     "metrics": to_json(counts[name]) if name in counts else {},
-                    "circuit": to_json(circuit_to_pb(hub.circuits.get(name), now)),
+                    "circuit": to_json(circuit_to_pb(s.circuits.get(name), now)),
                     "instances": instances,
                 }
             )
@@ -118,11 +117,11 @@ class Sections:
     async def circuits(self, query: Mapping[str, str]) -> Json:
         """Every stored circuit, and the (CLOSED) circuit of each registered
         service that has none yet, so an operator can act on it."""
-        circuits = self._hub.circuits
+        circuits = self._services.circuits
         circuits.mirror.ensure_live()
         now = time.time()
         stored = {(s.service, s.instance_id): s for s in circuits.mirror.items.values()}
-        for name in self._hub.view.services:
+        for name in self._services.view.services:
             if (name, "") not in stored:
                 stored[(name, "")] = circuits.get(name)
         return {
@@ -137,7 +136,7 @@ class Sections:
         return to_json(await self._observability.ListAlerts(request, None))
 
     async def deployments(self, query: Mapping[str, str]) -> Json:
-        deployments = self._hub.deployments
+        deployments = self._services.deployments
         found = deployments.find(query.get("service", ""))[:MAX_DEPLOYMENTS]
         return {
             "revision": str(deployments.mirror.revision),
@@ -153,11 +152,11 @@ class Sections:
     async def tenants(self, query: Mapping[str, str]) -> Json:
         """Each tenant with its tier, its usage against its limits and its merged
         config, as GetTenant, GetUsage and GetTenantConfig answer them."""
-        hub = self._hub
-        hub.tenants.ensure_live()
-        hub.configs.ensure_live()
-        records, more = hub.tenants.page("", MAX_TENANTS, None)
-        usages = await asyncio.gather(*(hub.quotas.usage(r.tenant_id, "") for r in records))
+        s = self._services
+        s.tenants.ensure_live()
+        s.configs.ensure_live()
+        records, more = s.tenants.page("", MAX_TENANTS, None)
+        usages = await asyncio.gather(*(s.quotas.usage(r.tenant_id, "") for r in records))
         out = []
         for record, (merged, usage, _) in zip(records, usages, strict=True):
             out.append(
@@ -167,7 +166,7 @@ class Sections:
                     "config": to_json(merged_to_pb(merged)),
                 }
             )
-        return {"revision": str(hub.tenants.revision), "tenants": out, "more": more}
+        return {"revision": str(s.tenants.revision), "tenants": out, "more": more}
 
     async def audit(self, query: Mapping[str, str]) -> Json:
         """The newest events first, filtered by tenant, method and age."""
@@ -176,7 +175,7 @@ class Sections:
             since = float(query.get("since") or 0)  # seconds back; 0: all
         except ValueError:
             raise InvalidArgument.single("limit", "limit and since must be numbers") from None
-        events, revision = await self._hub.audit.latest(
+        events, revision = await self._services.audit.latest(
             tenant_id=query.get("tenant", ""),
             method=query.get("method", ""),
             start=time.time() - since if since > 0 else 0.0,

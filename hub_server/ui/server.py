@@ -19,21 +19,22 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
+import grpc
 from aiohttp import web
+from google.rpc import error_details_pb2, status_pb2
 
 from hub_server.addresses import is_loopback
+from hub_server.auth.credentials import Identity
 from hub_server.kernel.errors import HubError, InvalidArgument
-from hub_server.rpc.errors import status_code_for
+from hub_server.rpc.errors import status_code_for, to_status
+from hub_server.rpc.inprocess import CallAborted
 from hub_server.store.event_log import EventLog
 from hub_server.ui.actions import Actions, authorize, caller_name, check_fleet_reader, method_name
 from hub_server.ui.data import Sections, to_json
-
-if TYPE_CHECKING:
-    from hub_server.app import Hub
-    from hub_server.auth.credentials import Identity
+from hub_server.wiring import Services
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,17 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"--ui-listen {listen!r}: expected HOST:PORT")
     return host, int(port)
+
+
+def check_exposure(host: str, *, credentials: bool, insecure: bool) -> None:
+    """Beyond loopback only when the hub requires credentials (or was told
+    --insecure), as for its gRPC address: without credentials everyone is admin."""
+    if is_loopback(host) or credentials or insecure:
+        return
+    raise ValueError(
+        f"refusing to serve the dashboard on {host} without credentials: give "
+        "--credentials-file, listen on loopback, or pass --insecure"
+    )
 
 
 class ChangeFeed:
@@ -158,10 +170,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Dashboard:
-    """``await start()`` once the hub's domain objects exist; ``await stop()``."""
+    """``await start()`` once the replica's views are loaded; ``await stop()``."""
 
-    def __init__(self, hub: Hub, listen: str) -> None:
-        self._hub = hub
+    def __init__(self, services: Services, listen: str, *, insecure: bool = False) -> None:
+        self._services = services
+        self._insecure = insecure
         self.host, self.port = parse_listen(listen)
         self._runner: web.AppRunner | None = None
         self._feed: ChangeFeed | None = None
@@ -175,11 +188,11 @@ class Dashboard:
         return f"http://{host}:{self.port}/"
 
     async def start(self) -> None:
-        hub = self._hub
+        hub = self._services
         self.check_exposure()
         self._sections = Sections(hub)
         self._routes = self._sections.routes()
-        self._actions = Actions(hub)
+        self._actions = Actions(hub.in_process)
         self._feed = ChangeFeed(
             {
                 "services": [
@@ -223,13 +236,8 @@ class Dashboard:
             self._runner = None
 
     def check_exposure(self) -> None:
-        """Beyond loopback only when the hub requires credentials (or was told
-        --insecure), as for its gRPC address: without credentials everyone is admin."""
-        if is_loopback(self.host) or self._hub.authorizer.enabled or self._hub.config.insecure:
-            return
-        raise ValueError(
-            f"refusing to serve the dashboard on {self.host} without credentials: give "
-            "--credentials-file, listen on loopback, or pass --insecure"
+        check_exposure(
+            self.host, credentials=self._services.authorizer.enabled, insecure=self._insecure
         )
 
     # -- guard ---------------------------------------------------------------
@@ -261,7 +269,11 @@ class Dashboard:
         try:
             return await handler(request)
         except HubError as e:
-            return _hub_error(e)
+            if status_code_for(e) == grpc.StatusCode.INTERNAL:
+                log.error("unmapped domain error in the dashboard: %r", e)
+            return _status_error(to_status(e))
+        except CallAborted as e:  # an action, answered by the call wrapper
+            return _status_error(e.status)
 
     # -- handlers ------------------------------------------------------------
 
@@ -278,14 +290,18 @@ class Dashboard:
         return _file(path)
 
     def _read_access(self, request: web.Request, method: str) -> Identity:
-        identity = authorize(self._hub, method_name(method), _metadata(request))
+        identity = authorize(self._services.authorizer, method_name(method), _metadata(request))
         check_fleet_reader(identity)
         return identity
 
     async def _whoami(self, request: web.Request) -> web.StreamResponse:
         identity = self._read_access(request, "ObservabilityService/GetSystemMetrics")
         return _json(
-            {"name": caller_name(identity), "role": str(identity.role), "hubId": self._hub.hub_id}
+            {
+                "name": caller_name(identity),
+                "role": str(identity.role),
+                "hubId": self._services.hub_id,
+            }
         )
 
     async def _section(self, request: web.Request) -> web.StreamResponse:
@@ -363,13 +379,20 @@ def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"code": code, "message": message, **extra}, status=status)
 
 
-def _hub_error(e: HubError) -> web.Response:
-    code = status_code_for(e).name
-    if code == "INTERNAL":
-        log.error("unmapped domain error in the dashboard: %r", e)
-    extra: dict[str, Any] = {"reason": e.reason}
-    if isinstance(e, InvalidArgument):
-        extra["violations"] = [
-            {"field": v.field, "description": v.description} for v in e.violations
-        ]
-    return _error(HTTP_STATUS.get(code, 500), code, e.message, **extra)
+def _status_error(status: grpc.Status) -> web.Response:
+    """The status a gRPC caller gets, as JSON: its code, message, reason and
+    bad fields (from its google.rpc details)."""
+    code = status.code.name
+    extra: dict[str, Any] = {}
+    for key, value in status.trailing_metadata:
+        if key != "grpc-status-details-bin":
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+            if detail.Unpack(info):
+                extra["reason"] = info.reason
+            elif detail.Unpack(bad):
+                extra["violations"] = [
+                    {"field": v.field, "description": v.description} for v in bad.field_violations
+                ]
+    return _error(HTTP_STATUS.get(code, 500), code, status.details, **extra)

@@ -1,0 +1,275 @@
+"""Builds a hub replica's parts once, in dependency order, from its settings and
+its store: the views (mirrors of etcd), the domain services, the call wrapper
+and the servicers, registered on a handler table that the gRPC server and the
+dashboard's actions share. Nothing here starts: ``app.Hub`` loads the views,
+starts the background work and serves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aitrading.hub.v1 import (
+    backup_pb2_grpc,
+    balancer_pb2_grpc,
+    circuit_pb2_grpc,
+    cluster_pb2,
+    cluster_pb2_grpc,
+    config_pb2_grpc,
+    deployment_pb2_grpc,
+    observability_pb2,
+    observability_pb2_grpc,
+    registry_pb2_grpc,
+    tenant_pb2_grpc,
+)
+from aitrading.hub.v1 import health_pb2_grpc as hub_health_pb2_grpc
+
+from hub_server.api.backups import BackupServicer
+from hub_server.api.balancer import LoadBalancerServicer
+from hub_server.api.circuits import CircuitBreakerServicer
+from hub_server.api.cluster import ClusterServicer
+from hub_server.api.config import ConfigServicer
+from hub_server.api.deployments import DeploymentServicer
+from hub_server.api.health import HealthServicer
+from hub_server.api.observability import ObservabilityServicer, SystemMetrics
+from hub_server.api.registry import RegistryServicer
+from hub_server.api.tenants import TenantServicer
+from hub_server.auth.authorizer import Authorizer
+from hub_server.auth.limits import CallerLimits
+from hub_server.backups.service import Backups
+from hub_server.balancing.service import Picker
+from hub_server.circuits.service import Circuits
+from hub_server.config.service import Configs
+from hub_server.deployments.service import Deployments
+from hub_server.health import probes
+from hub_server.health.service import HealthMonitor, HealthView
+from hub_server.observability.alerts import Alerts
+from hub_server.observability.audit import AuditLog
+from hub_server.observability.error_patterns import ErrorPatterns
+from hub_server.observability.hub_metrics import add_hub_gauges, tenant_metrics
+from hub_server.observability.telemetry import Telemetry
+from hub_server.observability.tenant_alerts import TenantLimits
+from hub_server.quotas.service import Quotas
+from hub_server.registry.service import Registry, RegistryView
+from hub_server.rpc import streaming
+from hub_server.rpc.context import CallWrapper
+from hub_server.rpc.decoding import tolerant
+from hub_server.rpc.inprocess import HandlerTable, InProcess
+from hub_server.rpc.wrapping import WrappingServer
+from hub_server.settings import HubConfig
+from hub_server.store import keys
+from hub_server.store.election import Election
+from hub_server.store.etcd import EtcdStore, KeyValue
+from hub_server.store.mirror import PrefixMirror
+from hub_server.tenancy.service import Tenants
+
+
+def _decode_replica(kv: KeyValue) -> cluster_pb2.Replica:
+    return cluster_pb2.Replica.FromString(kv.value)
+
+
+@dataclass(frozen=True)
+class Services:
+    """One replica's parts, each built once."""
+
+    hub_id: str
+    authorizer: Authorizer
+    # Views
+    view: RegistryView
+    health_view: HealthView
+    replicas: PrefixMirror[cluster_pb2.Replica]
+    # Domain services
+    registry: Registry
+    circuits: Circuits
+    tenants: Tenants
+    configs: Configs
+    quotas: Quotas
+    deployments: Deployments
+    picker: Picker
+    tenant_limits: TenantLimits
+    alerts: Alerts
+    audit: AuditLog
+    backups: Backups
+    telemetry: Telemetry
+    election: Election
+    health_monitor: HealthMonitor
+    # The call path and what the dashboard reads from the API
+    calls: CallWrapper
+    handlers: HandlerTable
+    in_process: InProcess
+    system_metrics: SystemMetrics
+    observability: ObservabilityServicer
+    cluster: ClusterServicer
+
+    @property
+    def mirrors(self) -> list[PrefixMirror[Any]]:
+        """Every view of etcd the replica keeps: loaded at start, and live while
+        it serves."""
+        return [
+            self.alerts.active,
+            self.tenant_limits.usage,
+            self.picker.loads,
+            self.view.mirror,
+            self.health_view.mirror,
+            self.replicas,
+            self.circuits.mirror,
+            self.circuits.settings,
+            self.tenants.mirror,
+            self.configs.mirror,
+            *self.deployments.mirrors,
+        ]
+
+
+def wire(
+    cfg: HubConfig,
+    store: EtcdStore,
+    hub_id: str,
+    authorizer: Authorizer,
+    *,
+    backup_dir: Path | None,
+) -> Services:
+    """Builds the replica's parts; the election is given its leader work."""
+    view = RegistryView(store)
+    health_view = HealthView(store)
+    replicas: PrefixMirror[cluster_pb2.Replica] = PrefixMirror(
+        store, keys.REPLICAS, _decode_replica
+    )
+    circuits = Circuits(store)
+    tenants = Tenants(store)
+    configs = Configs(store, tenants)
+    quotas = Quotas(store, configs)
+    deployments = Deployments(store, view, health_view)
+    picker = Picker(store, view, health_view, circuits, drains=deployments.drains)
+    tenant_limits = TenantLimits(store, configs, share=cfg.tenant_alert_share)
+    alerts = Alerts(store, view, health_view, circuits, extra_conditions=tenant_limits.conditions)
+    registry = Registry(store, view)
+    election = Election(store, hub_id, ttl=cfg.election_ttl)
+    health_monitor = HealthMonitor(
+        store,
+        view,
+        health_view,
+        probes.probe,
+        concurrency=cfg.probe_concurrency,
+        refresh=cfg.health_refresh,
+    )
+    audit = AuditLog(store, hub_id, retention=cfg.audit_retention)
+    telemetry = Telemetry(
+        hub_id, metrics_listen=cfg.metrics_listen, otlp_endpoint=cfg.otlp_endpoint
+    )
+    add_hub_gauges(
+        telemetry,
+        view,
+        health_view,
+        tenant_limits,
+        is_leader=lambda: election.is_leader,
+        open_streams=lambda: streaming.open_streams,
+    )
+    backups = Backups(
+        store, hub_id, directory=backup_dir, interval=cfg.backup_interval, keep=cfg.backup_keep
+    )
+    if cfg.backup_interval > 0 and backups.directory is None:
+        raise ValueError("scheduled backups need a backup directory (--backup-dir)")
+
+    def stored_tier(tenant_id: str) -> str:
+        record = tenants.get(tenant_id)
+        return record.tier if record is not None else ""
+
+    calls = CallWrapper(
+        audit,
+        telemetry,
+        authorizer=authorizer,
+        limits=CallerLimits(cfg.caller_rate_limit, cfg.caller_max_streams),
+        tier_of=stored_tier,
+    )
+
+    async def tenants_now() -> list[observability_pb2.TenantMetrics]:
+        return tenant_metrics(tenants, tenant_limits)
+
+    system_metrics = SystemMetrics(
+        hub_id, view, health_view, telemetry, lambda: election.is_leader, tenants_now
+    )
+    progress = cfg.watch_progress_interval
+    observability = ObservabilityServicer(
+        audit, alerts, ErrorPatterns(store), system_metrics, hub_id, progress_interval=progress
+    )
+    cluster = ClusterServicer(replicas, election, hub_id)
+
+    handlers = HandlerTable()
+    # Every hub method: the call context outside (it also maps the refusal of a
+    # request that does not parse), the tolerant deserializer inside.
+    server = WrappingServer(handlers, lambda method, h: calls.wrap(method, tolerant(h)))
+    sends_bytes = streaming.sends_bytes(server)  # for Watch streams of pre-serialized events
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+        RegistryServicer(
+            registry,
+            health_view,
+            hub_id,
+            progress_interval=progress,
+            is_draining=deployments.is_draining,
+        ),
+        sends_bytes,
+    )
+    hub_health_pb2_grpc.add_HealthServiceServicer_to_server(
+        HealthServicer(view, health_view, hub_id, progress_interval=progress), sends_bytes
+    )
+    balancer_pb2_grpc.add_LoadBalancerServiceServicer_to_server(
+        LoadBalancerServicer(picker, hub_id), server
+    )
+    circuit_pb2_grpc.add_CircuitBreakerServiceServicer_to_server(
+        CircuitBreakerServicer(circuits, hub_id, progress_interval=progress), server
+    )
+    observability_pb2_grpc.add_ObservabilityServiceServicer_to_server(observability, server)
+    config_pb2_grpc.add_ConfigServiceServicer_to_server(
+        ConfigServicer(configs, hub_id, progress_interval=progress), sends_bytes
+    )
+    tenant_pb2_grpc.add_TenantServiceServicer_to_server(
+        TenantServicer(
+            tenants, configs, quotas, hub_id, audit_allocations_from=cfg.audit_allocations_from
+        ),
+        server,
+    )
+    deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
+        DeploymentServicer(deployments, hub_id, progress_interval=progress), server
+    )
+    backup_pb2_grpc.add_BackupServiceServicer_to_server(
+        BackupServicer(backups, audit, hub_id), server
+    )
+    cluster_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, server)
+
+    services = Services(
+        hub_id=hub_id,
+        authorizer=authorizer,
+        view=view,
+        health_view=health_view,
+        replicas=replicas,
+        registry=registry,
+        circuits=circuits,
+        tenants=tenants,
+        configs=configs,
+        quotas=quotas,
+        deployments=deployments,
+        picker=picker,
+        tenant_limits=tenant_limits,
+        alerts=alerts,
+        audit=audit,
+        backups=backups,
+        telemetry=telemetry,
+        election=election,
+        health_monitor=health_monitor,
+        calls=calls,
+        handlers=handlers,
+        in_process=InProcess(handlers),
+        system_metrics=system_metrics,
+        observability=observability,
+        cluster=cluster,
+    )
+    # What runs on the elected replica only.
+    election.add_work(health_monitor.run)
+    election.add_work(circuits.tick_forever)
+    election.add_work(deployments.run)
+    election.add_work(audit.prune_forever)
+    if cfg.backup_interval > 0:
+        election.add_work(backups.schedule_forever)
+    election.add_work(lambda: alerts.run(cfg.alert_interval))
+    return services
