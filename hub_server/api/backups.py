@@ -4,12 +4,10 @@ list and delete the files of this replica's backup directory."""
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 import grpc
 from aitrading.hub.v1 import backup_pb2, backup_pb2_grpc
-from aitrading.hub.v1 import observability_pb2 as obs
 from google.protobuf.message import DecodeError
 
 from hub_server.backups.service import (
@@ -26,15 +24,12 @@ from hub_server.rpc.context import audit_note, audited, current
 from hub_server.rpc.errors import status_code_for, to_status
 from hub_server.rpc.header import response_header
 
-log = logging.getLogger(__name__)
-
 CHUNK = 1024 * 1024  # bytes per streamed message, well under any message limit
 MAX_RESTORE_BYTES = 1024 * 1024 * 1024
 # A refused upload is read to its end (up to this much more) before the answer:
 # grpc-python clients still sending when a client stream is answered sometimes
 # see INTERNAL ("Internal error from Core") instead of the status sent.
 MAX_DRAIN_BYTES = 64 * 1024 * 1024
-_AUDITED_HEADERS = ("x-tenant-id", "x-company-id", "x-user-id", "x-correlation-id")
 
 
 def info_to_pb(b: StoredBackup) -> backup_pb2.BackupInfo:
@@ -94,14 +89,11 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
             raise InvalidArgument.single("omit_data", "only with store (else nothing is kept)")
         stored, data = await self._backups.create(store=request.store)
         if request.store:
-            ctx = current()
             await self._record(
                 context,
-                ctx.method,
                 "OK",
                 target=f"backup/{stored.name}",
                 details={"revision": str(stored.header.revision), "size": str(stored.size)},
-                identity=(ctx.tenant_id, ctx.user_id, ctx.correlation_id),
             )
         header = response_header(self._hub_id, stored.header.revision)
         yield backup_pb2.CreateBackupResponse(header=header, info=info_to_pb(stored))
@@ -113,9 +105,9 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
             )
 
     async def RestoreBackup(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        # Client-streaming calls pass the CallWrapper untouched: this handler maps
-        # its own errors and writes its own audit record.
-        method = "/aitrading.hub.v1.BackupService/RestoreBackup"
+        # The CallWrapper admits client-streaming calls but neither maps their
+        # errors nor audits them: this handler drains a refused upload first,
+        # then answers, and writes its own audit record.
         dry_run = True
         details: dict[str, str] = {}
         target = "backup/(uploaded)"
@@ -126,8 +118,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
                 target = f"backup/{options.stored_name}"
                 check_name(options.stored_name, "options.stored_name")
                 data = await self._backups.read_stored(options.stored_name)
-            _, user_id, _ = self._identity(context)
-            result = await self._backups.restore(data, dry_run=dry_run, by=user_id)
+            result = await self._backups.restore(data, dry_run=dry_run, by=current().user_id)
             response = self._report(result)
             t = result.plan.total
             details = {
@@ -144,11 +135,11 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
         except HubError as e:
             await _drain(request_iterator)
             if not dry_run:
-                await self._record(context, method, status_code_for(e).name, target=target)
+                await self._record(context, status_code_for(e).name, target=target)
             await context.abort_with_status(to_status(e))
             raise  # abort_with_status raises; this keeps type checkers content
         if not dry_run:
-            await self._record(context, method, "OK", target=target, details=details)
+            await self._record(context, "OK", target=target, details=details)
         return response
 
     async def _receive(self, request_iterator) -> tuple[backup_pb2.RestoreOptions, bytes]:  # type: ignore[no-untyped-def]
@@ -193,43 +184,25 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
     async def _record(
         self,
         context: grpc.aio.ServicerContext,
-        method: str,
         outcome: str,
         *,
         target: str,
         details: dict[str, str] | None = None,
-        identity: tuple[str, str, str] | None = None,
     ) -> None:
+        """The audit record of a streaming call, which the CallWrapper does not
+        write: the call's context, the caller by its address."""
         if self._audit is None:
             return
-        tenant_id, user_id, correlation_id = identity or self._identity(context)
-        event = obs.AuditEvent(
-            caller=context.peer() or "",
-            tenant_id=tenant_id,
-            user_id=user_id,
-            method=method,
+        ctx = current()
+        await self._audit.record(
+            method=ctx.method,
             outcome=outcome,
-            correlation_id=correlation_id,
+            caller=context.peer() or "",
+            tenant_id=ctx.tenant_id,
+            user_id=ctx.user_id,
+            correlation_id=ctx.correlation_id,
             target=target,
-            details=details or {},
-        )
-        try:
-            await self._audit.append(event)
-        except Exception as e:  # the call's outcome stands; the gap is logged
-            log.error("audit record of %s %s lost: %r", method, target, e)
-
-    @staticmethod
-    def _identity(context: grpc.aio.ServicerContext) -> tuple[str, str, str]:
-        """(tenant, user, correlation id) of the call's metadata."""
-        found = {
-            k: v
-            for k, v in (context.invocation_metadata() or ())
-            if k in _AUDITED_HEADERS and isinstance(v, str)
-        }
-        return (
-            found.get("x-tenant-id") or found.get("x-company-id", ""),
-            found.get("x-user-id", ""),
-            found.get("x-correlation-id", ""),
+            details=details,
         )
 
     async def ListBackups(self, request, context):  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aitrading.hub.v1 import observability_pb2 as obs
 
@@ -60,6 +60,41 @@ class AuditLog:
         self._seq = itertools.count()
         self._pending: list[tuple[bytes, bytes, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+
+    async def record(
+        self,
+        *,
+        method: str,
+        outcome: str,
+        caller: str,
+        tenant_id: str = "",
+        user_id: str = "",
+        correlation_id: str = "",
+        target: str = "",
+        version_before: str = "",
+        version_after: str = "",
+        details: Mapping[str, str] | None = None,
+    ) -> None:
+        """The audit sink of every mutating call (the call wrapper's records,
+        backups' own): writes its record and waits until it is stored. Never
+        raises: the call's outcome stands, and a record that cannot be written
+        is logged as lost."""
+        event = obs.AuditEvent(
+            caller=caller,
+            tenant_id=tenant_id,
+            user_id=user_id,
+            method=method,
+            outcome=outcome,
+            correlation_id=correlation_id,
+            target=target,
+            version_before=version_before,
+            version_after=version_after,
+            details=details or {},
+        )
+        try:
+            await self.append(event)
+        except Exception as e:
+            log.error("audit record of %s %s lost: %r", method, target, e)
 
     async def append(self, event: obs.AuditEvent) -> None:
         now = self._clock()

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import grpc
-from aitrading.hub.v1 import observability_pb2 as obs
 from google.protobuf.message import Message
 
 from hub_client import RequestContext, set_context
@@ -80,7 +79,6 @@ _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar(
 _audit_note: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "hub_audit_note", default=None
 )
-_AUDIT_FIELDS = ("target", "version_before", "version_after")
 
 
 def current() -> CallContext:
@@ -328,20 +326,18 @@ class CallWrapper:
             caller = ctx.caller.name if ctx.caller is not ANONYMOUS else peer
             if ctx.caller is not ANONYMOUS:
                 note["peer"] = peer
-        event = obs.AuditEvent(
+        await self._audit.record(
+            method=ctx.method,
+            outcome=outcome,
             caller=caller,
             tenant_id=ctx.tenant_id,
             user_id=ctx.user_id,
-            method=ctx.method,
-            outcome=outcome,
             correlation_id=ctx.correlation_id,
-            **{k: note.pop(k) for k in _AUDIT_FIELDS if k in note},
+            target=note.pop("target", ""),
+            version_before=note.pop("version_before", ""),
+            version_after=note.pop("version_after", ""),
             details=note,
         )
-        try:
-            await self._audit.append(event)
-        except Exception as e:  # the call's outcome stands; the gap is logged
-            log.error("audit record of %s %s lost: %r", ctx.method, event.target, e)
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The handler with all of the above around it. The hub wraps each
