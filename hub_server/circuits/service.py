@@ -21,15 +21,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hub_server.circuits.breaker import Call, Circuit, CircuitSettings, CircuitState
-from hub_server.kernel.errors import StoreUnavailable
 from hub_server.store import keys
+from hub_server.store.cas import CompareAndSet, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 from hub_server.store.mirror import PrefixMirror
 
 log = logging.getLogger(__name__)
 
 SERVICE_LEVEL = keys.SERVICE_LEVEL  # the instance part of a service circuit's key
-MAX_CAS_ATTEMPTS = 50
 REFUSING = (CircuitState.OPEN, CircuitState.FORCED_OPEN)
 
 
@@ -128,8 +127,9 @@ class Circuits:
     ) -> StoredCircuit:
         """Read, step, compare-and-set; retried from a fresh read on conflict."""
         key = circuit_key(service, instance_id)
-        stored: StoredCircuit | None = self.mirror.items.get(key)  # first try: no read
-        for _ in range(MAX_CAS_ATTEMPTS):
+        # First try from memory; the txn checks it.
+        cas = CompareAndSet(self._store, key, _decode_circuit, known=self.mirror.items.get(key))
+        for stored in cas.attempts():
             now = self._clock()
             if stored is not None:
                 circuit, revision = stored.circuit.copy(), stored.revision
@@ -140,12 +140,9 @@ class Circuits:
                 return stored  # nothing changed (e.g. outcomes ignored while OPEN)
             txn = Txn().mod_revision_is(key, revision) if revision else Txn().absent(key)
             txn.success.append(Txn.put(key, json.dumps(circuit.to_dict()).encode()))
-            txn.failure.append(Txn.get(key))
-            result = await self._store.txn(txn)
-            if result.succeeded:
+            result = await cas.write(txn)
+            if result is not None:
                 # Read-your-writes on this replica: reads come from the mirror.
                 await self.mirror.log.wait_for_revision(result.revision, 5.0)
                 return StoredCircuit(service, instance_id, circuit, result.revision)
-            current = result.ranges[0][0] if result.ranges and result.ranges[0] else None
-            stored = _decode_circuit(current) if current is not None else None
-        raise StoreUnavailable(f"circuit {service}/{instance_id or '*'}: too much contention")
+        raise contended(f"circuit {service}/{instance_id or '*'}")

@@ -13,8 +13,9 @@ import re
 from aitrading.hub.v1 import observability_pb2 as obs
 
 from hub_server.kernel import validation
-from hub_server.kernel.errors import StoreUnavailable, Violations
+from hub_server.kernel.errors import Violations
 from hub_server.store import keys
+from hub_server.store.cas import CompareAndSet, contended
 from hub_server.store.etcd import EtcdStore, Txn
 
 CATEGORIES = {
@@ -86,15 +87,16 @@ class ErrorPatterns:
         return max(revisions, default=0)
 
     async def _add(self, key: bytes, delta: obs.ErrorPattern) -> int:
-        for _ in range(50):
-            kv, _ = await self._store.get(key)
+        cas = CompareAndSet(self._store, key, lambda kv: kv, known=None)
+        await cas.read()
+        for kv in cas.attempts():
             total = obs.ErrorPattern.FromString(kv.value) if kv is not None else None
             txn = Txn().mod_revision_is(key, kv.mod_revision) if kv else Txn().absent(key)
             txn.success.append(Txn.put(key, merge(total, delta).SerializeToString()))
-            result = await self._store.txn(txn)
-            if result.succeeded:
+            result = await cas.write(txn)
+            if result is not None:
                 return result.revision
-        raise StoreUnavailable("error pattern counts: too much contention")
+        raise contended("error pattern counts")
 
     async def list(
         self, *, service: str = "", tenant_id: str = "", category: str = "", limit: int = 0
