@@ -38,6 +38,8 @@ from hub_client._private.errors import (
     Unauthenticated,
     Unavailable,
     VersionConflict,
+    reason_text,
+    reason_value,
 )
 from hub_client._private.logging import (
     JsonFormatter,
@@ -129,6 +131,8 @@ __all__ = [
     "current_context",
     "health_check",
     "normalize_message",
+    "reason_text",
+    "reason_value",
     "reset_context",
     "resume_watch",
     "set_context",

@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
 
 import grpc
+from aitrading.hub.v1.errors_pb2 import (
+    ERROR_REASON_HUB_UNREACHABLE,
+    ERROR_REASON_NO_ELIGIBLE_INSTANCE,
+)
 
 from hub_client import (
     TLS,
@@ -37,6 +41,7 @@ from hub_client import (
     Unauthenticated,
     Unavailable,
     VersionConflict,
+    reason_text,
 )
 from hubctl.output import Output, use_colour
 
@@ -365,10 +370,10 @@ def describe(error: HubError, target: str) -> str:
     if cause:
         parts.append(f"(cause: {cause})")
     hint = _HINTS.get(error.code)
-    if error.reason == "NO_ELIGIBLE_INSTANCE":
+    if error.reason == reason_text(ERROR_REASON_NO_ELIGIBLE_INSTANCE):
         # UNAVAILABLE (so clients retry), but the hub is fine: say what to look at.
         hint = "no instance is usable now, for the reason above; `hubctl health` shows each one"
-    if hint and error.reason != "HUB_UNREACHABLE":
+    if hint and error.reason != reason_text(ERROR_REASON_HUB_UNREACHABLE):
         tenant = error.metadata.get("tenant_id") or "TENANT"
         parts.append(f"- {hint.format(target=target, tenant=tenant)}")
     return " ".join(parts)
@@ -437,7 +442,7 @@ async def _execute(ctx: Context, cmd: Command) -> int:
                 f"cannot reach the hub at {ctx.target} within {ctx.timeout:g}s "
                 "(is it running? `make run` starts one; --target or HUB_TARGET point elsewhere)",
                 code=grpc.StatusCode.UNAVAILABLE,
-                reason="HUB_UNREACHABLE",
+                reason=reason_text(ERROR_REASON_HUB_UNREACHABLE),
             ) from None
         return await cmd.handler(ctx, args) or EXIT_OK
 

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
 from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc, registry_pb2
+from aitrading.hub.v1.errors_pb2 import ERROR_REASON_CIRCUIT_OPEN
 
-from hub_client._private.errors import CircuitOpen, HubError
+from hub_client._private.errors import CircuitOpen, HubError, reason_text
 from hub_client._private.resume import resume_watch
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ class CircuitGuard:
                 f"circuit of {self.service}{'/' + self.instance_id if self.instance_id else ''}"
                 f" is {circuit_pb2.CircuitState.Name(circuit.state)}",
                 code=grpc.StatusCode.UNAVAILABLE,
-                reason="CIRCUIT_OPEN",
+                reason=reason_text(ERROR_REASON_CIRCUIT_OPEN),
                 metadata={"service": self.service, "instance_id": self.instance_id},
             )
         self._started = time.perf_counter()

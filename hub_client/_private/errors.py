@@ -5,6 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+from aitrading.hub.v1.errors_pb2 import (
+    ERROR_REASON_CALLER_RATE_LIMITED,
+    ERROR_REASON_CALLER_STREAM_LIMIT,
+    ERROR_REASON_CIRCUIT_OPEN,
+    ERROR_REASON_INSTANCE_NOT_FOUND,
+    ERROR_REASON_LEASE_NOT_FOUND,
+    ERROR_REASON_NO_ELIGIBLE_INSTANCE,
+    ERROR_REASON_QUOTA_EXCEEDED,
+    ERROR_REASON_REVISION_COMPACTED,
+    ERROR_REASON_SERVICE_NOT_FOUND,
+    ERROR_REASON_SUBSCRIPTION_TIER_TOO_LOW,
+    ERROR_REASON_UNSPECIFIED,
+    ERROR_REASON_VERSION_CONFLICT,
+    ErrorReason,
+)
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -41,7 +56,8 @@ class HubError(Exception):
 
     Attributes:
         code: the gRPC status code.
-        reason: the ErrorInfo reason (UPPER_SNAKE), "" when the hub sent none.
+        reason: the ErrorInfo reason: an ``ErrorReason`` value's name without its
+            ``ERROR_REASON_`` prefix (``INSTANCE_NOT_FOUND``), "" when the hub sent none.
         metadata: the ErrorInfo metadata (for example ``service``).
         field_violations: for INVALID_ARGUMENT, every bad field.
     """
@@ -156,18 +172,35 @@ class TierTooLow(PermissionDenied):
     """The caller's subscription tier may not use this service."""
 
 
-_BY_REASON: dict[str, type[HubError]] = {
-    "SERVICE_NOT_FOUND": ServiceNotFound,
-    "INSTANCE_NOT_FOUND": InstanceNotFound,
-    "LEASE_NOT_FOUND": InstanceNotFound,
-    "VERSION_CONFLICT": VersionConflict,
-    "REVISION_COMPACTED": RevisionCompacted,
-    "NO_ELIGIBLE_INSTANCE": NoEligibleInstance,
-    "CIRCUIT_OPEN": CircuitOpen,
-    "QUOTA_EXCEEDED": QuotaExceeded,
-    "CALLER_RATE_LIMITED": RateLimited,
-    "CALLER_STREAM_LIMIT": RateLimited,
-    "SUBSCRIPTION_TIER_TOO_LOW": TierTooLow,
+_REASON_PREFIX = "ERROR_REASON_"
+
+
+def reason_text(reason: ErrorReason.ValueType) -> str:
+    """The ErrorInfo reason on the wire: the value's name without ``ERROR_REASON_``."""
+    return ErrorReason.Name(reason).removeprefix(_REASON_PREFIX)
+
+
+def reason_value(text: str) -> ErrorReason.ValueType:
+    """The ErrorReason an ErrorInfo reason names; UNSPECIFIED for none, or for one
+    this client does not know (a newer hub's)."""
+    try:
+        return ErrorReason.Value(_REASON_PREFIX + text)
+    except ValueError:
+        return ERROR_REASON_UNSPECIFIED
+
+
+_BY_REASON: dict[ErrorReason.ValueType, type[HubError]] = {
+    ERROR_REASON_SERVICE_NOT_FOUND: ServiceNotFound,
+    ERROR_REASON_INSTANCE_NOT_FOUND: InstanceNotFound,
+    ERROR_REASON_LEASE_NOT_FOUND: InstanceNotFound,
+    ERROR_REASON_VERSION_CONFLICT: VersionConflict,
+    ERROR_REASON_REVISION_COMPACTED: RevisionCompacted,
+    ERROR_REASON_NO_ELIGIBLE_INSTANCE: NoEligibleInstance,
+    ERROR_REASON_CIRCUIT_OPEN: CircuitOpen,
+    ERROR_REASON_QUOTA_EXCEEDED: QuotaExceeded,
+    ERROR_REASON_CALLER_RATE_LIMITED: RateLimited,
+    ERROR_REASON_CALLER_STREAM_LIMIT: RateLimited,
+    ERROR_REASON_SUBSCRIPTION_TIER_TOO_LOW: TierTooLow,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[HubError]] = {
@@ -233,7 +266,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> HubError:
             _int(metadata.get("current"), 0),
             _int(metadata.get("requested"), 0),
         )
-    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, HubError)
+    cls = _BY_REASON.get(reason_value(reason)) or _BY_CODE.get(code, HubError)
     return cls(
         error.details() or code.name,
         code=code,

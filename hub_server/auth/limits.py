@@ -8,6 +8,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from aitrading.hub.v1.errors_pb2 import ERROR_REASON_CALLER_STREAM_LIMIT
+
 from hub_server.kernel.errors import TooManyCalls
 
 
@@ -57,7 +59,7 @@ class CallerLimits:
         if self.max_streams and open_now >= self.max_streams:
             raise TooManyCalls(
                 f"{caller} already has {open_now} open streams (limit {self.max_streams})",
-                reason="CALLER_STREAM_LIMIT",
+                reason=ERROR_REASON_CALLER_STREAM_LIMIT,
                 limit=str(self.max_streams),
             )
         self._streams[caller] = open_now + 1

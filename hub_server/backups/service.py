@@ -45,6 +45,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aitrading.hub.v1 import backup_pb2
+from aitrading.hub.v1.errors_pb2 import (
+    ERROR_REASON_BACKUP_CORRUPT,
+    ERROR_REASON_BACKUP_DIRECTORY_UNSET,
+    ERROR_REASON_BACKUP_FOREIGN,
+    ERROR_REASON_BACKUP_NOT_FOUND,
+    ERROR_REASON_BACKUP_NOT_RECOGNIZED,
+    ERROR_REASON_BACKUP_TRUNCATED,
+    ERROR_REASON_BACKUP_VERSION_UNSUPPORTED,
+    ERROR_REASON_RESTORE_CONFLICT,
+    ErrorReason,
+)
 from google.protobuf.internal import decoder, encoder
 
 from hub_server.config.merge import StoredLayer, empty_layer, parse_layer
@@ -92,7 +103,7 @@ NOTE_VERSIONS = (
 )
 
 
-def _rejected(reason: str, description: str) -> InvalidArgument:
+def _rejected(reason: ErrorReason.ValueType, description: str) -> InvalidArgument:
     return InvalidArgument([FieldViolation("backup", description)], reason=reason)
 
 
@@ -149,32 +160,36 @@ def parse_header(data: bytes) -> tuple[backup_pb2.BackupHeader, int]:
     starts. Refuses foreign files, unknown versions and a damaged header."""
     if len(data) < _PREAMBLE.size:
         if MAGIC.startswith(data[:4]):
-            raise _rejected("BACKUP_TRUNCATED", "the file ends inside its preamble")
-        raise _rejected("BACKUP_NOT_RECOGNIZED", "not a Central Hub backup (no CHUB magic)")
+            raise _rejected(ERROR_REASON_BACKUP_TRUNCATED, "the file ends inside its preamble")
+        raise _rejected(
+            ERROR_REASON_BACKUP_NOT_RECOGNIZED, "not a Central Hub backup (no CHUB magic)"
+        )
     magic, version, length = _PREAMBLE.unpack_from(data)
     if magic != MAGIC:
-        raise _rejected("BACKUP_NOT_RECOGNIZED", "not a Central Hub backup (no CHUB magic)")
+        raise _rejected(
+            ERROR_REASON_BACKUP_NOT_RECOGNIZED, "not a Central Hub backup (no CHUB magic)"
+        )
     if version != FORMAT_VERSION:
         raise FailedPrecondition(
             f"backup format version {version} is not supported (this hub reads "
             f"version {FORMAT_VERSION})",
-            reason="BACKUP_VERSION_UNSUPPORTED",
+            reason=ERROR_REASON_BACKUP_VERSION_UNSUPPORTED,
             version=str(version),
         )
     if length > MAX_HEADER:
-        raise _rejected("BACKUP_CORRUPT", f"header length {length} is implausible")
+        raise _rejected(ERROR_REASON_BACKUP_CORRUPT, f"header length {length} is implausible")
     start = _PREAMBLE.size
     end = start + length + _CRC.size
     if len(data) < end:
-        raise _rejected("BACKUP_TRUNCATED", "the file ends inside its header")
+        raise _rejected(ERROR_REASON_BACKUP_TRUNCATED, "the file ends inside its header")
     raw = data[start : start + length]
     (crc,) = _CRC.unpack_from(data, start + length)
     if zlib.crc32(raw) != crc:
-        raise _rejected("BACKUP_CORRUPT", "the header's CRC-32 does not match")
+        raise _rejected(ERROR_REASON_BACKUP_CORRUPT, "the header's CRC-32 does not match")
     header = backup_pb2.BackupHeader.FromString(raw)
     if header.keyspace_root != keys.ROOT:
         raise _rejected(
-            "BACKUP_FOREIGN",
+            ERROR_REASON_BACKUP_FOREIGN,
             f"the backup is of keyspace {header.keyspace_root!r}, this hub uses {keys.ROOT!r}",
         )
     return header, end
@@ -187,13 +202,13 @@ def decode(data: bytes) -> ParsedBackup:
     body = memoryview(data)[start:]
     if len(body) < header.body_length:
         raise _rejected(
-            "BACKUP_TRUNCATED",
+            ERROR_REASON_BACKUP_TRUNCATED,
             f"the body has {len(body)} of its {header.body_length} bytes",
         )
     if len(body) > header.body_length:
-        raise _rejected("BACKUP_CORRUPT", "there are bytes after the body")
+        raise _rejected(ERROR_REASON_BACKUP_CORRUPT, "there are bytes after the body")
     if hashlib.sha256(body).digest() != header.body_sha256:
-        raise _rejected("BACKUP_CORRUPT", "the body's SHA-256 does not match the header")
+        raise _rejected(ERROR_REASON_BACKUP_CORRUPT, "the body's SHA-256 does not match the header")
     records = []
     pos = 0
     try:
@@ -204,15 +219,20 @@ def decode(data: bytes) -> ParsedBackup:
             m = backup_pb2.BackupRecord.FromString(bytes(body[pos : pos + length]))
             pos += length
             if not m.key.startswith(keys.ROOT):
-                raise _rejected("BACKUP_FOREIGN", f"key {m.key[:80]!r} is outside {keys.ROOT!r}")
+                raise _rejected(
+                    ERROR_REASON_BACKUP_FOREIGN, f"key {m.key[:80]!r} is outside {keys.ROOT!r}"
+                )
             records.append(Record(m.key, m.value, m.lease_bound))
     except InvalidArgument:
         raise
     except Exception as e:  # a body that hashes right but does not parse
-        raise _rejected("BACKUP_CORRUPT", f"record {len(records)} does not parse: {e}") from e
+        raise _rejected(
+            ERROR_REASON_BACKUP_CORRUPT, f"record {len(records)} does not parse: {e}"
+        ) from e
     if len(records) != header.key_count:
         raise _rejected(
-            "BACKUP_CORRUPT", f"{len(records)} records, the header says {header.key_count}"
+            ERROR_REASON_BACKUP_CORRUPT,
+            f"{len(records)} records, the header says {header.key_count}",
         )
     return ParsedBackup(header, records, len(data))
 
@@ -598,7 +618,7 @@ class Backups:
         if self.directory is None:
             raise FailedPrecondition(
                 "this hub has no backup directory (start it with --backup-dir)",
-                reason="BACKUP_DIRECTORY_UNSET",
+                reason=ERROR_REASON_BACKUP_DIRECTORY_UNSET,
             )
         return self.directory
 
@@ -615,7 +635,9 @@ class Backups:
         try:
             return await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
-            raise NotFound(f"no backup named {name}", reason="BACKUP_NOT_FOUND") from None
+            raise NotFound(
+                f"no backup named {name}", reason=ERROR_REASON_BACKUP_NOT_FOUND
+            ) from None
 
     async def delete(self, name: str) -> None:
         check_name(name)
@@ -623,7 +645,9 @@ class Backups:
         try:
             await asyncio.to_thread(path.unlink)
         except FileNotFoundError:
-            raise NotFound(f"no backup named {name}", reason="BACKUP_NOT_FOUND") from None
+            raise NotFound(
+                f"no backup named {name}", reason=ERROR_REASON_BACKUP_NOT_FOUND
+            ) from None
 
     # -- restore -------------------------------------------------------------
 
@@ -666,7 +690,7 @@ class Backups:
                             f"a config layer or a record was written during the restore; "
                             f"{transactions} of its transaction(s) were applied: restore "
                             "the same file again",
-                            reason="RESTORE_CONFLICT",
+                            reason=ERROR_REASON_RESTORE_CONFLICT,
                         )
                     revision = result.revision
                     transactions += 1

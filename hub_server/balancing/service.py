@@ -4,6 +4,10 @@ from the views every replica keeps in memory, so a pick never touches etcd."""
 from __future__ import annotations
 
 from aitrading.hub.v1 import types_pb2
+from aitrading.hub.v1.errors_pb2 import (
+    ERROR_REASON_INSTANCE_NOT_FOUND,
+    ERROR_REASON_SERVICE_NOT_FOUND,
+)
 
 from hub_server.balancing.strategies import (
     Balancer,
@@ -111,7 +115,7 @@ class Picker:
         if not instances:
             self._balancer.forget(service)
             raise NotFound(
-                f"service {service!r} is not registered", reason="SERVICE_NOT_FOUND",
+                f"service {service!r} is not registered", reason=ERROR_REASON_SERVICE_NOT_FOUND,
                 service=service,
             )  # fmt: skip
         if self._circuits.refuses(service):
@@ -139,7 +143,7 @@ class Picker:
         if inst is None:
             raise NotFound(
                 f"instance {service}/{instance_id} is not registered",
-                reason="INSTANCE_NOT_FOUND", service=service, instance_id=instance_id,
+                reason=ERROR_REASON_INSTANCE_NOT_FOUND, service=service, instance_id=instance_id,
             )  # fmt: skip
         # Under the instance's lease: the load goes when the instance goes.
         return await self._store.put(

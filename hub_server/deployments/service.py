@@ -21,17 +21,25 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aitrading.hub.v1 import deployment_pb2, types_pb2
+from aitrading.hub.v1.errors_pb2 import (
+    ERROR_REASON_DEPLOYMENT_ACTIVE,
+    ERROR_REASON_DEPLOYMENT_NOT_FOUND,
+    ERROR_REASON_DEPLOYMENT_STATE,
+    ERROR_REASON_NOTHING_TO_DEPLOY,
+    ERROR_REASON_SERVICE_NOT_FOUND,
+)
 
 from hub_server.deployments import rollout
 from hub_server.health.service import HEALTHY, HealthView
-from hub_server.kernel.errors import FailedPrecondition, NotFound
+from hub_server.kernel.errors import FailedPrecondition, NotFound, StoreUnavailable
 from hub_server.registry.service import RegistryView
 from hub_server.store import keys
-from hub_server.store.cas import CompareAndSet, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 from hub_server.store.mirror import PrefixMirror
 
 log = logging.getLogger(__name__)
+
+MAX_CAS_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ class Deployments:
         if stored is None:
             raise NotFound(
                 f"deployment {deployment_id!r} does not exist",
-                reason="DEPLOYMENT_NOT_FOUND",
+                reason=ERROR_REASON_DEPLOYMENT_NOT_FOUND,
                 deployment_id=deployment_id,
             )
         return stored
@@ -134,14 +142,16 @@ class Deployments:
         facts = self.facts(service)
         if not facts:
             raise NotFound(
-                f"service {service!r} is not registered", reason="SERVICE_NOT_FOUND",
+                f"service {service!r} is not registered", reason=ERROR_REASON_SERVICE_NOT_FOUND,
                 service=service,
             )  # fmt: skip
         now = self._clock()
         try:
             d = rollout.plan(new_id(now), service, target_version, strategy, settings, facts, now)
         except rollout.Refused as e:
-            raise FailedPrecondition(str(e), reason="NOTHING_TO_DEPLOY", service=service) from e
+            raise FailedPrecondition(
+                str(e), reason=ERROR_REASON_NOTHING_TO_DEPLOY, service=service
+            ) from e
         active = keys.deployment_active_key(service)
         txn = Txn().absent(active)
         txn.success += [
@@ -154,7 +164,7 @@ class Deployments:
             current = result.ranges[0][0].value.decode() if result.ranges[0] else "?"
             raise FailedPrecondition(
                 f"service {service!r} already has an active deployment ({current})",
-                reason="DEPLOYMENT_ACTIVE", service=service, deployment_id=current,
+                reason=ERROR_REASON_DEPLOYMENT_ACTIVE, service=service, deployment_id=current,
             )  # fmt: skip
         await self.mirror.barrier()
         return StoredDeployment(d, result.revision)
@@ -210,42 +220,37 @@ class Deployments:
         op: Callable[[rollout.Deployment, float], tuple[rollout.Deployment, rollout.Actions]],
     ) -> StoredDeployment:
         stored = self.get(deployment_id)
-        key = keys.deployment_key(deployment_id)
-        cas = CompareAndSet(self._store, key, _decode_deployment, known=stored)
-        for _ in cas.attempts():
+        for _ in range(MAX_CAS_ATTEMPTS):
             try:
                 new, actions = op(stored.deployment, self._clock())
             except rollout.Refused as e:
                 raise FailedPrecondition(
-                    str(e), reason="DEPLOYMENT_STATE", deployment_id=deployment_id
+                    str(e), reason=ERROR_REASON_DEPLOYMENT_STATE, deployment_id=deployment_id
                 ) from e
-            result = await cas.write(self._txn(stored, new, actions))
-            if result is not None:
+            revision = await self._write(stored, new, actions)
+            if revision:
                 await self.mirror.barrier()
-                return StoredDeployment(new, result.revision)
-            if cas.value is None:
+                return StoredDeployment(new, revision)
+            kv, _ = await self._store.get(keys.deployment_key(deployment_id))
+            if kv is None:
                 raise NotFound(f"deployment {deployment_id!r} does not exist")
-            if cas.value.revision == stored.revision:
+            if kv.mod_revision == stored.revision:
                 # The record did not move: the other compare failed, i.e. a
                 # finished roll-out cannot take the service back from an active one.
                 raise FailedPrecondition(
                     f"service {new.service!r} has another active deployment",
-                    reason="DEPLOYMENT_ACTIVE",
+                    reason=ERROR_REASON_DEPLOYMENT_ACTIVE,
                     service=new.service,
                     deployment_id=deployment_id,
                 )
-            stored = cas.value
-        raise contended(f"deployment {deployment_id}")
+            stored = _decode_deployment(kv)
+        raise StoreUnavailable(f"deployment {deployment_id}: too much contention")
 
     async def _write(
         self, old: StoredDeployment, new: rollout.Deployment, actions: rollout.Actions
     ) -> int:
-        """Runs :meth:`_txn`: the revision, or 0 if the record had changed meanwhile."""
-        result = await self._store.txn(self._txn(old, new, actions))
-        return result.revision if result.succeeded else 0
-
-    def _txn(self, old: StoredDeployment, new: rollout.Deployment, actions: rollout.Actions) -> Txn:
-        """One transaction: the record (compared on its revision) and its effects."""
+        """One transaction: the record (compared on its revision) and its effects.
+        Returns the revision, or 0 if the record had changed meanwhile."""
         key = keys.deployment_key(new.id)
         active = keys.deployment_active_key(new.service)
         txn = Txn().mod_revision_is(key, old.revision)
@@ -257,7 +262,8 @@ class Deployments:
             txn.success.append(Txn.delete(active))
         instances = self._registry.services.get(new.service, {})
         txn.success += self._effects(new, actions, instances)
-        return txn
+        result = await self._store.txn(txn)
+        return result.revision if result.succeeded else 0
 
     def _effects(
         self,

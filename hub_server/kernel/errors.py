@@ -1,23 +1,53 @@
-"""Domain errors. Each carries a stable UPPER_SNAKE reason; the API layer maps the
-class to a gRPC status code in one table (hub_server/rpc/errors.py) and sends the
-reason as a google.rpc.ErrorInfo so clients branch on it, never on the message."""
+"""Domain errors. Each carries a reason from the protos' ErrorReason enum; the API
+layer maps the class to a gRPC status code in one table (hub_server/rpc/errors.py)
+and sends the reason as a google.rpc.ErrorInfo so clients branch on it, never on
+the message."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from aitrading.hub.v1.errors_pb2 import (
+    ERROR_REASON_ALREADY_EXISTS,
+    ERROR_REASON_CALLER_RATE_LIMITED,
+    ERROR_REASON_FAILED_PRECONDITION,
+    ERROR_REASON_INTERNAL,
+    ERROR_REASON_INVALID_ARGUMENT,
+    ERROR_REASON_NO_ELIGIBLE_INSTANCE,
+    ERROR_REASON_NOT_FOUND,
+    ERROR_REASON_PERMISSION_DENIED,
+    ERROR_REASON_QUOTA_EXCEEDED,
+    ERROR_REASON_REVISION_COMPACTED,
+    ERROR_REASON_STORE_UNAVAILABLE,
+    ERROR_REASON_UNAUTHENTICATED,
+    ERROR_REASON_VERSION_CONFLICT,
+    ErrorReason,
+)
+
+
+def reason_text(reason: ErrorReason.ValueType) -> str:
+    """The ErrorInfo reason on the wire: the value's name without ``ERROR_REASON_``.
+    Anything but an ErrorReason value (a bare string) raises TypeError or ValueError."""
+    return ErrorReason.Name(reason).removeprefix("ERROR_REASON_")
+
 
 class HubError(Exception):
-    """Base of every error the domain raises on purpose."""
+    """Base of every error the domain raises on purpose.
 
-    reason = "INTERNAL"
+    Attributes:
+        reason: the ErrorInfo reason sent, as on the wire (``INSTANCE_NOT_FOUND``):
+            the ``reason`` given, else the class's ``default_reason``.
+    """
 
-    def __init__(self, message: str, *, reason: str | None = None, **metadata: str) -> None:
+    default_reason: ErrorReason.ValueType = ERROR_REASON_INTERNAL
+
+    def __init__(
+        self, message: str, *, reason: ErrorReason.ValueType | None = None, **metadata: str
+    ) -> None:
         super().__init__(message)
         self.message = message
-        if reason:
-            self.reason = reason
+        self.reason = reason_text(reason or self.default_reason)
         self.metadata = {k: str(v) for k, v in metadata.items()}
 
 
@@ -30,9 +60,11 @@ class FieldViolation:
 
 
 class InvalidArgument(HubError):
-    reason = "INVALID_ARGUMENT"
+    default_reason = ERROR_REASON_INVALID_ARGUMENT
 
-    def __init__(self, violations: Iterable[FieldViolation], *, reason: str | None = None) -> None:
+    def __init__(
+        self, violations: Iterable[FieldViolation], *, reason: ErrorReason.ValueType | None = None
+    ) -> None:
         self.violations = list(violations)
         text = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
         super().__init__(f"invalid request: {text}", reason=reason)
@@ -43,27 +75,27 @@ class InvalidArgument(HubError):
 
 
 class NotFound(HubError):
-    reason = "NOT_FOUND"
+    default_reason = ERROR_REASON_NOT_FOUND
 
 
 class AlreadyExists(HubError):
-    reason = "ALREADY_EXISTS"
+    default_reason = ERROR_REASON_ALREADY_EXISTS
 
 
 class VersionConflict(HubError):
     """A compare-and-set write found another version than the one it expected."""
 
-    reason = "VERSION_CONFLICT"
+    default_reason = ERROR_REASON_VERSION_CONFLICT
 
 
 class FailedPrecondition(HubError):
-    reason = "FAILED_PRECONDITION"
+    default_reason = ERROR_REASON_FAILED_PRECONDITION
 
 
 class Compacted(HubError):
     """A revision asked for is older than the history still kept."""
 
-    reason = "REVISION_COMPACTED"
+    default_reason = ERROR_REASON_REVISION_COMPACTED
 
     def __init__(self, message: str, *, compact_revision: int) -> None:
         super().__init__(message, compact_revision=str(compact_revision))
@@ -73,13 +105,13 @@ class Compacted(HubError):
 class StoreUnavailable(HubError):
     """etcd cannot be reached (or did not answer in time)."""
 
-    reason = "STORE_UNAVAILABLE"
+    default_reason = ERROR_REASON_STORE_UNAVAILABLE
 
 
 class NoEligibleInstance(HubError):
     """A service exists but no instance may be picked right now."""
 
-    reason = "NO_ELIGIBLE_INSTANCE"
+    default_reason = ERROR_REASON_NO_ELIGIBLE_INSTANCE
 
 
 @dataclass
@@ -94,7 +126,7 @@ class QuotaViolation:
 
 
 class QuotaExceeded(HubError):
-    reason = "QUOTA_EXCEEDED"
+    default_reason = ERROR_REASON_QUOTA_EXCEEDED
 
     def __init__(self, message: str, violations: list[QuotaViolation]) -> None:
         super().__init__(message)
@@ -102,18 +134,18 @@ class QuotaExceeded(HubError):
 
 
 class Unauthenticated(HubError):
-    reason = "UNAUTHENTICATED"
+    default_reason = ERROR_REASON_UNAUTHENTICATED
 
 
 class PermissionDenied(HubError):
-    reason = "PERMISSION_DENIED"
+    default_reason = ERROR_REASON_PERMISSION_DENIED
 
 
 class TooManyCalls(HubError):
     """One caller is over its share of the hub (calls per second, open streams);
     it should back off and retry."""
 
-    reason = "CALLER_RATE_LIMITED"
+    default_reason = ERROR_REASON_CALLER_RATE_LIMITED
 
 
 @dataclass

@@ -25,6 +25,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from aitrading.hub.v1.errors_pb2 import ERROR_REASON_REQUEST_ID_REUSED
+
 from hub_server.config.merge import MergedConfig
 from hub_server.config.service import Configs
 from hub_server.kernel.errors import (
@@ -32,13 +34,15 @@ from hub_server.kernel.errors import (
     HubError,
     InvalidArgument,
     QuotaExceeded,
+    StoreUnavailable,
 )
 from hub_server.quotas import arithmetic as quotas
 from hub_server.store import keys
-from hub_server.store.cas import ATTEMPTS, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 
 log = logging.getLogger(__name__)
+
+MAX_CAS_ATTEMPTS = 100
 
 
 def _encode_used(used: int) -> bytes:
@@ -273,7 +277,7 @@ class Quotas:
             found: KeyValue | None = None  # the request's record, as last read
             if hint is None:
                 hint, found, revision = await self._read(key, request)
-            for attempt in range(ATTEMPTS):
+            for attempt in range(MAX_CAS_ATTEMPTS):
                 if found is not None and request is not None:
                     return self._replay(found, request, resource)
                 used, mod_revision = hint
@@ -339,7 +343,7 @@ class Quotas:
                         continue
                 if attempt >= 2:  # another replica keeps winning: step aside a little
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
-            raise contended("quota usage")
+            raise StoreUnavailable("quota usage: too much contention, try again")
 
     async def _read(
         self, key: bytes, request: _Request | None
@@ -366,7 +370,7 @@ class Quotas:
         problem = record.mismatch(request.op, resource, request.amount)
         if problem:
             raise InvalidArgument(
-                [FieldViolation("request_id", problem)], reason="REQUEST_ID_REUSED"
+                [FieldViolation("request_id", problem)], reason=ERROR_REASON_REQUEST_ID_REUSED
             )
         return record.used, kv.mod_revision, record.used + record.released, record
 

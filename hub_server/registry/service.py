@@ -15,6 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from aitrading.hub.v1 import registry_pb2, types_pb2
+from aitrading.hub.v1.errors_pb2 import (
+    ERROR_REASON_INSTANCE_NOT_FOUND,
+    ERROR_REASON_LEASE_NOT_FOUND,
+    ERROR_REASON_SERVICE_NOT_FOUND,
+    ERROR_REASON_SUBSCRIPTION_TIER_TOO_LOW,
+)
 
 from hub_server.kernel import validation
 from hub_server.kernel.errors import NotFound, PermissionDenied, Violations
@@ -182,14 +188,14 @@ class RegistryView:
         if not instances:
             raise NotFound(
                 f"service {service!r} is not registered",
-                reason="SERVICE_NOT_FOUND",
+                reason=ERROR_REASON_SERVICE_NOT_FOUND,
                 service=service,
             )
         found = [instances[k] for k in sorted(instances) if visible(instances[k], tier)]
         if not found:
             raise PermissionDenied(
                 f"service {service!r} requires a higher subscription tier than {tier!r}",
-                reason="SUBSCRIPTION_TIER_TOO_LOW",
+                reason=ERROR_REASON_SUBSCRIPTION_TIER_TOO_LOW,
                 service=service,
                 tier=tier or "",
             )
@@ -267,7 +273,7 @@ class Registry:
             raise NotFound(
                 f"instance {service}/{instance_id} is not registered under lease {lease_id}; "
                 "register again",
-                reason="INSTANCE_NOT_FOUND",
+                reason=ERROR_REASON_INSTANCE_NOT_FOUND,
                 service=service,
                 instance_id=instance_id,
             )
@@ -275,7 +281,7 @@ class Registry:
         if ttl <= 0:
             raise NotFound(
                 f"lease {lease_id} has expired; register again",
-                reason="LEASE_NOT_FOUND",
+                reason=ERROR_REASON_LEASE_NOT_FOUND,
                 service=service,
                 instance_id=instance_id,
             )
@@ -291,7 +297,7 @@ class Registry:
         if not deleted:
             raise NotFound(
                 f"instance {service}/{instance_id} is not registered",
-                reason="INSTANCE_NOT_FOUND",
+                reason=ERROR_REASON_INSTANCE_NOT_FOUND,
                 service=service,
                 instance_id=instance_id,
             )

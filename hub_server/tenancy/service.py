@@ -13,17 +13,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from aitrading.hub.v1.errors_pb2 import (
+    ERROR_REASON_TENANT_ALREADY_EXISTS,
+    ERROR_REASON_TENANT_NOT_FOUND,
+)
+
 from hub_server.kernel.errors import (
     AlreadyExists,
     NotFound,
+    StoreUnavailable,
     VersionConflict,
 )
 from hub_server.store import keys
-from hub_server.store.cas import CompareAndSet, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 from hub_server.store.mirror import Change, PrefixMirror
 
 log = logging.getLogger(__name__)
+
+MAX_CAS_ATTEMPTS = 100
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,9 @@ def decode_tenant(kv: KeyValue) -> TenantRecord:
 
 def _tenant_not_found(tenant_id: str) -> NotFound:
     return NotFound(
-        f"tenant {tenant_id!r} does not exist", reason="TENANT_NOT_FOUND", tenant_id=tenant_id
+        f"tenant {tenant_id!r} does not exist",
+        reason=ERROR_REASON_TENANT_NOT_FOUND,
+        tenant_id=tenant_id,
     )
 
 
@@ -128,7 +137,7 @@ class Tenants:
         if not result.succeeded:
             raise AlreadyExists(
                 f"tenant {tenant_id!r} exists already",
-                reason="TENANT_ALREADY_EXISTS",
+                reason=ERROR_REASON_TENANT_ALREADY_EXISTS,
                 tenant_id=tenant_id,
             )
         await self.mirror.log.wait_for_revision(result.revision, self._write_wait)
@@ -140,17 +149,17 @@ class Tenants:
         """Changes the tier; returns the record after and the tier before."""
         self.ensure_live()
         key = keys.tenant_key(tenant_id)
-        # First try from memory; the txn checks it.
-        cas = CompareAndSet(self._store, key, decode_tenant, known=self.get(tenant_id))
-        for current in cas.attempts():
+        current = self.get(tenant_id)  # first try from memory; the txn checks it
+        fresh = False
+        for _ in range(MAX_CAS_ATTEMPTS):
             if current is None:
-                if not cas.fresh:
-                    await cas.read()
+                if not fresh:
+                    current, fresh = await self._read(key), True
                     continue
                 raise _tenant_not_found(tenant_id)
             if expected_revision and current.revision != expected_revision:
-                if not cas.fresh:
-                    await cas.read()
+                if not fresh:
+                    current, fresh = await self._read(key), True
                     continue
                 raise VersionConflict(
                     f"tenant {tenant_id!r} is at revision {current.revision}, "
@@ -163,11 +172,18 @@ class Tenants:
             updated = replace(current, tier=tier, updated_at=self._clock())
             txn = Txn().mod_revision_is(key, current.revision)
             txn.success.append(Txn.put(key, updated.to_json()))
-            result = await cas.write(txn)
-            if result is not None:
+            txn.failure.append(Txn.get(key))
+            result = await self._store.txn(txn)
+            if result.succeeded:
                 await self.mirror.log.wait_for_revision(result.revision, self._write_wait)
                 return replace(updated, revision=result.revision), current.tier
-        raise contended(f"tenant {tenant_id!r}")
+            kvs = result.ranges[0] if result.ranges else []
+            current, fresh = (decode_tenant(kvs[0]) if kvs else None), True
+        raise StoreUnavailable(f"tenant {tenant_id!r}: too much contention")
+
+    async def _read(self, key: bytes) -> TenantRecord | None:
+        kv, _ = await self._store.get(key)
+        return decode_tenant(kv) if kv is not None else None
 
 
 # -- quotas -----------------------------------------------------------------------
