@@ -45,9 +45,10 @@ from hub_server.config.merge import (
     tenant_layer,
     tier_layer,
 )
-from hub_server.kernel.errors import NotFound, StoreUnavailable, VersionConflict
+from hub_server.kernel.errors import NotFound, VersionConflict
 from hub_server.kernel.tiers import parse_tier
 from hub_server.store import keys
+from hub_server.store.cas import CompareAndSet, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 from hub_server.store.mirror import Change, PrefixMirror
 from hub_server.store.waiters import Waiters
@@ -55,7 +56,6 @@ from hub_server.tenancy.service import Tenants
 
 log = logging.getLogger(__name__)
 
-MAX_CAS_ATTEMPTS = 50
 HISTORY_KEEP = 1000
 SEED_COMMENT = "tier defaults from the product write-up"
 
@@ -234,13 +234,13 @@ class Configs:
             check_tier_layer(values)
         self.mirror.ensure_live()
         key = keys.config_layer_key(layer)
-        current = self.mirror.items.get(key)  # first try from memory; the txn checks it
-        fresh = False
-        for _ in range(MAX_CAS_ATTEMPTS):
+        # First try from memory; the txn checks it.
+        cas = CompareAndSet(self._store, key, _decode_layer, known=self.mirror.items.get(key))
+        for current in cas.attempts():
             version = current.version if current is not None else 0
             if expected_version is not None and expected_version != version:
-                if not fresh:
-                    current, fresh = await self._read(key), True
+                if not cas.fresh:
+                    await cas.read()
                     continue
                 raise VersionConflict(
                     f"config layer {layer!r} is at version {version}, not {expected_version}",
@@ -266,14 +266,11 @@ class Configs:
             dropped = new.version - self._history_keep
             if dropped >= 1:
                 txn.success.append(Txn.delete(keys.config_history_key(layer, dropped)))
-            txn.failure.append(Txn.get(key))
-            result = await self._store.txn(txn)
-            if result.succeeded:
+            result = await cas.write(txn)
+            if result is not None:
                 await self.mirror.log.wait_for_revision(result.revision, self._write_wait)
                 return replace(new, revision=result.revision)
-            kvs = result.ranges[0] if result.ranges else []
-            current, fresh = (_decode_layer(kvs[0]) if kvs else None), True
-        raise StoreUnavailable(f"config layer {layer!r}: too much contention")
+        raise contended(f"config layer {layer!r}")
 
     async def rollback(
         self,
@@ -303,10 +300,6 @@ class Configs:
             comment=comment or f"rollback to version {version}",
             restored_version=version,
         )
-
-    async def _read(self, key: bytes) -> StoredLayer | None:
-        kv, _ = await self._store.get(key)
-        return _decode_layer(kv) if kv is not None else None
 
     # -- subscriptions -----------------------------------------------------
 

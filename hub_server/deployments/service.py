@@ -31,15 +31,14 @@ from aitrading.hub.v1.errors_pb2 import (
 
 from hub_server.deployments import rollout
 from hub_server.health.service import HEALTHY, HealthView
-from hub_server.kernel.errors import FailedPrecondition, NotFound, StoreUnavailable
+from hub_server.kernel.errors import FailedPrecondition, NotFound
 from hub_server.registry.service import RegistryView
 from hub_server.store import keys
+from hub_server.store.cas import CompareAndSet, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 from hub_server.store.mirror import PrefixMirror
 
 log = logging.getLogger(__name__)
-
-MAX_CAS_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -220,21 +219,22 @@ class Deployments:
         op: Callable[[rollout.Deployment, float], tuple[rollout.Deployment, rollout.Actions]],
     ) -> StoredDeployment:
         stored = self.get(deployment_id)
-        for _ in range(MAX_CAS_ATTEMPTS):
+        key = keys.deployment_key(deployment_id)
+        cas = CompareAndSet(self._store, key, _decode_deployment, known=stored)
+        for _ in cas.attempts():
             try:
                 new, actions = op(stored.deployment, self._clock())
             except rollout.Refused as e:
                 raise FailedPrecondition(
                     str(e), reason=ERROR_REASON_DEPLOYMENT_STATE, deployment_id=deployment_id
                 ) from e
-            revision = await self._write(stored, new, actions)
-            if revision:
+            result = await cas.write(self._txn(stored, new, actions))
+            if result is not None:
                 await self.mirror.barrier()
-                return StoredDeployment(new, revision)
-            kv, _ = await self._store.get(keys.deployment_key(deployment_id))
-            if kv is None:
+                return StoredDeployment(new, result.revision)
+            if cas.value is None:
                 raise NotFound(f"deployment {deployment_id!r} does not exist")
-            if kv.mod_revision == stored.revision:
+            if cas.value.revision == stored.revision:
                 # The record did not move: the other compare failed, i.e. a
                 # finished roll-out cannot take the service back from an active one.
                 raise FailedPrecondition(
@@ -243,14 +243,18 @@ class Deployments:
                     service=new.service,
                     deployment_id=deployment_id,
                 )
-            stored = _decode_deployment(kv)
-        raise StoreUnavailable(f"deployment {deployment_id}: too much contention")
+            stored = cas.value
+        raise contended(f"deployment {deployment_id}")
 
     async def _write(
         self, old: StoredDeployment, new: rollout.Deployment, actions: rollout.Actions
     ) -> int:
-        """One transaction: the record (compared on its revision) and its effects.
-        Returns the revision, or 0 if the record had changed meanwhile."""
+        """Runs :meth:`_txn`: the revision, or 0 if the record had changed meanwhile."""
+        result = await self._store.txn(self._txn(old, new, actions))
+        return result.revision if result.succeeded else 0
+
+    def _txn(self, old: StoredDeployment, new: rollout.Deployment, actions: rollout.Actions) -> Txn:
+        """One transaction: the record (compared on its revision) and its effects."""
         key = keys.deployment_key(new.id)
         active = keys.deployment_active_key(new.service)
         txn = Txn().mod_revision_is(key, old.revision)
@@ -262,8 +266,7 @@ class Deployments:
             txn.success.append(Txn.delete(active))
         instances = self._registry.services.get(new.service, {})
         txn.success += self._effects(new, actions, instances)
-        result = await self._store.txn(txn)
-        return result.revision if result.succeeded else 0
+        return txn
 
     def _effects(
         self,

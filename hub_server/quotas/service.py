@@ -34,15 +34,13 @@ from hub_server.kernel.errors import (
     HubError,
     InvalidArgument,
     QuotaExceeded,
-    StoreUnavailable,
 )
 from hub_server.quotas import arithmetic as quotas
 from hub_server.store import keys
+from hub_server.store.cas import ATTEMPTS, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 
 log = logging.getLogger(__name__)
-
-MAX_CAS_ATTEMPTS = 100
 
 
 def _encode_used(used: int) -> bytes:
@@ -277,7 +275,7 @@ class Quotas:
             found: KeyValue | None = None  # the request's record, as last read
             if hint is None:
                 hint, found, revision = await self._read(key, request)
-            for attempt in range(MAX_CAS_ATTEMPTS):
+            for attempt in range(ATTEMPTS):
                 if found is not None and request is not None:
                     return self._replay(found, request, resource)
                 used, mod_revision = hint
@@ -343,7 +341,7 @@ class Quotas:
                         continue
                 if attempt >= 2:  # another replica keeps winning: step aside a little
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
-            raise StoreUnavailable("quota usage: too much contention, try again")
+            raise contended("quota usage")
 
     async def _read(
         self, key: bytes, request: _Request | None

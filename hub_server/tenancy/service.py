@@ -21,16 +21,14 @@ from aitrading.hub.v1.errors_pb2 import (
 from hub_server.kernel.errors import (
     AlreadyExists,
     NotFound,
-    StoreUnavailable,
     VersionConflict,
 )
 from hub_server.store import keys
+from hub_server.store.cas import CompareAndSet, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 from hub_server.store.mirror import Change, PrefixMirror
 
 log = logging.getLogger(__name__)
-
-MAX_CAS_ATTEMPTS = 100
 
 
 @dataclass(frozen=True)
@@ -149,17 +147,17 @@ class Tenants:
         """Changes the tier; returns the record after and the tier before."""
         self.ensure_live()
         key = keys.tenant_key(tenant_id)
-        current = self.get(tenant_id)  # first try from memory; the txn checks it
-        fresh = False
-        for _ in range(MAX_CAS_ATTEMPTS):
+        # First try from memory; the txn checks it.
+        cas = CompareAndSet(self._store, key, decode_tenant, known=self.get(tenant_id))
+        for current in cas.attempts():
             if current is None:
-                if not fresh:
-                    current, fresh = await self._read(key), True
+                if not cas.fresh:
+                    await cas.read()
                     continue
                 raise _tenant_not_found(tenant_id)
             if expected_revision and current.revision != expected_revision:
-                if not fresh:
-                    current, fresh = await self._read(key), True
+                if not cas.fresh:
+                    await cas.read()
                     continue
                 raise VersionConflict(
                     f"tenant {tenant_id!r} is at revision {current.revision}, "
@@ -172,18 +170,11 @@ class Tenants:
             updated = replace(current, tier=tier, updated_at=self._clock())
             txn = Txn().mod_revision_is(key, current.revision)
             txn.success.append(Txn.put(key, updated.to_json()))
-            txn.failure.append(Txn.get(key))
-            result = await self._store.txn(txn)
-            if result.succeeded:
+            result = await cas.write(txn)
+            if result is not None:
                 await self.mirror.log.wait_for_revision(result.revision, self._write_wait)
                 return replace(updated, revision=result.revision), current.tier
-            kvs = result.ranges[0] if result.ranges else []
-            current, fresh = (decode_tenant(kvs[0]) if kvs else None), True
-        raise StoreUnavailable(f"tenant {tenant_id!r}: too much contention")
-
-    async def _read(self, key: bytes) -> TenantRecord | None:
-        kv, _ = await self._store.get(key)
-        return decode_tenant(kv) if kv is not None else None
+        raise contended(f"tenant {tenant_id!r}")
 
 
 # -- quotas -----------------------------------------------------------------------
