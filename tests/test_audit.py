@@ -109,7 +109,11 @@ async def test_latest_is_newest_first_with_the_same_filters(hub: Hub) -> None:
         )
     events, revision = await hub.services.audit.latest(limit=4)
     assert [e.target for e in events] == ["n5", "n4", "n3", "n2"] and revision > 0
-    assert [e.target for e in (await hub.services.audit.latest(method="M1"))[0]] == ["n5", "n3", "n1"]
+    assert [e.target for e in (await hub.services.audit.latest(method="M1"))[0]] == [
+        "n5",
+        "n3",
+        "n1",
+    ]
     assert [e.target for e in (await hub.services.audit.latest(tenant_id="t0"))[0]] == ["n3", "n0"]
     assert (await hub.services.audit.latest(start=time.time() + 60))[0] == []
     with pytest.raises(errors.InvalidArgument, match="limit"):
