@@ -52,7 +52,7 @@ def _counts_pb(kind: str, c: KindCounts) -> backup_pb2.KindChanges:
     )
 
 
-async def _decoded(request_iterator):  # type: ignore[no-untyped-def]
+async def _decoded(request_iterator):
     """The stream's messages; one that does not parse is INVALID_ARGUMENT (a
     client stream's messages are parsed as they are read, inside the handler)."""
     iterator = aiter(request_iterator)
@@ -66,7 +66,7 @@ async def _decoded(request_iterator):  # type: ignore[no-untyped-def]
         yield req
 
 
-async def _drain(request_iterator) -> None:  # type: ignore[no-untyped-def]
+async def _drain(request_iterator) -> None:
     """Reads what the client still sends (bounded), so the answer reaches it as sent."""
     size = 0
     with contextlib.suppress(Exception):
@@ -82,7 +82,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
         self._audit = audit
         self._hub_id = hub_id
 
-    async def CreateBackup(  # type: ignore[no-untyped-def]
+    async def CreateBackup(
         self, request, context
     ) -> AsyncIterator[backup_pb2.CreateBackupResponse]:
         if request.omit_data and not request.store:
@@ -104,7 +104,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
                 header=header, chunk=data[offset : offset + CHUNK]
             )
 
-    async def RestoreBackup(self, request_iterator, context):  # type: ignore[no-untyped-def]
+    async def RestoreBackup(self, request_iterator, context):
         # The CallWrapper admits client-streaming calls but neither maps their
         # errors nor audits them: this handler drains a refused upload first,
         # then answers, and writes its own audit record.
@@ -142,7 +142,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
             await self._record(context, "OK", target=target, details=details)
         return response
 
-    async def _receive(self, request_iterator) -> tuple[backup_pb2.RestoreOptions, bytes]:  # type: ignore[no-untyped-def]
+    async def _receive(self, request_iterator) -> tuple[backup_pb2.RestoreOptions, bytes]:
         options: backup_pb2.RestoreOptions | None = None
         chunks: list[bytes] = []
         size = 0
@@ -205,7 +205,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
             details=details,
         )
 
-    async def ListBackups(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListBackups(self, request, context):
         found = await self._backups.stored()
         directory = self._backups.directory
         return backup_pb2.ListBackupsResponse(
@@ -215,7 +215,7 @@ class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
         )
 
     @audited
-    async def DeleteBackup(self, request, context):  # type: ignore[no-untyped-def]
+    async def DeleteBackup(self, request, context):
         audit_note(target=f"backup/{request.name}")
         await self._backups.delete(request.name)
         return backup_pb2.DeleteBackupResponse(header=response_header(self._hub_id, 0))

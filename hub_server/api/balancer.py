@@ -17,7 +17,7 @@ class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
         self._picker = picker
         self._hub_id = hub_id
 
-    async def PickEndpoint(self, request, context):  # type: ignore[no-untyped-def]
+    async def PickEndpoint(self, request, context):
         v = Violations()
         validation.check_dns_label(v, "service", request.service)
         if request.strategy not in balancer_pb2.BalancingStrategy.values():
@@ -40,7 +40,7 @@ class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
             instance=instance,
         )
 
-    async def ReportLoad(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReportLoad(self, request, context):
         revision = await self._picker.report_load(
             request.service, request.instance_id, request.load_factor
         )

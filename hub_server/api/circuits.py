@@ -101,7 +101,7 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
         self._hub_id = hub_id
         self.progress_interval = progress_interval
 
-    async def ReportOutcomes(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReportOutcomes(self, request, context):
         v = Violations()
         if len(request.outcomes) > MAX_OUTCOMES:
             v.add("outcomes", f"at most {MAX_OUTCOMES} per batch")
@@ -123,7 +123,7 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
             circuits=[circuit_to_pb(s, now) for s in stored],
         )
 
-    async def GetCircuitState(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetCircuitState(self, request, context):
         v = Violations()
         _names(v, "", request.service, request.instance_id)
         v.raise_if_any()
@@ -135,7 +135,7 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
         )
 
     @audited
-    async def SetCircuitSettings(self, request, context):  # type: ignore[no-untyped-def]
+    async def SetCircuitSettings(self, request, context):
         audit_note(target=f"circuit-settings/{request.service}")
         v = Violations()
         validation.check_dns_label(v, "service", request.service)
@@ -148,7 +148,7 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
         )
 
     @audited
-    async def OverrideCircuit(self, request, context):  # type: ignore[no-untyped-def]
+    async def OverrideCircuit(self, request, context):
         audit_note(
             target=f"circuit/{request.service}/{request.instance_id or '*'}",
             action=cb_action_name(request.action),
@@ -172,7 +172,7 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
 
     async def WatchCircuits(
         self, request, context
-    ) -> AsyncIterator[circuit_pb2.WatchCircuitsResponse]:  # type: ignore[no-untyped-def,override]
+    ) -> AsyncIterator[circuit_pb2.WatchCircuitsResponse]:
         service = request.service
         v = Violations()
         validation.check_dns_label(v, "service", service, required=False)
@@ -195,9 +195,9 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
                 return None
             if change.cache is None:
                 change.cache = circuit_to_pb(stored, time.time())
-            return change.cache  # type: ignore[no-any-return]
+            return change.cache
 
-        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+        def respond(kind, items, revision, more, compact):
             return circuit_pb2.WatchCircuitsResponse(
                 header=response_header(self._hub_id, revision),
                 kind=kind,

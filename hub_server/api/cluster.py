@@ -17,7 +17,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
         self._election = election
         self._hub_id = hub_id
 
-    async def GetClusterStatus(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetClusterStatus(self, request, context):
         leader = self._election.leader_id
         replicas = []
         for r in sorted(self._replicas.items.values(), key=lambda r: r.hub_id):

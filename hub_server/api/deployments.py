@@ -76,13 +76,13 @@ def deployment_to_pb(stored: StoredDeployment) -> deployment_pb2.Deployment:
         id=d.id,
         service=d.service,
         target_version=d.target_version,
-        strategy=d.strategy,  # type: ignore[arg-type]
-        state=d.state,  # type: ignore[arg-type]
+        strategy=d.strategy,
+        state=d.state,
         batches=[
             deployment_pb2.Batch(
                 index=b.index,
                 instance_ids=b.instances,
-                state=b.state,  # type: ignore[arg-type]
+                state=b.state,
                 replacement_ids=b.replacements,
                 started_at=_ts(b.started_at),
                 healthy_at=_ts(b.healthy_at),
@@ -127,7 +127,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         self.progress_interval = progress_interval
 
     @audited
-    async def StartDeployment(self, request, context):  # type: ignore[no-untyped-def]
+    async def StartDeployment(self, request, context):
         audit_note(target=f"deployment/{request.service}", version=request.target_version)
         v = Violations()
         validation.check_dns_label(v, "service", request.service)
@@ -149,7 +149,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             deployment=deployment_to_pb(stored),
         )
 
-    async def GetDeployment(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetDeployment(self, request, context):
         _check_id(request.id)
         stored = self._deployments.get(request.id)
         return deployment_pb2.GetDeploymentResponse(
@@ -158,7 +158,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             progress=progress_to_pb(stored.deployment),
         )
 
-    async def ListDeployments(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListDeployments(self, request, context):
         v = Violations()
         validation.check_dns_label(v, "service", request.service, required=False)
         v.raise_if_any()
@@ -168,7 +168,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             deployments=[deployment_to_pb(s) for s in found],
         )
 
-    async def _operate(self, request, verb: str, op):  # type: ignore[no-untyped-def]
+    async def _operate(self, request, verb: str, op):
         _check_id(request.id, getattr(request, "reason", ""))
         audit_note(target=f"deployment/{request.id}", action=verb)
         before = self._deployments.get(request.id)
@@ -180,35 +180,35 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         return response_header(self._hub_id, stored.revision), deployment_to_pb(stored)
 
     @audited
-    async def PauseDeployment(self, request, context):  # type: ignore[no-untyped-def]
+    async def PauseDeployment(self, request, context):
         header, d = await self._operate(
             request, "pause", lambda: self._deployments.pause(request.id, request.reason)
         )
         return deployment_pb2.PauseDeploymentResponse(header=header, deployment=d)
 
     @audited
-    async def ResumeDeployment(self, request, context):  # type: ignore[no-untyped-def]
+    async def ResumeDeployment(self, request, context):
         header, d = await self._operate(
             request, "resume", lambda: self._deployments.resume(request.id)
         )
         return deployment_pb2.ResumeDeploymentResponse(header=header, deployment=d)
 
     @audited
-    async def AbortDeployment(self, request, context):  # type: ignore[no-untyped-def]
+    async def AbortDeployment(self, request, context):
         header, d = await self._operate(
             request, "abort", lambda: self._deployments.abort(request.id, request.reason)
         )
         return deployment_pb2.AbortDeploymentResponse(header=header, deployment=d)
 
     @audited
-    async def RollbackDeployment(self, request, context):  # type: ignore[no-untyped-def]
+    async def RollbackDeployment(self, request, context):
         header, d = await self._operate(
             request, "rollback", lambda: self._deployments.rollback(request.id, request.reason)
         )
         return deployment_pb2.RollbackDeploymentResponse(header=header, deployment=d)
 
     @audited
-    async def ReleaseDeploymentDrains(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReleaseDeploymentDrains(self, request, context):
         _check_id(request.id, request.reason)
         audit_note(target=f"deployment/{request.id}", action="release-drains")
         if request.reason:  # kept in the audit trail only: the record is not changed
@@ -224,7 +224,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
 
     async def WatchDeployment(
         self, request, context
-    ) -> AsyncIterator[deployment_pb2.WatchDeploymentResponse]:  # type: ignore[no-untyped-def,override]
+    ) -> AsyncIterator[deployment_pb2.WatchDeploymentResponse]:
         _check_id(request.id)
         mirror = self._deployments.mirror
         key = keys.deployment_key(request.id)
@@ -240,7 +240,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
                 return None
             return change.value
 
-        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+        def respond(kind, items, revision, more, compact):
             msg = deployment_pb2.WatchDeploymentResponse(
                 header=response_header(self._hub_id, revision), kind=kind, compact_revision=compact
             )
@@ -262,7 +262,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
 
     async def WatchDirectives(
         self, request, context
-    ) -> AsyncIterator[deployment_pb2.WatchDirectivesResponse]:  # type: ignore[no-untyped-def,override]
+    ) -> AsyncIterator[deployment_pb2.WatchDirectivesResponse]:
         service, instance_id = request.service, request.instance_id
         v = Violations()
         validation.check_dns_label(v, "service", service)
@@ -284,7 +284,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
                 return None
             return d
 
-        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+        def respond(kind, items, revision, more, compact):
             return deployment_pb2.WatchDirectivesResponse(
                 header=response_header(self._hub_id, revision), kind=kind, directives=items,
                 compact_revision=compact,

@@ -52,7 +52,7 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
         self._health.mirror.ensure_live()
         return [self._health.of(i) for i in instances], max(revision, self._health.mirror.revision)
 
-    async def GetHealth(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetHealth(self, request, context):
         _service_name(request.service, required=False)
         tier = current().tier_filter(False)
         if request.service:
@@ -98,7 +98,7 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
             return None
         return self._health.of(current)
 
-    async def WatchHealth(self, request, context) -> AsyncIterator[health_pb2.WatchHealthResponse]:  # type: ignore[no-untyped-def,override]
+    async def WatchHealth(self, request, context) -> AsyncIterator[health_pb2.WatchHealthResponse]:
         service = request.service
         _service_name(service, required=False)
         tier = current().tier_filter(False)
@@ -112,7 +112,7 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
         def select(change: Change[Any]) -> WatchItem | None:
             return self._watch_item(change, service, tier)
 
-        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+        def respond(kind, items, revision, more, compact):
             # The last word on each instance, so that one message never both
             # sends and removes one (the order within a message is not kept).
             last: dict[tuple[str, str], WatchItem] = {}

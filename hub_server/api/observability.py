@@ -31,7 +31,7 @@ from hub_server.store.mirror import REMOVED, Change
 MAX_HISTORY = 1000
 
 
-def _seconds(ts) -> float:  # type: ignore[no-untyped-def]
+def _seconds(ts) -> float:
     return float(ts.seconds + ts.nanos / 1e9)
 
 
@@ -61,7 +61,7 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
         ]  # fmt: skip
         return sorted(alerts, key=lambda a: a.raised_at.ToNanoseconds(), reverse=True)
 
-    async def ListAlerts(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListAlerts(self, request, context):
         if not 0 <= request.history_limit <= MAX_HISTORY:
             raise InvalidArgument.single("history_limit", f"must be between 0 and {MAX_HISTORY}")
         history = await self._alerts.history(request.history_limit)
@@ -73,7 +73,7 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
             history=history,
         )
 
-    async def WatchAlerts(self, request, context) -> AsyncIterator[obs.WatchAlertsResponse]:  # type: ignore[no-untyped-def,override]
+    async def WatchAlerts(self, request, context) -> AsyncIterator[obs.WatchAlertsResponse]:
         tenant = request.tenant_id
 
         def snapshot() -> tuple[list[obs.Alert], int]:
@@ -85,9 +85,9 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
                 return None
             if change.cache is None:
                 change.cache = as_resolved(alert, time.time()) if change.type == REMOVED else alert
-            return change.cache  # type: ignore[no-any-return]
+            return change.cache
 
-        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+        def respond(kind, items, revision, more, compact):
             return obs.WatchAlertsResponse(
                 header=response_header(self._hub_id, revision),
                 kind=kind,
@@ -105,7 +105,7 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
         ):
             yield response
 
-    async def ListAuditEvents(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListAuditEvents(self, request, context):
         events, token, revision = await self._audit.list(
             tenant_id=request.tenant_id,
             method=request.method,
@@ -118,13 +118,13 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
             header=response_header(self._hub_id, revision), events=events, next_page_token=token
         )
 
-    async def ReportErrors(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReportErrors(self, request, context):
         revision = await self._errors.report(request.service, list(request.patterns))
         return obs.ReportErrorsResponse(
             header=response_header(self._hub_id, revision), accepted=len(request.patterns)
         )
 
-    async def ListErrorPatterns(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListErrorPatterns(self, request, context):
         patterns, revision = await self._errors.list(
             service=request.service,
             tenant_id=request.tenant_id,
@@ -135,7 +135,7 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
             header=response_header(self._hub_id, revision), patterns=patterns
         )
 
-    async def GetSystemMetrics(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetSystemMetrics(self, request, context):
         response = await self._system.collect()
         response.header.CopyFrom(response_header(self._hub_id, self._system.revision()))
         return response

@@ -104,7 +104,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return instance_view(inst, self._health.of(inst), draining)
 
     @audited
-    async def Register(self, request, context):  # type: ignore[no-untyped-def]
+    async def Register(self, request, context):
         audit_note(target=f"registry/{request.service}/{request.instance_id}")
         inst = await self._registry.register(request)
         audit_note(
@@ -116,7 +116,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             header=response_header(self._hub_id, inst.mod_revision), instance=inst
         )
 
-    async def KeepAlive(self, request, context):  # type: ignore[no-untyped-def]
+    async def KeepAlive(self, request, context):
         ttl = await self._registry.keep_alive(
             request.service, request.instance_id, request.lease_id
         )
@@ -125,12 +125,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     @audited
-    async def Deregister(self, request, context):  # type: ignore[no-untyped-def]
+    async def Deregister(self, request, context):
         audit_note(target=f"registry/{request.service}/{request.instance_id}")
         revision = await self._registry.deregister(request.service, request.instance_id)
         return registry_pb2.DeregisterResponse(header=response_header(self._hub_id, revision))
 
-    async def GetService(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetService(self, request, context):
         service = request.service
         answers = self._answers.get(service)
         if answers is None:
@@ -164,7 +164,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             _fill(add(), inst, health, draining)  # in place: one copy, not two
         return _Answer(response, ids, drained)
 
-    async def ListServices(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListServices(self, request, context):
         if not 0 <= request.page_size <= MAX_PAGE:
             raise InvalidArgument.single("page_size", f"must be between 0 and {MAX_PAGE}")
         after = decode_page_token("after", request.page_token)
@@ -178,7 +178,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             next_page_token=encode_page_token("after", page[-1][0]) if rest else "",
         )
 
-    async def Watch(self, request, context) -> AsyncIterator[registry_pb2.WatchResponse]:  # type: ignore[no-untyped-def,override]
+    async def Watch(self, request, context) -> AsyncIterator[registry_pb2.WatchResponse]:
         service = request.service
         _service_name(service, required=False)
         tier = current().tier_filter(request.legacy_mode)
@@ -192,7 +192,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 return None
             return filtered_watch_event(change, tier)
 
-        def respond(kind, items, revision, more, compact):  # type: ignore[no-untyped-def]
+        def respond(kind, items, revision, more, compact):
             msg = registry_pb2.WatchResponse(
                 header=response_header(self._hub_id, revision),
                 kind=kind,

@@ -47,7 +47,7 @@ def tenant_to_pb(record: TenantRecord) -> tenant_pb2.Tenant:
 
 def usage_to_pb(usage: quotas.Usage) -> tenant_pb2.ResourceUsage:
     out = tenant_pb2.ResourceUsage(
-        resource=RESOURCE_VALUES[usage.resource.name],  # type: ignore[arg-type]
+        resource=RESOURCE_VALUES[usage.resource.name],
         used=usage.used,
         limit=usage.limit,
     )
@@ -120,7 +120,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
             audit_note(request_id=request_id)
 
     @audited
-    async def CreateTenant(self, request, context):  # type: ignore[no-untyped-def]
+    async def CreateTenant(self, request, context):
         audit_note(target=f"tenant/{request.tenant_id}")
         v = Violations()
         validation.check_safe_id(v, "tenant_id", request.tenant_id)
@@ -137,7 +137,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
             header=response_header(self._hub_id, record.revision), tenant=tenant_to_pb(record)
         )
 
-    async def GetTenant(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetTenant(self, request, context):
         v = Violations()
         validation.check_safe_id(v, "tenant_id", request.tenant_id)
         v.raise_if_any()
@@ -147,7 +147,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
             tenant=tenant_to_pb(record),
         )
 
-    async def ListTenants(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListTenants(self, request, context):
         v = Violations()
         if not 0 <= request.page_size <= MAX_PAGE:
             v.add("page_size", f"must be between 0 and {MAX_PAGE}")
@@ -165,7 +165,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
 
     @audited
-    async def UpdateTenantTier(self, request, context):  # type: ignore[no-untyped-def]
+    async def UpdateTenantTier(self, request, context):
         audit_note(target=f"tenant/{request.tenant_id}")
         v = Violations()
         validation.check_safe_id(v, "tenant_id", request.tenant_id)
@@ -184,7 +184,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
             previous_tier=TIER_VALUES.get(previous, types_pb2.SUBSCRIPTION_TIER_UNSPECIFIED),
         )
 
-    async def CheckQuota(self, request, context):  # type: ignore[no-untyped-def]
+    async def CheckQuota(self, request, context):
         v = Violations()
         tenant_id = _tenant_id(v, request.tenant_id)
         resource = _resource(v, request.resource)
@@ -201,7 +201,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
 
     @audited
-    async def Allocate(self, request, context):  # type: ignore[no-untyped-def]
+    async def Allocate(self, request, context):
         v = Violations()
         tenant_id = _tenant_id(v, request.tenant_id)
         resource = _resource(v, request.resource)
@@ -227,7 +227,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
 
     @audited
-    async def Release(self, request, context):  # type: ignore[no-untyped-def]
+    async def Release(self, request, context):
         v = Violations()
         tenant_id = _tenant_id(v, request.tenant_id)
         resource = _resource(v, request.resource)
@@ -252,7 +252,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
             released=released,
         )
 
-    async def GetUsage(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetUsage(self, request, context):
         v = Violations()
         tenant_id = _tenant_id(v, request.tenant_id)
         v.raise_if_any()

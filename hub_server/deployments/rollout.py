@@ -119,11 +119,11 @@ class Deployment:
     rollback_batches: list[Batch] = field(default_factory=list)
     rollback_current: int = 0
 
-    def to_dict(self) -> dict:  # type: ignore[type-arg]
+    def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> Deployment:  # type: ignore[type-arg]
+    def from_dict(cls, d: Mapping) -> Deployment:
         d = dict(d)
         d["settings"] = Settings(**d["settings"])
         d["batches"] = [Batch(**b) for b in d["batches"]]
@@ -145,7 +145,7 @@ class Deployment:
         return self.state in FINAL
 
 
-def _is_final(d: Mapping) -> bool:  # type: ignore[type-arg]
+def _is_final(d: Mapping) -> bool:
     return d.get("state") in FINAL
 
 

@@ -89,7 +89,7 @@ class Deployments:
         self.steps_taken = 0  # by this replica, as leader
 
     @property
-    def mirrors(self) -> list[PrefixMirror]:  # type: ignore[type-arg]
+    def mirrors(self) -> list[PrefixMirror]:
         return [self.mirror, self.drains, self.directives]
 
     def is_draining(self, service: str, instance_id: str) -> bool:
@@ -273,7 +273,7 @@ class Deployments:
         d: rollout.Deployment,
         actions: rollout.Actions,
         instances: dict[str, types_pb2.Instance],
-    ) -> list:  # type: ignore[type-arg]
+    ) -> list:
         ops = []
         now = self._clock()
         for instance_id in actions.drain:
@@ -291,7 +291,7 @@ class Deployments:
             msg = deployment_pb2.Directive(
                 service=d.service,
                 instance_id=directive.instance_id,
-                action=directive.action,  # type: ignore[arg-type]
+                action=directive.action,
                 target_version=directive.target_version,
                 deployment_id=d.id,
                 batch=directive.batch,

@@ -84,7 +84,7 @@ def watch_event(change: Change[types_pb2.Instance]) -> registry_pb2.WatchEvent:
         change.cache = registry_pb2.WatchEvent(
             type=change.type, instance=removed_instance(change), revision=change.revision
         )
-    return change.cache  # type: ignore[no-any-return]
+    return change.cache
 
 
 def filtered_watch_event(

@@ -192,7 +192,7 @@ class CallWrapper:
     def _span(self, method: str, metadata: Any) -> contextlib.AbstractContextManager[Any]:
         if self._telemetry is None:
             return contextlib.nullcontext()
-        return self._telemetry.span(method, metadata)  # type: ignore[no-any-return]
+        return self._telemetry.span(method, metadata)
 
     def _finished(self, method: str, outcome: str, started: float) -> None:
         elapsed_ms = (time.perf_counter() - started) * 1000

@@ -36,7 +36,7 @@ def status_code_for(error: errors.HubError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _pack(message) -> any_pb2.Any:  # type: ignore[no-untyped-def]
+def _pack(message) -> any_pb2.Any:
     detail = any_pb2.Any()
     detail.Pack(message)
     return detail

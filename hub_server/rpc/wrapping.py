@@ -19,7 +19,7 @@ Wrap = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
 def replaced(handler: grpc.RpcMethodHandler, **fields: Any) -> grpc.RpcMethodHandler:
     """The handler with some of its fields (behaviour, serializers) replaced:
     grpc's method handlers are named tuples."""
-    return handler._replace(**fields)  # type: ignore[attr-defined,no-any-return]
+    return handler._replace(**fields)
 
 
 class WrappingServer:

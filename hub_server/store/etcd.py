@@ -296,7 +296,7 @@ class EtcdStore:
     def open_watch(self) -> grpc.aio.StreamStreamCall:
         return self._watch.Watch()
 
-    async def _call(self, method, request, *, timeout: float | None = None):  # type: ignore[no-untyped-def]
+    async def _call(self, method, request, *, timeout: float | None = None):
         try:
             return await method(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as e:
