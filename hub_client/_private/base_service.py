@@ -483,7 +483,7 @@ class BaseService:
 
     def _config_stream(self) -> Any:
         assert self.hub is not None
-        watch = self.hub.watch_config  # type: ignore[attr-defined]
+        watch = self.hub.watch_config
         kwargs: dict[str, Any] = {}
         try:
             params: Mapping[str, inspect.Parameter] = inspect.signature(watch).parameters
@@ -528,4 +528,4 @@ class BaseService:
 def _aiter(stream: Any) -> AsyncIterator[Any]:
     if not hasattr(stream, "__aiter__"):
         raise TypeError(f"watch_config returned {type(stream).__name__}, not an async iterator")
-    return stream  # type: ignore[no-any-return]
+    return stream

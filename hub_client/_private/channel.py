@@ -60,17 +60,17 @@ class _Token:
 # grpc.aio files each interceptor under the first call kind it implements, so
 # each kind needs an object of its own.
 class _UnaryUnaryToken(_Token, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(_with_token(details, self._header), request)
 
 
 class _UnaryStreamToken(_Token, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(_with_token(details, self._header), request)
 
 
 class _StreamUnaryToken(_Token, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_unary(self, continuation, details, request_iterator):
         return await continuation(_with_token(details, self._header), request_iterator)
 
 

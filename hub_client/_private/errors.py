@@ -236,7 +236,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> HubError:
     quotas: list[QuotaViolation] = []
     status = None
     try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        status = rpc_status.from_call(error)
     except Exception:
         status = None
     for detail in status.details if status is not None else ():

@@ -201,7 +201,7 @@ def _values_dict(m: config_pb2.ConfigValues) -> dict[str, Any]:
     the layer sets; numbers stay numbers)."""
     out: dict[str, Any] = {}
     for name in _SECTIONS:
-        if not m.HasField(name):  # type: ignore[arg-type]
+        if not m.HasField(name):
             continue
         section = getattr(m, name)
         found = {f.name: value for f, value in section.ListFields() if f.name != "flags"}
