@@ -83,5 +83,5 @@ async def test_event_log_at_head_is_emptied_when_the_log_changes() -> None:
     log.append([(2, "a")], 2)
     assert log.at_head == {}
     log.at_head["k"] = b"built"
-    log.preload([(1, "z")], 1)
+    log.reset(5)
     assert log.at_head == {}

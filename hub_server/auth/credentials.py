@@ -73,10 +73,6 @@ class Credentials:
     by_token_hash: dict[str, Identity]
     by_subject: dict[str, Identity]
 
-    @property
-    def empty(self) -> bool:
-        return not self.by_token_hash and not self.by_subject
-
 
 NO_CREDENTIALS = Credentials({}, {})
 

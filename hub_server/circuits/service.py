@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from hub_server.circuits.breaker import Call, Circuit, CircuitSettings, CircuitState
+from hub_server.circuits.breaker import Call, Circuit, CircuitSettings
 from hub_server.store import keys
 from hub_server.store.cas import CompareAndSet, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
@@ -29,7 +29,6 @@ from hub_server.store.mirror import PrefixMirror
 log = logging.getLogger(__name__)
 
 SERVICE_LEVEL = keys.SERVICE_LEVEL  # the instance part of a service circuit's key
-REFUSING = (CircuitState.OPEN, CircuitState.FORCED_OPEN)
 
 
 @dataclass(frozen=True)

@@ -323,10 +323,6 @@ class Configs:
             if not groups:
                 self._groups.pop(group.tenant_id, None)
 
-    @property
-    def subscriber_groups(self) -> int:
-        return sum(len(g) for g in self._groups.values())
-
     def _all_groups(self) -> Iterator[_Group]:
         for groups in self._groups.values():
             yield from groups.values()

@@ -25,12 +25,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 # Deployment states (values of the DeploymentState proto enum).
 PENDING, RUNNING, PAUSED, SUCCEEDED, FAILED, ABORTED, ROLLING_BACK, ROLLED_BACK = range(1, 9)
 FINAL = frozenset({SUCCEEDED, FAILED, ABORTED, ROLLED_BACK})
-ACTIVE = frozenset({PENDING, RUNNING, PAUSED, ROLLING_BACK})
 
 # Batch states (BatchState).
 B_PENDING, B_DRAINING, B_OBSERVING, B_DONE, B_CANCELLED = range(1, 6)
@@ -520,7 +519,3 @@ def state_name(state: int) -> str:
     names = ["UNSPECIFIED", "PENDING", "RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "ABORTED"]
     names += ["ROLLING_BACK", "ROLLED_BACK"]
     return names[state] if 0 <= state < len(names) else str(state)
-
-
-def with_settings(d: Deployment, **changes: object) -> Deployment:
-    return replace(d, settings=replace(d.settings, **changes))  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aitrading.hub.v1 import deployment_pb2, types_pb2
@@ -337,8 +337,3 @@ class Deployments:
             except Exception as e:
                 log.warning("deployment step failed: %r", e)
             await asyncio.sleep(interval)
-
-
-def directive_actions(directives: Iterable[deployment_pb2.Directive]) -> list[str]:
-    """Names of the directives' actions (for logs and tests)."""
-    return [deployment_pb2.DirectiveAction.Name(d.action) for d in directives]

@@ -94,10 +94,6 @@ class InProcess:
     def __init__(self, table: HandlerTable) -> None:
         self._table = table
 
-    def has(self, method: str) -> bool:
-        handler = self._table.get(method)
-        return handler is not None and handler.unary_unary is not None
-
     async def call(
         self,
         method: str,

@@ -44,14 +44,6 @@ class EventLog(Generic[T]):
         self.head = max(self.head, revision)
         self._notify()
 
-    def preload(self, events: list[tuple[int, T]], complete_from: int) -> None:
-        """Loads history that precedes everything appended so far."""
-        self._revs[:0] = [r for r, _ in events]
-        self._items[:0] = [item for _, item in events]
-        self.complete_after = min(self.complete_after, complete_from - 1)
-        self._trim()
-        self.at_head = {}
-
     def append(self, events: list[tuple[int, T]], revision: int) -> None:
         """Adds events (in revision order) and moves the head to ``revision``."""
         for rev, item in events:

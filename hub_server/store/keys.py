@@ -36,11 +36,6 @@ def service_prefix(service: str) -> bytes:
     return REGISTRY + f"{_name('service', service)}/".encode()
 
 
-def is_instance_key(key: bytes) -> bool:
-    """False for the watch's fence keys (names starting with '_' are never valid)."""
-    return key.startswith(REGISTRY) and not key.startswith(REGISTRY + b"_")
-
-
 def parse_instance_key(key: bytes) -> tuple[str, str]:
     """(service, instance id) of a registry key."""
     return parse_pair(REGISTRY, key)
