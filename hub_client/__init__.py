@@ -1,4 +1,5 @@
-"""Central Hub's Python client: register, keep alive, discover and watch services.
+"""Central Hub's Python client: register, keep alive, discover and watch services,
+and choose among their instances locally by the hub's own rules.
 
 Everything public is listed in ``__all__``; the rest lives in ``_private``.
 """
@@ -24,6 +25,7 @@ from hub_client._private.errors import (
     FailedPrecondition,
     FieldViolation,
     HubError,
+    Ineligibility,
     InstanceNotFound,
     InvalidArgument,
     NoEligibleInstance,
@@ -67,6 +69,18 @@ from hub_client._private.performance import Measurement, OperationSummary, Perfo
 from hub_client._private.quotas import Allocation
 from hub_client._private.registration import Registration
 from hub_client._private.resume import Backoff, resume_watch
+from hub_client._private.strategies import (
+    Balancer,
+    Candidate,
+    HashRing,
+    HealthStatus,
+    RoundRobinCounter,
+    Strategy,
+    choose,
+    eligible,
+    stable_hash,
+)
+from hub_client._private.tiers import Tier, can_access, parse_tier, tier_level
 
 __all__ = [
     "TLS",
@@ -74,7 +88,9 @@ __all__ = [
     "AlreadyExists",
     "Backoff",
     "BackupInfo",
+    "Balancer",
     "BaseService",
+    "Candidate",
     "CircuitGuard",
     "CircuitInfo",
     "CircuitOpen",
@@ -91,9 +107,12 @@ __all__ = [
     "EventType",
     "FailedPrecondition",
     "FieldViolation",
+    "HashRing",
     "Health",
+    "HealthStatus",
     "HubClient",
     "HubError",
+    "Ineligibility",
     "Instance",
     "InstanceNotFound",
     "InvalidArgument",
@@ -114,26 +133,35 @@ __all__ = [
     "ResourceUsage",
     "RestoreReport",
     "RevisionCompacted",
+    "RoundRobinCounter",
     "Service",
     "ServiceConfig",
     "ServiceNotFound",
     "Severity",
+    "Strategy",
     "Tenant",
     "TenantConfig",
     "TenantContext",
+    "Tier",
     "TierTooLow",
     "Unauthenticated",
     "Unavailable",
     "VersionConflict",
     "WatchEvent",
     "bind_context",
+    "can_access",
+    "choose",
     "configure_logging",
     "current_context",
+    "eligible",
     "health_check",
     "normalize_message",
+    "parse_tier",
     "reason_text",
     "reason_value",
     "reset_context",
     "resume_watch",
     "set_context",
+    "stable_hash",
+    "tier_level",
 ]

@@ -9,20 +9,21 @@ from typing import Any
 import pytest
 from aitrading.hub.v1 import balancer_pb2, types_pb2
 
-from hub_server.balancing.strategies import (
+from hub_client import (
     Balancer,
     Candidate,
     HashRing,
     HealthStatus,
+    HubError,
     Ineligibility,
+    InvalidArgument,
     NoEligibleInstance,
     RoundRobinCounter,
     Strategy,
+    choose,
     eligible,
-    pick,
     stable_hash,
 )
-from hub_server.kernel import errors
 
 H, D, U, K, S = (
     HealthStatus.HEALTHY,
@@ -116,12 +117,14 @@ def test_eligibility(
         # Every strategy fails the same way.
         for strategy in Strategy:
             with pytest.raises(NoEligibleInstance) as err:
-                pick(candidates, strategy, affinity_key="k", counter=RoundRobinCounter(), **kwargs)
+                choose(
+                    candidates, strategy, affinity_key="k", counter=RoundRobinCounter(), **kwargs
+                )
             assert err.value.cause is expected
     else:
         assert ids(eligible(candidates, **kwargs)) == expected
         for strategy in Strategy:
-            chosen = pick(
+            chosen = choose(
                 candidates, strategy, affinity_key="k", counter=RoundRobinCounter(), **kwargs
             )
             assert chosen.instance_id in expected
@@ -135,10 +138,10 @@ def test_no_eligible_instance_is_the_domain_error_with_details() -> None:
         cand("d", circuit_open=True),
         cand("e", U),
     ]
-    with pytest.raises(errors.NoEligibleInstance) as err:
+    with pytest.raises(NoEligibleInstance) as err:
         eligible(candidates, tier="pro", service="quotes")
     e = err.value
-    assert isinstance(e, errors.HubError)
+    assert isinstance(e, HubError)
     assert e.reason == "NO_ELIGIBLE_INSTANCE"  # the proto's ErrorInfo reason
     assert e.metadata == {
         "cause": "UNHEALTHY",
@@ -168,20 +171,20 @@ def test_no_eligible_instance_is_the_domain_error_with_details() -> None:
 )
 def test_least_load(loads: dict[str, float], expected: str) -> None:
     candidates = [cand(i, load=load) for i, load in loads.items()]
-    assert pick(candidates, Strategy.LEAST_LOAD).instance_id == expected
-    assert pick(list(reversed(candidates)), Strategy.LEAST_LOAD).instance_id == expected
+    assert choose(candidates, Strategy.LEAST_LOAD).instance_id == expected
+    assert choose(list(reversed(candidates)), Strategy.LEAST_LOAD).instance_id == expected
 
 
 def test_least_load_ignores_ineligible_even_if_idle() -> None:
     candidates = [cand("a", load=0.0, draining=True), cand("b", load=0.0, health=D),
                   cand("c", load=0.8)]  # fmt: skip
-    assert pick(candidates, Strategy.LEAST_LOAD).instance_id == "c"
+    assert choose(candidates, Strategy.LEAST_LOAD).instance_id == "c"
 
 
 def test_least_load_breaks_ties_at_random_with_an_rng() -> None:
     candidates = [cand("a", load=0.1), cand("b", load=0.1), cand("c", load=0.4)]
     rng = random.Random(1)
-    got = Counter(pick(candidates, Strategy.LEAST_LOAD, rng=rng).instance_id for _ in range(400))
+    got = Counter(choose(candidates, Strategy.LEAST_LOAD, rng=rng).instance_id for _ in range(400))
     assert set(got) == {"a", "b"}
     assert 120 < got["a"] < 280
 
@@ -192,25 +195,27 @@ def test_least_load_breaks_ties_at_random_with_an_rng() -> None:
 def test_round_robin_cycles_evenly_in_id_order() -> None:
     candidates = [cand("c"), cand("a"), cand("b")]
     counter = RoundRobinCounter()
-    order = [pick(candidates, Strategy.ROUND_ROBIN, counter=counter).instance_id for _ in range(9)]
+    order = [
+        choose(candidates, Strategy.ROUND_ROBIN, counter=counter).instance_id for _ in range(9)
+    ]
     assert order == ["a", "b", "c"] * 3
     # The order the view lists them in does not matter.
     shuffled = [cand("b"), cand("c"), cand("a")]
-    assert pick(shuffled, Strategy.ROUND_ROBIN, counter=counter).instance_id == "a"
+    assert choose(shuffled, Strategy.ROUND_ROBIN, counter=counter).instance_id == "a"
 
 
 def test_round_robin_skips_ineligible() -> None:
     candidates = [cand("a"), cand("b", draining=True), cand("c"), cand("d", U)]
     counter = RoundRobinCounter()
     got = Counter(
-        pick(candidates, Strategy.ROUND_ROBIN, counter=counter).instance_id for _ in range(100)
+        choose(candidates, Strategy.ROUND_ROBIN, counter=counter).instance_id for _ in range(100)
     )
     assert got == {"a": 50, "c": 50}
 
 
 def test_round_robin_needs_a_counter() -> None:
     with pytest.raises(ValueError):
-        pick([cand("a")], Strategy.ROUND_ROBIN)
+        choose([cand("a")], Strategy.ROUND_ROBIN)
 
 
 def test_balancer_keeps_one_round_robin_per_service() -> None:
@@ -218,12 +223,12 @@ def test_balancer_keeps_one_round_robin_per_service() -> None:
     x = [cand("x1"), cand("x2")]
     y = [cand("y1"), cand("y2"), cand("y3")]
     got = [
-        balancer.pick(service, members, Strategy.ROUND_ROBIN).instance_id
+        balancer.choose(service, members, Strategy.ROUND_ROBIN).instance_id
         for service, members in [("x", x), ("y", y), ("x", x), ("y", y), ("x", x), ("y", y)]
     ]
     assert got == ["x1", "y1", "x2", "y2", "x1", "y3"]
     balancer.forget("x")
-    assert balancer.pick("x", x, Strategy.ROUND_ROBIN).instance_id == "x1"
+    assert balancer.choose("x", x, Strategy.ROUND_ROBIN).instance_id == "x1"
 
 
 def test_counter() -> None:
@@ -248,7 +253,7 @@ def test_weighted_is_proportional(weights: dict[str, int]) -> None:
     candidates = [cand(i, weight=w) for i, w in weights.items()]
     rng = random.Random(42)
     n = 20_000
-    got = Counter(pick(candidates, Strategy.WEIGHTED, rng=rng).instance_id for _ in range(n))
+    got = Counter(choose(candidates, Strategy.WEIGHTED, rng=rng).instance_id for _ in range(n))
     total = sum(max(0, w) for w in weights.values())
     for instance_id, w in weights.items():
         share = max(0, w) / total
@@ -261,7 +266,7 @@ def test_weighted_is_proportional(weights: dict[str, int]) -> None:
 def test_weighted_all_zero_is_uniform() -> None:
     candidates = [cand(i, weight=0) for i in "abcd"]
     rng = random.Random(3)
-    got = Counter(pick(candidates, Strategy.WEIGHTED, rng=rng).instance_id for _ in range(8000))
+    got = Counter(choose(candidates, Strategy.WEIGHTED, rng=rng).instance_id for _ in range(8000))
     assert set(got) == set("abcd")
     assert all(1700 < v < 2300 for v in got.values())
 
@@ -269,7 +274,7 @@ def test_weighted_all_zero_is_uniform() -> None:
 def test_weighted_only_among_eligible() -> None:
     candidates = [cand("a", weight=1000, circuit_open=True), cand("b", weight=1), cand("c", D)]
     rng = random.Random(5)
-    assert {pick(candidates, Strategy.WEIGHTED, rng=rng).instance_id for _ in range(200)} == {"b"}
+    assert {choose(candidates, Strategy.WEIGHTED, rng=rng).instance_id for _ in range(200)} == {"b"}
 
 
 def test_seeded_rng_makes_random_strategies_repeatable() -> None:
@@ -277,7 +282,7 @@ def test_seeded_rng_makes_random_strategies_repeatable() -> None:
                   [("a", 10, 5.0), ("b", 30, 9.0), ("c", 60, 1.0), ("d", 5, 3.0)]]  # fmt: skip
     for strategy in (Strategy.WEIGHTED, Strategy.LATENCY_AWARE):
         runs = [
-            [pick(candidates, strategy, rng=rng).instance_id for _ in range(50)]
+            [choose(candidates, strategy, rng=rng).instance_id for _ in range(50)]
             for rng in (random.Random(9), random.Random(9))
         ]
         assert runs[0] == runs[1]
@@ -295,13 +300,13 @@ def test_stable_hash_is_not_pythons_hash() -> None:
 
 def test_consistent_hash_sticks() -> None:
     candidates = [cand(f"i{n}") for n in range(5)]
-    first = {k: pick(candidates, Strategy.CONSISTENT_HASH, affinity_key=k) for k in "abcdefgh"}
+    first = {k: choose(candidates, Strategy.CONSISTENT_HASH, affinity_key=k) for k in "abcdefgh"}
     for _ in range(3):
         for key, chosen in first.items():
-            assert pick(candidates, Strategy.CONSISTENT_HASH, affinity_key=key) == chosen
+            assert choose(candidates, Strategy.CONSISTENT_HASH, affinity_key=key) == chosen
             # Another replica (fresh balancer, other listing order) agrees.
             other = Balancer(rng=random.Random())
-            again = other.pick("s", list(reversed(candidates)), Strategy.CONSISTENT_HASH,
+            again = other.choose("s", list(reversed(candidates)), Strategy.CONSISTENT_HASH,
                                affinity_key=key)  # fmt: skip
             assert again == chosen
     assert len({c.instance_id for c in first.values()}) > 1
@@ -341,15 +346,19 @@ def test_keys_spread_evenly() -> None:
 def test_an_ineligible_owner_hands_its_keys_on_and_gets_them_back() -> None:
     candidates = [cand(f"i{n}") for n in range(6)]
     keys = KEYS[:2000]
-    home = {k: pick(candidates, Strategy.CONSISTENT_HASH, affinity_key=k).instance_id for k in keys}
+    home = {
+        k: choose(candidates, Strategy.CONSISTENT_HASH, affinity_key=k).instance_id for k in keys
+    }
     sick = [c if c.instance_id != "i2" else cand("i2", U) for c in candidates]
-    away = {k: pick(sick, Strategy.CONSISTENT_HASH, affinity_key=k).instance_id for k in keys}
+    away = {k: choose(sick, Strategy.CONSISTENT_HASH, affinity_key=k).instance_id for k in keys}
     assert "i2" not in away.values()
     assert {k for k in keys if home[k] != away[k]} == {k for k in keys if home[k] == "i2"}
     # Skipping equals a ring built without it.
     ring_without = HashRing([c.instance_id for c in candidates if c.instance_id != "i2"])
     assert all(ring_without.lookup(k) == away[k] for k in keys)
-    back = {k: pick(candidates, Strategy.CONSISTENT_HASH, affinity_key=k).instance_id for k in keys}
+    back = {
+        k: choose(candidates, Strategy.CONSISTENT_HASH, affinity_key=k).instance_id for k in keys
+    }
     assert back == home
 
 
@@ -358,16 +367,16 @@ def test_consistent_hash_respects_tier() -> None:
     candidates.append(cand("public"))
     for key in KEYS[:200]:
         assert (
-            pick(candidates, Strategy.CONSISTENT_HASH, affinity_key=key, tier="free")
+            choose(candidates, Strategy.CONSISTENT_HASH, affinity_key=key, tier="free")
             == (candidates[-1])
         )
 
 
 @pytest.mark.parametrize("key", [None, ""])
 def test_consistent_hash_needs_a_key(key: str | None) -> None:
-    with pytest.raises(errors.InvalidArgument) as err:
-        pick([cand("a")], Strategy.CONSISTENT_HASH, affinity_key=key)
-    assert err.value.violations[0].field == "affinity_key"
+    with pytest.raises(InvalidArgument) as err:
+        choose([cand("a")], Strategy.CONSISTENT_HASH, affinity_key=key)
+    assert err.value.field_violations[0].field == "affinity_key"
 
 
 def test_ring_is_cached_per_membership() -> None:
@@ -384,7 +393,7 @@ def test_ring_is_cached_per_membership() -> None:
 
 def test_a_stale_ring_passed_in_is_replaced() -> None:
     stale = HashRing(["gone-1", "gone-2"])
-    assert pick(
+    assert choose(
         [cand("a")], Strategy.CONSISTENT_HASH, affinity_key="k", ring=stale
     ).instance_id == ("a")
 
@@ -420,7 +429,7 @@ def test_latency_aware_between_two(a: dict[str, Any], b: dict[str, Any], expecte
     candidates = [cand("a", **a), cand("b", **b)]
     rng = random.Random(11)
     # With two eligible instances both are always the sample, in either order.
-    assert {pick(candidates, Strategy.LATENCY_AWARE, rng=rng).instance_id for _ in range(50)} == {
+    assert {choose(candidates, Strategy.LATENCY_AWARE, rng=rng).instance_id for _ in range(50)} == {
         expected
     }
 
@@ -430,7 +439,7 @@ def test_latency_aware_power_of_two() -> None:
     candidates = [cand(i, latency_ms=lat) for i, lat in latencies.items()]
     rng = random.Random(2)
     got = Counter(
-        pick(candidates, Strategy.LATENCY_AWARE, rng=rng).instance_id for _ in range(6000)
+        choose(candidates, Strategy.LATENCY_AWARE, rng=rng).instance_id for _ in range(6000)
     )
     # P(pick) = P(sampled) * P(the other one is slower): a 1/2, b 1/3, c 1/6, d 0.
     assert "d" not in got
@@ -440,10 +449,10 @@ def test_latency_aware_power_of_two() -> None:
 
 
 def test_latency_aware_single_and_eligible_only() -> None:
-    assert pick([cand("a")], Strategy.LATENCY_AWARE).instance_id == "a"
+    assert choose([cand("a")], Strategy.LATENCY_AWARE).instance_id == "a"
     candidates = [cand("fast", latency_ms=1.0, circuit_open=True), cand("slow", latency_ms=900.0),
                   cand("deg", D, latency_ms=0.5)]  # fmt: skip
-    assert pick(candidates, Strategy.LATENCY_AWARE).instance_id == "slow"
+    assert choose(candidates, Strategy.LATENCY_AWARE).instance_id == "slow"
 
 
 # -- Balancer -----------------------------------------------------------------------------
@@ -452,12 +461,12 @@ def test_latency_aware_single_and_eligible_only() -> None:
 def test_balancer_picks_with_every_strategy() -> None:
     balancer = Balancer(rng=random.Random(0))
     candidates = [cand("a", load=0.1, latency_ms=3.0), cand("b", load=0.5, latency_ms=1.0)]
-    assert balancer.pick("s", candidates).instance_id == "a"  # LEAST_LOAD by default
+    assert balancer.choose("s", candidates).instance_id == "a"  # LEAST_LOAD by default
     for strategy in Strategy:
-        chosen = balancer.pick("s", candidates, strategy, affinity_key="user-1")
+        chosen = balancer.choose("s", candidates, strategy, affinity_key="user-1")
         assert chosen in candidates
     with pytest.raises(NoEligibleInstance) as err:
-        balancer.pick("s", [cand("a", U)], Strategy.WEIGHTED)
+        balancer.choose("s", [cand("a", U)], Strategy.WEIGHTED)
     assert err.value.cause is Ineligibility.UNHEALTHY and "'s'" in err.value.message
 
 
@@ -465,6 +474,6 @@ def test_balancer_passes_tier_and_legacy() -> None:
     balancer = Balancer()
     candidates = [cand("ent", subscription_requirements=("enterprise",))]
     with pytest.raises(NoEligibleInstance):
-        balancer.pick("s", candidates, tier="pro")
-    assert balancer.pick("s", candidates, tier="enterprise").instance_id == "ent"
-    assert balancer.pick("s", candidates, tier=None, legacy=True).instance_id == "ent"
+        balancer.choose("s", candidates, tier="pro")
+    assert balancer.choose("s", candidates, tier="enterprise").instance_id == "ent"
+    assert balancer.choose("s", candidates, tier=None, legacy=True).instance_id == "ent"

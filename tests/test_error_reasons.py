@@ -20,9 +20,8 @@ from aitrading.hub.v1.errors_pb2 import (
 
 import hub_server
 from hub_client import HubError as ClientError
-from hub_client import ServiceNotFound
+from hub_client import Ineligibility, ServiceNotFound
 from hub_client._private import errors as client_errors
-from hub_server.balancing.strategies import Ineligibility
 from hub_server.kernel import errors as server_errors
 from hub_server.rpc.errors import to_status
 

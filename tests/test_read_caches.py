@@ -10,9 +10,9 @@ from typing import Any
 
 from aitrading.hub.v1 import registry_pb2, types_pb2
 
+from hub_client import Strategy
 from hub_server.api.registry import RegistryServicer
 from hub_server.balancing.service import Picker
-from hub_server.balancing.strategies import Strategy
 from hub_server.circuits.breaker import Circuit
 from hub_server.circuits.service import Circuits, circuit_key
 from hub_server.health.service import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import grpc
 from aitrading.hub.v1.errors_pb2 import (
@@ -120,8 +121,28 @@ class Unavailable(HubError):
     """The hub, or the etcd behind it, cannot serve right now; retrying may help."""
 
 
+class Ineligibility(StrEnum):
+    """Why nothing could be picked: the rule that removed the last instances."""
+
+    NO_INSTANCES = "NO_INSTANCES"
+    TIER = "TIER"
+    DRAINING = "DRAINING"
+    CIRCUIT_OPEN = "CIRCUIT_OPEN"
+    UNHEALTHY = "UNHEALTHY"  # unhealthy, or no status
+
+
 class NoEligibleInstance(Unavailable):
-    """Nothing may be picked; ``metadata["cause"]`` says why (UNHEALTHY, TIER, ...)."""
+    """Nothing may be picked; ``cause`` says why (UNHEALTHY, TIER, ...), and the
+    metadata has it as ``cause`` with how many instances each rule excluded."""
+
+    @property
+    def cause(self) -> Ineligibility | None:
+        """The rule that removed the last instances; None when the hub named none
+        this client knows."""
+        try:
+            return Ineligibility(self.metadata.get("cause", ""))
+        except ValueError:
+            return None
 
 
 class CircuitOpen(Unavailable):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aitrading.hub.v1 import balancer_pb2, balancer_pb2_grpc
 
+from hub_client import Strategy
 from hub_server.balancing.service import Picker
-from hub_server.balancing.strategies import Strategy
 from hub_server.kernel import validation
 from hub_server.kernel.errors import Violations
 from hub_server.rpc.context import current

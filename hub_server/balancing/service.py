@@ -1,5 +1,6 @@
-"""PickEndpoint and ReportLoad: the balancer (hub_server/balancing/strategies.py) fed
-from the views every replica keeps in memory, so a pick never touches etcd."""
+"""PickEndpoint and ReportLoad: hub_client's balancer (the strategies a client may
+also run locally) fed from the views every replica keeps in memory, so a pick never
+touches etcd."""
 
 from __future__ import annotations
 
@@ -9,18 +10,18 @@ from aitrading.hub.v1.errors_pb2 import (
     ERROR_REASON_SERVICE_NOT_FOUND,
 )
 
-from hub_server.balancing.strategies import (
-    Balancer,
-    Candidate,
-    Ineligibility,
-    NoEligibleInstance,
-    Strategy,
-)
+import hub_client
+from hub_client import Balancer, Candidate, HealthStatus, Ineligibility, Strategy
 from hub_server.circuits.service import Circuits
 from hub_server.health.service import HealthView
-from hub_server.health.status import HealthStatus
 from hub_server.kernel import validation
-from hub_server.kernel.errors import NotFound, Violations
+from hub_server.kernel.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NoEligibleInstance,
+    NotFound,
+    Violations,
+)
 from hub_server.registry.service import RegistryView, on_service_change, tier_names
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, KeyValue
@@ -120,16 +121,27 @@ class Picker:
             )  # fmt: skip
         if self._circuits.refuses(service):
             raise NoEligibleInstance(
-                Ineligibility.CIRCUIT_OPEN, f"the circuit of service {service!r} is open"
+                f"the circuit of service {service!r} is open",
+                cause=Ineligibility.CIRCUIT_OPEN.value,
             )
-        chosen = self._balancer.pick(
-            service,
-            self._candidates(service, instances),
-            strategy,
-            affinity_key=affinity_key or None,
-            tier=tier,
-            legacy=tier is None,
-        )
+        # The choice raises hub_client's errors (a client may choose with it too);
+        # the hub answers with its own, same message and metadata, which
+        # rpc/errors.py maps to a status.
+        try:
+            chosen = self._balancer.choose(
+                service,
+                self._candidates(service, instances),
+                strategy,
+                affinity_key=affinity_key or None,
+                tier=tier,
+                legacy=tier is None,
+            )
+        except hub_client.NoEligibleInstance as e:
+            raise NoEligibleInstance(e.message, **e.metadata) from e
+        except hub_client.InvalidArgument as e:
+            raise InvalidArgument(
+                FieldViolation(v.field, v.description) for v in e.field_violations
+            ) from e
         return instances[chosen.instance_id], chosen.load
 
     async def report_load(self, service: str, instance_id: str, load: float) -> int:

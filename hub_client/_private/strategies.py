@@ -1,5 +1,11 @@
 """Choosing an instance of a service for a caller (pure: no clock, no I/O).
 
+The hub's PickEndpoint chooses with these rules, and so can a client that keeps
+its own view of the instances (:func:`choose`): the same strategies and the same
+eligibility give the same answers. The tier rule comes along (:func:`can_access`,
+whose table lives in hub_client for both sides), since a client that holds the
+unfiltered view may choose on behalf of callers of any tier.
+
 The hub answers picks from memory at thousands per second, so everything here
 is cheap per pick: eligibility is a few list passes, and the consistent-hash
 ring is built once per membership change (:class:`Balancer` caches it) and
@@ -25,30 +31,40 @@ import random
 from bisect import bisect_right
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 
-from hub_server.health.status import HealthStatus
-from hub_server.kernel import errors
-from hub_server.kernel.tiers import can_access
+import grpc
+from aitrading.hub.v1.errors_pb2 import (
+    ERROR_REASON_INVALID_ARGUMENT,
+    ERROR_REASON_NO_ELIGIBLE_INSTANCE,
+)
 
-__all__ = [
-    "DEFAULT_VNODES",
-    "Balancer",
-    "Candidate",
-    "HashRing",
-    "HealthStatus",
-    "Ineligibility",
-    "NoEligibleInstance",
-    "RoundRobinCounter",
-    "Strategy",
-    "eligible",
-    "pick",
-    "stable_hash",
-]
+from hub_client._private.errors import (
+    FieldViolation,
+    Ineligibility,
+    InvalidArgument,
+    NoEligibleInstance,
+    reason_text,
+)
+from hub_client._private.tiers import can_access
 
 # Points per instance on the hash ring: ~160 keeps each instance's share of keys
 # within roughly +-10% of fair while a 100-instance ring is still built in ms.
 DEFAULT_VNODES = 160
+
+
+class HealthStatus(IntEnum):
+    """Health of one instance, as the balancer ranks it.
+
+    The values equal the ``aitrading.hub.v1.HealthStatus`` proto numbers, so a
+    message's status converts with ``HealthStatus(number)``.
+    """
+
+    UNKNOWN = 0  # no status at all (HEALTH_STATUS_UNSPECIFIED)
+    HEALTHY = 1
+    DEGRADED = 2
+    UNHEALTHY = 3
+    STARTING = 4  # has a check, not yet proven either way
 
 
 class Strategy(IntEnum):
@@ -94,29 +110,15 @@ class Candidate:
     version: str = ""
 
 
-class Ineligibility(StrEnum):
-    """Why nothing could be picked: the rule that removed the last instances."""
-
-    NO_INSTANCES = "NO_INSTANCES"
-    TIER = "TIER"
-    DRAINING = "DRAINING"
-    CIRCUIT_OPEN = "CIRCUIT_OPEN"
-    UNHEALTHY = "UNHEALTHY"  # unhealthy, or no status
-
-
-class NoEligibleInstance(errors.NoEligibleInstance):
-    """No instance may be picked right now.
-
-    The ErrorInfo reason stays ``NO_ELIGIBLE_INSTANCE`` (the proto's contract);
-    the cause and the per-rule counts travel as ErrorInfo metadata.
-
-    Attributes:
-        cause: The rule that removed the last instances.
-    """
-
-    def __init__(self, cause: Ineligibility, message: str, **counts: int) -> None:
-        super().__init__(message, cause=cause.value, **{k: str(v) for k, v in counts.items()})
-        self.cause = cause
+def _no_eligible(cause: Ineligibility, message: str, **counts: int) -> NoEligibleInstance:
+    """The error the hub would answer: reason NO_ELIGIBLE_INSTANCE, with the cause
+    and the per-rule counts as its metadata."""
+    return NoEligibleInstance(
+        message,
+        code=grpc.StatusCode.UNAVAILABLE,
+        reason=reason_text(ERROR_REASON_NO_ELIGIBLE_INSTANCE),
+        metadata={"cause": cause.value, **{k: str(v) for k, v in counts.items()}},
+    )
 
 
 _EXCLUDED = {
@@ -152,13 +154,13 @@ def eligible(
     """
     what = f"service {service!r}" if service else "the service"
     if not candidates:
-        raise NoEligibleInstance(Ineligibility.NO_INSTANCES, f"{what} has no instances")
+        raise _no_eligible(Ineligibility.NO_INSTANCES, f"{what} has no instances")
     counts = {"instances": len(candidates)}
 
     def fail(cause: Ineligibility, why: str = "") -> NoEligibleInstance:
         parts = [f"{v} {_EXCLUDED[k]}" for k, v in counts.items() if k in _EXCLUDED and v]
         text = f"no eligible instance of {what} ({len(candidates)} instances: {', '.join(parts)})"
-        return NoEligibleInstance(cause, text + why, **counts)
+        return _no_eligible(cause, text + why, **counts)
 
     pool = [c for c in candidates if can_access(c.subscription_requirements, tier, legacy=legacy)]
     counts["excluded_tier"] = len(candidates) - len(pool)
@@ -270,7 +272,7 @@ _default_rng = random.Random()
 
 @functools.lru_cache(maxsize=256)
 def _shared_ring(members: frozenset[str]) -> HashRing:
-    """Rings for callers of :func:`pick` that hold none: building one costs
+    """Rings for callers of :func:`choose` that hold none: building one costs
     ``len(members) * DEFAULT_VNODES`` hashes, far more than a lookup."""
     return HashRing(members)
 
@@ -318,7 +320,7 @@ def _latency_aware(pool: Sequence[Candidate], rng: random.Random) -> Candidate:
     return b if b.load < a.load else a
 
 
-def pick(
+def choose(
     candidates: Sequence[Candidate],
     strategy: Strategy = Strategy.LEAST_LOAD,
     *,
@@ -358,7 +360,13 @@ def pick(
         ValueError: ROUND_ROBIN without a counter.
     """
     if strategy is Strategy.CONSISTENT_HASH and not affinity_key:
-        raise errors.InvalidArgument.single("affinity_key", "is required by CONSISTENT_HASH")
+        violation = FieldViolation("affinity_key", "is required by CONSISTENT_HASH")
+        raise InvalidArgument(
+            f"invalid request: {violation.field}: {violation.description}",
+            code=grpc.StatusCode.INVALID_ARGUMENT,
+            reason=reason_text(ERROR_REASON_INVALID_ARGUMENT),
+            field_violations=[violation],
+        )
     if strategy is Strategy.ROUND_ROBIN and counter is None:
         raise ValueError("ROUND_ROBIN needs a RoundRobinCounter")
     pool = eligible(candidates, tier=tier, legacy=legacy, service=service)
@@ -390,7 +398,7 @@ def pick(
 class Balancer:
     """Per-service balancing state: round-robin positions and cached hash rings.
 
-    One per hub process; not thread-safe (the hub picks on its event loop).
+    Hold one per process; not thread-safe (the hub picks on its event loop).
 
     Args:
         rng: Source of randomness; a fresh ``random.Random()`` if None.
@@ -403,7 +411,7 @@ class Balancer:
         self._counters: dict[str, RoundRobinCounter] = {}
         self._rings: dict[str, HashRing] = {}
 
-    def pick(
+    def choose(
         self,
         service: str,
         candidates: Sequence[Candidate],
@@ -413,13 +421,13 @@ class Balancer:
         tier: str | None = None,
         legacy: bool = False,
     ) -> Candidate:
-        """Choose one instance of ``service``; see :func:`pick` for the rules.
+        """Choose one instance of ``service``; see :func:`choose` for the rules.
 
         Raises:
             NoEligibleInstance: Nothing may be picked; ``cause`` says why.
             InvalidArgument: CONSISTENT_HASH without an affinity key.
         """
-        return pick(
+        return choose(
             candidates,
             strategy,
             affinity_key=affinity_key,
