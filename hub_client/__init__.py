@@ -8,7 +8,7 @@ from hub_client._private.backups import BackupInfo, KindChanges, RestoreReport
 from hub_client._private.base_service import BaseService, ServiceConfig
 from hub_client._private.channel import TLS
 from hub_client._private.circuits import CircuitGuard
-from hub_client._private.client import HubClient, TenantContext, health_check
+from hub_client._private.client import HubClient
 from hub_client._private.deployments import Deployer, Deployment, DeploymentBatch, Directive
 from hub_client._private.error_dna import (
     ErrorAnalysis,
@@ -43,6 +43,7 @@ from hub_client._private.errors import (
     reason_text,
     reason_value,
 )
+from hub_client._private.health import health_check
 from hub_client._private.logging import (
     JsonFormatter,
     RequestContext,
@@ -66,7 +67,6 @@ from hub_client._private.models import (
     WatchEvent,
 )
 from hub_client._private.performance import Measurement, OperationSummary, PerformanceTracker
-from hub_client._private.quotas import Allocation
 from hub_client._private.registration import Registration
 from hub_client._private.resume import Backoff, resume_watch
 from hub_client._private.strategies import (
@@ -80,7 +80,9 @@ from hub_client._private.strategies import (
     eligible,
     stable_hash,
 )
+from hub_client._private.tenants import Allocation
 from hub_client._private.tiers import Tier, can_access, parse_tier, tier_level
+from hub_client._private.transport import TenantContext
 
 __all__ = [
     "TLS",

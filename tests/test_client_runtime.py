@@ -66,7 +66,7 @@ async def test_circuit_guard_trips_and_fails_fast(hub: Hub, client: HubClient) -
     await client.flush_outcomes()
     assert (await client.circuit_state("flaky")).state == "open"
     # The guard learns it from its own watch and refuses without calling.
-    await eventually(lambda: client._circuit_cache().refuses("flaky") is not None)
+    await eventually(lambda: client._circuits.cache().refuses("flaky") is not None)
     with pytest.raises(CircuitOpen) as err:
         async with client.circuit("flaky"):
             pytest.fail("a refused call must not run")

@@ -1,11 +1,20 @@
-"""Typed views of BackupService answers."""
+"""Backups: exporting the hub's keyspace, restoring it, the stored backups, and
+typed views of BackupService answers."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
+import grpc
 from aitrading.hub.v1 import backup_pb2
+
+from hub_client._private.errors import from_rpc_error
+from hub_client._private.transport import Transport
 
 
 @dataclass(frozen=True)
@@ -96,3 +105,87 @@ class RestoreReport:
             notes=list(m.notes),
             transactions=m.transactions,
         )
+
+
+# Restores are sent in chunks of this size.
+_CHUNK = 1024 * 1024
+
+
+class BackupsClient:
+    """The BackupService calls."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    async def export_backup(
+        self, *, store: bool, download: bool, timeout: float
+    ) -> tuple[BackupInfo, bytes]:
+        t = self._transport
+        request = backup_pb2.CreateBackupRequest(store=store, omit_data=not download)
+        call = t.open_stream(t.backup_stub.CreateBackup, request, timeout=timeout)
+        info: BackupInfo | None = None
+        chunks: list[bytes] = []
+        try:
+            async for message in call:
+                if message.WhichOneof("content") == "info":
+                    info = BackupInfo.from_pb(message.info)
+                else:
+                    chunks.append(message.chunk)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        if info is None:
+            raise RuntimeError("the hub sent no backup info")
+        return info, b"".join(chunks)
+
+    async def backup(
+        self, path: str | os.PathLike[str] | None, *, store: bool, timeout: float
+    ) -> bytes | Path:
+        _, data = await self.export_backup(store=store, download=True, timeout=timeout)
+        if path is None:
+            return data
+        out = Path(path)
+        tmp = out.with_name(f".{out.name}.partial")
+        await asyncio.to_thread(tmp.write_bytes, data)
+        await asyncio.to_thread(os.replace, tmp, out)
+        return out
+
+    async def store_backup(self, *, timeout: float) -> BackupInfo:
+        info, _ = await self.export_backup(store=True, download=False, timeout=timeout)
+        return info
+
+    async def restore(
+        self,
+        data_or_path: bytes | str | os.PathLike[str] | None,
+        *,
+        dry_run: bool,
+        stored: str,
+        timeout: float,
+    ) -> RestoreReport:
+        if isinstance(data_or_path, bytes):
+            data = data_or_path
+        elif data_or_path is not None:
+            data = await asyncio.to_thread(Path(data_or_path).read_bytes)
+        else:
+            data = b""
+
+        async def requests() -> AsyncIterator[backup_pb2.RestoreBackupRequest]:
+            options = backup_pb2.RestoreOptions(dry_run=dry_run, stored_name=stored)
+            yield backup_pb2.RestoreBackupRequest(options=options)
+            for offset in range(0, len(data), _CHUNK):
+                yield backup_pb2.RestoreBackupRequest(chunk=data[offset : offset + _CHUNK])
+
+        t = self._transport
+        try:
+            resp = await t.open_stream(t.backup_stub.RestoreBackup, requests(), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        return RestoreReport.from_pb(resp)
+
+    async def list_backups(self) -> list[BackupInfo]:
+        t = self._transport
+        resp = await t.call(t.backup_stub.ListBackups, backup_pb2.ListBackupsRequest())
+        return [BackupInfo.from_pb(b) for b in resp.backups]
+
+    async def delete_backup(self, name: str) -> None:
+        t = self._transport
+        await t.call(t.backup_stub.DeleteBackup, backup_pb2.DeleteBackupRequest(name=name))

@@ -25,8 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hub_client._private.channel import TLS
-from hub_client._private.client import HubClient, health_check
+from hub_client._private.client import HubClient
 from hub_client._private.errors import HubError, NotFound, Unavailable
+from hub_client._private.health import health_check
 from hub_client._private.registration import Registration
 
 log = logging.getLogger(__name__)

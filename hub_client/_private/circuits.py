@@ -1,5 +1,6 @@
-"""The circuit-aware call helper: decide locally from a cached fleet-wide state,
-report outcomes to the hub in batches.
+"""Circuits: their state on the hub, and the circuit-aware call helper, which
+decides locally from a cached fleet-wide state and reports outcomes to the hub
+in batches.
 
 One WatchCircuits stream per client keeps the cache current, so guarding a call
 costs a dict lookup, not a round trip; outcomes are sent every ``flush_interval``
@@ -15,17 +16,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
-from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc, registry_pb2
+from aitrading.hub.v1 import circuit_pb2, registry_pb2
 from aitrading.hub.v1.errors_pb2 import ERROR_REASON_CIRCUIT_OPEN
 
 from hub_client._private.errors import CircuitOpen, HubError, reason_text
+from hub_client._private.models import CircuitInfo
 from hub_client._private.resume import resume_watch
-
-if TYPE_CHECKING:
-    from hub_client._private.client import HubClient
+from hub_client._private.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,8 @@ def refuses(circuit: circuit_pb2.Circuit, now: float) -> bool:
 class CircuitCache:
     """Every circuit of the fleet, kept current by one WatchCircuits stream."""
 
-    def __init__(self, stub: circuit_pb2_grpc.CircuitBreakerServiceStub, metadata: Any) -> None:
-        self._stub = stub
-        self._metadata = metadata
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
         self.circuits: dict[tuple[str, str], circuit_pb2.Circuit] = {}
         self.synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -66,10 +65,9 @@ class CircuitCache:
         def open_stream(start: int) -> Any:
             nonlocal fresh
             fresh = {}  # a snapshot (start 0) may come in several messages
-            return self._stub.WatchCircuits(
+            return self._transport.open_stream(
+                self._transport.circuit_stub.WatchCircuits,
                 circuit_pb2.WatchCircuitsRequest(start_revision=start),
-                metadata=self._metadata,
-                wait_for_ready=True,
             )
 
         stream = resume_watch(open_stream)
@@ -161,15 +159,15 @@ class CircuitGuard:
     runs the call and reports it (an exception is a failure and is re-raised).
     """
 
-    def __init__(self, client: HubClient, service: str, instance_id: str = "") -> None:
-        self._client = client
+    def __init__(self, circuits: CircuitsClient, service: str, instance_id: str = "") -> None:
+        self._circuits = circuits
         self.service = service
         self.instance_id = instance_id
         self._started = 0.0
 
     async def __aenter__(self) -> CircuitGuard:
-        self._client._circuit_cache().start()
-        circuit = self._client._circuit_cache().refuses(self.service, self.instance_id)
+        self._circuits.cache().start()
+        circuit = self._circuits.cache().refuses(self.service, self.instance_id)
         if circuit is not None:
             raise CircuitOpen(
                 f"circuit of {self.service}{'/' + self.instance_id if self.instance_id else ''}"
@@ -190,7 +188,7 @@ class CircuitGuard:
         if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
             return  # the caller gave up; says nothing about the service
         outcome = circuit_pb2.OUTCOME_FAILURE if exc_type else circuit_pb2.OUTCOME_SUCCESS
-        self._client._outcome_reporter().add(
+        self._circuits.reporter().add(
             circuit_pb2.CallOutcome(
                 service=self.service,
                 instance_id=self.instance_id,
@@ -202,7 +200,55 @@ class CircuitGuard:
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            async with CircuitGuard(self._client, self.service, self.instance_id):
+            async with CircuitGuard(self._circuits, self.service, self.instance_id):
                 return await fn(*args, **kwargs)
 
         return guarded
+
+
+class CircuitsClient:
+    """The CircuitBreakerService calls, and the one circuit cache and outcome
+    reporter the guards of a client share (each started on first use)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._cache: CircuitCache | None = None
+        self._reporter: OutcomeReporter | None = None
+
+    async def state(self, service: str, instance_id: str) -> CircuitInfo:
+        t = self._transport
+        resp = await t.call(
+            t.circuit_stub.GetCircuitState,
+            circuit_pb2.GetCircuitStateRequest(service=service, instance_id=instance_id),
+        )
+        return CircuitInfo.from_pb(resp.circuit)
+
+    def guard(self, service: str, instance_id: str) -> CircuitGuard:
+        return CircuitGuard(self, service, instance_id)
+
+    def cache(self) -> CircuitCache:
+        if self._cache is None:
+            self._cache = CircuitCache(self._transport)
+        return self._cache
+
+    def reporter(self) -> OutcomeReporter:
+        if self._reporter is None:
+            self._reporter = OutcomeReporter(self._send_outcomes)
+        return self._reporter
+
+    async def _send_outcomes(self, outcomes: list[circuit_pb2.CallOutcome]) -> None:
+        t = self._transport
+        await t.call(
+            t.circuit_stub.ReportOutcomes, circuit_pb2.ReportOutcomesRequest(outcomes=outcomes)
+        )
+
+    async def flush(self) -> None:
+        if self._reporter is not None:
+            await self._reporter.flush()
+
+    async def close(self) -> None:
+        """Sends what is left to report, then stops following the circuits."""
+        if self._reporter is not None:
+            await self._reporter.close()
+        if self._cache is not None:
+            await self._cache.close()

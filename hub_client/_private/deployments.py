@@ -1,6 +1,6 @@
-"""Deployments on the client side: typed results, progress and directive
-streams that resume after a disconnect, and a Deployer that follows a roll-out
-to its end."""
+"""Deployments on the client side: starting and steering roll-outs, typed
+results, progress and directive streams that resume after a disconnect, and a
+Deployer that follows a roll-out to its end."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aitrading.hub.v1 import deployment_pb2
 
+from hub_client._private import to_pb
 from hub_client._private.resume import resume_watch
-
-if TYPE_CHECKING:
-    from hub_client._private.client import HubClient
+from hub_client._private.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -117,34 +116,138 @@ async def _resuming(
                 yield item
 
 
-def watch_deployment(hub: HubClient, deployment_id: str) -> AsyncIterator[Deployment]:
-    def open_stream(start: int) -> Any:
-        return hub.deployment_stub.WatchDeployment(
-            deployment_pb2.WatchDeploymentRequest(id=deployment_id, start_revision=start),
-            metadata=hub.context.metadata(),
-            wait_for_ready=True,
+_STRATEGIES = {
+    "rolling": deployment_pb2.DEPLOYMENT_STRATEGY_ROLLING,
+    "canary": deployment_pb2.DEPLOYMENT_STRATEGY_CANARY,
+}
+
+
+class DeploymentsClient:
+    """The DeploymentService calls."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    async def deploy(
+        self,
+        service: str,
+        target_version: str,
+        *,
+        strategy: str,
+        batch_size: int,
+        max_unavailable: int,
+        health_gate_timeout: float | None,
+        canary_share: float,
+        canary_observation: float | None,
+        rollback_on_failure: bool,
+    ) -> Deployment:
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}: rolling or canary")
+        settings = deployment_pb2.DeploymentSettings(
+            batch_size=batch_size,
+            max_unavailable=max_unavailable,
+            health_gate_timeout=to_pb.duration(health_gate_timeout),
+            canary_share=canary_share,
+            canary_observation=to_pb.duration(canary_observation),
+            rollback_on_failure=rollback_on_failure,
         )
-
-    def handle(msg: deployment_pb2.WatchDeploymentResponse) -> list[Deployment]:
-        return [Deployment.from_pb(msg.deployment)] if msg.HasField("deployment") else []
-
-    return _resuming(open_stream, handle)
-
-
-def watch_directives(hub: HubClient, service: str, instance_id: str) -> AsyncIterator[Directive]:
-    def open_stream(start: int) -> Any:
-        return hub.deployment_stub.WatchDirectives(
-            deployment_pb2.WatchDirectivesRequest(
-                service=service, instance_id=instance_id, start_revision=start
+        t = self._transport
+        resp = await t.call(
+            t.deployment_stub.StartDeployment,
+            deployment_pb2.StartDeploymentRequest(
+                service=service,
+                target_version=target_version,
+                strategy=_STRATEGIES[strategy],
+                settings=settings,
             ),
-            metadata=hub.context.metadata(),
-            wait_for_ready=True,
         )
+        return Deployment.from_pb(resp.deployment)
 
-    def handle(msg: deployment_pb2.WatchDirectivesResponse) -> list[Directive]:
-        return [Directive.from_pb(d) for d in msg.directives]
+    async def deployment(self, deployment_id: str) -> Deployment:
+        t = self._transport
+        resp = await t.call(
+            t.deployment_stub.GetDeployment,
+            deployment_pb2.GetDeploymentRequest(id=deployment_id),
+        )
+        return Deployment.from_pb(resp.deployment)
 
-    return _resuming(open_stream, handle)
+    async def deployments(self, service: str, *, active_only: bool) -> list[Deployment]:
+        t = self._transport
+        resp = await t.call(
+            t.deployment_stub.ListDeployments,
+            deployment_pb2.ListDeploymentsRequest(service=service, active_only=active_only),
+        )
+        return [Deployment.from_pb(d) for d in resp.deployments]
+
+    async def pause(self, deployment_id: str, reason: str) -> Deployment:
+        t = self._transport
+        resp = await t.call(
+            t.deployment_stub.PauseDeployment,
+            deployment_pb2.PauseDeploymentRequest(id=deployment_id, reason=reason),
+        )
+        return Deployment.from_pb(resp.deployment)
+
+    async def resume(self, deployment_id: str) -> Deployment:
+        t = self._transport
+        resp = await t.call(
+            t.deployment_stub.ResumeDeployment,
+            deployment_pb2.ResumeDeploymentRequest(id=deployment_id),
+        )
+        return Deployment.from_pb(resp.deployment)
+
+    async def abort(self, deployment_id: str, reason: str) -> Deployment:
+        t = self._transport
+        resp = await t.call(
+            t.deployment_stub.AbortDeployment,
+            deployment_pb2.AbortDeploymentRequest(id=deployment_id, reason=reason),
+        )
+        return Deployment.from_pb(resp.deployment)
+
+    async def rollback(self, deployment_id: str, reason: str) -> Deployment:
+        t = self._transport
+        resp = await t.call(
+            t.deployment_stub.RollbackDeployment,
+            deployment_pb2.RollbackDeploymentRequest(id=deployment_id, reason=reason),
+        )
+        return Deployment.from_pb(resp.deployment)
+
+    def watch_deployment(self, deployment_id: str) -> AsyncIterator[Deployment]:
+        t = self._transport
+
+        def open_stream(start: int) -> Any:
+            return t.open_stream(
+                t.deployment_stub.WatchDeployment,
+                deployment_pb2.WatchDeploymentRequest(id=deployment_id, start_revision=start),
+            )
+
+        def handle(msg: deployment_pb2.WatchDeploymentResponse) -> list[Deployment]:
+            return [Deployment.from_pb(msg.deployment)] if msg.HasField("deployment") else []
+
+        return _resuming(open_stream, handle)
+
+    def watch_directives(self, service: str, instance_id: str) -> AsyncIterator[Directive]:
+        t = self._transport
+
+        def open_stream(start: int) -> Any:
+            return t.open_stream(
+                t.deployment_stub.WatchDirectives,
+                deployment_pb2.WatchDirectivesRequest(
+                    service=service, instance_id=instance_id, start_revision=start
+                ),
+            )
+
+        def handle(msg: deployment_pb2.WatchDirectivesResponse) -> list[Directive]:
+            return [Directive.from_pb(d) for d in msg.directives]
+
+        return _resuming(open_stream, handle)
+
+
+class _Deploys(Protocol):
+    """What a Deployer needs of a hub client (HubClient has it)."""
+
+    async def deploy(self, service: str, target_version: str, **options: Any) -> Deployment: ...
+
+    def watch_deployment(self, deployment_id: str) -> AsyncIterator[Deployment]: ...
 
 
 ProgressCallback = Callable[[Deployment], Awaitable[None] | None]
@@ -158,7 +261,7 @@ class Deployer:
     ``on_progress`` is called with every new state of the deployment.
     """
 
-    def __init__(self, hub: HubClient, *, on_progress: ProgressCallback | None = None) -> None:
+    def __init__(self, hub: _Deploys, *, on_progress: ProgressCallback | None = None) -> None:
         self.hub = hub
         self.on_progress = on_progress
         self.history: list[Deployment] = []

@@ -7,15 +7,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from aitrading.hub.v1 import registry_pb2
 
 from hub_client._private.errors import HubError, NotFound
 from hub_client._private.models import Instance
-
-if TYPE_CHECKING:
-    from hub_client._private.client import HubClient
+from hub_client._private.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +26,8 @@ class Registration:
     ``async with``) stops that and removes the instance.
     """
 
-    def __init__(self, client: HubClient, request: registry_pb2.RegisterRequest) -> None:
-        self._client = client
+    def __init__(self, transport: Transport, request: registry_pb2.RegisterRequest) -> None:
+        self._transport = transport
         self._request = request
         self._task: asyncio.Task[None] | None = None
         self.instance: Instance | None = None
@@ -50,7 +47,7 @@ class Registration:
             self._task = asyncio.create_task(self._keep_alive_loop())
 
     async def _register(self) -> None:
-        resp = await self._client.call(self._client.registry_stub.Register, self._request)
+        resp = await self._transport.call(self._transport.registry_stub.Register, self._request)
         self.instance = Instance.from_pb(resp.instance)
         # Later registrations must update this instance, not make a new one.
         self._request.instance_id = self.instance.instance_id
@@ -80,8 +77,8 @@ class Registration:
     async def keep_alive(self) -> int:
         """Renews the lease once; returns the TTL. Raises InstanceNotFound if gone."""
         assert self.instance is not None
-        resp = await self._client.call(
-            self._client.registry_stub.KeepAlive,
+        resp = await self._transport.call(
+            self._transport.registry_stub.KeepAlive,
             registry_pb2.KeepAliveRequest(
                 service=self.instance.service,
                 instance_id=self.instance.instance_id,
@@ -104,8 +101,8 @@ class Registration:
         if self.instance is None:
             return
         with contextlib.suppress(NotFound):
-            await self._client.call(
-                self._client.registry_stub.Deregister,
+            await self._transport.call(
+                self._transport.registry_stub.Deregister,
                 registry_pb2.DeregisterRequest(
                     service=self.instance.service, instance_id=self.instance.instance_id
                 ),

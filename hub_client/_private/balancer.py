@@ -1,0 +1,49 @@
+"""Balancing: the hub picks an instance, instances report their load."""
+
+from __future__ import annotations
+
+from aitrading.hub.v1 import balancer_pb2
+
+from hub_client._private.models import Endpoint
+from hub_client._private.transport import Transport
+
+_STRATEGIES = {
+    "least_load": balancer_pb2.BALANCING_STRATEGY_LEAST_LOAD,
+    "round_robin": balancer_pb2.BALANCING_STRATEGY_ROUND_ROBIN,
+    "weighted": balancer_pb2.BALANCING_STRATEGY_WEIGHTED,
+    "consistent_hash": balancer_pb2.BALANCING_STRATEGY_CONSISTENT_HASH,
+    "latency_aware": balancer_pb2.BALANCING_STRATEGY_LATENCY_AWARE,
+}
+
+
+class BalancerClient:
+    """The LoadBalancerService calls."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    async def pick(
+        self, service: str, *, strategy: str, affinity_key: str, legacy_mode: bool
+    ) -> Endpoint:
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; one of {sorted(_STRATEGIES)}")
+        t = self._transport
+        resp = await t.call(
+            t.balancer_stub.PickEndpoint,
+            balancer_pb2.PickEndpointRequest(
+                service=service,
+                strategy=_STRATEGIES[strategy],
+                affinity_key=affinity_key,
+                legacy_mode=legacy_mode,
+            ),
+        )
+        return Endpoint.from_pb(resp)
+
+    async def report_load(self, service: str, instance_id: str, load: float) -> None:
+        t = self._transport
+        await t.call(
+            t.balancer_stub.ReportLoad,
+            balancer_pb2.ReportLoadRequest(
+                service=service, instance_id=instance_id, load_factor=load
+            ),
+        )
