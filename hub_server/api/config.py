@@ -305,6 +305,12 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         if request.start_revision < 0:
             v.add("start_revision", "must not be negative")
         v.raise_if_any()
+        # Not rpc.streaming.watch_stream, on purpose: WatchConfig pushes a whole
+        # recomputed config, and a write must wake only the streams whose view it
+        # changes (subscriptions grouped by view). On the shared log every config
+        # write woke every stream: 10-25x the hub CPU for writes nobody watches
+        # (200 writes, 1,000 watchers on 1,000 tenants: 0.4 s -> 7-10 s), and a
+        # merge with the tenants log added a fence per write.
         subscription = self._configs.subscribe(request.tenant_id, current().subscription_tier)
         with counted():  # a watch stream like the others (gauge, GetSystemMetrics)
             try:
