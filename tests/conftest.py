@@ -3,9 +3,8 @@ and clients. Nothing here imitates etcd."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,7 @@ from hub_client import HubClient
 from hub_server.app import Hub, HubConfig
 from hub_server.embedded_etcd import EtcdProcess
 from hub_server.store.etcd import EtcdStore
-
-HubFactory = Callable[..., Awaitable[Hub]]
+from tests.support.hubs import HubFactory
 
 
 @pytest.fixture(scope="session")
@@ -76,18 +74,3 @@ async def hub(hub_factory: HubFactory) -> Hub:
 async def client(hub: Hub) -> AsyncIterator[HubClient]:
     async with HubClient(hub.address) as c:
         yield c
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0) -> None:
-    """Polls ``check`` until it is true; fails the test after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)

@@ -16,8 +16,9 @@ from hub_server.app import Hub
 from hub_server.circuits.breaker import CircuitState
 from hub_server.health.service import DEGRADED, HEALTHY, UNHEALTHY, UNKNOWN
 from hub_server.observability.alerts import circuit_conditions, service_conditions
-from tests.conftest import HubFactory, eventually
+from tests.support.hubs import HubFactory
 from tests.support.servers import GrpcServer
+from tests.support.waiting import eventually
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from aitrading.hub.v1 import observability_pb2_grpc, registry_pb2
 from hub_client import HubClient, InvalidArgument
 from hub_server.app import Hub
 from hub_server.kernel import errors
-from tests.conftest import eventually
+from tests.support.waiting import eventually
 
 
 async def _list(hub: Hub, **kw) -> obs.ListAuditEventsResponse:  # type: ignore[no-untyped-def]

@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import pytest
 from aitrading.hub.v1 import (
-    backup_pb2,
     balancer_pb2,
-    circuit_pb2,
-    cluster_pb2,
     config_pb2,
-    deployment_pb2,
-    health_pb2,
     observability_pb2,
     registry_pb2,
-    tenant_pb2,
 )
 
 from hub_server.auth.authorizer import Authorizer
@@ -29,29 +23,8 @@ from hub_server.auth.credentials import (
 from hub_server.auth.limits import CallerLimits
 from hub_server.auth.roles import RULES, Role, Scope, rule_for
 from hub_server.kernel.errors import PermissionDenied, TooManyCalls, Unauthenticated
-
-PB2_MODULES = (
-    backup_pb2,
-    balancer_pb2,
-    circuit_pb2,
-    cluster_pb2,
-    config_pb2,
-    deployment_pb2,
-    health_pb2,
-    observability_pb2,
-    registry_pb2,
-    tenant_pb2,
-)
-
-
-def every_rpc() -> dict[str, object]:
-    """Full method name -> method descriptor, for every RPC the hub serves."""
-    found = {}
-    for module in PB2_MODULES:
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for m in service.methods:
-                found[f"/{service.full_name}/{m.name}"] = m
-    return found
+from tests.support.auth import every_rpc
+from tests.support.clock import FakeClock
 
 
 def test_the_role_table_has_one_row_per_rpc() -> None:
@@ -253,14 +226,6 @@ def test_a_service_bound_caller_acts_for_its_own_service_only() -> None:
 
 
 # -- limits -----------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_rate_limit_is_a_token_bucket_per_caller() -> None:

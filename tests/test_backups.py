@@ -14,19 +14,13 @@ from hub_client import FailedPrecondition, HubClient, InvalidArgument, NotFound,
 from hub_server.backups import service as backups
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
-from tests.conftest import HubFactory, eventually
-
-ROOT = keys.ROOT
-
-
-async def _plain(store: EtcdStore) -> dict[bytes, bytes]:
-    """The keyspace's keys that are not bound to a lease."""
-    kvs, _ = await store.get_prefix(ROOT)
-    return {kv.key: kv.value for kv in kvs if not kv.lease}
+from tests.support.hubs import HubFactory
+from tests.support.keyspace import plain_keys
+from tests.support.waiting import eventually
 
 
 async def _wipe(store: EtcdStore) -> None:
-    for key in await _plain(store):
+    for key in await plain_keys(store):
         await store.delete(key)
 
 
@@ -61,7 +55,7 @@ async def bclient(backup_hub):  # type: ignore[no-untyped-def]
 async def test_backup_wipe_restore_round_trip(bclient: HubClient, etcd_store: EtcdStore) -> None:
     await _populate(bclient, etcd_store)
     reg = await bclient.register("pricing", host="127.0.0.1", port=9001, ttl=30)
-    original = await _plain(etcd_store)
+    original = await plain_keys(etcd_store)
     kinds = {keys.kind_of(k) for k in original}
     assert {"config", "config-history", "tenants", "usage", "circuit-settings"} <= kinds
     assert {"alerts", "audit"} <= kinds
@@ -72,10 +66,10 @@ async def test_backup_wipe_restore_round_trip(bclient: HubClient, etcd_store: Et
     await _wipe(etcd_store)
     await bclient.create_tenant("intruder")  # not in the backup
 
-    before = await _plain(etcd_store)
+    before = await plain_keys(etcd_store)
     dry = await bclient.restore(data, dry_run=True)
     assert dry.dry_run and dry.transactions == 0
-    assert await _plain(etcd_store) == before  # a dry run writes nothing
+    assert await plain_keys(etcd_store) == before  # a dry run writes nothing
     assert dry.kinds["tenants"].added == 2 and dry.kinds["tenants"].removed == 1
     assert dry.kinds["config-history"].added >= 2
     assert dry.kinds["registry"].skipped_lease_bound == 1
@@ -87,7 +81,7 @@ async def test_backup_wipe_restore_round_trip(bclient: HubClient, etcd_store: Et
     assert report.kinds["registry"].skipped_lease_bound == 1
     assert any("not atomic" in n for n in report.notes)
 
-    restored = await _plain(etcd_store)
+    restored = await plain_keys(etcd_store)
     for key, value in original.items():
         assert restored.get(key) == value, key
     extra = {backups.kind_of(k) for k in set(restored) - set(original)}
@@ -145,11 +139,11 @@ async def test_bad_files_are_refused_and_state_is_intact(
     await _populate(bclient, etcd_store)
     data = await bclient.backup()
     await bclient.create_tenant("later", tier="free")
-    before = await _plain(etcd_store)
+    before = await plain_keys(etcd_store)
     with pytest.raises(InvalidArgument) as e:
         await bclient.restore(damage(data), dry_run=False)
     assert e.value.reason == reason
-    after = await _plain(etcd_store)
+    after = await plain_keys(etcd_store)
     # Only the refusal's audit record was added.
     assert {k: v for k, v in after.items() if not k.startswith(keys.AUDIT)} == {
         k: v for k, v in before.items() if not k.startswith(keys.AUDIT)
@@ -273,7 +267,7 @@ async def test_restore_into_a_fresh_etcd(
     await _populate(bclient, etcd_store)
     await bclient.register("pricing", host="127.0.0.1", port=9001, ttl=30)
     data = await bclient.backup()
-    original = await _plain(etcd_store)
+    original = await plain_keys(etcd_store)
 
     fresh = EtcdProcess(tmp_path / "fresh-etcd")
     await asyncio.to_thread(fresh.start)
@@ -284,7 +278,7 @@ async def test_restore_into_a_fresh_etcd(
             async with HubClient(hub.address) as c:
                 report = await c.restore(data, dry_run=False)
                 assert report.kinds["registry"].skipped_lease_bound == 1
-                restored = await _plain(new_store)
+                restored = await plain_keys(new_store)
                 for key, value in original.items():
                     if key.startswith((keys.CONFIG + b"tier/", keys.CONFIG_HISTORY + b"tier/")):
                         continue  # seeded by the new hub at start: the same values, kept

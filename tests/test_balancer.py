@@ -19,8 +19,8 @@ from hub_client._private.errors import (
     from_rpc_error,
 )
 from hub_server.app import Hub
-from tests.conftest import eventually
 from tests.support.servers import GrpcServer
+from tests.support.waiting import eventually
 
 
 async def _pick(

@@ -27,7 +27,8 @@ from hub_client import (
 )
 from hub_server.app import Hub
 from hub_server.embedded_etcd import free_port
-from tests.conftest import HubFactory, eventually
+from tests.support.hubs import HubFactory
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "quote_service.py"

@@ -12,7 +12,8 @@ from aitrading.hub.v1 import circuit_pb2_grpc
 from google.protobuf import duration_pb2
 
 from hub_server.app import Hub
-from tests.conftest import HubFactory, eventually
+from tests.support.hubs import HubFactory
+from tests.support.waiting import eventually
 
 CLOSED, OPEN, HALF_OPEN = cb.CIRCUIT_STATE_CLOSED, cb.CIRCUIT_STATE_OPEN, cb.CIRCUIT_STATE_HALF_OPEN
 

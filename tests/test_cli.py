@@ -18,7 +18,7 @@ from aitrading.hub.v1 import cluster_pb2, cluster_pb2_grpc, registry_pb2, regist
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hub_server.embedded_etcd import free_port
-from tests.conftest import eventually
+from tests.support.waiting import eventually
 
 BIN = Path(sys.executable).parent
 

@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2
 import hub_client
 from hub_client import CircuitOpen, HubClient, NoEligibleInstance
 from hub_server.app import Hub
-from tests.conftest import eventually
+from tests.support.waiting import eventually
 
 
 async def test_pick_and_health(client: HubClient) -> None:

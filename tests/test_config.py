@@ -20,7 +20,8 @@ from hub_client._private.errors import from_rpc_error
 from hub_server.app import Hub
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
-from tests.conftest import HubFactory, eventually
+from tests.support.hubs import HubFactory
+from tests.support.waiting import eventually
 
 FREE, PRO, ENTERPRISE = (
     types_pb2.SUBSCRIPTION_TIER_FREE,

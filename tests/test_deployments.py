@@ -12,117 +12,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aitrading.hub.v1 import deployment_pb2
 
-from hub_client import Deployer, Deployment, Directive, FailedPrecondition, HubClient, health_check
-from hub_client._private.registration import Registration
+from hub_client import Deployer, Deployment, Directive, FailedPrecondition, HubClient
 from hub_server.app import Hub
-from tests.conftest import HubFactory, eventually
-from tests.support.servers import GrpcServer
-from tests.test_health import _crash
-
-FAST = dict(interval=0.2, timeout=0.5)
-
-
-class Fleet:
-    """A service's instances: real gRPC servers registered with the hub, and a
-    controller that follows the service's directives like an orchestrator."""
-
-    def __init__(self, client: HubClient, service: str) -> None:
-        self.client = client
-        self.service = service
-        self.servers: dict[str, GrpcServer] = {}
-        self.regs: dict[str, Registration] = {}
-        self.versions: dict[str, str] = {}
-        self.directives: list[Directive] = []
-        self.events: list[tuple[float, str, str]] = []  # (time, action, instance)
-        self.replace = True  # start a replacement on UPGRADE
-        self.replacement_serving = True
-        self.before_replace: Callable[[Directive], Awaitable[None]] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._jobs: set[asyncio.Task[None]] = set()
-        self._n = 0
-        self.removed_at: dict[str, float] = {}
-
-    async def add(self, version: str, instance_id: str = "", *, serving: bool = True) -> str:
-        self._n += 1
-        instance_id = instance_id or f"{self.service}-{version}-{self._n:03d}"
-        srv = GrpcServer()
-        await srv.start()
-        if not serving:
-            await srv.set_serving(False)
-        reg = await self.client.register(
-            self.service, instance_id=instance_id, host="127.0.0.1", port=srv.port,
-            protocol="grpc", version=version, health=health_check(grpc_service="", **FAST),
-        )  # fmt: skip
-        self.servers[instance_id], self.regs[instance_id] = srv, reg
-        self.versions[instance_id] = version
-        return instance_id
-
-    async def remove(self, instance_id: str) -> None:
-        reg, srv = self.regs.pop(instance_id, None), self.servers.pop(instance_id, None)
-        self.versions.pop(instance_id, None)
-        if reg is not None:
-            await reg.deregister()
-        if srv is not None:
-            await srv.stop()
-        self.removed_at[instance_id] = time.time()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._follow())
-
-    async def _follow(self) -> None:
-        async for d in self.client.watch_directives(self.service):
-            self.directives.append(d)
-            self.events.append((time.time(), d.action, d.instance_id))
-            if d.action == "UPGRADE" and d.instance_id in self.regs and self.replace:
-                self._spawn(self._replace(d))
-            elif d.action == "RETIRE":
-                self._spawn(self.remove(d.instance_id))
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._jobs.add(task)
-        task.add_done_callback(self._jobs.discard)
-
-    async def _replace(self, d: Directive) -> None:
-        if self.before_replace is not None:
-            await self.before_replace(d)
-        await self.add(d.target_version, serving=self.replacement_serving)
-
-    async def stop(self) -> None:
-        for job in list(self._jobs):
-            job.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for iid in list(self.regs):
-            with contextlib.suppress(Exception):
-                await self.remove(iid)
-
-    def count(self, action: str) -> Counter[str]:
-        return Counter(d.instance_id for d in self.directives if d.action == action)
-
-
-@contextlib.asynccontextmanager
-async def fleet(client: HubClient, service: str, n: int, version: str = "1.0.0"):  # type: ignore[no-untyped-def]
-    f = Fleet(client, service)
-    try:
-        for k in range(n):
-            await f.add(version, f"{service}-old-{k:02d}")
-        f.start()
-        await eventually(lambda: _all_healthy(client, service, n), timeout=30)
-        yield f
-    finally:
-        await f.stop()
-
-
-async def _all_healthy(client: HubClient, service: str, n: int) -> bool:
-    health = await client.get_health(service)
-    return sum(h.status == "healthy" for h in health) >= n
-
-
-async def _state(client: HubClient, deployment_id: str, state: str) -> bool:
-    return (await client.deployment(deployment_id)).state == state
+from tests.support.fleet import all_healthy, deployment_is, fleet
+from tests.support.hubs import HubFactory, crash
+from tests.support.waiting import eventually
 
 
 async def test_rolling_to_completion_and_draining_never_picked(hub: Hub, client: HubClient) -> None:
@@ -207,7 +101,7 @@ async def test_gate_failure_pauses_then_resume_finishes(hub: Hub, client: HubCli
     async with fleet(client, "risk", 2) as f:
         f.replacement_serving = False  # the new version never becomes healthy
         d = await client.deploy("risk", "2.0.0", batch_size=2, health_gate_timeout=1.5)
-        await eventually(lambda: _state(client, d.id, "PAUSED"), timeout=15)
+        await eventually(lambda: deployment_is(client, d.id, "PAUSED"), timeout=15)
         paused = await client.deployment(d.id)
         assert "0 of 2 replacements HEALTHY" in paused.reason
         assert paused.batches[0].state == "DRAINING"
@@ -217,7 +111,7 @@ async def test_gate_failure_pauses_then_resume_finishes(hub: Hub, client: HubCli
                 await f.servers[iid].set_serving(True)
         resumed = await client.resume_deployment(d.id)
         assert resumed.state == "RUNNING"
-        await eventually(lambda: _state(client, d.id, "SUCCEEDED"), timeout=15)
+        await eventually(lambda: deployment_is(client, d.id, "SUCCEEDED"), timeout=15)
 
 
 async def test_gate_failure_rolls_back_with_the_flag(hub: Hub, client: HubClient) -> None:
@@ -235,7 +129,7 @@ async def test_gate_failure_rolls_back_with_the_flag(hub: Hub, client: HubClient
         d = await client.deploy(
             "orders", "2.0.0", batch_size=2, health_gate_timeout=2, rollback_on_failure=True
         )
-        await eventually(lambda: _state(client, d.id, "ROLLED_BACK"), timeout=25)
+        await eventually(lambda: deployment_is(client, d.id, "ROLLED_BACK"), timeout=25)
         done = await client.deployment(d.id)
         assert [b.state for b in done.batches] == ["DONE", "CANCELLED"]
         assert "batch 2" in done.reason
@@ -250,10 +144,6 @@ async def test_gate_failure_rolls_back_with_the_flag(hub: Hub, client: HubClient
         # (slower on a loaded machine), discovery offers 1.0.0 only.
         await eventually(lambda: _versions(client, "orders", {"1.0.0"}), timeout=30)
         assert broken["n"] >= 1
-
-
-async def _versions(client: HubClient, service: str, expected: set[str]) -> bool:
-    return {i.version for i in (await client.discover(service)).instances} == expected
 
 
 async def test_pause_resume_abort_and_one_active_per_service(hub: Hub, client: HubClient) -> None:
@@ -302,10 +192,7 @@ async def test_leader_killed_mid_batch_the_other_continues(hub_factory: HubFacto
             if d.batch == 1 and not crashed.is_set():
                 crashed.set()
                 t = time.monotonic()
-                # _crash sometimes hangs for a while stopping the dead replica's
-                # server or mirrors; the replica is dead for the hub either way.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_crash(leader), 5)
+                await crash(leader)
                 await eventually(lambda: follower.services.election.is_leader, timeout=60)
                 takeover.append(time.monotonic() - t)
 
@@ -372,9 +259,9 @@ async def test_base_service_follows_its_directives(hub: Hub, client: HubClient) 
     runner = asyncio.create_task(old.run(handle_signals=False))
     try:
         await asyncio.wait_for(old.registered.wait(), 10)
-        await eventually(lambda: _all_healthy(client, "books", 1))
+        await eventually(lambda: all_healthy(client, "books", 1))
         d = await client.deploy("books", "2.0.0", health_gate_timeout=20)
-        await eventually(lambda: _state(client, d.id, "SUCCEEDED"), timeout=20)
+        await eventually(lambda: deployment_is(client, d.id, "SUCCEEDED"), timeout=20)
         await asyncio.wait_for(runner, 10)  # RETIRE stopped it
         assert seen == ["UPGRADE", "RETIRE"]
         svc = await client.discover("books")
@@ -437,7 +324,7 @@ async def test_a_failed_rollback_moves_in_batches_and_leaves_the_service_usable(
         done = await Deployer(client).run("quotes", "2.0.0", batch_size=2, health_gate_timeout=5)
         assert done.state == "SUCCEEDED", done.reason
         new = sorted(i for b in done.batches for i in b.replacement_ids)
-        await eventually(lambda: _all_healthy(client, "quotes", 4), timeout=30)
+        await eventually(lambda: all_healthy(client, "quotes", 4), timeout=30)
         f.replacement_serving = False  # 1.0.0 never comes back
         stub = client.deployment_stub
         await stub.RollbackDeployment(deployment_pb2.RollbackDeploymentRequest(id=done.id))

@@ -10,7 +10,7 @@ import pytest
 from hub_server.store import election
 from hub_server.store.election import Election
 from hub_server.store.etcd import EtcdStore
-from tests.conftest import eventually
+from tests.support.waiting import eventually
 
 
 async def test_stop_leaves_stuck_leader_work_behind_and_says_so(

@@ -12,7 +12,7 @@ from aitrading.hub.v1 import observability_pb2_grpc
 from hub_client import ErrorDNA, HubClient
 from hub_server.app import Hub
 from hub_server.observability.error_patterns import merge
-from tests.conftest import HubFactory
+from tests.support.hubs import HubFactory
 
 
 def _stub(hub: Hub) -> tuple[grpc.aio.Channel, observability_pb2_grpc.ObservabilityServiceStub]:

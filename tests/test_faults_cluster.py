@@ -44,12 +44,12 @@ from hub_server.store import keys
 from hub_server.store.election import Election
 from hub_server.store.etcd import EtcdStore, Event
 from hub_server.store.watch import PrefixWatch
-from tests.conftest import HubFactory, eventually
 from tests.support.cluster import EtcdCluster, etcd_cluster
+from tests.support.fleet import fleet
+from tests.support.hubs import HubFactory, crash
+from tests.support.keyspace import usage_in_etcd
 from tests.support.servers import HttpServer
-from tests.test_deployments import fleet
-from tests.test_health import _crash
-from tests.test_quotas import usage_in_etcd
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -102,13 +102,6 @@ async def leader_and_follower(start_hub: StartHub) -> tuple[Hub, Hub]:
     b = await start_hub("m1")
     await eventually(lambda: b.services.election.leader_id == a.hub_id)
     return a, b
-
-
-async def crash(hub: Hub) -> None:
-    """Kills a replica (no lease revoked, nothing handed over). Stopping its
-    server sometimes takes a while; the replica is dead for the others at once."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(_crash(hub), 5)
 
 
 # -- bounded retries and the ledger ---------------------------------------------------

@@ -24,8 +24,9 @@ from hub_server.app import Hub
 from hub_server.rpc.streaming import MergedLog
 from hub_server.store.event_log import EventLog
 from hub_server.store.mirror import ADDED, Change
-from tests.conftest import HubFactory, eventually
+from tests.support.hubs import HubFactory, crash
 from tests.support.servers import GrpcServer, HttpServer, TcpServer
+from tests.support.waiting import eventually
 
 FAST = dict(interval=0.2, timeout=0.5)
 
@@ -265,7 +266,7 @@ async def test_only_the_leader_probes_and_another_takes_over(hub_factory: HubFac
             assert follower.services.health_monitor.probes_done == 0
 
             # The leader dies without handing over: the other waits out its lease.
-            await _crash(leader)
+            await crash(leader)
             await eventually(lambda: follower.services.election.is_leader, timeout=10)
             before = follower.services.health_monitor.probes_done
             await eventually(lambda: follower.services.health_monitor.probes_done > before + 3)
@@ -283,21 +284,6 @@ async def test_graceful_stop_hands_over_at_once(hub_factory: HubFactory) -> None
     await a.stop()
     await eventually(lambda: b.services.election.is_leader, timeout=5)
     assert (await _cluster(b.address)).leader_id == b.hub_id
-
-
-async def _crash(hub: Hub) -> None:
-    """Stops a hub the way a killed process stops: no lease revoked, nothing handed over."""
-    assert hub.services.election._task is not None and hub.server is not None
-    hub.services.election._task.cancel()
-    await hub.services.election._step_down()
-    hub.presence._task.cancel()  # type: ignore[union-attr]
-    await hub.server.stop(0)
-    for mirror in hub.services.mirrors:
-        await mirror.stop()
-    for task in hub._tasks:
-        task.cancel()
-    hub.services.election._lease = 0  # nothing left for stop() to revoke
-    hub.presence._lease = 0
 
 
 async def _max_age(address: str, service: str, instance_id: str, seconds: float) -> float:

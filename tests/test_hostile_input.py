@@ -52,6 +52,7 @@ from hub_server.rpc.decoding import tolerant
 from hub_server.rpc.wrapping import WrappingServer
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
+from tests.support.keyspace import plain_keys
 
 # -- every RPC, from the descriptors ------------------------------------------------
 
@@ -445,8 +446,7 @@ async def seed(channel: grpc.aio.Channel) -> None:
 
 
 async def stable_state(store: EtcdStore) -> dict[bytes, bytes]:
-    kvs, _ = await store.get_prefix(b"/hub/")
-    return {kv.key: kv.value for kv in kvs if not kv.lease and not kv.key.startswith(VOLATILE)}
+    return await plain_keys(store, leaving_out=VOLATILE)
 
 
 # -- calling ------------------------------------------------------------------------

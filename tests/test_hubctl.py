@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +28,8 @@ from hubctl.app import UsageError
 from hubctl.config_commands import layer_of
 from hubctl.observability_commands import parse_when
 from hubctl.output import Style, table, usage_bar, use_colour
-from tests.conftest import eventually
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-async def hubctl(hub: Hub | str, *argv: str) -> Result:
-    target = hub if isinstance(hub, str) else hub.address
-    out, err = io.StringIO(), io.StringIO()
-    code = await asyncio.to_thread(run, ["--target", target, *argv], out, err)
-    return Result(code, out.getvalue(), err.getvalue())
-
+from tests.support.hubctl import ROOT, hubctl, table_row
+from tests.support.waiting import eventually
 
 # Runs hubctl as `python -m hubctl` would, with Ctrl-C restored first:
 # a shell may start background jobs (like this test run) with SIGINT ignored.
@@ -510,15 +490,6 @@ async def test_runs_as_a_program(hub: Hub) -> None:
 # -- config ----------------------------------------------------------------------
 
 
-def _row(out: str, first: str) -> list[str]:
-    """The whitespace-split table row whose first cell is ``first``."""
-    for line in out.splitlines():
-        cells = line.split()
-        if cells and cells[0] == first:
-            return cells
-    raise AssertionError(f"no row {first!r} in:\n{out}")
-
-
 async def test_config_get_layer_set_history_rollback(hub: Hub, client: HubClient) -> None:
     await client.create_tenant("acme", tier="pro")
     pro = await client.config("acme")
@@ -526,9 +497,9 @@ async def test_config_get_layer_set_history_rollback(hub: Hub, client: HubClient
     got = await hubctl(hub, "config", "get", "acme")
     assert got.code == 0, got.err
     assert "tenant:    acme" in got.out and "pro, from the tenant record" in got.out
-    assert _row(got.out, "FIELD") == ["FIELD", "VALUE", "FROM"]
+    assert table_row(got.out, "FIELD") == ["FIELD", "VALUE", "FROM"]
     calls = str(pro.rate_limits["api_calls_per_hour"])
-    assert _row(got.out, "rate_limits.api_calls_per_hour") == [
+    assert table_row(got.out, "rate_limits.api_calls_per_hour") == [
         "rate_limits.api_calls_per_hour", calls, "tier/pro"
     ]  # fmt: skip
 
@@ -560,7 +531,7 @@ async def test_config_get_layer_set_history_rollback(hub: Hub, client: HubClient
     text = await hubctl(hub, "config", "set", "global", "--websocket-connections", "7")
     assert text.code == 0, text.err
     assert text.out.splitlines()[0] == "global: v0 -> v1"
-    assert _row(text.out, "rate_limits.websocket_connections")[1:] == ["unset", "7"]
+    assert table_row(text.out, "rate_limits.websocket_connections")[1:] == ["unset", "7"]
 
     # get: the merged view says which layer set each value, and each layer's version.
     merged = (await hubctl(hub, "config", "get", "acme", "-o", "json")).json()
@@ -572,9 +543,9 @@ async def test_config_get_layer_set_history_rollback(hub: Hub, client: HubClient
     assert merged["sources"]["rate_limits.websocket_connections"] == "global"
     assert merged["sources"]["resource_limits.max_concurrent_requests"] == "tier/pro"
     got = await hubctl(hub, "config", "get", "acme")
-    assert _row(got.out, "rate_limits.websocket_connections")[1:] == ["7", "global"]
-    assert _row(got.out, "features.flags.beta_ui")[1:] == ["on", "tenant/acme"]
-    assert _row(got.out, "settings.risk")[1:] == ['{"max_leverage":5}', "tenant/acme"]
+    assert table_row(got.out, "rate_limits.websocket_connections")[1:] == ["7", "global"]
+    assert table_row(got.out, "features.flags.beta_ui")[1:] == ["on", "tenant/acme"]
+    assert table_row(got.out, "settings.risk")[1:] == ['{"max_leverage":5}', "tenant/acme"]
     # Without a tenant: tier defaults and global, at the caller's --tier.
     bare = (await hubctl(hub, "--tier", "enterprise", "config", "get", "-o", "json")).json()
     assert (bare["tenant_id"], bare["tier"], bare["tier_source"]) == (
@@ -585,7 +556,7 @@ async def test_config_get_layer_set_history_rollback(hub: Hub, client: HubClient
     layer = await hubctl(hub, "config", "layer", "tenant", "acme")
     assert layer.code == 0, layer.err
     assert "layer:    tenant/acme" in layer.out and "comment:  bigger" in layer.out
-    assert _row(layer.out, "rate_limits.api_calls_per_hour")[1] == "20000"
+    assert table_row(layer.out, "rate_limits.api_calls_per_hour")[1] == "20000"
     tier = (await hubctl(hub, "config", "layer", "tier/pro", "-o", "json")).json()
     assert tier["layer"] == "tier/pro"
     assert set(tier["values"]) >= {"rate_limits", "resource_limits", "features"}
@@ -596,7 +567,7 @@ async def test_config_get_layer_set_history_rollback(hub: Hub, client: HubClient
     edit = await hubctl(hub, "config", "set", "tenant", "acme", "--unset", "beta_ui",
                         "--setting", 'note="hi"', "--user", "alice")  # fmt: skip
     assert edit.code == 0, edit.err
-    assert _row(edit.out, "features.flags.beta_ui")[1:] == ["on", "unset"]
+    assert table_row(edit.out, "features.flags.beta_ui")[1:] == ["on", "unset"]
     hist = (await hubctl(hub, "config", "history", "tenant", "acme", "-o", "json")).json()
     assert [v["version"] for v in hist["versions"]] == [2, 1]
     assert hist["versions"][0]["updated_by"] == "alice"
@@ -605,8 +576,8 @@ async def test_config_get_layer_set_history_rollback(hub: Hub, client: HubClient
         "settings.note",
     ]
     text = await hubctl(hub, "config", "history", "tenant", "acme")
-    assert _row(text.out, "v2")[3] == "alice" and 'settings.note unset -> "hi"' in text.out
-    assert _row(text.out, "v1")[4] == "bigger"
+    assert table_row(text.out, "v2")[3] == "alice" and 'settings.note unset -> "hi"' in text.out
+    assert table_row(text.out, "v1")[4] == "bigger"
     short = await hubctl(hub, "config", "history", "tenant", "acme", "--limit", "1")
     assert "v1" not in short.out and "1 older versions" in short.err
 
@@ -703,8 +674,8 @@ async def test_tenants_usage_and_quota(hub: Hub, client: HubClient, monkeypatch:
 
     listed = await hubctl(hub, "tenants", "list")
     assert listed.out.splitlines()[0].split() == ["TENANT", "NAME", "TIER", "CREATED", "UPDATED"]
-    assert _row(listed.out, "acme")[1:4] == ["Acme", "Corp", "pro"]
-    assert _row(listed.out, "beta")[1:3] == ["-", "free"]
+    assert table_row(listed.out, "acme")[1:4] == ["Acme", "Corp", "pro"]
+    assert table_row(listed.out, "beta")[1:3] == ["-", "free"]
     # After the command, --tier filters; HUB_TIER (the caller's tier) does not.
     monkeypatch.setenv("HUB_TIER", "free")
     pro = (await hubctl(hub, "tenants", "list", "--tier", "pro", "-o", "json")).json()
@@ -746,7 +717,7 @@ async def test_tenants_usage_and_quota(hub: Hub, client: HubClient, monkeypatch:
     lines = usage.out.splitlines()
     assert lines[0] == "small  tier free"
     assert lines[1].split() == ["RESOURCE", "USED", "LIMIT", "USE"]
-    assert _row(usage.out, "websocket_connections")[1:] == ["4", "5", "[################....]",
+    assert table_row(usage.out, "websocket_connections")[1:] == ["4", "5", "[################....]",
                                                            "80%"]  # fmt: skip
     assert "resets in" in next(li for li in lines if li.startswith("api_calls_per_hour"))
     # The tenant may come from the global --tenant (or HUB_TENANT).
@@ -814,7 +785,7 @@ async def test_alerts_list_and_watch(hub_factory: Any) -> None:
     assert listed.out.splitlines()[0].split() == [
         "SEVERITY", "RULE", "SUBJECT", "RAISED", "SUMMARY"
     ]  # fmt: skip
-    assert _row(listed.out, "warning")[1:3] == ["CIRCUIT_OPENED", "ml"]
+    assert table_row(listed.out, "warning")[1:3] == ["CIRCUIT_OPENED", "ml"]
     # --tenant after the command filters: nothing is about tenant nobody.
     other = await hubctl(hub, "alerts", "list", "--tenant", "nobody", "-o", "json")
     assert other.json()["active"] == []
@@ -961,13 +932,13 @@ async def test_errors_and_metrics(hub: Hub, fleet: HubClient) -> None:
     text = await hubctl(hub, "metrics")
     assert text.code == 0, text.err
     assert f"hub:            {hub.hub_id}" in text.out
-    assert _row(text.out, "SERVICE") == [
+    assert table_row(text.out, "SERVICE") == [
         "SERVICE", "INSTANCES", "HEALTHY", "DEGRADED", "UNHEALTHY", "UNKNOWN"
     ]  # fmt: skip
-    assert _row(text.out, "prices") == ["prices", "2", "2", "0", "0", "0"]
-    tenant_row = _row(text.out, "acme")
+    assert table_row(text.out, "prices") == ["prices", "2", "2", "0", "0", "0"]
+    tenant_row = table_row(text.out, "acme")
     assert tenant_row[1] == "pro" and tenant_row[3].startswith("2/")  # websockets used/limit
-    assert _row(text.out, "RegistryService/Register")[1] == "3"
+    assert table_row(text.out, "RegistryService/Register")[1] == "3"
 
     data = (await hubctl(hub, "metrics", "-o", "json")).json()
     assert data["hub_id"] == hub.hub_id and data["uptime_seconds"] > 0

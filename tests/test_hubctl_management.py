@@ -25,9 +25,11 @@ from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 from hubctl.management_commands import duration, share
 from hubctl.output import int64_strings
-from tests.conftest import HubFactory, eventually
-from tests.test_deployments import _state, fleet
-from tests.test_hubctl import ROOT, Result, _row, hubctl
+from tests.support.fleet import deployment_is, fleet
+from tests.support.hubctl import ROOT, Result, hubctl, table_row
+from tests.support.hubs import HubFactory
+from tests.support.keyspace import plain_keys
+from tests.support.waiting import eventually
 
 # A watch that does not stop by itself at a final state would hang: give up after this.
 FOLLOW_LIMIT = 60
@@ -84,9 +86,9 @@ async def test_start_follow_status_and_list(hub: Hub, client: HubClient) -> None
         assert "version:     1.0.0 -> 2.0.0" in status.out
         assert "strategy:    rolling, batches of 1, health gate 20s" in status.out
         assert "state:       SUCCEEDED" in status.out and "(took " in status.out
-        assert _row(status.out, "BATCH")[:4] == ["BATCH", "STATE", "INSTANCES", "REPLACEMENTS"]
-        assert _row(status.out, "1")[1:3] == ["DONE", "quotes-old-00"]
-        assert _row(status.out, "2")[1:3] == ["DONE", "quotes-old-01"]
+        assert table_row(status.out, "BATCH")[:4] == ["BATCH", "STATE", "INSTANCES", "REPLACEMENTS"]
+        assert table_row(status.out, "1")[1:3] == ["DONE", "quotes-old-00"]
+        assert table_row(status.out, "2")[1:3] == ["DONE", "quotes-old-01"]
         data = (await hubctl(hub, "deployments", "status", dep, "-o", "json")).json()
         assert data["state"] == "SUCCEEDED" and data["finished"]
         assert data["progress"] == {
@@ -112,13 +114,13 @@ async def test_start_follow_status_and_list(hub: Hub, client: HubClient) -> None
 
         listed = await hubctl(hub, "deployments", "list")
         assert listed.code == 0, listed.err
-        assert _row(listed.out, "ID") == [
+        assert table_row(listed.out, "ID") == [
             "ID", "SERVICE", "VERSION", "STRATEGY", "STATE", "BATCHES", "STARTED", "NOTE"
         ]  # fmt: skip
-        assert _row(listed.out, second)[1:7] == [
+        assert table_row(listed.out, second)[1:7] == [
             "quotes", "2.0.0", "->", "3.0.0", "rolling", "SUCCEEDED"
         ]  # fmt: skip
-        assert _row(listed.out, dep)[6:8] == ["SUCCEEDED", "2/2"]
+        assert table_row(listed.out, dep)[6:8] == ["SUCCEEDED", "2/2"]
         assert listed.out.index(second) < listed.out.index(dep)  # newest first
         js = (await hubctl(hub, "deployments", "list", "quotes", "-o", "json")).json()
         assert [d["id"] for d in js["deployments"]] == [second, dep] and not js["more"]
@@ -152,8 +154,8 @@ async def test_canary_start_text(hub: Hub, client: HubClient) -> None:
             "observed 2m), then batches of 2, at most 2 out of rotation, health gate 5m, "
             "rolls back on failure)"
         )
-        assert _row(res.out, "BATCH") == ["BATCH", "INSTANCES"]
-        assert _row(res.out, "1")[:2] == ["1", "canary"]
+        assert table_row(res.out, "BATCH") == ["BATCH", "INSTANCES"]
+        assert table_row(res.out, "1")[:2] == ["1", "canary"]
         data = (await hubctl(hub, "deployments", "status", dep, "-o", "json")).json()
         assert data["strategy"] == "canary" and data["batches"][0]["canary"]
         assert data["settings"]["canary_observation_s"] == 90
@@ -171,7 +173,7 @@ async def test_pause_resume_abort(hub: Hub, client: HubClient) -> None:
         assert res.code == 0, res.err
         dep = res.json()["id"]
         await eventually(lambda: f.count("UPGRADE"))
-        await eventually(lambda: _state(client, dep, "RUNNING"))
+        await eventually(lambda: deployment_is(client, dep, "RUNNING"))
 
         busy = await hubctl(hub, "deployments", "start", "alerts", "3.0.0")
         assert busy.code == 1 and busy.err.startswith("hubctl: FailedPrecondition: ")
@@ -346,10 +348,7 @@ async def backup_hub(hub_factory: HubFactory, tmp_path: Path) -> Hub:
 
 
 async def _plain(store: EtcdStore) -> dict[bytes, bytes]:
-    """The keyspace's keys that are not bound to a lease, the audit trail aside
-    (every call may add to it)."""
-    kvs, _ = await store.get_prefix(keys.ROOT)
-    return {kv.key: kv.value for kv in kvs if not kv.lease and not kv.key.startswith(keys.AUDIT)}
+    return await plain_keys(store, leaving_out=(keys.AUDIT,))  # every call may add to it
 
 
 async def test_backups_create_list_restore(
@@ -385,10 +384,10 @@ async def test_backups_create_list_restore(
         listed = await hubctl(hub, "backups", "list")
         assert listed.code == 0, listed.err
         assert listed.out.startswith(f"directory:  {tmp_path / 'stored'} (on ")
-        assert _row(listed.out, "NAME") == [
+        assert table_row(listed.out, "NAME") == [
             "NAME", "CREATED", "AGE", "REVISION", "KEYS", "SIZE", "KIND"
         ]  # fmt: skip
-        assert _row(listed.out, name)[-1] == "manual"
+        assert table_row(listed.out, name)[-1] == "manual"
         data = (await hubctl(hub, "backups", "list", "-o", "json")).json()
         assert data["directory"] == str(tmp_path / "stored")
         assert [b["name"] for b in data["backups"]] == [name] and not data["backups"][0][
@@ -406,20 +405,20 @@ async def test_backups_create_list_restore(
         assert dry.code == 0, dry.err
         assert dry.out.startswith(f"dry run of {path}: would change ")
         assert "nothing was written" in dry.out.splitlines()[0]
-        assert _row(dry.out, "KIND") == [
+        assert table_row(dry.out, "KIND") == [
             "KIND", "ADDED", "UPDATED", "REMOVED", "UNCHANGED", "LEASE-BOUND", "KEPT", "LIVE",
             "KEPT", "RECORDS", "APPEND-ONLY"
         ]  # fmt: skip
-        assert _row(dry.out, "tenants")[1:4] == ["0", "0", "1"]  # intruder would go
-        assert _row(dry.out, "tenants")[-2:] == ["0", "no"]
+        assert table_row(dry.out, "tenants")[1:4] == ["0", "0", "1"]  # intruder would go
+        assert table_row(dry.out, "tenants")[-2:] == ["0", "no"]
         # Records written since (the calls above, the version of global) are kept.
-        audit_row = _row(dry.out, "audit")
+        audit_row = table_row(dry.out, "audit")
         assert audit_row[3] == "0" and int(audit_row[7]) >= 2 and audit_row[-1] == "yes"
-        assert _row(dry.out, "config-history")[3] == "0"
-        assert _row(dry.out, "config-history")[-2:] == ["1", "yes"]
-        assert _row(dry.out, "config")[2] == "1"  # global would go back to limit 6
-        assert _row(dry.out, "registry")[5] == "1"  # the instance is not restored
-        assert _row(dry.out, "total")
+        assert table_row(dry.out, "config-history")[3] == "0"
+        assert table_row(dry.out, "config-history")[-2:] == ["1", "yes"]
+        assert table_row(dry.out, "config")[2] == "1"  # global would go back to limit 6
+        assert table_row(dry.out, "registry")[5] == "1"  # the instance is not restored
+        assert table_row(dry.out, "total")
         assert f"hubctl backups restore {path} --yes" in dry.err
         js = await hubctl(hub, "backups", "restore", str(path), "--dry-run", "-o", "json")
         assert js.code == 0, js.err
@@ -566,7 +565,7 @@ async def test_follow_stops_where_a_person_is_needed_and_at_timeout(
         )  # fmt: skip
         assert res.code == 0, res.err
         dep = res.json()["id"]
-        await eventually(lambda: _state(client, dep, "RUNNING"))
+        await eventually(lambda: deployment_is(client, dep, "RUNNING"))
         # --timeout given: following ends when it passes, with the timeout code (3).
         timed = await follow(hub, "--timeout", "1", "deployments", "status", dep, "--watch")
         assert timed.code == 3, timed.err

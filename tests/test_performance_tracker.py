@@ -16,17 +16,7 @@ from hub_client._private.performance import (
     OperationSummary,
     PerformanceTracker,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance_ms(self, ms: float) -> None:
-        self.now += ms / 1000.0
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
@@ -43,7 +33,7 @@ def provider(reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(100.0)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from hub_server.app import Hub
 from hub_server.quotas import arithmetic as quotas
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
-from tests.conftest import HubFactory
+from tests.support.hubs import HubFactory
 
 HOUR = 3600
 WS = tenant_pb2.QUOTA_RESOURCE_WEBSOCKET_CONNECTIONS

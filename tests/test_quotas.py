@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from pathlib import Path
 
 import grpc
@@ -27,14 +26,10 @@ from hub_server.app import Hub
 from hub_server.quotas import arithmetic as quotas
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
-from tests.conftest import HubFactory
+from tests.support.hubs import HubFactory
+from tests.support.keyspace import usage_in_etcd
 
 HOUR = 3600
-
-
-async def usage_in_etcd(store: EtcdStore, tenant_id: str, resource: str) -> int:
-    kv, _ = await store.get(keys.usage_key(tenant_id, resource))
-    return int(json.loads(kv.value)["used"]) if kv is not None else 0
 
 
 # -- tenants ------------------------------------------------------------------------
@@ -340,7 +335,7 @@ async def test_an_ignored_tenant_header_is_named_in_the_error(
     """A reader not bound to a tenant sends x-tenant-id: the header is ignored (only
     admin and gateway callers name tenants by header), and the error says so
     instead of suggesting to send the header it did send."""
-    from tests.test_auth import credentials_text, md
+    from tests.support.auth import credentials_text, md
 
     path = tmp_path / "credentials.toml"
     path.write_text(credentials_text())

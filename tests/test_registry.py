@@ -24,7 +24,8 @@ from hub_server.kernel.errors import Violations
 from hub_server.registry.service import default_instance_id
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
-from tests.conftest import HubFactory, eventually
+from tests.support.hubs import HubFactory
+from tests.support.waiting import eventually
 
 
 async def test_register_discover_and_fields(client: HubClient) -> None:

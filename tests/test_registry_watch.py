@@ -13,8 +13,9 @@ from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc
 from hub_client import EventType, HubClient
 from hub_server.embedded_etcd import free_port
 from hub_server.store.etcd import EtcdStore
-from tests.conftest import HubFactory, eventually
 from tests.support.bridge import Bridge
+from tests.support.hubs import HubFactory
+from tests.support.waiting import eventually
 
 SNAPSHOT = registry_pb2.WATCH_RESPONSE_KIND_SNAPSHOT
 EVENTS = registry_pb2.WATCH_RESPONSE_KIND_EVENTS

@@ -16,7 +16,8 @@ from hub_client import EventType, HubClient, Unavailable
 from hub_server.embedded_etcd import EtcdProcess
 from hub_server.kernel.errors import Compacted
 from hub_server.store.etcd import EtcdStore
-from tests.conftest import HubFactory, eventually
+from tests.support.hubs import HubFactory
+from tests.support.waiting import eventually
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from hub_client import HubClient
 from hub_client._private.targets import channel_target
 from hub_server.app import Hub
 from hub_server.embedded_etcd import free_port
-from tests.test_hubctl import hubctl
+from tests.support.hubctl import hubctl
 
 NAMES = {
     "hub-a": ["10.0.0.1", "fd00::1"],

@@ -10,7 +10,8 @@ from aitrading.hub.v1 import observability_pb2_grpc
 from hub_client import HubClient
 from hub_server.app import Hub
 from hub_server.observability.tenant_alerts import limit_conditions
-from tests.conftest import HubFactory, eventually
+from tests.support.hubs import HubFactory
+from tests.support.waiting import eventually
 
 
 @pytest.mark.parametrize(

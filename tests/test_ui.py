@@ -27,9 +27,9 @@ from hub_server.circuits.breaker import CircuitState
 from hub_server.kernel.errors import PermissionDenied
 from hub_server.ui import Dashboard
 from hub_server.ui.actions import check_fleet_reader
-from tests.conftest import HubFactory
+from tests.support.fleet import fleet
+from tests.support.hubs import HubFactory
 from tests.support.servers import GrpcServer, HttpServer
-from tests.test_deployments import fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "tests" / "ui" / "driver.mjs"
@@ -487,7 +487,7 @@ async def test_release_deployment_drains_from_the_dashboard(
     """The action the deployment card's "Release drains" button posts."""
     import urllib.request
 
-    from tests.conftest import eventually
+    from tests.support.waiting import eventually
 
     assert ui_hub.dashboard is not None
     async with fleet(ui_client, "feeds", 2) as f:

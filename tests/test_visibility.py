@@ -25,8 +25,8 @@ from aitrading.hub.v1 import (
 from hub_client import EventType, HubClient
 from hub_server.app import Hub
 from hub_server.auth.roles import Role
-from tests.conftest import HubFactory
-from tests.test_auth import credentials_text, md
+from tests.support.auth import credentials_text, md
+from tests.support.hubs import HubFactory
 
 ADDED = registry_pb2.WATCH_EVENT_TYPE_ADDED
 UPDATED = registry_pb2.WATCH_EVENT_TYPE_UPDATED
