@@ -14,7 +14,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hub_client import HubClient, InvalidArgument, ServiceNotFound
-from tests.conftest import HubFactory, eventually
+from tests.support.hubs import HubFactory
+from tests.support.waiting import eventually
 
 
 async def test_prometheus_endpoint_and_system_metrics(hub_factory: HubFactory) -> None:
@@ -25,10 +26,8 @@ async def test_prometheus_endpoint_and_system_metrics(hub_factory: HubFactory) -
         await client.register("quotes", host="h", port=2, keep_alive=False)
         for _ in range(5):
             await client.discover("quotes")
-        try:
+        with pytest.raises(ServiceNotFound):
             await client.discover("missing")
-        except ServiceNotFound:
-            pass
         watch = client.watch("quotes")
         await anext(watch)  # one open watch stream
 

@@ -1,6 +1,6 @@
 """Who may call what: the one role table of the hub's gRPC API.
 
-Every RPC of every hub service has exactly one row (tests/test_auth_roles.py
+Every RPC of every hub service has exactly one row (tests/test_auth_logic.py
 checks the table against the protos' descriptors, so a new RPC cannot ship
 without deciding who may call it). Admin may call everything and is not listed.
 """
