@@ -97,7 +97,7 @@ def values_dict_from_pb(m: config_pb2.ConfigValues) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in TYPED_FIELDS:
         section = getattr(m, f.section)
-        if m.HasField(f.section) and section.HasField(f.name):  # type: ignore[arg-type]
+        if m.HasField(f.section) and section.HasField(f.name):
             out.setdefault(f.section, {})[f.name] = getattr(section, f.name)
     if m.features.flags:
         out.setdefault("features", {})["flags"] = dict(m.features.flags)
@@ -203,7 +203,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         self.progress_interval = progress_interval
         self._values_pb = ValuesCache()
 
-    async def GetTenantConfig(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetTenantConfig(self, request, context):
         v = Violations()
         validation.check_safe_id(v, "tenant_id", request.tenant_id, required=False)
         v.raise_if_any()
@@ -214,7 +214,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
             config=merged_to_pb(merged, self._values_pb),
         )
 
-    async def GetConfigLayer(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetConfigLayer(self, request, context):
         v = Violations()
         layer = layer_from_pb(v, "layer", request.layer)
         v.raise_if_any()
@@ -225,7 +225,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         )
 
     @audited
-    async def SetConfigLayer(self, request, context):  # type: ignore[no-untyped-def]
+    async def SetConfigLayer(self, request, context):
         v = Violations()
         layer = layer_from_pb(v, "layer", request.layer)
         audit_note(target=f"config/{layer}")
@@ -245,7 +245,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
             header=response_header(self._hub_id, stored.revision), layer=stored_layer_to_pb(stored)
         )
 
-    async def ListConfigVersions(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListConfigVersions(self, request, context):
         v = Violations()
         layer = layer_from_pb(v, "layer", request.layer)
         if not 0 <= request.page_size <= MAX_PAGE:
@@ -264,7 +264,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         )
 
     @audited
-    async def RollbackConfig(self, request, context):  # type: ignore[no-untyped-def]
+    async def RollbackConfig(self, request, context):
         v = Violations()
         layer = layer_from_pb(v, "layer", request.layer)
         audit_note(target=f"config/{layer}", restored_version=request.version)
@@ -294,12 +294,12 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         if message is None:
             message = state.cache[kind] = config_pb2.WatchConfigResponse(
                 header=response_header(self._hub_id, state.revision),
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 config=merged_to_pb(state.config, self._values_pb),
             ).SerializeToString()
-        return message  # type: ignore[no-any-return]
+        return message
 
-    async def WatchConfig(self, request, context) -> AsyncIterator[config_pb2.WatchConfigResponse]:  # type: ignore[no-untyped-def,override]
+    async def WatchConfig(self, request, context) -> AsyncIterator[config_pb2.WatchConfigResponse]:
         v = Violations()
         validation.check_safe_id(v, "tenant_id", request.tenant_id, required=False)
         if request.start_revision < 0:

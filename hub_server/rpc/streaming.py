@@ -252,8 +252,8 @@ async def watch_stream(
 def _pass_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
     def serialize_unless_bytes(message: Any) -> bytes:
         if message.__class__ is bytes:
-            return message  # type: ignore[no-any-return]
-        return serialize(message) if serialize is not None else message  # type: ignore[no-any-return]
+            return message
+        return serialize(message) if serialize is not None else message
 
     return serialize_unless_bytes
 
