@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
 
 from aitrading.hub.v1 import circuit_pb2, circuit_pb2_grpc
 from google.protobuf import duration_pb2
 
 from hub_server.circuits.breaker import Call, CircuitSettings, Outcome
-from hub_server.circuits.service import Circuits, StoredCircuit
+from hub_server.circuits.service import StoredCircuit
 from hub_server.kernel import validation
 from hub_server.kernel.errors import InvalidArgument, Violations
 from hub_server.rpc.context import audit_note, audited
 from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import watch_stream
+from hub_server.store.event_log import EventLog
 from hub_server.store.mirror import REMOVED, Change
 
 MAX_OUTCOMES = 10_000
@@ -95,8 +97,23 @@ def _names(v: Violations, prefix: str, service: str, instance_id: str) -> None:
     validation.check_safe_id(v, f"{prefix}instance_id", instance_id, required=False)
 
 
+class CircuitStates(Protocol):
+    """What the servicer uses of the circuits (hub_server.circuits.service.Circuits)."""
+
+    @property
+    def revision(self) -> int: ...
+    @property
+    def log(self) -> EventLog[Change[StoredCircuit]]: ...
+    def ensure_live(self) -> None: ...
+    def get(self, service: str, instance_id: str = "") -> StoredCircuit: ...
+    def find(self, service: str = "") -> list[StoredCircuit]: ...
+    async def report(self, outcomes: Iterable[tuple[str, str, Call]]) -> list[StoredCircuit]: ...
+    async def set_settings(self, service: str, settings: CircuitSettings) -> StoredCircuit: ...
+    async def override(self, service: str, instance_id: str, action: str) -> StoredCircuit: ...
+
+
 class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
-    def __init__(self, circuits: Circuits, hub_id: str, *, progress_interval: float = 10.0):
+    def __init__(self, circuits: CircuitStates, hub_id: str, *, progress_interval: float = 10.0):
         self._circuits = circuits
         self._hub_id = hub_id
         self.progress_interval = progress_interval
@@ -115,7 +132,7 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
                 v.add(f"outcomes[{i}].latency_ms", "must be between 0 and one day")
             batch.append((o.service, o.instance_id, Call(Outcome(o.outcome), o.latency_ms)))
         v.raise_if_any()
-        self._circuits.mirror.ensure_live()
+        self._circuits.ensure_live()
         stored = await self._circuits.report(batch)
         now = time.time()
         return circuit_pb2.ReportOutcomesResponse(
@@ -127,10 +144,10 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
         v = Violations()
         _names(v, "", request.service, request.instance_id)
         v.raise_if_any()
-        self._circuits.mirror.ensure_live()
+        self._circuits.ensure_live()
         stored = self._circuits.get(request.service, request.instance_id)
         return circuit_pb2.GetCircuitStateResponse(
-            header=response_header(self._hub_id, self._circuits.mirror.revision),
+            header=response_header(self._hub_id, self._circuits.revision),
             circuit=circuit_to_pb(stored, time.time()),
         )
 
@@ -177,15 +194,12 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
         v = Violations()
         validation.check_dns_label(v, "service", service, required=False)
         v.raise_if_any()
-        mirror = self._circuits.mirror
+        circuits = self._circuits
 
         def snapshot() -> tuple[list[circuit_pb2.Circuit], int]:
-            mirror.ensure_live()
+            found = circuits.find(service)
             now = time.time()
-            items = sorted(mirror.items.values(), key=lambda s: (s.service, s.instance_id))
-            return [
-                circuit_to_pb(s, now) for s in items if not service or s.service == service
-            ], mirror.revision
+            return [circuit_to_pb(s, now) for s in found], circuits.revision
 
         def select(change: Change[StoredCircuit]) -> circuit_pb2.Circuit | None:
             stored = change.value
@@ -206,7 +220,7 @@ class CircuitBreakerServicer(circuit_pb2_grpc.CircuitBreakerServiceServicer):
             )
 
         async for response in watch_stream(
-            mirror.log,
+            circuits.log,
             start_revision=request.start_revision,
             snapshot=snapshot,
             select=select,

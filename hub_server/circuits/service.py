@@ -24,7 +24,8 @@ from hub_server.circuits.breaker import Call, Circuit, CircuitSettings
 from hub_server.store import keys
 from hub_server.store.cas import CompareAndSet, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
-from hub_server.store.mirror import PrefixMirror
+from hub_server.store.event_log import EventLog
+from hub_server.store.mirror import Change, PrefixMirror
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,23 @@ class Circuits:
         self.settings: PrefixMirror[CircuitSettings] = PrefixMirror(
             store, keys.CIRCUIT_SETTINGS, _decode_settings
         )
+
+    @property
+    def revision(self) -> int:
+        return self.mirror.revision
+
+    @property
+    def log(self) -> EventLog[Change[StoredCircuit]]:
+        return self.mirror.log
+
+    def ensure_live(self) -> None:
+        self.mirror.ensure_live()
+
+    def find(self, service: str = "") -> list[StoredCircuit]:
+        """The stored circuits (of ``service``, or all), by service and instance id."""
+        self.mirror.ensure_live()
+        found = [s for s in self.mirror.items.values() if not service or s.service == service]
+        return sorted(found, key=lambda s: (s.service, s.instance_id))
 
     def settings_for(self, service: str) -> CircuitSettings:
         return self.settings.items.get(settings_key(service)) or CircuitSettings()
