@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from aitrading.hub.v1 import deployment_pb2, deployment_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from hub_server.deployments import rollout
-from hub_server.deployments.service import Deployments, StoredDeployment
+from hub_server.deployments.service import StoredDeployment
 from hub_server.kernel import validation
 from hub_server.kernel.errors import Violations
 from hub_server.rpc.context import audit_note, audited
 from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import watch_stream
 from hub_server.store import keys
+from hub_server.store.event_log import EventLog
 from hub_server.store.mirror import REMOVED, Change
 
 MAX_VERSION = 128
@@ -118,9 +120,35 @@ def _check_id(deployment_id: str, reason: str = "") -> None:
     v.raise_if_any()
 
 
+class DeploymentControl(Protocol):
+    """What the servicer uses of the deployments
+    (hub_server.deployments.service.Deployments)."""
+
+    @property
+    def revision(self) -> int: ...
+    @property
+    def log(self) -> EventLog[Change[StoredDeployment]]: ...
+    @property
+    def directives_log(self) -> EventLog[Change[deployment_pb2.Directive]]: ...
+    def get(self, deployment_id: str) -> StoredDeployment: ...
+    def lookup(self, deployment_id: str) -> StoredDeployment | None: ...
+    def find(self, service: str = "", *, active_only: bool = False) -> list[StoredDeployment]: ...
+    def directives_snapshot(self) -> tuple[list[deployment_pb2.Directive], int]: ...
+    async def start(
+        self, service: str, target_version: str, strategy: int, settings: rollout.Settings
+    ) -> StoredDeployment: ...
+    async def pause(self, deployment_id: str, reason: str = "") -> StoredDeployment: ...
+    async def resume(self, deployment_id: str) -> StoredDeployment: ...
+    async def abort(self, deployment_id: str, reason: str = "") -> StoredDeployment: ...
+    async def rollback(self, deployment_id: str, reason: str = "") -> StoredDeployment: ...
+    async def release_drains(
+        self, deployment_id: str
+    ) -> tuple[StoredDeployment, list[str], int]: ...
+
+
 class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
     def __init__(
-        self, deployments: Deployments, hub_id: str, *, progress_interval: float = 10.0
+        self, deployments: DeploymentControl, hub_id: str, *, progress_interval: float = 10.0
     ) -> None:
         self._deployments = deployments
         self._hub_id = hub_id
@@ -153,7 +181,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         _check_id(request.id)
         stored = self._deployments.get(request.id)
         return deployment_pb2.GetDeploymentResponse(
-            header=response_header(self._hub_id, self._deployments.mirror.revision),
+            header=response_header(self._hub_id, self._deployments.revision),
             deployment=deployment_to_pb(stored),
             progress=progress_to_pb(stored.deployment),
         )
@@ -164,7 +192,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         v.raise_if_any()
         found = self._deployments.find(request.service, active_only=request.active_only)
         return deployment_pb2.ListDeploymentsResponse(
-            header=response_header(self._hub_id, self._deployments.mirror.revision),
+            header=response_header(self._hub_id, self._deployments.revision),
             deployments=[deployment_to_pb(s) for s in found],
         )
 
@@ -226,14 +254,13 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         self, request, context
     ) -> AsyncIterator[deployment_pb2.WatchDeploymentResponse]:
         _check_id(request.id)
-        mirror = self._deployments.mirror
+        deployments = self._deployments
         key = keys.deployment_key(request.id)
-        self._deployments.get(request.id)  # NOT_FOUND up front
+        deployments.get(request.id)  # NOT_FOUND up front
 
         def snapshot() -> tuple[list[StoredDeployment], int]:
-            mirror.ensure_live()
-            stored = mirror.items.get(key)
-            return ([stored] if stored is not None else []), mirror.revision
+            stored = deployments.lookup(request.id)
+            return ([stored] if stored is not None else []), deployments.revision
 
         def select(change: Change[StoredDeployment]) -> StoredDeployment | None:
             if change.key != key or change.type == REMOVED:
@@ -251,7 +278,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             return msg
 
         async for response in watch_stream(
-            mirror.log,
+            deployments.log,
             start_revision=request.start_revision,
             snapshot=snapshot,
             select=select,
@@ -268,15 +295,13 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         validation.check_dns_label(v, "service", service)
         validation.check_safe_id(v, "instance_id", instance_id, required=False)
         v.raise_if_any()
-        mirror = self._deployments.directives
 
         def wanted(d: deployment_pb2.Directive) -> bool:
             return d.service == service and (not instance_id or d.instance_id == instance_id)
 
         def snapshot() -> tuple[list[deployment_pb2.Directive], int]:
-            mirror.ensure_live()
-            items = sorted(mirror.items.values(), key=lambda d: d.instance_id)
-            return [d for d in items if wanted(d)], mirror.revision
+            directives, revision = self._deployments.directives_snapshot()
+            return [d for d in directives if wanted(d)], revision
 
         def select(change: Change[deployment_pb2.Directive]) -> deployment_pb2.Directive | None:
             d = change.value
@@ -291,7 +316,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             )  # fmt: skip
 
         async for response in watch_stream(
-            mirror.log,
+            self._deployments.directives_log,
             start_revision=request.start_revision,
             snapshot=snapshot,
             select=select,

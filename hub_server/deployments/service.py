@@ -36,7 +36,8 @@ from hub_server.registry.service import RegistryView
 from hub_server.store import keys
 from hub_server.store.cas import CompareAndSet, contended
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
-from hub_server.store.mirror import PrefixMirror
+from hub_server.store.event_log import EventLog
+from hub_server.store.mirror import Change, PrefixMirror
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,25 @@ class Deployments:
 
     # -- reads -------------------------------------------------------------
 
-    def get(self, deployment_id: str) -> StoredDeployment:
+    @property
+    def revision(self) -> int:
+        return self.mirror.revision
+
+    @property
+    def log(self) -> EventLog[Change[StoredDeployment]]:
+        return self.mirror.log
+
+    @property
+    def directives_log(self) -> EventLog[Change[deployment_pb2.Directive]]:
+        return self.directives.log
+
+    def lookup(self, deployment_id: str) -> StoredDeployment | None:
+        """The deployment, or None if there is none of that id."""
         self.mirror.ensure_live()
-        stored = self.mirror.items.get(keys.deployment_key(deployment_id))
+        return self.mirror.items.get(keys.deployment_key(deployment_id))
+
+    def get(self, deployment_id: str) -> StoredDeployment:
+        stored = self.lookup(deployment_id)
         if stored is None:
             raise NotFound(
                 f"deployment {deployment_id!r} does not exist",
@@ -120,6 +137,12 @@ class Deployments:
             and (not active_only or not s.deployment.final)
         ]
         return sorted(found, key=lambda s: (s.deployment.created_at, s.deployment.id), reverse=True)
+
+    def directives_snapshot(self) -> tuple[list[deployment_pb2.Directive], int]:
+        """Every directive, by instance id, and the revision they reflect."""
+        self.directives.ensure_live()
+        items = sorted(self.directives.items.values(), key=lambda d: d.instance_id)
+        return items, self.directives.revision
 
     def facts(self, service: str) -> dict[str, rollout.InstanceFact]:
         """The service's instances as the planner sees them."""
