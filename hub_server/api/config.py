@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from aitrading.hub.v1 import config_pb2, config_pb2_grpc, types_pb2
 from google.protobuf import json_format
@@ -26,7 +26,7 @@ from hub_server.config.merge import (
     tenant_layer,
     tier_layer,
 )
-from hub_server.config.service import Configs, ConfigState
+from hub_server.config.service import ConfigState, ConfigSubscription
 from hub_server.kernel import validation
 from hub_server.kernel.errors import InvalidArgument, Violations
 from hub_server.kernel.validation import MAX_PAGE
@@ -196,8 +196,40 @@ def _check_expected(v: Violations, request: Any) -> int | None:
 # -- the servicer -----------------------------------------------------------------
 
 
+class ConfigLayers(Protocol):
+    """What the servicer uses of the config layers (hub_server.config.service.Configs)."""
+
+    @property
+    def revision(self) -> int: ...
+    @property
+    def layers_revision(self) -> int: ...
+    def ensure_live(self) -> None: ...
+    def layer(self, layer: str) -> StoredLayer: ...
+    def merged(self, tenant_id: str, header_tier: str) -> MergedConfig: ...
+    def subscribe(self, tenant_id: str, header_tier: str) -> ConfigSubscription: ...
+    async def history(self, layer: str) -> tuple[list[StoredLayer], int]: ...
+    async def set_layer(
+        self,
+        layer: str,
+        values: ConfigValues,
+        *,
+        expected_version: int | None = None,
+        user: str = "",
+        comment: str = "",
+    ) -> StoredLayer: ...
+    async def rollback(
+        self,
+        layer: str,
+        version: int,
+        *,
+        expected_version: int | None = None,
+        user: str = "",
+        comment: str = "",
+    ) -> StoredLayer: ...
+
+
 class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
-    def __init__(self, configs: Configs, hub_id: str, *, progress_interval: float = 10.0):
+    def __init__(self, configs: ConfigLayers, hub_id: str, *, progress_interval: float = 10.0):
         self._configs = configs
         self._hub_id = hub_id
         self.progress_interval = progress_interval
@@ -220,7 +252,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         v.raise_if_any()
         self._configs.ensure_live()
         return config_pb2.GetConfigLayerResponse(
-            header=response_header(self._hub_id, self._configs.mirror.revision),
+            header=response_header(self._hub_id, self._configs.layers_revision),
             layer=stored_layer_to_pb(self._configs.layer(layer)),
         )
 

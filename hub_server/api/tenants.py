@@ -3,19 +3,20 @@ domain, fill the header."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from aitrading.hub.v1 import tenant_pb2, tenant_pb2_grpc, types_pb2
 
 from hub_server.api.config import TIER_VALUES, TIERS
-from hub_server.config.service import Configs
+from hub_server.config.merge import MergedConfig
 from hub_server.kernel import validation
 from hub_server.kernel.errors import Violations
 from hub_server.kernel.validation import MAX_PAGE
 from hub_server.quotas import arithmetic as quotas
-from hub_server.quotas.service import Quotas
 from hub_server.rpc.context import audit_note, audit_skip, audited, current
 from hub_server.rpc.header import response_header
 from hub_server.rpc.paging import decode_page_token, encode_page_token
-from hub_server.tenancy.service import TenantRecord, Tenants
+from hub_server.tenancy.service import TenantRecord
 
 MAX_DISPLAY_NAME = 256
 
@@ -93,12 +94,61 @@ def _request_id(v: Violations, request_id: str) -> None:
     validation.check_safe_id(v, "request_id", request_id, required=False)
 
 
+class TenantRecords(Protocol):
+    """What the servicer uses of the tenants (hub_server.tenancy.service.Tenants)."""
+
+    @property
+    def revision(self) -> int: ...
+    def require(self, tenant_id: str) -> TenantRecord: ...
+    def page(self, after: str, size: int, tier: str | None) -> tuple[list[TenantRecord], bool]: ...
+    async def create(self, tenant_id: str, display_name: str, tier: str) -> TenantRecord: ...
+    async def set_tier(
+        self, tenant_id: str, tier: str, *, expected_revision: int = 0
+    ) -> tuple[TenantRecord, str]: ...
+
+
+class LiveConfigs(Protocol):
+    """The config layers (hub_server.config.service.Configs) that quotas read
+    their limits from: a quota call first checks they are current."""
+
+    def ensure_live(self) -> None: ...
+
+
+class QuotaCounters(Protocol):
+    """What it uses of the quotas (hub_server.quotas.service.Quotas)."""
+
+    async def check(
+        self, tenant_id: str, header_tier: str, resource: quotas.Resource, amount: int
+    ) -> tuple[bool, quotas.Usage, int]: ...
+    async def allocate(
+        self,
+        tenant_id: str,
+        header_tier: str,
+        resource: quotas.Resource,
+        amount: int,
+        *,
+        request_id: str = "",
+    ) -> tuple[quotas.Usage, int, bool]: ...
+    async def release(
+        self,
+        tenant_id: str,
+        header_tier: str,
+        resource: quotas.Resource,
+        amount: int,
+        *,
+        request_id: str = "",
+    ) -> tuple[quotas.Usage, int, int, bool]: ...
+    async def usage(
+        self, tenant_id: str, header_tier: str
+    ) -> tuple[MergedConfig, list[quotas.Usage], int]: ...
+
+
 class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
     def __init__(
         self,
-        tenants: Tenants,
-        configs: Configs,
-        quota: Quotas,
+        tenants: TenantRecords,
+        configs: LiveConfigs,
+        quota: QuotaCounters,
         hub_id: str,
         *,
         audit_allocations_from: int = 10,

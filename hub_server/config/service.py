@@ -158,6 +158,11 @@ class Configs:
         """A revision both views are complete up to."""
         return min(self.mirror.revision, self._tenants.revision)
 
+    @property
+    def layers_revision(self) -> int:
+        """The layers' view alone (what reading one layer reflects)."""
+        return self.mirror.revision
+
     def ensure_live(self) -> None:
         self.mirror.ensure_live()
         self._tenants.ensure_live()
