@@ -5,30 +5,57 @@ A caller sees the health of exactly the instances GetService would answer it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeAlias
 
 from aitrading.hub.v1 import health_pb2, health_pb2_grpc, types_pb2
 
 from hub_server.api.registry import _service_name
-from hub_server.health.service import HealthView
 from hub_server.kernel.tiers import filtered_event_type
-from hub_server.registry.service import RegistryView, removed_instance, visible
+from hub_server.registry.service import removed_instance, visible
 from hub_server.rpc.context import current
 from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import MergedLog, watch_stream
 from hub_server.store import keys
+from hub_server.store.event_log import EventLog
 from hub_server.store.mirror import ADDED, REMOVED, Change
 
 # What a health watch sends of an instance: its health, or that it left the view.
 WatchItem: TypeAlias = types_pb2.InstanceHealth | health_pb2.RemovedInstance
 
 
+class Followed(Protocol):
+    """A view a health watch follows: its changes, and a barrier that catches it
+    up with etcd."""
+
+    @property
+    def log(self) -> EventLog[Change[Any]]: ...
+    async def barrier(self) -> int: ...
+    def add_listener(self, listener: Callable[[Change[Any]], None]) -> None: ...
+
+
+class Instances(Followed, Protocol):
+    """What the servicer reads of the registry (hub_server.registry.service.RegistryView)."""
+
+    def snapshot(self, service: str, tier: str | None) -> tuple[list[types_pb2.Instance], int]: ...
+    def instances(self, service: str, tier: str | None) -> list[types_pb2.Instance]: ...
+    def get_instance(self, service: str, instance_id: str) -> types_pb2.Instance | None: ...
+
+
+class HealthRecords(Followed, Protocol):
+    """What it reads of the health records (hub_server.health.service.HealthView)."""
+
+    @property
+    def revision(self) -> int: ...
+    def ensure_live(self) -> None: ...
+    def of(self, instance: types_pb2.Instance) -> types_pb2.InstanceHealth: ...
+
+
 class HealthServicer(health_pb2_grpc.HealthServiceServicer):
     def __init__(
         self,
-        registry: RegistryView,
-        health: HealthView,
+        registry: Instances,
+        health: HealthRecords,
         hub_id: str,
         *,
         progress_interval: float = 10.0,
@@ -39,18 +66,16 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
         self.progress_interval = progress_interval
         # A health watch follows the registry (which instances the caller sees)
         # and the health records (their health), merged in revision order.
-        self._log = MergedLog(
-            [registry.log, health.mirror.log], [registry.mirror.barrier, health.mirror.barrier]
-        )
-        registry.mirror.add_listener(self._log.notify)
-        health.mirror.add_listener(self._log.notify)
+        self._log = MergedLog([registry.log, health.log], [registry.barrier, health.barrier])
+        registry.add_listener(self._log.notify)
+        health.add_listener(self._log.notify)
 
     def _current(
         self, service: str, tier: str | None
     ) -> tuple[list[types_pb2.InstanceHealth], int]:
         instances, revision = self._registry.snapshot(service, tier)
-        self._health.mirror.ensure_live()
-        return [self._health.of(i) for i in instances], max(revision, self._health.mirror.revision)
+        self._health.ensure_live()
+        return [self._health.of(i) for i in instances], max(revision, self._health.revision)
 
     async def GetHealth(self, request, context):
         _service_name(request.service, required=False)

@@ -5,23 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 
-from hub_server.health.service import HealthView, usable
+from hub_server.health.service import usable
 from hub_server.kernel import validation
 from hub_server.kernel.errors import InvalidArgument, Violations
 from hub_server.kernel.validation import MAX_PAGE
-from hub_server.registry.service import (
-    Registry,
-    filtered_watch_event,
-    on_service_change,
-    removed_instance,
-)
+from hub_server.registry.service import filtered_watch_event, removed_instance
 from hub_server.rpc.context import audit_note, audited, current
 from hub_server.rpc.header import response_header
 from hub_server.rpc.paging import decode_page_token, encode_page_token
 from hub_server.rpc.streaming import SNAPSHOT, watch_stream
+from hub_server.store.event_log import EventLog
 from hub_server.store.mirror import Change
 
 log = logging.getLogger(__name__)
@@ -65,11 +62,43 @@ class _Answer:
     drained: tuple[bool, ...]
 
 
+class Instances(Protocol):
+    """What the servicer reads of the registry (hub_server.registry.service.RegistryView)."""
+
+    @property
+    def revision(self) -> int: ...
+    @property
+    def log(self) -> EventLog[Change[types_pb2.Instance]]: ...
+    def ensure_live(self) -> None: ...
+    def instances(self, service: str, tier: str | None) -> list[types_pb2.Instance]: ...
+    def list_services(self, tier: str | None) -> list[tuple[str, list[types_pb2.Instance]]]: ...
+    def snapshot(self, service: str, tier: str | None) -> tuple[list[types_pb2.Instance], int]: ...
+    def on_service_change(self, callback: Callable[[str], None]) -> None: ...
+
+
+class Registrar(Protocol):
+    """The registry's writes (hub_server.registry.service.Registry) and the view
+    they are read back from."""
+
+    @property
+    def view(self) -> Instances: ...
+    async def register(self, req: registry_pb2.RegisterRequest) -> types_pb2.Instance: ...
+    async def keep_alive(self, service: str, instance_id: str, lease_id: int) -> int: ...
+    async def deregister(self, service: str, instance_id: str) -> int: ...
+
+
+class HealthRecords(Protocol):
+    """What it reads of the health records (hub_server.health.service.HealthView)."""
+
+    def of(self, instance: types_pb2.Instance) -> types_pb2.InstanceHealth: ...
+    def on_service_change(self, callback: Callable[[str], None]) -> None: ...
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(
         self,
-        registry: Registry,
-        health: HealthView,
+        registry: Registrar,
+        health: HealthRecords,
         hub_id: str,
         *,
         progress_interval: float = 10.0,
@@ -86,9 +115,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         # costs a dict lookup. A change to a service's instances or health drops
         # only that service's answers.
         self._answers: dict[str, dict[tuple[str | None, bool], _Answer]] = {}
-        forget = self._forget_answers
-        on_service_change(self._view.mirror, forget)
-        on_service_change(health.mirror, forget)
+        self._view.on_service_change(self._forget_answers)
+        health.on_service_change(self._forget_answers)
 
     def _forget_answers(self, service: str) -> None:
         self._answers.pop(service, None)

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 from aitrading.hub.v1 import types_pb2
 
-from hub_server.registry.service import RegistryView
+from hub_server.registry.service import RegistryView, on_service_change
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, KeyValue
+from hub_server.store.event_log import EventLog
 from hub_server.store.mirror import REMOVED, Change, PrefixMirror
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,27 @@ class HealthView:
             self._records.pop(key, None)
         elif change.value is not None:
             self._records[key] = change.value
+
+    @property
+    def revision(self) -> int:
+        return self.mirror.revision
+
+    @property
+    def log(self) -> EventLog[Change[types_pb2.InstanceHealth]]:
+        return self.mirror.log
+
+    def ensure_live(self) -> None:
+        self.mirror.ensure_live()
+
+    async def barrier(self) -> int:
+        """Waits until everything written before the call is in the view."""
+        return await self.mirror.barrier()
+
+    def add_listener(self, listener: Callable[[Change[types_pb2.InstanceHealth]], None]) -> None:
+        self.mirror.add_listener(listener)
+
+    def on_service_change(self, callback: Callable[[str], None]) -> None:
+        on_service_change(self.mirror, callback)
 
     def get(self, service: str, instance_id: str) -> types_pb2.InstanceHealth | None:
         return self._records.get((service, instance_id))

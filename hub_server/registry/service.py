@@ -158,6 +158,16 @@ class RegistryView:
     async def stop(self) -> None:
         await self.mirror.stop()
 
+    async def barrier(self) -> int:
+        """Waits until everything written before the call is in the view."""
+        return await self.mirror.barrier()
+
+    def add_listener(self, listener: Callable[[Change[types_pb2.Instance]], None]) -> None:
+        self.mirror.add_listener(listener)
+
+    def on_service_change(self, callback: Callable[[str], None]) -> None:
+        on_service_change(self.mirror, callback)
+
     def _index(self, change: Change[types_pb2.Instance]) -> None:
         service, instance_id = keys.parse_instance_key(change.key)
         if change.type == REMOVED:
