@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Protocol
 
 from aitrading.hub.v1 import observability_pb2 as obs
-from aitrading.hub.v1 import observability_pb2_grpc
+from aitrading.hub.v1 import observability_pb2_grpc, types_pb2
 
 from hub_server.health.service import (
     DEGRADED,
@@ -15,17 +16,14 @@ from hub_server.health.service import (
     STARTING,
     UNHEALTHY,
     UNKNOWN,
-    HealthView,
 )
 from hub_server.kernel.errors import InvalidArgument
-from hub_server.observability.alerts import Alerts, as_resolved
-from hub_server.observability.audit import AuditLog
-from hub_server.observability.error_patterns import ErrorPatterns
+from hub_server.observability.alerts import as_resolved
 from hub_server.observability.telemetry import Telemetry
-from hub_server.registry.service import RegistryView
 from hub_server.rpc import streaming
 from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import watch_stream
+from hub_server.store.event_log import EventLog
 from hub_server.store.mirror import REMOVED, Change
 
 MAX_HISTORY = 1000
@@ -35,12 +33,48 @@ def _seconds(ts) -> float:
     return float(ts.seconds + ts.nanos / 1e9)
 
 
+class AuditTrail(Protocol):
+    """What the servicer reads of the audit trail (hub_server.observability.audit.AuditLog)."""
+
+    async def list(
+        self,
+        *,
+        tenant_id: str = "",
+        method: str = "",
+        start: float = 0.0,
+        end: float = 0.0,
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> tuple[list[obs.AuditEvent], str, int]: ...
+
+
+class ActiveAlerts(Protocol):
+    """What it reads of the alerts (hub_server.observability.alerts.Alerts)."""
+
+    @property
+    def revision(self) -> int: ...
+    @property
+    def log(self) -> EventLog[Change[obs.Alert]]: ...
+    def active_alerts(self) -> list[obs.Alert]: ...
+    async def history(self, limit: int) -> list[obs.Alert]: ...
+
+
+class ErrorReports(Protocol):
+    """What it uses of the error patterns
+    (hub_server.observability.error_patterns.ErrorPatterns)."""
+
+    async def report(self, service: str, patterns: list[obs.ErrorPattern]) -> int: ...
+    async def list(
+        self, *, service: str = "", tenant_id: str = "", category: str = "", limit: int = 0
+    ) -> tuple[list[obs.ErrorPattern], int]: ...
+
+
 class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer):
     def __init__(
         self,
-        audit: AuditLog,
-        alerts: Alerts,
-        errors: ErrorPatterns,
+        audit: AuditTrail,
+        alerts: ActiveAlerts,
+        errors: ErrorReports,
         system: SystemMetrics,
         hub_id: str,
         *,
@@ -54,11 +88,9 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
         self.progress_interval = progress_interval
 
     def _active(self, tenant_id: str) -> list[obs.Alert]:
-        self._alerts.active.ensure_live()
         alerts = [
-            a for a in self._alerts.active.items.values()
-            if not tenant_id or a.tenant_id == tenant_id
-        ]  # fmt: skip
+            a for a in self._alerts.active_alerts() if not tenant_id or a.tenant_id == tenant_id
+        ]
         return sorted(alerts, key=lambda a: a.raised_at.ToNanoseconds(), reverse=True)
 
     async def ListAlerts(self, request, context):
@@ -68,7 +100,7 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
         if request.tenant_id:
             history = [a for a in history if a.tenant_id == request.tenant_id]
         return obs.ListAlertsResponse(
-            header=response_header(self._hub_id, self._alerts.active.revision),
+            header=response_header(self._hub_id, self._alerts.revision),
             active=self._active(request.tenant_id),
             history=history,
         )
@@ -77,7 +109,7 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
         tenant = request.tenant_id
 
         def snapshot() -> tuple[list[obs.Alert], int]:
-            return self._active(tenant), self._alerts.active.revision
+            return self._active(tenant), self._alerts.revision
 
         def select(change: Change[obs.Alert]) -> obs.Alert | None:
             alert = change.value
@@ -96,7 +128,7 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
             )
 
         async for response in watch_stream(
-            self._alerts.active.log,
+            self._alerts.log,
             start_revision=request.start_revision,
             snapshot=snapshot,
             select=select,
@@ -141,6 +173,22 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
         return response
 
 
+class Fleet(Protocol):
+    """What GetSystemMetrics counts of the registry
+    (hub_server.registry.service.RegistryView)."""
+
+    @property
+    def revision(self) -> int: ...
+    @property
+    def services(self) -> Mapping[str, Mapping[str, types_pb2.Instance]]: ...
+
+
+class HealthOf(Protocol):
+    """The health records it counts by status (hub_server.health.service.HealthView)."""
+
+    def of(self, instance: types_pb2.Instance) -> types_pb2.InstanceHealth: ...
+
+
 class SystemMetrics:
     """Builds GetSystemMetrics from the views this replica keeps and its own RPC
     statistics."""
@@ -148,8 +196,8 @@ class SystemMetrics:
     def __init__(
         self,
         hub_id: str,
-        registry: RegistryView,
-        health: HealthView,
+        registry: Fleet,
+        health: HealthOf,
         telemetry: Telemetry,
         is_leader: Callable[[], bool],
         tenants: Callable[[], Awaitable[list[obs.TenantMetrics]]] | None = None,

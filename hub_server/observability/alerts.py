@@ -25,7 +25,8 @@ from hub_server.health.service import DEGRADED, HEALTHY, UNHEALTHY, HealthView
 from hub_server.registry.service import RegistryView, on_service_change
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, KeyValue, Txn
-from hub_server.store.mirror import PrefixMirror
+from hub_server.store.event_log import EventLog
+from hub_server.store.mirror import Change, PrefixMirror
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,20 @@ class Alerts:
         on_service_change(health.mirror, self._mark_dirty)
         # Circuit conditions, redone when the circuits mirror moved.
         self._circuit_conditions: tuple[int, list[Condition]] = (-1, [])
+
+    @property
+    def revision(self) -> int:
+        return self.active.revision
+
+    @property
+    def log(self) -> EventLog[Change[obs.Alert]]:
+        """The active alerts' changes (a resolved alert is REMOVED)."""
+        return self.active.log
+
+    def active_alerts(self) -> list[obs.Alert]:
+        """The alerts raised and not resolved."""
+        self.active.ensure_live()
+        return list(self.active.items.values())
 
     def _mark_dirty(self, service: str) -> None:
         if self._dirty is not None:
