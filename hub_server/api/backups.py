@@ -4,14 +4,15 @@ list and delete the files of this replica's backup directory."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Protocol
 
 import grpc
 from aitrading.hub.v1 import backup_pb2, backup_pb2_grpc
 from google.protobuf.message import DecodeError
 
 from hub_server.backups.service import (
-    Backups,
     KindCounts,
     RestoreResult,
     StoredBackup,
@@ -19,7 +20,6 @@ from hub_server.backups.service import (
     is_append_only,
 )
 from hub_server.kernel.errors import HubError, InvalidArgument
-from hub_server.observability.audit import AuditLog
 from hub_server.rpc.context import audit_note, audited, current
 from hub_server.rpc.errors import status_code_for, to_status
 from hub_server.rpc.header import response_header
@@ -76,8 +76,38 @@ async def _drain(request_iterator) -> None:
                 return
 
 
+class BackupFiles(Protocol):
+    """What the servicer uses of the backups (hub_server.backups.service.Backups)."""
+
+    @property
+    def directory(self) -> Path | None: ...
+    async def create(self, *, store: bool) -> tuple[StoredBackup, bytes]: ...
+    async def restore(self, data: bytes, *, dry_run: bool, by: str = "") -> RestoreResult: ...
+    async def stored(self) -> list[StoredBackup]: ...
+    async def read_stored(self, name: str) -> bytes: ...
+    async def delete(self, name: str) -> None: ...
+
+
+class AuditRecorder(Protocol):
+    """Where it writes the audit records of its streaming calls
+    (hub_server.observability.audit.AuditLog)."""
+
+    async def record(
+        self,
+        *,
+        method: str,
+        outcome: str,
+        caller: str,
+        tenant_id: str = "",
+        user_id: str = "",
+        correlation_id: str = "",
+        target: str = "",
+        details: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+
 class BackupServicer(backup_pb2_grpc.BackupServiceServicer):
-    def __init__(self, backups: Backups, audit: AuditLog | None, hub_id: str) -> None:
+    def __init__(self, backups: BackupFiles, audit: AuditRecorder | None, hub_id: str) -> None:
         self._backups = backups
         self._audit = audit
         self._hub_id = hub_id

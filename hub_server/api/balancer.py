@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from aitrading.hub.v1 import balancer_pb2, balancer_pb2_grpc
+from typing import Protocol
+
+from aitrading.hub.v1 import balancer_pb2, balancer_pb2_grpc, types_pb2
 
 from hub_client import Strategy
-from hub_server.balancing.service import Picker
 from hub_server.kernel import validation
 from hub_server.kernel.errors import Violations
 from hub_server.rpc.context import current
 from hub_server.rpc.header import response_header
 
 
+class Picks(Protocol):
+    """What the servicer uses of the balancer (hub_server.balancing.service.Picker)."""
+
+    @property
+    def revision(self) -> int: ...
+    def pick(
+        self, service: str, strategy: Strategy, *, affinity_key: str, tier: str | None
+    ) -> tuple[types_pb2.Instance, float]: ...
+    async def report_load(self, service: str, instance_id: str, load: float) -> int: ...
+
+
 class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
-    def __init__(self, picker: Picker, hub_id: str) -> None:
+    def __init__(self, picker: Picks, hub_id: str) -> None:
         self._picker = picker
         self._hub_id = hub_id
 

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Protocol
+
 from aitrading.hub.v1 import cluster_pb2, cluster_pb2_grpc
 
 from hub_server.rpc.header import response_header
-from hub_server.store.election import Election
-from hub_server.store.mirror import PrefixMirror
+
+
+class Replicas(Protocol):
+    """The replicas' presence records (a PrefixMirror of them)."""
+
+    @property
+    def items(self) -> Mapping[bytes, cluster_pb2.Replica]: ...
+    @property
+    def revision(self) -> int: ...
+
+
+class Leadership(Protocol):
+    """Who leads (hub_server.store.election.Election)."""
+
+    @property
+    def leader_id(self) -> str: ...
 
 
 class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
-    def __init__(
-        self, replicas: PrefixMirror[cluster_pb2.Replica], election: Election, hub_id: str
-    ) -> None:
+    def __init__(self, replicas: Replicas, election: Leadership, hub_id: str) -> None:
         self._replicas = replicas
         self._election = election
         self._hub_id = hub_id
