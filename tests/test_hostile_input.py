@@ -494,6 +494,9 @@ def _outcome(e: grpc.aio.AioRpcError) -> Outcome:
     return Outcome(e.code(), e.details() or "", reason, fields)
 
 
+CORE_ERROR = "Internal error from Core"  # grpc client-side, not a hub status
+
+
 async def invoke(rpc: Rpc, method: Any, request: Any, metadata: tuple) -> Outcome:  # type: ignore[type-arg]
     """Calls once; for a server stream, reads the first message (or the status)."""
     try:
@@ -509,7 +512,16 @@ async def invoke(rpc: Rpc, method: Any, request: Any, metadata: tuple) -> Outcom
             finally:
                 call.cancel()
         elif rpc.kind == "stream_unary":
-            await method(iter(request), timeout=UNARY_DEADLINE, metadata=metadata)
+            try:
+                await method(iter(request), timeout=UNARY_DEADLINE, metadata=metadata)
+            except grpc.aio.AioRpcError as e:
+                # A client write that races the hub's answer is reported by grpc's
+                # client as INTERNAL "Internal error from Core", a status the hub
+                # never sent (seen once in five full runs, under load): that call
+                # is made once more, and its answer counts.
+                if e.code() != grpc.StatusCode.INTERNAL or e.details() != CORE_ERROR:
+                    raise
+                await method(iter(request), timeout=UNARY_DEADLINE, metadata=metadata)
         else:  # pragma: no cover - no bidi methods yet
             raise AssertionError(f"{rpc}: {rpc.kind} calls are not fuzzed yet")
     except grpc.aio.AioRpcError as e:
