@@ -32,7 +32,7 @@ from hub_server.api.cluster import ClusterServicer
 from hub_server.api.config import ConfigServicer
 from hub_server.api.deployments import DeploymentServicer
 from hub_server.api.health import HealthServicer
-from hub_server.api.observability import ObservabilityServicer, SystemMetrics
+from hub_server.api.observability import ObservabilityServicer
 from hub_server.api.registry import RegistryServicer
 from hub_server.api.tenants import TenantServicer
 from hub_server.auth.authorizer import Authorizer
@@ -47,7 +47,7 @@ from hub_server.health.service import HealthMonitor, HealthView
 from hub_server.observability.alerts import Alerts
 from hub_server.observability.audit import AuditLog
 from hub_server.observability.error_patterns import ErrorPatterns
-from hub_server.observability.hub_metrics import add_hub_gauges, tenant_metrics
+from hub_server.observability.hub_metrics import SystemMetrics, add_hub_gauges, tenant_metrics
 from hub_server.observability.telemetry import Telemetry
 from hub_server.observability.tenant_alerts import TenantLimits
 from hub_server.quotas.service import Quotas
@@ -187,7 +187,13 @@ def wire(
         return tenant_metrics(tenants, tenant_limits)
 
     system_metrics = SystemMetrics(
-        hub_id, view, health_view, telemetry, lambda: election.is_leader, tenants_now
+        hub_id,
+        view,
+        health_view,
+        telemetry,
+        lambda: election.is_leader,
+        lambda: streaming.open_streams,
+        tenants_now,
     )
     progress = cfg.watch_progress_interval
     observability = ObservabilityServicer(

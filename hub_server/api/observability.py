@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from aitrading.hub.v1 import observability_pb2 as obs
-from aitrading.hub.v1 import observability_pb2_grpc, types_pb2
+from aitrading.hub.v1 import observability_pb2_grpc
 
-from hub_server.health.service import (
-    DEGRADED,
-    HEALTHY,
-    STARTING,
-    UNHEALTHY,
-    UNKNOWN,
-)
 from hub_server.kernel.errors import InvalidArgument
 from hub_server.observability.alerts import as_resolved
-from hub_server.observability.telemetry import Telemetry
-from hub_server.rpc import streaming
 from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import watch_stream
 from hub_server.store.event_log import EventLog
@@ -69,13 +59,20 @@ class ErrorReports(Protocol):
     ) -> tuple[list[obs.ErrorPattern], int]: ...
 
 
+class SystemReport(Protocol):
+    """GetSystemMetrics' answer (hub_server.observability.hub_metrics.SystemMetrics)."""
+
+    def revision(self) -> int: ...
+    async def collect(self) -> obs.GetSystemMetricsResponse: ...
+
+
 class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer):
     def __init__(
         self,
         audit: AuditTrail,
         alerts: ActiveAlerts,
         errors: ErrorReports,
-        system: SystemMetrics,
+        system: SystemReport,
         hub_id: str,
         *,
         progress_interval: float = 10.0,
@@ -171,78 +168,3 @@ class ObservabilityServicer(observability_pb2_grpc.ObservabilityServiceServicer)
         response = await self._system.collect()
         response.header.CopyFrom(response_header(self._hub_id, self._system.revision()))
         return response
-
-
-class Fleet(Protocol):
-    """What GetSystemMetrics counts of the registry
-    (hub_server.registry.service.RegistryView)."""
-
-    @property
-    def revision(self) -> int: ...
-    @property
-    def services(self) -> Mapping[str, Mapping[str, types_pb2.Instance]]: ...
-
-
-class HealthOf(Protocol):
-    """The health records it counts by status (hub_server.health.service.HealthView)."""
-
-    def of(self, instance: types_pb2.Instance) -> types_pb2.InstanceHealth: ...
-
-
-class SystemMetrics:
-    """Builds GetSystemMetrics from the views this replica keeps and its own RPC
-    statistics."""
-
-    def __init__(
-        self,
-        hub_id: str,
-        registry: Fleet,
-        health: HealthOf,
-        telemetry: Telemetry,
-        is_leader: Callable[[], bool],
-        tenants: Callable[[], Awaitable[list[obs.TenantMetrics]]] | None = None,
-    ) -> None:
-        self._hub_id = hub_id
-        self._registry = registry
-        self._health = health
-        self._telemetry = telemetry
-        self._is_leader = is_leader
-        self._tenants = tenants
-
-    def revision(self) -> int:
-        return self._registry.revision
-
-    async def collect(self) -> obs.GetSystemMetricsResponse:
-        uptime = max(time.time() - self._telemetry.started, 1e-9)
-        services = []
-        for name in sorted(self._registry.services):
-            counts = Counter(
-                self._health.of(i).status for i in self._registry.services[name].values()
-            )
-            services.append(
-                obs.ServiceMetrics(
-                    service=name,
-                    instances=sum(counts.values()),
-                    healthy=counts[HEALTHY],
-                    degraded=counts[DEGRADED],
-                    unhealthy=counts[UNHEALTHY],
-                    unknown=counts[UNKNOWN] + counts[STARTING],  # not proven yet
-                )
-            )
-        rpcs = [
-            obs.RpcMetrics(
-                method=method, calls=s.count, errors=s.errors, error_rate=s.error_rate,
-                calls_per_second=s.count / uptime, p50_ms=s.p50_ms, p95_ms=s.p95_ms,
-                p99_ms=s.p99_ms,
-            )
-            for method, s in self._telemetry.rpc_summary().items()
-        ]  # fmt: skip
-        return obs.GetSystemMetricsResponse(
-            hub_id=self._hub_id,
-            leader=self._is_leader(),
-            uptime_seconds=uptime,
-            watch_streams=streaming.open_streams,
-            services=services,
-            tenants=await self._tenants() if self._tenants is not None else [],
-            rpcs=rpcs,
-        )

@@ -1,13 +1,17 @@
 """The hub's own metrics read from the views it keeps: the gauges it exports
-(Prometheus, OTLP) and the per-tenant figures of GetSystemMetrics."""
+(Prometheus, OTLP) and GetSystemMetrics' answer (SystemMetrics)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from aitrading.hub.v1 import observability_pb2 as obs
+from aitrading.hub.v1 import types_pb2
 
-from hub_server.health.service import HealthView
+from hub_server.health.service import DEGRADED, HEALTHY, STARTING, UNHEALTHY, UNKNOWN, HealthView
 from hub_server.observability.telemetry import Telemetry
 from hub_server.observability.tenant_alerts import TenantLimits
 from hub_server.registry.service import RegistryView
@@ -67,3 +71,80 @@ def tenant_metrics(tenants: Tenants, tenant_limits: TenantLimits) -> list[obs.Te
             )
         )
     return out
+
+
+class Fleet(Protocol):
+    """What GetSystemMetrics counts of the registry
+    (hub_server.registry.service.RegistryView)."""
+
+    @property
+    def revision(self) -> int: ...
+    @property
+    def services(self) -> Mapping[str, Mapping[str, types_pb2.Instance]]: ...
+
+
+class HealthOf(Protocol):
+    """The health records it counts by status (hub_server.health.service.HealthView)."""
+
+    def of(self, instance: types_pb2.Instance) -> types_pb2.InstanceHealth: ...
+
+
+class SystemMetrics:
+    """Builds GetSystemMetrics from the views this replica keeps and its own RPC
+    statistics."""
+
+    def __init__(
+        self,
+        hub_id: str,
+        registry: Fleet,
+        health: HealthOf,
+        telemetry: Telemetry,
+        is_leader: Callable[[], bool],
+        open_streams: Callable[[], int],
+        tenants: Callable[[], Awaitable[list[obs.TenantMetrics]]] | None = None,
+    ) -> None:
+        self._hub_id = hub_id
+        self._registry = registry
+        self._health = health
+        self._telemetry = telemetry
+        self._is_leader = is_leader
+        self._open_streams = open_streams
+        self._tenants = tenants
+
+    def revision(self) -> int:
+        return self._registry.revision
+
+    async def collect(self) -> obs.GetSystemMetricsResponse:
+        uptime = max(time.time() - self._telemetry.started, 1e-9)
+        services = []
+        for name in sorted(self._registry.services):
+            counts = Counter(
+                self._health.of(i).status for i in self._registry.services[name].values()
+            )
+            services.append(
+                obs.ServiceMetrics(
+                    service=name,
+                    instances=sum(counts.values()),
+                    healthy=counts[HEALTHY],
+                    degraded=counts[DEGRADED],
+                    unhealthy=counts[UNHEALTHY],
+                    unknown=counts[UNKNOWN] + counts[STARTING],  # not proven yet
+                )
+            )
+        rpcs = [
+            obs.RpcMetrics(
+                method=method, calls=s.count, errors=s.errors, error_rate=s.error_rate,
+                calls_per_second=s.count / uptime, p50_ms=s.p50_ms, p95_ms=s.p95_ms,
+                p99_ms=s.p99_ms,
+            )
+            for method, s in self._telemetry.rpc_summary().items()
+        ]  # fmt: skip
+        return obs.GetSystemMetricsResponse(
+            hub_id=self._hub_id,
+            leader=self._is_leader(),
+            uptime_seconds=uptime,
+            watch_streams=self._open_streams(),
+            services=services,
+            tenants=await self._tenants() if self._tenants is not None else [],
+            rpcs=rpcs,
+        )
