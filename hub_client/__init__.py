@@ -83,6 +83,7 @@ from hub_client._private.strategies import (
 from hub_client._private.tenants import Allocation
 from hub_client._private.tiers import Tier, can_access, parse_tier, tier_level
 from hub_client._private.transport import TenantContext
+from hub_client._private.version import VersionInfo, version_info
 
 __all__ = [
     "TLS",
@@ -149,6 +150,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "VersionConflict",
+    "VersionInfo",
     "WatchEvent",
     "bind_context",
     "can_access",
@@ -166,4 +168,5 @@ __all__ = [
     "set_context",
     "stable_hash",
     "tier_level",
+    "version_info",
 ]

@@ -42,6 +42,7 @@ from hub_client import (
     Unavailable,
     VersionConflict,
     reason_text,
+    version_info,
 )
 from hubctl.output import Output, use_colour
 
@@ -289,6 +290,7 @@ def build_parser(streams: tuple[IO[str], IO[str]] | None = None) -> argparse.Arg
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.streams = streams
+    parser.add_argument("--version", action="version", version=version_info().describe("hubctl"))
     _global_options(parser, suppress=False)
     top = parser.add_subparsers(dest="_command", metavar="COMMAND", parser_class=_Parser)
     top.required = True

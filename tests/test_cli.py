@@ -195,3 +195,57 @@ async def test_serve_refuses_a_bad_side_listener_before_starting(
     assert proc.stderr.strip().splitlines()[-1].startswith(f"central-hub: {message}"), proc.stderr
     assert "Event loop is closed" not in proc.stderr and "Traceback" not in proc.stderr
     assert not data_dir.exists()  # refused before etcd started or the data dir was made
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("program", ["central-hub", "hubctl"])
+def test_version_names_package_commit_and_api(program: str) -> None:
+    from hub_client import version_info
+
+    done = _run(str(BIN / program), "--version")
+    assert done.returncode == 0, done.stderr
+    info = version_info()
+    assert info.api == "aitrading.hub.v1"
+    assert info.commit  # the tests run from the git checkout
+    expected = f"{program} {info.version} (commit {info.commit}, API aitrading.hub.v1)"
+    assert done.stdout.strip() == expected
+
+
+def _health(*argv: str) -> subprocess.CompletedProcess[str]:
+    return _run(str(BIN / "central-hub"), "health", "--timeout", "3", *argv)
+
+
+async def test_health_probe_exits_0_only_while_serving(serve: Serve) -> None:
+    unused = _health("--target", f"127.0.0.1:{free_port()}")
+    assert unused.returncode == 3, unused
+    assert unused.stderr.count("\n") == 1 and "UNAVAILABLE" in unused.stderr
+
+    await serve.start()
+    serving = await asyncio.to_thread(_health, "--target", serve.address)
+    assert (serving.returncode, serving.stdout) == (0, f"{serve.address}: SERVING\n")
+    unknown = await asyncio.to_thread(_health, "--target", serve.address, "--service", "nope")
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+
+    # etcd frozen: the hub's own health turns NOT_SERVING, and so does the probe's answer.
+    [etcd] = _etcd_pids(serve.data_dir)
+    os.kill(etcd, signal.SIGSTOP)
+    try:
+
+        async def not_serving() -> bool:
+            done = await asyncio.to_thread(_health, "--target", serve.address)
+            return done.returncode == 1 and "NOT_SERVING" in done.stderr
+
+        await eventually(not_serving, timeout=30)
+    finally:
+        os.kill(etcd, signal.SIGCONT)
+    assert await serve.signal(signal.SIGTERM) == 0
+    stopped = await asyncio.to_thread(_health, "--target", serve.address)
+    assert stopped.returncode == 3
+
+
+def test_health_usage_errors_exit_2() -> None:
+    assert _health("--timeout", "0").returncode == 2
+    assert _run(str(BIN / "central-hub"), "health", "--bogus").returncode == 2
