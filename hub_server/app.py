@@ -28,6 +28,7 @@ from aitrading.hub.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hub_client import version_info
 from hub_server.addresses import is_loopback
 from hub_server.auth.authorizer import Authorizer
 from hub_server.embedded_etcd import EtcdProcess, embedded
@@ -210,7 +211,9 @@ class Hub:
         await server.start()
         self.server = server
 
-        replica = cluster_pb2.Replica(hub_id=self.hub_id, address=self.address)
+        replica = cluster_pb2.Replica(
+            hub_id=self.hub_id, address=self.address, version=version_info().build
+        )
         replica.started_at.GetCurrentTime()
         self.presence = Presence(
             self.store, keys.replica_key(self.hub_id), replica.SerializeToString()

@@ -456,12 +456,14 @@ async def cluster_status(ctx: Context, args: argparse.Namespace) -> None:
         "hub_id": resp.hub_id,
         "leader_id": resp.leader_id,
         "revision": resp.header.revision,
+        "version": resp.version,
         "replicas": [
             {
                 "hub_id": r.hub_id,
                 "address": r.address,
                 "started_at": iso(r.started_at),
                 "leader": r.leader,
+                "version": r.version,
             }
             for r in replicas
         ],
@@ -475,6 +477,7 @@ async def cluster_status(ctx: Context, args: argparse.Namespace) -> None:
             [
                 ("target", ctx.target),
                 ("answered by", resp.hub_id),
+                ("version", resp.version or "-"),
                 ("leader", leader),
                 ("revision", str(resp.header.revision)),
             ],
@@ -488,10 +491,11 @@ async def cluster_status(ctx: Context, args: argparse.Namespace) -> None:
                 r.address,
                 ago(r.started_at.ToNanoseconds() / 1e9, now).removesuffix(" ago"),
                 st("leader", "green") if r.leader else "",
+                r.version or "-",  # "-": a replica older than the field
             ]
             for r in replicas
         ]
-        yield from table(["REPLICA", "ADDRESS", "UP", "ROLE"], body, st)
+        yield from table(["REPLICA", "ADDRESS", "UP", "ROLE", "VERSION"], body, st)
 
     ctx.emit(data, text)
 

@@ -249,3 +249,19 @@ async def test_health_probe_exits_0_only_while_serving(serve: Serve) -> None:
 def test_health_usage_errors_exit_2() -> None:
     assert _health("--timeout", "0").returncode == 2
     assert _run(str(BIN / "central-hub"), "health", "--bogus").returncode == 2
+
+
+async def test_cluster_status_carries_each_replicas_version(serve: Serve) -> None:
+    from hub_client import HubClient, version_info
+
+    await serve.start()
+    build = version_info().build
+    assert build.startswith(f"{version_info().version} (commit ")
+    async with grpc.aio.insecure_channel(serve.address) as ch:
+        status = await cluster_pb2_grpc.ClusterServiceStub(ch).GetClusterStatus(
+            cluster_pb2.GetClusterStatusRequest()
+        )
+    assert status.version == build  # the answering replica
+    assert [r.version for r in status.replicas] == [build]  # from its presence record
+    async with HubClient(serve.address) as client:
+        assert (await client.cluster_status()).version == build

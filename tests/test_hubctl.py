@@ -20,7 +20,7 @@ import pytest
 from aitrading.hub.v1 import observability_pb2 as obs
 from aitrading.hub.v1 import observability_pb2_grpc
 
-from hub_client import HubClient, ServiceNotFound
+from hub_client import HubClient, ServiceNotFound, version_info
 from hub_server.app import Hub
 from hub_server.embedded_etcd import free_port
 from hubctl import run
@@ -235,6 +235,10 @@ async def test_cluster_status_text_and_json(hub: Hub) -> None:
     assert data["hub_id"] == hub.hub_id
     [replica] = data["replicas"]
     assert replica["address"] == hub.address and replica["started_at"]
+    build = version_info().build
+    assert data["version"] == replica["version"] == build
+    assert f"version:      {build}" in text.out
+    assert build in next(line for line in text.out.splitlines() if line.startswith(hub.hub_id))
 
     async def has_leader() -> bool:
         res = await hubctl(hub, "cluster", "status", "-o", "json")

@@ -21,6 +21,12 @@ class VersionInfo:
     commit: str  # short git commit, "" when not run from a git checkout
     api: str  # the proto package, e.g. aitrading.hub.v1
 
+    @property
+    def build(self) -> str:
+        """``0.1.0 (commit abc1234)``, or ``0.1.0`` when the commit is unknown
+        (GetClusterStatus' ``version``)."""
+        return f"{self.version} (commit {self.commit})" if self.commit else self.version
+
     def describe(self, program: str) -> str:
         """``central-hub 0.1.0 (commit abc1234, API aitrading.hub.v1)``."""
         commit = f"commit {self.commit}, " if self.commit else ""

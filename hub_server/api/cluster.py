@@ -7,6 +7,7 @@ from typing import Protocol
 
 from aitrading.hub.v1 import cluster_pb2, cluster_pb2_grpc
 
+from hub_client import version_info
 from hub_server.rpc.header import response_header
 
 
@@ -45,4 +46,5 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
             hub_id=self._hub_id,
             leader_id=leader,
             replicas=replicas,
+            version=version_info().build,
         )

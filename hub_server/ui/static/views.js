@@ -71,6 +71,8 @@ export function hubInfo(state) {
     h('span', { class: 'hubid', title: 'this replica' }, m.hubId),
     m.leader ? pill('leader', 'info') : pill('follower', 'none'),
     h('span', { class: 'revision' }, `rev ${state.services?.revision ?? '—'}`),
+    h('span', { class: 'version', title: 'this replica\'s build' },
+      state.overview?.cluster?.version || ''),
   ];
 }
 

@@ -26,7 +26,7 @@ from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61itrading/hub/v1/cluster.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17GetClusterStatusRequest\"\x9c\x01\n\x18GetClusterStatusResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12+\n\x08replicas\x18\x04 \x03(\x0b\x32\x19.aitrading.hub.v1.Replica\"j\n\x07Replica\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06leader\x18\x04 \x01(\x08\x32{\n\x0e\x43lusterService\x12i\n\x10GetClusterStatus\x12).aitrading.hub.v1.GetClusterStatusRequest\x1a*.aitrading.hub.v1.GetClusterStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61itrading/hub/v1/cluster.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17GetClusterStatusRequest\"\xad\x01\n\x18GetClusterStatusResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12+\n\x08replicas\x18\x04 \x03(\x0b\x32\x19.aitrading.hub.v1.Replica\x12\x0f\n\x07version\x18\x05 \x01(\t\"{\n\x07Replica\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06leader\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\t2{\n\x0e\x43lusterService\x12i\n\x10GetClusterStatus\x12).aitrading.hub.v1.GetClusterStatusRequest\x1a*.aitrading.hub.v1.GetClusterStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=115
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=140
   _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=143
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=299
-  _globals['_REPLICA']._serialized_start=301
-  _globals['_REPLICA']._serialized_end=407
-  _globals['_CLUSTERSERVICE']._serialized_start=409
-  _globals['_CLUSTERSERVICE']._serialized_end=532
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=316
+  _globals['_REPLICA']._serialized_start=318
+  _globals['_REPLICA']._serialized_end=441
+  _globals['_CLUSTERSERVICE']._serialized_start=443
+  _globals['_CLUSTERSERVICE']._serialized_end=566
 # @@protoc_insertion_point(module_scope)

@@ -47,10 +47,15 @@ class GetClusterStatusResponse(_message.Message):
     HUB_ID_FIELD_NUMBER: _builtins.int
     LEADER_ID_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     hub_id: _builtins.str
     """The replica that answered."""
     leader_id: _builtins.str
     """The elected leader; empty while there is none."""
+    version: _builtins.str
+    """The answering replica's build: package version and, when known, git
+    commit, e.g. "0.1.0 (commit abc1234)".
+    """
     @_builtins.property
     def header(self) -> _types_pb2.ResponseHeader:
         """Current revision."""
@@ -66,10 +71,11 @@ class GetClusterStatusResponse(_message.Message):
         hub_id: _builtins.str = ...,
         leader_id: _builtins.str = ...,
         replicas: _abc.Iterable[Global___Replica] | None = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "hub_id", b"hub_id", "leader_id", b"leader_id", "replicas", b"replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "hub_id", b"hub_id", "leader_id", b"leader_id", "replicas", b"replicas", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -85,12 +91,17 @@ class Replica(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     LEADER_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     hub_id: _builtins.str
     """Its id."""
     address: _builtins.str
     """The address it serves gRPC on."""
     leader: _builtins.bool
     """Whether it is the leader."""
+    version: _builtins.str
+    """Its build, as in GetClusterStatusResponse.version; empty from a replica
+    older than this field.
+    """
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When it started."""
@@ -102,10 +113,11 @@ class Replica(_message.Message):
         address: _builtins.str = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         leader: _builtins.bool = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "hub_id", b"hub_id", "leader", b"leader", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "hub_id", b"hub_id", "leader", b"leader", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

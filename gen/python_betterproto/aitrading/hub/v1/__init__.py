@@ -2773,6 +2773,12 @@ class GetClusterStatusResponse(betterproto2.Message):
     Every live replica.
     """
 
+    version: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The answering replica's build: package version and, when known, git
+    commit, e.g. "0.1.0 (commit abc1234)".
+    """
+
 
 default_message_pool.register_message(
     "aitrading.hub.v1", "GetClusterStatusResponse", GetClusterStatusResponse
@@ -4472,6 +4478,12 @@ class Replica(betterproto2.Message):
     leader: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
     """
     Whether it is the leader.
+    """
+
+    version: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Its build, as in GetClusterStatusResponse.version; empty from a replica
+    older than this field.
     """
 
 

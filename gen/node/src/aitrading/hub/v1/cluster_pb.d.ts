@@ -59,6 +59,14 @@ export declare type GetClusterStatusResponse = Message<"aitrading.hub.v1.GetClus
    * @generated from field: repeated aitrading.hub.v1.Replica replicas = 4;
    */
   replicas: Replica[];
+
+  /**
+   * The answering replica's build: package version and, when known, git
+   * commit, e.g. "0.1.0 (commit abc1234)".
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
 };
 
 /**
@@ -100,6 +108,14 @@ export declare type Replica = Message<"aitrading.hub.v1.Replica"> & {
    * @generated from field: bool leader = 4;
    */
   leader: boolean;
+
+  /**
+   * Its build, as in GetClusterStatusResponse.version; empty from a replica
+   * older than this field.
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
 };
 
 /**

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file aitrading/hub/v1/cluster.proto.
  */
 export const file_aitrading_hub_v1_cluster: GenFile = /*@__PURE__*/
-  fileDesc("Ch5haXRyYWRpbmcvaHViL3YxL2NsdXN0ZXIucHJvdG8SEGFpdHJhZGluZy5odWIudjEiGQoXR2V0Q2x1c3RlclN0YXR1c1JlcXVlc3QinAEKGEdldENsdXN0ZXJTdGF0dXNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEg4KBmh1Yl9pZBgCIAEoCRIRCglsZWFkZXJfaWQYAyABKAkSKwoIcmVwbGljYXMYBCADKAsyGS5haXRyYWRpbmcuaHViLnYxLlJlcGxpY2EiagoHUmVwbGljYRIOCgZodWJfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIuCgpzdGFydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZsZWFkZXIYBCABKAgyewoOQ2x1c3RlclNlcnZpY2USaQoQR2V0Q2x1c3RlclN0YXR1cxIpLmFpdHJhZGluZy5odWIudjEuR2V0Q2x1c3RlclN0YXR1c1JlcXVlc3QaKi5haXRyYWRpbmcuaHViLnYxLkdldENsdXN0ZXJTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_aitrading_hub_v1_types, file_google_protobuf_timestamp]);
+  fileDesc("Ch5haXRyYWRpbmcvaHViL3YxL2NsdXN0ZXIucHJvdG8SEGFpdHJhZGluZy5odWIudjEiGQoXR2V0Q2x1c3RlclN0YXR1c1JlcXVlc3QirQEKGEdldENsdXN0ZXJTdGF0dXNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEg4KBmh1Yl9pZBgCIAEoCRIRCglsZWFkZXJfaWQYAyABKAkSKwoIcmVwbGljYXMYBCADKAsyGS5haXRyYWRpbmcuaHViLnYxLlJlcGxpY2ESDwoHdmVyc2lvbhgFIAEoCSJ7CgdSZXBsaWNhEg4KBmh1Yl9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEi4KCnN0YXJ0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmxlYWRlchgEIAEoCBIPCgd2ZXJzaW9uGAUgASgJMnsKDkNsdXN0ZXJTZXJ2aWNlEmkKEEdldENsdXN0ZXJTdGF0dXMSKS5haXRyYWRpbmcuaHViLnYxLkdldENsdXN0ZXJTdGF0dXNSZXF1ZXN0GiouYWl0cmFkaW5nLmh1Yi52MS5HZXRDbHVzdGVyU3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_aitrading_hub_v1_types, file_google_protobuf_timestamp]);
 
 /**
  * GetClusterStatusRequest takes no arguments.
@@ -64,6 +64,14 @@ export type GetClusterStatusResponse = Message<"aitrading.hub.v1.GetClusterStatu
    * @generated from field: repeated aitrading.hub.v1.Replica replicas = 4;
    */
   replicas: Replica[];
+
+  /**
+   * The answering replica's build: package version and, when known, git
+   * commit, e.g. "0.1.0 (commit abc1234)".
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
 };
 
 /**
@@ -106,6 +114,14 @@ export type Replica = Message<"aitrading.hub.v1.Replica"> & {
    * @generated from field: bool leader = 4;
    */
   leader: boolean;
+
+  /**
+   * Its build, as in GetClusterStatusResponse.version; empty from a replica
+   * older than this field.
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
 };
 
 /**
