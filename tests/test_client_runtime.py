@@ -34,8 +34,9 @@ async def test_pick_and_health(client: HubClient) -> None:
     assert len(sticky) == 1
     health = {h.instance_id: h for h in await client.get_health("prices")}
     assert health["a"].status == "healthy" and health["a"].check == "lease"
-    with pytest.raises(ValueError):
+    with pytest.raises(hub_client.InvalidArgument) as err:
         await client.pick("prices", strategy="fastest")
+    assert [v.field for v in err.value.field_violations] == ["strategy"]
 
 
 async def _picks(client: HubClient, service: str, instance_id: str) -> bool:

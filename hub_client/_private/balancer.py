@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aitrading.hub.v1 import balancer_pb2
 
-from hub_client._private.models import Endpoint
+from hub_client._private.models import Endpoint, lookup
+from hub_client._private.strategies import Strategy
 from hub_client._private.transport import Transport
 
 _STRATEGIES = {
@@ -23,16 +24,17 @@ class BalancerClient:
         self._transport = transport
 
     async def pick(
-        self, service: str, *, strategy: str, affinity_key: str, legacy_mode: bool
+        self, service: str, *, strategy: str | Strategy, affinity_key: str, legacy_mode: bool
     ) -> Endpoint:
-        if strategy not in _STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; one of {sorted(_STRATEGIES)}")
+        # Strategy is an IntEnum shared with local picking: a member means its name.
+        name = strategy.name.lower() if isinstance(strategy, Strategy) else strategy
+        value = lookup(_STRATEGIES, name, "strategy")
         t = self._transport
         resp = await t.call(
             t.balancer_stub.PickEndpoint,
             balancer_pb2.PickEndpointRequest(
                 service=service,
-                strategy=_STRATEGIES[strategy],
+                strategy=value,
                 affinity_key=affinity_key,
                 legacy_mode=legacy_mode,
             ),

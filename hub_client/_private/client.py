@@ -37,6 +37,7 @@ from hub_client._private.models import (
 )
 from hub_client._private.registration import Registration
 from hub_client._private.registry import RegistryClient
+from hub_client._private.strategies import Strategy
 from hub_client._private.tenants import Allocation, TenantsClient
 from hub_client._private.transport import TenantContext, Transport
 
@@ -238,7 +239,7 @@ class HubClient:
         self,
         service: str,
         *,
-        strategy: str = "least_load",
+        strategy: str | Strategy = "least_load",
         affinity_key: str = "",
         legacy_mode: bool = False,
     ) -> Endpoint:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
 from aitrading.hub.v1 import (
     balancer_pb2,
     circuit_pb2,
@@ -16,6 +17,52 @@ from aitrading.hub.v1 import (
     types_pb2,
 )
 from google.protobuf import json_format
+
+from hub_client._private.errors import FieldViolation, InvalidArgument
+
+V = TypeVar("V")
+
+
+class Protocol(enum.StrEnum):
+    """What an instance speaks (``register(protocol=...)``)."""
+
+    HTTP = "http"
+    HTTPS = "https"
+    GRPC = "grpc"
+    TCP = "tcp"
+    WEBSOCKET = "websocket"
+
+
+class ResourceTier(enum.StrEnum):
+    """The resource class an instance runs on (``register(resource_tier=...)``)."""
+
+    BASIC = "basic"
+    PREMIUM = "premium"
+    ENTERPRISE = "enterprise"
+
+
+class QuotaResource(enum.StrEnum):
+    """A tenant quota resource (``check_quota``, ``allocate``, ``release``...)."""
+
+    API_CALLS_PER_HOUR = "api_calls_per_hour"
+    WEBSOCKET_CONNECTIONS = "websocket_connections"
+    CONCURRENT_REQUESTS = "concurrent_requests"
+    DATA_STORAGE_MB = "data_storage_mb"
+
+
+def lookup(table: dict[str, V], value: str, field: str) -> V:
+    """``table[value]``, or InvalidArgument naming ``field``: a typo is refused at the
+    call, before any RPC. A StrEnum member and its equal string look up alike."""
+    try:
+        return table[value]
+    except (KeyError, TypeError):
+        pass
+    desc = f"unknown {field} {value!r}; one of {sorted(table)}"
+    raise InvalidArgument(
+        f"{field}: {desc}",
+        code=grpc.StatusCode.INVALID_ARGUMENT,
+        field_violations=[FieldViolation(field, desc)],
+    )
 
 
 def _enum_name(enum_type: object, value: int, prefix: str) -> str:
@@ -39,6 +86,8 @@ class Instance:
     weight: int
     revision: int
     raw: types_pb2.Instance = field(repr=False, compare=False)
+    # What the hub's probes last found; None when the hub sent no health.
+    health: Health | None = field(default=None, compare=False)
 
     @property
     def address(self) -> str:
@@ -65,6 +114,7 @@ class Instance:
             weight=m.weight,
             revision=m.mod_revision,
             raw=m,
+            health=Health.from_pb(m.health) if m.HasField("health") else None,
         )
 
 
@@ -134,6 +184,8 @@ class Health:
     check: str  # "http", "grpc", "tcp" or "lease"
     message: str
     raw: types_pb2.InstanceHealth = field(repr=False, compare=False)
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
 
     @classmethod
     def from_pb(cls, m: types_pb2.InstanceHealth) -> Health:
@@ -146,6 +198,8 @@ class Health:
             check=m.check,
             message=m.message,
             raw=m,
+            consecutive_failures=m.consecutive_failures,
+            consecutive_successes=m.consecutive_successes,
         )
 
 

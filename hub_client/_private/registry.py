@@ -13,7 +13,7 @@ from typing import Any
 from aitrading.hub.v1 import registry_pb2, types_pb2
 
 from hub_client._private import to_pb
-from hub_client._private.models import EventType, Instance, Service, WatchEvent
+from hub_client._private.models import EventType, Instance, Service, WatchEvent, lookup
 from hub_client._private.registration import Registration
 from hub_client._private.resume import resume_watch
 from hub_client._private.transport import Transport
@@ -62,25 +62,24 @@ class RegistryClient:
         weight: int,
         keep_alive: bool,
     ) -> Registration:
-        try:
-            tiers = [to_pb.TIERS[t] for t in subscription_requirements]
-            request = registry_pb2.RegisterRequest(
-                service=service,
-                instance_id=instance_id,
-                host=host,
-                port=port,
-                protocol=_PROTOCOLS[protocol],
-                version=version,
-                metadata=dict(metadata or {}),
-                health_check=health,
-                tenant_capable=tenant_capable,
-                subscription_requirements=tiers,
-                resource_tier=_RESOURCE_TIERS[resource_tier],
-                ttl_seconds=ttl,
-                weight=weight,
-            )
-        except KeyError as e:
-            raise ValueError(f"unknown value {e.args[0]!r}") from None
+        tiers = [
+            lookup(to_pb.TIERS, t, "subscription_requirements") for t in subscription_requirements
+        ]
+        request = registry_pb2.RegisterRequest(
+            service=service,
+            instance_id=instance_id,
+            host=host,
+            port=port,
+            protocol=lookup(_PROTOCOLS, protocol, "protocol"),
+            version=version,
+            metadata=dict(metadata or {}),
+            health_check=health,
+            tenant_capable=tenant_capable,
+            subscription_requirements=tiers,
+            resource_tier=lookup(_RESOURCE_TIERS, resource_tier, "resource_tier"),
+            ttl_seconds=ttl,
+            weight=weight,
+        )
         reg = Registration(self._transport, request)
         await reg.start(keep_alive=keep_alive)
         self._registrations.add(reg)

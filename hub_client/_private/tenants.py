@@ -13,7 +13,7 @@ from aitrading.hub.v1 import tenant_pb2
 
 from hub_client._private import to_pb
 from hub_client._private.errors import HubError
-from hub_client._private.models import ResourceUsage, Tenant
+from hub_client._private.models import ResourceUsage, Tenant, lookup
 from hub_client._private.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,7 @@ _QUOTA_RESOURCES = {
 
 
 def _quota_resource(resource: str) -> tenant_pb2.QuotaResource.ValueType:
-    try:
-        return _QUOTA_RESOURCES[resource]
-    except KeyError:
-        raise ValueError(
-            f"unknown quota resource {resource!r}; one of {sorted(_QUOTA_RESOURCES)}"
-        ) from None
+    return lookup(_QUOTA_RESOURCES, resource, "resource")
 
 
 class TenantsClient:

@@ -29,7 +29,13 @@ from aitrading.hub.v1 import (
 )
 
 from hub_client._private.channel import TLS, open_channel
-from hub_client._private.errors import Unavailable, from_rpc_error
+from hub_client._private.errors import (
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+    from_rpc_error,
+)
+from hub_client._private.tiers import Tier, parse_tier
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,19 @@ class TenantContext:
     user_id: str = ""
     subscription_tier: str = ""
     correlation_id: str = ""
+
+    def __post_init__(self) -> None:
+        # A typo ("gold") would silently count as free at the hub: refuse it here.
+        if self.subscription_tier and parse_tier(self.subscription_tier) is None:
+            tiers = [t.value for t in Tier]
+            desc = f"unknown subscription_tier {self.subscription_tier!r}; one of {tiers}"
+            raise InvalidArgument(
+                f"subscription_tier: {desc}",
+                code=grpc.StatusCode.INVALID_ARGUMENT,
+                field_violations=[FieldViolation("subscription_tier", desc)],
+            )
+        # A StrEnum member goes out as its plain value.
+        object.__setattr__(self, "subscription_tier", str(self.subscription_tier))
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         pairs = (
