@@ -105,3 +105,12 @@ def test_the_package_ships_py_typed() -> None:
     assert (package / "py.typed").is_file()
     pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
     assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["hub_client"]
+
+
+async def test_watch_events_carry_instance_health(client: HubClient) -> None:
+    await client.register("prices", instance_id="a", host="10.0.0.1", port=81)
+    async for event in client.watch("prices"):
+        assert event.instance.instance_id == "a"
+        assert event.instance.health is not None
+        assert event.instance.health.instance_id == "a"
+        break
