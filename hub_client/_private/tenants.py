@@ -8,6 +8,7 @@ import asyncio
 import logging
 import uuid
 from types import TracebackType
+from typing import Any
 
 from aitrading.hub.v1 import tenant_pb2
 
@@ -106,30 +107,35 @@ class TenantsClient:
         self, resource: str, amount: int, *, tenant: str | None, request_id: str | None
     ) -> ResourceUsage:
         t = self._transport
-        resp = await t.call_retried(
-            t.tenant_stub.Allocate,
-            tenant_pb2.AllocateRequest(
-                tenant_id=t.tenant(tenant),
-                resource=_quota_resource(resource),
-                amount=amount,
-                request_id=request_id or uuid.uuid4().hex,
-            ),
+        return await self._change(
+            t.tenant_stub.Allocate, tenant_pb2.AllocateRequest, resource, amount, tenant, request_id
         )
-        return ResourceUsage.from_pb(resp.usage)
 
     async def release(
         self, resource: str, amount: int, *, tenant: str | None, request_id: str | None
     ) -> ResourceUsage:
         t = self._transport
-        resp = await t.call_retried(
-            t.tenant_stub.Release,
-            tenant_pb2.ReleaseRequest(
-                tenant_id=t.tenant(tenant),
-                resource=_quota_resource(resource),
-                amount=amount,
-                request_id=request_id or uuid.uuid4().hex,
-            ),
+        return await self._change(
+            t.tenant_stub.Release, tenant_pb2.ReleaseRequest, resource, amount, tenant, request_id
         )
+
+    async def _change(
+        self,
+        method: Any,
+        request_type: Any,
+        resource: str,
+        amount: int,
+        tenant: str | None,
+        request_id: str | None,
+    ) -> ResourceUsage:
+        t = self._transport
+        request = request_type(
+            tenant_id=t.tenant(tenant),
+            resource=_quota_resource(resource),
+            amount=amount,
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        resp = await t.call_retried(method, request)
         return ResourceUsage.from_pb(resp.usage)
 
     def allocation(self, resource: str, amount: int, *, tenant: str | None) -> Allocation:
