@@ -64,6 +64,10 @@ RULES: dict[str, Rule] = {
         "LoadBalancerService": {
             "PickEndpoint": READ,
             "ReportLoad": _rule(S, scope=Scope.OWN_SERVICE),
+            "SetRoutingPolicy": ADMIN_ONLY,
+            "GetRoutingPolicy": READ,
+            "DeleteRoutingPolicy": ADMIN_ONLY,
+            "WatchEndpoints": READ,
         },
         "CircuitBreakerService": {
             "ReportOutcomes": _rule(G, S),
@@ -72,7 +76,8 @@ RULES: dict[str, Rule] = {
             "SetCircuitSettings": ADMIN_ONLY,
             "OverrideCircuit": ADMIN_ONLY,
         },
-        "ClusterService": {"GetClusterStatus": READ},
+        # xDS clients' node ids, peers and tenants are operators' business.
+        "ClusterService": {"GetClusterStatus": READ, "ListXdsClients": ADMIN_ONLY},
         "ConfigService": {
             "GetTenantConfig": READ,
             "GetConfigLayer": READ,

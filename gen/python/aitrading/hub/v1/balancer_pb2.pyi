@@ -4,8 +4,10 @@ isort:skip_file
 """
 
 from aitrading.hub.v1 import types_pb2 as _types_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -25,7 +27,9 @@ class _BalancingStrategy:
 class _BalancingStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BalancingStrategy.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BALANCING_STRATEGY_UNSPECIFIED: _BalancingStrategy.ValueType  # 0
-    """Not given: least load."""
+    """Not given: the service's routing policy's strategy, least load when the
+    service has no stored policy.
+    """
     BALANCING_STRATEGY_LEAST_LOAD: _BalancingStrategy.ValueType  # 1
     """The instance with the lowest reported load."""
     BALANCING_STRATEGY_ROUND_ROBIN: _BalancingStrategy.ValueType  # 2
@@ -41,7 +45,9 @@ class BalancingStrategy(_BalancingStrategy, metaclass=_BalancingStrategyEnumType
     """BalancingStrategy is how PickEndpoint chooses among eligible instances."""
 
 BALANCING_STRATEGY_UNSPECIFIED: BalancingStrategy.ValueType  # 0
-"""Not given: least load."""
+"""Not given: the service's routing policy's strategy, least load when the
+service has no stored policy.
+"""
 BALANCING_STRATEGY_LEAST_LOAD: BalancingStrategy.ValueType  # 1
 """The instance with the lowest reported load."""
 BALANCING_STRATEGY_ROUND_ROBIN: BalancingStrategy.ValueType  # 2
@@ -189,3 +195,461 @@ class ReportLoadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportLoadResponse: _TypeAlias = ReportLoadResponse  # noqa: Y015
+
+@_typing.final
+class RoutingPolicy(_message.Message):
+    """RoutingPolicy is how one service's calls are balanced, retried, timed out
+    and protected from failing instances, by PickEndpoint (strategy only) and by
+    the hub's xDS clients (all of it). Zero fields take the defaults named.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    OUTLIER_FIELD_NUMBER: _builtins.int
+    strategy: Global___BalancingStrategy.ValueType
+    """Strategy when a PickEndpoint request names none, and the load-balancing
+    policy sent to xDS clients. UNSPECIFIED: least load.
+    """
+    timeout_ms: _builtins.int
+    """Per-call limit in milliseconds, sent to xDS clients as the route's
+    max_stream_duration; 0 sends none. At most 86400000 (a day).
+    """
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy:
+        """Retries xDS clients make on their own."""
+
+    @_builtins.property
+    def outlier(self) -> Global___OutlierDetection:
+        """Ejection of failing instances by xDS clients; always sent."""
+
+    def __init__(
+        self,
+        *,
+        strategy: Global___BalancingStrategy.ValueType = ...,
+        retry: Global___RetryPolicy | None = ...,
+        timeout_ms: _builtins.int = ...,
+        outlier: Global___OutlierDetection | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outlier", b"outlier", "retry", b"retry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outlier", b"outlier", "retry", b"retry", "strategy", b"strategy", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingPolicy: _TypeAlias = RoutingPolicy  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """RetryPolicy is the route retry policy sent to xDS clients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETRY_ON_FIELD_NUMBER: _builtins.int
+    NUM_RETRIES_FIELD_NUMBER: _builtins.int
+    BASE_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    MAX_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    num_retries: _builtins.int
+    """Retries after the first attempt, 0 to 4 (gRPC clients make at most five
+    attempts); 0 sends no retry policy.
+    """
+    base_interval_ms: _builtins.int
+    """First backoff in milliseconds (1 to 60000); 0: 25."""
+    max_interval_ms: _builtins.int
+    """Backoff ceiling in milliseconds, at least base_interval_ms and at most
+    600000; 0: 250 (or base_interval_ms when that is larger).
+    """
+    @_builtins.property
+    def retry_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """gRPC status names that are retried, lower case with dashes as envoy's
+        retry_on: cancelled, deadline-exceeded, internal, resource-exhausted,
+        unavailable. Empty: unavailable.
+        """
+
+    def __init__(
+        self,
+        *,
+        retry_on: _abc.Iterable[_builtins.str] | None = ...,
+        num_retries: _builtins.int = ...,
+        base_interval_ms: _builtins.int = ...,
+        max_interval_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_interval_ms", b"base_interval_ms", "max_interval_ms", b"max_interval_ms", "num_retries", b"num_retries", "retry_on", b"retry_on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
+
+@_typing.final
+class OutlierDetection(_message.Message):
+    """OutlierDetection is the cluster outlier detection sent to xDS clients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    BASE_EJECTION_TIME_MS_FIELD_NUMBER: _builtins.int
+    MAX_EJECTION_TIME_MS_FIELD_NUMBER: _builtins.int
+    MAX_EJECTION_PERCENT_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_5XX_FIELD_NUMBER: _builtins.int
+    FAILURE_PERCENTAGE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    FAILURE_PERCENTAGE_MINIMUM_HOSTS_FIELD_NUMBER: _builtins.int
+    FAILURE_PERCENTAGE_REQUEST_VOLUME_FIELD_NUMBER: _builtins.int
+    interval_ms: _builtins.int
+    """How often clients evaluate their endpoints, in ms (100 to 3600000); 0: 1000."""
+    base_ejection_time_ms: _builtins.int
+    """Ejection time of a first ejection, in ms (100 to 3600000); 0: 30000."""
+    max_ejection_time_ms: _builtins.int
+    """Longest ejection, in ms (at least base_ejection_time_ms, at most
+    86400000); 0: 300000.
+    """
+    max_ejection_percent: _builtins.int
+    """Most of a service's endpoints ejected at once, percent (1 to 100); 0: 50."""
+    consecutive_5xx: _builtins.int
+    """Consecutive failures that eject an endpoint (1 to 1000); 0: 5. Envoy
+    honours it; proxyless gRPC clients use the failure percentage below.
+    """
+    failure_percentage_threshold: _builtins.int
+    """Failure percentage that ejects an endpoint (1 to 100); 0: 50."""
+    failure_percentage_minimum_hosts: _builtins.int
+    """Endpoints a service needs before failure-percentage ejection applies
+    (1 to 1000); 0: 2.
+    """
+    failure_percentage_request_volume: _builtins.int
+    """Calls an endpoint needs in an interval before it is judged (1 to
+    1000000); 0: 20.
+    """
+    def __init__(
+        self,
+        *,
+        interval_ms: _builtins.int = ...,
+        base_ejection_time_ms: _builtins.int = ...,
+        max_ejection_time_ms: _builtins.int = ...,
+        max_ejection_percent: _builtins.int = ...,
+        consecutive_5xx: _builtins.int = ...,
+        failure_percentage_threshold: _builtins.int = ...,
+        failure_percentage_minimum_hosts: _builtins.int = ...,
+        failure_percentage_request_volume: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_ejection_time_ms", b"base_ejection_time_ms", "consecutive_5xx", b"consecutive_5xx", "failure_percentage_minimum_hosts", b"failure_percentage_minimum_hosts", "failure_percentage_request_volume", b"failure_percentage_request_volume", "failure_percentage_threshold", b"failure_percentage_threshold", "interval_ms", b"interval_ms", "max_ejection_percent", b"max_ejection_percent", "max_ejection_time_ms", b"max_ejection_time_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutlierDetection: _TypeAlias = OutlierDetection  # noqa: Y015
+
+@_typing.final
+class SetRoutingPolicyRequest(_message.Message):
+    """SetRoutingPolicyRequest stores a service's routing policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service."""
+    @_builtins.property
+    def policy(self) -> Global___RoutingPolicy:
+        """The policy; zero fields take defaults."""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        policy: Global___RoutingPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRoutingPolicyRequest: _TypeAlias = SetRoutingPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetRoutingPolicyResponse(_message.Message):
+    """SetRoutingPolicyResponse returns the stored policy, defaults filled in."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _types_pb2.ResponseHeader:
+        """Revision of the write."""
+
+    @_builtins.property
+    def policy(self) -> Global___RoutingPolicy:
+        """The policy as stored."""
+
+    def __init__(
+        self,
+        *,
+        header: _types_pb2.ResponseHeader | None = ...,
+        policy: Global___RoutingPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRoutingPolicyResponse: _TypeAlias = SetRoutingPolicyResponse  # noqa: Y015
+
+@_typing.final
+class GetRoutingPolicyRequest(_message.Message):
+    """GetRoutingPolicyRequest names a service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutingPolicyRequest: _TypeAlias = GetRoutingPolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetRoutingPolicyResponse(_message.Message):
+    """GetRoutingPolicyResponse is the policy in force for the service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    is_default: _builtins.bool
+    """True when no policy is stored for the service (the defaults apply)."""
+    @_builtins.property
+    def header(self) -> _types_pb2.ResponseHeader:
+        """Revision of the view read."""
+
+    @_builtins.property
+    def policy(self) -> Global___RoutingPolicy:
+        """The policy, defaults filled in."""
+
+    def __init__(
+        self,
+        *,
+        header: _types_pb2.ResponseHeader | None = ...,
+        policy: Global___RoutingPolicy | None = ...,
+        is_default: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "is_default", b"is_default", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutingPolicyResponse: _TypeAlias = GetRoutingPolicyResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRoutingPolicyRequest(_message.Message):
+    """DeleteRoutingPolicyRequest names a service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRoutingPolicyRequest: _TypeAlias = DeleteRoutingPolicyRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRoutingPolicyResponse(_message.Message):
+    """DeleteRoutingPolicyResponse confirms the deletion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _types_pb2.ResponseHeader:
+        """Revision of the deletion."""
+
+    def __init__(
+        self,
+        *,
+        header: _types_pb2.ResponseHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRoutingPolicyResponse: _TypeAlias = DeleteRoutingPolicyResponse  # noqa: Y015
+
+@_typing.final
+class WatchEndpointsRequest(_message.Message):
+    """WatchEndpointsRequest opens a watch of one service's usable endpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    AFTER_REVISION_FIELD_NUMBER: _builtins.int
+    LEGACY_MODE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service."""
+    after_revision: _builtins.int
+    """The revision of the snapshot the caller already holds: the first
+    message is sent only once the hub's is newer. 0 sends one at once.
+    """
+    legacy_mode: _builtins.bool
+    """As in PickEndpointRequest: ignore the caller's tier (callers not bound
+    to a tenant only).
+    """
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        after_revision: _builtins.int = ...,
+        legacy_mode: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_revision", b"after_revision", "legacy_mode", b"legacy_mode", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEndpointsRequest: _TypeAlias = WatchEndpointsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEndpointsResponse(_message.Message):
+    """WatchEndpointsResponse is a full snapshot of one service's usable endpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    VISIBLE_FIELD_NUMBER: _builtins.int
+    CIRCUIT_OPEN_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service."""
+    visible: _builtins.bool
+    """False when the service is not registered, was deleted, or is not
+    visible to the caller's tier: endpoints is then empty because the
+    service really is gone for this caller (not because of a fault).
+    """
+    circuit_open: _builtins.bool
+    """The whole service's circuit is open: endpoints is empty until it closes."""
+    @_builtins.property
+    def header(self) -> _types_pb2.ResponseHeader:
+        """header.revision is the snapshot's revision; resume with it as
+        after_revision.
+        """
+
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsableEndpoint]:
+        """Exactly the usable endpoints, in PickEndpoint's order (priority, then
+        instance id). Empty with visible true and circuit_open false means no
+        instance is usable right now.
+        """
+
+    @_builtins.property
+    def policy(self) -> Global___RoutingPolicy:
+        """The service's routing policy (defaults filled in), so a client picks
+        with the service's default strategy.
+        """
+
+    def __init__(
+        self,
+        *,
+        header: _types_pb2.ResponseHeader | None = ...,
+        service: _builtins.str = ...,
+        visible: _builtins.bool = ...,
+        circuit_open: _builtins.bool = ...,
+        endpoints: _abc.Iterable[Global___UsableEndpoint] | None = ...,
+        policy: Global___RoutingPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_open", b"circuit_open", "endpoints", b"endpoints", "header", b"header", "policy", b"policy", "service", b"service", "visible", b"visible"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEndpointsResponse: _TypeAlias = WatchEndpointsResponse  # noqa: Y015
+
+@_typing.final
+class UsableEndpoint(_message.Message):
+    """UsableEndpoint is one instance a caller may be routed to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    HALF_OPEN_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The instance id."""
+    host: _builtins.str
+    """Host to connect to."""
+    port: _builtins.int
+    """Port to connect to."""
+    weight: _builtins.int
+    """Relative weight."""
+    load: _builtins.float
+    """Last reported load."""
+    health: _types_pb2.HealthStatus.ValueType
+    """Last probe result."""
+    priority: _builtins.int
+    """0 HEALTHY, 1 DEGRADED, 2 STARTING or not yet probed: callers use the
+    lowest priority present, as PickEndpoint does.
+    """
+    half_open: _builtins.bool
+    """The instance's circuit is half open: offered again for trial calls."""
+    version: _builtins.str
+    """The instance's version."""
+    latency_ms: _builtins.float
+    """Latency of the last probe in ms; 0 when not measured."""
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        weight: _builtins.int = ...,
+        load: _builtins.float = ...,
+        health: _types_pb2.HealthStatus.ValueType = ...,
+        priority: _builtins.int = ...,
+        half_open: _builtins.bool = ...,
+        version: _builtins.str = ...,
+        latency_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["half_open", b"half_open", "health", b"health", "host", b"host", "instance_id", b"instance_id", "latency_ms", b"latency_ms", "load", b"load", "port", b"port", "priority", b"priority", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsableEndpoint: _TypeAlias = UsableEndpoint  # noqa: Y015

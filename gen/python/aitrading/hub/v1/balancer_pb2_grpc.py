@@ -49,6 +49,26 @@ class LoadBalancerServiceStub:
                 request_serializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.ReportLoadRequest.SerializeToString,
                 response_deserializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.ReportLoadResponse.FromString,
                 _registered_method=True)
+        self.SetRoutingPolicy = channel.unary_unary(
+                '/aitrading.hub.v1.LoadBalancerService/SetRoutingPolicy',
+                request_serializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.SetRoutingPolicyRequest.SerializeToString,
+                response_deserializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.SetRoutingPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetRoutingPolicy = channel.unary_unary(
+                '/aitrading.hub.v1.LoadBalancerService/GetRoutingPolicy',
+                request_serializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.GetRoutingPolicyRequest.SerializeToString,
+                response_deserializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.GetRoutingPolicyResponse.FromString,
+                _registered_method=True)
+        self.DeleteRoutingPolicy = channel.unary_unary(
+                '/aitrading.hub.v1.LoadBalancerService/DeleteRoutingPolicy',
+                request_serializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.DeleteRoutingPolicyRequest.SerializeToString,
+                response_deserializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.DeleteRoutingPolicyResponse.FromString,
+                _registered_method=True)
+        self.WatchEndpoints = channel.unary_stream(
+                '/aitrading.hub.v1.LoadBalancerService/WatchEndpoints',
+                request_serializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.WatchEndpointsRequest.SerializeToString,
+                response_deserializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.WatchEndpointsResponse.FromString,
+                _registered_method=True)
 
 
 class LoadBalancerServiceServicer:
@@ -74,6 +94,45 @@ class LoadBalancerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRoutingPolicy(self, request, context):
+        """The routing policy RPCs live here rather than on a service of their own:
+        the policy is how this service (and every xDS client of the hub) balances
+        one service's calls, as SetCircuitSettings lives beside the circuits.
+
+        SetRoutingPolicy stores a service's routing policy (admins). The service
+        need not be registered yet. INVALID_ARGUMENT names the field out of range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRoutingPolicy(self, request, context):
+        """GetRoutingPolicy returns the policy in force: the stored one, or the
+        default (is_default true) when none is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRoutingPolicy(self, request, context):
+        """DeleteRoutingPolicy drops a service's stored policy, so the default
+        applies again. NOT_FOUND when none is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEndpoints(self, request, context):
+        """WatchEndpoints streams the usable endpoints of one service for the
+        caller's tier, as PickEndpoint and the hub's xDS server see them: each
+        message is a full snapshot that replaces the previous one. A message is
+        sent first (unless after_revision is already current), then whenever
+        the set, an endpoint's state or the routing policy changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoadBalancerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -86,6 +145,26 @@ def add_LoadBalancerServiceServicer_to_server(servicer, server):
                     servicer.ReportLoad,
                     request_deserializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.ReportLoadRequest.FromString,
                     response_serializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.ReportLoadResponse.SerializeToString,
+            ),
+            'SetRoutingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRoutingPolicy,
+                    request_deserializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.SetRoutingPolicyRequest.FromString,
+                    response_serializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.SetRoutingPolicyResponse.SerializeToString,
+            ),
+            'GetRoutingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoutingPolicy,
+                    request_deserializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.GetRoutingPolicyRequest.FromString,
+                    response_serializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.GetRoutingPolicyResponse.SerializeToString,
+            ),
+            'DeleteRoutingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRoutingPolicy,
+                    request_deserializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.DeleteRoutingPolicyRequest.FromString,
+                    response_serializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.DeleteRoutingPolicyResponse.SerializeToString,
+            ),
+            'WatchEndpoints': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEndpoints,
+                    request_deserializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.WatchEndpointsRequest.FromString,
+                    response_serializer=aitrading_dot_hub_dot_v1_dot_balancer__pb2.WatchEndpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -147,6 +226,114 @@ class LoadBalancerService:
             '/aitrading.hub.v1.LoadBalancerService/ReportLoad',
             aitrading_dot_hub_dot_v1_dot_balancer__pb2.ReportLoadRequest.SerializeToString,
             aitrading_dot_hub_dot_v1_dot_balancer__pb2.ReportLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRoutingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitrading.hub.v1.LoadBalancerService/SetRoutingPolicy',
+            aitrading_dot_hub_dot_v1_dot_balancer__pb2.SetRoutingPolicyRequest.SerializeToString,
+            aitrading_dot_hub_dot_v1_dot_balancer__pb2.SetRoutingPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoutingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitrading.hub.v1.LoadBalancerService/GetRoutingPolicy',
+            aitrading_dot_hub_dot_v1_dot_balancer__pb2.GetRoutingPolicyRequest.SerializeToString,
+            aitrading_dot_hub_dot_v1_dot_balancer__pb2.GetRoutingPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRoutingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitrading.hub.v1.LoadBalancerService/DeleteRoutingPolicy',
+            aitrading_dot_hub_dot_v1_dot_balancer__pb2.DeleteRoutingPolicyRequest.SerializeToString,
+            aitrading_dot_hub_dot_v1_dot_balancer__pb2.DeleteRoutingPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aitrading.hub.v1.LoadBalancerService/WatchEndpoints',
+            aitrading_dot_hub_dot_v1_dot_balancer__pb2.WatchEndpointsRequest.SerializeToString,
+            aitrading_dot_hub_dot_v1_dot_balancer__pb2.WatchEndpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,29 @@ class LoadBalancerServiceStub:
     """
     ReportLoad: _grpc.UnaryUnaryMultiCallable[_balancer_pb2.ReportLoadRequest, _balancer_pb2.ReportLoadResponse]
     """ReportLoad records an instance's current load, for least-load balancing."""
+    SetRoutingPolicy: _grpc.UnaryUnaryMultiCallable[_balancer_pb2.SetRoutingPolicyRequest, _balancer_pb2.SetRoutingPolicyResponse]
+    """The routing policy RPCs live here rather than on a service of their own:
+    the policy is how this service (and every xDS client of the hub) balances
+    one service's calls, as SetCircuitSettings lives beside the circuits.
+
+    SetRoutingPolicy stores a service's routing policy (admins). The service
+    need not be registered yet. INVALID_ARGUMENT names the field out of range.
+    """
+    GetRoutingPolicy: _grpc.UnaryUnaryMultiCallable[_balancer_pb2.GetRoutingPolicyRequest, _balancer_pb2.GetRoutingPolicyResponse]
+    """GetRoutingPolicy returns the policy in force: the stored one, or the
+    default (is_default true) when none is stored.
+    """
+    DeleteRoutingPolicy: _grpc.UnaryUnaryMultiCallable[_balancer_pb2.DeleteRoutingPolicyRequest, _balancer_pb2.DeleteRoutingPolicyResponse]
+    """DeleteRoutingPolicy drops a service's stored policy, so the default
+    applies again. NOT_FOUND when none is stored.
+    """
+    WatchEndpoints: _grpc.UnaryStreamMultiCallable[_balancer_pb2.WatchEndpointsRequest, _balancer_pb2.WatchEndpointsResponse]
+    """WatchEndpoints streams the usable endpoints of one service for the
+    caller's tier, as PickEndpoint and the hub's xDS server see them: each
+    message is a full snapshot that replaces the previous one. A message is
+    sent first (unless after_revision is already current), then whenever
+    the set, an endpoint's state or the routing policy changes.
+    """
 
 @_typing.type_check_only
 class LoadBalancerServiceAsyncStub(LoadBalancerServiceStub):
@@ -61,6 +84,29 @@ class LoadBalancerServiceAsyncStub(LoadBalancerServiceStub):
     """
     ReportLoad: _aio.UnaryUnaryMultiCallable[_balancer_pb2.ReportLoadRequest, _balancer_pb2.ReportLoadResponse]  # type: ignore[assignment]
     """ReportLoad records an instance's current load, for least-load balancing."""
+    SetRoutingPolicy: _aio.UnaryUnaryMultiCallable[_balancer_pb2.SetRoutingPolicyRequest, _balancer_pb2.SetRoutingPolicyResponse]  # type: ignore[assignment]
+    """The routing policy RPCs live here rather than on a service of their own:
+    the policy is how this service (and every xDS client of the hub) balances
+    one service's calls, as SetCircuitSettings lives beside the circuits.
+
+    SetRoutingPolicy stores a service's routing policy (admins). The service
+    need not be registered yet. INVALID_ARGUMENT names the field out of range.
+    """
+    GetRoutingPolicy: _aio.UnaryUnaryMultiCallable[_balancer_pb2.GetRoutingPolicyRequest, _balancer_pb2.GetRoutingPolicyResponse]  # type: ignore[assignment]
+    """GetRoutingPolicy returns the policy in force: the stored one, or the
+    default (is_default true) when none is stored.
+    """
+    DeleteRoutingPolicy: _aio.UnaryUnaryMultiCallable[_balancer_pb2.DeleteRoutingPolicyRequest, _balancer_pb2.DeleteRoutingPolicyResponse]  # type: ignore[assignment]
+    """DeleteRoutingPolicy drops a service's stored policy, so the default
+    applies again. NOT_FOUND when none is stored.
+    """
+    WatchEndpoints: _aio.UnaryStreamMultiCallable[_balancer_pb2.WatchEndpointsRequest, _balancer_pb2.WatchEndpointsResponse]  # type: ignore[assignment]
+    """WatchEndpoints streams the usable endpoints of one service for the
+    caller's tier, as PickEndpoint and the hub's xDS server see them: each
+    message is a full snapshot that replaces the previous one. A message is
+    sent first (unless after_revision is already current), then whenever
+    the set, an endpoint's state or the routing policy changes.
+    """
 
 class LoadBalancerServiceServicer(metaclass=_abc_1.ABCMeta):
     """LoadBalancerService picks an instance of a service for a caller, from memory.
@@ -87,5 +133,52 @@ class LoadBalancerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_balancer_pb2.ReportLoadResponse, _abc.Awaitable[_balancer_pb2.ReportLoadResponse]]:
         """ReportLoad records an instance's current load, for least-load balancing."""
+
+    @_abc_1.abstractmethod
+    def SetRoutingPolicy(
+        self,
+        request: _balancer_pb2.SetRoutingPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balancer_pb2.SetRoutingPolicyResponse, _abc.Awaitable[_balancer_pb2.SetRoutingPolicyResponse]]:
+        """The routing policy RPCs live here rather than on a service of their own:
+        the policy is how this service (and every xDS client of the hub) balances
+        one service's calls, as SetCircuitSettings lives beside the circuits.
+
+        SetRoutingPolicy stores a service's routing policy (admins). The service
+        need not be registered yet. INVALID_ARGUMENT names the field out of range.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRoutingPolicy(
+        self,
+        request: _balancer_pb2.GetRoutingPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balancer_pb2.GetRoutingPolicyResponse, _abc.Awaitable[_balancer_pb2.GetRoutingPolicyResponse]]:
+        """GetRoutingPolicy returns the policy in force: the stored one, or the
+        default (is_default true) when none is stored.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteRoutingPolicy(
+        self,
+        request: _balancer_pb2.DeleteRoutingPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balancer_pb2.DeleteRoutingPolicyResponse, _abc.Awaitable[_balancer_pb2.DeleteRoutingPolicyResponse]]:
+        """DeleteRoutingPolicy drops a service's stored policy, so the default
+        applies again. NOT_FOUND when none is stored.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEndpoints(
+        self,
+        request: _balancer_pb2.WatchEndpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_balancer_pb2.WatchEndpointsResponse], _abc.AsyncIterator[_balancer_pb2.WatchEndpointsResponse]]:
+        """WatchEndpoints streams the usable endpoints of one service for the
+        caller's tier, as PickEndpoint and the hub's xDS server see them: each
+        message is a full snapshot that replaces the previous one. A message is
+        sent first (unless after_revision is already current), then whenever
+        the set, an endpoint's state or the routing policy changes.
+        """
 
 def add_LoadBalancerServiceServicer_to_server(servicer: LoadBalancerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -122,3 +122,180 @@ class Replica(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Replica: _TypeAlias = Replica  # noqa: Y015
+
+@_typing.final
+class ListXdsClientsRequest(_message.Message):
+    """ListXdsClientsRequest takes no arguments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListXdsClientsRequest: _TypeAlias = ListXdsClientsRequest  # noqa: Y015
+
+@_typing.final
+class ListXdsClientsResponse(_message.Message):
+    """ListXdsClientsResponse lists one replica's xDS clients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    HUB_ID_FIELD_NUMBER: _builtins.int
+    CLIENTS_FIELD_NUMBER: _builtins.int
+    hub_id: _builtins.str
+    """The replica that answered (the one the clients are connected to)."""
+    @_builtins.property
+    def header(self) -> _types_pb2.ResponseHeader:
+        """Current revision."""
+
+    @_builtins.property
+    def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___XdsClient]:
+        """Its connected xDS clients, one per open stream."""
+
+    def __init__(
+        self,
+        *,
+        header: _types_pb2.ResponseHeader | None = ...,
+        hub_id: _builtins.str = ...,
+        clients: _abc.Iterable[Global___XdsClient] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "header", b"header", "hub_id", b"hub_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListXdsClientsResponse: _TypeAlias = ListXdsClientsResponse  # noqa: Y015
+
+@_typing.final
+class XdsClient(_message.Message):
+    """XdsClient is one open xDS stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    CONNECTED_AT_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    LAST_NACK_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The node id from the client's bootstrap."""
+    tenant_id: _builtins.str
+    """The tenant the stream acts for (from its credential, or node metadata
+    on a hub without credentials); empty when none.
+    """
+    tier: _types_pb2.SubscriptionTier.ValueType
+    """Its subscription tier."""
+    peer: _builtins.str
+    """The client's address."""
+    @_builtins.property
+    def connected_at(self) -> _timestamp_pb2.Timestamp:
+        """When the stream opened."""
+
+    @_builtins.property
+    def subscriptions(self) -> _containers.RepeatedCompositeFieldContainer[Global___XdsSubscription]:
+        """What it subscribed to, one entry per resource type."""
+
+    @_builtins.property
+    def last_nack(self) -> Global___XdsNack:
+        """Its last NACK; unset when it never sent one."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        tier: _types_pb2.SubscriptionTier.ValueType = ...,
+        peer: _builtins.str = ...,
+        connected_at: _timestamp_pb2.Timestamp | None = ...,
+        subscriptions: _abc.Iterable[Global___XdsSubscription] | None = ...,
+        last_nack: Global___XdsNack | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connected_at", b"connected_at", "last_nack", b"last_nack"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_at", b"connected_at", "last_nack", b"last_nack", "node_id", b"node_id", "peer", b"peer", "subscriptions", b"subscriptions", "tenant_id", b"tenant_id", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___XdsClient: _TypeAlias = XdsClient  # noqa: Y015
+
+@_typing.final
+class XdsSubscription(_message.Message):
+    """XdsSubscription is a client's subscription to one resource type."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_URL_FIELD_NUMBER: _builtins.int
+    RESOURCE_NAMES_FIELD_NUMBER: _builtins.int
+    ACKED_VERSION_FIELD_NUMBER: _builtins.int
+    type_url: _builtins.str
+    """The type URL, e.g. type.googleapis.com/envoy.config.cluster.v3.Cluster."""
+    acked_version: _builtins.str
+    """The last version the client ACKed; empty before its first ACK."""
+    @_builtins.property
+    def resource_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The resource names asked for."""
+
+    def __init__(
+        self,
+        *,
+        type_url: _builtins.str = ...,
+        resource_names: _abc.Iterable[_builtins.str] | None = ...,
+        acked_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_version", b"acked_version", "resource_names", b"resource_names", "type_url", b"type_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___XdsSubscription: _TypeAlias = XdsSubscription  # noqa: Y015
+
+@_typing.final
+class XdsNack(_message.Message):
+    """XdsNack is a response a client rejected."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_URL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    type_url: _builtins.str
+    """The type URL of the rejected response."""
+    version: _builtins.str
+    """The version rejected."""
+    nonce: _builtins.str
+    """The nonce of the rejected response."""
+    error: _builtins.str
+    """The client's error message."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the NACK arrived."""
+
+    def __init__(
+        self,
+        *,
+        type_url: _builtins.str = ...,
+        version: _builtins.str = ...,
+        nonce: _builtins.str = ...,
+        error: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "error", b"error", "nonce", b"nonce", "type_url", b"type_url", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___XdsNack: _TypeAlias = XdsNack  # noqa: Y015

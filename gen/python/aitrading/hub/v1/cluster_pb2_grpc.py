@@ -40,6 +40,11 @@ class ClusterServiceStub:
                 request_serializer=aitrading_dot_hub_dot_v1_dot_cluster__pb2.GetClusterStatusRequest.SerializeToString,
                 response_deserializer=aitrading_dot_hub_dot_v1_dot_cluster__pb2.GetClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.ListXdsClients = channel.unary_unary(
+                '/aitrading.hub.v1.ClusterService/ListXdsClients',
+                request_serializer=aitrading_dot_hub_dot_v1_dot_cluster__pb2.ListXdsClientsRequest.SerializeToString,
+                response_deserializer=aitrading_dot_hub_dot_v1_dot_cluster__pb2.ListXdsClientsResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -54,6 +59,15 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListXdsClients(self, request, context):
+        """ListXdsClients lists the xDS clients connected to the answering replica
+        (admins). Each replica holds its own streams; ask every replica named
+        by GetClusterStatus for the whole cluster (hubctl xds clients does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +75,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.GetClusterStatus,
                     request_deserializer=aitrading_dot_hub_dot_v1_dot_cluster__pb2.GetClusterStatusRequest.FromString,
                     response_serializer=aitrading_dot_hub_dot_v1_dot_cluster__pb2.GetClusterStatusResponse.SerializeToString,
+            ),
+            'ListXdsClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListXdsClients,
+                    request_deserializer=aitrading_dot_hub_dot_v1_dot_cluster__pb2.ListXdsClientsRequest.FromString,
+                    response_serializer=aitrading_dot_hub_dot_v1_dot_cluster__pb2.ListXdsClientsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +110,33 @@ class ClusterService:
             '/aitrading.hub.v1.ClusterService/GetClusterStatus',
             aitrading_dot_hub_dot_v1_dot_cluster__pb2.GetClusterStatusRequest.SerializeToString,
             aitrading_dot_hub_dot_v1_dot_cluster__pb2.GetClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListXdsClients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitrading.hub.v1.ClusterService/ListXdsClients',
+            aitrading_dot_hub_dot_v1_dot_cluster__pb2.ListXdsClientsRequest.SerializeToString,
+            aitrading_dot_hub_dot_v1_dot_cluster__pb2.ListXdsClientsResponse.FromString,
             options,
             channel_credentials,
             insecure,

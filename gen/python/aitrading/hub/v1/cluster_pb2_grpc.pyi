@@ -37,6 +37,11 @@ class ClusterServiceStub:
     """GetClusterStatus names the replicas and which one leads (runs probes,
     circuit timers and other once-only work).
     """
+    ListXdsClients: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.ListXdsClientsRequest, _cluster_pb2.ListXdsClientsResponse]
+    """ListXdsClients lists the xDS clients connected to the answering replica
+    (admins). Each replica holds its own streams; ask every replica named
+    by GetClusterStatus for the whole cluster (hubctl xds clients does).
+    """
 
 @_typing.type_check_only
 class ClusterServiceAsyncStub(ClusterServiceStub):
@@ -46,6 +51,11 @@ class ClusterServiceAsyncStub(ClusterServiceStub):
     GetClusterStatus: _aio.UnaryUnaryMultiCallable[_cluster_pb2.GetClusterStatusRequest, _cluster_pb2.GetClusterStatusResponse]  # type: ignore[assignment]
     """GetClusterStatus names the replicas and which one leads (runs probes,
     circuit timers and other once-only work).
+    """
+    ListXdsClients: _aio.UnaryUnaryMultiCallable[_cluster_pb2.ListXdsClientsRequest, _cluster_pb2.ListXdsClientsResponse]  # type: ignore[assignment]
+    """ListXdsClients lists the xDS clients connected to the answering replica
+    (admins). Each replica holds its own streams; ask every replica named
+    by GetClusterStatus for the whole cluster (hubctl xds clients does).
     """
 
 class ClusterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -59,6 +69,17 @@ class ClusterServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cluster_pb2.GetClusterStatusResponse, _abc.Awaitable[_cluster_pb2.GetClusterStatusResponse]]:
         """GetClusterStatus names the replicas and which one leads (runs probes,
         circuit timers and other once-only work).
+        """
+
+    @_abc_1.abstractmethod
+    def ListXdsClients(
+        self,
+        request: _cluster_pb2.ListXdsClientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.ListXdsClientsResponse, _abc.Awaitable[_cluster_pb2.ListXdsClientsResponse]]:
+        """ListXdsClients lists the xDS clients connected to the answering replica
+        (admins). Each replica holds its own streams; ask every replica named
+        by GetClusterStatus for the whole cluster (hubctl xds clients does).
         """
 
 def add_ClusterServiceServicer_to_server(servicer: ClusterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -38,6 +38,8 @@ __all__ = (
     "CreateTenantResponse",
     "DeleteBackupRequest",
     "DeleteBackupResponse",
+    "DeleteRoutingPolicyRequest",
+    "DeleteRoutingPolicyResponse",
     "Deployment",
     "DeploymentProgress",
     "DeploymentServiceStub",
@@ -61,6 +63,8 @@ __all__ = (
     "GetDeploymentResponse",
     "GetHealthRequest",
     "GetHealthResponse",
+    "GetRoutingPolicyRequest",
+    "GetRoutingPolicyResponse",
     "GetServiceRequest",
     "GetServiceResponse",
     "GetSystemMetricsRequest",
@@ -97,9 +101,12 @@ __all__ = (
     "ListServicesResponse",
     "ListTenantsRequest",
     "ListTenantsResponse",
+    "ListXdsClientsRequest",
+    "ListXdsClientsResponse",
     "LoadBalancerServiceStub",
     "ObservabilityServiceStub",
     "Outcome",
+    "OutlierDetection",
     "OverrideCircuitRequest",
     "OverrideCircuitResponse",
     "PauseDeploymentRequest",
@@ -133,10 +140,12 @@ __all__ = (
     "RestoreOptions",
     "ResumeDeploymentRequest",
     "ResumeDeploymentResponse",
+    "RetryPolicy",
     "RollbackConfigRequest",
     "RollbackConfigResponse",
     "RollbackDeploymentRequest",
     "RollbackDeploymentResponse",
+    "RoutingPolicy",
     "RpcMetrics",
     "Service",
     "ServiceMetrics",
@@ -144,6 +153,8 @@ __all__ = (
     "SetCircuitSettingsResponse",
     "SetConfigLayerRequest",
     "SetConfigLayerResponse",
+    "SetRoutingPolicyRequest",
+    "SetRoutingPolicyResponse",
     "StartDeploymentRequest",
     "StartDeploymentResponse",
     "SubscriptionTier",
@@ -155,6 +166,7 @@ __all__ = (
     "TierSource",
     "UpdateTenantTierRequest",
     "UpdateTenantTierResponse",
+    "UsableEndpoint",
     "WatchAlertsRequest",
     "WatchAlertsResponse",
     "WatchCircuitsRequest",
@@ -165,6 +177,8 @@ __all__ = (
     "WatchDeploymentResponse",
     "WatchDirectivesRequest",
     "WatchDirectivesResponse",
+    "WatchEndpointsRequest",
+    "WatchEndpointsResponse",
     "WatchEvent",
     "WatchEventType",
     "WatchHealthRequest",
@@ -173,6 +187,9 @@ __all__ = (
     "WatchResponse",
     "WatchResponseKind",
     "WindowType",
+    "XdsClient",
+    "XdsNack",
+    "XdsSubscription",
 )
 
 import datetime
@@ -232,7 +249,8 @@ class BalancingStrategy(betterproto2.Enum):
 
     UNSPECIFIED = 0
     """
-    Not given: least load.
+    Not given: the service's routing policy's strategy, least load when the
+    service has no stored policy.
     """
 
     LEAST_LOAD = 1
@@ -2314,6 +2332,42 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class DeleteRoutingPolicyRequest(betterproto2.Message):
+    """
+    DeleteRoutingPolicyRequest names a service.
+    """
+
+    service: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The service.
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "DeleteRoutingPolicyRequest", DeleteRoutingPolicyRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteRoutingPolicyResponse(betterproto2.Message):
+    """
+    DeleteRoutingPolicyResponse confirms the deletion.
+    """
+
+    header: "ResponseHeader | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Revision of the deletion.
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "DeleteRoutingPolicyResponse", DeleteRoutingPolicyResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class Deployment(betterproto2.Message):
     """
     Deployment is one roll-out of a version of a service.
@@ -2913,6 +2967,52 @@ class GetHealthResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("aitrading.hub.v1", "GetHealthResponse", GetHealthResponse)
+
+
+@dataclass(eq=False, repr=False)
+class GetRoutingPolicyRequest(betterproto2.Message):
+    """
+    GetRoutingPolicyRequest names a service.
+    """
+
+    service: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The service.
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "GetRoutingPolicyRequest", GetRoutingPolicyRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetRoutingPolicyResponse(betterproto2.Message):
+    """
+    GetRoutingPolicyResponse is the policy in force for the service.
+    """
+
+    header: "ResponseHeader | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Revision of the view read.
+    """
+
+    policy: "RoutingPolicy | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The policy, defaults filled in.
+    """
+
+    is_default: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    True when no policy is stored for the service (the defaults apply).
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "GetRoutingPolicyResponse", GetRoutingPolicyResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4002,6 +4102,103 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class ListXdsClientsRequest(betterproto2.Message):
+    """
+    ListXdsClientsRequest takes no arguments.
+    """
+
+    pass
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "ListXdsClientsRequest", ListXdsClientsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListXdsClientsResponse(betterproto2.Message):
+    """
+    ListXdsClientsResponse lists one replica's xDS clients.
+    """
+
+    header: "ResponseHeader | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Current revision.
+    """
+
+    hub_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The replica that answered (the one the clients are connected to).
+    """
+
+    clients: "list[XdsClient]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Its connected xDS clients, one per open stream.
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "ListXdsClientsResponse", ListXdsClientsResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class OutlierDetection(betterproto2.Message):
+    """
+    OutlierDetection is the cluster outlier detection sent to xDS clients.
+    """
+
+    interval_ms: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+    """
+    How often clients evaluate their endpoints, in ms (100 to 3600000); 0: 1000.
+    """
+
+    base_ejection_time_ms: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    Ejection time of a first ejection, in ms (100 to 3600000); 0: 30000.
+    """
+
+    max_ejection_time_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    Longest ejection, in ms (at least base_ejection_time_ms, at most
+    86400000); 0: 300000.
+    """
+
+    max_ejection_percent: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    Most of a service's endpoints ejected at once, percent (1 to 100); 0: 50.
+    """
+
+    consecutive_5xx: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    Consecutive failures that eject an endpoint (1 to 1000); 0: 5. Envoy
+    honours it; proxyless gRPC clients use the failure percentage below.
+    """
+
+    failure_percentage_threshold: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    Failure percentage that ejects an endpoint (1 to 100); 0: 50.
+    """
+
+    failure_percentage_minimum_hosts: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+    """
+    Endpoints a service needs before failure-percentage ejection applies
+    (1 to 1000); 0: 2.
+    """
+
+    failure_percentage_request_volume: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
+    """
+    Calls an endpoint needs in an interval before it is judged (1 to
+    1000000); 0: 20.
+    """
+
+
+default_message_pool.register_message("aitrading.hub.v1", "OutlierDetection", OutlierDetection)
+
+
+@dataclass(eq=False, repr=False)
 class OverrideCircuitRequest(betterproto2.Message):
     """
     OverrideCircuitRequest applies an operator override.
@@ -4848,6 +5045,40 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class RetryPolicy(betterproto2.Message):
+    """
+    RetryPolicy is the route retry policy sent to xDS clients.
+    """
+
+    retry_on: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    gRPC status names that are retried, lower case with dashes as envoy's
+    retry_on: cancelled, deadline-exceeded, internal, resource-exhausted,
+    unavailable. Empty: unavailable.
+    """
+
+    num_retries: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    Retries after the first attempt, 0 to 4 (gRPC clients make at most five
+    attempts); 0 sends no retry policy.
+    """
+
+    base_interval_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    First backoff in milliseconds (1 to 60000); 0: 25.
+    """
+
+    max_interval_ms: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    Backoff ceiling in milliseconds, at least base_interval_ms and at most
+    600000; 0: 250 (or base_interval_ms when that is larger).
+    """
+
+
+default_message_pool.register_message("aitrading.hub.v1", "RetryPolicy", RetryPolicy)
+
+
+@dataclass(eq=False, repr=False)
 class RollbackConfigRequest(betterproto2.Message):
     """
     RollbackConfigRequest restores an earlier version of a layer.
@@ -4949,6 +5180,44 @@ class RollbackDeploymentResponse(betterproto2.Message):
 default_message_pool.register_message(
     "aitrading.hub.v1", "RollbackDeploymentResponse", RollbackDeploymentResponse
 )
+
+
+@dataclass(eq=False, repr=False)
+class RoutingPolicy(betterproto2.Message):
+    """
+    RoutingPolicy is how one service's calls are balanced, retried, timed out
+    and protected from failing instances, by PickEndpoint (strategy only) and by
+    the hub's xDS clients (all of it). Zero fields take the defaults named.
+    """
+
+    strategy: "BalancingStrategy" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: BalancingStrategy(0)
+    )
+    """
+    Strategy when a PickEndpoint request names none, and the load-balancing
+    policy sent to xDS clients. UNSPECIFIED: least load.
+    """
+
+    retry: "RetryPolicy | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    Retries xDS clients make on their own.
+    """
+
+    timeout_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    """
+    Per-call limit in milliseconds, sent to xDS clients as the route's
+    max_stream_duration; 0 sends none. At most 86400000 (a day).
+    """
+
+    outlier: "OutlierDetection | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Ejection of failing instances by xDS clients; always sent.
+    """
+
+
+default_message_pool.register_message("aitrading.hub.v1", "RoutingPolicy", RoutingPolicy)
 
 
 @dataclass(eq=False, repr=False)
@@ -5163,6 +5432,52 @@ class SetConfigLayerResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "aitrading.hub.v1", "SetConfigLayerResponse", SetConfigLayerResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class SetRoutingPolicyRequest(betterproto2.Message):
+    """
+    SetRoutingPolicyRequest stores a service's routing policy.
+    """
+
+    service: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The service.
+    """
+
+    policy: "RoutingPolicy | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The policy; zero fields take defaults.
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "SetRoutingPolicyRequest", SetRoutingPolicyRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class SetRoutingPolicyResponse(betterproto2.Message):
+    """
+    SetRoutingPolicyResponse returns the stored policy, defaults filled in.
+    """
+
+    header: "ResponseHeader | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Revision of the write.
+    """
+
+    policy: "RoutingPolicy | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The policy as stored.
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "SetRoutingPolicyResponse", SetRoutingPolicyResponse
 )
 
 
@@ -5437,6 +5752,69 @@ class UpdateTenantTierResponse(betterproto2.Message):
 default_message_pool.register_message(
     "aitrading.hub.v1", "UpdateTenantTierResponse", UpdateTenantTierResponse
 )
+
+
+@dataclass(eq=False, repr=False)
+class UsableEndpoint(betterproto2.Message):
+    """
+    UsableEndpoint is one instance a caller may be routed to.
+    """
+
+    instance_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The instance id.
+    """
+
+    host: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Host to connect to.
+    """
+
+    port: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    Port to connect to.
+    """
+
+    weight: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    Relative weight.
+    """
+
+    load: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    """
+    Last reported load.
+    """
+
+    health: "HealthStatus" = betterproto2.field(
+        6, betterproto2.TYPE_ENUM, default_factory=lambda: HealthStatus(0)
+    )
+    """
+    Last probe result.
+    """
+
+    priority: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+    """
+    0 HEALTHY, 1 DEGRADED, 2 STARTING or not yet probed: callers use the
+    lowest priority present, as PickEndpoint does.
+    """
+
+    half_open: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
+    """
+    The instance's circuit is half open: offered again for trial calls.
+    """
+
+    version: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
+    """
+    The instance's version.
+    """
+
+    latency_ms: "float" = betterproto2.field(10, betterproto2.TYPE_DOUBLE)
+    """
+    Latency of the last probe in ms; 0 when not measured.
+    """
+
+
+default_message_pool.register_message("aitrading.hub.v1", "UsableEndpoint", UsableEndpoint)
 
 
 @dataclass(eq=False, repr=False)
@@ -5739,6 +6117,87 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class WatchEndpointsRequest(betterproto2.Message):
+    """
+    WatchEndpointsRequest opens a watch of one service's usable endpoints.
+    """
+
+    service: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The service.
+    """
+
+    after_revision: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+    """
+    The revision of the snapshot the caller already holds: the first
+    message is sent only once the hub's is newer. 0 sends one at once.
+    """
+
+    legacy_mode: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    As in PickEndpointRequest: ignore the caller's tier (callers not bound
+    to a tenant only).
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "WatchEndpointsRequest", WatchEndpointsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class WatchEndpointsResponse(betterproto2.Message):
+    """
+    WatchEndpointsResponse is a full snapshot of one service's usable endpoints.
+    """
+
+    header: "ResponseHeader | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    header.revision is the snapshot's revision; resume with it as
+    after_revision.
+    """
+
+    service: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The service.
+    """
+
+    visible: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    False when the service is not registered, was deleted, or is not
+    visible to the caller's tier: endpoints is then empty because the
+    service really is gone for this caller (not because of a fault).
+    """
+
+    circuit_open: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    The whole service's circuit is open: endpoints is empty until it closes.
+    """
+
+    endpoints: "list[UsableEndpoint]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Exactly the usable endpoints, in PickEndpoint's order (priority, then
+    instance id). Empty with visible true and circuit_open false means no
+    instance is usable right now.
+    """
+
+    policy: "RoutingPolicy | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The service's routing policy (defaults filled in), so a client picks
+    with the service's default strategy.
+    """
+
+
+default_message_pool.register_message(
+    "aitrading.hub.v1", "WatchEndpointsResponse", WatchEndpointsResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class WatchEvent(betterproto2.Message):
     """
     WatchEvent is one change of one instance.
@@ -5901,6 +6360,120 @@ class WatchResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("aitrading.hub.v1", "WatchResponse", WatchResponse)
+
+
+@dataclass(eq=False, repr=False)
+class XdsClient(betterproto2.Message):
+    """
+    XdsClient is one open xDS stream.
+    """
+
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The node id from the client's bootstrap.
+    """
+
+    tenant_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The tenant the stream acts for (from its credential, or node metadata
+    on a hub without credentials); empty when none.
+    """
+
+    tier: "SubscriptionTier" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: SubscriptionTier(0)
+    )
+    """
+    Its subscription tier.
+    """
+
+    peer: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The client's address.
+    """
+
+    connected_at: "datetime.datetime | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the stream opened.
+    """
+
+    subscriptions: "list[XdsSubscription]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    What it subscribed to, one entry per resource type.
+    """
+
+    last_nack: "XdsNack | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    Its last NACK; unset when it never sent one.
+    """
+
+
+default_message_pool.register_message("aitrading.hub.v1", "XdsClient", XdsClient)
+
+
+@dataclass(eq=False, repr=False)
+class XdsNack(betterproto2.Message):
+    """
+    XdsNack is a response a client rejected.
+    """
+
+    type_url: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The type URL of the rejected response.
+    """
+
+    version: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The version rejected.
+    """
+
+    nonce: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The nonce of the rejected response.
+    """
+
+    error: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The client's error message.
+    """
+
+    at: "datetime.datetime | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the NACK arrived.
+    """
+
+
+default_message_pool.register_message("aitrading.hub.v1", "XdsNack", XdsNack)
+
+
+@dataclass(eq=False, repr=False)
+class XdsSubscription(betterproto2.Message):
+    """
+    XdsSubscription is a client's subscription to one resource type.
+    """
+
+    type_url: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The type URL, e.g. type.googleapis.com/envoy.config.cluster.v3.Cluster.
+    """
+
+    resource_names: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The resource names asked for.
+    """
+
+    acked_version: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The last version the client ACKed; empty before its first ACK.
+    """
+
+
+default_message_pool.register_message("aitrading.hub.v1", "XdsSubscription", XdsSubscription)
 
 
 class BackupServiceStub:
@@ -6068,6 +6641,24 @@ class ClusterServiceStub:
             "/aitrading.hub.v1.ClusterService/GetClusterStatus",
             GetClusterStatusRequest.SerializeToString,
             GetClusterStatusResponse.FromString,
+        )(message)
+
+    def list_xds_clients(
+        self, message: "ListXdsClientsRequest | None" = None
+    ) -> "ListXdsClientsResponse":
+        """
+        ListXdsClients lists the xDS clients connected to the answering replica
+        (admins). Each replica holds its own streams; ask every replica named
+        by GetClusterStatus for the whole cluster (hubctl xds clients does).
+        """
+
+        if message is None:
+            message = ListXdsClientsRequest()
+
+        return self._channel.unary_unary(
+            "/aitrading.hub.v1.ClusterService/ListXdsClients",
+            ListXdsClientsRequest.SerializeToString,
+            ListXdsClientsResponse.FromString,
         )(message)
 
 
@@ -6361,6 +6952,65 @@ class LoadBalancerServiceStub:
             "/aitrading.hub.v1.LoadBalancerService/ReportLoad",
             ReportLoadRequest.SerializeToString,
             ReportLoadResponse.FromString,
+        )(message)
+
+    def set_routing_policy(self, message: "SetRoutingPolicyRequest") -> "SetRoutingPolicyResponse":
+        """
+        The routing policy RPCs live here rather than on a service of their own:
+        the policy is how this service (and every xDS client of the hub) balances
+        one service's calls, as SetCircuitSettings lives beside the circuits.
+
+        SetRoutingPolicy stores a service's routing policy (admins). The service
+        need not be registered yet. INVALID_ARGUMENT names the field out of range.
+        """
+
+        return self._channel.unary_unary(
+            "/aitrading.hub.v1.LoadBalancerService/SetRoutingPolicy",
+            SetRoutingPolicyRequest.SerializeToString,
+            SetRoutingPolicyResponse.FromString,
+        )(message)
+
+    def get_routing_policy(self, message: "GetRoutingPolicyRequest") -> "GetRoutingPolicyResponse":
+        """
+        GetRoutingPolicy returns the policy in force: the stored one, or the
+        default (is_default true) when none is stored.
+        """
+
+        return self._channel.unary_unary(
+            "/aitrading.hub.v1.LoadBalancerService/GetRoutingPolicy",
+            GetRoutingPolicyRequest.SerializeToString,
+            GetRoutingPolicyResponse.FromString,
+        )(message)
+
+    def delete_routing_policy(
+        self, message: "DeleteRoutingPolicyRequest"
+    ) -> "DeleteRoutingPolicyResponse":
+        """
+        DeleteRoutingPolicy drops a service's stored policy, so the default
+        applies again. NOT_FOUND when none is stored.
+        """
+
+        return self._channel.unary_unary(
+            "/aitrading.hub.v1.LoadBalancerService/DeleteRoutingPolicy",
+            DeleteRoutingPolicyRequest.SerializeToString,
+            DeleteRoutingPolicyResponse.FromString,
+        )(message)
+
+    def watch_endpoints(
+        self, message: "WatchEndpointsRequest"
+    ) -> "Iterator[WatchEndpointsResponse]":
+        """
+        WatchEndpoints streams the usable endpoints of one service for the
+        caller's tier, as PickEndpoint and the hub's xDS server see them: each
+        message is a full snapshot that replaces the previous one. A message is
+        sent first (unless after_revision is already current), then whenever
+        the set, an endpoint's state or the routing policy changes.
+        """
+
+        yield from self._channel.unary_stream(
+            "/aitrading.hub.v1.LoadBalancerService/WatchEndpoints",
+            WatchEndpointsRequest.SerializeToString,
+            WatchEndpointsResponse.FromString,
         )(message)
 
 

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { Instance, ResponseHeader } from "./types_pb.js";
+import type { HealthStatus, Instance, ResponseHeader } from "./types_pb.js";
 
 /**
  * Describes the file aitrading/hub/v1/balancer.proto.
@@ -163,13 +163,506 @@ export declare type ReportLoadResponse = Message<"aitrading.hub.v1.ReportLoadRes
 export declare const ReportLoadResponseSchema: GenMessage<ReportLoadResponse>;
 
 /**
+ * RoutingPolicy is how one service's calls are balanced, retried, timed out
+ * and protected from failing instances, by PickEndpoint (strategy only) and by
+ * the hub's xDS clients (all of it). Zero fields take the defaults named.
+ *
+ * @generated from message aitrading.hub.v1.RoutingPolicy
+ */
+export declare type RoutingPolicy = Message<"aitrading.hub.v1.RoutingPolicy"> & {
+  /**
+   * Strategy when a PickEndpoint request names none, and the load-balancing
+   * policy sent to xDS clients. UNSPECIFIED: least load.
+   *
+   * @generated from field: aitrading.hub.v1.BalancingStrategy strategy = 1;
+   */
+  strategy: BalancingStrategy;
+
+  /**
+   * Retries xDS clients make on their own.
+   *
+   * @generated from field: aitrading.hub.v1.RetryPolicy retry = 2;
+   */
+  retry?: RetryPolicy | undefined;
+
+  /**
+   * Per-call limit in milliseconds, sent to xDS clients as the route's
+   * max_stream_duration; 0 sends none. At most 86400000 (a day).
+   *
+   * @generated from field: int64 timeout_ms = 3;
+   */
+  timeoutMs: bigint;
+
+  /**
+   * Ejection of failing instances by xDS clients; always sent.
+   *
+   * @generated from field: aitrading.hub.v1.OutlierDetection outlier = 4;
+   */
+  outlier?: OutlierDetection | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.RoutingPolicy.
+ * Use `create(RoutingPolicySchema)` to create a new message.
+ */
+export declare const RoutingPolicySchema: GenMessage<RoutingPolicy>;
+
+/**
+ * RetryPolicy is the route retry policy sent to xDS clients.
+ *
+ * @generated from message aitrading.hub.v1.RetryPolicy
+ */
+export declare type RetryPolicy = Message<"aitrading.hub.v1.RetryPolicy"> & {
+  /**
+   * gRPC status names that are retried, lower case with dashes as envoy's
+   * retry_on: cancelled, deadline-exceeded, internal, resource-exhausted,
+   * unavailable. Empty: unavailable.
+   *
+   * @generated from field: repeated string retry_on = 1;
+   */
+  retryOn: string[];
+
+  /**
+   * Retries after the first attempt, 0 to 4 (gRPC clients make at most five
+   * attempts); 0 sends no retry policy.
+   *
+   * @generated from field: int32 num_retries = 2;
+   */
+  numRetries: number;
+
+  /**
+   * First backoff in milliseconds (1 to 60000); 0: 25.
+   *
+   * @generated from field: int32 base_interval_ms = 3;
+   */
+  baseIntervalMs: number;
+
+  /**
+   * Backoff ceiling in milliseconds, at least base_interval_ms and at most
+   * 600000; 0: 250 (or base_interval_ms when that is larger).
+   *
+   * @generated from field: int32 max_interval_ms = 4;
+   */
+  maxIntervalMs: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.RetryPolicy.
+ * Use `create(RetryPolicySchema)` to create a new message.
+ */
+export declare const RetryPolicySchema: GenMessage<RetryPolicy>;
+
+/**
+ * OutlierDetection is the cluster outlier detection sent to xDS clients.
+ *
+ * @generated from message aitrading.hub.v1.OutlierDetection
+ */
+export declare type OutlierDetection = Message<"aitrading.hub.v1.OutlierDetection"> & {
+  /**
+   * How often clients evaluate their endpoints, in ms (100 to 3600000); 0: 1000.
+   *
+   * @generated from field: int32 interval_ms = 1;
+   */
+  intervalMs: number;
+
+  /**
+   * Ejection time of a first ejection, in ms (100 to 3600000); 0: 30000.
+   *
+   * @generated from field: int32 base_ejection_time_ms = 2;
+   */
+  baseEjectionTimeMs: number;
+
+  /**
+   * Longest ejection, in ms (at least base_ejection_time_ms, at most
+   * 86400000); 0: 300000.
+   *
+   * @generated from field: int32 max_ejection_time_ms = 3;
+   */
+  maxEjectionTimeMs: number;
+
+  /**
+   * Most of a service's endpoints ejected at once, percent (1 to 100); 0: 50.
+   *
+   * @generated from field: int32 max_ejection_percent = 4;
+   */
+  maxEjectionPercent: number;
+
+  /**
+   * Consecutive failures that eject an endpoint (1 to 1000); 0: 5. Envoy
+   * honours it; proxyless gRPC clients use the failure percentage below.
+   *
+   * @generated from field: int32 consecutive_5xx = 5;
+   */
+  consecutive5xx: number;
+
+  /**
+   * Failure percentage that ejects an endpoint (1 to 100); 0: 50.
+   *
+   * @generated from field: int32 failure_percentage_threshold = 6;
+   */
+  failurePercentageThreshold: number;
+
+  /**
+   * Endpoints a service needs before failure-percentage ejection applies
+   * (1 to 1000); 0: 2.
+   *
+   * @generated from field: int32 failure_percentage_minimum_hosts = 7;
+   */
+  failurePercentageMinimumHosts: number;
+
+  /**
+   * Calls an endpoint needs in an interval before it is judged (1 to
+   * 1000000); 0: 20.
+   *
+   * @generated from field: int32 failure_percentage_request_volume = 8;
+   */
+  failurePercentageRequestVolume: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.OutlierDetection.
+ * Use `create(OutlierDetectionSchema)` to create a new message.
+ */
+export declare const OutlierDetectionSchema: GenMessage<OutlierDetection>;
+
+/**
+ * SetRoutingPolicyRequest stores a service's routing policy.
+ *
+ * @generated from message aitrading.hub.v1.SetRoutingPolicyRequest
+ */
+export declare type SetRoutingPolicyRequest = Message<"aitrading.hub.v1.SetRoutingPolicyRequest"> & {
+  /**
+   * The service.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * The policy; zero fields take defaults.
+   *
+   * @generated from field: aitrading.hub.v1.RoutingPolicy policy = 2;
+   */
+  policy?: RoutingPolicy | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.SetRoutingPolicyRequest.
+ * Use `create(SetRoutingPolicyRequestSchema)` to create a new message.
+ */
+export declare const SetRoutingPolicyRequestSchema: GenMessage<SetRoutingPolicyRequest>;
+
+/**
+ * SetRoutingPolicyResponse returns the stored policy, defaults filled in.
+ *
+ * @generated from message aitrading.hub.v1.SetRoutingPolicyResponse
+ */
+export declare type SetRoutingPolicyResponse = Message<"aitrading.hub.v1.SetRoutingPolicyResponse"> & {
+  /**
+   * Revision of the write.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The policy as stored.
+   *
+   * @generated from field: aitrading.hub.v1.RoutingPolicy policy = 2;
+   */
+  policy?: RoutingPolicy | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.SetRoutingPolicyResponse.
+ * Use `create(SetRoutingPolicyResponseSchema)` to create a new message.
+ */
+export declare const SetRoutingPolicyResponseSchema: GenMessage<SetRoutingPolicyResponse>;
+
+/**
+ * GetRoutingPolicyRequest names a service.
+ *
+ * @generated from message aitrading.hub.v1.GetRoutingPolicyRequest
+ */
+export declare type GetRoutingPolicyRequest = Message<"aitrading.hub.v1.GetRoutingPolicyRequest"> & {
+  /**
+   * The service.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.GetRoutingPolicyRequest.
+ * Use `create(GetRoutingPolicyRequestSchema)` to create a new message.
+ */
+export declare const GetRoutingPolicyRequestSchema: GenMessage<GetRoutingPolicyRequest>;
+
+/**
+ * GetRoutingPolicyResponse is the policy in force for the service.
+ *
+ * @generated from message aitrading.hub.v1.GetRoutingPolicyResponse
+ */
+export declare type GetRoutingPolicyResponse = Message<"aitrading.hub.v1.GetRoutingPolicyResponse"> & {
+  /**
+   * Revision of the view read.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The policy, defaults filled in.
+   *
+   * @generated from field: aitrading.hub.v1.RoutingPolicy policy = 2;
+   */
+  policy?: RoutingPolicy | undefined;
+
+  /**
+   * True when no policy is stored for the service (the defaults apply).
+   *
+   * @generated from field: bool is_default = 3;
+   */
+  isDefault: boolean;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.GetRoutingPolicyResponse.
+ * Use `create(GetRoutingPolicyResponseSchema)` to create a new message.
+ */
+export declare const GetRoutingPolicyResponseSchema: GenMessage<GetRoutingPolicyResponse>;
+
+/**
+ * DeleteRoutingPolicyRequest names a service.
+ *
+ * @generated from message aitrading.hub.v1.DeleteRoutingPolicyRequest
+ */
+export declare type DeleteRoutingPolicyRequest = Message<"aitrading.hub.v1.DeleteRoutingPolicyRequest"> & {
+  /**
+   * The service.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.DeleteRoutingPolicyRequest.
+ * Use `create(DeleteRoutingPolicyRequestSchema)` to create a new message.
+ */
+export declare const DeleteRoutingPolicyRequestSchema: GenMessage<DeleteRoutingPolicyRequest>;
+
+/**
+ * DeleteRoutingPolicyResponse confirms the deletion.
+ *
+ * @generated from message aitrading.hub.v1.DeleteRoutingPolicyResponse
+ */
+export declare type DeleteRoutingPolicyResponse = Message<"aitrading.hub.v1.DeleteRoutingPolicyResponse"> & {
+  /**
+   * Revision of the deletion.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.DeleteRoutingPolicyResponse.
+ * Use `create(DeleteRoutingPolicyResponseSchema)` to create a new message.
+ */
+export declare const DeleteRoutingPolicyResponseSchema: GenMessage<DeleteRoutingPolicyResponse>;
+
+/**
+ * WatchEndpointsRequest opens a watch of one service's usable endpoints.
+ *
+ * @generated from message aitrading.hub.v1.WatchEndpointsRequest
+ */
+export declare type WatchEndpointsRequest = Message<"aitrading.hub.v1.WatchEndpointsRequest"> & {
+  /**
+   * The service.
+   *
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * The revision of the snapshot the caller already holds: the first
+   * message is sent only once the hub's is newer. 0 sends one at once.
+   *
+   * @generated from field: int64 after_revision = 2;
+   */
+  afterRevision: bigint;
+
+  /**
+   * As in PickEndpointRequest: ignore the caller's tier (callers not bound
+   * to a tenant only).
+   *
+   * @generated from field: bool legacy_mode = 3;
+   */
+  legacyMode: boolean;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.WatchEndpointsRequest.
+ * Use `create(WatchEndpointsRequestSchema)` to create a new message.
+ */
+export declare const WatchEndpointsRequestSchema: GenMessage<WatchEndpointsRequest>;
+
+/**
+ * WatchEndpointsResponse is a full snapshot of one service's usable endpoints.
+ *
+ * @generated from message aitrading.hub.v1.WatchEndpointsResponse
+ */
+export declare type WatchEndpointsResponse = Message<"aitrading.hub.v1.WatchEndpointsResponse"> & {
+  /**
+   * header.revision is the snapshot's revision; resume with it as
+   * after_revision.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The service.
+   *
+   * @generated from field: string service = 2;
+   */
+  service: string;
+
+  /**
+   * False when the service is not registered, was deleted, or is not
+   * visible to the caller's tier: endpoints is then empty because the
+   * service really is gone for this caller (not because of a fault).
+   *
+   * @generated from field: bool visible = 3;
+   */
+  visible: boolean;
+
+  /**
+   * The whole service's circuit is open: endpoints is empty until it closes.
+   *
+   * @generated from field: bool circuit_open = 4;
+   */
+  circuitOpen: boolean;
+
+  /**
+   * Exactly the usable endpoints, in PickEndpoint's order (priority, then
+   * instance id). Empty with visible true and circuit_open false means no
+   * instance is usable right now.
+   *
+   * @generated from field: repeated aitrading.hub.v1.UsableEndpoint endpoints = 5;
+   */
+  endpoints: UsableEndpoint[];
+
+  /**
+   * The service's routing policy (defaults filled in), so a client picks
+   * with the service's default strategy.
+   *
+   * @generated from field: aitrading.hub.v1.RoutingPolicy policy = 6;
+   */
+  policy?: RoutingPolicy | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.WatchEndpointsResponse.
+ * Use `create(WatchEndpointsResponseSchema)` to create a new message.
+ */
+export declare const WatchEndpointsResponseSchema: GenMessage<WatchEndpointsResponse>;
+
+/**
+ * UsableEndpoint is one instance a caller may be routed to.
+ *
+ * @generated from message aitrading.hub.v1.UsableEndpoint
+ */
+export declare type UsableEndpoint = Message<"aitrading.hub.v1.UsableEndpoint"> & {
+  /**
+   * The instance id.
+   *
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+
+  /**
+   * Host to connect to.
+   *
+   * @generated from field: string host = 2;
+   */
+  host: string;
+
+  /**
+   * Port to connect to.
+   *
+   * @generated from field: int32 port = 3;
+   */
+  port: number;
+
+  /**
+   * Relative weight.
+   *
+   * @generated from field: int32 weight = 4;
+   */
+  weight: number;
+
+  /**
+   * Last reported load.
+   *
+   * @generated from field: double load = 5;
+   */
+  load: number;
+
+  /**
+   * Last probe result.
+   *
+   * @generated from field: aitrading.hub.v1.HealthStatus health = 6;
+   */
+  health: HealthStatus;
+
+  /**
+   * 0 HEALTHY, 1 DEGRADED, 2 STARTING or not yet probed: callers use the
+   * lowest priority present, as PickEndpoint does.
+   *
+   * @generated from field: int32 priority = 7;
+   */
+  priority: number;
+
+  /**
+   * The instance's circuit is half open: offered again for trial calls.
+   *
+   * @generated from field: bool half_open = 8;
+   */
+  halfOpen: boolean;
+
+  /**
+   * The instance's version.
+   *
+   * @generated from field: string version = 9;
+   */
+  version: string;
+
+  /**
+   * Latency of the last probe in ms; 0 when not measured.
+   *
+   * @generated from field: double latency_ms = 10;
+   */
+  latencyMs: number;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.UsableEndpoint.
+ * Use `create(UsableEndpointSchema)` to create a new message.
+ */
+export declare const UsableEndpointSchema: GenMessage<UsableEndpoint>;
+
+/**
  * BalancingStrategy is how PickEndpoint chooses among eligible instances.
  *
  * @generated from enum aitrading.hub.v1.BalancingStrategy
  */
 export enum BalancingStrategy {
   /**
-   * Not given: least load.
+   * Not given: the service's routing policy's strategy, least load when the
+   * service has no stored policy.
    *
    * @generated from enum value: BALANCING_STRATEGY_UNSPECIFIED = 0;
    */
@@ -246,6 +739,53 @@ export declare const LoadBalancerService: GenService<{
     methodKind: "unary";
     input: typeof ReportLoadRequestSchema;
     output: typeof ReportLoadResponseSchema;
+  },
+  /**
+   * SetRoutingPolicy stores a service's routing policy (admins). The service
+   * need not be registered yet. INVALID_ARGUMENT names the field out of range.
+   *
+   * @generated from rpc aitrading.hub.v1.LoadBalancerService.SetRoutingPolicy
+   */
+  setRoutingPolicy: {
+    methodKind: "unary";
+    input: typeof SetRoutingPolicyRequestSchema;
+    output: typeof SetRoutingPolicyResponseSchema;
+  },
+  /**
+   * GetRoutingPolicy returns the policy in force: the stored one, or the
+   * default (is_default true) when none is stored.
+   *
+   * @generated from rpc aitrading.hub.v1.LoadBalancerService.GetRoutingPolicy
+   */
+  getRoutingPolicy: {
+    methodKind: "unary";
+    input: typeof GetRoutingPolicyRequestSchema;
+    output: typeof GetRoutingPolicyResponseSchema;
+  },
+  /**
+   * DeleteRoutingPolicy drops a service's stored policy, so the default
+   * applies again. NOT_FOUND when none is stored.
+   *
+   * @generated from rpc aitrading.hub.v1.LoadBalancerService.DeleteRoutingPolicy
+   */
+  deleteRoutingPolicy: {
+    methodKind: "unary";
+    input: typeof DeleteRoutingPolicyRequestSchema;
+    output: typeof DeleteRoutingPolicyResponseSchema;
+  },
+  /**
+   * WatchEndpoints streams the usable endpoints of one service for the
+   * caller's tier, as PickEndpoint and the hub's xDS server see them: each
+   * message is a full snapshot that replaces the previous one. A message is
+   * sent first (unless after_revision is already current), then whenever
+   * the set, an endpoint's state or the routing policy changes.
+   *
+   * @generated from rpc aitrading.hub.v1.LoadBalancerService.WatchEndpoints
+   */
+  watchEndpoints: {
+    methodKind: "server_streaming";
+    input: typeof WatchEndpointsRequestSchema;
+    output: typeof WatchEndpointsResponseSchema;
   },
 }>;
 

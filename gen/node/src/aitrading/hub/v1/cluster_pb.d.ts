@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { ResponseHeader } from "./types_pb.js";
+import type { ResponseHeader, SubscriptionTier } from "./types_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
@@ -125,6 +125,199 @@ export declare type Replica = Message<"aitrading.hub.v1.Replica"> & {
 export declare const ReplicaSchema: GenMessage<Replica>;
 
 /**
+ * ListXdsClientsRequest takes no arguments.
+ *
+ * @generated from message aitrading.hub.v1.ListXdsClientsRequest
+ */
+export declare type ListXdsClientsRequest = Message<"aitrading.hub.v1.ListXdsClientsRequest"> & {
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ListXdsClientsRequest.
+ * Use `create(ListXdsClientsRequestSchema)` to create a new message.
+ */
+export declare const ListXdsClientsRequestSchema: GenMessage<ListXdsClientsRequest>;
+
+/**
+ * ListXdsClientsResponse lists one replica's xDS clients.
+ *
+ * @generated from message aitrading.hub.v1.ListXdsClientsResponse
+ */
+export declare type ListXdsClientsResponse = Message<"aitrading.hub.v1.ListXdsClientsResponse"> & {
+  /**
+   * Current revision.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The replica that answered (the one the clients are connected to).
+   *
+   * @generated from field: string hub_id = 2;
+   */
+  hubId: string;
+
+  /**
+   * Its connected xDS clients, one per open stream.
+   *
+   * @generated from field: repeated aitrading.hub.v1.XdsClient clients = 3;
+   */
+  clients: XdsClient[];
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ListXdsClientsResponse.
+ * Use `create(ListXdsClientsResponseSchema)` to create a new message.
+ */
+export declare const ListXdsClientsResponseSchema: GenMessage<ListXdsClientsResponse>;
+
+/**
+ * XdsClient is one open xDS stream.
+ *
+ * @generated from message aitrading.hub.v1.XdsClient
+ */
+export declare type XdsClient = Message<"aitrading.hub.v1.XdsClient"> & {
+  /**
+   * The node id from the client's bootstrap.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * The tenant the stream acts for (from its credential, or node metadata
+   * on a hub without credentials); empty when none.
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * Its subscription tier.
+   *
+   * @generated from field: aitrading.hub.v1.SubscriptionTier tier = 3;
+   */
+  tier: SubscriptionTier;
+
+  /**
+   * The client's address.
+   *
+   * @generated from field: string peer = 4;
+   */
+  peer: string;
+
+  /**
+   * When the stream opened.
+   *
+   * @generated from field: google.protobuf.Timestamp connected_at = 5;
+   */
+  connectedAt?: Timestamp | undefined;
+
+  /**
+   * What it subscribed to, one entry per resource type.
+   *
+   * @generated from field: repeated aitrading.hub.v1.XdsSubscription subscriptions = 6;
+   */
+  subscriptions: XdsSubscription[];
+
+  /**
+   * Its last NACK; unset when it never sent one.
+   *
+   * @generated from field: aitrading.hub.v1.XdsNack last_nack = 7;
+   */
+  lastNack?: XdsNack | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.XdsClient.
+ * Use `create(XdsClientSchema)` to create a new message.
+ */
+export declare const XdsClientSchema: GenMessage<XdsClient>;
+
+/**
+ * XdsSubscription is a client's subscription to one resource type.
+ *
+ * @generated from message aitrading.hub.v1.XdsSubscription
+ */
+export declare type XdsSubscription = Message<"aitrading.hub.v1.XdsSubscription"> & {
+  /**
+   * The type URL, e.g. type.googleapis.com/envoy.config.cluster.v3.Cluster.
+   *
+   * @generated from field: string type_url = 1;
+   */
+  typeUrl: string;
+
+  /**
+   * The resource names asked for.
+   *
+   * @generated from field: repeated string resource_names = 2;
+   */
+  resourceNames: string[];
+
+  /**
+   * The last version the client ACKed; empty before its first ACK.
+   *
+   * @generated from field: string acked_version = 3;
+   */
+  ackedVersion: string;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.XdsSubscription.
+ * Use `create(XdsSubscriptionSchema)` to create a new message.
+ */
+export declare const XdsSubscriptionSchema: GenMessage<XdsSubscription>;
+
+/**
+ * XdsNack is a response a client rejected.
+ *
+ * @generated from message aitrading.hub.v1.XdsNack
+ */
+export declare type XdsNack = Message<"aitrading.hub.v1.XdsNack"> & {
+  /**
+   * The type URL of the rejected response.
+   *
+   * @generated from field: string type_url = 1;
+   */
+  typeUrl: string;
+
+  /**
+   * The version rejected.
+   *
+   * @generated from field: string version = 2;
+   */
+  version: string;
+
+  /**
+   * The nonce of the rejected response.
+   *
+   * @generated from field: string nonce = 3;
+   */
+  nonce: string;
+
+  /**
+   * The client's error message.
+   *
+   * @generated from field: string error = 4;
+   */
+  error: string;
+
+  /**
+   * When the NACK arrived.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 5;
+   */
+  at?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.XdsNack.
+ * Use `create(XdsNackSchema)` to create a new message.
+ */
+export declare const XdsNackSchema: GenMessage<XdsNack>;
+
+/**
  * ClusterService describes the hub replicas sharing one etcd.
  *
  * @generated from service aitrading.hub.v1.ClusterService
@@ -140,6 +333,18 @@ export declare const ClusterService: GenService<{
     methodKind: "unary";
     input: typeof GetClusterStatusRequestSchema;
     output: typeof GetClusterStatusResponseSchema;
+  },
+  /**
+   * ListXdsClients lists the xDS clients connected to the answering replica
+   * (admins). Each replica holds its own streams; ask every replica named
+   * by GetClusterStatus for the whole cluster (hubctl xds clients does).
+   *
+   * @generated from rpc aitrading.hub.v1.ClusterService.ListXdsClients
+   */
+  listXdsClients: {
+    methodKind: "unary";
+    input: typeof ListXdsClientsRequestSchema;
+    output: typeof ListXdsClientsResponseSchema;
   },
 }>;
 

@@ -10,7 +10,7 @@ import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
  * Describes the file aitrading/hub/v1/cluster.proto.
  */
 export const file_aitrading_hub_v1_cluster = /*@__PURE__*/
-  fileDesc("Ch5haXRyYWRpbmcvaHViL3YxL2NsdXN0ZXIucHJvdG8SEGFpdHJhZGluZy5odWIudjEiGQoXR2V0Q2x1c3RlclN0YXR1c1JlcXVlc3QirQEKGEdldENsdXN0ZXJTdGF0dXNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEg4KBmh1Yl9pZBgCIAEoCRIRCglsZWFkZXJfaWQYAyABKAkSKwoIcmVwbGljYXMYBCADKAsyGS5haXRyYWRpbmcuaHViLnYxLlJlcGxpY2ESDwoHdmVyc2lvbhgFIAEoCSJ7CgdSZXBsaWNhEg4KBmh1Yl9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEi4KCnN0YXJ0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmxlYWRlchgEIAEoCBIPCgd2ZXJzaW9uGAUgASgJMnsKDkNsdXN0ZXJTZXJ2aWNlEmkKEEdldENsdXN0ZXJTdGF0dXMSKS5haXRyYWRpbmcuaHViLnYxLkdldENsdXN0ZXJTdGF0dXNSZXF1ZXN0GiouYWl0cmFkaW5nLmh1Yi52MS5HZXRDbHVzdGVyU3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_aitrading_hub_v1_types, file_google_protobuf_timestamp]);
+  fileDesc("Ch5haXRyYWRpbmcvaHViL3YxL2NsdXN0ZXIucHJvdG8SEGFpdHJhZGluZy5odWIudjEiGQoXR2V0Q2x1c3RlclN0YXR1c1JlcXVlc3QirQEKGEdldENsdXN0ZXJTdGF0dXNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEg4KBmh1Yl9pZBgCIAEoCRIRCglsZWFkZXJfaWQYAyABKAkSKwoIcmVwbGljYXMYBCADKAsyGS5haXRyYWRpbmcuaHViLnYxLlJlcGxpY2ESDwoHdmVyc2lvbhgFIAEoCSJ7CgdSZXBsaWNhEg4KBmh1Yl9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEi4KCnN0YXJ0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmxlYWRlchgEIAEoCBIPCgd2ZXJzaW9uGAUgASgJIhcKFUxpc3RYZHNDbGllbnRzUmVxdWVzdCKIAQoWTGlzdFhkc0NsaWVudHNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEg4KBmh1Yl9pZBgCIAEoCRIsCgdjbGllbnRzGAMgAygLMhsuYWl0cmFkaW5nLmh1Yi52MS5YZHNDbGllbnQiiQIKCVhkc0NsaWVudBIPCgdub2RlX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIwCgR0aWVyGAMgASgOMiIuYWl0cmFkaW5nLmh1Yi52MS5TdWJzY3JpcHRpb25UaWVyEgwKBHBlZXIYBCABKAkSMAoMY29ubmVjdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI4Cg1zdWJzY3JpcHRpb25zGAYgAygLMiEuYWl0cmFkaW5nLmh1Yi52MS5YZHNTdWJzY3JpcHRpb24SLAoJbGFzdF9uYWNrGAcgASgLMhkuYWl0cmFkaW5nLmh1Yi52MS5YZHNOYWNrIlIKD1hkc1N1YnNjcmlwdGlvbhIQCgh0eXBlX3VybBgBIAEoCRIWCg5yZXNvdXJjZV9uYW1lcxgCIAMoCRIVCg1hY2tlZF92ZXJzaW9uGAMgASgJInIKB1hkc05hY2sSEAoIdHlwZV91cmwYASABKAkSDwoHdmVyc2lvbhgCIAEoCRINCgVub25jZRgDIAEoCRINCgVlcnJvchgEIAEoCRImCgJhdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAy4AEKDkNsdXN0ZXJTZXJ2aWNlEmkKEEdldENsdXN0ZXJTdGF0dXMSKS5haXRyYWRpbmcuaHViLnYxLkdldENsdXN0ZXJTdGF0dXNSZXF1ZXN0GiouYWl0cmFkaW5nLmh1Yi52MS5HZXRDbHVzdGVyU3RhdHVzUmVzcG9uc2USYwoOTGlzdFhkc0NsaWVudHMSJy5haXRyYWRpbmcuaHViLnYxLkxpc3RYZHNDbGllbnRzUmVxdWVzdBooLmFpdHJhZGluZy5odWIudjEuTGlzdFhkc0NsaWVudHNSZXNwb25zZWIGcHJvdG8z", [file_aitrading_hub_v1_types, file_google_protobuf_timestamp]);
 
 /**
  * Describes the message aitrading.hub.v1.GetClusterStatusRequest.
@@ -32,6 +32,41 @@ export const GetClusterStatusResponseSchema = /*@__PURE__*/
  */
 export const ReplicaSchema = /*@__PURE__*/
   messageDesc(file_aitrading_hub_v1_cluster, 2);
+
+/**
+ * Describes the message aitrading.hub.v1.ListXdsClientsRequest.
+ * Use `create(ListXdsClientsRequestSchema)` to create a new message.
+ */
+export const ListXdsClientsRequestSchema = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_cluster, 3);
+
+/**
+ * Describes the message aitrading.hub.v1.ListXdsClientsResponse.
+ * Use `create(ListXdsClientsResponseSchema)` to create a new message.
+ */
+export const ListXdsClientsResponseSchema = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_cluster, 4);
+
+/**
+ * Describes the message aitrading.hub.v1.XdsClient.
+ * Use `create(XdsClientSchema)` to create a new message.
+ */
+export const XdsClientSchema = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_cluster, 5);
+
+/**
+ * Describes the message aitrading.hub.v1.XdsSubscription.
+ * Use `create(XdsSubscriptionSchema)` to create a new message.
+ */
+export const XdsSubscriptionSchema = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_cluster, 6);
+
+/**
+ * Describes the message aitrading.hub.v1.XdsNack.
+ * Use `create(XdsNackSchema)` to create a new message.
+ */
+export const XdsNackSchema = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_cluster, 7);
 
 /**
  * ClusterService describes the hub replicas sharing one etcd.

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { ResponseHeader } from "./types_pb.js";
+import type { ResponseHeader, SubscriptionTier } from "./types_pb.js";
 import { file_aitrading_hub_v1_types } from "./types_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file aitrading/hub/v1/cluster.proto.
  */
 export const file_aitrading_hub_v1_cluster: GenFile = /*@__PURE__*/
-  fileDesc("Ch5haXRyYWRpbmcvaHViL3YxL2NsdXN0ZXIucHJvdG8SEGFpdHJhZGluZy5odWIudjEiGQoXR2V0Q2x1c3RlclN0YXR1c1JlcXVlc3QirQEKGEdldENsdXN0ZXJTdGF0dXNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEg4KBmh1Yl9pZBgCIAEoCRIRCglsZWFkZXJfaWQYAyABKAkSKwoIcmVwbGljYXMYBCADKAsyGS5haXRyYWRpbmcuaHViLnYxLlJlcGxpY2ESDwoHdmVyc2lvbhgFIAEoCSJ7CgdSZXBsaWNhEg4KBmh1Yl9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEi4KCnN0YXJ0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmxlYWRlchgEIAEoCBIPCgd2ZXJzaW9uGAUgASgJMnsKDkNsdXN0ZXJTZXJ2aWNlEmkKEEdldENsdXN0ZXJTdGF0dXMSKS5haXRyYWRpbmcuaHViLnYxLkdldENsdXN0ZXJTdGF0dXNSZXF1ZXN0GiouYWl0cmFkaW5nLmh1Yi52MS5HZXRDbHVzdGVyU3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_aitrading_hub_v1_types, file_google_protobuf_timestamp]);
+  fileDesc("Ch5haXRyYWRpbmcvaHViL3YxL2NsdXN0ZXIucHJvdG8SEGFpdHJhZGluZy5odWIudjEiGQoXR2V0Q2x1c3RlclN0YXR1c1JlcXVlc3QirQEKGEdldENsdXN0ZXJTdGF0dXNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEg4KBmh1Yl9pZBgCIAEoCRIRCglsZWFkZXJfaWQYAyABKAkSKwoIcmVwbGljYXMYBCADKAsyGS5haXRyYWRpbmcuaHViLnYxLlJlcGxpY2ESDwoHdmVyc2lvbhgFIAEoCSJ7CgdSZXBsaWNhEg4KBmh1Yl9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEi4KCnN0YXJ0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmxlYWRlchgEIAEoCBIPCgd2ZXJzaW9uGAUgASgJIhcKFUxpc3RYZHNDbGllbnRzUmVxdWVzdCKIAQoWTGlzdFhkc0NsaWVudHNSZXNwb25zZRIwCgZoZWFkZXIYASABKAsyIC5haXRyYWRpbmcuaHViLnYxLlJlc3BvbnNlSGVhZGVyEg4KBmh1Yl9pZBgCIAEoCRIsCgdjbGllbnRzGAMgAygLMhsuYWl0cmFkaW5nLmh1Yi52MS5YZHNDbGllbnQiiQIKCVhkc0NsaWVudBIPCgdub2RlX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIwCgR0aWVyGAMgASgOMiIuYWl0cmFkaW5nLmh1Yi52MS5TdWJzY3JpcHRpb25UaWVyEgwKBHBlZXIYBCABKAkSMAoMY29ubmVjdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI4Cg1zdWJzY3JpcHRpb25zGAYgAygLMiEuYWl0cmFkaW5nLmh1Yi52MS5YZHNTdWJzY3JpcHRpb24SLAoJbGFzdF9uYWNrGAcgASgLMhkuYWl0cmFkaW5nLmh1Yi52MS5YZHNOYWNrIlIKD1hkc1N1YnNjcmlwdGlvbhIQCgh0eXBlX3VybBgBIAEoCRIWCg5yZXNvdXJjZV9uYW1lcxgCIAMoCRIVCg1hY2tlZF92ZXJzaW9uGAMgASgJInIKB1hkc05hY2sSEAoIdHlwZV91cmwYASABKAkSDwoHdmVyc2lvbhgCIAEoCRINCgVub25jZRgDIAEoCRINCgVlcnJvchgEIAEoCRImCgJhdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAy4AEKDkNsdXN0ZXJTZXJ2aWNlEmkKEEdldENsdXN0ZXJTdGF0dXMSKS5haXRyYWRpbmcuaHViLnYxLkdldENsdXN0ZXJTdGF0dXNSZXF1ZXN0GiouYWl0cmFkaW5nLmh1Yi52MS5HZXRDbHVzdGVyU3RhdHVzUmVzcG9uc2USYwoOTGlzdFhkc0NsaWVudHMSJy5haXRyYWRpbmcuaHViLnYxLkxpc3RYZHNDbGllbnRzUmVxdWVzdBooLmFpdHJhZGluZy5odWIudjEuTGlzdFhkc0NsaWVudHNSZXNwb25zZWIGcHJvdG8z", [file_aitrading_hub_v1_types, file_google_protobuf_timestamp]);
 
 /**
  * GetClusterStatusRequest takes no arguments.
@@ -132,6 +132,204 @@ export const ReplicaSchema: GenMessage<Replica> = /*@__PURE__*/
   messageDesc(file_aitrading_hub_v1_cluster, 2);
 
 /**
+ * ListXdsClientsRequest takes no arguments.
+ *
+ * @generated from message aitrading.hub.v1.ListXdsClientsRequest
+ */
+export type ListXdsClientsRequest = Message<"aitrading.hub.v1.ListXdsClientsRequest"> & {
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ListXdsClientsRequest.
+ * Use `create(ListXdsClientsRequestSchema)` to create a new message.
+ */
+export const ListXdsClientsRequestSchema: GenMessage<ListXdsClientsRequest> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_cluster, 3);
+
+/**
+ * ListXdsClientsResponse lists one replica's xDS clients.
+ *
+ * @generated from message aitrading.hub.v1.ListXdsClientsResponse
+ */
+export type ListXdsClientsResponse = Message<"aitrading.hub.v1.ListXdsClientsResponse"> & {
+  /**
+   * Current revision.
+   *
+   * @generated from field: aitrading.hub.v1.ResponseHeader header = 1;
+   */
+  header?: ResponseHeader | undefined;
+
+  /**
+   * The replica that answered (the one the clients are connected to).
+   *
+   * @generated from field: string hub_id = 2;
+   */
+  hubId: string;
+
+  /**
+   * Its connected xDS clients, one per open stream.
+   *
+   * @generated from field: repeated aitrading.hub.v1.XdsClient clients = 3;
+   */
+  clients: XdsClient[];
+};
+
+/**
+ * Describes the message aitrading.hub.v1.ListXdsClientsResponse.
+ * Use `create(ListXdsClientsResponseSchema)` to create a new message.
+ */
+export const ListXdsClientsResponseSchema: GenMessage<ListXdsClientsResponse> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_cluster, 4);
+
+/**
+ * XdsClient is one open xDS stream.
+ *
+ * @generated from message aitrading.hub.v1.XdsClient
+ */
+export type XdsClient = Message<"aitrading.hub.v1.XdsClient"> & {
+  /**
+   * The node id from the client's bootstrap.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * The tenant the stream acts for (from its credential, or node metadata
+   * on a hub without credentials); empty when none.
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * Its subscription tier.
+   *
+   * @generated from field: aitrading.hub.v1.SubscriptionTier tier = 3;
+   */
+  tier: SubscriptionTier;
+
+  /**
+   * The client's address.
+   *
+   * @generated from field: string peer = 4;
+   */
+  peer: string;
+
+  /**
+   * When the stream opened.
+   *
+   * @generated from field: google.protobuf.Timestamp connected_at = 5;
+   */
+  connectedAt?: Timestamp | undefined;
+
+  /**
+   * What it subscribed to, one entry per resource type.
+   *
+   * @generated from field: repeated aitrading.hub.v1.XdsSubscription subscriptions = 6;
+   */
+  subscriptions: XdsSubscription[];
+
+  /**
+   * Its last NACK; unset when it never sent one.
+   *
+   * @generated from field: aitrading.hub.v1.XdsNack last_nack = 7;
+   */
+  lastNack?: XdsNack | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.XdsClient.
+ * Use `create(XdsClientSchema)` to create a new message.
+ */
+export const XdsClientSchema: GenMessage<XdsClient> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_cluster, 5);
+
+/**
+ * XdsSubscription is a client's subscription to one resource type.
+ *
+ * @generated from message aitrading.hub.v1.XdsSubscription
+ */
+export type XdsSubscription = Message<"aitrading.hub.v1.XdsSubscription"> & {
+  /**
+   * The type URL, e.g. type.googleapis.com/envoy.config.cluster.v3.Cluster.
+   *
+   * @generated from field: string type_url = 1;
+   */
+  typeUrl: string;
+
+  /**
+   * The resource names asked for.
+   *
+   * @generated from field: repeated string resource_names = 2;
+   */
+  resourceNames: string[];
+
+  /**
+   * The last version the client ACKed; empty before its first ACK.
+   *
+   * @generated from field: string acked_version = 3;
+   */
+  ackedVersion: string;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.XdsSubscription.
+ * Use `create(XdsSubscriptionSchema)` to create a new message.
+ */
+export const XdsSubscriptionSchema: GenMessage<XdsSubscription> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_cluster, 6);
+
+/**
+ * XdsNack is a response a client rejected.
+ *
+ * @generated from message aitrading.hub.v1.XdsNack
+ */
+export type XdsNack = Message<"aitrading.hub.v1.XdsNack"> & {
+  /**
+   * The type URL of the rejected response.
+   *
+   * @generated from field: string type_url = 1;
+   */
+  typeUrl: string;
+
+  /**
+   * The version rejected.
+   *
+   * @generated from field: string version = 2;
+   */
+  version: string;
+
+  /**
+   * The nonce of the rejected response.
+   *
+   * @generated from field: string nonce = 3;
+   */
+  nonce: string;
+
+  /**
+   * The client's error message.
+   *
+   * @generated from field: string error = 4;
+   */
+  error: string;
+
+  /**
+   * When the NACK arrived.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 5;
+   */
+  at?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message aitrading.hub.v1.XdsNack.
+ * Use `create(XdsNackSchema)` to create a new message.
+ */
+export const XdsNackSchema: GenMessage<XdsNack> = /*@__PURE__*/
+  messageDesc(file_aitrading_hub_v1_cluster, 7);
+
+/**
  * ClusterService describes the hub replicas sharing one etcd.
  *
  * @generated from service aitrading.hub.v1.ClusterService
@@ -147,6 +345,18 @@ export const ClusterService: GenService<{
     methodKind: "unary";
     input: typeof GetClusterStatusRequestSchema;
     output: typeof GetClusterStatusResponseSchema;
+  },
+  /**
+   * ListXdsClients lists the xDS clients connected to the answering replica
+   * (admins). Each replica holds its own streams; ask every replica named
+   * by GetClusterStatus for the whole cluster (hubctl xds clients does).
+   *
+   * @generated from rpc aitrading.hub.v1.ClusterService.ListXdsClients
+   */
+  listXdsClients: {
+    methodKind: "unary";
+    input: typeof ListXdsClientsRequestSchema;
+    output: typeof ListXdsClientsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_aitrading_hub_v1_cluster, 0);
