@@ -47,6 +47,7 @@ HEALTH = ROOT + b"health/"
 LOAD = ROOT + b"load/"
 CIRCUITS = ROOT + b"circuits/"
 CIRCUIT_SETTINGS = ROOT + b"circuit-settings/"
+ROUTING_POLICY = ROOT + b"routing-policy/"
 AUDIT = ROOT + b"audit/"
 ERROR_PATTERNS = ROOT + b"error-patterns/"
 ALERTS_ACTIVE = ROOT + b"alerts/active/"
@@ -87,6 +88,10 @@ def _service_circuit_key(service: str) -> bytes:
 
 def circuit_settings_key(service: str) -> bytes:
     return CIRCUIT_SETTINGS + _name("service", service).encode()
+
+
+def routing_policy_key(service: str) -> bytes:
+    return ROUTING_POLICY + _name("service", service).encode()
 
 
 def error_pattern_prefix(service: str) -> bytes:
