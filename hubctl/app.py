@@ -442,7 +442,8 @@ async def _execute(ctx: Context, cmd: Command) -> int:
         except TimeoutError:
             raise Unavailable(
                 f"cannot reach the hub at {ctx.target} within {ctx.timeout:g}s "
-                "(is it running? `make run` starts one; --target or HUB_TARGET point elsewhere)",
+                "(is it running? `central-hub serve` starts one; "
+                "--target or HUB_TARGET point elsewhere)",
                 code=grpc.StatusCode.UNAVAILABLE,
                 reason=reason_text(ERROR_REASON_HUB_UNREACHABLE),
             ) from None

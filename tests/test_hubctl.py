@@ -360,6 +360,8 @@ async def test_unreachable_hub_exit_3() -> None:
     assert res.code == 3 and res.out == ""
     assert res.err.startswith(f"hubctl: Unavailable: cannot reach the hub at {target} within 0.5s")
     assert res.err.count("\n") == 1
+    # Names the program an installed hub has, not a make target of a checkout.
+    assert "`central-hub serve` starts one" in res.err and "make" not in res.err
     res = await hubctl(target, "--timeout", "0.5", "cluster", "status", "-o", "json")
     assert res.code == 3 and json.loads(res.err)["error"]["reason"] == "HUB_UNREACHABLE"
 
