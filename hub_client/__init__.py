@@ -81,7 +81,9 @@ from hub_client._private.strategies import (
     Strategy,
     choose,
     eligible,
+    priority,
     stable_hash,
+    usable,
 )
 from hub_client._private.tenants import Allocation
 from hub_client._private.tiers import Tier, can_access, parse_tier, tier_level
@@ -167,6 +169,7 @@ __all__ = [
     "health_check",
     "normalize_message",
     "parse_tier",
+    "priority",
     "reason_text",
     "reason_value",
     "reset_context",
@@ -174,5 +177,6 @@ __all__ = [
     "set_context",
     "stable_hash",
     "tier_level",
+    "usable",
     "version_info",
 ]

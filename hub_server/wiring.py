@@ -38,6 +38,7 @@ from hub_server.api.tenants import TenantServicer
 from hub_server.auth.authorizer import Authorizer
 from hub_server.auth.limits import CallerLimits
 from hub_server.backups.service import Backups
+from hub_server.balancing.projection import EndpointProjection
 from hub_server.balancing.service import Picker
 from hub_server.circuits.service import Circuits
 from hub_server.config.service import Configs
@@ -86,6 +87,7 @@ class Services:
     configs: Configs
     quotas: Quotas
     deployments: Deployments
+    projection: EndpointProjection
     picker: Picker
     tenant_limits: TenantLimits
     alerts: Alerts
@@ -140,7 +142,9 @@ def wire(
     configs = Configs(store, tenants)
     quotas = Quotas(store, configs)
     deployments = Deployments(store, view, health_view)
-    picker = Picker(store, view, health_view, circuits, drains=deployments.drains)
+    # The one usable-endpoint projection: PickEndpoint, xDS and WatchEndpoints read it.
+    projection = EndpointProjection(store, view, health_view, circuits, drains=deployments.drains)
+    picker = Picker(store, view, circuits, projection)
     tenant_limits = TenantLimits(store, configs, share=cfg.tenant_alert_share)
     alerts = Alerts(store, view, health_view, circuits, extra_conditions=tenant_limits.conditions)
     registry = Registry(store, view)
@@ -255,6 +259,7 @@ def wire(
         configs=configs,
         quotas=quotas,
         deployments=deployments,
+        projection=projection,
         picker=picker,
         tenant_limits=tenant_limits,
         alerts=alerts,

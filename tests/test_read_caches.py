@@ -12,6 +12,7 @@ from aitrading.hub.v1 import registry_pb2, types_pb2
 
 from hub_client import Strategy
 from hub_server.api.registry import RegistryServicer
+from hub_server.balancing.projection import EndpointProjection
 from hub_server.balancing.service import Picker
 from hub_server.circuits.breaker import Circuit
 from hub_server.circuits.service import Circuits, circuit_key
@@ -156,11 +157,12 @@ async def test_picker_rebuilds_candidates_of_the_changed_service_only() -> None:
     view, health_view, feed = await registry_with(("quotes", "i1"), ("feeds", "f1"))
     circuits = Circuits(NO_STORE)
     drains: PrefixMirror[str] = PrefixMirror(NO_STORE, keys.DRAIN, lambda kv: kv.value.decode())
-    picker = Picker(NO_STORE, view, health_view, circuits, drains=drains)
+    projection = EndpointProjection(NO_STORE, view, health_view, circuits, drains=drains)
+    picker = Picker(NO_STORE, view, circuits, projection)
     Feed(picker.loads, circuits.mirror, drains)
 
     def candidates(service: str) -> list[Any]:
-        return picker._candidates(service, view.services[service])
+        return projection.candidates(service)
 
     quotes, feeds = candidates("quotes"), candidates("feeds")
     await feed.put(picker.loads, keys.load_key("feeds", "f1"), b"0.5")

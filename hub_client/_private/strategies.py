@@ -19,6 +19,12 @@ Eligibility, in order (the first rule that leaves nothing names the cause):
 4. HEALTHY only; DEGRADED only when no HEALTHY instance is left; STARTING
    (not proven yet) only when no DEGRADED one is left either; never UNHEALTHY
    or UNKNOWN.
+
+Rules 1-3 and the health classes of rule 4 make the *usable* set (:func:`usable`),
+each member ranked by :func:`priority` (0 HEALTHY, 1 DEGRADED, 2 STARTING); a pick
+takes the best-ranked members of it (:func:`eligible`). The hub's xDS endpoints
+are the usable set with these ranks as EDS priorities, so a proxyless client
+fails over the way a pick does.
 """
 
 from __future__ import annotations
@@ -129,14 +135,25 @@ _EXCLUDED = {
 }
 
 
-def eligible(
+# EDS-style priority of each usable health class: lower is preferred.
+_PRIORITY = {HealthStatus.HEALTHY: 0, HealthStatus.DEGRADED: 1, HealthStatus.STARTING: 2}
+
+
+def priority(health: HealthStatus) -> int | None:
+    """Rank of a health class among usable instances: 0 HEALTHY, 1 DEGRADED,
+    2 STARTING (not proven yet); None for UNHEALTHY and UNKNOWN (never usable)."""
+    return _PRIORITY.get(health)
+
+
+def usable(
     candidates: Sequence[Candidate],
     *,
     tier: str | None = None,
     legacy: bool = False,
     service: str = "",
 ) -> list[Candidate]:
-    """The instances a caller may be given, with the DEGRADED fallback applied.
+    """Every instance a caller may ever be given (rules 1-3, and a usable health
+    class), before the DEGRADED / STARTING fallback of :func:`eligible`.
 
     Args:
         candidates: Every registered instance of the service.
@@ -145,12 +162,11 @@ def eligible(
         service: Only for the error message.
 
     Returns:
-        The HEALTHY eligible instances, or if there are none the DEGRADED ones,
-        or if there are none either the STARTING ones. Order is that of
-        ``candidates``.
+        The usable instances, in the order of ``candidates``; rank them with
+        :func:`priority`.
 
     Raises:
-        NoEligibleInstance: Nothing is left; ``cause`` says which rule emptied it.
+        NoEligibleInstance: Nothing is usable; ``cause`` says which rule emptied it.
     """
     what = f"service {service!r}" if service else "the service"
     if not candidates:
@@ -176,21 +192,43 @@ def eligible(
     counts["excluded_circuit_open"] = remaining - len(pool)
     if not pool:
         raise fail(Ineligibility.CIRCUIT_OPEN)
-    healthy = [c for c in pool if c.health is HealthStatus.HEALTHY]
-    if healthy:
-        return healthy
-    degraded = [c for c in pool if c.health is HealthStatus.DEGRADED]
-    if degraded:
-        return degraded
-    starting = [c for c in pool if c.health is HealthStatus.STARTING]
-    if starting:
-        return starting
+    found = [c for c in pool if c.health in _PRIORITY]
+    if found:
+        return found
     counts["excluded_unhealthy"] = len(pool)
     states: dict[str, int] = {}
     for c in pool:
         states[c.health.name] = states.get(c.health.name, 0) + 1
     by_state = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     raise fail(Ineligibility.UNHEALTHY, f": none is HEALTHY, DEGRADED or STARTING ({by_state})")
+
+
+def eligible(
+    candidates: Sequence[Candidate],
+    *,
+    tier: str | None = None,
+    legacy: bool = False,
+    service: str = "",
+) -> list[Candidate]:
+    """The instances a caller may be given, with the DEGRADED fallback applied.
+
+    Args:
+        candidates: Every registered instance of the service.
+        tier: The caller's tier; None or unknown counts as free.
+        legacy: Ignore the caller's tier.
+        service: Only for the error message.
+
+    Returns:
+        The HEALTHY eligible instances, or if there are none the DEGRADED ones,
+        or if there are none either the STARTING ones (the best-ranked members
+        of :func:`usable`). Order is that of ``candidates``.
+
+    Raises:
+        NoEligibleInstance: Nothing is left; ``cause`` says which rule emptied it.
+    """
+    pool = usable(candidates, tier=tier, legacy=legacy, service=service)
+    best = min(_PRIORITY[c.health] for c in pool)
+    return [c for c in pool if _PRIORITY[c.health] == best]
 
 
 class RoundRobinCounter:

@@ -11,9 +11,9 @@ from aitrading.hub.v1.errors_pb2 import (
 )
 
 import hub_client
-from hub_client import Balancer, Candidate, HealthStatus, Ineligibility, Strategy
+from hub_client import Balancer, Ineligibility, Strategy
+from hub_server.balancing.projection import EndpointProjection
 from hub_server.circuits.service import Circuits
-from hub_server.health.service import HealthView
 from hub_server.kernel import validation
 from hub_server.kernel.errors import (
     FieldViolation,
@@ -22,85 +22,42 @@ from hub_server.kernel.errors import (
     NotFound,
     Violations,
 )
-from hub_server.registry.service import RegistryView, on_service_change, tier_names
+from hub_server.registry.service import RegistryView
 from hub_server.store import keys
-from hub_server.store.etcd import EtcdStore, KeyValue
+from hub_server.store.etcd import EtcdStore
 from hub_server.store.mirror import PrefixMirror
 
 MAX_LOAD = 1000.0
 
 
-def _decode_load(kv: KeyValue) -> float:
-    return float(kv.value)
-
-
 class Picker:
+    """Chooses among the candidates of the one usable-endpoint projection
+    (hub_server/balancing/projection.py), so a pick and an xDS client's endpoints
+    come from the same rules."""
+
     def __init__(
         self,
         store: EtcdStore,
         registry: RegistryView,
-        health: HealthView,
         circuits: Circuits,
+        projection: EndpointProjection,
         *,
         balancer: Balancer | None = None,
-        drains: PrefixMirror[str] | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
-        self._health = health
         self._circuits = circuits
-        self.loads: PrefixMirror[float] = PrefixMirror(store, keys.LOAD, _decode_load)
+        self._projection = projection
         self._balancer = balancer or Balancer()
-        # Drain marks of roll-outs (hub_server/deployments/service.py): a
-        # marked instance is never picked.
-        self._drains = drains
-        # Candidates per service, dropped when something they are built from
-        # changes for that service: a stamp of whole-view revisions was moved by
-        # every health write or load report anywhere, so it rebuilt them nearly
-        # every call in a busy fleet.
-        self._cache: dict[str, list[Candidate]] = {}
-        for mirror in (registry.mirror, health.mirror, self.loads, circuits.mirror, drains):
-            if mirror is not None:
-                on_service_change(mirror, self._forget)
 
-    def _forget(self, service: str) -> None:
-        self._cache.pop(service, None)
+    @property
+    def loads(self) -> PrefixMirror[float]:
+        """The load reports' mirror (the projection's)."""
+        return self._projection.loads
 
     @property
     def revision(self) -> int:
         return self._registry.revision
-
-    def _candidates(
-        self, service: str, instances: dict[str, types_pb2.Instance]
-    ) -> list[Candidate]:
-        cached = self._cache.get(service)
-        if cached is not None:
-            return cached
-        candidates = []
-        for instance_id, inst in instances.items():
-            record = self._health.of(inst)
-            probed = record.check != "lease" and record.status != 0
-            candidates.append(
-                Candidate(
-                    instance_id=instance_id,
-                    host=inst.host,
-                    port=inst.port,
-                    weight=inst.weight,
-                    load=self.loads.items.get(keys.load_key(service, instance_id), 0.0),
-                    latency_ms=record.latency_ms if probed else None,
-                    health=HealthStatus(record.status),
-                    draining=inst.draining
-                    or (
-                        self._drains is not None
-                        and keys.drain_key(service, instance_id) in self._drains.items
-                    ),
-                    circuit_open=self._circuits.refuses(service, instance_id),
-                    subscription_requirements=tier_names(inst),
-                    version=inst.version,
-                )
-            )
-        self._cache[service] = candidates
-        return candidates
 
     def pick(
         self,
@@ -130,7 +87,7 @@ class Picker:
         try:
             chosen = self._balancer.choose(
                 service,
-                self._candidates(service, instances),
+                self._projection.candidates(service),
                 strategy,
                 affinity_key=affinity_key or None,
                 tier=tier,
