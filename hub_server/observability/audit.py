@@ -1,9 +1,10 @@
 """The audit trail: one record per mutating call, kept in etcd in time order.
 
 Calls wait until their record is stored (the trail must not lose what it said
-happened), but records are written with group commit: every call that finishes
-while a write is in flight joins the next transaction, so under load the cost is
-one etcd round trip shared by many calls rather than one each.
+happened), but records are written with group commit (EtcdStore.put_grouped):
+every call that finishes while a write is in flight joins the next transaction,
+so under load the cost is one etcd round trip shared by many calls rather than
+one each.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from aitrading.hub.v1 import observability_pb2 as obs
 from hub_server.kernel.errors import InvalidArgument
 from hub_server.kernel.validation import MAX_PAGE
 from hub_server.store import keys
-from hub_server.store.etcd import EtcdStore, Txn
+from hub_server.store.etcd import EtcdStore
 
 log = logging.getLogger(__name__)
 
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 DEFAULT_RETENTION = 30 * 24 * 3600.0
 
 
@@ -58,8 +58,6 @@ class AuditLog:
         self.retention = retention
         self._clock = clock
         self._seq = itertools.count()
-        self._pending: list[tuple[bytes, bytes, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
 
     async def record(
         self,
@@ -101,27 +99,7 @@ class AuditLog:
         event.id = f"{int(now * 1e9):020d}-{self._hub_id}-{next(self._seq):06d}"
         event.time.FromNanoseconds(int(now * 1e9))
         event.hub_id = self._hub_id
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((_key(event.id), event.SerializeToString(), fut))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
-        await fut
-
-    async def _write(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_TXN_OPS], self._pending[MAX_TXN_OPS:]
-            txn = Txn()
-            txn.success.extend(Txn.put(key, value) for key, value, _ in batch)
-            try:
-                await self._store.txn(txn)
-            except Exception as e:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
+        await self._store.put_grouped(_key(event.id), event.SerializeToString())
 
     async def latest(
         self,

@@ -258,8 +258,11 @@ class Registry:
             inst.registered_at.FromNanoseconds(int(now * 1e9))
         inst.updated_at.FromNanoseconds(int(now * 1e9))
 
+        # Each instance has a lease of its own (a KeepAlive renews that instance
+        # alone, and one that stops renewing expires alone); the put is grouped
+        # with concurrent Registers' (and audit records') into one transaction.
         lease = await self._store.grant_lease(inst.ttl_seconds)
-        revision = await self._store.put(key, inst.SerializeToString(), lease=lease)
+        revision = await self._store.put_grouped(key, inst.SerializeToString(), lease=lease)
         if previous is not None and previous.lease_id and previous.lease_id != lease:
             # The key now lives on the new lease; the old one holds nothing.
             await self._revoke_quietly(previous.lease_id)

@@ -44,6 +44,11 @@ _UNAVAILABLE_CODES = {
 }
 
 
+# etcd's default --max-txn-ops, and a transaction size well under its default
+# --max-request-bytes (1.5 MiB).
+MAX_TXN_OPS = 128
+MAX_TXN_BYTES = 1024 * 1024
+
 # What a caller is told while etcd cannot be reached, the words of the mirrors'
 # refusal: the raw client error names etcd's address and port, so it is logged only.
 UNREACHABLE = "the hub's view is not current: etcd is unreachable"
@@ -179,6 +184,7 @@ class EtcdStore:
         self._watch = rpc.WatchStub(self._channel)
         self._maintenance = rpc.MaintenanceStub(self._channel)
         self._keepalive = _LeaseKeepAliveStream(self._lease)
+        self._group = _GroupCommit(self)
 
     async def close(self) -> None:
         await self._keepalive.close()
@@ -235,6 +241,13 @@ class EtcdStore:
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         resp = await self._call(self._kv.Put, rpc.PutRequest(key=key, value=value, lease=lease))
         return int(resp.header.revision)
+
+    async def put_grouped(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        """Like ``put``, but every put that arrives while a grouped write is in
+        flight joins the next transaction (group commit): under load one etcd
+        round trip, and one raft entry, is shared by many callers. Returns the
+        revision the key was written at (shared by its transaction's keys)."""
+        return await self._group.put(key, value, lease)
 
     async def delete(self, key: bytes, *, prefix: bool = False) -> tuple[int, int]:
         """Deletes a key (or a prefix); returns (number deleted, revision)."""
@@ -349,6 +362,86 @@ def _too_large(e: grpc.aio.AioRpcError) -> bool:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return "too large" in details
     return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger" in details
+
+
+class _GroupCommit:
+    """The writer behind ``EtcdStore.put_grouped``: one transaction in flight at a
+    time; puts that arrive meanwhile wait and go together in the next, up to
+    MAX_TXN_OPS and MAX_TXN_BYTES. A shared transaction fails as a whole, so when
+    one fails for any reason but an unreachable etcd its puts are retried one by
+    one: each caller gets its own put's outcome (a lease that expired meanwhile
+    fails that put alone)."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self._store = store
+        self._pending: deque[tuple[rpc.RequestOp, int, asyncio.Future[int]]] = deque()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def put(self, key: bytes, value: bytes, lease: int) -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((Txn.put(key, value, lease), len(key) + len(value) + 16, fut))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        return await fut
+
+    def _next_batch(self) -> list[tuple[rpc.RequestOp, asyncio.Future[int]]]:
+        batch: list[tuple[rpc.RequestOp, asyncio.Future[int]]] = []
+        size = 0
+        while self._pending and len(batch) < MAX_TXN_OPS:
+            op, op_size, fut = self._pending[0]
+            if batch and size + op_size > MAX_TXN_BYTES:
+                break
+            self._pending.popleft()
+            if not fut.done():  # its caller gave up (cancelled): nothing to write
+                batch.append((op, fut))
+                size += op_size
+        return batch
+
+    async def _write(self) -> None:
+        while self._pending:
+            batch = self._next_batch()
+            if not batch:
+                continue
+            if len(batch) == 1:
+                await self._commit(batch)
+                continue
+            txn = Txn()
+            txn.success.extend(op for op, _ in batch)
+            try:
+                revision = (await self._store.txn(txn)).revision
+            except StoreUnavailable as e:
+                _settle(batch, error=e)
+            except Exception:
+                for one in batch:  # each put's own outcome
+                    await self._commit([one])
+            else:
+                _settle(batch, revision=revision)
+
+    async def _commit(self, batch: list[tuple[rpc.RequestOp, asyncio.Future[int]]]) -> None:
+        ((op, _),) = batch
+        put = op.request_put
+        try:
+            revision = await self._store.put(put.key, put.value, lease=put.lease)
+        except Exception as e:
+            _settle(batch, error=e)
+        else:
+            _settle(batch, revision=revision)
+
+
+def _settle(
+    batch: list[tuple[rpc.RequestOp, asyncio.Future[int]]],
+    *,
+    revision: int = 0,
+    error: BaseException | None = None,
+) -> None:
+    for _, fut in batch:
+        if fut.done():
+            continue
+        if error is not None:
+            fut.set_exception(error)
+            fut.exception()  # a caller that was cancelled meanwhile never looks
+        else:
+            fut.set_result(revision)
 
 
 class _LeaseKeepAliveStream:
