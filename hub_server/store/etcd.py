@@ -211,6 +211,29 @@ class EtcdStore:
         resp = await self._call(self._kv.Range, req)
         return [_kv(m) for m in resp.kvs], resp.header.revision
 
+    async def get_prefix_paged(
+        self, prefix: bytes, *, page: int = 10_000
+    ) -> tuple[list[KeyValue], int]:
+        """Like ``get_prefix``, read in pages of ``page`` keys at one revision, so
+        that no answer nears gRPC's message limit however many keys there are (a
+        million instances are ~250 MB in one answer). Starts over if etcd compacts
+        that revision between pages."""
+        end = prefix_end(prefix)
+        while True:
+            out: list[KeyValue] = []
+            start, revision = prefix, 0
+            try:
+                while True:
+                    kvs, revision, more = await self.get_page(
+                        start, end, revision=revision, limit=page
+                    )
+                    out += kvs
+                    if not more or not kvs:
+                        return out, revision
+                    start = kvs[-1].key + b"\0"
+            except Compacted:
+                log.info("prefix %r compacted while being read in pages; reading again", prefix)
+
     async def get_range(
         self, start: bytes, end: bytes, *, limit: int = 0, descending: bool = False
     ) -> tuple[list[KeyValue], int]:

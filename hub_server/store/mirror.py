@@ -104,7 +104,7 @@ class PrefixMirror(Generic[T]):
         the log also holds recent history; changes the snapshot already has go to
         the log only.
         """
-        kvs, revision = await self._store.get_prefix(self.prefix)
+        kvs, revision = await self._store.get_prefix_paged(self.prefix)
         kvs = [kv for kv in kvs if self._wanted(kv.key)]
         self.items = {kv.key: self._decode(kv) for kv in kvs}
         self._mod_revisions = {kv.key: kv.mod_revision for kv in kvs}
@@ -169,7 +169,7 @@ class PrefixMirror(Generic[T]):
             self._history_start = compact_revision
             return compact_revision
         log.warning("watch of %r compacted at %d; resyncing", self.prefix, compact_revision)
-        kvs, revision = await self._store.get_prefix(self.prefix)
+        kvs, revision = await self._store.get_prefix_paged(self.prefix)
         fresh = {kv.key: kv for kv in kvs if self._wanted(kv.key)}
         changes: list[Change[T]] = [
             Change(REMOVED, key, old, revision)
