@@ -10,10 +10,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP) node_modules/.installed
 
-$(STAMP): pyproject.toml
+# Envoy's generated protos (xDS) come as a local wheel of just their packages:
+# xds-protos as is would overwrite opentelemetry-proto's files (scripts/envoy_protos.py).
+$(STAMP): pyproject.toml scripts/envoy_protos.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) scripts/envoy_protos.py install
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
