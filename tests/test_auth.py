@@ -82,7 +82,11 @@ async def call(
         "response_deserializer": out.FromString,
     }
     try:
-        if desc.client_streaming:
+        if desc.client_streaming and desc.server_streaming:  # envoy's ADS
+            both = channel.stream_stream(method, **kw)(iter(()), metadata=metadata, timeout=3)
+            async for _ in both:
+                break
+        elif desc.client_streaming:
             await channel.stream_unary(method, **kw)(iter(()), metadata=metadata, timeout=3)
         elif desc.server_streaming:
             stream = channel.unary_stream(method, **kw)(request, metadata=metadata, timeout=1.5)

@@ -401,9 +401,9 @@ def test_unknown_type_urls_are_ignored_without_harming_the_stream() -> None:
     assert p.subscription(unknown) is None
     assert p.receive(request(LISTENER), 1.0) is Received.FIRST
     assert p.due() == [LISTENER]
-    assert set(p.status(stream_id=1, tenant_id="", tier="", peer="", connected_at=0).subscribed) == {
-        LISTENER
-    }
+    assert set(
+        p.status(stream_id=1, tenant_id="", tier="", peer="", connected_at=0).subscribed
+    ) == {LISTENER}
 
 
 def test_a_request_without_type_url_is_refused() -> None:

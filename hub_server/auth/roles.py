@@ -126,6 +126,12 @@ RULES: dict[str, Rule] = {
     for rpc, rule in rpcs.items()
 }
 
+# envoy's aggregated discovery service (hub_server/api/xds.py), the one RPC the
+# hub serves outside its own API: proxyless gRPC clients read the services their
+# tier may use, as GetService does (the state-of-the-world variant only).
+ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+RULES[ADS_METHOD] = READ
+
 # Standard services every caller may use, with or without credentials: load
 # balancers and orchestrators probe grpc.health.v1, and reflection only
 # describes the API.

@@ -19,7 +19,7 @@ def markdown() -> str:
         "|---|" + "---|" * (len(roles) + 1),
     ]
     for method, rule in RULES.items():
-        name = method.removeprefix("/aitrading.hub.v1.")
+        name = method.removeprefix("/aitrading.hub.v1.").removeprefix("/")
         marks = " | ".join("✓" if r in rule.roles else "" for r in roles)
         lines.append(f"| `{name}` | {marks} | {_SCOPE_NOTE[rule.scope]} |")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from hub_server.observability.telemetry import Telemetry
 from hub_server.observability.tenant_alerts import TenantLimits
 from hub_server.registry.service import RegistryView
 from hub_server.tenancy.service import Tenants
+from hub_server.xds.clients import XdsClients
 
 
 def add_hub_gauges(
@@ -51,6 +52,21 @@ def add_hub_gauges(
             (used, {"tenant": tenant, "resource": resource, "limit": limit})
             for tenant, resource, used, limit in tenant_limits.current()
         ],
+    )
+
+
+def add_xds_metrics(telemetry: Telemetry, clients: XdsClients) -> None:
+    """The xDS control plane's metrics: open ADS streams, pushes and their
+    latency (from the change seen to the response sent), NACKs."""
+    t = telemetry
+    t.gauge("hub.xds.streams", "Open xDS (ADS) streams", lambda: [(clients.open_streams, {})])
+    t.counter("hub.xds.pushes", "xDS responses sent", lambda: [(clients.pushes, {})])
+    t.counter("hub.xds.nacks", "xDS responses rejected by clients", lambda: [(clients.nacks, {})])
+    latency = t.histogram(
+        "hub.xds.push_latency", "From a change seen to the xDS response that carries it sent"
+    )
+    clients.on_push_latency(
+        lambda ms, type_url: latency.record(ms, {"type": type_url.rsplit(".", 1)[-1]})
     )
 
 

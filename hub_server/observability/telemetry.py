@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
@@ -28,6 +28,17 @@ log = logging.getLogger(__name__)
 # Gauges read the hub's state when scraped: name -> (description, callback
 # returning (value, attributes) pairs).
 GaugeSource = Callable[[], Iterable[tuple[float, dict[str, Any]]]]
+
+
+def _observer(name: str, source: GaugeSource) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            return [Observation(value, attrs) for value, attrs in source()]
+        except Exception as e:  # a failing source must not break the scrape
+            log.debug("metric %s failed: %r", name, e)
+            return []
+
+    return observe
 
 
 class Telemetry:
@@ -78,14 +89,19 @@ class Telemetry:
         self._meter = self.meter_provider.get_meter("central-hub")
 
     def gauge(self, name: str, description: str, source: GaugeSource, unit: str = "1") -> None:
-        def observe(options: CallbackOptions) -> Iterable[Observation]:
-            try:
-                return [Observation(value, attrs) for value, attrs in source()]
-            except Exception as e:  # a failing gauge must not break the scrape
-                log.debug("gauge %s failed: %r", name, e)
-                return []
+        self._meter.create_observable_gauge(
+            name, [_observer(name, source)], unit=unit, description=description
+        )
 
-        self._meter.create_observable_gauge(name, [observe], unit=unit, description=description)
+    def counter(self, name: str, description: str, source: GaugeSource, unit: str = "1") -> None:
+        """A cumulative count read when scraped (like ``gauge``)."""
+        self._meter.create_observable_counter(
+            name, [_observer(name, source)], unit=unit, description=description
+        )
+
+    def histogram(self, name: str, description: str, unit: str = "ms") -> Histogram:
+        """A distribution recorded as it happens (``record(value, attributes)``)."""
+        return self._meter.create_histogram(name, unit=unit, description=description)
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
         """Where the RPC spans go (OTLP when configured; tests add their own)."""

@@ -339,6 +339,70 @@ class CallWrapper:
             details=note,
         )
 
+    def _streaming(
+        self,
+        method: str,
+        enter: Callable[[CallContext, list[tuple[str, str]]], None],
+        inner: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+        *,
+        bidirectional: bool,
+    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        """A server-streaming method (a Watch; envoy's ADS when bidirectional),
+        admitted, counted against the caller's open streams, and ended when a
+        credentials reload no longer allows it. An async generator function:
+        grpc.aio runs anything else as a synchronous handler, in a thread."""
+
+        async def serve(arg: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            # A bidirectional stream's argument is its requests, read by its
+            # servicer; a server stream's is its one request, checked here.
+            request = None if bidirectional else arg
+            metadata = context.invocation_metadata()
+            header_ctx, echo = _parse(metadata, method)
+            outcome, started = "OK", time.perf_counter()
+            caller = ""
+            stream = None
+            try:
+                ctx = self._identify(header_ctx, metadata, context)
+                self._admit(ctx, context, request)
+                if self._limits is not None:
+                    key = self._caller_key(ctx.caller, context)
+                    self._limits.open_stream(key)
+                    caller = key
+                stream = self._track(header_ctx, ctx, metadata, context, request)
+                enter(ctx, echo)
+                if echo:
+                    await context.send_initial_metadata(echo)
+                async for response in inner(arg, context):
+                    if stream is None:
+                        yield response
+                        continue
+                    stream.sending = True
+                    yield response
+                    stream.sending = False
+                    if stream.ended is not None:
+                        raise stream.ended
+            except HubError as e:
+                outcome = status_code_for(e).name
+                await _abort(context, e)
+            except asyncio.CancelledError:
+                revoked = self._ended_by_reload(stream)
+                if revoked is None:
+                    outcome = "CANCELLED"  # the client went away: normal for a stream
+                    raise
+                outcome = status_code_for(revoked).name
+                await _abort(context, revoked)
+            except Exception:
+                outcome = "INTERNAL"
+                raise
+            finally:
+                if stream is not None:
+                    self._streams.discard(stream)
+                if caller and self._limits is not None:
+                    self._limits.close_stream(caller)
+                self._finished(method, outcome, started)
+
+        return serve
+
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The handler with all of the above around it. The hub wraps each
         method once when it registers its servicers (see ``WrappingServer``);
@@ -394,55 +458,10 @@ class CallWrapper:
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
 
-            async def unary_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                metadata = context.invocation_metadata()
-                header_ctx, echo = _parse(metadata, method)
-                outcome, started = "OK", time.perf_counter()
-                caller = ""
-                stream = None
-                try:
-                    ctx = self._identify(header_ctx, metadata, context)
-                    self._admit(ctx, context, request)
-                    if self._limits is not None:
-                        key = self._caller_key(ctx.caller, context)
-                        self._limits.open_stream(key)
-                        caller = key
-                    stream = self._track(header_ctx, ctx, metadata, context, request)
-                    enter(ctx, echo)
-                    if echo:
-                        await context.send_initial_metadata(echo)
-                    async for response in inner_us(request, context):
-                        if stream is None:
-                            yield response
-                            continue
-                        stream.sending = True
-                        yield response
-                        stream.sending = False
-                        if stream.ended is not None:
-                            raise stream.ended
-                except HubError as e:
-                    outcome = status_code_for(e).name
-                    await _abort(context, e)
-                except asyncio.CancelledError:
-                    revoked = self._ended_by_reload(stream)
-                    if revoked is None:
-                        outcome = "CANCELLED"  # the client went away: normal for a stream
-                        raise
-                    outcome = status_code_for(revoked).name
-                    await _abort(context, revoked)
-                except Exception:
-                    outcome = "INTERNAL"
-                    raise
-                finally:
-                    if stream is not None:
-                        self._streams.discard(stream)
-                    if caller and self._limits is not None:
-                        self._limits.close_stream(caller)
-                    self._finished(method, outcome, started)
-
-            return replaced(handler, unary_stream=unary_stream)
+            return replaced(
+                handler,
+                unary_stream=self._streaming(method, enter, inner_us, bidirectional=False),
+            )
 
         if handler.stream_unary is not None:
             # RestoreBackup: checked, measured and logged here like every call;
@@ -475,4 +494,14 @@ class CallWrapper:
                         self._finished(method, outcome, started)
 
             return replaced(handler, stream_unary=stream_unary)
+
+        if handler.stream_stream is not None:
+            # envoy's ADS (hub_server/api/xds.py): a stream like a Watch, whose
+            # requests its servicer reads.
+            inner_ss = handler.stream_stream
+
+            return replaced(
+                handler,
+                stream_stream=self._streaming(method, enter, inner_ss, bidirectional=True),
+            )
         return handler

@@ -15,9 +15,10 @@ from aitrading.hub.v1 import (
     registry_pb2,
     tenant_pb2,
 )
+from envoy.service.discovery.v3 import ads_pb2
 
 from hub_server.auth.credentials import token_entry
-from hub_server.auth.roles import Role
+from hub_server.auth.roles import ADS_METHOD, Role
 
 # who -> (name, role, tenant, service)
 TOKENS = {
@@ -62,10 +63,13 @@ def md(who: str | None, **headers: str) -> list[tuple[str, str]]:
 
 
 def every_rpc() -> dict[str, object]:
-    """Full method name -> method descriptor, for every RPC the hub serves."""
+    """Full method name -> method descriptor, for every RPC the hub serves: its
+    own services', and envoy's ADS (state of the world; not the delta variant)."""
     found = {}
     for module in PB2_MODULES:
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
                 found[f"/{service.full_name}/{m.name}"] = m
+    ads = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"]
+    found[ADS_METHOD] = ads.methods_by_name["StreamAggregatedResources"]
     return found
