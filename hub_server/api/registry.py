@@ -71,7 +71,9 @@ class Instances(Protocol):
     def log(self) -> EventLog[Change[types_pb2.Instance]]: ...
     def ensure_live(self) -> None: ...
     def instances(self, service: str, tier: str | None) -> list[types_pb2.Instance]: ...
-    def list_services(self, tier: str | None) -> list[tuple[str, list[types_pb2.Instance]]]: ...
+    def list_services(
+        self, tier: str | None, *, after: str = "", limit: int = 0
+    ) -> tuple[list[tuple[str, list[types_pb2.Instance]]], bool]: ...
     def snapshot(self, service: str, tier: str | None) -> tuple[list[types_pb2.Instance], int]: ...
     def on_service_change(self, callback: Callable[[str], None]) -> None: ...
 
@@ -198,12 +200,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         after = decode_page_token("after", request.page_token)
         size = request.page_size or MAX_PAGE
         tier = current().tier_filter(request.legacy_mode)
-        services = [s for s in self._view.list_services(tier) if s[0] > after]
-        page, rest = services[:size], services[size:]
+        page, more = self._view.list_services(tier, after=after, limit=size)
         return registry_pb2.ListServicesResponse(
             header=response_header(self._hub_id, self._view.revision),
             services=[types_pb2.Service(name=name, instances=inst) for name, inst in page],
-            next_page_token=encode_page_token("after", page[-1][0]) if rest else "",
+            next_page_token=encode_page_token("after", page[-1][0]) if more else "",
         )
 
     async def Watch(self, request, context) -> AsyncIterator[registry_pb2.WatchResponse]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
@@ -134,6 +135,7 @@ class RegistryView:
 
     def __init__(self, store: EtcdStore, *, history_capacity: int = 20_000) -> None:
         self.services: dict[str, dict[str, types_pb2.Instance]] = {}
+        self._names: list[str] | None = None  # sorted(self.services), until one comes or goes
         self.mirror: PrefixMirror[types_pb2.Instance] = PrefixMirror(
             store,
             keys.REGISTRY,
@@ -176,8 +178,18 @@ class RegistryView:
                 instances.pop(instance_id, None)
                 if not instances:
                     del self.services[service]
+                    self._names = None
         elif change.value is not None:
-            self.services.setdefault(service, {})[instance_id] = change.value
+            instances = self.services.get(service)
+            if instances is None:
+                instances = self.services[service] = {}
+                self._names = None
+            instances[instance_id] = change.value
+
+    def _sorted_names(self) -> list[str]:
+        if self._names is None:
+            self._names = sorted(self.services)
+        return self._names
 
     # -- reads -------------------------------------------------------------
 
@@ -211,16 +223,24 @@ class RegistryView:
             )
         return found
 
-    def list_services(self, tier: str | None) -> list[tuple[str, list[types_pb2.Instance]]]:
-        """(name, visible instances) of every service with at least one visible instance."""
+    def list_services(
+        self, tier: str | None, *, after: str = "", limit: int = 0
+    ) -> tuple[list[tuple[str, list[types_pb2.Instance]]], bool]:
+        """(name, visible instances) of the services named after ``after`` with at
+        least one visible instance, by name, at most ``limit`` (0: all); and
+        whether more follow. A page costs what its services hold, not the registry."""
         self.ensure_live()
+        names = self._sorted_names()
         out = []
-        for name in sorted(self.services):
-            instances = self.services[name]
+        for i in range(bisect_right(names, after) if after else 0, len(names)):
+            instances = self.services[names[i]]
             found = [instances[k] for k in sorted(instances) if visible(instances[k], tier)]
-            if found:
-                out.append((name, found))
-        return out
+            if not found:
+                continue
+            if limit and len(out) == limit:
+                return out, True
+            out.append((names[i], found))
+        return out, False
 
     def snapshot(self, service: str, tier: str | None) -> tuple[list[types_pb2.Instance], int]:
         """A consistent snapshot (no await inside) and the revision it reflects."""
@@ -231,7 +251,7 @@ class RegistryView:
         else:
             found = [
                 i
-                for name in sorted(self.services)
+                for name in self._sorted_names()
                 for _, i in sorted(self.services[name].items())
                 if visible(i, tier)
             ]
