@@ -231,7 +231,7 @@ class RegistryView:
         whether more follow. A page costs what its services hold, not the registry."""
         self.ensure_live()
         names = self._sorted_names()
-        out = []
+        out: list[tuple[str, list[types_pb2.Instance]]] = []
         for i in range(bisect_right(names, after) if after else 0, len(names)):
             instances = self.services[names[i]]
             found = [instances[k] for k in sorted(instances) if visible(instances[k], tier)]
