@@ -99,6 +99,9 @@ def test_outlier_detection_is_always_sent_from_the_policy() -> None:
     default = service_resources(projected(), DEFAULT_POLICY).cluster.outlier_detection
     assert default.interval.ToMilliseconds() == 1000
     assert default.enforcing_failure_percentage.value == 100  # else gRPC ignores it
+    # Explicitly off (it is on when unset; grpc-js then crashes on its unset fields).
+    assert default.HasField("enforcing_success_rate")
+    assert default.enforcing_success_rate.value == 0
     custom = OutlierDetection(interval_ms=500, base_ejection_time_ms=2000,
                               max_ejection_time_ms=9000, max_ejection_percent=30,
                               consecutive_5xx=7, failure_percentage_threshold=60,

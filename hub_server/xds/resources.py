@@ -160,6 +160,10 @@ def cluster(service: str, policy: RoutingPolicy) -> cluster_pb2.Cluster:
                 value=o.failure_percentage_request_volume
             ),
             enforcing_failure_percentage=wrappers_pb2.UInt32Value(value=100),
+            # Success-rate ejection is on unless turned off, and the policy does not
+            # configure it: off. (grpc-js 1.14 with it on and its fields unset
+            # throws from a timer and takes the client process down.)
+            enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
         ),
     )
     if LB_POLICY[policy.strategy] == "ring_hash":
