@@ -38,6 +38,7 @@ from hub_server.api.tenants import TenantServicer
 from hub_server.auth.authorizer import Authorizer
 from hub_server.auth.limits import CallerLimits
 from hub_server.backups.service import Backups
+from hub_server.balancing.policy import RoutingPolicies
 from hub_server.balancing.projection import EndpointProjection
 from hub_server.balancing.service import Picker
 from hub_server.circuits.service import Circuits
@@ -64,6 +65,7 @@ from hub_server.store.election import Election
 from hub_server.store.etcd import EtcdStore, KeyValue
 from hub_server.store.mirror import PrefixMirror
 from hub_server.tenancy.service import Tenants
+from hub_server.xds.clients import XdsClients
 
 
 def _decode_replica(kv: KeyValue) -> cluster_pb2.Replica:
@@ -88,6 +90,9 @@ class Services:
     quotas: Quotas
     deployments: Deployments
     projection: EndpointProjection
+    policies: RoutingPolicies
+    # The open ADS streams of this replica (ListXdsClients, the dashboard, metrics).
+    xds_clients: XdsClients
     picker: Picker
     tenant_limits: TenantLimits
     alerts: Alerts
@@ -112,6 +117,7 @@ class Services:
             self.alerts.active,
             self.tenant_limits.usage,
             self.picker.loads,
+            self.policies.mirror,
             self.view.mirror,
             self.health_view.mirror,
             self.replicas,
@@ -145,6 +151,11 @@ def wire(
     # The one usable-endpoint projection: PickEndpoint, xDS and WatchEndpoints read it.
     projection = EndpointProjection(store, view, health_view, circuits, drains=deployments.drains)
     picker = Picker(store, view, circuits, projection)
+    # Routing policies: PickEndpoint's default strategy and what xDS clients get;
+    # a change is a change of the service's projection for its subscribers.
+    policies = RoutingPolicies(store)
+    projection.watch(policies.mirror)
+    xds_clients = XdsClients()
     tenant_limits = TenantLimits(store, configs, share=cfg.tenant_alert_share)
     alerts = Alerts(store, view, health_view, circuits, extra_conditions=tenant_limits.conditions)
     registry = Registry(store, view)
@@ -203,7 +214,7 @@ def wire(
     observability = ObservabilityServicer(
         audit, alerts, ErrorPatterns(store), system_metrics, hub_id, progress_interval=progress
     )
-    cluster = ClusterServicer(replicas, election, hub_id)
+    cluster = ClusterServicer(replicas, election, hub_id, xds_clients)
 
     handlers = HandlerTable()
     # Every hub method: the call context outside (it also maps the refusal of a
@@ -224,7 +235,7 @@ def wire(
         HealthServicer(view, health_view, hub_id, progress_interval=progress), sends_bytes
     )
     balancer_pb2_grpc.add_LoadBalancerServiceServicer_to_server(
-        LoadBalancerServicer(picker, hub_id), server
+        LoadBalancerServicer(picker, policies, projection, hub_id, tier_of=stored_tier), server
     )
     circuit_pb2_grpc.add_CircuitBreakerServiceServicer_to_server(
         CircuitBreakerServicer(circuits, hub_id, progress_interval=progress), server
@@ -260,6 +271,8 @@ def wire(
         quotas=quotas,
         deployments=deployments,
         projection=projection,
+        policies=policies,
+        xds_clients=xds_clients,
         picker=picker,
         tenant_limits=tenant_limits,
         alerts=alerts,

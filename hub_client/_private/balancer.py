@@ -24,11 +24,21 @@ class BalancerClient:
         self._transport = transport
 
     async def pick(
-        self, service: str, *, strategy: str | Strategy, affinity_key: str, legacy_mode: bool
+        self,
+        service: str,
+        *,
+        strategy: str | Strategy | None,
+        affinity_key: str,
+        legacy_mode: bool,
     ) -> Endpoint:
         # Strategy is an IntEnum shared with local picking: a member means its name.
+        # None sends UNSPECIFIED: the hub uses the service's routing policy.
         name = strategy.name.lower() if isinstance(strategy, Strategy) else strategy
-        value = lookup(_STRATEGIES, name, "strategy")
+        value = (
+            balancer_pb2.BALANCING_STRATEGY_UNSPECIFIED
+            if name is None
+            else lookup(_STRATEGIES, name, "strategy")
+        )
         t = self._transport
         resp = await t.call(
             t.balancer_stub.PickEndpoint,

@@ -37,6 +37,13 @@ from hub_client._private.models import (
 )
 from hub_client._private.registration import Registration
 from hub_client._private.registry import RegistryClient
+from hub_client._private.routing import (
+    EndpointsSnapshot,
+    PolicyInfo,
+    RoutingClient,
+    RoutingPolicy,
+    XdsClient,
+)
 from hub_client._private.strategies import Strategy
 from hub_client._private.tenants import Allocation, TenantsClient
 from hub_client._private.transport import TenantContext, Transport
@@ -106,6 +113,7 @@ class HubClient:
         self._balancer = BalancerClient(transport)
         self._circuits = CircuitsClient(transport)
         self._cluster = ClusterClient(transport)
+        self._routing = RoutingClient(transport)
         self._config = ConfigClient(transport)
         self._tenants = TenantsClient(transport)
         self._deployments = DeploymentsClient(transport)
@@ -239,13 +247,15 @@ class HubClient:
         self,
         service: str,
         *,
-        strategy: str | Strategy = "least_load",
+        strategy: str | Strategy | None = None,
         affinity_key: str = "",
         legacy_mode: bool = False,
     ) -> Endpoint:
         """One usable instance, chosen by the hub (``least_load``, ``round_robin``,
         ``weighted``, ``consistent_hash`` on ``affinity_key`` or the user id, or
-        ``latency_aware``). Raises NoEligibleInstance when none may be picked."""
+        ``latency_aware``; None: the service's routing policy's strategy, least
+        load unless an operator set one). Raises NoEligibleInstance when none
+        may be picked."""
         return await self._balancer.pick(
             service, strategy=strategy, affinity_key=affinity_key, legacy_mode=legacy_mode
         )
@@ -253,6 +263,36 @@ class HubClient:
     async def report_load(self, service: str, instance_id: str, load: float) -> None:
         """Tells the hub an instance's load (0 idle .. 1 at capacity)."""
         await self._balancer.report_load(service, instance_id, load)
+
+    # -- routing policies and the usable-endpoint stream -----------------------
+
+    async def set_routing_policy(self, service: str, policy: RoutingPolicy) -> RoutingPolicy:
+        """Stores a service's routing policy (admins); returns it as stored,
+        defaults filled in. InvalidArgument names a field out of range."""
+        return await self._routing.set_policy(service, policy)
+
+    async def routing_policy(self, service: str) -> PolicyInfo:
+        """The service's routing policy in force (``is_default`` when none is stored)."""
+        return await self._routing.get_policy(service)
+
+    async def delete_routing_policy(self, service: str) -> int:
+        """Drops a service's stored policy (the defaults apply again); NotFound
+        when none is stored. Returns the deletion's revision."""
+        return await self._routing.delete_policy(service)
+
+    def watch_endpoints(
+        self, service: str, *, after_revision: int = 0, legacy_mode: bool = False
+    ) -> AsyncIterator[EndpointsSnapshot]:
+        """Full snapshots of the service's usable endpoints for this client's
+        tier, as PickEndpoint and the hub's xDS clients see them: one now, then
+        one whenever they or the routing policy change. Reconnects by itself."""
+        return self._routing.watch_endpoints(
+            service, after_revision=after_revision, legacy_mode=legacy_mode
+        )
+
+    async def xds_clients(self) -> list[XdsClient]:
+        """The xDS clients connected to the replica this client talks to (admins)."""
+        return await self._routing.xds_clients()
 
     async def circuit_state(self, service: str, instance_id: str = "") -> CircuitInfo:
         return await self._circuits.state(service, instance_id)
