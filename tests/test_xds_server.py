@@ -7,7 +7,9 @@ client that outlives its hub (restart, second replica, etcd lost)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,9 +22,15 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
-from hub_client import HubClient
+from hub_client import TLS, HubClient
 from hub_server.app import Hub
+from hub_server.auth.credentials import token_entry
+from hub_server.auth.roles import Role
+from hub_server.embedded_etcd import EtcdProcess, free_port
 from hub_server.xds.protocol import CLUSTER, ENDPOINT, LISTENER, MAX_NAMES, ROUTE, node_metadata
+from tests.support.bridge import Bridge
+from tests.support.certs import CertificateAuthority
+from tests.support.hubs import HubFactory, crash
 from tests.support.waiting import eventually
 
 TIMEOUT = 15.0
@@ -39,6 +47,7 @@ class Ads:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         self.call = stub.StreamAggregatedResources(metadata=metadata)
         self.node: base_pb2.Node | None = node()
+        self._reading: asyncio.Future[Any] | None = None
 
     async def send(
         self,
@@ -60,7 +69,15 @@ class Ads:
         await self.call.write(request)
 
     async def recv(self, timeout: float = TIMEOUT) -> discovery_pb2.DiscoveryResponse:
-        response = await asyncio.wait_for(self.call.read(), timeout)
+        # A read cancelled by a timeout would cancel the call: a timed-out read
+        # stays pending for the next recv instead.
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self.call.read())
+        done, _ = await asyncio.wait({self._reading}, timeout=timeout)
+        if not done:
+            raise TimeoutError
+        reading, self._reading = self._reading, None
+        response = reading.result()
         assert response is not grpc.aio.EOF, "the hub ended the stream"
         return response
 
@@ -84,6 +101,8 @@ class Ads:
 
     def close(self) -> None:
         self.call.cancel()
+        if self._reading is not None:
+            self._reading.cancel()
 
 
 def unpack(response: discovery_pb2.DiscoveryResponse, cls: Any) -> list[Any]:
@@ -332,3 +351,329 @@ async def test_a_client_closing_its_side_ends_the_stream_cleanly(hub: Hub, ads: 
     await ads.call.done_writing()
     assert await ads.status() == grpc.StatusCode.OK
     await eventually(lambda: hub.services.xds_clients.open_streams == 0)
+
+
+async def test_xds_streams_count_against_the_callers_stream_limit(
+    hub_factory: HubFactory,
+) -> None:
+    hub = await hub_factory(caller_max_streams=1)
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        first = Ads(channel)
+        try:
+            await first.send(LISTENER)
+            await first.recv()
+            second = Ads(channel)  # (the call starts here)
+            with contextlib.suppress(asyncio.InvalidStateError):  # refused at once
+                await second.send(LISTENER)
+            assert await second.status() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            first.close()
+    summary = hub.services.telemetry.rpc_summary()
+    ads = summary[
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+    ]
+    assert ads.count >= 1 and ads.errors >= 1  # telemetry saw both
+
+
+# -- tenancy ---------------------------------------------------------------------
+
+
+def listeners(response: discovery_pb2.DiscoveryResponse) -> list[str]:
+    return sorted(x.name for x in unpack(response, listener_pb2.Listener))
+
+
+async def test_node_metadata_names_the_tier_on_a_hub_without_credentials(
+    client: HubClient, channel: grpc.aio.Channel
+) -> None:
+    await client.register("public", host="127.0.0.1", port=7001)
+    await client.register(
+        "premium", host="127.0.0.1", port=7002, subscription_requirements=["enterprise"]
+    )
+    for tier, expected in (("free", ["public"]), ("enterprise", ["premium", "public"]), ("", None)):
+        stream = Ads(channel)
+        stream.node = node(tier=tier)
+        try:
+            await stream.send(LISTENER)
+            lds = await stream.recv()
+            # No tier and no tenant: no tenant context, an unfiltered view (as GetService).
+            assert listeners(lds) == (expected or ["premium", "public"]), tier
+            await stream.send(ENDPOINT, ("premium",))
+            eds = await stream.recv()
+            assert bool(endpoints(eds)) == (tier != "free"), tier
+        finally:
+            stream.close()
+
+
+async def test_a_client_whose_tier_drops_while_connected_loses_the_service(
+    hub: Hub, client: HubClient, ads: Ads
+) -> None:
+    await client.create_tenant("acme", tier="enterprise")
+    await client.register("public", host="127.0.0.1", port=7001)
+    await client.register(
+        "premium", host="127.0.0.1", port=7002, subscription_requirements=["enterprise"]
+    )
+    ads.node = node(tenant_id="acme", tier="free")  # the stored tier wins over the claim
+    await ads.send(LISTENER)
+    lds = await ads.recv()
+    assert listeners(lds) == ["premium", "public"]
+    await ads.ack(lds, ())
+    got = {}
+    for type_url in (CLUSTER, ENDPOINT):
+        await ads.send(type_url, ("premium",))
+        got[type_url] = await ads.recv()
+        await ads.ack(got[type_url], ("premium",))
+    assert endpoints(got[ENDPOINT]) == {("127.0.0.1", 7002)}
+
+    await client.set_tier("acme", "free")
+    pushed = {}
+    while len(pushed) < 3:  # LDS and CDS lose premium, its endpoints are emptied
+        response = await ads.recv()
+        pushed[response.type_url] = response
+        await ads.ack(response, () if response.type_url == LISTENER else ("premium",))
+    assert listeners(pushed[LISTENER]) == ["public"]
+    assert unpack(pushed[CLUSTER], cluster_pb2.Cluster) == []
+    [empty] = unpack(pushed[ENDPOINT], endpoint_pb2.ClusterLoadAssignment)
+    assert empty.cluster_name == "premium" and not empty.endpoints
+    [status] = hub.services.xds_clients.snapshot()
+    assert (status.tenant_id, status.tier) == ("acme", "free")
+
+    await client.set_tier("acme", "enterprise")  # and back
+    while True:
+        response = await ads.recv()
+        await ads.ack(response, () if response.type_url == LISTENER else ("premium",))
+        if response.type_url == ENDPOINT:
+            assert endpoints(response) == {("127.0.0.1", 7002)}
+            break
+
+
+async def test_deleted_services_and_raised_requirements_empty_the_endpoints(
+    client: HubClient, ads: Ads
+) -> None:
+    gone = await client.register("gone", host="127.0.0.1", port=7001, instance_id="g1")
+    await client.register("gated", host="127.0.0.1", port=7002, instance_id="q1")
+    ads.node = node(tier="pro")
+    await ads.send(ENDPOINT, ("gone", "gated"))
+    first = await ads.recv()
+    assert len(first.resources) == 2
+    await ads.ack(first, ("gone", "gated"))
+    await gone.deregister()
+    deleted = await ads.recv()
+    [empty] = unpack(deleted, endpoint_pb2.ClusterLoadAssignment)
+    assert empty.cluster_name == "gone" and not empty.endpoints
+    await ads.ack(deleted, ("gone", "gated"))
+    # Re-registered with requirements a pro tier does not meet.
+    await client.register(
+        "gated",
+        host="127.0.0.1",
+        port=7002,
+        instance_id="q1",
+        subscription_requirements=["enterprise"],
+    )
+    raised = await ads.recv()
+    [empty] = unpack(raised, endpoint_pb2.ClusterLoadAssignment)
+    assert empty.cluster_name == "gated" and not empty.endpoints
+
+
+# -- authentication: the credential, never the node, says who a client is ---------
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path)
+
+
+def mtls(ca: CertificateAuthority, issued: Any | None) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.cert.read_bytes(),
+        private_key=issued.key.read_bytes() if issued else None,
+        certificate_chain=issued.cert.read_bytes() if issued else None,
+    )
+
+
+async def test_on_a_hub_with_credentials_the_certificate_names_tenant_and_tier(
+    hub_factory: HubFactory, tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    server = ca.issue("hub.internal", server=True)
+    acme, stranger = ca.issue("xds.acme"), ca.issue("stranger")
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text(
+        '[[certificates]]\nsubject = "xds.acme"\nrole = "reader"\ntenant = "acme"\n'
+        + token_entry("ops", Role.ADMIN, "admin-secret")
+    )
+    hub = await hub_factory(
+        credentials_file=credentials,
+        tls_cert=server.cert,
+        tls_key=server.key,
+        tls_client_ca=ca.cert,
+    )
+    tls = TLS(ca=ca.cert, cert=acme.cert, key=acme.key)
+    async with HubClient(hub.address, token="admin-secret", tls=tls) as admin:
+        await admin.create_tenant("acme", tier="free")
+        await admin.register("public", host="127.0.0.1", port=7001)
+        await admin.register(
+            "premium", host="127.0.0.1", port=7002, subscription_requirements=["enterprise"]
+        )
+
+        async with grpc.aio.secure_channel(hub.address, mtls(ca, acme)) as channel:
+            stream = Ads(channel)
+            # Claims of another tenant and tier in the node count for nothing here.
+            stream.node = node(tenant_id="bigcorp", tier="enterprise")
+            try:
+                await stream.send(LISTENER)
+                lds = await stream.recv()
+                assert listeners(lds) == ["public"]
+                await stream.ack(lds, ())
+                await stream.send(ENDPOINT, ("premium",))
+                eds = await stream.recv()
+                assert endpoints(eds) == set()
+                await stream.ack(eds, ("premium",))
+                [status] = hub.services.xds_clients.snapshot()
+                assert (status.tenant_id, status.tier) == ("acme", "free")
+                # The tenant's record is what counts, and it is followed.
+                await admin.set_tier("acme", "enterprise")
+                seen: set[str] = set()
+                while ENDPOINT not in seen:
+                    pushed = await stream.recv()
+                    seen.add(pushed.type_url)
+                    if pushed.type_url == ENDPOINT:
+                        assert endpoints(pushed) == {("127.0.0.1", 7002)}
+                    await stream.ack(pushed, ("premium",) if pushed.type_url == ENDPOINT else ())
+            finally:
+                stream.close()
+
+    # A certificate the hub has no entry for: UNAUTHENTICATED.
+    async with grpc.aio.secure_channel(hub.address, mtls(ca, stranger)) as channel:
+        refused = Ads(channel)
+        await refused.send(LISTENER)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await refused.recv()
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # No certificate at all: refused in the TLS handshake.
+    async with grpc.aio.secure_channel(hub.address, mtls(ca, None)) as channel:
+        refused = Ads(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await refused.send(LISTENER)
+            await refused.recv(timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_token_hub_refuses_an_xds_client_without_credentials(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text(
+        token_entry("dash", Role.READER, "reader-secret")
+        + token_entry("orders", Role.SERVICE, "svc-secret", tenant="acme", service="orders")
+    )
+    hub = await hub_factory(credentials_file=credentials)
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        anonymous = Ads(channel)
+        anonymous.node = node(tenant_id="acme", tier="enterprise")
+        await anonymous.send(LISTENER)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await anonymous.recv()
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A reader's token is enough (a proxyless client cannot send one, but an
+        # Envoy or a load generator can).
+        reader = Ads(channel, metadata=[("authorization", "Bearer reader-secret")])
+        try:
+            await reader.send(LISTENER)
+            assert listeners(await reader.recv()) == []
+        finally:
+            reader.close()
+
+
+# -- a client that outlives its hub --------------------------------------------------
+
+
+def contents(got: dict[str, discovery_pb2.DiscoveryResponse]) -> dict[str, list[bytes]]:
+    """What a handshake delivered, without versions and nonces (a replica's own)."""
+    return {t: [a.value for a in r.resources] for t, r in got.items()}
+
+
+async def stream_ends(stream: Ads) -> None:
+    with contextlib.suppress(grpc.aio.AioRpcError, AssertionError):
+        while True:
+            await stream.recv()
+
+
+async def test_a_restarted_hub_serves_the_reconnecting_client_the_same_resources(
+    hub_factory: HubFactory,
+) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    first = await hub_factory(listen=listen)
+    async with HubClient(first.address) as admin:  # (closing it deregisters)
+        await admin.register("pricing", host="127.0.0.1", port=7001, ttl=60, keep_alive=False)
+        async with grpc.aio.insecure_channel(first.address) as channel:
+            before = Ads(channel)
+            got = await before.handshake("pricing")
+            await first.stop()
+            await asyncio.wait_for(stream_ends(before), TIMEOUT)
+            await hub_factory(listen=listen)
+            # The client's channel reconnects by itself; its new stream asks again.
+            after = Ads(channel)
+            try:
+                again = await after.handshake("pricing")
+            finally:
+                after.close()
+    assert contents(again) == contents(got)
+    assert endpoints(again[ENDPOINT]) == {("127.0.0.1", 7001)}
+
+
+async def test_a_client_moves_to_a_second_replica_when_its_hub_dies(
+    hub_factory: HubFactory,
+) -> None:
+    one, two = await hub_factory(), await hub_factory()
+    async with HubClient(two.address) as admin:
+        await admin.register("pricing", host="127.0.0.1", port=7001, ttl=60, keep_alive=False)
+        async with (
+            grpc.aio.insecure_channel(one.address) as to_one,
+            grpc.aio.insecure_channel(two.address) as to_two,
+        ):
+            on_one = Ads(to_one)
+            got = await on_one.handshake("pricing")
+            await crash(one)
+            await asyncio.wait_for(stream_ends(on_one), TIMEOUT)
+            on_two = Ads(to_two)
+            try:
+                again = await on_two.handshake("pricing")
+                assert contents(again) == contents(got)
+                # and it follows changes from its new hub
+                await admin.register(
+                    "pricing", host="127.0.0.1", port=7002, ttl=60, keep_alive=False
+                )
+                pushed = await on_two.recv()
+                assert endpoints(pushed) == {("127.0.0.1", 7001), ("127.0.0.1", 7002)}
+            finally:
+                on_two.close()
+
+
+async def test_nothing_is_answered_while_the_hubs_view_is_not_current(
+    hub_factory: HubFactory, etcd: EtcdProcess
+) -> None:
+    bridge = Bridge(etcd.client_port)
+    await bridge.start()
+    try:
+        hub = await hub_factory(endpoints=[bridge.endpoint])
+        admin = HubClient(hub.address)  # (closing it would deregister)
+        await admin.register("pricing", host="127.0.0.1", port=7001, ttl=60, keep_alive=False)
+        async with grpc.aio.insecure_channel(hub.address) as channel:
+            holding = Ads(channel)
+            await holding.send(LISTENER)
+            assert listeners(await holding.recv()) == ["pricing"]
+            await bridge.cut()
+            await eventually(lambda: not hub.services.projection.live)
+            late = Ads(channel)
+            late.node = node("late-node")
+            await late.send(LISTENER)
+            # While the view is not current: no answer (an empty one would
+            # delete every service in the client), to the new stream or the old.
+            with pytest.raises(TimeoutError):
+                await late.recv(timeout=2.0)
+            await bridge.restore()
+            assert listeners(await late.recv()) == ["pricing"]
+            late.close()
+            holding.close()
+        await admin.close()
+    finally:
+        await bridge.close()
