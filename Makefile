@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser h2load gen check-gen lint breaking release-baseline run test test-faults bench clean
+.PHONY: install browser h2load gen check-gen lint breaking release-baseline run test test-faults bench bench-scale clean
 
 install: $(STAMP) node_modules/.installed
 
@@ -74,6 +74,11 @@ h2load:
 
 bench: install h2load
 	$(PY) -m bench.run
+	$(PY) scripts/bench_readme.py
+
+# The instance curve to a million (bench/results/scale/; about half an hour).
+bench-scale: install
+	$(PY) -m bench.run --scale
 	$(PY) scripts/bench_readme.py
 
 clean:

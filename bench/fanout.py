@@ -2,11 +2,12 @@
 the last of many watch streams has it, beside one direct etcd watch of the same
 keys receiving the same change (issue 8).
 
-- Registry: 1,000 and then 5,000 concurrent RegistryService/Watch streams, all on
+- Registry: 1,000, 5,000 and then 20,000 concurrent RegistryService/Watch streams, all on
   one service (``bench-fanout``; the hub holds the 10,000 setup instances in
   other services besides). Each change is a Register of a new instance in that
   service, timed from just before the call until each stream has the ADDED
-  event. The hub's resident size is read with the first 1,000 streams open.
+  event. The hub's resident size is read at each size (bench.scale draws the
+  curve: time to open, p50/p99, RSS per stream, CPU per change).
 - Health: 1,000 and then 5,000 HealthService/WatchHealth streams on one
   service. Each round
   registers an instance with a TCP check every 0.2 s against a listener of the
@@ -53,7 +54,8 @@ if TYPE_CHECKING:
 
 FANOUT = "bench-fanout"
 HEALTH_SERVICE = "bench-health"
-SIZES = (1000, 5000)
+SIZES = (1000, 5000, 20000)  # registry Watch streams (the streams curve, bench.scale)
+HEALTH_SIZES = (1000, 5000)
 CHECK_INTERVAL = 0.2  # seconds between probes of the health cell's instance
 CONFIG_STREAMS = 1000
 PROCESSES = 4  # watcher processes
@@ -133,16 +135,18 @@ async def measure(
     changes: int,
     health_rounds: int,
     config_writes: int,
+    sizes: tuple[int, ...] = SIZES,
 ) -> None:
     pool = WatcherPool(hub.address, PROCESSES)
     pool.start()
     try:
         registry = registry_pb2_grpc.RegistryServiceStub(channel)
-        sizes = " then ".join(f"{n:,}" for n in SIZES)
-        bench.section(f"watch fan-out: registry, {sizes} Watch streams on one service ({FANOUT})")
-        await registry_fanout(bench, pool, hub, registry, store, changes)
+        told = " then ".join(f"{n:,}" for n in sizes)
+        bench.section(f"watch fan-out: registry, {told} Watch streams on one service ({FANOUT})")
+        await registry_fanout(bench, pool, hub, registry, store, changes, sizes)
+        told = " then ".join(f"{n:,}" for n in HEALTH_SIZES)
         bench.section(
-            f"watch fan-out: health, {sizes} WatchHealth streams on one service ({HEALTH_SERVICE})"
+            f"watch fan-out: health, {told} WatchHealth streams on one service ({HEALTH_SERVICE})"
         )
         await health_fanout(bench, pool, hub, registry, store, health_rounds)
         bench.section(f"config push: {CONFIG_STREAMS:,} WatchConfig streams")
@@ -158,26 +162,26 @@ async def registry_fanout(
     registry: registry_pb2_grpc.RegistryServiceStub,
     store: EtcdStore,
     changes: int,
+    sizes: tuple[int, ...],
 ) -> None:
     watch = EtcdWatch(store, keys.service_prefix(FANOUT))
     await watch.start()
     groups: list[str] = []
     opened = 0
     try:
-        for size in SIZES:
+        for size in sizes:
             name = f"registry-{size}"
             seconds = await pool.open(name, REGISTRY, [FANOUT] * (size - opened))
             groups.append(name)
             bench.fact(f"open {size - opened:,} Watch streams (to {size:,})", seconds, "s")
             opened = size
-            if size == 1000:
-                await asyncio.sleep(1.0)
-                bench.fact(
-                    "hub RSS, 10,000 inst. + 1,000 watchers",
-                    hub.rss_mb(),
-                    "MiB",
-                    "hub RSS, 10,000 instances",
-                )
+            await asyncio.sleep(1.0)
+            bench.fact(
+                f"hub RSS, 10,000 inst. + {size:,} watchers",
+                hub.rss_mb(),
+                "MiB",
+                "hub RSS, 10,000 instances",
+            )
             cell = _Cell(hub, pool)
             for k in range(changes):
                 iid = f"s{size}-c{k}"
@@ -202,13 +206,6 @@ async def registry_fanout(
                 f"registry {size}",
                 size,
             )
-        await asyncio.sleep(1.0)
-        bench.fact(
-            f"hub RSS, 10,000 inst. + {SIZES[-1]:,} watchers",
-            hub.rss_mb(),
-            "MiB",
-            "hub RSS, 10,000 instances",
-        )
     finally:
         for name in groups:
             await pool.close(name)
@@ -241,7 +238,7 @@ async def health_fanout(
     groups: list[str] = []
     opened = 0
     try:
-        for size in SIZES:
+        for size in HEALTH_SIZES:
             name = f"health-{size}"
             await pool.open(name, HEALTH, [HEALTH_SERVICE] * (size - opened))
             groups.append(name)

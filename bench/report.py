@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import scale
+
 Row = dict[str, Any]
 
 # Discovery rows driven by h2load (bench.h2load): what the servers serve.
@@ -26,7 +28,10 @@ HEADLINE = (
 P99_TARGET_MS = 2.0
 RSS_TARGET_MIB = 250.0
 # Fan-out: p99 of the time until the last of N streams has a change.
-FANOUT_TARGETS_MS = {1000: 100.0, 5000: 500.0}
+FANOUT_TARGETS_MS = {1000: 100.0, 5000: 500.0, 20000: 1000.0}
+REGISTER_TARGET = 1000.0  # Register calls/s at 64 callers
+MILLION_RSS_TARGET_MIB = 1024.0
+MILLION_COLD_START_TARGET_S = 15.0
 RSS_WATCHERS = "hub RSS, 10,000 inst. + 1,000 watchers"
 
 
@@ -94,16 +99,58 @@ def headline_lines(items: list[Row]) -> list[str]:
     return lines
 
 
+def _curve_targets(curves: list[Row]) -> list[Row]:
+    """The million-instance targets, where the curve reached a million."""
+    by_name = {c["name"]: c for c in curves}
+    out: list[Row] = []
+
+    def at(name: str, n: int) -> float | None:
+        c = by_name.get(name)
+        return next((y for x, y in c["points"] if x == n), None) if c else None
+
+    million = 1_000_000
+    rss, cold = at("hub RSS", million), at("second hub cold start", million)
+    if rss is not None:
+        out.append({"target": f"hub RSS < {MILLION_RSS_TARGET_MIB:g} MiB with 1,000,000 "
+                    "instances", "measured": f"{rss:,.0f} MiB",
+                    "met": rss < MILLION_RSS_TARGET_MIB})  # fmt: skip
+    if cold is not None:
+        out.append({"target": f"cold start < {MILLION_COLD_START_TARGET_S:g} s with 1,000,000 "
+                    "instances", "measured": f"{cold:.1f} s",
+                    "met": cold < MILLION_COLD_START_TARGET_S})  # fmt: skip
+    for q in ("p50", "p99"):
+        name = f"GetService {q}, one service"
+        small, big = at(name, 10_000), at(name, million)
+        if small is not None and big is not None:
+            out.append({"target": f"GetService {q} at 1,000,000 instances no worse than at 10,000",
+                        "measured": f"{big:.2f} ms vs {small:.2f} ms",
+                        # within the noise of a few hundred sequential calls
+                        "met": big <= 1.2 * small})  # fmt: skip
+    for c in curves:
+        if c["worse_than_linear"]:
+            out.append({"target": f"{c['name']} grows no worse than linearly in {c['x']}",
+                        "measured": f"k = {c['cost_exponent']:+.2f}", "met": False})  # fmt: skip
+    return out
+
+
 def targets(
     rows: list[Row],
     facts: list[Row],
     rate: int,
     propagation: list[Row] | None = None,
     probes: Row | None = None,
+    curves: list[Row] | None = None,
 ) -> list[Row]:
-    """The issue's targets for discovery, fan-out and memory, each met or missed;
-    and whether the prober kept up."""
+    """The issue's targets for discovery, writes, fan-out, memory and scale, each
+    met or missed; and whether the prober kept up."""
     out: list[Row] = []
+    register = _find(rows, "Register", 64)
+    if register:
+        out.append({
+            "target": f"Register >= {REGISTER_TARGET:,.0f}/s at 64 callers",
+            "measured": f"{register['calls_per_s']:,.0f}/s",
+            "met": register["calls_per_s"] >= REGISTER_TARGET and not register["errors"],
+        })  # fmt: skip
     for op in DISCOVERY:
         offered = _find(rows, op, f"{rate}/s")
         if not offered:
@@ -156,7 +203,7 @@ def targets(
             f"{probes['instances_late']} of {probes['instances']:,} instances late at least once",
             "met": probes["keeps_up"],
         })  # fmt: skip
-    return out
+    return out + _curve_targets(curves or [])
 
 
 def _ratios(row: Row) -> str:
@@ -215,6 +262,7 @@ def render(result: dict[str, Any]) -> str:
             + ", ".join(f"{r['op'].split(' (')[0]} {r['start_lag_p99_ms']:.2f} ms" for r in lags)
         )
     lines += _propagation(result.get("propagation", []), env.get("watchers"))
+    lines += scale.render(result.get("curves", []))
     lines.append("")
     width = max((len(f["name"]) for f in result["facts"]), default=0)
     for f in result["facts"]:

@@ -69,7 +69,7 @@ from aetcd import rpc
 from aitrading.hub.v1 import balancer_pb2, registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health_pb2
 
-from bench import cluster, fanout, h2load, probing, quota, report
+from bench import cluster, fanout, h2load, probing, quota, report, scale
 from bench.load import Stats, closed_loop, open_loop, spread
 from bench.procs import HubProcess, cpu_seconds
 from bench.report import ETCD_READ, GET, GET_1PROC, GET_2PROC, GET_PY, NOOP, PICK
@@ -83,8 +83,13 @@ PER_SERVICE = 20
 CONCURRENCIES = (1, 16, 64)
 OFFERED_RATE = 1000
 SETUP_CONCURRENCY = 64
-WRITE_CONCURRENCY = 16
+WRITE_CONCURRENCIES = (16, 64)
 RESULTS = Path(__file__).parent / "results"
+# `make bench-scale` (--scale) writes its results here, apart from `make bench`'s.
+SCALE_RESULTS = RESULTS / "scale"
+# The instance curve's sizes (bench.scale): `make bench` and `make bench-scale`.
+INSTANCE_SIZES = (10_000, 100_000)
+SCALE_INSTANCE_SIZES = (10_000, 100_000, 1_000_000)
 # h2load sends one prepared body per run, so each h2load cell asks for one
 # service (the same for the hub and etcd: the same 20 keys); the Python rows
 # spread over all 500.
@@ -100,6 +105,7 @@ SLOW_SECTIONS = (
     "watch fan-out",
     "quota",
     "writes",
+    "instance curve",
     "probes",
     "3-member cluster",
 )
@@ -112,8 +118,9 @@ ETCD_KEEPALIVE = "etcd LeaseKeepAlive (direct)"
 
 
 def registration(k: int) -> registry_pb2.RegisterRequest:
-    """The k-th of the 10,000 setup instances: 20 per service, a long TTL so that
-    no keep-alive is needed during the run."""
+    """The k-th instance: 20 per service (the first 10,000 are the setup's, the
+    rest the instance curve's), a long TTL so that no keep-alive is needed
+    during the run."""
     s, i = divmod(k, PER_SERVICE)
     return registry_pb2.RegisterRequest(
         service=f"svc-{s:03d}",
@@ -135,6 +142,7 @@ class Bench:
         self.facts: list[dict[str, Any]] = []
         self.propagation: list[dict[str, Any]] = []
         self.probes: dict[str, Any] = {}
+        self.curves: list[dict[str, Any]] = []
         self.started = time.perf_counter()
 
     def section(self, title: str) -> None:
@@ -283,6 +291,10 @@ async def measure(
         instances = await register_all(bench, registry)
         await asyncio.sleep(1.0)
         bench.fact("hub RSS, 10,000 instances", hub.rss_mb(), "MiB", "hub RSS, empty")
+        if args.scale:
+            await instance_curve(bench, args, workdir, hub, store)
+            bench.section("done")
+            return
 
         if not args.quick:
             await cold_start(bench, etcd.endpoint, workdir)
@@ -352,16 +364,40 @@ async def slow_sections(
         changes=args.changes,
         health_rounds=args.health_rounds,
         config_writes=args.config_writes,
+        sizes=args.streams,
     )
+    bench.curves += scale.stream_curves(bench)
     bench.section(f"quota: Allocate, {quota.ALLOCATORS} concurrent allocators on one tenant")
     await quota.measure(bench, channel, store)
-    bench.section("writes")
+    # The writes and probes that follow run with the curve's largest registry.
+    await instance_curve(bench, args, workdir, hub, store)
+    bench.section("writes (with the instance curve's largest registry)")
     await writes(bench, registry, store, instances)
-    bench.section(f"probes: {probing.INSTANCES:,} TCP checks every {probing.INTERVAL:g} s, "
+    bench.section(f"probes: {args.probe_instances:,} TCP checks every {probing.INTERVAL:g} s, "
                   f"watched for {args.probe_wait:g} s")  # fmt: skip
-    await probing.measure(bench, registry, args.probe_wait)
+    await probing.measure(bench, registry, args.probe_wait, args.probe_instances)
     bench.pids = {}  # the cluster's processes are its own
     await cluster.run(bench, workdir, REGISTER)
+
+
+async def instance_curve(
+    bench: Bench,
+    args: argparse.Namespace,
+    workdir: Path,
+    hub: HubProcess,
+    store: EtcdStore,
+) -> None:
+    """The instance curve (bench.scale): grows the registry to each size, measuring
+    each point; the sizes past the setup's 10,000 are bulk-loaded into etcd."""
+    sizes = args.instances
+    bench.section(f"instance curve: {' / '.join(f'{n:,}' for n in sizes)} instances "
+                  "(past the setup's 10,000: written straight into etcd)")  # fmt: skip
+    facts = {f["name"]: f["value"] for f in bench.facts}
+    setup = (SERVICES * PER_SERVICE, facts["hub RSS, empty"], facts["hub RSS, 10,000 instances"])
+    points = scale.InstanceCurve(bench, hub, store.endpoints[0], workdir, registration, setup)
+    for n in sizes:
+        await points.grow_to(n, store)
+    bench.curves += points.curves()
 
 
 async def cold_start(bench: Bench, etcd_endpoint: str, workdir: Path) -> None:
@@ -511,11 +547,11 @@ async def writes(
     def raw_keep_alive() -> Awaitable[Any]:
         return store.keep_alive(pick(instances).lease_id)
 
-    c = WRITE_CONCURRENCY
-    await bench.closed(ETCD_REGISTER, raw_register, c)
-    await bench.closed(REGISTER, register, c, vs=(ETCD_REGISTER,))
-    await bench.closed(ETCD_KEEPALIVE, raw_keep_alive, c)
-    await bench.closed(KEEPALIVE, keep_alive, c, vs=(ETCD_KEEPALIVE,))
+    for c in WRITE_CONCURRENCIES:
+        await bench.closed(ETCD_REGISTER, raw_register, c)
+        await bench.closed(REGISTER, register, c, vs=(ETCD_REGISTER,))
+        await bench.closed(ETCD_KEEPALIVE, raw_keep_alive, c)
+        await bench.closed(KEEPALIVE, keep_alive, c, vs=(ETCD_KEEPALIVE,))
 
 
 def meminfo_kib(field: str) -> int:
@@ -559,7 +595,15 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         },
         "h2load": (out("h2load", "--version").splitlines() or [""])[0],
         "quick": args.quick,
+        "scale": args.scale,
         "skipped": list(SLOW_SECTIONS) if args.quick else [],
+        "instance_curve": {
+            "sizes": list(args.instances),
+            "bulk_loaded": "past the setup's 10,000: written straight into etcd with the hub's "
+            f"keys and values, {scale.LEASE_SHARE:,} instances per shared {scale.BULK_TTL} s lease",
+            "etcd_quota_backend_bytes": scale.SCALE_QUOTA_BYTES if args.scale else "etcd default",
+        },
+        "probe_instances": args.probe_instances,
         "seconds_per_cell": args.duration,
         "instances": SERVICES * PER_SERVICE,
         "services": SERVICES,
@@ -580,6 +624,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     workdir = Path(tempfile.mkdtemp(prefix="hub-bench-"))
+    if args.scale:  # etcd reads its flags from ETCD_* variables too
+        os.environ["ETCD_QUOTA_BACKEND_BYTES"] = str(scale.SCALE_QUOTA_BYTES)
     etcd = EtcdProcess(workdir / "etcd", name="bench")
     hub: HubProcess | None = None
     try:
@@ -598,9 +644,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "results": bench.rows,
         "propagation": bench.propagation,
         "probes": bench.probes,
+        "curves": bench.curves,
         "facts": bench.facts,
         "targets": report.targets(
-            bench.rows, bench.facts, OFFERED_RATE, bench.propagation, bench.probes
+            bench.rows, bench.facts, OFFERED_RATE, bench.propagation, bench.probes, bench.curves
         ),
     }
 
@@ -613,6 +660,17 @@ def main(argv: list[str] | None = None) -> int:
         help="under a minute: 1 s per measurement, not 3 s; setup, discovery and "
         "--workers only (skips " + ", ".join(SLOW_SECTIONS) + ")",
     )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="`make bench-scale`: the setup, then only the instance curve to "
+        + " / ".join(f"{n:,}" for n in SCALE_INSTANCE_SIZES)
+        + " instances (results in bench/results/scale/)",
+    )
+    parser.add_argument("--instances", help="the instance curve's sizes, comma-separated")
+    parser.add_argument("--streams", help="the Watch stream curve's sizes, comma-separated")
+    parser.add_argument("--probe-instances", type=int, default=probing.INSTANCES,
+                        help="instances the prober checks (default %(default)s)")  # fmt: skip
     parser.add_argument("--duration", type=float, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<time>.json)")
     args = parser.parse_args(argv)
@@ -623,10 +681,16 @@ def main(argv: list[str] | None = None) -> int:
     args.health_rounds = 3 if args.quick else 10
     args.config_writes = 3 if args.quick else 10
     args.probe_wait = 11.0 if args.quick else 22.0
+
+    def sizes(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(int(x) for x in text.split(",")) if text else default
+
+    args.instances = sizes(args.instances, SCALE_INSTANCE_SIZES if args.scale else INSTANCE_SIZES)
+    args.streams = sizes(args.streams, fanout.SIZES)
     started = time.perf_counter()
     args.loadavg_all = [round(x, 2) for x in os.getloadavg()]
     args.loadavg = args.loadavg_all[0]
-    if not h2load.available():
+    if not args.scale and not h2load.available():
         print("h2load not found: apt-get install nghttp2-client (make bench does)", file=sys.stderr)
         return 2
     try:
@@ -636,7 +700,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     result["environment"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     # Written before it is rendered, so that a report bug does not lose a run.
-    out = args.out or RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out = args.out or (SCALE_RESULTS if args.scale else RESULTS) / (
+        f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print()

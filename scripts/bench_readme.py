@@ -24,6 +24,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+SCALE_RESULTS = RESULTS / "scale"  # `make bench-scale`'s
 README = ROOT / "README.md"
 
 Row = dict[str, Any]
@@ -37,19 +38,33 @@ GET_2PROC = "GetService, --workers 2, 8 connections"
 DRIVERS = {"h2load": "h2load", "python": "Python grpc.aio client"}
 
 
+def _files(directory: Path, committed: bool) -> list[Path]:
+    """The results files directly in ``directory``; with ``committed``, those git tracks."""
+    if not committed:
+        return list(directory.glob("*.json"))
+    rel = directory.relative_to(ROOT).as_posix()
+    out = subprocess.run(["git", "ls-files", rel], cwd=ROOT, capture_output=True, text=True)
+    return [
+        ROOT / p for p in out.stdout.split() if p.endswith(".json") and "/" not in p[len(rel) + 1 :]
+    ]
+
+
 def newest(committed: bool = False) -> Path:
-    """The newest results file (names are UTC times); with ``committed``, the
-    newest that git tracks."""
-    if committed:
-        out = subprocess.run(
-            ["git", "ls-files", "bench/results"], cwd=ROOT, capture_output=True, text=True
-        )
-        files = [ROOT / p for p in out.stdout.split() if p.endswith(".json")]
-    else:
-        files = list(RESULTS.glob("*.json"))
+    """The newest results file of `make bench` (names are UTC times); with
+    ``committed``, the newest that git tracks."""
+    files = _files(RESULTS, committed)
     if not files:
         raise SystemExit("no results file in bench/results")
     return max(files, key=lambda p: p.name)
+
+
+def newest_scale(committed: bool = False) -> tuple[dict[str, Any], str] | None:
+    """The newest results file of `make bench-scale` and its name (None: none yet)."""
+    files = _files(SCALE_RESULTS, committed) if SCALE_RESULTS.is_dir() else []
+    if not files:
+        return None
+    path = max(files, key=lambda p: p.name)
+    return json.loads(path.read_text()), path.name
 
 
 def _n(x: float) -> str:
@@ -291,11 +306,73 @@ def cluster(result: dict[str, Any], name: str) -> str:
     return "\n".join(out)
 
 
-SECTIONS = {"discovery": discovery, "cluster": cluster}
+def _curve_value(y: float | None) -> str:
+    if y is None:
+        return "-"
+    return f"{y:,.0f}" if abs(y) >= 100 else f"{y:.3g}"
 
 
-def render(result: dict[str, Any], name: str) -> dict[str, str]:
-    return {section: f(result, name) for section, f in SECTIONS.items()}
+def curves(result: dict[str, Any], path: str) -> str:
+    """The scale curves of one results file: each curve's points, its baseline's,
+    and k, the exponent of cost growth between its largest two points."""
+    found = result.get("curves")
+    if not found:
+        return f"`{path}` has no scale curves (it predates them)."
+    out = [
+        f"From `{path}`; k: cost ~ size^k between the largest two points (0 flat, 1 linear; "
+        "for a throughput, of its inverse), **flagged** when worse than linear:",
+        "",
+        "| curve | sizes | result | baseline in the same run | k |",
+        "|---|---|---|---|---|",
+    ]
+    for c in found:
+        sizes = " / ".join(f"{x:,.0f}" for x, _ in c["points"]) + f" {c['x']}"
+        values = " / ".join(_curve_value(y) for _, y in c["points"]) + f" {c['unit']}"
+        base = c.get("baseline")
+        base_text = (
+            f"{base['name']}: " + " / ".join(_curve_value(y) for _, y in base["points"])
+            if base and base["points"]
+            else ""
+        )
+        k = c.get("cost_exponent")
+        k_text = (
+            "" if k is None else f"{k:+.2f}" + (" **worse than linear**" * c["worse_than_linear"])
+        )
+        out.append(f"| {c['name']} | {sizes} | {values} | {base_text} | {k_text} |")
+    return "\n".join(out)
+
+
+def scale(result: dict[str, Any], name: str) -> str:
+    return curves(result, f"bench/results/{name}")
+
+
+def million(scale_result: tuple[dict[str, Any], str] | None) -> str:
+    if scale_result is None:
+        return "No `make bench-scale` results are committed yet."
+    result, name = scale_result
+    env = result["environment"]
+    m = env.get("machine", {})
+    head = (
+        f"{env['cores']} cores, {m.get('memory_mib', 0) / 1024:.0f} GiB; load average "
+        f"{m.get('loadavg_before', ['?'])[0]} before, {m.get('loadavg_after', ['?'])[0]} after; "
+        f"{env.get('wall_seconds', 0) / 60:.0f} minutes."
+    )
+    return head + " " + curves(result, f"bench/results/scale/{name}")
+
+
+SECTIONS = {"discovery": discovery, "cluster": cluster, "scale": scale}
+
+
+def render(
+    result: dict[str, Any],
+    name: str,
+    scale_result: tuple[dict[str, Any], str] | None = None,
+) -> dict[str, str]:
+    """Every section from a `make bench` results file; the million-instance
+    curve from a `make bench-scale` one (``scale_result``)."""
+    out = {section: f(result, name) for section, f in SECTIONS.items()}
+    out["scale-million"] = million(scale_result)
+    return out
 
 
 def rewrite(readme: str, sections: dict[str, str]) -> str:
@@ -318,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = args.results or newest()
     text = README.read_text()
-    new = rewrite(text, render(json.loads(path.read_text()), path.name))
+    new = rewrite(text, render(json.loads(path.read_text()), path.name, newest_scale()))
     if args.check:
         if new != text:
             print(f"README.md's performance tables differ from {path.name}", file=sys.stderr)

@@ -178,6 +178,54 @@ def test_readme_tables_are_the_newest_committed_results() -> None:
     path = bench_readme.newest(committed=True)
     expected = bench_readme.rewrite(
         (ROOT / "README.md").read_text(),
-        bench_readme.render(json.loads(path.read_text()), path.name),
+        bench_readme.render(
+            json.loads(path.read_text()), path.name, bench_readme.newest_scale(committed=True)
+        ),
     )
     assert (ROOT / "README.md").read_text() == expected
+
+
+def test_growth_exponent_and_flag() -> None:
+    from bench import scale
+
+    assert scale.exponent([[10_000, 2.0], [100_000, 2.0]]) == 0.0
+    assert scale.exponent([[1_000, 5.0], [10_000, 50.0], [100_000, 500.0]]) == 1.0
+    assert scale.exponent([[10_000, 1.0]]) is None
+    assert scale.exponent([[10_000, 0.0], [100_000, 1.0]]) is None
+    # Between the largest two points only: quadratic at the end is flagged.
+    listing = scale.curve("ListServices", "instances", "s", [[1e3, 1.0], [1e4, 2.0], [1e5, 200.0]])
+    assert listing["cost_exponent"] == 2.0 and listing["worse_than_linear"]
+    # A throughput that halves as the size grows tenfold: its cost grows by k = 0.3.
+    register = scale.curve(
+        "Register", "instances", "calls/s", [[1e4, 1000.0], [1e5, 500.0]], higher_is_better=True
+    )
+    assert register["exponent"] == -0.3 and register["cost_exponent"] == 0.3
+    assert not register["worse_than_linear"]
+    text = "\n".join(scale.render([listing, register]))
+    assert "k=+2.00  WORSE THAN LINEAR" in text and "k=+0.30" in text
+    targets = report.targets([], [], 1000, curves=[listing, register])
+    assert [t["met"] for t in targets] == [False]  # the flagged curve
+
+
+def test_scale_sections_render() -> None:
+    from bench import scale
+
+    rss = scale.curve(
+        "hub RSS", "instances", "MiB", [[10_000, 100.0], [1_000_000, 1500.0]],
+        baseline=("etcd", [[10_000, 5.0], [1_000_000, 400.0]]),
+    )  # fmt: skip
+    result = {
+        "environment": {"cores": 2, "machine": {"memory_mib": 24 * 1024,
+                        "loadavg_before": [0.5], "loadavg_after": [1.0]}, "wall_seconds": 1500},
+        "curves": [rss],
+    }  # fmt: skip
+    text = bench_readme.million((result, "20270101T000000Z.json"))
+    assert "bench/results/scale/20270101T000000Z.json" in text and "25 minutes" in text
+    assert (
+        "| hub RSS | 10,000 / 1,000,000 instances | 100 / 1,500 MiB | etcd: 5 / 400 | +0.59 |"
+        in text
+    )
+    assert bench_readme.million(None) == "No `make bench-scale` results are committed yet."
+    assert "predates" in bench_readme.scale({}, "x.json")
+    targets = report.targets([], [], 1000, curves=[rss])
+    assert targets[0]["target"].startswith("hub RSS < 1024 MiB") and not targets[0]["met"]
