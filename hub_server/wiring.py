@@ -35,6 +35,8 @@ from hub_server.api.health import HealthServicer
 from hub_server.api.observability import ObservabilityServicer
 from hub_server.api.registry import RegistryServicer
 from hub_server.api.tenants import TenantServicer
+from hub_server.api.xds import AggregatedDiscoveryServicer
+from hub_server.api.xds import add_to_server as add_xds_to_server
 from hub_server.auth.authorizer import Authorizer
 from hub_server.auth.limits import CallerLimits
 from hub_server.backups.service import Backups
@@ -49,7 +51,12 @@ from hub_server.health.service import HealthMonitor, HealthView
 from hub_server.observability.alerts import Alerts
 from hub_server.observability.audit import AuditLog
 from hub_server.observability.error_patterns import ErrorPatterns
-from hub_server.observability.hub_metrics import SystemMetrics, add_hub_gauges, tenant_metrics
+from hub_server.observability.hub_metrics import (
+    SystemMetrics,
+    add_hub_gauges,
+    add_xds_metrics,
+    tenant_metrics,
+)
 from hub_server.observability.telemetry import Telemetry
 from hub_server.observability.tenant_alerts import TenantLimits
 from hub_server.quotas.service import Quotas
@@ -65,6 +72,7 @@ from hub_server.store.election import Election
 from hub_server.store.etcd import EtcdStore, KeyValue
 from hub_server.store.mirror import PrefixMirror
 from hub_server.tenancy.service import Tenants
+from hub_server.xds.cache import ResourceCache
 from hub_server.xds.clients import XdsClients
 
 
@@ -186,6 +194,8 @@ def wire(
     if cfg.backup_interval > 0 and backups.directory is None:
         raise ValueError("scheduled backups need a backup directory (--backup-dir)")
 
+    add_xds_metrics(telemetry, xds_clients)
+
     def stored_tier(tenant_id: str) -> str:
         record = tenants.get(tenant_id)
         return record.tier if record is not None else ""
@@ -257,6 +267,17 @@ def wire(
         BackupServicer(backups, audit, hub_id), server
     )
     cluster_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, server)
+    # envoy's ADS on the same listener and call path: proxyless gRPC clients.
+    add_xds_to_server(
+        AggregatedDiscoveryServicer(
+            ResourceCache(projection, policies.get),
+            xds_clients,
+            credentials=authorizer.enabled,
+            tier_of=stored_tier,
+            on_tenant_change=tenants.add_listener,
+        ),
+        server,
+    )
 
     services = Services(
         hub_id=hub_id,

@@ -417,7 +417,7 @@ async def test_a_client_whose_tier_drops_while_connected_loses_the_service(
     lds = await ads.recv()
     assert listeners(lds) == ["premium", "public"]
     await ads.ack(lds, ())
-    got = {}
+    got: dict[str, discovery_pb2.DiscoveryResponse] = {}
     for type_url in (CLUSTER, ENDPOINT):
         await ads.send(type_url, ("premium",))
         got[type_url] = await ads.recv()
@@ -425,7 +425,7 @@ async def test_a_client_whose_tier_drops_while_connected_loses_the_service(
     assert endpoints(got[ENDPOINT]) == {("127.0.0.1", 7002)}
 
     await client.set_tier("acme", "free")
-    pushed = {}
+    pushed: dict[str, discovery_pb2.DiscoveryResponse] = {}
     while len(pushed) < 3:  # LDS and CDS lose premium, its endpoints are emptied
         response = await ads.recv()
         pushed[response.type_url] = response
