@@ -583,6 +583,22 @@ async def test_a_token_hub_refuses_an_xds_client_without_credentials(
             reader.close()
 
 
+async def test_a_credentials_reload_that_revokes_the_client_ends_its_stream(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text(token_entry("dash", Role.READER, "reader-secret"))
+    hub = await hub_factory(credentials_file=credentials)
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        stream = Ads(channel, metadata=[("authorization", "Bearer reader-secret")])
+        await stream.send(LISTENER)
+        await stream.recv()
+        credentials.write_text(token_entry("ops", Role.ADMIN, "admin-secret"))
+        assert hub.reload_credentials()
+        assert await stream.status() == grpc.StatusCode.UNAUTHENTICATED
+    await eventually(lambda: hub.services.xds_clients.snapshot() == [])
+
+
 # -- a client that outlives its hub --------------------------------------------------
 
 
