@@ -18,6 +18,11 @@ TOML, read at start and again on SIGHUP::
     subject = "gateway.internal"
     role = "gateway"
 
+    [[certificates]]              # a proxyless xDS client: its tenant's stored tier
+    subject = "xds.acme.internal" # decides what it is offered (node metadata does not)
+    role = "reader"
+    tenant = "acme"
+
 `central-hub token create` makes a random token and prints its entry.
 """
 
