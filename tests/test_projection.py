@@ -163,6 +163,14 @@ async def test_subscribers_hear_per_service_and_catalogue_changes() -> None:
     await v.add("feeds", "f1")  # a new service: its own change, then the catalogue's
     assert heard == ["feeds", None]
     heard.clear()
+    await v.add("feeds", "f2")  # a twin of f1: no tier sees another catalogue
+    await v.add("feeds", "vip", _instance(types_pb2.SUBSCRIPTION_TIER_ENTERPRISE))
+    assert heard == ["feeds", "feeds", None]
+    heard.clear()
+    await v.feed.delete(v.registry.mirror, keys.instance_key("feeds", "f2"))  # f1 remains
+    await v.feed.delete(v.registry.mirror, keys.instance_key("feeds", "vip"))
+    assert heard == ["feeds", "feeds", None]
+    heard.clear()
     await v.feed.health(v.health, "quotes", "i1", DEGRADED)
     await v.feed.put(v.projection.loads, keys.load_key("quotes", "i1"), b"0.5")
     await v.feed.put(v.drains, keys.drain_key("quotes", "i1"), b"dep")

@@ -139,11 +139,24 @@ class EndpointProjection:
             callback(service)
 
     def _registry_changed(self, change: Change[types_pb2.Instance]) -> None:
-        # Runs after the per-service listener: an instance added, removed or with
-        # other tier requirements can change which services some tier sees.
-        if change.type == UPDATED and change.value is not None and change.previous is not None:
-            if tier_names(change.value) == tier_names(change.previous):
+        # Runs after the per-service listener. Which services a tier sees changes
+        # only when a service gains or loses an instance with requirements none of
+        # its other instances has (a busy service's registrations are not
+        # catalogue changes).
+        inst = change.value
+        if inst is None:
+            self._notify(None)
+            return
+        if change.type == UPDATED:
+            if change.previous is not None and tier_names(change.previous) == tier_names(inst):
                 return
+            self._notify(None)
+            return
+        service, instance_id = keys.parse_instance_key(change.key)
+        needs = tier_names(inst)
+        others = self._registry.services.get(service, {})
+        if any(i != instance_id and tier_names(o) == needs for i, o in others.items()):
+            return
         self._notify(None)
 
     def subscribe(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
