@@ -120,6 +120,7 @@ COMMAND_MODULES = (
     "hubctl.tenant_commands",
     "hubctl.observability_commands",
     "hubctl.management_commands",
+    "hubctl.routing_commands",
     "hubctl.completion",
 )
 
@@ -419,13 +420,13 @@ def _tls(args: argparse.Namespace) -> TLS | None:
     return TLS(ca=args.tls_ca or None, cert=args.tls_cert or None, key=args.tls_key or None)
 
 
-async def _execute(ctx: Context, cmd: Command) -> int:
+def connect(ctx: Context, target: str) -> HubClient:
+    """A client of ``target`` with the command line's identity, TLS and timeout
+    (``ctx.hub`` is one of ``ctx.target``; `xds clients` asks every replica)."""
     args = ctx.args
-    if not cmd.needs_hub:
-        return await cmd.handler(ctx, args) or EXIT_OK
     try:
-        client = HubClient(
-            ctx.target,
+        return HubClient(
+            target,
             tenant_id=args.tenant,
             user_id=args.user,
             subscription_tier=args.tier or "",
@@ -435,7 +436,13 @@ async def _execute(ctx: Context, cmd: Command) -> int:
         )
     except ValueError as e:  # an address that is not host:port or does not resolve
         raise UsageError(f"--target: {e}") from None
-    async with client as hub:
+
+
+async def _execute(ctx: Context, cmd: Command) -> int:
+    args = ctx.args
+    if not cmd.needs_hub:
+        return await cmd.handler(ctx, args) or EXIT_OK
+    async with connect(ctx, ctx.target) as hub:
         ctx.hub = hub
         try:
             await asyncio.wait_for(hub.channel.channel_ready(), ctx.timeout)

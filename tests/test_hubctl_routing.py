@@ -1,0 +1,151 @@
+"""hubctl policy get|set|delete and hubctl xds clients against live hubs (two
+replicas with real ADS streams for the xDS listing)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+
+from hub_client import HubClient, Strategy
+from hub_server.app import Hub
+from hub_server.xds.protocol import CLUSTER, node_metadata
+from tests.support.hubctl import hubctl, table_row
+from tests.support.hubs import HubFactory, crash
+from tests.support.waiting import eventually
+
+# -- policy ------------------------------------------------------------------------
+
+
+async def test_policy_get_set_delete(hub: Hub, client: HubClient) -> None:
+    res = await hubctl(hub, "policy", "get", "quotes", "-o", "json")
+    assert res.code == 0, res.err
+    got = res.json()
+    assert got["is_default"] and got["policy"]["strategy"] == "least_load"
+    assert "default (none stored)" in (await hubctl(hub, "policy", "get", "quotes")).out
+
+    res = await hubctl(
+        hub, "policy", "set", "quotes", "--strategy", "round_robin", "--retries", "2",
+        "--retry-on", "unavailable,internal", "--failure-percentage", "30", "-o", "json",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    policy = res.json()["policy"]
+    assert policy["strategy"] == "round_robin"
+    assert policy["retry"]["num_retries"] == 2
+    assert policy["retry"]["retry_on"] == ["unavailable", "internal"]
+    assert policy["outlier"]["failure_percentage_threshold"] == 30
+
+    # Options not given keep what is in force.
+    res = await hubctl(hub, "policy", "set", "quotes", "--call-timeout-ms", "750")
+    assert res.code == 0, res.err
+    info = await client.routing_policy("quotes")
+    assert info.policy.timeout_ms == 750 and info.policy.strategy is Strategy.ROUND_ROBIN
+    assert info.policy.retry.num_retries == 2
+    text = (await hubctl(hub, "policy", "get", "quotes")).out
+    assert table_row(text, "strategy:")[1] == "round_robin"
+    assert "750 ms" in text and "2 on unavailable,internal" in text
+
+    # --reset starts from the defaults.
+    res = await hubctl(hub, "policy", "set", "quotes", "--reset", "--strategy", "weighted")
+    assert res.code == 0, res.err
+    info = await client.routing_policy("quotes")
+    assert info.policy.strategy is Strategy.WEIGHTED and info.policy.timeout_ms == 0
+
+    res = await hubctl(hub, "policy", "delete", "quotes")
+    assert res.code == 0, res.err
+    assert (await client.routing_policy("quotes")).is_default
+    again = await hubctl(hub, "policy", "delete", "quotes")
+    assert again.code == 4 and "NotFound" in again.err
+
+
+async def test_policy_set_refuses_out_of_range_values(hub: Hub, client: HubClient) -> None:
+    res = await hubctl(hub, "policy", "set", "quotes", "--retries", "9")
+    assert res.code == 1
+    assert "policy.retry.num_retries" in res.err and "between 0 and 4" in res.err
+    res = await hubctl(hub, "policy", "set", "quotes", "--retry-on", "teapot")
+    assert res.code == 1 and "policy.retry.retry_on[0]" in res.err
+    bad = await hubctl(hub, "policy", "set", "quotes", "--strategy", "fastest")
+    assert bad.code == 2  # not a choice
+    assert (await client.routing_policy("quotes")).is_default
+
+
+# -- xds clients -------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def ads_stream(
+    hub: Hub, node_id: str, *, nack: bool
+) -> AsyncIterator[grpc.aio.StreamStreamCall]:
+    """A raw ADS stream asking for the CDS resource "pricing", then ACKing or
+    NACKing the answer, as a proxyless client would."""
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        try:
+            node = base_pb2.Node(id=node_id, metadata=node_metadata("acme", "pro"))
+            await call.write(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=CLUSTER, resource_names=["pricing"], node=node
+                )
+            )
+            answer = await call.read()
+            reply = discovery_pb2.DiscoveryRequest(
+                type_url=CLUSTER, resource_names=["pricing"], response_nonce=answer.nonce
+            )
+            if nack:
+                reply.error_detail.CopyFrom(status_pb2.Status(code=3, message="no thanks"))
+            else:
+                reply.version_info = answer.version_info
+            await call.write(reply)
+            yield call
+        finally:
+            call.cancel()
+
+
+async def test_xds_clients_of_every_replica(hub_factory: HubFactory) -> None:
+    one, two = await hub_factory(), await hub_factory()
+    async with HubClient(one.address, timeout=5) as admin:
+        await admin.create_tenant("acme", tier="pro")
+        await admin.register("pricing", host="127.0.0.1", port=7001)
+    async with (
+        ads_stream(one, "orders-1", nack=False),
+        ads_stream(two, "orders-2", nack=True),
+    ):
+
+        async def both_settled() -> bool:
+            res = await hubctl(one, "xds", "clients", "-o", "json")
+            clients = {c["node_id"]: c for c in res.json()["clients"]}
+            return (
+                set(clients) == {"orders-1", "orders-2"}
+                and clients["orders-1"]["subscriptions"][0]["acked_version"] != ""
+                and clients["orders-2"]["last_nack"] is not None
+            )
+
+        await eventually(both_settled, timeout=15)
+        res = await hubctl(one, "xds", "clients", "-o", "json")
+        assert res.code == 0, res.err
+        clients = {c["node_id"]: c for c in res.json()["clients"]}
+        first, second = clients["orders-1"], clients["orders-2"]
+        assert (first["hub_id"], second["hub_id"]) == (one.hub_id, two.hub_id)
+        assert (first["tenant_id"], first["tier"]) == ("acme", "pro")
+        assert first["subscriptions"][0]["type"] == CLUSTER
+        assert first["subscriptions"][0]["resources"] == ["pricing"]
+        assert first["last_nack"] is None
+        assert second["last_nack"]["error"] == "no thanks"
+        assert second["subscriptions"][0]["acked_version"] == ""
+
+        text = await hubctl(one, "xds", "clients")
+        row = table_row(text.out, "orders-2")
+        assert row[1] == two.hub_id and "no thanks" in text.out
+
+        # A replica that does not answer is named, and the exit code says so.
+        await crash(two)
+        res = await hubctl(one, "--timeout", "2", "xds", "clients", "-o", "json")
+        if res.code == 3:  # its presence record has not expired yet
+            assert [u["hub_id"] for u in res.json()["unanswered"]] == [two.hub_id]
+        else:
+            assert res.code == 0, res.err
+        assert [c["node_id"] for c in res.json()["clients"]] == ["orders-1"]
