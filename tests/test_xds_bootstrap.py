@@ -29,6 +29,13 @@ def test_insecure_bootstrap_for_a_hub_without_tls() -> None:
     assert "certificate_providers" not in doc
 
 
+def test_several_replicas_as_a_grpc_target() -> None:
+    for target in ("ipv4:10.0.0.1:7000,10.0.0.2:7000", "dns:///hubs.internal:7000"):
+        assert bootstrap(target)["xds_servers"][0]["server_uri"] == target
+    with pytest.raises(BootstrapError):
+        bootstrap("dns:")
+
+
 def test_node_ids_are_unique_and_metadata_only_when_given() -> None:
     a, b = bootstrap(), bootstrap()
     assert a["node"]["id"] != b["node"]["id"]

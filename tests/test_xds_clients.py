@@ -213,6 +213,42 @@ async def test_grpcio_over_mtls_takes_its_tier_from_the_certificate(
             await _until(c, lambda got, err: "b1" in got)
 
 
+async def test_grpcio_calls_on_through_a_replica_failover_and_a_hub_restart(
+    hub_factory: HubFactory, backends: list[Backend], etcd_store: EtcdStore, tmp_path: Path
+) -> None:
+    # Two replicas; the bootstrap names both (tried in order), and so does the
+    # client that registers the instances and keeps their leases alive.
+    a, b = await hub_factory(), await hub_factory()
+    target = f"ipv4:{a.address},{b.address}"
+    async with HubClient(target) as keeper:
+        for backend in backends:
+            await _register(keeper, "orders", backend)
+        await eventually(lambda: _usable(a, "orders") == {"b0", "b1", "b2"})
+        bootstrap = await write_bootstrap(tmp_path / "bootstrap.json", "--server-uri", target)
+        async with GrpcioClient(bootstrap, "orders") as c:
+            await _until(c, lambda got, err: set(got) == {"b0", "b1", "b2"}, n=60)
+            assert len(a.services.xds_clients.snapshot()) == 1  # on replica a
+
+            # Replica a goes away: calls go on from what the client knows...
+            await a.stop()
+            got, err = await c.calls(60)
+            assert set(got) == {"b0", "b1", "b2"} and not err, (got, err)
+            # ...and it reconnects to b by itself: a drain is followed.
+            await eventually(lambda: len(b.services.xds_clients.snapshot()) == 1, CONVERGE)
+            await etcd_store.put(keys.drain_key("orders", "b0"), b"test-rollout")
+            await _until(c, lambda got, err: set(got) == {"b1", "b2"})
+
+            # Replica a restarts on its address and b goes: calls go on, the client
+            # is back on the restarted a, and follows it.
+            restarted = await hub_factory(listen=a.address)
+            await b.stop()
+            got, err = await c.calls(60)
+            assert set(got) == {"b1", "b2"} and not err, (got, err)
+            await eventually(lambda: len(restarted.services.xds_clients.snapshot()) == 1, CONVERGE)
+            await etcd_store.delete(keys.drain_key("orders", "b0"))
+            await _until(c, lambda got, err: set(got) == {"b0", "b1", "b2"})
+
+
 # -- Node: @grpc/grpc-js + @grpc/grpc-js-xds ---------------------------------------
 
 

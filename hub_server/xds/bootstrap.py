@@ -41,10 +41,20 @@ class BootstrapError(ValueError):
     """A flag combination or file that cannot make a usable bootstrap."""
 
 
+# gRPC target schemes both grpcio and grpc-js resolve; "ipv4:10.0.0.1:7000,10.0.0.2:7000"
+# names several replicas, tried in turn when the one in use goes away.
+TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+
+
 def _server_uri(value: str) -> str:
+    if value.startswith(TARGET_SCHEMES) and value.partition(":")[2].strip("/"):
+        return value
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BootstrapError(f"--server-uri {value!r}: expected HOST:PORT")
+        raise BootstrapError(
+            f"--server-uri {value!r}: expected HOST:PORT or a gRPC target "
+            "(dns:///HOST:PORT, ipv4:ADDR:PORT,ADDR:PORT)"
+        )
     return value
 
 
@@ -70,7 +80,8 @@ def bootstrap(
     """The bootstrap document.
 
     Args:
-        server_uri: The hub's main listener, HOST:PORT.
+        server_uri: The hub's main listener, HOST:PORT, or a gRPC target naming
+            several replicas (``ipv4:10.0.0.1:7000,10.0.0.2:7000``, ``dns:///hubs:7000``).
         node_id: The client's node id, shown to operators; a unique one if empty.
         tenant: ``node.metadata.tenant_id`` (honoured by a hub without credentials).
         tier: ``node.metadata.tier``, a tier name (same condition).
@@ -133,7 +144,8 @@ def add_command(sub: Any) -> None:
     )
     cmd.add_argument(
         "--server-uri", default=DEFAULT_SERVER_URI, metavar="HOST:PORT",
-        help=f"the hub's main listener (default {DEFAULT_SERVER_URI})",
+        help=f"the hub's main listener (default {DEFAULT_SERVER_URI}), or a gRPC target "
+        "naming several replicas: ipv4:ADDR:PORT,ADDR:PORT or dns:///NAME:PORT",
     )  # fmt: skip
     cmd.add_argument("--node-id", default="", help="the client's node id (default: unique)")
     cmd.add_argument(
