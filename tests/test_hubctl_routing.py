@@ -3,17 +3,10 @@ replicas with real ADS streams for the xDS listing)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.rpc import status_pb2
-
 from hub_client import HubClient, Strategy
 from hub_server.app import Hub
-from hub_server.xds.protocol import CLUSTER, node_metadata
+from hub_server.xds.protocol import CLUSTER
+from tests.support.ads import ads_stream
 from tests.support.hubctl import hubctl, table_row
 from tests.support.hubs import HubFactory, crash
 from tests.support.waiting import eventually
@@ -76,43 +69,14 @@ async def test_policy_set_refuses_out_of_range_values(hub: Hub, client: HubClien
 # -- xds clients -------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def ads_stream(
-    hub: Hub, node_id: str, *, nack: bool
-) -> AsyncIterator[grpc.aio.StreamStreamCall]:
-    """A raw ADS stream asking for the CDS resource "pricing", then ACKing or
-    NACKing the answer, as a proxyless client would."""
-    async with grpc.aio.insecure_channel(hub.address) as channel:
-        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-        try:
-            node = base_pb2.Node(id=node_id, metadata=node_metadata("acme", "pro"))
-            await call.write(
-                discovery_pb2.DiscoveryRequest(
-                    type_url=CLUSTER, resource_names=["pricing"], node=node
-                )
-            )
-            answer = await call.read()
-            reply = discovery_pb2.DiscoveryRequest(
-                type_url=CLUSTER, resource_names=["pricing"], response_nonce=answer.nonce
-            )
-            if nack:
-                reply.error_detail.CopyFrom(status_pb2.Status(code=3, message="no thanks"))
-            else:
-                reply.version_info = answer.version_info
-            await call.write(reply)
-            yield call
-        finally:
-            call.cancel()
-
-
 async def test_xds_clients_of_every_replica(hub_factory: HubFactory) -> None:
     one, two = await hub_factory(), await hub_factory()
     async with HubClient(one.address, timeout=5) as admin:
         await admin.create_tenant("acme", tier="pro")
         await admin.register("pricing", host="127.0.0.1", port=7001)
     async with (
-        ads_stream(one, "orders-1", nack=False),
-        ads_stream(two, "orders-2", nack=True),
+        ads_stream(one, "orders-1", tenant_id="acme", tier="pro"),
+        ads_stream(two, "orders-2", nack="no thanks"),
     ):
 
         async def both_settled() -> bool:

@@ -27,6 +27,7 @@ from hub_server.circuits.breaker import CircuitState
 from hub_server.kernel.errors import PermissionDenied
 from hub_server.ui import Dashboard
 from hub_server.ui.actions import check_fleet_reader
+from tests.support.ads import ads_stream
 from tests.support.fleet import fleet
 from tests.support.hubs import HubFactory
 from tests.support.servers import GrpcServer, HttpServer
@@ -568,3 +569,23 @@ async def test_the_overview_is_what_get_system_metrics_answers_tenants_included(
     assert {"tenantId": "overview-acme", "tier": "pro"}.items() <= next(
         t for t in shown["tenants"] if t["tenantId"] == "overview-acme"
     ).items()
+
+
+async def test_connected_xds_clients_and_their_nacks_are_listed(
+    ui_hub: Hub, ui_client: HubClient, page: Page
+) -> None:
+    await ui_client.register("pricing", host="127.0.0.1", port=7001)
+    await page.open(ui_hub)
+    await page.live()
+    await page.b.wait("#xds", "No xDS client is connected")
+    async with (
+        ads_stream(ui_hub, "checkout-1", tenant_id="acme", tier="pro"),
+        ads_stream(ui_hub, "checkout-2", nack="cluster rejected by the client"),
+    ):
+        acked = await page.b.wait('#xds tr.xds-client[data-node="checkout-1"]', "v")
+        assert "Cluster" in acked and "pricing" in acked and "acme" in acked and "PRO" in acked
+        nacked = await page.b.wait('#xds tr.xds-client[data-node="checkout-2"]', "NACK")
+        assert "cluster rejected by the client" in nacked
+    await page.b.gone("#xds tr.xds-client")
+    await page.b.wait("#xds", "No xDS client is connected")
+    await page.assert_not_reloaded_and_clean()

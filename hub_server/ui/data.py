@@ -80,6 +80,7 @@ class Sections:
             "tenants": ("TenantService/ListTenants", self.tenants),
             "audit": ("ObservabilityService/ListAuditEvents", self.audit),
             "errors": ("ObservabilityService/ListErrorPatterns", self.errors),
+            "xds": ("ClusterService/ListXdsClients", self.xds),
         }
 
     async def overview(self, query: Mapping[str, str]) -> Json:
@@ -186,3 +187,9 @@ class Sections:
     async def errors(self, query: Mapping[str, str]) -> Json:
         request = request_from(query, observability_pb2.ListErrorPatternsRequest())
         return to_json(await self._observability.ListErrorPatterns(request, None))
+
+    async def xds(self, query: Mapping[str, str]) -> Json:
+        """The xDS clients connected to this replica (each replica's dashboard
+        shows its own; `hubctl xds clients` asks them all)."""
+        answer = await self._cluster.ListXdsClients(cluster_pb2.ListXdsClientsRequest(), None)
+        return to_json(answer)

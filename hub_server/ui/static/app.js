@@ -5,7 +5,7 @@ import * as api from './api.js';
 import * as views from './views.js';
 import { h, replace, tickTimes } from './dom.js';
 
-const SECTIONS = ['overview', 'services', 'alerts', 'circuits', 'deployments', 'tenants', 'audit', 'errors'];
+const SECTIONS = ['overview', 'services', 'alerts', 'circuits', 'deployments', 'tenants', 'audit', 'errors', 'xds'];
 // Sections the overview tiles are computed from.
 const TILE_SOURCES = new Set(['overview', 'services', 'alerts', 'deployments']);
 
@@ -40,6 +40,7 @@ function render(section) {
     case 'tenants': replace(body(section), views.tenants(data, openConfigs)); break;
     case 'audit': replace(body(section), views.audit(data)); break;
     case 'errors': replace(body(section), views.errors(data)); break;
+    case 'xds': replace(body(section), views.xdsClients(data)); break;
     default: break;
   }
   if (TILE_SOURCES.has(section)) {

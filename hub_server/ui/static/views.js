@@ -308,3 +308,29 @@ export function errors(data) {
         p.normalizedMessage || p.sample),
       h('td', {}, time(p.lastSeen)))), { class: 'errors' });
 }
+
+// -- xDS clients ---------------------------------------------------------------
+
+function typeName(typeUrl) {
+  return typeUrl.split('.').pop();
+}
+
+export function xdsClients(data) {
+  const clients = data?.clients ?? [];
+  if (!clients.length) return empty('No xDS client is connected to this replica.');
+  return table(['Node', 'Tenant', 'Peer', 'Connected', 'Subscribed (ACKed version)', 'Last NACK'],
+    clients.map((c) => h('tr', { class: 'xds-client', dataset: { node: c.nodeId } },
+      h('td', { class: 'mono' }, c.nodeId || '—'),
+      h('td', {}, c.tenantId || '—', ' ', c.tier && short(c.tier) !== 'UNSPECIFIED'
+        ? pill(short(c.tier), TIER_KIND[short(c.tier)] ?? 'none') : null),
+      h('td', { class: 'mono small' }, c.peer),
+      h('td', {}, time(c.connectedAt)),
+      h('td', {}, (c.subscriptions ?? []).map((s) => h('div', { class: 'small' },
+        h('strong', {}, typeName(s.typeUrl)), ' ',
+        h('span', { class: 'mono' }, (s.resourceNames ?? []).join(', ') || '*'), ' ',
+        s.ackedVersion ? pill(`v${s.ackedVersion}`, 'good') : pill('not ACKed', 'warn')))),
+      h('td', { class: 'nack' }, c.lastNack
+        ? [pill('NACK', 'bad'), ' ', h('strong', {}, `${typeName(c.lastNack.typeUrl)} v${c.lastNack.version}`),
+          h('div', { class: 'small' }, c.lastNack.error), h('div', { class: 'muted small' }, time(c.lastNack.at))]
+        : h('span', { class: 'muted' }, 'none')))), { class: 'xds', id: 'xds-clients' });
+}
