@@ -7,8 +7,8 @@ export PATH="$PWD/$VENV/bin:$PWD/node_modules/.bin:$PATH"
 
 protos=$(cd protos && find . -name '*.proto' | sed 's|^\./||' | sort)
 
-rm -rf gen/python gen/python_betterproto gen/node/src gen/ts/src
-mkdir -p gen/python gen/python_betterproto gen/node/src gen/ts/src
+rm -rf gen/python gen/python_betterproto gen/ts/src
+mkdir -p gen/python gen/python_betterproto gen/ts/src
 
 # Python: messages, gRPC stubs and typed .pyi.
 (cd protos && python -m grpc_tools.protoc -I . \
@@ -18,9 +18,18 @@ mkdir -p gen/python gen/python_betterproto gen/node/src gen/ts/src
 find gen/python -type d -exec touch {}/__init__.py \;
 rm -f gen/python/__init__.py
 
-# Python dataclass stubs (betterproto2), for teams that prefer them.
+# Python dataclass stubs (betterproto2), for teams that prefer them: sync clients
+# (grpcio) and async ones (grpclib, the *AsyncStub classes), both taking timeout=
+# and metadata=. The sync stubs' template is ours (scripts/betterproto2/), since
+# the compiler's own sync stubs take neither.
 (cd protos && python -m grpc_tools.protoc -I . \
-  --python_betterproto2_out=../gen/python_betterproto $protos)
+  --plugin=protoc-gen-python_betterproto2=../scripts/betterproto2/protoc-gen-hub-betterproto2 \
+  --python_betterproto2_out=../gen/python_betterproto \
+  --python_betterproto2_opt=client_generation=sync_async $protos)
 
-# Node (JavaScript + .d.ts) and TypeScript.
+# TypeScript (compiled to JavaScript + .d.ts by the Node packages' build), with
+# the google.rpc error details from googleapis-common-protos.
 buf generate
+rpc_protos=$(python -c 'import google.rpc, os; print(os.path.dirname(os.path.dirname(list(google.rpc.__path__)[0])))')
+buf generate "$rpc_protos" --template buf.gen.rpc.yaml \
+  --path "$rpc_protos/google/rpc/status.proto" --path "$rpc_protos/google/rpc/error_details.proto"

@@ -9,12 +9,17 @@ package installed from gen/python):
 
     PYTHONPATH=gen python tests/polyglot/betterproto_client.py 127.0.0.1:50051
 
-The generated RegistryServiceStub is synchronous (grpc.Channel); the script exits
-non-zero, with a traceback, on any failure. tests/test_polyglot.py runs it.
+The stubs come both ways (``client_generation=sync_async``): RegistryServiceStub
+over a grpcio ``grpc.Channel`` and RegistryServiceAsyncStub over a grpclib
+``Channel``, each method taking ``timeout=`` and ``metadata=`` (the sync ones
+through our template in scripts/betterproto2/). The script runs the same checks
+both ways and exits non-zero, with a traceback, on any failure.
+tests/test_polyglot.py runs it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import sys
@@ -22,12 +27,15 @@ from collections.abc import Iterator
 
 import betterproto2
 import grpc
+import grpclib
+import grpclib.client
 import python_betterproto.aitrading.hub.v1 as hub_v1
 from python_betterproto.aitrading.hub.v1 import (
     DeregisterRequest,
     GetServiceRequest,
     Protocol,
     RegisterRequest,
+    RegistryServiceAsyncStub,
     RegistryServiceStub,
     ResourceTier,
     SubscriptionTier,
@@ -39,6 +47,10 @@ from python_betterproto.aitrading.hub.v1 import (
 )
 
 SERVICE = "betterproto-svc"
+ASYNC_SERVICE = "betterproto-async-svc"
+# A free-tier tenant's context: it may not see an ENTERPRISE-only service, so
+# the metadata visibly reaches the hub.
+FREE_TENANT = [("x-tenant-id", "bp-free"), ("x-subscription-tier", "free")]
 
 
 def shadowing_fields() -> list[str]:
@@ -115,7 +127,7 @@ def run(address: str) -> None:
         assert inst.mod_revision == first.header.revision
         assert found.header.revision >= inst.mod_revision
 
-        # The stub's watch() is a generator: the call starts at the first next().
+        # watch() returns grpcio's call: an iterator of messages with cancel().
         watch = registry.watch(WatchRequest(service=SERVICE, start_revision=0))
         snapshot = []
         while True:
@@ -147,7 +159,108 @@ def run(address: str) -> None:
             assert err.code() == grpc.StatusCode.NOT_FOUND, err.code()
         else:
             raise AssertionError("the service is still there after deregistering")
-        # Leaving the with block closes the channel, which cancels the watch.
+        watch.cancel()
+
+        # metadata= and timeout= reach the hub.
+        registry.register(
+            RegisterRequest(
+                service=SERVICE,
+                host="10.30.0.3",
+                port=8003,
+                subscription_requirements=[SubscriptionTier.ENTERPRISE],
+            ),
+            timeout=5.0,
+        )
+        try:
+            registry.get_service(GetServiceRequest(service=SERVICE), metadata=FREE_TENANT)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err.code()
+        else:
+            raise AssertionError("a free tenant saw an enterprise-only service")
+        idle = registry.watch(WatchRequest(service=SERVICE, start_revision=0), timeout=1.0)
+        try:
+            for _ in idle:
+                pass
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.code()
+        else:
+            raise AssertionError("a watch with timeout=1.0 ended without DEADLINE_EXCEEDED")
+        registry.deregister(DeregisterRequest(service=SERVICE, instance_id="10.30.0.3-8003"))
+        # Leaving the with block closes the channel.
+
+
+async def run_async(address: str) -> None:
+    """The same over the async stubs (grpclib), with a grpclib timeout and metadata."""
+    host, _, port = address.rpartition(":")
+    channel = grpclib.client.Channel(host, int(port))
+    try:
+        registry = RegistryServiceAsyncStub(channel)
+        first = await registry.register(
+            RegisterRequest(
+                service=ASYNC_SERVICE,
+                host="10.31.0.1",
+                port=8101,
+                version="4.0.0",
+                subscription_requirements=[SubscriptionTier.ENTERPRISE],
+            ),
+            timeout=5.0,
+        )
+        assert first.instance is not None and first.header is not None
+        assert first.instance.instance_id == "10.31.0.1-8101"
+
+        found = await registry.get_service(GetServiceRequest(service=ASYNC_SERVICE), timeout=5.0)
+        assert found.service is not None
+        assert [i.instance_id for i in found.service.instances] == ["10.31.0.1-8101"]
+        assert found.service.instances[0].version == "4.0.0"
+
+        try:
+            await registry.get_service(
+                GetServiceRequest(service=ASYNC_SERVICE), metadata=dict(FREE_TENANT)
+            )
+        except grpclib.GRPCError as err:
+            assert err.status == grpclib.Status.PERMISSION_DENIED, err.status
+        else:
+            raise AssertionError("a free tenant saw an enterprise-only service")
+
+        # A snapshot, then the ADDED event of a second instance; then the
+        # watch's timeout ends it.
+        watch = registry.watch(WatchRequest(service=ASYNC_SERVICE, start_revision=0), timeout=3.0)
+        snapshot: list[str] = []
+        while True:
+            msg = await anext(watch)
+            assert msg.kind == WatchResponseKind.SNAPSHOT, msg.kind
+            snapshot.extend(i.instance_id for i in msg.instances)
+            if not msg.more:
+                break
+        assert snapshot == ["10.31.0.1-8101"], snapshot
+        second = await registry.register(
+            RegisterRequest(service=ASYNC_SERVICE, host="10.31.0.2", port=8102)
+        )
+        assert second.header is not None
+        while True:
+            msg = await anext(watch)
+            added = [
+                e for e in msg.events if e.instance and e.instance.instance_id == "10.31.0.2-8102"
+            ]
+            if added:
+                assert added[0].type == WatchEventType.ADDED
+                assert added[0].revision == second.header.revision
+                break
+        try:
+            async for _ in watch:
+                pass
+        except (TimeoutError, grpclib.GRPCError) as err:
+            # grpclib ends a call past its timeout with asyncio's TimeoutError
+            # (or DEADLINE_EXCEEDED when the hub's answer races it).
+            if isinstance(err, grpclib.GRPCError):
+                assert err.status == grpclib.Status.DEADLINE_EXCEEDED, err.status
+        else:
+            raise AssertionError("a watch with timeout=3.0 ended without a timeout")
+
+        for iid in ("10.31.0.1-8101", "10.31.0.2-8102"):
+            await registry.deregister(DeregisterRequest(service=ASYNC_SERVICE, instance_id=iid))
+    finally:
+        channel.close()
 
 
 def main() -> int:
@@ -155,7 +268,8 @@ def main() -> int:
         print(f"usage: {sys.argv[0]} HOST:PORT", file=sys.stderr)
         return 2
     run(sys.argv[1])
-    print("betterproto2 client: register, discover and watch OK")
+    asyncio.run(run_async(sys.argv[1]))
+    print("betterproto2 client: register, discover and watch OK, sync and async")
     return 0
 
 

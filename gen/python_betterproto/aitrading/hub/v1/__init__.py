@@ -14,6 +14,7 @@ __all__ = (
     "BackupHeader",
     "BackupInfo",
     "BackupRecord",
+    "BackupServiceAsyncStub",
     "BackupServiceStub",
     "BalancingStrategy",
     "Batch",
@@ -22,14 +23,17 @@ __all__ = (
     "CheckQuotaRequest",
     "CheckQuotaResponse",
     "Circuit",
+    "CircuitBreakerServiceAsyncStub",
     "CircuitBreakerServiceStub",
     "CircuitOverride",
     "CircuitSettings",
     "CircuitState",
+    "ClusterServiceAsyncStub",
     "ClusterServiceStub",
     "ConfigLayer",
     "ConfigLayerKind",
     "ConfigLayerRef",
+    "ConfigServiceAsyncStub",
     "ConfigServiceStub",
     "ConfigValues",
     "CreateBackupRequest",
@@ -42,6 +46,7 @@ __all__ = (
     "DeleteRoutingPolicyResponse",
     "Deployment",
     "DeploymentProgress",
+    "DeploymentServiceAsyncStub",
     "DeploymentServiceStub",
     "DeploymentSettings",
     "DeploymentState",
@@ -77,6 +82,7 @@ __all__ = (
     "GetUsageResponse",
     "GrpcCheck",
     "HealthCheck",
+    "HealthServiceAsyncStub",
     "HealthServiceStub",
     "HealthStatus",
     "HttpCheck",
@@ -103,7 +109,9 @@ __all__ = (
     "ListTenantsResponse",
     "ListXdsClientsRequest",
     "ListXdsClientsResponse",
+    "LoadBalancerServiceAsyncStub",
     "LoadBalancerServiceStub",
+    "ObservabilityServiceAsyncStub",
     "ObservabilityServiceStub",
     "Outcome",
     "OutlierDetection",
@@ -118,6 +126,7 @@ __all__ = (
     "RateLimits",
     "RegisterRequest",
     "RegisterResponse",
+    "RegistryServiceAsyncStub",
     "RegistryServiceStub",
     "ReleaseDeploymentDrainsRequest",
     "ReleaseDeploymentDrainsResponse",
@@ -162,6 +171,7 @@ __all__ = (
     "Tenant",
     "TenantConfig",
     "TenantMetrics",
+    "TenantServiceAsyncStub",
     "TenantServiceStub",
     "TierSource",
     "UpdateTenantTierRequest",
@@ -193,13 +203,20 @@ __all__ = (
 )
 
 import datetime
-from collections.abc import Iterable, Iterator
+import typing
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import betterproto2
 import grpc
+from betterproto2 import grpclib as betterproto2_grpclib
 
 from ....message_pool import default_message_pool
+
+if TYPE_CHECKING:
+    from betterproto2.grpclib.grpclib_client import MetadataLike
+    from grpclib.metadata import Deadline
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
@@ -6499,19 +6516,31 @@ class BackupServiceStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def create_backup(self, message: "CreateBackupRequest") -> "Iterator[CreateBackupResponse]":
+    def create_backup(
+        self,
+        message: "CreateBackupRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "Iterator[CreateBackupResponse]":
         """
         CreateBackup exports the keyspace at one revision: a BackupInfo first, then
         the file in chunks (unless omit_data); optionally also stored on the hub.
         """
 
-        yield from self._channel.unary_stream(
+        return self._channel.unary_stream(
             "/aitrading.hub.v1.BackupService/CreateBackup",
             CreateBackupRequest.SerializeToString,
             CreateBackupResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def restore_backup(self, messages: "Iterable[RestoreBackupRequest]") -> "RestoreBackupResponse":
+    def restore_backup(
+        self,
+        messages: "Iterable[RestoreBackupRequest]",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "RestoreBackupResponse":
         """
         RestoreBackup takes a backup as a stream: options first, then the file in
         chunks (or the name of a file in the hub's backup directory). A dry run
@@ -6522,9 +6551,15 @@ class BackupServiceStub:
             "/aitrading.hub.v1.BackupService/RestoreBackup",
             RestoreBackupRequest.SerializeToString,
             RestoreBackupResponse.FromString,
-        )(iter(messages))
+        )(iter(messages), timeout=timeout, metadata=metadata)
 
-    def list_backups(self, message: "ListBackupsRequest | None" = None) -> "ListBackupsResponse":
+    def list_backups(
+        self,
+        message: "ListBackupsRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ListBackupsResponse":
         """
         ListBackups lists the files in the hub's backup directory, newest first.
         """
@@ -6536,9 +6571,15 @@ class BackupServiceStub:
             "/aitrading.hub.v1.BackupService/ListBackups",
             ListBackupsRequest.SerializeToString,
             ListBackupsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def delete_backup(self, message: "DeleteBackupRequest") -> "DeleteBackupResponse":
+    def delete_backup(
+        self,
+        message: "DeleteBackupRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "DeleteBackupResponse":
         """
         DeleteBackup removes a file from the hub's backup directory.
         """
@@ -6547,7 +6588,120 @@ class BackupServiceStub:
             "/aitrading.hub.v1.BackupService/DeleteBackup",
             DeleteBackupRequest.SerializeToString,
             DeleteBackupResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
+
+
+class BackupServiceAsyncStub(betterproto2_grpclib.ServiceStub):
+    """
+    BackupService exports the hub's whole keyspace at one etcd revision as a
+    versioned, checksummed file, and restores such a file (dry run first).
+    Keys bound to an etcd lease (registered instances, their health and load,
+    hub replicas, the leader election) are exported flagged as such and are never
+    restored: they come back when their owners register again.
+
+    Backup file layout (all integers big-endian):
+
+      offset 0   4 bytes  magic "CHUB"
+      offset 4   uint16   format version (1)
+      offset 6   uint32   n: length of the header
+      offset 10  n bytes  BackupHeader (protobuf)
+      10+n       uint32   CRC-32 (zlib/IEEE) of the n header bytes
+      14+n       body: BackupHeader.key_count records, each a varint length
+                 followed by a BackupRecord (protobuf "delimited" encoding), in key
+                 order; BackupHeader.body_sha256 is the SHA-256 of the whole body.
+    """
+
+    async def create_backup(
+        self,
+        message: "CreateBackupRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[CreateBackupResponse]":
+        """
+        CreateBackup exports the keyspace at one revision: a BackupInfo first, then
+        the file in chunks (unless omit_data); optionally also stored on the hub.
+        """
+
+        async for response in self._unary_stream(
+            "/aitrading.hub.v1.BackupService/CreateBackup",
+            message,
+            CreateBackupResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def restore_backup(
+        self,
+        messages: "AsyncIterable[RestoreBackupRequest] | Iterable[RestoreBackupRequest]",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RestoreBackupResponse":
+        """
+        RestoreBackup takes a backup as a stream: options first, then the file in
+        chunks (or the name of a file in the hub's backup directory). A dry run
+        only reports what would change.
+        """
+
+        return await self._stream_unary(
+            "/aitrading.hub.v1.BackupService/RestoreBackup",
+            messages,
+            RestoreBackupRequest,
+            RestoreBackupResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_backups(
+        self,
+        message: "ListBackupsRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListBackupsResponse":
+        """
+        ListBackups lists the files in the hub's backup directory, newest first.
+        """
+
+        if message is None:
+            message = ListBackupsRequest()
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.BackupService/ListBackups",
+            message,
+            ListBackupsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_backup(
+        self,
+        message: "DeleteBackupRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteBackupResponse":
+        """
+        DeleteBackup removes a file from the hub's backup directory.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.BackupService/DeleteBackup",
+            message,
+            DeleteBackupResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
 
 
 class CircuitBreakerServiceStub:
@@ -6560,7 +6714,13 @@ class CircuitBreakerServiceStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def report_outcomes(self, message: "ReportOutcomesRequest") -> "ReportOutcomesResponse":
+    def report_outcomes(
+        self,
+        message: "ReportOutcomesRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ReportOutcomesResponse":
         """
         ReportOutcomes records a batch of call outcomes.
         """
@@ -6569,9 +6729,15 @@ class CircuitBreakerServiceStub:
             "/aitrading.hub.v1.CircuitBreakerService/ReportOutcomes",
             ReportOutcomesRequest.SerializeToString,
             ReportOutcomesResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def get_circuit_state(self, message: "GetCircuitStateRequest") -> "GetCircuitStateResponse":
+    def get_circuit_state(
+        self,
+        message: "GetCircuitStateRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "GetCircuitStateResponse":
         """
         GetCircuitState returns one circuit.
         """
@@ -6580,21 +6746,31 @@ class CircuitBreakerServiceStub:
             "/aitrading.hub.v1.CircuitBreakerService/GetCircuitState",
             GetCircuitStateRequest.SerializeToString,
             GetCircuitStateResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def watch_circuits(self, message: "WatchCircuitsRequest") -> "Iterator[WatchCircuitsResponse]":
+    def watch_circuits(
+        self,
+        message: "WatchCircuitsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "Iterator[WatchCircuitsResponse]":
         """
         WatchCircuits streams a snapshot of circuits, then every change.
         """
 
-        yield from self._channel.unary_stream(
+        return self._channel.unary_stream(
             "/aitrading.hub.v1.CircuitBreakerService/WatchCircuits",
             WatchCircuitsRequest.SerializeToString,
             WatchCircuitsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def set_circuit_settings(
-        self, message: "SetCircuitSettingsRequest"
+        self,
+        message: "SetCircuitSettingsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "SetCircuitSettingsResponse":
         """
         SetCircuitSettings changes a service's thresholds (defaults apply until set).
@@ -6604,9 +6780,15 @@ class CircuitBreakerServiceStub:
             "/aitrading.hub.v1.CircuitBreakerService/SetCircuitSettings",
             SetCircuitSettingsRequest.SerializeToString,
             SetCircuitSettingsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def override_circuit(self, message: "OverrideCircuitRequest") -> "OverrideCircuitResponse":
+    def override_circuit(
+        self,
+        message: "OverrideCircuitRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "OverrideCircuitResponse":
         """
         OverrideCircuit forces a circuit open or closed, or resets it (operators).
         """
@@ -6615,7 +6797,121 @@ class CircuitBreakerServiceStub:
             "/aitrading.hub.v1.CircuitBreakerService/OverrideCircuit",
             OverrideCircuitRequest.SerializeToString,
             OverrideCircuitResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
+
+
+class CircuitBreakerServiceAsyncStub(betterproto2_grpclib.ServiceStub):
+    """
+    CircuitBreakerService keeps one circuit per service (and optionally per
+    instance) for the whole fleet: clients report call outcomes, the aggregate of
+    every report across every hub replica decides the state.
+    """
+
+    async def report_outcomes(
+        self,
+        message: "ReportOutcomesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReportOutcomesResponse":
+        """
+        ReportOutcomes records a batch of call outcomes.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.CircuitBreakerService/ReportOutcomes",
+            message,
+            ReportOutcomesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_circuit_state(
+        self,
+        message: "GetCircuitStateRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetCircuitStateResponse":
+        """
+        GetCircuitState returns one circuit.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.CircuitBreakerService/GetCircuitState",
+            message,
+            GetCircuitStateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_circuits(
+        self,
+        message: "WatchCircuitsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[WatchCircuitsResponse]":
+        """
+        WatchCircuits streams a snapshot of circuits, then every change.
+        """
+
+        async for response in self._unary_stream(
+            "/aitrading.hub.v1.CircuitBreakerService/WatchCircuits",
+            message,
+            WatchCircuitsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def set_circuit_settings(
+        self,
+        message: "SetCircuitSettingsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SetCircuitSettingsResponse":
+        """
+        SetCircuitSettings changes a service's thresholds (defaults apply until set).
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.CircuitBreakerService/SetCircuitSettings",
+            message,
+            SetCircuitSettingsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def override_circuit(
+        self,
+        message: "OverrideCircuitRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "OverrideCircuitResponse":
+        """
+        OverrideCircuit forces a circuit open or closed, or resets it (operators).
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.CircuitBreakerService/OverrideCircuit",
+            message,
+            OverrideCircuitResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
 
 
 class ClusterServiceStub:
@@ -6627,7 +6923,11 @@ class ClusterServiceStub:
         self._channel = channel
 
     def get_cluster_status(
-        self, message: "GetClusterStatusRequest | None" = None
+        self,
+        message: "GetClusterStatusRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "GetClusterStatusResponse":
         """
         GetClusterStatus names the replicas and which one leads (runs probes,
@@ -6641,10 +6941,14 @@ class ClusterServiceStub:
             "/aitrading.hub.v1.ClusterService/GetClusterStatus",
             GetClusterStatusRequest.SerializeToString,
             GetClusterStatusResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def list_xds_clients(
-        self, message: "ListXdsClientsRequest | None" = None
+        self,
+        message: "ListXdsClientsRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "ListXdsClientsResponse":
         """
         ListXdsClients lists the xDS clients connected to the answering replica
@@ -6659,7 +6963,64 @@ class ClusterServiceStub:
             "/aitrading.hub.v1.ClusterService/ListXdsClients",
             ListXdsClientsRequest.SerializeToString,
             ListXdsClientsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
+
+
+class ClusterServiceAsyncStub(betterproto2_grpclib.ServiceStub):
+    """
+    ClusterService describes the hub replicas sharing one etcd.
+    """
+
+    async def get_cluster_status(
+        self,
+        message: "GetClusterStatusRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetClusterStatusResponse":
+        """
+        GetClusterStatus names the replicas and which one leads (runs probes,
+        circuit timers and other once-only work).
+        """
+
+        if message is None:
+            message = GetClusterStatusRequest()
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ClusterService/GetClusterStatus",
+            message,
+            GetClusterStatusResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_xds_clients(
+        self,
+        message: "ListXdsClientsRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListXdsClientsResponse":
+        """
+        ListXdsClients lists the xDS clients connected to the answering replica
+        (admins). Each replica holds its own streams; ask every replica named
+        by GetClusterStatus for the whole cluster (hubctl xds clients does).
+        """
+
+        if message is None:
+            message = ListXdsClientsRequest()
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ClusterService/ListXdsClients",
+            message,
+            ListXdsClientsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
 
 
 class ConfigServiceStub:
@@ -6679,7 +7040,13 @@ class ConfigServiceStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def get_tenant_config(self, message: "GetTenantConfigRequest") -> "GetTenantConfigResponse":
+    def get_tenant_config(
+        self,
+        message: "GetTenantConfigRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "GetTenantConfigResponse":
         """
         GetTenantConfig returns a tenant's merged config (or, with no tenant, the
         tier defaults merged with the global layer).
@@ -6689,9 +7056,15 @@ class ConfigServiceStub:
             "/aitrading.hub.v1.ConfigService/GetTenantConfig",
             GetTenantConfigRequest.SerializeToString,
             GetTenantConfigResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def get_config_layer(self, message: "GetConfigLayerRequest") -> "GetConfigLayerResponse":
+    def get_config_layer(
+        self,
+        message: "GetConfigLayerRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "GetConfigLayerResponse":
         """
         GetConfigLayer returns one layer as stored (version 0: never written).
         """
@@ -6700,9 +7073,15 @@ class ConfigServiceStub:
             "/aitrading.hub.v1.ConfigService/GetConfigLayer",
             GetConfigLayerRequest.SerializeToString,
             GetConfigLayerResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def set_config_layer(self, message: "SetConfigLayerRequest") -> "SetConfigLayerResponse":
+    def set_config_layer(
+        self,
+        message: "SetConfigLayerRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "SetConfigLayerResponse":
         """
         SetConfigLayer replaces a layer's values, making a new version.
         """
@@ -6711,10 +7090,14 @@ class ConfigServiceStub:
             "/aitrading.hub.v1.ConfigService/SetConfigLayer",
             SetConfigLayerRequest.SerializeToString,
             SetConfigLayerResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def list_config_versions(
-        self, message: "ListConfigVersionsRequest"
+        self,
+        message: "ListConfigVersionsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "ListConfigVersionsResponse":
         """
         ListConfigVersions returns a layer's history, newest first.
@@ -6724,9 +7107,15 @@ class ConfigServiceStub:
             "/aitrading.hub.v1.ConfigService/ListConfigVersions",
             ListConfigVersionsRequest.SerializeToString,
             ListConfigVersionsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def rollback_config(self, message: "RollbackConfigRequest") -> "RollbackConfigResponse":
+    def rollback_config(
+        self,
+        message: "RollbackConfigRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "RollbackConfigResponse":
         """
         RollbackConfig writes an earlier version's values as a new version.
         """
@@ -6735,19 +7124,169 @@ class ConfigServiceStub:
             "/aitrading.hub.v1.ConfigService/RollbackConfig",
             RollbackConfigRequest.SerializeToString,
             RollbackConfigResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def watch_config(self, message: "WatchConfigRequest") -> "Iterator[WatchConfigResponse]":
+    def watch_config(
+        self,
+        message: "WatchConfigRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "Iterator[WatchConfigResponse]":
         """
         WatchConfig streams a merged config, then the new merged config whenever a
         layer it depends on (or the tenant's tier) changes it.
         """
 
-        yield from self._channel.unary_stream(
+        return self._channel.unary_stream(
             "/aitrading.hub.v1.ConfigService/WatchConfig",
             WatchConfigRequest.SerializeToString,
             WatchConfigResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
+
+
+class ConfigServiceAsyncStub(betterproto2_grpclib.ServiceStub):
+    """
+    ConfigService serves layered configuration: subscription-tier defaults, then
+    the global layer, then per-tenant overrides, merged per tenant.
+
+    A field a layer leaves unset is taken from the layer below it; the tier
+    defaults layer sets every typed field, so a merged config always has them
+    all. Free-form `settings` merge key by key like a JSON merge patch (RFC 7386):
+    objects merge recursively, null removes a key, anything else replaces it.
+
+    Every write makes a new version of its layer; a write may name the version it
+    expects and gets ABORTED (reason VERSION_CONFLICT) if the layer moved on.
+    """
+
+    async def get_tenant_config(
+        self,
+        message: "GetTenantConfigRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetTenantConfigResponse":
+        """
+        GetTenantConfig returns a tenant's merged config (or, with no tenant, the
+        tier defaults merged with the global layer).
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ConfigService/GetTenantConfig",
+            message,
+            GetTenantConfigResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_config_layer(
+        self,
+        message: "GetConfigLayerRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetConfigLayerResponse":
+        """
+        GetConfigLayer returns one layer as stored (version 0: never written).
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ConfigService/GetConfigLayer",
+            message,
+            GetConfigLayerResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def set_config_layer(
+        self,
+        message: "SetConfigLayerRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SetConfigLayerResponse":
+        """
+        SetConfigLayer replaces a layer's values, making a new version.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ConfigService/SetConfigLayer",
+            message,
+            SetConfigLayerResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_config_versions(
+        self,
+        message: "ListConfigVersionsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListConfigVersionsResponse":
+        """
+        ListConfigVersions returns a layer's history, newest first.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ConfigService/ListConfigVersions",
+            message,
+            ListConfigVersionsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def rollback_config(
+        self,
+        message: "RollbackConfigRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RollbackConfigResponse":
+        """
+        RollbackConfig writes an earlier version's values as a new version.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ConfigService/RollbackConfig",
+            message,
+            RollbackConfigResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_config(
+        self,
+        message: "WatchConfigRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[WatchConfigResponse]":
+        """
+        WatchConfig streams a merged config, then the new merged config whenever a
+        layer it depends on (or the tenant's tier) changes it.
+        """
+
+        async for response in self._unary_stream(
+            "/aitrading.hub.v1.ConfigService/WatchConfig",
+            message,
+            WatchConfigResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
 
 
 class DeploymentServiceStub:
@@ -6762,7 +7301,13 @@ class DeploymentServiceStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def start_deployment(self, message: "StartDeploymentRequest") -> "StartDeploymentResponse":
+    def start_deployment(
+        self,
+        message: "StartDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "StartDeploymentResponse":
         """
         StartDeployment plans and starts a roll-out (one active per service).
         """
@@ -6771,9 +7316,15 @@ class DeploymentServiceStub:
             "/aitrading.hub.v1.DeploymentService/StartDeployment",
             StartDeploymentRequest.SerializeToString,
             StartDeploymentResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def get_deployment(self, message: "GetDeploymentRequest") -> "GetDeploymentResponse":
+    def get_deployment(
+        self,
+        message: "GetDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "GetDeploymentResponse":
         """
         GetDeployment returns one deployment.
         """
@@ -6782,9 +7333,15 @@ class DeploymentServiceStub:
             "/aitrading.hub.v1.DeploymentService/GetDeployment",
             GetDeploymentRequest.SerializeToString,
             GetDeploymentResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def list_deployments(self, message: "ListDeploymentsRequest") -> "ListDeploymentsResponse":
+    def list_deployments(
+        self,
+        message: "ListDeploymentsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ListDeploymentsResponse":
         """
         ListDeployments returns deployments, newest first.
         """
@@ -6793,22 +7350,32 @@ class DeploymentServiceStub:
             "/aitrading.hub.v1.DeploymentService/ListDeployments",
             ListDeploymentsRequest.SerializeToString,
             ListDeploymentsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def watch_deployment(
-        self, message: "WatchDeploymentRequest"
+        self,
+        message: "WatchDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "Iterator[WatchDeploymentResponse]":
         """
         WatchDeployment streams a deployment's current state, then every change.
         """
 
-        yield from self._channel.unary_stream(
+        return self._channel.unary_stream(
             "/aitrading.hub.v1.DeploymentService/WatchDeployment",
             WatchDeploymentRequest.SerializeToString,
             WatchDeploymentResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def pause_deployment(self, message: "PauseDeploymentRequest") -> "PauseDeploymentResponse":
+    def pause_deployment(
+        self,
+        message: "PauseDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "PauseDeploymentResponse":
         """
         PauseDeployment stops a running roll-out where it is.
         """
@@ -6817,9 +7384,15 @@ class DeploymentServiceStub:
             "/aitrading.hub.v1.DeploymentService/PauseDeployment",
             PauseDeploymentRequest.SerializeToString,
             PauseDeploymentResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def resume_deployment(self, message: "ResumeDeploymentRequest") -> "ResumeDeploymentResponse":
+    def resume_deployment(
+        self,
+        message: "ResumeDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ResumeDeploymentResponse":
         """
         ResumeDeployment continues a paused roll-out (the health gate starts anew).
         """
@@ -6828,9 +7401,15 @@ class DeploymentServiceStub:
             "/aitrading.hub.v1.DeploymentService/ResumeDeployment",
             ResumeDeploymentRequest.SerializeToString,
             ResumeDeploymentResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def abort_deployment(self, message: "AbortDeploymentRequest") -> "AbortDeploymentResponse":
+    def abort_deployment(
+        self,
+        message: "AbortDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "AbortDeploymentResponse":
         """
         AbortDeployment stops a roll-out for good; drained instances not yet retired
         go back into service.
@@ -6840,10 +7419,14 @@ class DeploymentServiceStub:
             "/aitrading.hub.v1.DeploymentService/AbortDeployment",
             AbortDeploymentRequest.SerializeToString,
             AbortDeploymentResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def rollback_deployment(
-        self, message: "RollbackDeploymentRequest"
+        self,
+        message: "RollbackDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "RollbackDeploymentResponse":
         """
         RollbackDeployment brings the service back to the version it ran before.
@@ -6853,10 +7436,14 @@ class DeploymentServiceStub:
             "/aitrading.hub.v1.DeploymentService/RollbackDeployment",
             RollbackDeploymentRequest.SerializeToString,
             RollbackDeploymentResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def release_deployment_drains(
-        self, message: "ReleaseDeploymentDrainsRequest"
+        self,
+        message: "ReleaseDeploymentDrainsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "ReleaseDeploymentDrainsResponse":
         """
         ReleaseDeploymentDrains takes back every drain mark the deployment left on
@@ -6868,21 +7455,251 @@ class DeploymentServiceStub:
             "/aitrading.hub.v1.DeploymentService/ReleaseDeploymentDrains",
             ReleaseDeploymentDrainsRequest.SerializeToString,
             ReleaseDeploymentDrainsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def watch_directives(
-        self, message: "WatchDirectivesRequest"
+        self,
+        message: "WatchDirectivesRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "Iterator[WatchDirectivesResponse]":
         """
         WatchDirectives streams the directives for one instance (or every instance
         of a service): what it, or an external deployer, should do now.
         """
 
-        yield from self._channel.unary_stream(
+        return self._channel.unary_stream(
             "/aitrading.hub.v1.DeploymentService/WatchDirectives",
             WatchDirectivesRequest.SerializeToString,
             WatchDirectivesResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
+
+
+class DeploymentServiceAsyncStub(betterproto2_grpclib.ServiceStub):
+    """
+    DeploymentService rolls a new version of a service out in batches: each batch
+    is drained (the balancer stops picking it), its instances are told to make way
+    for the new version, and the roll-out advances once as many replacements of
+    the new version are registered and HEALTHY. It is stepped by the elected hub
+    replica and persisted at every step, so it survives a hub failover.
+    """
+
+    async def start_deployment(
+        self,
+        message: "StartDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "StartDeploymentResponse":
+        """
+        StartDeployment plans and starts a roll-out (one active per service).
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.DeploymentService/StartDeployment",
+            message,
+            StartDeploymentResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_deployment(
+        self,
+        message: "GetDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetDeploymentResponse":
+        """
+        GetDeployment returns one deployment.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.DeploymentService/GetDeployment",
+            message,
+            GetDeploymentResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_deployments(
+        self,
+        message: "ListDeploymentsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListDeploymentsResponse":
+        """
+        ListDeployments returns deployments, newest first.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.DeploymentService/ListDeployments",
+            message,
+            ListDeploymentsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_deployment(
+        self,
+        message: "WatchDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[WatchDeploymentResponse]":
+        """
+        WatchDeployment streams a deployment's current state, then every change.
+        """
+
+        async for response in self._unary_stream(
+            "/aitrading.hub.v1.DeploymentService/WatchDeployment",
+            message,
+            WatchDeploymentResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def pause_deployment(
+        self,
+        message: "PauseDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "PauseDeploymentResponse":
+        """
+        PauseDeployment stops a running roll-out where it is.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.DeploymentService/PauseDeployment",
+            message,
+            PauseDeploymentResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def resume_deployment(
+        self,
+        message: "ResumeDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ResumeDeploymentResponse":
+        """
+        ResumeDeployment continues a paused roll-out (the health gate starts anew).
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.DeploymentService/ResumeDeployment",
+            message,
+            ResumeDeploymentResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def abort_deployment(
+        self,
+        message: "AbortDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AbortDeploymentResponse":
+        """
+        AbortDeployment stops a roll-out for good; drained instances not yet retired
+        go back into service.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.DeploymentService/AbortDeployment",
+            message,
+            AbortDeploymentResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def rollback_deployment(
+        self,
+        message: "RollbackDeploymentRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RollbackDeploymentResponse":
+        """
+        RollbackDeployment brings the service back to the version it ran before.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.DeploymentService/RollbackDeployment",
+            message,
+            RollbackDeploymentResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def release_deployment_drains(
+        self,
+        message: "ReleaseDeploymentDrainsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReleaseDeploymentDrainsResponse":
+        """
+        ReleaseDeploymentDrains takes back every drain mark the deployment left on
+        instances that are still registered, whatever its state: the operator's way
+        to put a service back into use by hand.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.DeploymentService/ReleaseDeploymentDrains",
+            message,
+            ReleaseDeploymentDrainsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_directives(
+        self,
+        message: "WatchDirectivesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[WatchDirectivesResponse]":
+        """
+        WatchDirectives streams the directives for one instance (or every instance
+        of a service): what it, or an external deployer, should do now.
+        """
+
+        async for response in self._unary_stream(
+            "/aitrading.hub.v1.DeploymentService/WatchDirectives",
+            message,
+            WatchDirectivesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
 
 
 class HealthServiceStub:
@@ -6896,7 +7713,13 @@ class HealthServiceStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def get_health(self, message: "GetHealthRequest") -> "GetHealthResponse":
+    def get_health(
+        self,
+        message: "GetHealthRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "GetHealthResponse":
         """
         GetHealth returns the health of one service's instances, or of all.
         """
@@ -6905,18 +7728,76 @@ class HealthServiceStub:
             "/aitrading.hub.v1.HealthService/GetHealth",
             GetHealthRequest.SerializeToString,
             GetHealthResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def watch_health(self, message: "WatchHealthRequest") -> "Iterator[WatchHealthResponse]":
+    def watch_health(
+        self,
+        message: "WatchHealthRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "Iterator[WatchHealthResponse]":
         """
         WatchHealth streams a snapshot, then every health change, with revisions.
         """
 
-        yield from self._channel.unary_stream(
+        return self._channel.unary_stream(
             "/aitrading.hub.v1.HealthService/WatchHealth",
             WatchHealthRequest.SerializeToString,
             WatchHealthResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
+
+
+class HealthServiceAsyncStub(betterproto2_grpclib.ServiceStub):
+    """
+    HealthService reports what the hub's active probes found.
+
+    The elected hub replica probes every instance by its declared check (HTTP,
+    gRPC health, TCP); instances without a check are judged by their lease.
+    """
+
+    async def get_health(
+        self,
+        message: "GetHealthRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetHealthResponse":
+        """
+        GetHealth returns the health of one service's instances, or of all.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.HealthService/GetHealth",
+            message,
+            GetHealthResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_health(
+        self,
+        message: "WatchHealthRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[WatchHealthResponse]":
+        """
+        WatchHealth streams a snapshot, then every health change, with revisions.
+        """
+
+        async for response in self._unary_stream(
+            "/aitrading.hub.v1.HealthService/WatchHealth",
+            message,
+            WatchHealthResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
 
 
 class LoadBalancerServiceStub:
@@ -6931,7 +7812,13 @@ class LoadBalancerServiceStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def pick_endpoint(self, message: "PickEndpointRequest") -> "PickEndpointResponse":
+    def pick_endpoint(
+        self,
+        message: "PickEndpointRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "PickEndpointResponse":
         """
         PickEndpoint chooses one instance. NOT_FOUND for an unknown service,
         UNAVAILABLE (reason NO_ELIGIBLE_INSTANCE) when nothing may be picked.
@@ -6941,9 +7828,15 @@ class LoadBalancerServiceStub:
             "/aitrading.hub.v1.LoadBalancerService/PickEndpoint",
             PickEndpointRequest.SerializeToString,
             PickEndpointResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def report_load(self, message: "ReportLoadRequest") -> "ReportLoadResponse":
+    def report_load(
+        self,
+        message: "ReportLoadRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ReportLoadResponse":
         """
         ReportLoad records an instance's current load, for least-load balancing.
         """
@@ -6952,9 +7845,15 @@ class LoadBalancerServiceStub:
             "/aitrading.hub.v1.LoadBalancerService/ReportLoad",
             ReportLoadRequest.SerializeToString,
             ReportLoadResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def set_routing_policy(self, message: "SetRoutingPolicyRequest") -> "SetRoutingPolicyResponse":
+    def set_routing_policy(
+        self,
+        message: "SetRoutingPolicyRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "SetRoutingPolicyResponse":
         """
         The routing policy RPCs live here rather than on a service of their own:
         the policy is how this service (and every xDS client of the hub) balances
@@ -6968,9 +7867,15 @@ class LoadBalancerServiceStub:
             "/aitrading.hub.v1.LoadBalancerService/SetRoutingPolicy",
             SetRoutingPolicyRequest.SerializeToString,
             SetRoutingPolicyResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def get_routing_policy(self, message: "GetRoutingPolicyRequest") -> "GetRoutingPolicyResponse":
+    def get_routing_policy(
+        self,
+        message: "GetRoutingPolicyRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "GetRoutingPolicyResponse":
         """
         GetRoutingPolicy returns the policy in force: the stored one, or the
         default (is_default true) when none is stored.
@@ -6980,10 +7885,14 @@ class LoadBalancerServiceStub:
             "/aitrading.hub.v1.LoadBalancerService/GetRoutingPolicy",
             GetRoutingPolicyRequest.SerializeToString,
             GetRoutingPolicyResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def delete_routing_policy(
-        self, message: "DeleteRoutingPolicyRequest"
+        self,
+        message: "DeleteRoutingPolicyRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "DeleteRoutingPolicyResponse":
         """
         DeleteRoutingPolicy drops a service's stored policy, so the default
@@ -6994,10 +7903,14 @@ class LoadBalancerServiceStub:
             "/aitrading.hub.v1.LoadBalancerService/DeleteRoutingPolicy",
             DeleteRoutingPolicyRequest.SerializeToString,
             DeleteRoutingPolicyResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def watch_endpoints(
-        self, message: "WatchEndpointsRequest"
+        self,
+        message: "WatchEndpointsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "Iterator[WatchEndpointsResponse]":
         """
         WatchEndpoints streams the usable endpoints of one service for the
@@ -7007,11 +7920,160 @@ class LoadBalancerServiceStub:
         the set, an endpoint's state or the routing policy changes.
         """
 
-        yield from self._channel.unary_stream(
+        return self._channel.unary_stream(
             "/aitrading.hub.v1.LoadBalancerService/WatchEndpoints",
             WatchEndpointsRequest.SerializeToString,
             WatchEndpointsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
+
+
+class LoadBalancerServiceAsyncStub(betterproto2_grpclib.ServiceStub):
+    """
+    LoadBalancerService picks an instance of a service for a caller, from memory.
+
+    Only HEALTHY instances are picked (DEGRADED ones only when no HEALTHY one is
+    eligible); never a draining instance or one whose circuit is open; the
+    caller's subscription tier is honoured as in RegistryService.ListServices.
+    """
+
+    async def pick_endpoint(
+        self,
+        message: "PickEndpointRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "PickEndpointResponse":
+        """
+        PickEndpoint chooses one instance. NOT_FOUND for an unknown service,
+        UNAVAILABLE (reason NO_ELIGIBLE_INSTANCE) when nothing may be picked.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.LoadBalancerService/PickEndpoint",
+            message,
+            PickEndpointResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def report_load(
+        self,
+        message: "ReportLoadRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReportLoadResponse":
+        """
+        ReportLoad records an instance's current load, for least-load balancing.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.LoadBalancerService/ReportLoad",
+            message,
+            ReportLoadResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def set_routing_policy(
+        self,
+        message: "SetRoutingPolicyRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SetRoutingPolicyResponse":
+        """
+        The routing policy RPCs live here rather than on a service of their own:
+        the policy is how this service (and every xDS client of the hub) balances
+        one service's calls, as SetCircuitSettings lives beside the circuits.
+
+        SetRoutingPolicy stores a service's routing policy (admins). The service
+        need not be registered yet. INVALID_ARGUMENT names the field out of range.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.LoadBalancerService/SetRoutingPolicy",
+            message,
+            SetRoutingPolicyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_routing_policy(
+        self,
+        message: "GetRoutingPolicyRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetRoutingPolicyResponse":
+        """
+        GetRoutingPolicy returns the policy in force: the stored one, or the
+        default (is_default true) when none is stored.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.LoadBalancerService/GetRoutingPolicy",
+            message,
+            GetRoutingPolicyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_routing_policy(
+        self,
+        message: "DeleteRoutingPolicyRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteRoutingPolicyResponse":
+        """
+        DeleteRoutingPolicy drops a service's stored policy, so the default
+        applies again. NOT_FOUND when none is stored.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.LoadBalancerService/DeleteRoutingPolicy",
+            message,
+            DeleteRoutingPolicyResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_endpoints(
+        self,
+        message: "WatchEndpointsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[WatchEndpointsResponse]":
+        """
+        WatchEndpoints streams the usable endpoints of one service for the
+        caller's tier, as PickEndpoint and the hub's xDS server see them: each
+        message is a full snapshot that replaces the previous one. A message is
+        sent first (unless after_revision is already current), then whenever
+        the set, an endpoint's state or the routing policy changes.
+        """
+
+        async for response in self._unary_stream(
+            "/aitrading.hub.v1.LoadBalancerService/WatchEndpoints",
+            message,
+            WatchEndpointsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
 
 
 class ObservabilityServiceStub:
@@ -7022,7 +8084,13 @@ class ObservabilityServiceStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def list_alerts(self, message: "ListAlertsRequest") -> "ListAlertsResponse":
+    def list_alerts(
+        self,
+        message: "ListAlertsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ListAlertsResponse":
         """
         ListAlerts returns the active alerts and, optionally, recent history.
         """
@@ -7031,20 +8099,32 @@ class ObservabilityServiceStub:
             "/aitrading.hub.v1.ObservabilityService/ListAlerts",
             ListAlertsRequest.SerializeToString,
             ListAlertsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def watch_alerts(self, message: "WatchAlertsRequest") -> "Iterator[WatchAlertsResponse]":
+    def watch_alerts(
+        self,
+        message: "WatchAlertsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "Iterator[WatchAlertsResponse]":
         """
         WatchAlerts streams the active alerts, then every raise and resolve.
         """
 
-        yield from self._channel.unary_stream(
+        return self._channel.unary_stream(
             "/aitrading.hub.v1.ObservabilityService/WatchAlerts",
             WatchAlertsRequest.SerializeToString,
             WatchAlertsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def list_audit_events(self, message: "ListAuditEventsRequest") -> "ListAuditEventsResponse":
+    def list_audit_events(
+        self,
+        message: "ListAuditEventsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ListAuditEventsResponse":
         """
         ListAuditEvents pages through the audit trail, filtered.
         """
@@ -7053,9 +8133,15 @@ class ObservabilityServiceStub:
             "/aitrading.hub.v1.ObservabilityService/ListAuditEvents",
             ListAuditEventsRequest.SerializeToString,
             ListAuditEventsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def report_errors(self, message: "ReportErrorsRequest") -> "ReportErrorsResponse":
+    def report_errors(
+        self,
+        message: "ReportErrorsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ReportErrorsResponse":
         """
         ReportErrors adds a batch of ErrorDNA pattern counts (deltas) from a service.
         """
@@ -7064,10 +8150,14 @@ class ObservabilityServiceStub:
             "/aitrading.hub.v1.ObservabilityService/ReportErrors",
             ReportErrorsRequest.SerializeToString,
             ReportErrorsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def list_error_patterns(
-        self, message: "ListErrorPatternsRequest"
+        self,
+        message: "ListErrorPatternsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "ListErrorPatternsResponse":
         """
         ListErrorPatterns returns error patterns aggregated across the fleet.
@@ -7077,10 +8167,14 @@ class ObservabilityServiceStub:
             "/aitrading.hub.v1.ObservabilityService/ListErrorPatterns",
             ListErrorPatternsRequest.SerializeToString,
             ListErrorPatternsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
     def get_system_metrics(
-        self, message: "GetSystemMetricsRequest | None" = None
+        self,
+        message: "GetSystemMetricsRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
     ) -> "GetSystemMetricsResponse":
         """
         GetSystemMetrics summarises services, tenants and this replica's RPC traffic.
@@ -7093,7 +8187,143 @@ class ObservabilityServiceStub:
             "/aitrading.hub.v1.ObservabilityService/GetSystemMetrics",
             GetSystemMetricsRequest.SerializeToString,
             GetSystemMetricsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
+
+
+class ObservabilityServiceAsyncStub(betterproto2_grpclib.ServiceStub):
+    """
+    ObservabilityService exposes the hub's alerts and its audit trail.
+    """
+
+    async def list_alerts(
+        self,
+        message: "ListAlertsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListAlertsResponse":
+        """
+        ListAlerts returns the active alerts and, optionally, recent history.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ObservabilityService/ListAlerts",
+            message,
+            ListAlertsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_alerts(
+        self,
+        message: "WatchAlertsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[WatchAlertsResponse]":
+        """
+        WatchAlerts streams the active alerts, then every raise and resolve.
+        """
+
+        async for response in self._unary_stream(
+            "/aitrading.hub.v1.ObservabilityService/WatchAlerts",
+            message,
+            WatchAlertsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def list_audit_events(
+        self,
+        message: "ListAuditEventsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListAuditEventsResponse":
+        """
+        ListAuditEvents pages through the audit trail, filtered.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ObservabilityService/ListAuditEvents",
+            message,
+            ListAuditEventsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def report_errors(
+        self,
+        message: "ReportErrorsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReportErrorsResponse":
+        """
+        ReportErrors adds a batch of ErrorDNA pattern counts (deltas) from a service.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ObservabilityService/ReportErrors",
+            message,
+            ReportErrorsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_error_patterns(
+        self,
+        message: "ListErrorPatternsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListErrorPatternsResponse":
+        """
+        ListErrorPatterns returns error patterns aggregated across the fleet.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ObservabilityService/ListErrorPatterns",
+            message,
+            ListErrorPatternsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_system_metrics(
+        self,
+        message: "GetSystemMetricsRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetSystemMetricsResponse":
+        """
+        GetSystemMetrics summarises services, tenants and this replica's RPC traffic.
+        """
+
+        if message is None:
+            message = GetSystemMetricsRequest()
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.ObservabilityService/GetSystemMetrics",
+            message,
+            GetSystemMetricsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
 
 
 class RegistryServiceStub:
@@ -7107,7 +8337,13 @@ class RegistryServiceStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def register(self, message: "RegisterRequest") -> "RegisterResponse":
+    def register(
+        self,
+        message: "RegisterRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "RegisterResponse":
         """
         Register creates or updates an instance under a lease of ttl_seconds.
         Registering the same service and instance id again updates it in place.
@@ -7117,9 +8353,15 @@ class RegistryServiceStub:
             "/aitrading.hub.v1.RegistryService/Register",
             RegisterRequest.SerializeToString,
             RegisterResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def keep_alive(self, message: "KeepAliveRequest") -> "KeepAliveResponse":
+    def keep_alive(
+        self,
+        message: "KeepAliveRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "KeepAliveResponse":
         """
         KeepAlive renews an instance's lease. NOT_FOUND means the lease lapsed
         and the instance must register again.
@@ -7129,9 +8371,15 @@ class RegistryServiceStub:
             "/aitrading.hub.v1.RegistryService/KeepAlive",
             KeepAliveRequest.SerializeToString,
             KeepAliveResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def deregister(self, message: "DeregisterRequest") -> "DeregisterResponse":
+    def deregister(
+        self,
+        message: "DeregisterRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "DeregisterResponse":
         """
         Deregister removes an instance and revokes its lease.
         """
@@ -7140,9 +8388,15 @@ class RegistryServiceStub:
             "/aitrading.hub.v1.RegistryService/Deregister",
             DeregisterRequest.SerializeToString,
             DeregisterResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def get_service(self, message: "GetServiceRequest") -> "GetServiceResponse":
+    def get_service(
+        self,
+        message: "GetServiceRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "GetServiceResponse":
         """
         GetService returns one service and its instances.
         """
@@ -7151,9 +8405,15 @@ class RegistryServiceStub:
             "/aitrading.hub.v1.RegistryService/GetService",
             GetServiceRequest.SerializeToString,
             GetServiceResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def list_services(self, message: "ListServicesRequest") -> "ListServicesResponse":
+    def list_services(
+        self,
+        message: "ListServicesRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ListServicesResponse":
         """
         ListServices returns the services the caller's subscription tier may use
         (every service without tenant context or with legacy_mode).
@@ -7163,18 +8423,163 @@ class RegistryServiceStub:
             "/aitrading.hub.v1.RegistryService/ListServices",
             ListServicesRequest.SerializeToString,
             ListServicesResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def watch(self, message: "WatchRequest") -> "Iterator[WatchResponse]":
+    def watch(
+        self,
+        message: "WatchRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "Iterator[WatchResponse]":
         """
         Watch streams a snapshot, then every change, each with its revision.
         """
 
-        yield from self._channel.unary_stream(
+        return self._channel.unary_stream(
             "/aitrading.hub.v1.RegistryService/Watch",
             WatchRequest.SerializeToString,
             WatchResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
+
+
+class RegistryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
+    """
+    RegistryService is where instances register, stay alive and are found.
+
+    Tenant context travels in request metadata (x-tenant-id, x-user-id,
+    x-subscription-tier, x-company-id, x-correlation-id).
+    """
+
+    async def register(
+        self,
+        message: "RegisterRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RegisterResponse":
+        """
+        Register creates or updates an instance under a lease of ttl_seconds.
+        Registering the same service and instance id again updates it in place.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.RegistryService/Register",
+            message,
+            RegisterResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def keep_alive(
+        self,
+        message: "KeepAliveRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "KeepAliveResponse":
+        """
+        KeepAlive renews an instance's lease. NOT_FOUND means the lease lapsed
+        and the instance must register again.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.RegistryService/KeepAlive",
+            message,
+            KeepAliveResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def deregister(
+        self,
+        message: "DeregisterRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeregisterResponse":
+        """
+        Deregister removes an instance and revokes its lease.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.RegistryService/Deregister",
+            message,
+            DeregisterResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_service(
+        self,
+        message: "GetServiceRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetServiceResponse":
+        """
+        GetService returns one service and its instances.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.RegistryService/GetService",
+            message,
+            GetServiceResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_services(
+        self,
+        message: "ListServicesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListServicesResponse":
+        """
+        ListServices returns the services the caller's subscription tier may use
+        (every service without tenant context or with legacy_mode).
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.RegistryService/ListServices",
+            message,
+            ListServicesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch(
+        self,
+        message: "WatchRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[WatchResponse]":
+        """
+        Watch streams a snapshot, then every change, each with its revision.
+        """
+
+        async for response in self._unary_stream(
+            "/aitrading.hub.v1.RegistryService/Watch",
+            message,
+            WatchResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
 
 
 class TenantServiceStub:
@@ -7197,7 +8602,13 @@ class TenantServiceStub:
     def __init__(self, channel: grpc.Channel):
         self._channel = channel
 
-    def create_tenant(self, message: "CreateTenantRequest") -> "CreateTenantResponse":
+    def create_tenant(
+        self,
+        message: "CreateTenantRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "CreateTenantResponse":
         """
         CreateTenant stores a new tenant. ALREADY_EXISTS if it exists.
         """
@@ -7206,9 +8617,15 @@ class TenantServiceStub:
             "/aitrading.hub.v1.TenantService/CreateTenant",
             CreateTenantRequest.SerializeToString,
             CreateTenantResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def get_tenant(self, message: "GetTenantRequest") -> "GetTenantResponse":
+    def get_tenant(
+        self,
+        message: "GetTenantRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "GetTenantResponse":
         """
         GetTenant returns one tenant. NOT_FOUND (reason TENANT_NOT_FOUND) if unknown.
         """
@@ -7217,9 +8634,15 @@ class TenantServiceStub:
             "/aitrading.hub.v1.TenantService/GetTenant",
             GetTenantRequest.SerializeToString,
             GetTenantResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def list_tenants(self, message: "ListTenantsRequest") -> "ListTenantsResponse":
+    def list_tenants(
+        self,
+        message: "ListTenantsRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ListTenantsResponse":
         """
         ListTenants returns tenants by id, a page at a time.
         """
@@ -7228,9 +8651,15 @@ class TenantServiceStub:
             "/aitrading.hub.v1.TenantService/ListTenants",
             ListTenantsRequest.SerializeToString,
             ListTenantsResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def update_tenant_tier(self, message: "UpdateTenantTierRequest") -> "UpdateTenantTierResponse":
+    def update_tenant_tier(
+        self,
+        message: "UpdateTenantTierRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "UpdateTenantTierResponse":
         """
         UpdateTenantTier changes a tenant's tier; its merged config and limits
         follow at once.
@@ -7240,9 +8669,15 @@ class TenantServiceStub:
             "/aitrading.hub.v1.TenantService/UpdateTenantTier",
             UpdateTenantTierRequest.SerializeToString,
             UpdateTenantTierResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def check_quota(self, message: "CheckQuotaRequest") -> "CheckQuotaResponse":
+    def check_quota(
+        self,
+        message: "CheckQuotaRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "CheckQuotaResponse":
         """
         CheckQuota says whether an allocation would fit now, without making it.
         """
@@ -7251,9 +8686,15 @@ class TenantServiceStub:
             "/aitrading.hub.v1.TenantService/CheckQuota",
             CheckQuotaRequest.SerializeToString,
             CheckQuotaResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def allocate(self, message: "AllocateRequest") -> "AllocateResponse":
+    def allocate(
+        self,
+        message: "AllocateRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "AllocateResponse":
         """
         Allocate takes an amount of a resource, or fails with RESOURCE_EXHAUSTED.
         """
@@ -7262,9 +8703,15 @@ class TenantServiceStub:
             "/aitrading.hub.v1.TenantService/Allocate",
             AllocateRequest.SerializeToString,
             AllocateResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def release(self, message: "ReleaseRequest") -> "ReleaseResponse":
+    def release(
+        self,
+        message: "ReleaseRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "ReleaseResponse":
         """
         Release gives back an amount of a resource (never below zero).
         """
@@ -7273,9 +8720,15 @@ class TenantServiceStub:
             "/aitrading.hub.v1.TenantService/Release",
             ReleaseRequest.SerializeToString,
             ReleaseResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
 
-    def get_usage(self, message: "GetUsageRequest") -> "GetUsageResponse":
+    def get_usage(
+        self,
+        message: "GetUsageRequest",
+        *,
+        timeout: "float | None" = None,
+        metadata: "typing.Sequence[tuple[str, str | bytes]] | None" = None,
+    ) -> "GetUsageResponse":
         """
         GetUsage returns a tenant's usage of every resource, with its limits.
         """
@@ -7284,7 +8737,194 @@ class TenantServiceStub:
             "/aitrading.hub.v1.TenantService/GetUsage",
             GetUsageRequest.SerializeToString,
             GetUsageResponse.FromString,
-        )(message)
+        )(message, timeout=timeout, metadata=metadata)
+
+
+class TenantServiceAsyncStub(betterproto2_grpclib.ServiceStub):
+    """
+    TenantService keeps tenants and their tier, and meters their use of limited
+    resources against the limits of their merged config (ConfigService).
+
+    A tenant the hub does not know may still use quotas: its tier is taken from
+    x-subscription-tier (free without one). Where a request's tenant_id is
+    empty, the caller's x-tenant-id is used.
+
+    Allocations are atomic across hub replicas: usage never goes past the limit
+    and releases never take it below zero. Over the limit is RESOURCE_EXHAUSTED
+    (reason QUOTA_EXCEEDED) with a google.rpc.QuotaFailure detail (quota_value is
+    the limit) and ErrorInfo metadata limit, current, requested, resource,
+    tenant_id and tier. Allocate and Release given a request_id are safe to
+    retry after a lost reply (UNAVAILABLE, CANCELLED): they take effect once.
+    """
+
+    async def create_tenant(
+        self,
+        message: "CreateTenantRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "CreateTenantResponse":
+        """
+        CreateTenant stores a new tenant. ALREADY_EXISTS if it exists.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.TenantService/CreateTenant",
+            message,
+            CreateTenantResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_tenant(
+        self,
+        message: "GetTenantRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetTenantResponse":
+        """
+        GetTenant returns one tenant. NOT_FOUND (reason TENANT_NOT_FOUND) if unknown.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.TenantService/GetTenant",
+            message,
+            GetTenantResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_tenants(
+        self,
+        message: "ListTenantsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListTenantsResponse":
+        """
+        ListTenants returns tenants by id, a page at a time.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.TenantService/ListTenants",
+            message,
+            ListTenantsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def update_tenant_tier(
+        self,
+        message: "UpdateTenantTierRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UpdateTenantTierResponse":
+        """
+        UpdateTenantTier changes a tenant's tier; its merged config and limits
+        follow at once.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.TenantService/UpdateTenantTier",
+            message,
+            UpdateTenantTierResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def check_quota(
+        self,
+        message: "CheckQuotaRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "CheckQuotaResponse":
+        """
+        CheckQuota says whether an allocation would fit now, without making it.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.TenantService/CheckQuota",
+            message,
+            CheckQuotaResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def allocate(
+        self,
+        message: "AllocateRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AllocateResponse":
+        """
+        Allocate takes an amount of a resource, or fails with RESOURCE_EXHAUSTED.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.TenantService/Allocate",
+            message,
+            AllocateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def release(
+        self,
+        message: "ReleaseRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReleaseResponse":
+        """
+        Release gives back an amount of a resource (never below zero).
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.TenantService/Release",
+            message,
+            ReleaseResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_usage(
+        self,
+        message: "GetUsageRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetUsageResponse":
+        """
+        GetUsage returns a tenant's usage of every resource, with its limits.
+        """
+
+        return await self._unary_unary(
+            "/aitrading.hub.v1.TenantService/GetUsage",
+            message,
+            GetUsageResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
 
 
 from ....google import protobuf as ___google__protobuf__
