@@ -178,6 +178,18 @@ def _may_hold_checked(desc: descriptor.Descriptor) -> bool:
     return False
 
 
+@functools.cache
+def _checked_fields(desc: descriptor.Descriptor) -> tuple[_F, ...]:
+    """The fields of a message type whose values can contain what the walk
+    checks: the walk reads only these, never the rest (strings, integers, a map
+    of strings), which is most of a stored instance."""
+    return tuple(
+        f
+        for f in desc.fields
+        if f.type in _FLOATS or (f.message_type is not None and _may_hold_checked(f.message_type))
+    )
+
+
 def check_wellformed(v: Violations, msg: message.Message, path: str = "") -> None:
     """Reports, anywhere in ``msg``, a Duration or Timestamp out of range or not
     normalised and a double, float or Struct number that is NaN or ±Infinity,
@@ -255,10 +267,19 @@ class _Walk:
                 if self.walk(item, f"{path}[{i}]") and self.fix:
                     item.null_value = 0
             return False
-        if _may_hold_checked(msg.DESCRIPTOR):
-            for field, value in msg.ListFields():
-                at = f"{path}.{field.name}" if path else field.name
-                self.field(msg, field, value, at)
+        for field in _checked_fields(msg.DESCRIPTOR):
+            if field.is_repeated:
+                value = getattr(msg, field.name)
+                if not value:
+                    continue
+            elif field.message_type is not None:
+                if not msg.HasField(field.name):
+                    continue
+                value = getattr(msg, field.name)
+            else:
+                value = getattr(msg, field.name)  # a float: its default, 0, is finite
+            at = f"{path}.{field.name}" if path else field.name
+            self.field(msg, field, value, at)
         return False
 
     def field(self, msg: message.Message, field: _F, value: Any, at: str) -> None:
