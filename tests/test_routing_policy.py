@@ -25,13 +25,17 @@ from hub_client import (
     RetryPolicy,
     RoutingPolicy,
     Strategy,
+    health_check,
 )
 from hub_server.app import Hub
 from hub_server.balancing.policy import DEFAULT_POLICY, from_json
+from hub_server.embedded_etcd import EtcdProcess
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 from hub_server.xds.clients import XdsClientStatus, XdsNack
+from tests.support.bridge import Bridge
 from tests.support.hubs import HubFactory
+from tests.support.servers import GrpcServer
 from tests.support.waiting import eventually
 
 
@@ -239,6 +243,25 @@ async def test_watch_endpoints_follows_the_service(hub: Hub, client: HubClient) 
         await f.close()
 
 
+async def test_watch_endpoints_carry_probe_latency(client: HubClient) -> None:
+    server = GrpcServer()
+    await server.start()
+    try:
+        await client.register(
+            "probed", instance_id="p1", host="127.0.0.1", port=server.port, protocol="grpc",
+            health=health_check(grpc_service="", interval=0.2, timeout=0.5),
+        )  # fmt: skip
+        f = Follower(client.watch_endpoints("probed"))
+        try:
+            s = await f.until(lambda s: bool(s.endpoints) and s.endpoints[0].latency_ms is not None)
+            assert s.endpoints[0].latency_ms > 0  # type: ignore[operator]
+            assert s.endpoints[0].health is HealthStatus.HEALTHY
+        finally:
+            await f.close()
+    finally:
+        await server.stop()
+
+
 async def test_watch_endpoints_resumes_by_revision(hub: Hub, client: HubClient) -> None:
     regs = await _three(client, "bars")
     f = Follower(client.watch_endpoints("bars"))
@@ -280,6 +303,34 @@ async def test_watch_endpoints_honours_the_tier_and_its_changes(
             assert _ids(await f.until(lambda s: True)) == ["open"]
         finally:
             await f.close()
+
+
+async def test_watch_endpoints_ends_when_the_view_stops_following_etcd(
+    hub_factory: HubFactory, etcd: EtcdProcess
+) -> None:
+    bridge = Bridge(etcd.client_port)
+    await bridge.start()
+    try:
+        hub = await hub_factory(endpoints=[bridge.endpoint])
+        admin = HubClient(hub.address)  # (closing it would deregister)
+        await admin.register("pricing", host="127.0.0.1", port=7001, ttl=60, keep_alive=False)
+        async with grpc.aio.insecure_channel(hub.address) as channel:
+            stub = balancer_pb2_grpc.LoadBalancerServiceStub(channel)
+            call = stub.WatchEndpoints(lb.WatchEndpointsRequest(service="pricing"))
+            first = await asyncio.wait_for(call.read(), 15)
+            assert [e.port for e in first.endpoints] == [7001]
+            await bridge.cut()
+            # Not a stale snapshot, and not an empty one: the stream ends.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(call.read(), 15)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            await bridge.restore()
+            again = stub.WatchEndpoints(lb.WatchEndpointsRequest(service="pricing"))
+            assert [e.port for e in (await asyncio.wait_for(again.read(), 15)).endpoints] == [7001]
+            again.cancel()
+        await admin.close()
+    finally:
+        await bridge.close()
 
 
 async def test_watch_endpoints_bad_input(client: HubClient) -> None:

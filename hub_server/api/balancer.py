@@ -14,7 +14,7 @@ from hub_client import RoutingPolicy, Strategy
 from hub_server.balancing.policy import from_request
 from hub_server.balancing.projection import ServiceEndpoints
 from hub_server.kernel import validation
-from hub_server.kernel.errors import Violations
+from hub_server.kernel.errors import StoreUnavailable, Violations
 from hub_server.kernel.tiers import view_tier
 from hub_server.rpc.context import CallContext, current
 from hub_server.rpc.header import response_header
@@ -51,6 +51,8 @@ class Endpoints(Protocol):
 
     @property
     def revision(self) -> int: ...
+    @property
+    def live(self) -> bool: ...
     async def ready(self) -> None: ...
     def project(self, service: str, tier: str | None) -> ServiceEndpoints: ...
     def subscribe(self, callback: Callable[[str | None], None]) -> Callable[[], None]: ...
@@ -75,7 +77,7 @@ def endpoints_message(
                 priority=e.priority,
                 half_open=e.half_open,
                 version=e.version,
-                latency_ms=getattr(e, "latency_ms", None) or 0.0,
+                latency_ms=e.latency_ms or 0.0,
             )
             for e in projected.endpoints
         ],
@@ -200,6 +202,11 @@ class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
                 last: balancer_pb2.WatchEndpointsResponse | None = None
                 while True:
                     changed.clear()
+                    if not self._endpoints.live:
+                        # Ended rather than kept open on a view that no longer
+                        # follows etcd: the client knows its snapshot may be
+                        # stale, and its reconnect waits for a current view.
+                        raise StoreUnavailable("the hub's view is not current: etcd is unreachable")
                     projected = self._endpoints.project(
                         service, self._tier(call, request.legacy_mode)
                     )

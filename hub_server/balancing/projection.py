@@ -58,6 +58,8 @@ class UsableEndpoint:
     priority: int
     half_open: bool
     version: str
+    # Of the last probe; None when not probed (for a client's latency-aware pick).
+    latency_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +271,7 @@ class EndpointProjection:
                     priority=rank,
                     half_open=stored is not None and stored.circuit.state is CircuitState.HALF_OPEN,
                     version=c.version,
+                    latency_ms=c.latency_ms,
                 )
             )
         endpoints.sort(key=lambda e: (e.priority, e.instance_id))
