@@ -8,8 +8,10 @@ at most 100 streams each (one HTTP/2 connection apiece: a connection allows
 about 100 concurrent streams by default) and notes, per stream, the time.time()
 at which each *marker* first arrived: ``<instance id>/<event type>`` on a
 registry Watch, ``<instance id>/<status>`` on WatchHealth, ``global/<version>``
-on WatchConfig. The parent asks for a marker's arrival times over a pipe;
-time.time() is comparable across processes on one machine.
+on WatchConfig, ``<instance id>/eds`` on an ADS stream (envoy's aggregated
+discovery, which ACKs each answer as a proxyless gRPC client does). The parent
+asks for a marker's arrival times over a pipe; time.time() is comparable across
+processes on one machine.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ from aitrading.hub.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from hub_server.store.etcd import EtcdStore, Event, decode_event, prefix_end
+from hub_server.xds.protocol import ENDPOINT
 
 STREAMS_PER_CHANNEL = 100
 # Streams opened at once (over all processes): every cell's in one burst. The hub
@@ -46,13 +52,42 @@ WAVE = 5000
 # channels to one address share one HTTP/2 connection.
 _CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
-REGISTRY, HEALTH, CONFIG = "registry", "health", "config"
+REGISTRY, HEALTH, CONFIG, XDS = "registry", "health", "config", "xds"
 _PROGRESS = registry_pb2.WATCH_RESPONSE_KIND_PROGRESS
 
 
+async def _ads(channel: grpc.aio.Channel, service: str) -> Any:
+    """An ADS stream subscribed to the service's ClusterLoadAssignment that ACKs
+    every answer at once, as a proxyless gRPC client does; yields the answers."""
+    acks: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
+
+    async def requests() -> Any:
+        while True:
+            yield await acks.get()
+
+    first = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=[service])
+    first.node.CopyFrom(base_pb2.Node(id="bench"))
+    acks.put_nowait(first)
+    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+        requests()
+    )
+    async for answer in call:
+        acks.put_nowait(
+            discovery_pb2.DiscoveryRequest(
+                type_url=ENDPOINT,
+                resource_names=[service],
+                response_nonce=answer.nonce,
+                version_info=answer.version_info,
+            )
+        )
+        yield answer
+
+
 def _open(kind: str, channel: grpc.aio.Channel, arg: str) -> Any:
-    """One stream of ``kind``: ``arg`` is the service (registry, health) or the
-    tenant (config)."""
+    """One stream of ``kind``: ``arg`` is the service (registry, health, xds) or
+    the tenant (config)."""
+    if kind == XDS:
+        return _ads(channel, arg)
     if kind == REGISTRY:
         return registry_pb2_grpc.RegistryServiceStub(channel).Watch(
             registry_pb2.WatchRequest(service=arg)
@@ -67,6 +102,12 @@ def _open(kind: str, channel: grpc.aio.Channel, arg: str) -> Any:
 
 
 def _markers(kind: str, m: Any) -> list[str]:
+    if kind == XDS:  # each endpoint is its own locality, named by the instance
+        return [
+            f"{locality.locality.sub_zone}/eds"
+            for resource in m.resources
+            for locality in endpoint_pb2.ClusterLoadAssignment.FromString(resource.value).endpoints
+        ]
     if m.kind == _PROGRESS:
         return []
     if kind == REGISTRY:
