@@ -314,8 +314,9 @@ async def health(ctx: Context, args: argparse.Namespace) -> None:
         "--strategy",
         type=lambda s: s.replace("-", "_"),
         choices=STRATEGIES,
-        default="least_load",
-        help=f"one of {', '.join(STRATEGIES)} (default least_load)",
+        default=None,
+        help=f"one of {', '.join(STRATEGIES)} (default: the service's routing policy's, "
+        "least_load unless `hubctl policy set` chose another)",
     ),
     arg("--affinity-key", default="", help="key for consistent_hash (default: the user id)"),
     ALL,
@@ -329,7 +330,7 @@ async def pick(ctx: Context, args: argparse.Namespace) -> None:
     )
     data = {
         "service": args.service,
-        "strategy": args.strategy,
+        "strategy": args.strategy or "policy",
         "address": ep.address,
         "host": ep.host,
         "port": ep.port,
@@ -343,7 +344,8 @@ async def pick(ctx: Context, args: argparse.Namespace) -> None:
         detail = f"instance {ep.instance_id}, load {ep.load:.2f}"
         if health:
             detail += f", {st.state(health)}"
-        yield f"{args.service} -> {st(ep.address, 'bold')}  ({detail}, {args.strategy})"
+        how = args.strategy or "the service's routing policy"
+        yield f"{args.service} -> {st(ep.address, 'bold')}  ({detail}, {how})"
 
     ctx.emit(data, text)
 

@@ -113,3 +113,26 @@ async def test_xds_clients_of_every_replica(hub_factory: HubFactory) -> None:
         else:
             assert res.code == 0, res.err
         assert [c["node_id"] for c in res.json()["clients"]] == ["orders-1"]
+
+
+async def test_pick_without_strategy_follows_the_policy(hub: Hub, client: HubClient) -> None:
+    for i in range(3):
+        await client.register("feed", instance_id=f"f{i}", host="10.0.0.1", port=8000 + i)
+    await client.report_load("feed", "f0", 0.9)
+    await client.report_load("feed", "f1", 0.1)
+    await client.report_load("feed", "f2", 0.5)
+
+    async def picked() -> str:
+        res = await hubctl(hub, "pick", "feed", "-o", "json")
+        assert res.code == 0, res.err
+        assert res.json()["strategy"] == "policy"
+        return str(res.json()["instance_id"])
+
+    async def least_loaded() -> bool:
+        return await picked() == "f1"
+
+    await eventually(least_loaded)  # no policy: least load
+    res = await hubctl(hub, "policy", "set", "feed", "--strategy", "round_robin")
+    assert res.code == 0, res.err
+    assert {await picked() for _ in range(6)} == {"f0", "f1", "f2"}
+    assert "the service's routing policy" in (await hubctl(hub, "pick", "feed")).out
