@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,32 @@ async def test_a_nack_is_recorded_and_the_client_is_not_sent_it_again(
     eds = await ads.recv()
     assert eds.type_url == ENDPOINT  # no second, unchanged cluster answer came first
     assert endpoints(eds) == {("127.0.0.1", 7001), ("127.0.0.1", 7002)}
+
+
+async def test_xds_metrics_reach_the_metrics_endpoint(hub_factory: HubFactory) -> None:
+    hub = await hub_factory(metrics_listen="127.0.0.1:0")
+    async with HubClient(hub.address) as client, grpc.aio.insecure_channel(hub.address) as ch:
+        await client.register("pricing", host="127.0.0.1", port=7001)
+        stream = Ads(ch)
+        try:
+            await stream.send(CLUSTER, ("pricing",))
+            answer = await stream.recv()
+            await stream.send(CLUSTER, ("pricing",), nonce=answer.nonce, error="rejected")
+            await eventually(lambda: hub.services.xds_clients.nacks == 1)
+            port = hub.services.telemetry.metrics_port
+            text = await asyncio.to_thread(_scrape, port)
+        finally:
+            stream.close()
+    lines = text.splitlines()
+    assert any(line.startswith("hub_xds_streams") and line.endswith(" 1.0") for line in lines)
+    assert any(line.startswith("hub_xds_pushes") and line.endswith(" 1.0") for line in lines)
+    assert any(line.startswith("hub_xds_nacks") and line.endswith(" 1.0") for line in lines)
+    assert any(line.startswith("hub_xds_push_latency") and "_count" in line for line in lines)
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
 
 
 # -- pushes ------------------------------------------------------------------------
