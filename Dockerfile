@@ -23,7 +23,8 @@ WORKDIR /src
 
 # The dependencies first, in their own layer: a change to the code alone reuses it.
 COPY pyproject.toml ./
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
+COPY scripts/image_deps.py scripts/
+RUN python3 scripts/image_deps.py requirements > requirements.txt \
  && python3 -m venv /opt/central-hub \
  && /opt/central-hub/bin/pip install --no-cache-dir --requirement requirements.txt
 
@@ -37,10 +38,10 @@ COPY hub_server/ hub_server/
 COPY hub_client/ hub_client/
 COPY hubctl/ hubctl/
 COPY gen/python/ gen/python/
-RUN /opt/central-hub/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+RUN /opt/central-hub/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels . \
  && /opt/central-hub/bin/pip install --no-cache-dir --no-deps /wheels/*.whl \
  && /opt/central-hub/bin/python -m compileall -q /opt/central-hub/lib \
- && /opt/central-hub/bin/pip uninstall --yes pip
+ && /opt/central-hub/bin/pip uninstall --yes setuptools pip
 
 
 FROM ${BASE_IMAGE}

@@ -10,14 +10,17 @@ itself downloads nothing:
 - a wheelhouse of the hub's dependencies (and its build backend) for that rootfs'
   Python, fetched again only when pyproject.toml's requirements change.
 
-    python scripts/image_deps.py      # fetch what is missing, import the base
+    python scripts/image_deps.py                # fetch what is missing, import the base
+    python3 scripts/image_deps.py requirements  # what the image installs first (stdlib only)
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +28,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("CENTRAL_HUB_CACHE") or Path.home() / ".cache/central-hub") / "image"
@@ -46,16 +50,39 @@ def _as_root(argv: list[str]) -> list[str]:
     return argv if os.geteuid() == 0 else ["sudo", *argv]
 
 
+def _projects() -> list[dict[str, Any]]:
+    """The repository's distributions: the server's pyproject.toml and any under
+    packaging/ (scripts/build_dists.py builds them all)."""
+    paths = [ROOT / "pyproject.toml", *sorted(ROOT.glob("packaging/*/pyproject.toml"))]
+    return [tomllib.loads(path.read_text()) for path in paths]
+
+
+def _name(requirement: str) -> str:
+    found = re.match(r"[A-Za-z0-9._-]+", requirement)
+    assert found, requirement
+    return re.sub(r"[._-]+", "-", found.group(0)).lower()
+
+
+def install_requirements() -> list[str]:
+    """What the image's virtualenv takes from the index (or the wheelhouse)
+    before the repository's own wheels: their dependencies, less each other,
+    and their build backend."""
+    projects = _projects()
+    ours = {_name(p["project"]["name"]) for p in projects}
+    wanted = {
+        requirement
+        for p in projects
+        for requirement in p["project"]["dependencies"] + p["build-system"]["requires"]
+        if _name(requirement) not in ours
+    }
+    return sorted(wanted)
+
+
 def requirements() -> list[str]:
-    """The hub's runtime requirements, its build backend's (pyproject.toml) and
-    the xds-protos wheel that scripts/envoy_protos.py takes envoy's protos from."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    """The wheelhouse: install_requirements() and the xds-protos wheel that
+    scripts/envoy_protos.py takes envoy's protos from."""
     envoy = _envoy_protos()
-    return sorted(
-        project["project"]["dependencies"]
-        + project["build-system"]["requires"]
-        + [f"{envoy.XDS_PROTOS}=={envoy.XDS_PROTOS_VERSION}"]
-    )
+    return sorted([*install_requirements(), f"{envoy.XDS_PROTOS}=={envoy.XDS_PROTOS_VERSION}"])
 
 
 def _envoy_protos() -> ModuleType:
@@ -143,7 +170,7 @@ def import_base() -> None:
         subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
 
 
-def main() -> int:
+def fetch() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     with (CACHE / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two installs at once share one fetch
@@ -158,6 +185,22 @@ def main() -> int:
         if fresh_rootfs or not base_imported():
             print(f"image-deps: importing {ROOTFS.name} as {BASE_IMAGE}", flush=True)
             import_base()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("fetch", "requirements"),
+        default="fetch",
+        help="fetch what is missing (default), or print what the image installs "
+        "before the repository's wheels (the Dockerfile's builder runs this)",
+    )
+    if parser.parse_args().command == "requirements":
+        print("\n".join(install_requirements()))
+    else:
+        fetch()
     return 0
 
 
