@@ -8,6 +8,7 @@ resumes by revision the same way.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,12 +112,24 @@ class PrefixMirror(Generic[T]):
         for key, value in self.items.items():
             self._changed(Change(ADDED, key, value, revision))
         self._snapshot_revision = revision
-        self._history_start = max(1, revision - self._history_revisions)
+        self._history_start = self._history_floor(revision)
         self.log.reset(revision)
         self._watch.start(self._history_start)
         await self._watch.barrier()
         self.log.complete_after = min(self.log.complete_after, self._history_start - 1)
         self.live = True
+
+    def _history_floor(self, revision: int) -> int:
+        """Where the history the watch replays starts: ``history_revisions`` back,
+        but never before the revision at which the newest ``log.capacity`` keys
+        were written, since the log would keep no more than that: a registry
+        written in large transactions (a bulk load, group-committed Registers)
+        would otherwise be decoded twice at every start, once for the log only."""
+        start = max(1, revision - self._history_revisions)
+        if len(self._mod_revisions) > self.log.capacity > 0:
+            newest = heapq.nlargest(self.log.capacity, self._mod_revisions.values())
+            start = max(start, newest[-1])
+        return start
 
     async def stop(self) -> None:
         await self._watch.stop()
