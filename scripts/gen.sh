@@ -28,8 +28,9 @@ rm -f gen/python/__init__.py
   --python_betterproto2_opt=client_generation=sync_async $protos)
 
 # TypeScript (compiled to JavaScript + .d.ts by the Node packages' build), with
-# the google.rpc error details from googleapis-common-protos.
+# the google.rpc error details from our copy of googleapis' protos (a fixed copy,
+# so the output does not move with an installed package's version).
 buf generate
-rpc_protos=$(python -c 'import google.rpc, os; print(os.path.dirname(os.path.dirname(list(google.rpc.__path__)[0])))')
-buf generate "$rpc_protos" --template buf.gen.rpc.yaml \
-  --path "$rpc_protos/google/rpc/status.proto" --path "$rpc_protos/google/rpc/error_details.proto"
+buf generate third_party/googleapis --template buf.gen.rpc.yaml \
+  --path third_party/googleapis/google/rpc/status.proto \
+  --path third_party/googleapis/google/rpc/error_details.proto
