@@ -37,6 +37,7 @@ from hub_server.kernel.validation import require_key_name
 from hub_server.settings import HubConfig
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
+from hub_server.store.etcd_access import EtcdAccess
 from hub_server.store.presence import Presence
 from hub_server.ui import Dashboard
 from hub_server.ui.server import check_exposure, parse_listen
@@ -180,12 +181,17 @@ class Hub:
         authorizer = authorizer_for(self.config)
         endpoints = self.config.etcd_endpoints
         if not endpoints:
-            self.etcd = embedded(self.config.data_dir)
+            self.etcd = embedded(
+                self.config.data_dir,
+                client_port=self.config.etcd_client_port,
+                peer_port=self.config.etcd_peer_port,
+            )
             await self.etcd.start_async()
             endpoints = [self.etcd.endpoint]
             log.info("embedded etcd serving on %s (data in %s)", endpoints[0], self.etcd.data_dir)
-        self.store = EtcdStore(endpoints)
-        await self._wait_for_store()
+        self.store = EtcdStore(endpoints, access=self._etcd_access())
+        await self.store.wait_ready()
+        await self.store.check_access()
 
         cfg = self.config
         self._services = services = wire(
@@ -250,24 +256,26 @@ class Hub:
         self.services.calls.reauthorize_streams()
         return True
 
+    def _etcd_access(self) -> EtcdAccess | None:
+        """TLS and a user for an external etcd; the embedded one is plain loopback."""
+        cfg = self.config
+        if not cfg.etcd_endpoints:
+            return None
+        return EtcdAccess.from_files(
+            cfg.etcd_endpoints,
+            cacert=cfg.etcd_cacert,
+            cert=cfg.etcd_cert,
+            key=cfg.etcd_key,
+            user=cfg.etcd_user,
+            password=cfg.etcd_password,
+        )
+
     def _backup_dir(self) -> Path | None:
         if self.config.backup_dir is not None:
             return self.config.backup_dir
         if self.etcd is not None:  # embedded etcd: keep backups beside its data
             return self.config.data_dir / "backups"
         return None
-
-    async def _wait_for_store(self, timeout: float = 30.0) -> None:
-        assert self.store is not None
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            try:
-                await self.store.status(timeout=2.0)
-                return
-            except StoreUnavailable:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
 
     async def _set_serving(self, serving: bool) -> None:
         status = (

@@ -193,6 +193,13 @@ class EtcdProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def embedded(data_dir: Path) -> EtcdProcess:
-    """The hub's own single-member etcd, keeping its ports across restarts."""
-    return EtcdProcess(Path(data_dir) / "etcd", name="hub", keep_ports=True)
+def embedded(data_dir: Path, *, client_port: int = 0, peer_port: int = 0) -> EtcdProcess:
+    """The hub's own single-member etcd on loopback: on the ports given, else
+    on those it had last time (if free), else on free ones."""
+    return EtcdProcess(
+        Path(data_dir) / "etcd",
+        name="hub",
+        client_port=client_port,
+        peer_port=peer_port,
+        keep_ports=True,
+    )

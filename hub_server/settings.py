@@ -1,5 +1,6 @@
 """What a hub replica is told: its addresses, etcd, timings, limits and side
-listeners (``central-hub serve`` fills it from its flags)."""
+listeners (``central-hub serve`` fills it from hub_server/serve_settings.py:
+its flags, environment and configuration file)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ class HubConfig:
     data_dir: Path = Path(".hub-data")
     # None or empty: start an embedded etcd under data_dir.
     etcd_endpoints: list[str] = field(default_factory=list)
+    # The embedded etcd's loopback ports (0: kept from last time, else free ones).
+    etcd_client_port: int = 0
+    etcd_peer_port: int = 0
+    # An external etcd's TLS (a CA for its certificates, a client certificate)
+    # and user; the password is read from its file by the command line.
+    etcd_cacert: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    etcd_user: str = ""
+    etcd_password: str = field(default="", repr=False)
     hub_id: str = ""
     # How often an idle Watch stream gets a PROGRESS message.
     watch_progress_interval: float = 10.0

@@ -40,12 +40,19 @@ def _worker_args(
     return [setpriv, "--pdeathsig", "TERM", "--", *args] if setpriv else args
 
 
-async def supervise(config: HubConfig, workers: int, extra_args: list[str]) -> None:
-    """Runs ``workers`` hub processes until SIGINT/SIGTERM, then stops them."""
+async def supervise(
+    config: HubConfig, workers: int, extra_args: list[str], env: dict[str, str] | None = None
+) -> None:
+    """Runs ``workers`` hub processes (with ``env``, default ours) until
+    SIGINT/SIGTERM, then stops them."""
     etcd: EtcdProcess | None = None
     endpoints = config.etcd_endpoints
     if not endpoints:
-        etcd = embedded(Path(config.data_dir))
+        etcd = embedded(
+            Path(config.data_dir),
+            client_port=config.etcd_client_port,
+            peer_port=config.etcd_peer_port,
+        )
         await etcd.start_async()
         endpoints = [etcd.endpoint]
     stop = asyncio.Event()
@@ -65,7 +72,7 @@ async def supervise(config: HubConfig, workers: int, extra_args: list[str]) -> N
     async def run_worker(index: int) -> None:
         while not stop.is_set():
             proc = await asyncio.create_subprocess_exec(
-                *_worker_args(config, endpoints, index, extra_args)
+                *_worker_args(config, endpoints, index, extra_args), env=env
             )
             procs[index] = proc
             code = await proc.wait()

@@ -14,13 +14,21 @@ import ipaddress
 import logging
 import socket
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
 from aetcd import rpc
 
 from hub_server.kernel.errors import Compacted, InvalidArgument, StoreUnavailable
+from hub_server.store import keys
+from hub_server.store.etcd_access import (
+    AuthToken,
+    EtcdAccess,
+    EtcdRefused,
+    handshake_refusal,
+    is_stale_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +113,7 @@ def _channel_target(endpoints: Sequence[str]) -> str:
     addrs: list[str] = []
     family = "ipv4"
     for ep in endpoints:
-        host, _, port = ep.strip().removeprefix("http://").rpartition(":")
+        host, _, port = ep.strip().removeprefix("http://").removeprefix("https://").rpartition(":")
         host = host.strip("[]")
         try:
             ip = ipaddress.ip_address(host)
@@ -173,17 +181,23 @@ class TxnResult:
 class EtcdStore:
     """An etcd connection: key-value, transactions, leases, watches, status."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], *, timeout: float = 5.0, access: EtcdAccess | None = None
+    ) -> None:
         self.endpoints = list(endpoints)
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(
-            _channel_target(self.endpoints), options=_CHANNEL_OPTIONS
+        access = access or EtcdAccess()
+        self._channel = access.channel(_channel_target(self.endpoints), _CHANNEL_OPTIONS)
+        self._token = (
+            AuthToken(rpc.AuthStub(self._channel), access.user, access.password, timeout)
+            if access.user
+            else None
         )
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._watch = rpc.WatchStub(self._channel)
         self._maintenance = rpc.MaintenanceStub(self._channel)
-        self._keepalive = _LeaseKeepAliveStream(self._lease)
+        self._keepalive = _LeaseKeepAliveStream(self._lease, self._metadata)
         self._group = _GroupCommit(self)
 
     async def close(self) -> None:
@@ -330,11 +344,80 @@ class EtcdStore:
     # -- watches -----------------------------------------------------------
 
     def open_watch(self) -> grpc.aio.StreamStreamCall:
-        return self._watch.Watch()
+        return self._watch.Watch(metadata=self._metadata())
+
+    # -- authentication ------------------------------------------------------
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until etcd answers (it may be starting); a TLS handshake it refuses
+        is a setting to fix, reported at once (EtcdRefused)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                await self.status(timeout=2.0)
+                return
+            except StoreUnavailable as e:
+                cause = e.__cause__
+                if isinstance(cause, grpc.aio.AioRpcError):
+                    refusal = handshake_refusal(cause)
+                    if refusal:
+                        raise EtcdRefused(refusal) from cause
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def check_access(self) -> None:
+        """Authenticates, with an etcd user (EtcdRefused for a wrong user or
+        password), and reads one key of the hub's own (EtcdRefused when the
+        user's roles, or those of the client certificate's CN, do not allow
+        it), so that a hub refused by etcd says so at start rather than
+        serving nothing."""
+        probe = rpc.RangeRequest(
+            key=keys.ROOT, range_end=prefix_end(keys.ROOT), limit=1, keys_only=True
+        )
+        user = repr(self._token.user) if self._token else "of the client certificate"
+        try:
+            if self._token is not None:
+                await self._token.renew()
+            await self._send(self._kv.Range, probe, self.timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.PERMISSION_DENIED:
+                raise EtcdRefused(
+                    f"etcd user {user} may not read {keys.ROOT.decode()}: "
+                    f"{(e.details() or '').removeprefix('etcdserver: ')} "
+                    "(grant its role readwrite on the hub's prefix)"
+                ) from e
+            raise StoreUnavailable(UNREACHABLE) from e
+
+    async def renew_token(self) -> None:
+        """Authenticates again (a watch etcd cancelled may have carried a
+        token it no longer accepts: it says "permission denied" either way)."""
+        if self._token is not None:
+            seen = self._token.generation
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._token.renew(seen)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._token.metadata() if self._token is not None else ()
+
+    async def _send(self, method, request, timeout: float):
+        token = self._token
+        if token is None:
+            return await method(request, timeout=timeout)
+        if not token.generation:
+            await token.renew(0)
+        seen = token.generation
+        try:
+            return await method(request, timeout=timeout, metadata=token.metadata())
+        except grpc.aio.AioRpcError as e:
+            if not is_stale_token(e):
+                raise
+        await token.renew(seen)
+        return await method(request, timeout=timeout, metadata=token.metadata())
 
     async def _call(self, method, request, *, timeout: float | None = None):
         try:
-            return await method(request, timeout=timeout or self.timeout)
+            return await self._send(method, request, timeout or self.timeout)
         except grpc.aio.AioRpcError as e:
             if e.code() in _UNAVAILABLE_CODES:
                 log.debug("etcd call failed: %s: %s", e.code().name, e.details())
@@ -359,7 +442,7 @@ class EtcdStore:
         """etcd's compact revision if ``revision`` is older than it, else 0 (a
         revision in the future): a watch created at ``revision`` is cancelled
         with it (after etcd's next sync of its watchers, ~100 ms)."""
-        call = self._watch.Watch()
+        call = self.open_watch()
         try:
             create = rpc.WatchCreateRequest(key=b"\0", start_revision=revision)
             await call.write(rpc.WatchRequest(create_request=create))
@@ -476,8 +559,11 @@ class _LeaseKeepAliveStream:
     and the next renewal opens a new stream.
     """
 
-    def __init__(self, stub: rpc.LeaseStub) -> None:
+    def __init__(
+        self, stub: rpc.LeaseStub, metadata: Callable[[], tuple[tuple[str, str], ...]]
+    ) -> None:
         self._stub = stub
+        self._metadata = metadata
         self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, deque[asyncio.Future[int]]] = defaultdict(deque)
@@ -500,7 +586,7 @@ class _LeaseKeepAliveStream:
 
     def _ensure_open(self) -> grpc.aio.StreamStreamCall:
         if self._call is None or self._call.done():
-            self._call = self._stub.LeaseKeepAlive()
+            self._call = self._stub.LeaseKeepAlive(metadata=self._metadata())
             self._reader = asyncio.create_task(self._read(self._call))
         return self._call
 

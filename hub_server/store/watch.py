@@ -109,6 +109,9 @@ class PrefixWatch:
                         self.next_revision = await self._on_compacted(resp.compact_revision)
                         break  # re-watch from the revision the owner chose
                     if resp.canceled:
+                        # With etcd authentication, a token it stopped accepting
+                        # reads "permission denied" here: a new one for the retry.
+                        await self._store.renew_token()
                         raise ConnectionError(f"watch cancelled: {resp.cancel_reason}")
                     if resp.created:
                         self._on_state(True)
