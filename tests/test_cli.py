@@ -177,8 +177,14 @@ async def test_workers_share_one_port_and_elect_one_leader(serve: Serve) -> None
     ("flags", "message"),
     [
         (["--ui-listen", "0.0.0.0:{port}"], "refusing to serve the dashboard on 0.0.0.0"),
-        (["--ui-listen", "0.0.0.0:nope"], "--ui-listen '0.0.0.0:nope': expected HOST:PORT"),
-        (["--metrics-listen", "0.0.0.0"], "--metrics-listen '0.0.0.0': expected HOST:PORT"),
+        (
+            ["--ui-listen", "0.0.0.0:nope"],
+            "ui_listen (from flag --ui-listen): '0.0.0.0:nope': expected HOST:PORT",
+        ),
+        (
+            ["--metrics-listen", "0.0.0.0"],
+            "metrics_listen (from flag --metrics-listen): '0.0.0.0': expected HOST:PORT",
+        ),
     ],
 )
 async def test_serve_refuses_a_bad_side_listener_before_starting(
