@@ -22,6 +22,7 @@ from hub_client._private.error_dna import (
 from hub_client._private.errors import (
     AlreadyExists,
     CircuitOpen,
+    DeadlineExceeded,
     FailedPrecondition,
     FieldViolation,
     HubError,
@@ -55,6 +56,7 @@ from hub_client._private.logging import (
 )
 from hub_client._private.models import (
     CircuitInfo,
+    ClusterStatus,
     ConfigLayer,
     Endpoint,
     EventType,
@@ -62,6 +64,7 @@ from hub_client._private.models import (
     Instance,
     Protocol,
     QuotaResource,
+    Replica,
     ResourceTier,
     ResourceUsage,
     Service,
@@ -113,7 +116,9 @@ __all__ = [
     "CircuitGuard",
     "CircuitInfo",
     "CircuitOpen",
+    "ClusterStatus",
     "ConfigLayer",
+    "DeadlineExceeded",
     "Deployer",
     "Deployment",
     "DeploymentBatch",
@@ -153,6 +158,7 @@ __all__ = [
     "QuotaViolation",
     "RateLimited",
     "Registration",
+    "Replica",
     "RequestContext",
     "ResourceTier",
     "ResourceUsage",

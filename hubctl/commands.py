@@ -453,11 +453,11 @@ async def circuits_watch(ctx: Context, args: argparse.Namespace) -> None:
 @command("cluster status", "the hub replicas and which one leads")
 async def cluster_status(ctx: Context, args: argparse.Namespace) -> None:
     resp = await ctx.hub.cluster_status()
-    replicas = sorted(resp.replicas, key=lambda r: r.hub_id)
+    replicas = resp.replicas  # by hub id
     data = {
         "hub_id": resp.hub_id,
         "leader_id": resp.leader_id,
-        "revision": resp.header.revision,
+        "revision": resp.revision,
         "version": resp.version,
         "replicas": [
             {
@@ -481,7 +481,7 @@ async def cluster_status(ctx: Context, args: argparse.Namespace) -> None:
                 ("answered by", resp.hub_id),
                 ("version", resp.version or "-"),
                 ("leader", leader),
-                ("revision", str(resp.header.revision)),
+                ("revision", str(resp.revision)),
             ],
             st,
         )
@@ -491,7 +491,7 @@ async def cluster_status(ctx: Context, args: argparse.Namespace) -> None:
             [
                 r.hub_id,
                 r.address,
-                ago(r.started_at.ToNanoseconds() / 1e9, now).removesuffix(" ago"),
+                ago(r.started_at, now).removesuffix(" ago"),
                 st("leader", "green") if r.leader else "",
                 r.version or "-",  # "-": a replica older than the field
             ]

@@ -103,7 +103,9 @@ async def test_discover_fills_instance_health(client: HubClient) -> None:
 def test_the_package_ships_py_typed() -> None:
     package = Path(hub_client.__file__).parent
     assert (package / "py.typed").is_file()
-    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    # hub_client ships in central-hub-client (tests/test_dists.py installs its wheel).
+    project = package.parent / "packaging/central-hub-client/pyproject.toml"
+    pyproject = tomllib.loads(project.read_text())
     assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["hub_client"]
 
 

@@ -15,7 +15,7 @@ from aitrading.hub.v1 import config_pb2 as cfg
 from aitrading.hub.v1 import config_pb2_grpc, registry_pb2, tenant_pb2, tenant_pb2_grpc, types_pb2
 from google.protobuf import json_format
 
-from hub_client import HubClient, QuotaExceeded, TenantConfig, VersionConflict
+from hub_client import HubClient, InvalidArgument, QuotaExceeded, TenantConfig, VersionConflict
 from hub_client._private.errors import from_rpc_error
 from hub_server.app import Hub
 from hub_server.store import keys
@@ -601,7 +601,7 @@ async def test_hub_client_config_and_watch(hub: Hub, client: HubClient) -> None:
             "api_calls_per_hour": 10000,
             "websocket_connections": 50,
         }
-        with pytest.raises(ValueError):
+        with pytest.raises(InvalidArgument):
             await client.config_layer("tier/gold")
     finally:
         follower.cancel()

@@ -133,7 +133,7 @@ class BackupsClient:
                     chunks.append(message.chunk)
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
-        if info is None:
+        if info is None:  # a hub that broke the protocol, not a caller's mistake
             raise RuntimeError("the hub sent no backup info")
         return info, b"".join(chunks)
 
@@ -181,11 +181,15 @@ class BackupsClient:
             raise from_rpc_error(e) from None
         return RestoreReport.from_pb(resp)
 
-    async def list_backups(self) -> list[BackupInfo]:
+    async def list_backups(self, *, timeout: float | None = None) -> list[BackupInfo]:
         t = self._transport
-        resp = await t.call(t.backup_stub.ListBackups, backup_pb2.ListBackupsRequest())
+        resp = await t.call(
+            t.backup_stub.ListBackups, backup_pb2.ListBackupsRequest(), timeout=timeout
+        )
         return [BackupInfo.from_pb(b) for b in resp.backups]
 
-    async def delete_backup(self, name: str) -> None:
+    async def delete_backup(self, name: str, *, timeout: float | None = None) -> None:
         t = self._transport
-        await t.call(t.backup_stub.DeleteBackup, backup_pb2.DeleteBackupRequest(name=name))
+        await t.call(
+            t.backup_stub.DeleteBackup, backup_pb2.DeleteBackupRequest(name=name), timeout=timeout
+        )

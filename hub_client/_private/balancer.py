@@ -30,6 +30,7 @@ class BalancerClient:
         strategy: str | Strategy | None,
         affinity_key: str,
         legacy_mode: bool,
+        timeout: float | None = None,
     ) -> Endpoint:
         # Strategy is an IntEnum shared with local picking: a member means its name.
         # None sends UNSPECIFIED: the hub uses the service's routing policy.
@@ -48,14 +49,18 @@ class BalancerClient:
                 affinity_key=affinity_key,
                 legacy_mode=legacy_mode,
             ),
+            timeout=timeout,
         )
         return Endpoint.from_pb(resp)
 
-    async def report_load(self, service: str, instance_id: str, load: float) -> None:
+    async def report_load(
+        self, service: str, instance_id: str, load: float, *, timeout: float | None = None
+    ) -> None:
         t = self._transport
         await t.call(
             t.balancer_stub.ReportLoad,
             balancer_pb2.ReportLoadRequest(
                 service=service, instance_id=instance_id, load_factor=load
             ),
+            timeout=timeout,
         )

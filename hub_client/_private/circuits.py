@@ -106,7 +106,7 @@ class OutcomeReporter:
 
     def __init__(
         self,
-        send: Callable[[list[circuit_pb2.CallOutcome]], Awaitable[object]],
+        send: Callable[[list[circuit_pb2.CallOutcome], float | None], Awaitable[object]],
         *,
         flush_interval: float = 0.5,
         max_batch: int = 500,
@@ -132,12 +132,12 @@ class OutcomeReporter:
             self._wake.clear()
             await self.flush()
 
-    async def flush(self) -> None:
+    async def flush(self, timeout: float | None = None) -> None:
         batch, self._pending = self._pending, []
         if not batch:
             return
         try:
-            await self._send(batch)
+            await self._send(batch, timeout)
         except Exception as e:  # the hub is away: keep the newest, up to a bound
             log.debug("reporting %d outcomes failed: %r", len(batch), e)
             self._pending = (batch + self._pending)[-10 * self._max_batch :]
@@ -215,11 +215,14 @@ class CircuitsClient:
         self._cache: CircuitCache | None = None
         self._reporter: OutcomeReporter | None = None
 
-    async def state(self, service: str, instance_id: str) -> CircuitInfo:
+    async def state(
+        self, service: str, instance_id: str, *, timeout: float | None = None
+    ) -> CircuitInfo:
         t = self._transport
         resp = await t.call(
             t.circuit_stub.GetCircuitState,
             circuit_pb2.GetCircuitStateRequest(service=service, instance_id=instance_id),
+            timeout=timeout,
         )
         return CircuitInfo.from_pb(resp.circuit)
 
@@ -236,15 +239,19 @@ class CircuitsClient:
             self._reporter = OutcomeReporter(self._send_outcomes)
         return self._reporter
 
-    async def _send_outcomes(self, outcomes: list[circuit_pb2.CallOutcome]) -> None:
+    async def _send_outcomes(
+        self, outcomes: list[circuit_pb2.CallOutcome], timeout: float | None
+    ) -> None:
         t = self._transport
         await t.call(
-            t.circuit_stub.ReportOutcomes, circuit_pb2.ReportOutcomesRequest(outcomes=outcomes)
+            t.circuit_stub.ReportOutcomes,
+            circuit_pb2.ReportOutcomesRequest(outcomes=outcomes),
+            timeout=timeout,
         )
 
-    async def flush(self) -> None:
+    async def flush(self, timeout: float | None = None) -> None:
         if self._reporter is not None:
-            await self._reporter.flush()
+            await self._reporter.flush(timeout)
 
     async def close(self) -> None:
         """Sends what is left to report, then stops following the circuits."""

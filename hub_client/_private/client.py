@@ -14,7 +14,18 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from aitrading.hub.v1 import cluster_pb2, types_pb2
+from aitrading.hub.v1 import (
+    backup_pb2_grpc,
+    balancer_pb2_grpc,
+    circuit_pb2_grpc,
+    cluster_pb2_grpc,
+    config_pb2_grpc,
+    deployment_pb2_grpc,
+    health_pb2_grpc,
+    registry_pb2_grpc,
+    tenant_pb2_grpc,
+    types_pb2,
+)
 
 from hub_client._private.backups import BackupInfo, BackupsClient, RestoreReport
 from hub_client._private.balancer import BalancerClient
@@ -26,6 +37,7 @@ from hub_client._private.deployments import Deployment, DeploymentsClient, Direc
 from hub_client._private.health import HealthClient
 from hub_client._private.models import (
     CircuitInfo,
+    ClusterStatus,
     ConfigLayer,
     Endpoint,
     Health,
@@ -98,16 +110,6 @@ class HubClient:
     def _compose(self, transport: Transport) -> None:
         self._transport = transport
         self.target = transport.target
-        self.channel = transport.channel
-        self.registry_stub = transport.registry_stub
-        self.health_stub = transport.health_stub
-        self.balancer_stub = transport.balancer_stub
-        self.circuit_stub = transport.circuit_stub
-        self.cluster_stub = transport.cluster_stub
-        self.config_stub = transport.config_stub
-        self.tenant_stub = transport.tenant_stub
-        self.deployment_stub = transport.deployment_stub
-        self.backup_stub = transport.backup_stub
         self._registry = RegistryClient(transport)
         self._health = HealthClient(transport)
         self._balancer = BalancerClient(transport)
@@ -118,6 +120,49 @@ class HubClient:
         self._tenants = TenantsClient(transport)
         self._deployments = DeploymentsClient(transport)
         self._backups = BackupsClient(transport)
+
+    # The channel and the generated stubs: opened on first use, in the event loop
+    # that uses them (so a client made outside a loop works in ``asyncio.run``).
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self._transport.channel
+
+    @property
+    def registry_stub(self) -> registry_pb2_grpc.RegistryServiceStub:
+        return self._transport.registry_stub
+
+    @property
+    def health_stub(self) -> health_pb2_grpc.HealthServiceStub:
+        return self._transport.health_stub
+
+    @property
+    def balancer_stub(self) -> balancer_pb2_grpc.LoadBalancerServiceStub:
+        return self._transport.balancer_stub
+
+    @property
+    def circuit_stub(self) -> circuit_pb2_grpc.CircuitBreakerServiceStub:
+        return self._transport.circuit_stub
+
+    @property
+    def cluster_stub(self) -> cluster_pb2_grpc.ClusterServiceStub:
+        return self._transport.cluster_stub
+
+    @property
+    def config_stub(self) -> config_pb2_grpc.ConfigServiceStub:
+        return self._transport.config_stub
+
+    @property
+    def tenant_stub(self) -> tenant_pb2_grpc.TenantServiceStub:
+        return self._transport.tenant_stub
+
+    @property
+    def deployment_stub(self) -> deployment_pb2_grpc.DeploymentServiceStub:
+        return self._transport.deployment_stub
+
+    @property
+    def backup_stub(self) -> backup_pb2_grpc.BackupServiceStub:
+        return self._transport.backup_stub
 
     # The tenant headers and the default deadline are read on every call.
 
@@ -190,10 +235,14 @@ class HubClient:
         ttl: int = 30,
         weight: int = 100,
         keep_alive: bool = True,
+        timeout: float | None = None,
     ) -> Registration:
         """Registers an instance and returns a handle that keeps its lease alive
         in the background (re-registering if the lease was lost) until
-        ``await handle.deregister()`` or the end of ``async with handle``."""
+        ``await handle.deregister()`` or the end of ``async with handle``.
+
+        ``timeout`` (here and on every method that calls the hub): this call's
+        deadline in seconds, else the client's; past it, DeadlineExceeded."""
         return await self._registry.register(
             service,
             host=host,
@@ -209,24 +258,40 @@ class HubClient:
             ttl=ttl,
             weight=weight,
             keep_alive=keep_alive,
+            timeout=timeout,
         )
 
     async def discover(
-        self, service: str, *, legacy_mode: bool = False, include_unhealthy: bool = False
+        self,
+        service: str,
+        *,
+        legacy_mode: bool = False,
+        include_unhealthy: bool = False,
+        timeout: float | None = None,
     ) -> Service:
         """The service's usable instances that this caller's tier may use: the
         HEALTHY ones, else the DEGRADED ones, else the STARTING ones (not proven yet).
         ``include_unhealthy`` returns every instance (for operators)."""
         return await self._registry.discover(
-            service, legacy_mode=legacy_mode, include_unhealthy=include_unhealthy
+            service,
+            legacy_mode=legacy_mode,
+            include_unhealthy=include_unhealthy,
+            timeout=timeout,
         )
 
-    async def list_services(self, *, legacy_mode: bool = False) -> list[Service]:
-        """Every service this caller's tier may use (all pages)."""
-        return await self._registry.list_services(legacy_mode=legacy_mode)
+    async def list_services(
+        self, *, legacy_mode: bool = False, timeout: float | None = None
+    ) -> list[Service]:
+        """Every service this caller's tier may use (all pages, within one ``timeout``)."""
+        return await self._registry.list_services(legacy_mode=legacy_mode, timeout=timeout)
 
     def watch(
-        self, service: str = "", *, legacy_mode: bool = False, start_revision: int = 0
+        self,
+        service: str = "",
+        *,
+        legacy_mode: bool = False,
+        start_revision: int = 0,
+        timeout: float | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """Every change to a service (or all services), as WatchEvents.
 
@@ -234,14 +299,19 @@ class HubClient:
         changes. Survives disconnects and hub restarts by resuming from the last
         revision it saw; if that history is gone it resyncs and reports only the
         difference, so nothing is lost or repeated.
+
+        ``timeout`` (on every watch): the longest wait for the next item; past
+        it, DeadlineExceeded ends the watch. None (the default): no limit.
         """
-        return self._registry.watch(service, legacy_mode=legacy_mode, start_revision=start_revision)
+        return self._registry.watch(
+            service, legacy_mode=legacy_mode, start_revision=start_revision, timeout=timeout
+        )
 
     # -- health, balancing, circuits, cluster -------------------------------
 
-    async def get_health(self, service: str = "") -> list[Health]:
+    async def get_health(self, service: str = "", *, timeout: float | None = None) -> list[Health]:
         """What the hub's probes found, per instance (one service, or all)."""
-        return await self._health.get_health(service)
+        return await self._health.get_health(service, timeout=timeout)
 
     async def pick(
         self,
@@ -250,6 +320,7 @@ class HubClient:
         strategy: str | Strategy | None = None,
         affinity_key: str = "",
         legacy_mode: bool = False,
+        timeout: float | None = None,
     ) -> Endpoint:
         """One usable instance, chosen by the hub (``least_load``, ``round_robin``,
         ``weighted``, ``consistent_hash`` on ``affinity_key`` or the user id, or
@@ -257,45 +328,61 @@ class HubClient:
         load unless an operator set one). Raises NoEligibleInstance when none
         may be picked."""
         return await self._balancer.pick(
-            service, strategy=strategy, affinity_key=affinity_key, legacy_mode=legacy_mode
+            service,
+            strategy=strategy,
+            affinity_key=affinity_key,
+            legacy_mode=legacy_mode,
+            timeout=timeout,
         )
 
-    async def report_load(self, service: str, instance_id: str, load: float) -> None:
+    async def report_load(
+        self, service: str, instance_id: str, load: float, *, timeout: float | None = None
+    ) -> None:
         """Tells the hub an instance's load (0 idle .. 1 at capacity)."""
-        await self._balancer.report_load(service, instance_id, load)
+        await self._balancer.report_load(service, instance_id, load, timeout=timeout)
 
     # -- routing policies and the usable-endpoint stream -----------------------
 
-    async def set_routing_policy(self, service: str, policy: RoutingPolicy) -> RoutingPolicy:
+    async def set_routing_policy(
+        self, service: str, policy: RoutingPolicy, *, timeout: float | None = None
+    ) -> RoutingPolicy:
         """Stores a service's routing policy (admins); returns it as stored,
         defaults filled in. InvalidArgument names a field out of range."""
-        return await self._routing.set_policy(service, policy)
+        return await self._routing.set_policy(service, policy, timeout=timeout)
 
-    async def routing_policy(self, service: str) -> PolicyInfo:
+    async def routing_policy(self, service: str, *, timeout: float | None = None) -> PolicyInfo:
         """The service's routing policy in force (``is_default`` when none is stored)."""
-        return await self._routing.get_policy(service)
+        return await self._routing.get_policy(service, timeout=timeout)
 
-    async def delete_routing_policy(self, service: str) -> int:
+    async def delete_routing_policy(self, service: str, *, timeout: float | None = None) -> int:
         """Drops a service's stored policy (the defaults apply again); NotFound
         when none is stored. Returns the deletion's revision."""
-        return await self._routing.delete_policy(service)
+        return await self._routing.delete_policy(service, timeout=timeout)
 
     def watch_endpoints(
-        self, service: str, *, after_revision: int = 0, legacy_mode: bool = False
+        self,
+        service: str,
+        *,
+        after_revision: int = 0,
+        legacy_mode: bool = False,
+        timeout: float | None = None,
     ) -> AsyncIterator[EndpointsSnapshot]:
         """Full snapshots of the service's usable endpoints for this client's
         tier, as PickEndpoint and the hub's xDS clients see them: one now, then
         one whenever they or the routing policy change. Reconnects by itself."""
         return self._routing.watch_endpoints(
-            service, after_revision=after_revision, legacy_mode=legacy_mode
+            service, after_revision=after_revision, legacy_mode=legacy_mode, timeout=timeout
         )
 
-    async def xds_clients(self) -> list[XdsClient]:
+    async def xds_clients(self, *, timeout: float | None = None) -> list[XdsClient]:
         """The xDS clients connected to the replica this client talks to (admins)."""
-        return await self._routing.xds_clients()
+        return await self._routing.xds_clients(timeout=timeout)
 
-    async def circuit_state(self, service: str, instance_id: str = "") -> CircuitInfo:
-        return await self._circuits.state(service, instance_id)
+    async def circuit_state(
+        self, service: str, instance_id: str = "", *, timeout: float | None = None
+    ) -> CircuitInfo:
+        """The fleet-wide circuit of a service (or one of its instances)."""
+        return await self._circuits.state(service, instance_id, timeout=timeout)
 
     def circuit(self, service: str, instance_id: str = "") -> CircuitGuard:
         """A guard for calls to ``service``: ``async with hub.circuit("ml"):`` or
@@ -303,17 +390,19 @@ class HubClient:
         fleet-wide state; reports each call's outcome in the background."""
         return self._circuits.guard(service, instance_id)
 
-    async def flush_outcomes(self) -> None:
+    async def flush_outcomes(self, *, timeout: float | None = None) -> None:
         """Sends the outcomes collected so far now (they go by themselves too)."""
-        await self._circuits.flush()
+        await self._circuits.flush(timeout)
 
-    async def cluster_status(self) -> cluster_pb2.GetClusterStatusResponse:
-        """The hub replicas and which one leads."""
-        return await self._cluster.status()
+    async def cluster_status(self, *, timeout: float | None = None) -> ClusterStatus:
+        """The hub replicas (``replicas``, by hub id) and which one leads (``leader_id``)."""
+        return await self._cluster.status(timeout=timeout)
 
     # -- configuration -------------------------------------------------------
 
-    async def config(self, tenant: str | None = None) -> TenantConfig:
+    async def config(
+        self, tenant: str | None = None, *, timeout: float | None = None
+    ) -> TenantConfig:
         """A tenant's merged configuration (tier defaults, global, tenant overrides).
 
         Args:
@@ -321,10 +410,14 @@ class HubClient:
                 without tenant overrides. For a tenant the hub does not know, the
                 tier is this client's subscription_tier (free without one).
         """
-        return await self._config.config(tenant)
+        return await self._config.config(tenant, timeout=timeout)
 
     def watch_config(
-        self, tenant: str | None = None, *, start_revision: int = 0
+        self,
+        tenant: str | None = None,
+        *,
+        start_revision: int = 0,
+        timeout: float | None = None,
     ) -> AsyncIterator[TenantConfig]:
         """The tenant's merged configuration now, then each new one as the hub
         pushes it (``async for config in hub.watch_config("company_abc")``).
@@ -332,11 +425,11 @@ class HubClient:
         Resumes by itself after a disconnect or a hub restart; yields a config
         only when it differs from the previous one.
         """
-        return self._config.watch_config(tenant, start_revision=start_revision)
+        return self._config.watch_config(tenant, start_revision=start_revision, timeout=timeout)
 
-    async def config_layer(self, layer: str) -> ConfigLayer:
+    async def config_layer(self, layer: str, *, timeout: float | None = None) -> ConfigLayer:
         """One layer as stored: ``global``, ``tier/<tier>`` or ``tenant/<id>``."""
-        return await self._config.config_layer(layer)
+        return await self._config.config_layer(layer, timeout=timeout)
 
     async def set_config_layer(
         self,
@@ -345,6 +438,7 @@ class HubClient:
         *,
         expected_version: int | None = None,
         comment: str = "",
+        timeout: float | None = None,
     ) -> ConfigLayer:
         """Replaces a layer's values, making a new version.
 
@@ -358,12 +452,14 @@ class HubClient:
             comment: kept with the version.
         """
         return await self._config.set_config_layer(
-            layer, values, expected_version=expected_version, comment=comment
+            layer, values, expected_version=expected_version, comment=comment, timeout=timeout
         )
 
-    async def config_versions(self, layer: str) -> list[ConfigLayer]:
+    async def config_versions(
+        self, layer: str, *, timeout: float | None = None
+    ) -> list[ConfigLayer]:
         """A layer's kept history, newest first (all pages)."""
-        return await self._config.config_versions(layer)
+        return await self._config.config_versions(layer, timeout=timeout)
 
     async def rollback_config(
         self,
@@ -372,41 +468,68 @@ class HubClient:
         *,
         expected_version: int | None = None,
         comment: str = "",
+        timeout: float | None = None,
     ) -> ConfigLayer:
         """Writes an earlier version's values as a new version of the layer."""
         return await self._config.rollback_config(
-            layer, version, expected_version=expected_version, comment=comment
+            layer, version, expected_version=expected_version, comment=comment, timeout=timeout
         )
 
     # -- tenants and quotas --------------------------------------------------
 
     async def create_tenant(
-        self, tenant_id: str, *, tier: str = "free", display_name: str = ""
+        self,
+        tenant_id: str,
+        *,
+        tier: str = "free",
+        display_name: str = "",
+        timeout: float | None = None,
     ) -> Tenant:
-        """Stores a new tenant (AlreadyExists if it exists)."""
-        return await self._tenants.create_tenant(tenant_id, tier=tier, display_name=display_name)
+        """Stores a new tenant (AlreadyExists if it exists). An unknown ``tier``
+        raises InvalidArgument before any RPC (as on every tenant call)."""
+        return await self._tenants.create_tenant(
+            tenant_id, tier=tier, display_name=display_name, timeout=timeout
+        )
 
-    async def get_tenant(self, tenant_id: str) -> Tenant:
+    async def get_tenant(self, tenant_id: str, *, timeout: float | None = None) -> Tenant:
         """One tenant (NotFound if the hub does not know it)."""
-        return await self._tenants.get_tenant(tenant_id)
+        return await self._tenants.get_tenant(tenant_id, timeout=timeout)
 
-    async def list_tenants(self, *, tier: str | None = None) -> list[Tenant]:
+    async def list_tenants(
+        self, *, tier: str | None = None, timeout: float | None = None
+    ) -> list[Tenant]:
         """Every tenant (of one tier, if given), by id (all pages)."""
-        return await self._tenants.list_tenants(tier=tier)
+        return await self._tenants.list_tenants(tier=tier, timeout=timeout)
 
-    async def set_tier(self, tenant_id: str, tier: str, *, expected_revision: int = 0) -> Tenant:
+    async def set_tier(
+        self,
+        tenant_id: str,
+        tier: str,
+        *,
+        expected_revision: int = 0,
+        timeout: float | None = None,
+    ) -> Tenant:
         """Changes a tenant's tier; its merged config and limits follow at once."""
-        return await self._tenants.set_tier(tenant_id, tier, expected_revision=expected_revision)
+        return await self._tenants.set_tier(
+            tenant_id, tier, expected_revision=expected_revision, timeout=timeout
+        )
 
-    async def usage(self, tenant: str | None = None) -> dict[str, ResourceUsage]:
+    async def usage(
+        self, tenant: str | None = None, *, timeout: float | None = None
+    ) -> dict[str, ResourceUsage]:
         """A tenant's usage of every quota resource, with its limits, by resource."""
-        return await self._tenants.usage(tenant)
+        return await self._tenants.usage(tenant, timeout=timeout)
 
     async def check_quota(
-        self, resource: str, amount: int = 1, *, tenant: str | None = None
+        self,
+        resource: str,
+        amount: int = 1,
+        *,
+        tenant: str | None = None,
+        timeout: float | None = None,
     ) -> bool:
         """Whether ``amount`` of ``resource`` would fit now (nothing is allocated)."""
-        return await self._tenants.check_quota(resource, amount, tenant=tenant)
+        return await self._tenants.check_quota(resource, amount, tenant=tenant, timeout=timeout)
 
     async def allocate(
         self,
@@ -415,6 +538,7 @@ class HubClient:
         *,
         tenant: str | None = None,
         request_id: str | None = None,
+        timeout: float | None = None,
     ) -> ResourceUsage:
         """Takes ``amount`` of a quota resource ("websocket_connections",
         "concurrent_requests", "data_storage_mb", "api_calls_per_hour").
@@ -430,7 +554,9 @@ class HubClient:
             Unavailable: no attempt was answered in time; whether the
                 allocation was made is unknown (retry with the same request_id).
         """
-        return await self._tenants.allocate(resource, amount, tenant=tenant, request_id=request_id)
+        return await self._tenants.allocate(
+            resource, amount, tenant=tenant, request_id=request_id, timeout=timeout
+        )
 
     async def release(
         self,
@@ -439,17 +565,25 @@ class HubClient:
         *,
         tenant: str | None = None,
         request_id: str | None = None,
+        timeout: float | None = None,
     ) -> ResourceUsage:
         """Gives back ``amount`` (usage never goes below zero). Carries a request
         id and is retried like ``allocate``, so it takes effect once."""
-        return await self._tenants.release(resource, amount, tenant=tenant, request_id=request_id)
+        return await self._tenants.release(
+            resource, amount, tenant=tenant, request_id=request_id, timeout=timeout
+        )
 
     def allocation(
-        self, resource: str, amount: int = 1, *, tenant: str | None = None
+        self,
+        resource: str,
+        amount: int = 1,
+        *,
+        tenant: str | None = None,
+        timeout: float | None = None,
     ) -> Allocation:
         """``async with hub.allocation("websocket_connections"):`` holds an
-        allocation for the block and releases it on exit."""
-        return self._tenants.allocation(resource, amount, tenant=tenant)
+        allocation for the block and releases it on exit (``timeout``: of each)."""
+        return self._tenants.allocation(resource, amount, tenant=tenant, timeout=timeout)
 
     # -- deployments ---------------------------------------------------------
 
@@ -465,6 +599,7 @@ class HubClient:
         canary_share: float = 0.0,
         canary_observation: float | None = None,
         rollback_on_failure: bool = False,
+        timeout: float | None = None,
     ) -> Deployment:
         """Starts rolling ``target_version`` out (``strategy`` "rolling" or
         "canary"); the hub's elected replica steps it from there.
@@ -482,38 +617,57 @@ class HubClient:
             canary_share=canary_share,
             canary_observation=canary_observation,
             rollback_on_failure=rollback_on_failure,
+            timeout=timeout,
         )
 
-    async def deployment(self, deployment_id: str) -> Deployment:
+    async def deployment(self, deployment_id: str, *, timeout: float | None = None) -> Deployment:
         """One deployment as the hub has it now."""
-        return await self._deployments.deployment(deployment_id)
+        return await self._deployments.deployment(deployment_id, timeout=timeout)
 
     async def deployments(
-        self, service: str = "", *, active_only: bool = False
+        self, service: str = "", *, active_only: bool = False, timeout: float | None = None
     ) -> list[Deployment]:
         """Deployments (of one service, or all), newest first."""
-        return await self._deployments.deployments(service, active_only=active_only)
+        return await self._deployments.deployments(
+            service, active_only=active_only, timeout=timeout
+        )
 
-    async def pause_deployment(self, deployment_id: str, reason: str = "") -> Deployment:
-        return await self._deployments.pause(deployment_id, reason)
+    async def pause_deployment(
+        self, deployment_id: str, reason: str = "", *, timeout: float | None = None
+    ) -> Deployment:
+        """Holds a deployment after its current batch."""
+        return await self._deployments.pause(deployment_id, reason, timeout=timeout)
 
-    async def resume_deployment(self, deployment_id: str) -> Deployment:
-        return await self._deployments.resume(deployment_id)
+    async def resume_deployment(
+        self, deployment_id: str, *, timeout: float | None = None
+    ) -> Deployment:
+        """Lets a paused deployment go on."""
+        return await self._deployments.resume(deployment_id, timeout=timeout)
 
-    async def abort_deployment(self, deployment_id: str, reason: str = "") -> Deployment:
-        return await self._deployments.abort(deployment_id, reason)
+    async def abort_deployment(
+        self, deployment_id: str, reason: str = "", *, timeout: float | None = None
+    ) -> Deployment:
+        """Stops a deployment where it is."""
+        return await self._deployments.abort(deployment_id, reason, timeout=timeout)
 
-    async def rollback_deployment(self, deployment_id: str, reason: str = "") -> Deployment:
-        return await self._deployments.rollback(deployment_id, reason)
+    async def rollback_deployment(
+        self, deployment_id: str, reason: str = "", *, timeout: float | None = None
+    ) -> Deployment:
+        """Rolls the updated instances back to the version they had."""
+        return await self._deployments.rollback(deployment_id, reason, timeout=timeout)
 
-    def watch_deployment(self, deployment_id: str) -> AsyncIterator[Deployment]:
+    def watch_deployment(
+        self, deployment_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[Deployment]:
         """The deployment's current state, then every change (resumes by itself)."""
-        return self._deployments.watch_deployment(deployment_id)
+        return self._deployments.watch_deployment(deployment_id, timeout=timeout)
 
-    def watch_directives(self, service: str, instance_id: str = "") -> AsyncIterator[Directive]:
+    def watch_directives(
+        self, service: str, instance_id: str = "", *, timeout: float | None = None
+    ) -> AsyncIterator[Directive]:
         """Directives for one instance (or every instance of ``service``): the
         current ones, then every new one (resumes by itself)."""
-        return self._deployments.watch_directives(service, instance_id)
+        return self._deployments.watch_directives(service, instance_id, timeout=timeout)
 
     # -- backups -------------------------------------------------------------
 
@@ -569,10 +723,10 @@ class HubClient:
             data_or_path, dry_run=dry_run, stored=stored, timeout=timeout
         )
 
-    async def list_backups(self) -> list[BackupInfo]:
+    async def list_backups(self, *, timeout: float | None = None) -> list[BackupInfo]:
         """The backups in the answering hub replica's backup directory, newest first."""
-        return await self._backups.list_backups()
+        return await self._backups.list_backups(timeout=timeout)
 
-    async def delete_backup(self, name: str) -> None:
+    async def delete_backup(self, name: str, *, timeout: float | None = None) -> None:
         """Deletes a stored backup by name (as in ``list_backups``)."""
-        await self._backups.delete_backup(name)
+        await self._backups.delete_backup(name, timeout=timeout)

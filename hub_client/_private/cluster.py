@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aitrading.hub.v1 import cluster_pb2
 
+from hub_client._private.models import ClusterStatus
 from hub_client._private.transport import Transport
 
 
@@ -13,9 +14,9 @@ class ClusterClient:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
 
-    async def status(self) -> cluster_pb2.GetClusterStatusResponse:
+    async def status(self, *, timeout: float | None = None) -> ClusterStatus:
         t = self._transport
-        resp: cluster_pb2.GetClusterStatusResponse = await t.call(
-            t.cluster_stub.GetClusterStatus, cluster_pb2.GetClusterStatusRequest()
+        resp = await t.call(
+            t.cluster_stub.GetClusterStatus, cluster_pb2.GetClusterStatusRequest(), timeout=timeout
         )
-        return resp
+        return ClusterStatus.from_pb(resp)

@@ -14,8 +14,9 @@ from aitrading.hub.v1 import config_pb2, registry_pb2
 from google.protobuf import json_format
 
 from hub_client._private import to_pb
+from hub_client._private.errors import invalid_argument
 from hub_client._private.models import ConfigLayer, TenantConfig
-from hub_client._private.resume import resume_watch
+from hub_client._private.resume import each_within, resume_watch
 from hub_client._private.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,13 @@ def _layer_ref(layer: str) -> config_pb2.ConfigLayerRef:
         return config_pb2.ConfigLayerRef(kind=config_pb2.CONFIG_LAYER_KIND_GLOBAL)
     if kind == "tier" and name:
         return config_pb2.ConfigLayerRef(
-            kind=config_pb2.CONFIG_LAYER_KIND_TIER_DEFAULTS, tier=to_pb.tier(name)
+            kind=config_pb2.CONFIG_LAYER_KIND_TIER_DEFAULTS, tier=to_pb.tier(name, "layer")
         )
     if kind == "tenant" and name:
         return config_pb2.ConfigLayerRef(kind=config_pb2.CONFIG_LAYER_KIND_TENANT, tenant_id=name)
-    raise ValueError(f"unknown config layer {layer!r}: 'global', 'tier/<tier>' or 'tenant/<id>'")
+    raise invalid_argument(
+        "layer", f"unknown config layer {layer!r}: 'global', 'tier/<tier>' or 'tenant/<id>'"
+    )
 
 
 class ConfigClient:
@@ -43,24 +46,28 @@ class ConfigClient:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
 
-    async def config(self, tenant: str | None) -> TenantConfig:
+    async def config(self, tenant: str | None, *, timeout: float | None = None) -> TenantConfig:
         t = self._transport
         resp = await t.call(
             t.config_stub.GetTenantConfig,
             config_pb2.GetTenantConfigRequest(tenant_id=t.tenant(tenant)),
+            timeout=timeout,
         )
         return TenantConfig.from_pb(resp.config)
 
     def watch_config(
-        self, tenant: str | None, *, start_revision: int
+        self, tenant: str | None, *, start_revision: int, timeout: float | None = None
     ) -> AsyncIterator[TenantConfig]:
-        return watch_config(self._transport, self._transport.tenant(tenant), start_revision)
+        tenant_id = self._transport.tenant(tenant)
+        configs = watch_config(self._transport, tenant_id, start_revision)
+        return each_within(configs, timeout, f"watch_config {tenant_id!r}")
 
-    async def config_layer(self, layer: str) -> ConfigLayer:
+    async def config_layer(self, layer: str, *, timeout: float | None = None) -> ConfigLayer:
         t = self._transport
         resp = await t.call(
             t.config_stub.GetConfigLayer,
             config_pb2.GetConfigLayerRequest(layer=_layer_ref(layer)),
+            timeout=timeout,
         )
         return ConfigLayer.from_pb(resp.layer)
 
@@ -71,21 +78,27 @@ class ConfigClient:
         *,
         expected_version: int | None,
         comment: str,
+        timeout: float | None = None,
     ) -> ConfigLayer:
         try:
             pb_values = json_format.ParseDict(dict(values), config_pb2.ConfigValues())
         except json_format.ParseError as e:
-            raise ValueError(f"bad config values: {e}") from None
+            raise invalid_argument("values", f"bad config values: {e}") from None
         request = config_pb2.SetConfigLayerRequest(
             layer=_layer_ref(layer), values=pb_values, comment=comment
         )
         if expected_version is not None:
             request.expected_version = expected_version
-        resp = await self._transport.call(self._transport.config_stub.SetConfigLayer, request)
+        resp = await self._transport.call(
+            self._transport.config_stub.SetConfigLayer, request, timeout=timeout
+        )
         return ConfigLayer.from_pb(resp.layer)
 
-    async def config_versions(self, layer: str) -> list[ConfigLayer]:
+    async def config_versions(
+        self, layer: str, *, timeout: float | None = None
+    ) -> list[ConfigLayer]:
         t = self._transport
+        budget = t.budget(timeout)  # for all pages together
         out: list[ConfigLayer] = []
         token = ""
         while True:
@@ -94,6 +107,7 @@ class ConfigClient:
                 config_pb2.ListConfigVersionsRequest(
                     layer=_layer_ref(layer), page_size=1000, page_token=token
                 ),
+                timeout=budget.left(),
             )
             out.extend(ConfigLayer.from_pb(m) for m in resp.versions)
             token = resp.next_page_token
@@ -101,14 +115,22 @@ class ConfigClient:
                 return out
 
     async def rollback_config(
-        self, layer: str, version: int, *, expected_version: int | None, comment: str
+        self,
+        layer: str,
+        version: int,
+        *,
+        expected_version: int | None,
+        comment: str,
+        timeout: float | None = None,
     ) -> ConfigLayer:
         request = config_pb2.RollbackConfigRequest(
             layer=_layer_ref(layer), version=version, comment=comment
         )
         if expected_version is not None:
             request.expected_version = expected_version
-        resp = await self._transport.call(self._transport.config_stub.RollbackConfig, request)
+        resp = await self._transport.call(
+            self._transport.config_stub.RollbackConfig, request, timeout=timeout
+        )
         return ConfigLayer.from_pb(resp.layer)
 
 

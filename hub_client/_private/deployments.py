@@ -14,7 +14,8 @@ from typing import Any, Protocol
 from aitrading.hub.v1 import deployment_pb2
 
 from hub_client._private import to_pb
-from hub_client._private.resume import resume_watch
+from hub_client._private.models import _enum_name, lookup
+from hub_client._private.resume import each_within, resume_watch
 from hub_client._private.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,17 @@ class Deployment:
             id=m.id,
             service=m.service,
             target_version=m.target_version,
-            strategy=deployment_pb2.DeploymentStrategy.Name(m.strategy).removeprefix(
-                "DEPLOYMENT_STRATEGY_"
+            strategy=_enum_name(
+                deployment_pb2.DeploymentStrategy, m.strategy, "DEPLOYMENT_STRATEGY_", lower=False
             ),
-            state=deployment_pb2.DeploymentState.Name(m.state).removeprefix("DEPLOYMENT_STATE_"),
+            state=_enum_name(
+                deployment_pb2.DeploymentState, m.state, "DEPLOYMENT_STATE_", lower=False
+            ),
             batches=[
                 DeploymentBatch(
                     b.index,
                     list(b.instance_ids),
-                    deployment_pb2.BatchState.Name(b.state).removeprefix("BATCH_STATE_"),
+                    _enum_name(deployment_pb2.BatchState, b.state, "BATCH_STATE_", lower=False),
                     list(b.replacement_ids),
                     b.canary,
                 )
@@ -97,7 +100,7 @@ class Directive:
         return cls(
             m.service,
             m.instance_id,
-            deployment_pb2.DirectiveAction.Name(m.action).removeprefix("DIRECTIVE_ACTION_"),
+            _enum_name(deployment_pb2.DirectiveAction, m.action, "DIRECTIVE_ACTION_", lower=False),
             m.target_version,
             m.deployment_id,
             m.batch,
@@ -140,9 +143,9 @@ class DeploymentsClient:
         canary_share: float,
         canary_observation: float | None,
         rollback_on_failure: bool,
+        timeout: float | None = None,
     ) -> Deployment:
-        if strategy not in _STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}: rolling or canary")
+        strategy_value = lookup(_STRATEGIES, strategy, "strategy")
         settings = deployment_pb2.DeploymentSettings(
             batch_size=batch_size,
             max_unavailable=max_unavailable,
@@ -157,61 +160,78 @@ class DeploymentsClient:
             deployment_pb2.StartDeploymentRequest(
                 service=service,
                 target_version=target_version,
-                strategy=_STRATEGIES[strategy],
+                strategy=strategy_value,
                 settings=settings,
             ),
+            timeout=timeout,
         )
         return Deployment.from_pb(resp.deployment)
 
-    async def deployment(self, deployment_id: str) -> Deployment:
+    async def deployment(self, deployment_id: str, *, timeout: float | None = None) -> Deployment:
         t = self._transport
         resp = await t.call(
             t.deployment_stub.GetDeployment,
             deployment_pb2.GetDeploymentRequest(id=deployment_id),
+            timeout=timeout,
         )
         return Deployment.from_pb(resp.deployment)
 
-    async def deployments(self, service: str, *, active_only: bool) -> list[Deployment]:
+    async def deployments(
+        self, service: str, *, active_only: bool, timeout: float | None = None
+    ) -> list[Deployment]:
         t = self._transport
         resp = await t.call(
             t.deployment_stub.ListDeployments,
             deployment_pb2.ListDeploymentsRequest(service=service, active_only=active_only),
+            timeout=timeout,
         )
         return [Deployment.from_pb(d) for d in resp.deployments]
 
-    async def pause(self, deployment_id: str, reason: str) -> Deployment:
+    async def pause(
+        self, deployment_id: str, reason: str, *, timeout: float | None = None
+    ) -> Deployment:
         t = self._transport
         resp = await t.call(
             t.deployment_stub.PauseDeployment,
             deployment_pb2.PauseDeploymentRequest(id=deployment_id, reason=reason),
+            timeout=timeout,
         )
         return Deployment.from_pb(resp.deployment)
 
-    async def resume(self, deployment_id: str) -> Deployment:
+    async def resume(self, deployment_id: str, *, timeout: float | None = None) -> Deployment:
         t = self._transport
         resp = await t.call(
             t.deployment_stub.ResumeDeployment,
             deployment_pb2.ResumeDeploymentRequest(id=deployment_id),
+            timeout=timeout,
         )
         return Deployment.from_pb(resp.deployment)
 
-    async def abort(self, deployment_id: str, reason: str) -> Deployment:
+    async def abort(
+        self, deployment_id: str, reason: str, *, timeout: float | None = None
+    ) -> Deployment:
         t = self._transport
         resp = await t.call(
             t.deployment_stub.AbortDeployment,
             deployment_pb2.AbortDeploymentRequest(id=deployment_id, reason=reason),
+            timeout=timeout,
         )
         return Deployment.from_pb(resp.deployment)
 
-    async def rollback(self, deployment_id: str, reason: str) -> Deployment:
+    async def rollback(
+        self, deployment_id: str, reason: str, *, timeout: float | None = None
+    ) -> Deployment:
         t = self._transport
         resp = await t.call(
             t.deployment_stub.RollbackDeployment,
             deployment_pb2.RollbackDeploymentRequest(id=deployment_id, reason=reason),
+            timeout=timeout,
         )
         return Deployment.from_pb(resp.deployment)
 
-    def watch_deployment(self, deployment_id: str) -> AsyncIterator[Deployment]:
+    def watch_deployment(
+        self, deployment_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[Deployment]:
         t = self._transport
 
         def open_stream(start: int) -> Any:
@@ -223,9 +243,13 @@ class DeploymentsClient:
         def handle(msg: deployment_pb2.WatchDeploymentResponse) -> list[Deployment]:
             return [Deployment.from_pb(msg.deployment)] if msg.HasField("deployment") else []
 
-        return _resuming(open_stream, handle)
+        return each_within(
+            _resuming(open_stream, handle), timeout, f"watch_deployment {deployment_id}"
+        )
 
-    def watch_directives(self, service: str, instance_id: str) -> AsyncIterator[Directive]:
+    def watch_directives(
+        self, service: str, instance_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[Directive]:
         t = self._transport
 
         def open_stream(start: int) -> Any:
@@ -239,7 +263,7 @@ class DeploymentsClient:
         def handle(msg: deployment_pb2.WatchDirectivesResponse) -> list[Directive]:
             return [Directive.from_pb(d) for d in msg.directives]
 
-        return _resuming(open_stream, handle)
+        return each_within(_resuming(open_stream, handle), timeout, f"watch_directives {service}")
 
 
 class _Deploys(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -121,6 +122,11 @@ class Unavailable(HubError):
     """The hub, or the etcd behind it, cannot serve right now; retrying may help."""
 
 
+class DeadlineExceeded(Unavailable):
+    """The call's deadline (its ``timeout=``, else the client's) passed before
+    the hub answered; whether a write took effect is unknown."""
+
+
 class Ineligibility(StrEnum):
     """Why nothing could be picked: the rule that removed the last instances."""
 
@@ -232,13 +238,40 @@ _BY_CODE: dict[grpc.StatusCode, type[HubError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.OUT_OF_RANGE: RevisionCompacted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     # The hub replica stopped with the call in flight: another may serve it.
     grpc.StatusCode.CANCELLED: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: QuotaExceeded,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
+
+
+def channel_closed() -> Unavailable | None:
+    """For an ``asyncio.CancelledError`` out of a grpc.aio call: Unavailable when
+    it came from the channel being closed under the call (hub_client.sync does
+    that before a fork) rather than from a cancel of the running task, which
+    must go on (None)."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        return None
+    return Unavailable("the channel was closed during the call", code=grpc.StatusCode.CANCELLED)
+
+
+def invalid_argument(field: str, description: str) -> InvalidArgument:
+    """A bad value refused by the client before any RPC, as the hub would."""
+    return InvalidArgument(
+        f"{field}: {description}",
+        code=grpc.StatusCode.INVALID_ARGUMENT,
+        field_violations=[FieldViolation(field, description)],
+    )
+
+
+def deadline_exceeded(what: str, timeout: float) -> DeadlineExceeded:
+    """The error of a client-side deadline (a watch's wait for its next item)."""
+    return DeadlineExceeded(
+        f"{what}: nothing within {timeout:g}s", code=grpc.StatusCode.DEADLINE_EXCEEDED
+    )
 
 
 def _int(value: str | None, default: int) -> int:

@@ -36,7 +36,9 @@ class HealthClient:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
 
-    async def get_health(self, service: str) -> list[Health]:
+    async def get_health(self, service: str, *, timeout: float | None = None) -> list[Health]:
         t = self._transport
-        resp = await t.call(t.health_stub.GetHealth, health_pb2.GetHealthRequest(service=service))
+        resp = await t.call(
+            t.health_stub.GetHealth, health_pb2.GetHealthRequest(service=service), timeout=timeout
+        )
         return [Health.from_pb(r) for r in resp.instances]

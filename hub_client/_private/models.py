@@ -7,10 +7,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import grpc
 from aitrading.hub.v1 import (
     balancer_pb2,
     circuit_pb2,
+    cluster_pb2,
     config_pb2,
     registry_pb2,
     tenant_pb2,
@@ -18,7 +18,7 @@ from aitrading.hub.v1 import (
 )
 from google.protobuf import json_format
 
-from hub_client._private.errors import FieldViolation, InvalidArgument
+from hub_client._private.errors import invalid_argument
 
 V = TypeVar("V")
 
@@ -57,16 +57,18 @@ def lookup(table: dict[str, V], value: str, field: str) -> V:
         return table[value]
     except (KeyError, TypeError):
         pass
-    desc = f"unknown {field} {value!r}; one of {sorted(table)}"
-    raise InvalidArgument(
-        f"{field}: {desc}",
-        code=grpc.StatusCode.INVALID_ARGUMENT,
-        field_violations=[FieldViolation(field, desc)],
-    )
+    raise invalid_argument(field, f"unknown {field} {value!r}; one of {sorted(table)}")
 
 
-def _enum_name(enum_type: object, value: int, prefix: str) -> str:
-    return enum_type.Name(value).removeprefix(prefix).lower()  # type: ignore[attr-defined]
+def _enum_name(enum_type: Any, value: int, prefix: str, *, lower: bool = True) -> str:
+    """An enum value's name without its prefix ("http" for PROTOCOL_HTTP). A value
+    this client does not know (a newer hub's) reads ``unknown_<n>`` instead of
+    failing: a client keeps working with every hub of its major version."""
+    try:
+        name = str(enum_type.Name(value)).removeprefix(prefix)
+    except ValueError:
+        name = f"UNKNOWN_{value}"
+    return name.lower() if lower else name
 
 
 @dataclass(frozen=True)
@@ -427,3 +429,50 @@ class ResourceUsage:
             window_end=_seconds(m.window_end),
             raw=m,
         )
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One running hub process.
+
+    Attributes:
+        started_at: seconds since the epoch.
+        version: its build ("0.1.0 (commit abc1234)"); "" from a replica older
+            than the field.
+    """
+
+    hub_id: str
+    address: str
+    started_at: float
+    leader: bool
+    version: str
+    raw: cluster_pb2.Replica = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, m: cluster_pb2.Replica) -> Replica:
+        return cls(m.hub_id, m.address, _seconds(m.started_at), m.leader, m.version, m)
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """The hub replicas, as ``HubClient.cluster_status`` returns them.
+
+    Attributes:
+        hub_id: the replica that answered.
+        leader_id: the elected leader; "" while there is none.
+        replicas: every live replica, by hub id.
+        version: the answering replica's build.
+        revision: the hub revision the answer reflects.
+    """
+
+    hub_id: str
+    leader_id: str
+    replicas: list[Replica]
+    version: str
+    revision: int
+    raw: cluster_pb2.GetClusterStatusResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, m: cluster_pb2.GetClusterStatusResponse) -> ClusterStatus:
+        replicas = sorted((Replica.from_pb(r) for r in m.replicas), key=lambda r: r.hub_id)
+        return cls(m.hub_id, m.leader_id, replicas, m.version, m.header.revision, m)

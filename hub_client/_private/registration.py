@@ -41,13 +41,15 @@ class Registration:
         assert self.instance is not None
         return self.instance.instance_id
 
-    async def start(self, *, keep_alive: bool = True) -> None:
-        await self._register()
+    async def start(self, *, keep_alive: bool = True, timeout: float | None = None) -> None:
+        await self._register(timeout)
         if keep_alive:
             self._task = asyncio.create_task(self._keep_alive_loop())
 
-    async def _register(self) -> None:
-        resp = await self._transport.call(self._transport.registry_stub.Register, self._request)
+    async def _register(self, timeout: float | None = None) -> None:
+        resp = await self._transport.call(
+            self._transport.registry_stub.Register, self._request, timeout=timeout
+        )
         self.instance = Instance.from_pb(resp.instance)
         # Later registrations must update this instance, not make a new one.
         self._request.instance_id = self.instance.instance_id
@@ -74,7 +76,7 @@ class Registration:
                 log.warning("keep-alive for %s failed: %s", self._request.service, e)
                 delay = min(1.0, interval)
 
-    async def keep_alive(self) -> int:
+    async def keep_alive(self, *, timeout: float | None = None) -> int:
         """Renews the lease once; returns the TTL. Raises InstanceNotFound if gone."""
         assert self.instance is not None
         resp = await self._transport.call(
@@ -84,11 +86,12 @@ class Registration:
                 instance_id=self.instance.instance_id,
                 lease_id=self.instance.lease_id,
             ),
+            timeout=timeout,
         )
         self.renewals += 1
         return int(resp.ttl_seconds)
 
-    async def deregister(self) -> None:
+    async def deregister(self, *, timeout: float | None = None) -> None:
         """Stops the keep-alive and removes the instance (already gone is fine)."""
         if self._task is not None:
             self._task.cancel()
@@ -106,6 +109,7 @@ class Registration:
                 registry_pb2.DeregisterRequest(
                     service=self.instance.service, instance_id=self.instance.instance_id
                 ),
+                timeout=timeout,
             )
 
     async def __aenter__(self) -> Registration:

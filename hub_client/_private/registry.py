@@ -15,7 +15,7 @@ from aitrading.hub.v1 import registry_pb2, types_pb2
 from hub_client._private import to_pb
 from hub_client._private.models import EventType, Instance, Service, WatchEvent, lookup
 from hub_client._private.registration import Registration
-from hub_client._private.resume import resume_watch
+from hub_client._private.resume import each_within, resume_watch
 from hub_client._private.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class RegistryClient:
         ttl: int,
         weight: int,
         keep_alive: bool,
+        timeout: float | None = None,
     ) -> Registration:
         tiers = [
             lookup(to_pb.TIERS, t, "subscription_requirements") for t in subscription_requirements
@@ -81,13 +82,18 @@ class RegistryClient:
             weight=weight,
         )
         reg = Registration(self._transport, request)
-        await reg.start(keep_alive=keep_alive)
+        await reg.start(keep_alive=keep_alive, timeout=timeout)
         self._registrations.add(reg)
         reg.on_close = self._registrations.discard
         return reg
 
     async def discover(
-        self, service: str, *, legacy_mode: bool, include_unhealthy: bool
+        self,
+        service: str,
+        *,
+        legacy_mode: bool,
+        include_unhealthy: bool,
+        timeout: float | None = None,
     ) -> Service:
         t = self._transport
         resp = await t.call(
@@ -95,17 +101,22 @@ class RegistryClient:
             registry_pb2.GetServiceRequest(
                 service=service, legacy_mode=legacy_mode, include_unhealthy=include_unhealthy
             ),
+            timeout=timeout,
         )
         return Service.from_pb(resp.service, resp.header.revision)
 
-    async def list_services(self, *, legacy_mode: bool) -> list[Service]:
+    async def list_services(
+        self, *, legacy_mode: bool, timeout: float | None = None
+    ) -> list[Service]:
         t = self._transport
+        budget = t.budget(timeout)  # for all pages together
         out: list[Service] = []
         token = ""
         while True:
             resp = await t.call(
                 t.registry_stub.ListServices,
                 registry_pb2.ListServicesRequest(legacy_mode=legacy_mode, page_token=token),
+                timeout=budget.left(),
             )
             out.extend(Service.from_pb(s, resp.header.revision) for s in resp.services)
             token = resp.next_page_token
@@ -113,9 +124,15 @@ class RegistryClient:
                 return out
 
     def watch(
-        self, service: str, *, legacy_mode: bool, start_revision: int
+        self,
+        service: str,
+        *,
+        legacy_mode: bool,
+        start_revision: int,
+        timeout: float | None = None,
     ) -> AsyncIterator[WatchEvent]:
-        return watch_registry(self._transport, service, legacy_mode, start_revision)
+        events = watch_registry(self._transport, service, legacy_mode, start_revision)
+        return each_within(events, timeout, f"watch {service or 'all services'}")
 
     async def close(self) -> None:
         """Deregisters every instance registered here and not deregistered yet."""
@@ -162,9 +179,18 @@ async def watch_registry(
                         known.pop(key, None)
                     else:
                         known[key] = inst
-                    yield WatchEvent(EventType(m.type), inst, m.revision)
+                    yield WatchEvent(_event_type(m.type), inst, m.revision)
             elif kind == registry_pb2.WATCH_RESPONSE_KIND_RESYNC_REQUIRED:
                 log.info("watch history compacted at %d; resyncing", resp.compact_revision)
+
+
+def _event_type(value: int) -> EventType:
+    """A type this client does not know (a newer hub's) reads as UPDATED: the
+    instance is still there, with what the event carries."""
+    try:
+        return EventType(value)
+    except ValueError:
+        return EventType.UPDATED
 
 
 def _diff(old: dict[Key, Instance], new: dict[Key, Instance], revision: int) -> list[WatchEvent]:

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from aitrading.hub.v1 import registry_pb2
 
-from hub_client._private.errors import from_rpc_error
+from hub_client._private.errors import channel_closed, deadline_exceeded, from_rpc_error
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,28 @@ class _WatchResponse(Protocol):
 
 
 M = TypeVar("M", bound=_WatchResponse)
+T = TypeVar("T")
+
+
+async def each_within(
+    items: AsyncIterator[T], timeout: float | None, what: str
+) -> AsyncGenerator[T, None]:
+    """``items``, failing with DeadlineExceeded when the next one takes longer
+    than ``timeout`` seconds (None: wait as long as it takes). A watch's
+    ``timeout=``: the stream itself has no end, each wait for news does."""
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(anext(items), timeout)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise deadline_exceeded(what, timeout or 0.0) from None
+            yield item
+    finally:
+        close = getattr(items, "aclose", None)
+        if close is not None:
+            await close()
 
 
 async def resume_watch(
@@ -92,7 +114,8 @@ async def resume_watch(
     start = start_revision
     seen = -1  # the newest revision delivered: progress resets the backoff
     while True:
-        call = open_stream(start)
+        call: AsyncIterator[M] | None = open_stream(start)
+        assert call is not None
         why = "the hub ended the stream"
         try:
             async for msg in call:
@@ -111,10 +134,16 @@ async def resume_watch(
             if e.code() not in RETRYABLE:
                 raise from_rpc_error(e) from None
             why = e.code().name
+        except asyncio.CancelledError:
+            if channel_closed() is None:
+                raise
+            why = "the channel was closed"
         finally:
             cancel = getattr(call, "cancel", None)
             if cancel is not None:
                 cancel()
+            # No reference to the call (and through it the channel) while waiting.
+            call = cancel = None
         log.debug("watch interrupted (%s); resuming from %d", why, start)
         if on_interrupt is not None:
             on_interrupt(why)

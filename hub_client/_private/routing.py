@@ -8,6 +8,7 @@ the defaults (:meth:`RoutingPolicy.from_pb`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -16,9 +17,9 @@ from typing import Any
 import grpc
 from aitrading.hub.v1 import balancer_pb2, cluster_pb2, types_pb2
 
-from hub_client._private.errors import from_rpc_error
+from hub_client._private.errors import channel_closed, from_rpc_error
 from hub_client._private.models import _enum_name
-from hub_client._private.resume import RETRYABLE, Backoff
+from hub_client._private.resume import RETRYABLE, Backoff, each_within
 from hub_client._private.strategies import HealthStatus, Strategy
 from hub_client._private.transport import Transport
 
@@ -240,33 +241,50 @@ class RoutingClient:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
 
-    async def set_policy(self, service: str, policy: RoutingPolicy) -> RoutingPolicy:
+    async def set_policy(
+        self, service: str, policy: RoutingPolicy, *, timeout: float | None = None
+    ) -> RoutingPolicy:
         t = self._transport
         resp = await t.call(
             t.balancer_stub.SetRoutingPolicy,
             balancer_pb2.SetRoutingPolicyRequest(service=service, policy=policy.to_pb()),
+            timeout=timeout,
         )
         return RoutingPolicy.from_pb(resp.policy)
 
-    async def get_policy(self, service: str) -> PolicyInfo:
+    async def get_policy(self, service: str, *, timeout: float | None = None) -> PolicyInfo:
         t = self._transport
         resp = await t.call(
-            t.balancer_stub.GetRoutingPolicy, balancer_pb2.GetRoutingPolicyRequest(service=service)
+            t.balancer_stub.GetRoutingPolicy,
+            balancer_pb2.GetRoutingPolicyRequest(service=service),
+            timeout=timeout,
         )
         return PolicyInfo(
             service, RoutingPolicy.from_pb(resp.policy), resp.is_default, resp.header.revision
         )
 
-    async def delete_policy(self, service: str) -> int:
+    async def delete_policy(self, service: str, *, timeout: float | None = None) -> int:
         t = self._transport
         resp = await t.call(
             t.balancer_stub.DeleteRoutingPolicy,
             balancer_pb2.DeleteRoutingPolicyRequest(service=service),
+            timeout=timeout,
         )
         return int(resp.header.revision)
 
-    async def watch_endpoints(
-        self, service: str, *, after_revision: int = 0, legacy_mode: bool = False
+    def watch_endpoints(
+        self,
+        service: str,
+        *,
+        after_revision: int = 0,
+        legacy_mode: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[EndpointsSnapshot]:
+        snapshots = self._watch_endpoints(service, after_revision, legacy_mode)
+        return each_within(snapshots, timeout, f"watch_endpoints {service}")
+
+    async def _watch_endpoints(
+        self, service: str, after_revision: int, legacy_mode: bool
     ) -> AsyncIterator[EndpointsSnapshot]:
         """Snapshots of the service's usable endpoints, across reconnects: after
         an interruption the stream is reopened from the last revision received,
@@ -291,13 +309,20 @@ class RoutingClient:
                 if e.code() not in RETRYABLE:
                     raise from_rpc_error(e) from None
                 why = e.code().name
+            except asyncio.CancelledError:
+                if channel_closed() is None:
+                    raise
+                why = "the channel was closed"
             finally:
                 call.cancel()
+                call = None  # no hold on the channel while waiting
             log.info("endpoint watch of %s interrupted (%s); reopening", service, why)
             await backoff.wait()
 
-    async def xds_clients(self) -> list[XdsClient]:
+    async def xds_clients(self, *, timeout: float | None = None) -> list[XdsClient]:
         """The xDS clients connected to the replica this client talks to."""
         t = self._transport
-        resp = await t.call(t.cluster_stub.ListXdsClients, cluster_pb2.ListXdsClientsRequest())
+        resp = await t.call(
+            t.cluster_stub.ListXdsClients, cluster_pb2.ListXdsClientsRequest(), timeout=timeout
+        )
         return [XdsClient.from_pb(resp.hub_id, c) for c in resp.clients]

@@ -40,63 +40,73 @@ class TenantsClient:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
 
-    async def create_tenant(self, tenant_id: str, *, tier: str, display_name: str) -> Tenant:
+    async def create_tenant(
+        self, tenant_id: str, *, tier: str, display_name: str, timeout: float | None = None
+    ) -> Tenant:
+        t = self._transport
+        request = tenant_pb2.CreateTenantRequest(
+            tenant_id=tenant_id, tier=to_pb.tier(tier), display_name=display_name
+        )
+        resp = await t.call(t.tenant_stub.CreateTenant, request, timeout=timeout)
+        return Tenant.from_pb(resp.tenant)
+
+    async def get_tenant(self, tenant_id: str, *, timeout: float | None = None) -> Tenant:
         t = self._transport
         resp = await t.call(
-            t.tenant_stub.CreateTenant,
-            tenant_pb2.CreateTenantRequest(
-                tenant_id=tenant_id, tier=to_pb.tier(tier), display_name=display_name
-            ),
+            t.tenant_stub.GetTenant,
+            tenant_pb2.GetTenantRequest(tenant_id=tenant_id),
+            timeout=timeout,
         )
         return Tenant.from_pb(resp.tenant)
 
-    async def get_tenant(self, tenant_id: str) -> Tenant:
+    async def list_tenants(self, *, tier: str | None, timeout: float | None = None) -> list[Tenant]:
         t = self._transport
-        resp = await t.call(
-            t.tenant_stub.GetTenant, tenant_pb2.GetTenantRequest(tenant_id=tenant_id)
-        )
-        return Tenant.from_pb(resp.tenant)
-
-    async def list_tenants(self, *, tier: str | None) -> list[Tenant]:
-        t = self._transport
+        tier_value = to_pb.tier(tier) if tier else 0  # checked before any RPC
+        budget = t.budget(timeout)  # for all pages together
         out: list[Tenant] = []
         token = ""
         while True:
             resp = await t.call(
                 t.tenant_stub.ListTenants,
-                tenant_pb2.ListTenantsRequest(
-                    page_token=token, tier=to_pb.tier(tier) if tier else 0
-                ),
+                tenant_pb2.ListTenantsRequest(page_token=token, tier=tier_value),
+                timeout=budget.left(),
             )
             out.extend(Tenant.from_pb(m) for m in resp.tenants)
             token = resp.next_page_token
             if not token:
                 return out
 
-    async def set_tier(self, tenant_id: str, tier: str, *, expected_revision: int) -> Tenant:
+    async def set_tier(
+        self, tenant_id: str, tier: str, *, expected_revision: int, timeout: float | None = None
+    ) -> Tenant:
         t = self._transport
-        resp = await t.call(
-            t.tenant_stub.UpdateTenantTier,
-            tenant_pb2.UpdateTenantTierRequest(
-                tenant_id=tenant_id, tier=to_pb.tier(tier), expected_revision=expected_revision
-            ),
+        request = tenant_pb2.UpdateTenantTierRequest(
+            tenant_id=tenant_id, tier=to_pb.tier(tier), expected_revision=expected_revision
         )
+        resp = await t.call(t.tenant_stub.UpdateTenantTier, request, timeout=timeout)
         return Tenant.from_pb(resp.tenant)
 
-    async def usage(self, tenant: str | None) -> dict[str, ResourceUsage]:
+    async def usage(
+        self, tenant: str | None, *, timeout: float | None = None
+    ) -> dict[str, ResourceUsage]:
         t = self._transport
         resp = await t.call(
-            t.tenant_stub.GetUsage, tenant_pb2.GetUsageRequest(tenant_id=t.tenant(tenant))
+            t.tenant_stub.GetUsage,
+            tenant_pb2.GetUsageRequest(tenant_id=t.tenant(tenant)),
+            timeout=timeout,
         )
         return {u.resource: u for u in map(ResourceUsage.from_pb, resp.usage)}
 
-    async def check_quota(self, resource: str, amount: int, *, tenant: str | None) -> bool:
+    async def check_quota(
+        self, resource: str, amount: int, *, tenant: str | None, timeout: float | None = None
+    ) -> bool:
         t = self._transport
         resp = await t.call(
             t.tenant_stub.CheckQuota,
             tenant_pb2.CheckQuotaRequest(
                 tenant_id=t.tenant(tenant), resource=_quota_resource(resource), amount=amount
             ),
+            timeout=timeout,
         )
         return bool(resp.allowed)
 
@@ -104,19 +114,43 @@ class TenantsClient:
     # one) and are retried with it: the hub counts each once.
 
     async def allocate(
-        self, resource: str, amount: int, *, tenant: str | None, request_id: str | None
+        self,
+        resource: str,
+        amount: int,
+        *,
+        tenant: str | None,
+        request_id: str | None,
+        timeout: float | None = None,
     ) -> ResourceUsage:
         t = self._transport
         return await self._change(
-            t.tenant_stub.Allocate, tenant_pb2.AllocateRequest, resource, amount, tenant, request_id
+            t.tenant_stub.Allocate,
+            tenant_pb2.AllocateRequest,
+            resource,
+            amount,
+            tenant,
+            request_id,
+            timeout,
         )
 
     async def release(
-        self, resource: str, amount: int, *, tenant: str | None, request_id: str | None
+        self,
+        resource: str,
+        amount: int,
+        *,
+        tenant: str | None,
+        request_id: str | None,
+        timeout: float | None = None,
     ) -> ResourceUsage:
         t = self._transport
         return await self._change(
-            t.tenant_stub.Release, tenant_pb2.ReleaseRequest, resource, amount, tenant, request_id
+            t.tenant_stub.Release,
+            tenant_pb2.ReleaseRequest,
+            resource,
+            amount,
+            tenant,
+            request_id,
+            timeout,
         )
 
     async def _change(
@@ -127,6 +161,7 @@ class TenantsClient:
         amount: int,
         tenant: str | None,
         request_id: str | None,
+        timeout: float | None,
     ) -> ResourceUsage:
         t = self._transport
         request = request_type(
@@ -135,12 +170,14 @@ class TenantsClient:
             amount=amount,
             request_id=request_id or uuid.uuid4().hex,
         )
-        resp = await t.call_retried(method, request)
+        resp = await t.call_retried(method, request, timeout=timeout)
         return ResourceUsage.from_pb(resp.usage)
 
-    def allocation(self, resource: str, amount: int, *, tenant: str | None) -> Allocation:
+    def allocation(
+        self, resource: str, amount: int, *, tenant: str | None, timeout: float | None = None
+    ) -> Allocation:
         _quota_resource(resource)  # an unknown resource fails here, not on entry
-        return Allocation(self, resource, amount, tenant)
+        return Allocation(self, resource, amount, tenant, timeout)
 
 
 class Allocation:
@@ -155,17 +192,23 @@ class Allocation:
     """
 
     def __init__(
-        self, tenants: TenantsClient, resource: str, amount: int, tenant: str | None
+        self,
+        tenants: TenantsClient,
+        resource: str,
+        amount: int,
+        tenant: str | None,
+        timeout: float | None = None,
     ) -> None:
         self._tenants = tenants
         self.resource = resource
         self.amount = amount
         self.tenant = tenant
+        self.timeout = timeout  # of the allocation, and of the release
         self.usage: ResourceUsage | None = None
 
     async def __aenter__(self) -> ResourceUsage:
         self.usage = await self._tenants.allocate(
-            self.resource, self.amount, tenant=self.tenant, request_id=None
+            self.resource, self.amount, tenant=self.tenant, request_id=None, timeout=self.timeout
         )
         return self.usage
 
@@ -180,7 +223,13 @@ class Allocation:
         self.usage = None
         # Shielded: a cancelled block still gives its allocation back.
         release = asyncio.ensure_future(
-            self._tenants.release(self.resource, self.amount, tenant=self.tenant, request_id=None)
+            self._tenants.release(
+                self.resource,
+                self.amount,
+                tenant=self.tenant,
+                request_id=None,
+                timeout=self.timeout,
+            )
         )
         try:
             await asyncio.shield(release)

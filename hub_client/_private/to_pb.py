@@ -6,6 +6,8 @@ from __future__ import annotations
 from aitrading.hub.v1 import types_pb2
 from google.protobuf import duration_pb2
 
+from hub_client._private.models import lookup
+
 TIERS = {
     "free": types_pb2.SUBSCRIPTION_TIER_FREE,
     "pro": types_pb2.SUBSCRIPTION_TIER_PRO,
@@ -13,11 +15,10 @@ TIERS = {
 }
 
 
-def tier(name: str) -> types_pb2.SubscriptionTier.ValueType:
-    try:
-        return TIERS[name]
-    except KeyError:
-        raise ValueError(f"unknown tier {name!r}; one of {sorted(TIERS)}") from None
+def tier(name: str, field: str = "tier") -> types_pb2.SubscriptionTier.ValueType:
+    """A tier name (or ``Tier``) as its enum value; InvalidArgument naming
+    ``field`` for an unknown one, before any RPC."""
+    return lookup(TIERS, name, field)
 
 
 def duration(seconds: float | None) -> duration_pb2.Duration | None:

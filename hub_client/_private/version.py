@@ -11,7 +11,9 @@ from pathlib import Path
 
 from aitrading.hub.v1 import cluster_pb2
 
-_DIST = "central-hub"
+# The distribution that ships hub_client (the server's, central-hub, is released in
+# step with it; a checkout installed before the split has only that one).
+_DISTS = ("central-hub-client", "central-hub")
 _FALLBACK_VERSION = "0+unknown"  # not installed (a bare source tree on sys.path)
 
 
@@ -51,8 +53,11 @@ def _git_commit() -> str:
 @functools.cache
 def version_info() -> VersionInfo:
     """This build's version, commit and API package (cached: git runs once)."""
-    try:
-        version = metadata.version(_DIST)
-    except metadata.PackageNotFoundError:
-        version = _FALLBACK_VERSION
+    version = _FALLBACK_VERSION
+    for dist in _DISTS:
+        try:
+            version = metadata.version(dist)
+            break
+        except metadata.PackageNotFoundError:
+            continue
     return VersionInfo(version, _git_commit(), cluster_pb2.DESCRIPTOR.package)
