@@ -15,6 +15,13 @@ if ! grep -q "^## $version\b" CHANGELOG.md; then
   echo "release-baseline: CHANGELOG.md has no '## $version' section saying what changed" >&2
   exit 2
 fi
+# Clients rely on wire compatibility within a major version (README "Compatibility"):
+# an API that breaks the current baseline moves it only with a new major version.
+if ! "$BUF" breaking protos --against api/baseline.binpb >/dev/null 2>&1 \
+    && [ "${version%%.*}" = "${current%%.*}" ]; then
+  echo "release-baseline: the API breaks the $current baseline; that needs a new major version, not $version" >&2
+  exit 2
+fi
 "$BUF" build protos --exclude-source-info -o api/baseline.binpb
 echo "$version" > api/baseline.version
 echo "API baseline moved from $current to $version: commit api/ with the version bump"
