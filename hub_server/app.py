@@ -25,6 +25,7 @@ from aitrading.hub.v1 import (
     observability_pb2,
     tenant_pb2,
 )
+from envoy.service.discovery.v3 import ads_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -104,6 +105,7 @@ def _service_names() -> list[str]:
         deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
         backup_pb2.DESCRIPTOR.services_by_name["BackupService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
         reflection.SERVICE_NAME,
     ]
 

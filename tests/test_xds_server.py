@@ -402,6 +402,22 @@ async def test_xds_streams_count_against_the_callers_stream_limit(
     assert ads.count >= 1 and ads.errors >= 1  # telemetry saw both
 
 
+async def test_reflection_describes_the_ads_service(channel: grpc.aio.Channel) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    ask = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="envoy.service.discovery.v3.AggregatedDiscoveryService"
+        ),
+    ]
+    answers = [a async for a in stub.ServerReflectionInfo(iter(ask))]
+    listed = {s.name for s in answers[0].list_services_response.service}
+    assert "envoy.service.discovery.v3.AggregatedDiscoveryService" in listed
+    assert answers[1].file_descriptor_response.file_descriptor_proto
+
+
 # -- tenancy ---------------------------------------------------------------------
 
 
