@@ -113,6 +113,16 @@ async def test_keep_alive_runs_on_a_thread_that_close_stops(hub: Hub) -> None:
         await in_thread(lambda: h.discover("kept"))
 
 
+async def test_close_ends_a_watch_another_thread_is_reading(hub: Hub) -> None:
+    h = sync.HubClient(hub.address)
+    events = h.watch("quiet")  # no instance: nothing ever comes
+    reader = asyncio.create_task(in_thread(lambda: next(events)))
+    await asyncio.sleep(0.5)
+    await in_thread(h.close)
+    with pytest.raises(RuntimeError, match="closed"):
+        await asyncio.wait_for(reader, 10)
+
+
 FORKED = textwrap.dedent(
     """
     import os, sys, time

@@ -99,15 +99,20 @@ class Runtime:
         try:
             return future.result()
         except concurrent.futures.CancelledError:
-            raise asyncio.CancelledError() from None
+            # What was still running when the client closed (a watch being read).
+            raise RuntimeError("this HubClient was closed during the call") from None
         except BaseException:
             future.cancel()
             raise
 
     def stop(self) -> None:
-        """Ends the loop thread (after the client was closed)."""
+        """Ends the loop thread (after the client was closed): what still runs in
+        it (a watch another thread is reading) is cancelled, so no caller waits
+        for ever."""
         _RUNNING.discard(self)
         if self.thread.is_alive():
+            with contextlib.suppress(Exception):
+                self.run(_cancel_the_rest())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join()
         self.loop.close()
@@ -126,6 +131,13 @@ class Runtime:
         """After the fork, in the parent: the loop runs again (the channel reopens
         on the next call)."""
         self.thread = self._start_thread()
+
+
+async def _cancel_the_rest() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _release(client: AsyncHubClient) -> None:
