@@ -23,6 +23,7 @@ WORKDIR /src
 
 # The dependencies first, in their own layer: a change to the code alone reuses it.
 COPY pyproject.toml ./
+COPY packaging/ packaging/
 COPY scripts/image_deps.py scripts/
 RUN python3 scripts/image_deps.py requirements > requirements.txt \
  && python3 -m venv /opt/central-hub \
@@ -38,7 +39,8 @@ COPY hub_server/ hub_server/
 COPY hub_client/ hub_client/
 COPY hubctl/ hubctl/
 COPY gen/python/ gen/python/
-RUN /opt/central-hub/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels . \
+COPY scripts/build_dists.py scripts/
+RUN /opt/central-hub/bin/python scripts/build_dists.py --out /wheels \
  && /opt/central-hub/bin/pip install --no-cache-dir --no-deps /wheels/*.whl \
  && /opt/central-hub/bin/python -m compileall -q /opt/central-hub/lib \
  && /opt/central-hub/bin/pip uninstall --yes setuptools pip
@@ -61,7 +63,11 @@ RUN groupadd --gid 10001 central-hub \
       /var/lib/central-hub /var/lib/central-hub/data /var/lib/central-hub/backups
 
 COPY --from=builder /opt/central-hub /opt/central-hub
+# The settings a single node starts with; environment variables and flags
+# override them one by one, a mounted file replaces them.
+COPY deploy/container/hub.toml /etc/central-hub/hub.toml
 ENV PATH=/opt/central-hub/bin:${PATH} \
+    CENTRAL_HUB_CONFIG=/etc/central-hub/hub.toml \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
@@ -75,11 +81,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["central-hub", "health", "--target", "127.0.0.1:7000", "--timeout", "4"]
 
 ENTRYPOINT ["central-hub"]
-# A single node with embedded etcd. Beyond loopback the hub wants credentials
-# (--credentials-file, a mounted Secret) or an explicit --insecure; production
-# adds --etcd-endpoints (README "Operations").
-CMD ["serve", "--listen", "0.0.0.0:7000", \
-     "--data-dir", "/var/lib/central-hub/data", \
-     "--backup-dir", "/var/lib/central-hub/backups", \
-     "--ui-listen", "0.0.0.0:8080", \
-     "--metrics-listen", "0.0.0.0:9090"]
+# One node with embedded etcd (hub.toml above). Beyond loopback the hub wants
+# credentials (CENTRAL_HUB_CREDENTIALS_FILE, a mounted file) or, knowingly,
+# CENTRAL_HUB_INSECURE=true; production names its etcd cluster in its own
+# settings file (README "Operations").
+CMD ["serve"]

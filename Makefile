@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser h2load gen check-gen lint breaking release-baseline run test test-faults bench bench-scale clean
+.PHONY: install browser h2load gen check-gen lint breaking release-baseline run test test-faults bench bench-scale clean image-deps test-image
 
 install: $(STAMP) node_modules/.installed
 
@@ -32,6 +32,10 @@ check-gen: gen
 	  echo "generated code is stale: run 'make gen' and commit gen/"; \
 	  git status --short -- gen | head -20; exit 1; fi
 
+# deploy/kubernetes (kustomization.yaml has no schema), against the oldest and newest
+# Kubernetes schemas kubernetes-validate bundles.
+KUBE_MANIFESTS = $(filter-out %/kustomization.yaml,$(wildcard deploy/kubernetes/*.yaml))
+
 lint: install
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
@@ -39,6 +43,9 @@ lint: install
 	$(BIN)/ruff format --check hub_server hub_client tests scripts examples bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet -k 1.25.0 $(KUBE_MANIFESTS)
+	$(BIN)/kubernetes-validate --strict --quiet $(KUBE_MANIFESTS)
 
 # buf breaking against the committed API baseline (api/), not against a commit.
 breaking: install
@@ -58,8 +65,21 @@ browser:
 	  $$SUDO apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 
-test: install browser check-gen lint breaking
+test: install browser image-deps check-gen lint breaking
 	scripts/run-tests.sh
+
+# The container image test (tests/test_image.py, also part of `make test`) builds
+# with Debian's buildah from a debootstrapped base, installed as chromium is above;
+# scripts/image_deps.py caches the base and a wheelhouse in ~/.cache/central-hub.
+image-deps: install
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || { \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends buildah debootstrap; }
+	$(PY) scripts/image_deps.py
+
+test-image: install image-deps
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_image.py
 
 test-faults: install
 	$(BIN)/pytest -m faults -q

@@ -136,6 +136,7 @@ def test_metadata_labels_volumes_ports_and_user(config: dict[str, Any]) -> None:
     assert set(config["ExposedPorts"]) == {"7000/tcp", "8080/tcp", "9090/tcp"}
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["central-hub"]
+    assert "CENTRAL_HUB_CONFIG=/etc/central-hub/hub.toml" in config["Env"]
     health = config["Healthcheck"]["Test"]
     assert health[0] == "CMD" and health[1:3] == ["central-hub", "health"]
     build_parser().parse_args(health[2:])  # flags the CLI knows
@@ -147,6 +148,7 @@ def test_version_inside_and_no_build_leftovers(container: str) -> None:
         container,
         "central-hub --version && id -u"
         " && test ! -e /opt/central-hub/bin/pip && test ! -e /src && test ! -e /wheels"
+        " && ! /opt/central-hub/bin/python -c 'import setuptools' 2>/dev/null"
         " && ! command -v cc && ! command -v gcc",
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -156,34 +158,40 @@ def test_version_inside_and_no_build_leftovers(container: str) -> None:
 
 
 def test_the_image_command_answers_its_healthcheck(config: dict[str, Any], container: str) -> None:
-    """The CMD as a single node with embedded etcd, probed with the HEALTHCHECK's
-    command until SERVING, then stopped with SIGTERM as a container runtime does."""
+    """The CMD as a single node with embedded etcd, on the image's settings file,
+    probed with the HEALTHCHECK's command until SERVING; its metrics endpoint
+    answers (set in that file only); then SIGTERM, as a container runtime stops it."""
     serve, probe = list(config["Cmd"]), list(config["Healthcheck"]["Test"][1:])
-    if not ISOLATED:  # sharing the host's network: the fixed ports may be taken
-        ports = {str(p): str(free_port()) for p in (7000, 8080, 9090)}
-        serve = [_on_free_port(a, ports) for a in serve]
-        probe = [_on_free_port(a, ports) for a in probe]
+    env = ["CENTRAL_HUB_INSECURE=true"]  # it listens beyond loopback, with no credentials
+    metrics = "127.0.0.1:9090"
+    if not ISOLATED:  # sharing the host's network: the image's ports may be taken
+        grpc_port, ui_port, metrics_port = free_port(), free_port(), free_port()
+        metrics = f"127.0.0.1:{metrics_port}"
+        env += [
+            f"CENTRAL_HUB_LISTEN=127.0.0.1:{grpc_port}",
+            f"CENTRAL_HUB_UI_LISTEN=127.0.0.1:{ui_port}",
+            f"CENTRAL_HUB_METRICS_LISTEN={metrics}",
+        ]
+        probe = [a.replace("127.0.0.1:7000", f"127.0.0.1:{grpc_port}") for a in probe]
+    scrape = f"import urllib.request; urllib.request.urlopen('http://{metrics}/metrics', timeout=5)"
     script = f"""
-        {_sh(["central-hub", *serve, "--insecure"])} & hub=$!
+        env {_sh(env)} {_sh(["central-hub", *serve])} & hub=$!
         tries=0
         until {_sh(probe)}; do
           tries=$((tries + 1))
           if [ $tries -ge 60 ] || ! kill -0 $hub 2>/dev/null; then kill $hub; exit 7; fi
           sleep 0.5
         done
+        python3 -c {_sh([scrape])} && echo "metrics answered"
         kill -TERM $hub; wait $hub; echo "hub exited $?"
     """
     done = _inside(container, script)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SERVING" in done.stdout
+    assert "metrics answered" in done.stdout
     assert "hub exited 0" in done.stdout
     assert "embedded etcd serving" in done.stderr
 
 
 def _sh(argv: list[str]) -> str:
     return " ".join("'" + a.replace("'", "'\\''") + "'" for a in argv)
-
-
-def _on_free_port(arg: str, ports: dict[str, str]) -> str:
-    host, sep, port = arg.rpartition(":")
-    return f"{host}:{ports[port]}" if sep and port in ports else arg

@@ -1,0 +1,245 @@
+"""What deploy/ ships holds together with the hub it runs: the systemd unit
+passes `systemd-analyze verify` (and its offline security review), and the
+commands that the unit, the Kubernetes manifests and the probes run are ones
+`central-hub` accepts. The manifests' schemas are checked by `make lint`
+(kubernetes-validate); the container image by tests/test_image.py."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hub_server.cli import build_parser
+from tests.support.secure_etcd import SecureEtcd
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "deploy/systemd/central-hub.service"
+KUBE = ROOT / "deploy/kubernetes"
+BIN = Path(sys.executable).parent
+
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+
+
+def _unit_here(tmp_path: Path) -> Path:
+    """The unit with its programs at this checkout's virtualenv, since verify
+    insists that ExecStart exists; every other line is the shipped one."""
+    local = tmp_path / UNIT.name
+    local.write_text(UNIT.read_text().replace("/opt/central-hub/bin/", f"{BIN}/"))
+    return local
+
+
+def _unit_values(key: str) -> list[str]:
+    return [
+        line.split("=", 1)[1]
+        for line in UNIT.read_text().splitlines()
+        if line.startswith(f"{key}=")
+    ]
+
+
+@needs_systemd_analyze
+def test_unit_verifies_without_a_warning(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(_unit_here(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # An unknown or misspelt directive is only a warning: any output fails.
+    assert done.returncode == 0 and not done.stderr.strip() and not done.stdout.strip(), (
+        done.stdout + done.stderr
+    )
+
+
+@needs_systemd_analyze
+def test_unit_exposure_is_low(tmp_path: Path) -> None:
+    """systemd's own review of the hardening: 'OK' is below 2 of 10."""
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(_unit_here(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    found = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout)
+    assert found, done.stdout + done.stderr
+    assert float(found.group(1)) < 2.0, done.stdout
+
+
+def test_unit_runs_serve_reloads_with_sighup_and_restarts_on_failure() -> None:
+    (start,) = _unit_values("ExecStart")
+    program, *args = start.split()
+    assert program == "/opt/central-hub/bin/central-hub"
+    assert build_parser().parse_args(args).command == "serve"
+    assert _unit_values("ExecReload") == ["/bin/kill -HUP $MAINPID"]
+    assert _unit_values("Restart") == ["on-failure"]
+    assert _unit_values("User") == ["central-hub"]
+    assert _unit_values("NoNewPrivileges") == ["yes"]
+    assert _unit_values("ProtectSystem") == ["strict"]
+
+
+def _manifests() -> dict[str, list[dict[str, Any]]]:
+    return {
+        path.name: [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        for path in sorted(KUBE.glob("*.yaml"))
+    }
+
+
+def _resource(kind: str, name: str) -> dict[str, Any]:
+    for docs in _manifests().values():
+        for doc in docs:
+            if doc["kind"] == kind and doc["metadata"]["name"] == name:
+                return doc
+    raise AssertionError(f"no {kind} {name} in {KUBE}")
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    manifests = _manifests()
+    (kustomization,) = manifests.pop("kustomization.yaml")
+    assert sorted(kustomization["resources"]) == sorted(manifests)
+
+
+def _hub_container() -> dict[str, Any]:
+    (container,) = _resource("Deployment", "central-hub")["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _probe_argv(probe: dict[str, Any]) -> list[str]:
+    """The `central-hub health ...` a probe runs, directly or in `sh -c`."""
+    command = probe["exec"]["command"]
+    if command[:2] == ["sh", "-c"]:
+        command = command[2].split(";")[0].split()
+    assert command[:2] == ["central-hub", "health"], command
+    return list(command[1:])
+
+
+def test_hub_probes_ask_grpc_health_of_its_own_grpc_port() -> None:
+    container = _hub_container()
+    grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        args = build_parser().parse_args(_probe_argv(container[kind]))
+        assert args.target == f"localhost:{grpc_port}", kind
+    # Liveness tolerates an answer other than SERVING (etcd down): only "no
+    # answer" (exit 3) restarts the container.
+    assert container["livenessProbe"]["exec"]["command"][2].endswith("[ $? -ne 3 ]")
+
+
+def test_hub_reads_the_configmaps_file() -> None:
+    container = _hub_container()
+    args = build_parser().parse_args(container["args"])
+    assert args.command == "serve"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    config = tomllib.loads(_resource("ConfigMap", "central-hub-config")["data"]["hub.toml"])
+    assert str(args.config) == mount["mountPath"]
+    assert config["listen"].endswith(":7000")
+    # Every file the configuration names comes from a mounted Secret.
+    secret_dirs = [m["mountPath"] for m in container["volumeMounts"] if m["name"] != "config"]
+    for key, value in config.items():
+        if isinstance(value, str) and value.startswith("/etc/central-hub/"):
+            assert any(value.startswith(d + "/") for d in secret_dirs), key
+
+
+def test_services_and_budgets_select_their_pods() -> None:
+    container = _hub_container()
+    named_ports = {p["name"] for p in container["ports"]}
+    service = _resource("Service", "central-hub")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == named_ports
+    pod_labels = _resource("Deployment", "central-hub")["spec"]["template"]["metadata"]["labels"]
+    etcd_labels = _resource("StatefulSet", "etcd")["spec"]["template"]["metadata"]["labels"]
+    for kind, name, labels in (
+        ("Service", "central-hub", pod_labels),
+        ("PodDisruptionBudget", "central-hub", pod_labels),
+        ("Service", "etcd", etcd_labels),
+        ("Service", "etcd-client", etcd_labels),
+        ("PodDisruptionBudget", "etcd", etcd_labels),
+    ):
+        spec = _resource(kind, name)["spec"]
+        selector = spec["selector"].get("matchLabels", spec["selector"])
+        assert selector.items() <= labels.items(), (kind, name)
+    replicas = _resource("Deployment", "central-hub")["spec"]["replicas"]
+    assert _resource("PodDisruptionBudget", "central-hub")["spec"]["minAvailable"] < replicas
+    assert _resource("StatefulSet", "etcd")["spec"]["replicas"] == 3
+
+
+def test_etcd_auth_job_switches_auth_on_and_may_run_again(tmp_path: Path) -> None:
+    """The Job's script against an etcd set up as etcd.yaml's (client TLS,
+    client certificates required), its Secrets' files laid out in tmp_path: auth
+    ends up on, the hub's user may use /hub/v1/ and nothing else, and a second
+    run (a retried Job) succeeds and changes nothing."""
+    etcd = SecureEtcd(tmp_path / "etcd")
+    etcd.start()
+    try:
+        (container,) = _resource("Job", "etcd-auth")["spec"]["template"]["spec"]["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        here = {mounts["root-client"]: tmp_path / "root", mounts["hub-etcd"]: tmp_path / "hub"}
+        for directory in here.values():
+            directory.mkdir()
+        (here[mounts["root-client"]] / "ca.crt").write_bytes(etcd.ca.cert.read_bytes())
+        (here[mounts["root-client"]] / "tls.crt").write_bytes(etcd.root.cert.read_bytes())
+        (here[mounts["root-client"]] / "tls.key").write_bytes(etcd.root.key.read_bytes())
+        (here[mounts["hub-etcd"]] / "password").write_text("hub-secret\n")
+
+        def local(text: str) -> str:
+            for mount, directory in here.items():
+                text = text.replace(mount, str(directory))
+            return text
+
+        env = {e["name"]: local(e["value"]) for e in container["env"] if "value" in e}
+        env["ETCDCTL_ENDPOINTS"] = etcd.endpoint  # the members' cluster names, here
+        env["PATH"] = f"{BIN}:/usr/bin:/bin"
+        script = local(container["args"][0])
+        for attempt in (1, 2):
+            done = subprocess.run(
+                [*container["command"], script],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, (attempt, done.stdout + done.stderr)
+
+        assert "Authentication Status: true" in etcd.etcdctl("auth", "status").stdout
+        hub = ["--user", "central-hub:hub-secret"]
+        etcd.etcdctl(*hub, "put", "/hub/v1/probe", "x", cert=etcd.hub_client)
+        outside = etcd.etcdctl(*hub, "put", "/elsewhere", "x", cert=etcd.hub_client, check=False)
+        assert outside.returncode != 0 and "permission denied" in outside.stderr
+        wrong = etcd.etcdctl("--user", "central-hub:nope", "get", "/hub/v1/probe", check=False)
+        assert wrong.returncode != 0
+    finally:
+        etcd.stop()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomization_renders_valid_resources_in_one_namespace(tmp_path: Path) -> None:
+    """What `kubectl apply -k` would send: every resource in the namespace, the
+    hub's image replaced by the kustomization's, and still valid."""
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(KUBE)], capture_output=True, text=True, timeout=60
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    (kustomization,) = _manifests()["kustomization.yaml"]
+    (image,) = kustomization["images"]
+    docs = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == kustomization["namespace"], doc["metadata"]
+        pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for container in pod.get("containers", []):
+            if not container["image"].startswith("gcr.io/etcd-development/"):
+                assert container["image"] == f"{image['newName']}:{image['newTag']}"
+    (tmp_path / "rendered.yaml").write_text(rendered.stdout)
+    checked = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "--quiet", str(tmp_path / "rendered.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
