@@ -253,12 +253,18 @@ async def test_grpcio_calls_on_through_a_replica_failover_and_a_hub_restart(
 
 
 async def test_node_grpc_js_xds_client(
-    hub: Hub, client: HubClient, backends: list[Backend], tmp_path: Path
+    hub_factory: HubFactory, hub: Hub, client: HubClient, backends: list[Backend], tmp_path: Path
 ) -> None:
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not on PATH (the Node xDS test needs it)")
     assert (ROOT / "node_modules/@grpc/grpc-js-xds").is_dir(), "run `make install` (npm ci)"
+
+    async def restart_hub() -> None:  # asked for by the Node test, through b0
+        await hub.stop()
+        await hub_factory(listen=hub.address)
+
+    backends[0].actions["restart-hub"] = restart_hub
     for b in backends:
         await _register(client, "nodesvc", b)
     await eventually(lambda: _usable(hub, "nodesvc") == {"b0", "b1", "b2"})

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,14 @@ BACKEND = "hubtest.Backend"
 class Backend:
     """A gRPC server with the standard health service (which the hub probes) and
     ``hubtest.Backend``: ``Who`` answers its name, ``SetServing`` (b"1" / b"0")
-    flips its health, for clients in other processes (the Node test)."""
+    flips its health and ``Do`` runs one of the test's ``actions`` by name, for
+    clients in other processes (the Node test)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, actions: dict[str, Callable[[], Awaitable[None]]] | None = None
+    ) -> None:
         self.name = name
+        self.actions = actions or {}
         self.port = free_port()
         self.health = health.aio.HealthServicer()
         self.calls = 0
@@ -46,12 +51,21 @@ class Backend:
         await self.set_serving(request == b"1")
         return b""
 
+    async def _do(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        action = self.actions.get(request.decode())
+        if action is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no action {request!r}")
+        else:
+            await action()
+        return b""
+
     async def start(self) -> None:
         self._server = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         handlers = {
             "Who": grpc.unary_unary_rpc_method_handler(self._who),
             "SetServing": grpc.unary_unary_rpc_method_handler(self._set_serving),
+            "Do": grpc.unary_unary_rpc_method_handler(self._do),
         }
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(BACKEND, handlers),)

@@ -58,17 +58,21 @@ async function until(client, ok, n = 30) {
   assert.fail(`no batch converged within ${CONVERGE_MS} ms; last: ${JSON.stringify(last)}`);
 }
 
-async function setServing(name, serving) {
-  const control = new grpc.Client(BACKENDS[name], grpc.credentials.createInsecure());
+/** A call to one backend directly (not through xDS): the test's controls. */
+async function control(name, method, body) {
+  const direct = new grpc.Client(BACKENDS[name], grpc.credentials.createInsecure());
   try {
-    await unary(control, "/hubtest.Backend/SetServing", Buffer.from(serving ? "1" : "0"));
+    await unary(direct, method, Buffer.from(body), 30_000);
   } finally {
-    control.close();
+    direct.close();
   }
 }
 
+const setServing = (name, serving) => control(name, "/hubtest.Backend/SetServing", serving ? "1" : "0");
+const act = (name, action) => control(name, "/hubtest.Backend/Do", action);
+
 test(
-  "grpc-js with grpc-js-xds is balanced by the hub and follows health",
+  "grpc-js with grpc-js-xds is balanced by the hub, follows health and a hub restart",
   { skip: !SERVICE && "XDS_SERVICE not set", timeout: 120_000 },
   async () => {
     const client = new grpc.Client(`xds:///${SERVICE}`, grpc.credentials.createInsecure());
@@ -89,6 +93,16 @@ test(
       // It recovers: calls reach it again.
       await setServing("b1", true);
       await until(client, ({ backends }) => "b1" in backends);
+
+      // The hub restarts (empty at first, then loaded from etcd): calls go on,
+      // and the client reconnects and follows the restarted hub.
+      await act("b0", "restart-hub");
+      const through = await calls(client, 60);
+      assert.deepEqual(Object.keys(through.errors), []);
+      await setServing("b2", false);
+      await until(client, ({ backends }) => !("b2" in backends));
+      await setServing("b2", true);
+      await until(client, ({ backends }) => "b2" in backends);
     } finally {
       client.close();
     }
