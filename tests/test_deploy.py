@@ -6,11 +6,14 @@ commands that the unit, the Kubernetes manifests and the probes run are ones
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,9 @@ import pytest
 import yaml
 
 from hub_server.cli import build_parser
+from hub_server.embedded_etcd import free_port
+from tests.support.auth import credentials_text
+from tests.support.certs import CertificateAuthority
 from tests.support.secure_etcd import SecureEtcd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,52 +175,146 @@ def test_services_and_budgets_select_their_pods() -> None:
     assert _resource("StatefulSet", "etcd")["spec"]["replicas"] == 3
 
 
-def test_etcd_auth_job_switches_auth_on_and_may_run_again(tmp_path: Path) -> None:
-    """The Job's script against an etcd set up as etcd.yaml's (client TLS,
-    client certificates required), its Secrets' files laid out in tmp_path: auth
-    ends up on, the hub's user may use /hub/v1/ and nothing else, and a second
-    run (a retried Job) succeeds and changes nothing."""
-    etcd = SecureEtcd(tmp_path / "etcd")
+HUB_ETCD_PASSWORD = "hub-secret"
+
+
+def _on_this_machine(mounts: dict[str, Path]) -> Callable[[str], str]:
+    """Rewrites a manifest's mounted paths (longest first) to where the test put
+    the same files."""
+
+    pattern = re.compile("|".join(re.escape(m) for m in sorted(mounts, key=len, reverse=True)))
+
+    def local(text: str) -> str:
+        return pattern.sub(lambda found: str(mounts[found.group(0)]), text)  # in one pass
+
+    return local
+
+
+@pytest.fixture(scope="module")
+def etcd_after_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEtcd]:
+    """An etcd set up as etcd.yaml's (client TLS, client certificates required)
+    on which the etcd-auth Job's script ran twice (a retried Job), with its
+    Secrets' files laid out as the Job mounts them."""
+    directory = tmp_path_factory.mktemp("etcd-auth-job")
+    etcd = SecureEtcd(directory / "etcd")
     etcd.start()
     try:
         (container,) = _resource("Job", "etcd-auth")["spec"]["template"]["spec"]["containers"]
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-        here = {mounts["root-client"]: tmp_path / "root", mounts["hub-etcd"]: tmp_path / "hub"}
-        for directory in here.values():
-            directory.mkdir()
-        (here[mounts["root-client"]] / "ca.crt").write_bytes(etcd.ca.cert.read_bytes())
-        (here[mounts["root-client"]] / "tls.crt").write_bytes(etcd.root.cert.read_bytes())
-        (here[mounts["root-client"]] / "tls.key").write_bytes(etcd.root.key.read_bytes())
-        (here[mounts["hub-etcd"]] / "password").write_text("hub-secret\n")
-
-        def local(text: str) -> str:
-            for mount, directory in here.items():
-                text = text.replace(mount, str(directory))
-            return text
-
+        root, hub = directory / "root-client", directory / "hub-etcd"
+        root.mkdir()
+        hub.mkdir()
+        shutil.copy(etcd.ca.cert, root / "ca.crt")
+        shutil.copy(etcd.root.cert, root / "tls.crt")
+        shutil.copy(etcd.root.key, root / "tls.key")
+        (hub / "password").write_text(HUB_ETCD_PASSWORD + "\n")
+        local = _on_this_machine({mounts["root-client"]: root, mounts["hub-etcd"]: hub})
         env = {e["name"]: local(e["value"]) for e in container["env"] if "value" in e}
         env["ETCDCTL_ENDPOINTS"] = etcd.endpoint  # the members' cluster names, here
         env["PATH"] = f"{BIN}:/usr/bin:/bin"
-        script = local(container["args"][0])
         for attempt in (1, 2):
             done = subprocess.run(
-                [*container["command"], script],
+                [*container["command"], local(container["args"][0])],
                 env=env,
                 capture_output=True,
                 text=True,
                 timeout=120,
             )
             assert done.returncode == 0, (attempt, done.stdout + done.stderr)
-
-        assert "Authentication Status: true" in etcd.etcdctl("auth", "status").stdout
-        hub = ["--user", "central-hub:hub-secret"]
-        etcd.etcdctl(*hub, "put", "/hub/v1/probe", "x", cert=etcd.hub_client)
-        outside = etcd.etcdctl(*hub, "put", "/elsewhere", "x", cert=etcd.hub_client, check=False)
-        assert outside.returncode != 0 and "permission denied" in outside.stderr
-        wrong = etcd.etcdctl("--user", "central-hub:nope", "get", "/hub/v1/probe", check=False)
-        assert wrong.returncode != 0
+        yield etcd
     finally:
         etcd.stop()
+
+
+def test_etcd_auth_job_lets_the_hub_user_use_its_prefix_only(etcd_after_job: SecureEtcd) -> None:
+    etcd = etcd_after_job
+    assert "Authentication Status: true" in etcd.etcdctl("auth", "status").stdout
+    hub = ["--user", f"central-hub:{HUB_ETCD_PASSWORD}"]
+    etcd.etcdctl(*hub, "put", "/hub/v1/probe", "x", cert=etcd.hub_client)
+    outside = etcd.etcdctl(*hub, "put", "/elsewhere", "x", cert=etcd.hub_client, check=False)
+    assert outside.returncode != 0 and "permission denied" in outside.stderr
+    wrong = etcd.etcdctl("--user", "central-hub:nope", "get", "/hub/v1/probe", check=False)
+    assert wrong.returncode != 0
+
+
+def test_a_hub_runs_as_the_deployment_says(etcd_after_job: SecureEtcd, tmp_path: Path) -> None:
+    """The Deployment's container on this machine: its args, its ConfigMap's
+    hub.toml and its Secrets' files (paths mapped to tmp_path, the listen
+    addresses moved to free loopback ports through the environment, the endpoint
+    to this etcd), against the etcd the Job prepared; its readiness probe's own
+    command must then see SERVING, and SIGTERM must stop it cleanly."""
+    etcd = etcd_after_job
+    container = _hub_container()
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    files = {name: tmp_path / name for name in ("tls", "credentials", "etcd", "data", "tmp")}
+    for directory in files.values():
+        directory.mkdir()
+    hub_cert = CertificateAuthority(tmp_path, "hub-ca")
+    issued = hub_cert.issue("central-hub.central-hub.svc", server=True)
+    shutil.copy(issued.cert, files["tls"] / "tls.crt")
+    shutil.copy(issued.key, files["tls"] / "tls.key")
+    shutil.copy(hub_cert.cert, files["tls"] / "ca.crt")
+    (files["credentials"] / "credentials.toml").write_text(credentials_text())
+    shutil.copy(etcd.ca.cert, files["etcd"] / "ca.crt")
+    shutil.copy(etcd.hub_client.cert, files["etcd"] / "tls.crt")
+    shutil.copy(etcd.hub_client.key, files["etcd"] / "tls.key")
+    (files["etcd"] / "password").write_text(HUB_ETCD_PASSWORD + "\n")
+    local = _on_this_machine(
+        {mounts[name]: files[name] for name in files} | {mounts["config"]: tmp_path / "hub.toml"}
+    )
+    settings = local(_resource("ConfigMap", "central-hub-config")["data"]["hub.toml"])
+    endpoints = tomllib.loads(settings)["etcd_endpoints"]
+    settings = settings.replace(f'"{endpoints[0]}"', f'"{etcd.endpoint.split("//")[-1]}"')
+    for other in endpoints[1:]:
+        settings = settings.replace(f'"{other}",', "")
+    (tmp_path / "hub.toml").write_text(settings)
+
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        CENTRAL_HUB_HUB_ID="central-hub-7d9f-abcde",
+        CENTRAL_HUB_LISTEN=f"127.0.0.1:{port}",
+        CENTRAL_HUB_UI_LISTEN=f"127.0.0.1:{free_port()}",
+        CENTRAL_HUB_METRICS_LISTEN=f"127.0.0.1:{free_port()}",
+    )
+    readiness = [
+        local(a).replace("localhost:7000", f"localhost:{port}")
+        for a in container["readinessProbe"]["exec"]["command"]
+    ]
+    args = [local(a) for a in container["args"]]
+    hub = subprocess.Popen(
+        [str(BIN / "central-hub"), *args],
+        env=env,
+        cwd=files["data"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            probe = subprocess.run(
+                [str(BIN / readiness[0]), *readiness[1:]], capture_output=True, text=True
+            )
+            if probe.returncode == 0:
+                break
+            assert hub.poll() is None, hub.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, probe.stdout + probe.stderr
+            time.sleep(0.5)
+        assert "SERVING" in probe.stdout
+        path = {"PATH": f"{BIN}:/usr/bin:/bin"}
+        for kind in ("startupProbe", "livenessProbe"):  # sh -c '...; [ $? -ne 3 ]'
+            command = [
+                local(a).replace("localhost:7000", f"localhost:{port}")
+                for a in container[kind]["exec"]["command"]
+            ]
+            assert subprocess.run(command, env=path, capture_output=True).returncode == 0, kind
+    finally:
+        hub.terminate()
+        output, _ = hub.communicate(timeout=30)
+    assert hub.returncode == 0, output[-3000:]
+    # Gone, no answer: now liveness fails too.
+    assert subprocess.run(command, env=path, capture_output=True).returncode != 0
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
