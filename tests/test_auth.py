@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from aitrading.hub.v1 import (
+    balancer_pb2,
     config_pb2,
     deployment_pb2,
     observability_pb2,
@@ -429,6 +430,12 @@ async def test_a_reload_ends_the_streams_its_credentials_no_longer_allow(
         revoked = [
             _stream(ch, watch, registry_pb2.WatchRequest(), "reader"),
             _stream(ch, watch_config, config_pb2.WatchConfigRequest(), "reader"),
+            _stream(
+                ch,
+                "/aitrading.hub.v1.LoadBalancerService/WatchEndpoints",
+                balancer_pb2.WatchEndpointsRequest(service="orders"),
+                "reader",
+            ),
         ]
         downgraded = _stream(
             ch,
