@@ -12,11 +12,19 @@ install: $(STAMP) node_modules/.installed
 
 # Envoy's generated protos (xDS) come as a local wheel of just their packages:
 # xds-protos as is would overwrite opentelemetry-proto's files (scripts/envoy_protos.py).
-$(STAMP): pyproject.toml scripts/envoy_protos.py
+# The three distributions (packaging/: the stubs, the client, the server) are installed
+# editable; the wheelhouse holds the client side's dependencies, so tests/test_dists.py
+# installs the built wheels into a fresh virtualenv offline. A venv from before the
+# split has a central-hub that owned bin/hubctl: it is removed first, so that its
+# uninstall does not delete the hubctl central-hub-client installs.
+DISTS := packaging/aitrading-protos/pyproject.toml packaging/central-hub-client/pyproject.toml
+$(STAMP): pyproject.toml $(DISTS) scripts/envoy_protos.py scripts/build_dists.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip uninstall -q -y central-hub 2>/dev/null || true
+	$(PY) -m pip install -q -e packaging/aitrading-protos -e packaging/central-hub-client -e '.[dev]'
 	$(PY) scripts/envoy_protos.py install
+	$(PY) scripts/build_dists.py --wheelhouse $(VENV)/wheelhouse
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
