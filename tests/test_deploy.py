@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -343,3 +344,43 @@ def test_kustomization_renders_valid_resources_in_one_namespace(tmp_path: Path) 
         timeout=60,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "setpriv")),
+    reason="needs root, unshare and setpriv for a private read-only mount namespace",
+)
+def test_a_hub_runs_in_what_the_unit_leaves_it(tmp_path: Path) -> None:
+    """The unit's file-system sandbox without systemd (not PID 1 here): in a
+    private mount namespace the whole tree is read-only except the state
+    directory (ProtectSystem=strict, ReadWritePaths=), with no_new_privs
+    (NoNewPrivileges=); a hub with its embedded etcd starts there, answers
+    SERVING and stops cleanly. (Also what readOnlyRootFilesystem leaves a pod.)"""
+    (state,) = _unit_values("ReadWritePaths")
+    assert _unit_values("StateDirectory") == [Path(state).name]
+    here = tmp_path / "state"
+    here.mkdir()
+    port = free_port()
+    hub = shlex.join([str(BIN / "central-hub"), "serve", "--listen", f"127.0.0.1:{port}"])
+    probe = shlex.join([str(BIN / "central-hub"), "health", "--target", f"127.0.0.1:{port}"])
+    script = f"""
+        mount --make-rprivate / && mount --bind {here} {here} && mount -o remount,bind,ro /
+        if touch {tmp_path}/outside 2>/dev/null; then echo "root is writable"; exit 9; fi
+        cd {here}
+        CENTRAL_HUB_DATA_DIR={here}/data setpriv --no-new-privs {hub} > {here}/hub.log 2>&1 &
+        hub=$!
+        tries=0
+        until {probe} >/dev/null 2>&1; do
+          tries=$((tries + 1))
+          if [ $tries -ge 60 ] || ! kill -0 $hub 2>/dev/null; then kill $hub; exit 7; fi
+          sleep 0.5
+        done
+        echo SERVING; kill -TERM $hub; wait $hub; echo "hub exited $?"
+    """
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=120
+    )
+    log = (here / "hub.log").read_text() if (here / "hub.log").exists() else ""
+    assert done.returncode == 0, done.stdout + done.stderr + log
+    assert "SERVING" in done.stdout and "hub exited 0" in done.stdout, done.stdout + log
+    assert (here / "data" / "etcd").is_dir()  # the embedded etcd's data went where it may

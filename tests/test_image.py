@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -175,14 +176,14 @@ def test_the_image_command_answers_its_healthcheck(config: dict[str, Any], conta
         probe = [a.replace("127.0.0.1:7000", f"127.0.0.1:{grpc_port}") for a in probe]
     scrape = f"import urllib.request; urllib.request.urlopen('http://{metrics}/metrics', timeout=5)"
     script = f"""
-        env {_sh(env)} {_sh(["central-hub", *serve])} & hub=$!
+        env {shlex.join(env)} {shlex.join(["central-hub", *serve])} & hub=$!
         tries=0
-        until {_sh(probe)}; do
+        until {shlex.join(probe)}; do
           tries=$((tries + 1))
           if [ $tries -ge 60 ] || ! kill -0 $hub 2>/dev/null; then kill $hub; exit 7; fi
           sleep 0.5
         done
-        python3 -c {_sh([scrape])} && echo "metrics answered"
+        python3 -c {shlex.quote(scrape)} && echo "metrics answered"
         kill -TERM $hub; wait $hub; echo "hub exited $?"
     """
     done = _inside(container, script)
@@ -191,7 +192,3 @@ def test_the_image_command_answers_its_healthcheck(config: dict[str, Any], conta
     assert "metrics answered" in done.stdout
     assert "hub exited 0" in done.stdout
     assert "embedded etcd serving" in done.stderr
-
-
-def _sh(argv: list[str]) -> str:
-    return " ".join("'" + a.replace("'", "'\\''") + "'" for a in argv)
