@@ -190,13 +190,44 @@ def _checked_fields(desc: descriptor.Descriptor) -> tuple[_F, ...]:
     )
 
 
+_WALK_ALWAYS = (_DURATION, _TIMESTAMP, _STRUCT, _VALUE, _LIST_VALUE)
+
+
+def _plainly_fine(msg: message.Message) -> bool:
+    """True when nothing in ``msg`` is bad, found without the walk's paths and
+    bookkeeping: its set Durations and Timestamps in range, floats finite, no
+    Struct, list or map to look into. False means "walk it" (most requests and
+    every stored instance are plainly fine: a cold start checks a million)."""
+    if msg.DESCRIPTOR.full_name in _WALK_ALWAYS:
+        return False
+    for field in _checked_fields(msg.DESCRIPTOR):
+        if field.is_repeated:
+            if getattr(msg, field.name):
+                return False
+        elif field.message_type is None:
+            if not math.isfinite(getattr(msg, field.name)):
+                return False
+        elif msg.HasField(field.name):
+            sub = getattr(msg, field.name)
+            name = sub.DESCRIPTOR.full_name
+            if name == _TIMESTAMP:
+                if not timestamp_ok(sub):
+                    return False
+            elif name == _DURATION:
+                if not duration_ok(sub):
+                    return False
+            elif not _plainly_fine(sub):
+                return False
+    return True
+
+
 def check_wellformed(v: Violations, msg: message.Message, path: str = "") -> None:
     """Reports, anywhere in ``msg``, a Duration or Timestamp out of range or not
     normalised and a double, float or Struct number that is NaN or ±Infinity,
     each naming its field path. Every request passes here as it is decoded
     (hub_server/rpc/decoding.py), so no servicer stores such a value: it would
     break json_format, grpcurl and the dashboard, and turn arithmetic into NaN."""
-    if _may_hold_checked(msg.DESCRIPTOR):
+    if _may_hold_checked(msg.DESCRIPTOR) and not _plainly_fine(msg):
         _Walk(v).walk(msg, path)
 
 
@@ -205,7 +236,7 @@ def repair_wellformed(msg: message.Message) -> list[str]:
     place: a Duration that is only unnormalised is normalised, any other bad
     Duration or Timestamp is cleared, a non-finite number becomes 0 (in a
     Struct, null). Returns the paths it changed."""
-    if not _may_hold_checked(msg.DESCRIPTOR):
+    if not _may_hold_checked(msg.DESCRIPTOR) or _plainly_fine(msg):
         return []
     v = Violations()
     _Walk(v, fix=True).walk(msg, "")
