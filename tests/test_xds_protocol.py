@@ -356,16 +356,29 @@ def test_shrinking_a_full_state_subscription_needs_no_push() -> None:
     assert answer(p, CLUSTER, res("a")) is None
 
 
-def test_an_empty_nonce_starts_the_type_over_after_the_answer_in_flight() -> None:
+def test_an_empty_nonce_after_an_answer_is_stale() -> None:
     p = StreamProtocol()
     p.receive(request(ENDPOINT, ("a",)), 1.0)
     r = answer(p, ENDPOINT, res("a"))
     assert r is not None
-    assert p.receive(request(ENDPOINT, ("a",)), 2.0) is Received.FIRST
-    assert p.due() == []  # the first answer is still unanswered
+    # Asking again from scratch on the same stream is ignored (no amplification:
+    # one answer per ACK at most).
+    assert p.receive(request(ENDPOINT, ("a", "b")), 2.0) is Received.STALE
+    assert p.subscription(ENDPOINT) == Subscription(False, frozenset({"a"}))
+    assert p.due() == []
     ack(p, r, ("a",))
-    r2 = answer(p, ENDPOINT, res("a"))
-    assert r2 is not None and sent_names(r2) == ["a"]  # sent again, unchanged
+    assert p.due() == []
+
+
+def test_the_subscription_may_change_before_the_first_answer() -> None:
+    p = StreamProtocol()
+    p.receive(request(ROUTE, ("a",)), 1.0)
+    assert p.respond(ROUTE, {}, 3) is None  # the hub has no route "a": no answer yet
+    assert p.receive(request(ROUTE, ("a", "b")), 2.0) is Received.FIRST
+    assert p.subscription(ROUTE) == Subscription(False, frozenset({"a", "b"}))
+    assert p.due() == [ROUTE]
+    r = answer(p, ROUTE, res("b"))
+    assert r is not None and sent_names(r) == ["b"]
 
 
 def test_a_first_full_state_request_is_answered_even_when_nothing_exists() -> None:

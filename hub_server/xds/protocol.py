@@ -67,7 +67,7 @@ NODE_TIER = "tier"
 class Received(enum.Enum):
     """What a request was, for the stream loop's bookkeeping and the tests."""
 
-    FIRST = "first"  # the first request of its type (or one with an empty nonce)
+    FIRST = "first"  # a request of its type before any answer of that type
     ACK = "ack"
     NACK = "nack"
     STALE = "stale"  # an older nonce: ignored
@@ -172,16 +172,14 @@ class StreamProtocol:
             state.names = names - {WILDCARD}
             state.dirty_since = now
             return Received.FIRST
-        if not nonce:
-            # A request starting over on this stream: it gets the full state again
-            # (once any answer in flight is answered).
-            state.sent.clear()
-            state.answered = False
-            self._subscribe(state, names, now)
-            self._invalidate(state, now)
-            return Received.FIRST
         if nonce != state.nonce:
+            # Not about the last answer (an older nonce, or none once there was
+            # an answer): ignored, as go-control-plane does; the client repeats
+            # its subscription when it answers the last one.
             return Received.STALE
+        if not nonce:  # no answer yet: the subscription changes before the first
+            self._subscribe(state, names, now)
+            return Received.FIRST
         state.awaiting = False
         received = Received.ACK
         if request.HasField("error_detail"):
@@ -260,8 +258,10 @@ class StreamProtocol:
         state.dirty = False
         since, state.dirty_since = state.dirty_since, None
         if type_url in FULL_STATE:
-            if state.answered and resources.keys() == state.sent.keys() and all(
-                state.sent[name] == value for name, value in resources.items()
+            if (
+                state.answered
+                and resources.keys() == state.sent.keys()
+                and all(state.sent[name] == value for name, value in resources.items())
             ):
                 return None
             send = dict(resources)
