@@ -92,9 +92,12 @@ class HubProcess:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.perf_counter() < deadline:
                 if self.proc.poll() is not None:
+                    # The run's directory is removed at its end: the log's tail
+                    # goes with the error.
+                    logfile = self.workdir / f"{self.name}.log"
+                    tail = logfile.read_text(errors="replace")[-3000:] if logfile.exists() else ""
                     raise RuntimeError(
-                        f"hub {self.name} exited with {self.proc.returncode}; "
-                        f"see {self.workdir / self.name}.log"
+                        f"hub {self.name} exited with {self.proc.returncode}; its log ends:\n{tail}"
                     )
                 try:
                     resp = await stub.Check(request, timeout=0.5)

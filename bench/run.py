@@ -20,14 +20,20 @@ measures, with every figure beside a baseline taken in the same run:
   write to the last of 1,000 WatchConfig streams, each beside one direct etcd
   watch of the same keys;
   the hub's resident size with 1,000 (and 5,000) watchers open;
+- xDS push (bench.xds): Register until the last of 100 and of 1,000 ADS streams
+  has the new endpoint (and ACKs it), beside as many Watch streams of the same
+  service; the hub's resident size per ADS stream beside per Watch stream;
 - quota Allocate with 50 concurrent allocators on one tenant beside a raw etcd
   compare-and-set increment, 50 concurrent (bench.quota);
+- the scale curves (bench.scale): the registry at 10,000 and 100,000 instances
+  (past the setup's, bulk-loaded straight into etcd) and the Watch streams at
+  1,000 / 5,000 / 20,000, each with its growth exponent;
 - Register beside a raw etcd lease grant + put, KeepAlive beside a raw etcd lease
-  keep-alive, both at concurrency 16;
+  keep-alive, at concurrency 16 and 64 (with the curve's 100,000 instances);
 - hub resident size empty and with 10,000 instances; cold start of a second hub
   with 10,000 instances in etcd beside the first hub's start on an empty etcd;
-- probe throughput (bench.probing): 1,000 TCP checks at the default 10 s interval
-  against a listener of the bench, beside the theoretical 100 probes/s.
+- probe throughput (bench.probing): 10,000 TCP checks at the default 10 s interval
+  against a listener of the bench, beside the theoretical 1,000 probes/s.
 
 Everything but the h2load rows is driven by this process: grpc.aio, one channel
 to the hub shared by all workers (one HTTP/2 connection, calls multiplexed), one
@@ -37,7 +43,9 @@ the same host would. Watch streams are held by child processes
 (bench.watchers), 100 streams per connection.
 
 --quick (under a minute) runs setup, discovery and --workers only: it skips the
-second hub's cold start, fan-out, quota, writes, probes and the cluster.
+second hub's cold start, fan-out, quota, the instance curve, writes, probes and
+the cluster. --scale (`make bench-scale`) runs the setup and then only the
+instance curve, to 1,000,000 instances, on an etcd with a larger backend quota.
 
 Prints one report, headed by the ratios the hub is judged on, and writes it as
 JSON (default bench/results/<UTC time>.json) with the machine it ran on.
@@ -69,7 +77,7 @@ from aetcd import rpc
 from aitrading.hub.v1 import balancer_pb2, registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health_pb2
 
-from bench import cluster, fanout, h2load, probing, quota, report, scale
+from bench import cluster, fanout, h2load, probing, quota, report, scale, xds
 from bench.load import Stats, closed_loop, open_loop, spread
 from bench.procs import HubProcess, cpu_seconds
 from bench.report import ETCD_READ, GET, GET_1PROC, GET_2PROC, GET_PY, NOOP, PICK
@@ -103,6 +111,7 @@ WORKER_CONNECTIONS = 8
 SLOW_SECTIONS = (
     "second hub's cold start",
     "watch fan-out",
+    "xDS push",
     "quota",
     "writes",
     "instance curve",
@@ -367,6 +376,9 @@ async def slow_sections(
         sizes=args.streams,
     )
     bench.curves += scale.stream_curves(bench)
+    bench.section(f"xDS push: {' / '.join(f'{n:,}' for n in xds.SIZES)} ADS streams, "
+                  "beside as many Watch streams")  # fmt: skip
+    await xds.measure(bench, hub, registry, changes=args.changes)
     bench.section(f"quota: Allocate, {quota.ALLOCATORS} concurrent allocators on one tenant")
     await quota.measure(bench, channel, store)
     # The writes and probes that follow run with the curve's largest registry.
