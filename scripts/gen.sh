@@ -10,8 +10,10 @@ protos=$(cd protos && find . -name '*.proto' | sed 's|^\./||' | sort)
 rm -rf gen/python gen/python_betterproto gen/ts/src
 mkdir -p gen/python gen/python_betterproto gen/ts/src
 
-# Python: messages, gRPC stubs and typed .pyi.
-(cd protos && python -m grpc_tools.protoc -I . \
+# Python: messages, gRPC stubs and typed .pyi. Only protos/ is generated: the
+# google.api.http annotations they import (third_party/googleapis, an include
+# path here) are googleapis-common-protos' google.api.annotations_pb2.
+(cd protos && python -m grpc_tools.protoc -I . -I ../third_party/googleapis \
   --python_out=../gen/python --grpc_python_out=../gen/python \
   --mypy_out=../gen/python --mypy_grpc_out=../gen/python $protos)
 # Every folder a regular package, so setuptools and mypy find them.
@@ -22,7 +24,7 @@ rm -f gen/python/__init__.py
 # (grpcio) and async ones (grpclib, the *AsyncStub classes), both taking timeout=
 # and metadata=. The sync stubs' template is ours (scripts/betterproto2/), since
 # the compiler's own sync stubs take neither.
-(cd protos && python -m grpc_tools.protoc -I . \
+(cd protos && python -m grpc_tools.protoc -I . -I ../third_party/googleapis \
   --plugin=protoc-gen-python_betterproto2=../scripts/betterproto2/protoc-gen-hub-betterproto2 \
   --python_betterproto2_out=../gen/python_betterproto \
   --python_betterproto2_opt=client_generation=sync_async $protos)

@@ -23,42 +23,47 @@ _sym_db = _symbol_database.Default()
 
 
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61itrading/hub/v1/backup.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x01\n\x0c\x42\x61\x63kupHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06hub_id\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x15\n\rkeyspace_root\x18\x05 \x01(\x0c\x12\x11\n\tkey_count\x18\x06 \x01(\x03\x12\x19\n\x11lease_bound_count\x18\x07 \x01(\x03\x12\x13\n\x0b\x62ody_length\x18\x08 \x01(\x03\x12\x13\n\x0b\x62ody_sha256\x18\t \x01(\x0c\"?\n\x0c\x42\x61\x63kupRecord\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x13\n\x0blease_bound\x18\x03 \x01(\x08\"q\n\nBackupInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12.\n\x06header\x18\x03 \x01(\x0b\x32\x1e.aitrading.hub.v1.BackupHeader\x12\x11\n\tscheduled\x18\x04 \x01(\x08\"7\n\x13\x43reateBackupRequest\x12\r\n\x05store\x18\x01 \x01(\x08\x12\x11\n\tomit_data\x18\x02 \x01(\x08\"\x92\x01\n\x14\x43reateBackupResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x04info\x18\x02 \x01(\x0b\x32\x1c.aitrading.hub.v1.BackupInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"6\n\x0eRestoreOptions\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x13\n\x0bstored_name\x18\x02 \x01(\t\"g\n\x14RestoreBackupRequest\x12\x33\n\x07options\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.RestoreOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"\xba\x01\n\x0bKindChanges\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\x03\x12\x0f\n\x07updated\x18\x03 \x01(\x03\x12\x0f\n\x07removed\x18\x04 \x01(\x03\x12\x11\n\tunchanged\x18\x05 \x01(\x03\x12\x1b\n\x13skipped_lease_bound\x18\x06 \x01(\x03\x12\x11\n\tkept_live\x18\x07 \x01(\x03\x12\x14\n\x0ckept_records\x18\x08 \x01(\x03\x12\x13\n\x0b\x61ppend_only\x18\t \x01(\x08\"\x89\x02\n\x15RestoreBackupResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12,\n\x06\x62\x61\x63kup\x18\x03 \x01(\x0b\x32\x1c.aitrading.hub.v1.BackupInfo\x12,\n\x05kinds\x18\x04 \x03(\x0b\x32\x1d.aitrading.hub.v1.KindChanges\x12,\n\x05total\x18\x05 \x01(\x0b\x32\x1d.aitrading.hub.v1.KindChanges\x12\r\n\x05notes\x18\x06 \x03(\t\x12\x14\n\x0ctransactions\x18\x07 \x01(\x05\"\x14\n\x12ListBackupsRequest\"\x89\x01\n\x13ListBackupsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12-\n\x07\x62\x61\x63kups\x18\x02 \x03(\x0b\x32\x1c.aitrading.hub.v1.BackupInfo\x12\x11\n\tdirectory\x18\x03 \x01(\t\"#\n\x13\x44\x65leteBackupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x14\x44\x65leteBackupResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader2\x8f\x03\n\rBackupService\x12_\n\x0c\x43reateBackup\x12%.aitrading.hub.v1.CreateBackupRequest\x1a&.aitrading.hub.v1.CreateBackupResponse0\x01\x12\x62\n\rRestoreBackup\x12&.aitrading.hub.v1.RestoreBackupRequest\x1a\'.aitrading.hub.v1.RestoreBackupResponse(\x01\x12Z\n\x0bListBackups\x12$.aitrading.hub.v1.ListBackupsRequest\x1a%.aitrading.hub.v1.ListBackupsResponse\x12]\n\x0c\x44\x65leteBackup\x12%.aitrading.hub.v1.DeleteBackupRequest\x1a&.aitrading.hub.v1.DeleteBackupResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61itrading/hub/v1/backup.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x01\n\x0c\x42\x61\x63kupHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06hub_id\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x15\n\rkeyspace_root\x18\x05 \x01(\x0c\x12\x11\n\tkey_count\x18\x06 \x01(\x03\x12\x19\n\x11lease_bound_count\x18\x07 \x01(\x03\x12\x13\n\x0b\x62ody_length\x18\x08 \x01(\x03\x12\x13\n\x0b\x62ody_sha256\x18\t \x01(\x0c\"?\n\x0c\x42\x61\x63kupRecord\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x13\n\x0blease_bound\x18\x03 \x01(\x08\"q\n\nBackupInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12.\n\x06header\x18\x03 \x01(\x0b\x32\x1e.aitrading.hub.v1.BackupHeader\x12\x11\n\tscheduled\x18\x04 \x01(\x08\"7\n\x13\x43reateBackupRequest\x12\r\n\x05store\x18\x01 \x01(\x08\x12\x11\n\tomit_data\x18\x02 \x01(\x08\"\x92\x01\n\x14\x43reateBackupResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x04info\x18\x02 \x01(\x0b\x32\x1c.aitrading.hub.v1.BackupInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"6\n\x0eRestoreOptions\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x13\n\x0bstored_name\x18\x02 \x01(\t\"g\n\x14RestoreBackupRequest\x12\x33\n\x07options\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.RestoreOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"\xba\x01\n\x0bKindChanges\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\x03\x12\x0f\n\x07updated\x18\x03 \x01(\x03\x12\x0f\n\x07removed\x18\x04 \x01(\x03\x12\x11\n\tunchanged\x18\x05 \x01(\x03\x12\x1b\n\x13skipped_lease_bound\x18\x06 \x01(\x03\x12\x11\n\tkept_live\x18\x07 \x01(\x03\x12\x14\n\x0ckept_records\x18\x08 \x01(\x03\x12\x13\n\x0b\x61ppend_only\x18\t \x01(\x08\"\x89\x02\n\x15RestoreBackupResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12,\n\x06\x62\x61\x63kup\x18\x03 \x01(\x0b\x32\x1c.aitrading.hub.v1.BackupInfo\x12,\n\x05kinds\x18\x04 \x03(\x0b\x32\x1d.aitrading.hub.v1.KindChanges\x12,\n\x05total\x18\x05 \x01(\x0b\x32\x1d.aitrading.hub.v1.KindChanges\x12\r\n\x05notes\x18\x06 \x03(\t\x12\x14\n\x0ctransactions\x18\x07 \x01(\x05\"\x14\n\x12ListBackupsRequest\"\x89\x01\n\x13ListBackupsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12-\n\x07\x62\x61\x63kups\x18\x02 \x03(\x0b\x32\x1c.aitrading.hub.v1.BackupInfo\x12\x11\n\tdirectory\x18\x03 \x01(\t\"#\n\x13\x44\x65leteBackupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x14\x44\x65leteBackupResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader2\xc0\x03\n\rBackupService\x12_\n\x0c\x43reateBackup\x12%.aitrading.hub.v1.CreateBackupRequest\x1a&.aitrading.hub.v1.CreateBackupResponse0\x01\x12\x62\n\rRestoreBackup\x12&.aitrading.hub.v1.RestoreBackupRequest\x1a\'.aitrading.hub.v1.RestoreBackupResponse(\x01\x12o\n\x0bListBackups\x12$.aitrading.hub.v1.ListBackupsRequest\x1a%.aitrading.hub.v1.ListBackupsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/backups\x12y\n\x0c\x44\x65leteBackup\x12%.aitrading.hub.v1.DeleteBackupRequest\x1a&.aitrading.hub.v1.DeleteBackupResponse\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/backups/{name}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aitrading.hub.v1.backup_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKUPHEADER']._serialized_start=115
-  _globals['_BACKUPHEADER']._serialized_end=346
-  _globals['_BACKUPRECORD']._serialized_start=348
-  _globals['_BACKUPRECORD']._serialized_end=411
-  _globals['_BACKUPINFO']._serialized_start=413
-  _globals['_BACKUPINFO']._serialized_end=526
-  _globals['_CREATEBACKUPREQUEST']._serialized_start=528
-  _globals['_CREATEBACKUPREQUEST']._serialized_end=583
-  _globals['_CREATEBACKUPRESPONSE']._serialized_start=586
-  _globals['_CREATEBACKUPRESPONSE']._serialized_end=732
-  _globals['_RESTOREOPTIONS']._serialized_start=734
-  _globals['_RESTOREOPTIONS']._serialized_end=788
-  _globals['_RESTOREBACKUPREQUEST']._serialized_start=790
-  _globals['_RESTOREBACKUPREQUEST']._serialized_end=893
-  _globals['_KINDCHANGES']._serialized_start=896
-  _globals['_KINDCHANGES']._serialized_end=1082
-  _globals['_RESTOREBACKUPRESPONSE']._serialized_start=1085
-  _globals['_RESTOREBACKUPRESPONSE']._serialized_end=1350
-  _globals['_LISTBACKUPSREQUEST']._serialized_start=1352
-  _globals['_LISTBACKUPSREQUEST']._serialized_end=1372
-  _globals['_LISTBACKUPSRESPONSE']._serialized_start=1375
-  _globals['_LISTBACKUPSRESPONSE']._serialized_end=1512
-  _globals['_DELETEBACKUPREQUEST']._serialized_start=1514
-  _globals['_DELETEBACKUPREQUEST']._serialized_end=1549
-  _globals['_DELETEBACKUPRESPONSE']._serialized_start=1551
-  _globals['_DELETEBACKUPRESPONSE']._serialized_end=1623
-  _globals['_BACKUPSERVICE']._serialized_start=1626
-  _globals['_BACKUPSERVICE']._serialized_end=2025
+  _globals['_BACKUPSERVICE'].methods_by_name['ListBackups']._loaded_options = None
+  _globals['_BACKUPSERVICE'].methods_by_name['ListBackups']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/backups'
+  _globals['_BACKUPSERVICE'].methods_by_name['DeleteBackup']._loaded_options = None
+  _globals['_BACKUPSERVICE'].methods_by_name['DeleteBackup']._serialized_options = b'\202\323\344\223\002\024*\022/v1/backups/{name}'
+  _globals['_BACKUPHEADER']._serialized_start=145
+  _globals['_BACKUPHEADER']._serialized_end=376
+  _globals['_BACKUPRECORD']._serialized_start=378
+  _globals['_BACKUPRECORD']._serialized_end=441
+  _globals['_BACKUPINFO']._serialized_start=443
+  _globals['_BACKUPINFO']._serialized_end=556
+  _globals['_CREATEBACKUPREQUEST']._serialized_start=558
+  _globals['_CREATEBACKUPREQUEST']._serialized_end=613
+  _globals['_CREATEBACKUPRESPONSE']._serialized_start=616
+  _globals['_CREATEBACKUPRESPONSE']._serialized_end=762
+  _globals['_RESTOREOPTIONS']._serialized_start=764
+  _globals['_RESTOREOPTIONS']._serialized_end=818
+  _globals['_RESTOREBACKUPREQUEST']._serialized_start=820
+  _globals['_RESTOREBACKUPREQUEST']._serialized_end=923
+  _globals['_KINDCHANGES']._serialized_start=926
+  _globals['_KINDCHANGES']._serialized_end=1112
+  _globals['_RESTOREBACKUPRESPONSE']._serialized_start=1115
+  _globals['_RESTOREBACKUPRESPONSE']._serialized_end=1380
+  _globals['_LISTBACKUPSREQUEST']._serialized_start=1382
+  _globals['_LISTBACKUPSREQUEST']._serialized_end=1402
+  _globals['_LISTBACKUPSRESPONSE']._serialized_start=1405
+  _globals['_LISTBACKUPSRESPONSE']._serialized_end=1542
+  _globals['_DELETEBACKUPREQUEST']._serialized_start=1544
+  _globals['_DELETEBACKUPREQUEST']._serialized_end=1579
+  _globals['_DELETEBACKUPRESPONSE']._serialized_start=1581
+  _globals['_DELETEBACKUPRESPONSE']._serialized_end=1653
+  _globals['_BACKUPSERVICE']._serialized_start=1656
+  _globals['_BACKUPSERVICE']._serialized_end=2104
 # @@protoc_insertion_point(module_scope)

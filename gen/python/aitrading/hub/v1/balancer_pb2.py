@@ -23,49 +23,62 @@ _sym_db = _symbol_database.Default()
 
 
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61itrading/hub/v1/balancer.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\"\x88\x01\n\x13PickEndpointRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x35\n\x08strategy\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.BalancingStrategy\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x03 \x01(\t\x12\x13\n\x0blegacy_mode\x18\x04 \x01(\x08\"\xbc\x01\n\x14PickEndpointResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x13\n\x0bload_factor\x18\x05 \x01(\x01\x12,\n\x08instance\x18\x06 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\"N\n\x11ReportLoadRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x13\n\x0bload_factor\x18\x03 \x01(\x01\"F\n\x12ReportLoadResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\"\xbd\x01\n\rRoutingPolicy\x12\x35\n\x08strategy\x18\x01 \x01(\x0e\x32#.aitrading.hub.v1.BalancingStrategy\x12,\n\x05retry\x18\x02 \x01(\x0b\x32\x1d.aitrading.hub.v1.RetryPolicy\x12\x12\n\ntimeout_ms\x18\x03 \x01(\x03\x12\x33\n\x07outlier\x18\x04 \x01(\x0b\x32\".aitrading.hub.v1.OutlierDetection\"g\n\x0bRetryPolicy\x12\x10\n\x08retry_on\x18\x01 \x03(\t\x12\x13\n\x0bnum_retries\x18\x02 \x01(\x05\x12\x18\n\x10\x62\x61se_interval_ms\x18\x03 \x01(\x05\x12\x17\n\x0fmax_interval_ms\x18\x04 \x01(\x05\"\x96\x02\n\x10OutlierDetection\x12\x13\n\x0binterval_ms\x18\x01 \x01(\x05\x12\x1d\n\x15\x62\x61se_ejection_time_ms\x18\x02 \x01(\x05\x12\x1c\n\x14max_ejection_time_ms\x18\x03 \x01(\x05\x12\x1c\n\x14max_ejection_percent\x18\x04 \x01(\x05\x12\x17\n\x0f\x63onsecutive_5xx\x18\x05 \x01(\x05\x12$\n\x1c\x66\x61ilure_percentage_threshold\x18\x06 \x01(\x05\x12(\n failure_percentage_minimum_hosts\x18\x07 \x01(\x05\x12)\n!failure_percentage_request_volume\x18\x08 \x01(\x05\"[\n\x17SetRoutingPolicyRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12/\n\x06policy\x18\x02 \x01(\x0b\x32\x1f.aitrading.hub.v1.RoutingPolicy\"}\n\x18SetRoutingPolicyResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12/\n\x06policy\x18\x02 \x01(\x0b\x32\x1f.aitrading.hub.v1.RoutingPolicy\"*\n\x17GetRoutingPolicyRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x91\x01\n\x18GetRoutingPolicyResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12/\n\x06policy\x18\x02 \x01(\x0b\x32\x1f.aitrading.hub.v1.RoutingPolicy\x12\x12\n\nis_default\x18\x03 \x01(\x08\"-\n\x1a\x44\x65leteRoutingPolicyRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"O\n\x1b\x44\x65leteRoutingPolicyResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\"U\n\x15WatchEndpointsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_revision\x18\x02 \x01(\x03\x12\x13\n\x0blegacy_mode\x18\x03 \x01(\x08\"\xe8\x01\n\x16WatchEndpointsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07visible\x18\x03 \x01(\x08\x12\x14\n\x0c\x63ircuit_open\x18\x04 \x01(\x08\x12\x33\n\tendpoints\x18\x05 \x03(\x0b\x32 .aitrading.hub.v1.UsableEndpoint\x12/\n\x06policy\x18\x06 \x01(\x0b\x32\x1f.aitrading.hub.v1.RoutingPolicy\"\xd9\x01\n\x0eUsableEndpoint\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0e\n\x06weight\x18\x04 \x01(\x05\x12\x0c\n\x04load\x18\x05 \x01(\x01\x12.\n\x06health\x18\x06 \x01(\x0e\x32\x1e.aitrading.hub.v1.HealthStatus\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x11\n\thalf_open\x18\x08 \x01(\x08\x12\x0f\n\x07version\x18\t \x01(\t\x12\x12\n\nlatency_ms\x18\n \x01(\x01*\xed\x01\n\x11\x42\x61lancingStrategy\x12\"\n\x1e\x42\x41LANCING_STRATEGY_UNSPECIFIED\x10\x00\x12!\n\x1d\x42\x41LANCING_STRATEGY_LEAST_LOAD\x10\x01\x12\"\n\x1e\x42\x41LANCING_STRATEGY_ROUND_ROBIN\x10\x02\x12\x1f\n\x1b\x42\x41LANCING_STRATEGY_WEIGHTED\x10\x03\x12&\n\"BALANCING_STRATEGY_CONSISTENT_HASH\x10\x04\x12$\n BALANCING_STRATEGY_LATENCY_AWARE\x10\x05\x32\xfe\x04\n\x13LoadBalancerService\x12]\n\x0cPickEndpoint\x12%.aitrading.hub.v1.PickEndpointRequest\x1a&.aitrading.hub.v1.PickEndpointResponse\x12W\n\nReportLoad\x12#.aitrading.hub.v1.ReportLoadRequest\x1a$.aitrading.hub.v1.ReportLoadResponse\x12i\n\x10SetRoutingPolicy\x12).aitrading.hub.v1.SetRoutingPolicyRequest\x1a*.aitrading.hub.v1.SetRoutingPolicyResponse\x12i\n\x10GetRoutingPolicy\x12).aitrading.hub.v1.GetRoutingPolicyRequest\x1a*.aitrading.hub.v1.GetRoutingPolicyResponse\x12r\n\x13\x44\x65leteRoutingPolicy\x12,.aitrading.hub.v1.DeleteRoutingPolicyRequest\x1a-.aitrading.hub.v1.DeleteRoutingPolicyResponse\x12\x65\n\x0eWatchEndpoints\x12\'.aitrading.hub.v1.WatchEndpointsRequest\x1a(.aitrading.hub.v1.WatchEndpointsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61itrading/hub/v1/balancer.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\"\x88\x01\n\x13PickEndpointRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x35\n\x08strategy\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.BalancingStrategy\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x03 \x01(\t\x12\x13\n\x0blegacy_mode\x18\x04 \x01(\x08\"\xbc\x01\n\x14PickEndpointResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x13\n\x0bload_factor\x18\x05 \x01(\x01\x12,\n\x08instance\x18\x06 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\"N\n\x11ReportLoadRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x13\n\x0bload_factor\x18\x03 \x01(\x01\"F\n\x12ReportLoadResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\"\xbd\x01\n\rRoutingPolicy\x12\x35\n\x08strategy\x18\x01 \x01(\x0e\x32#.aitrading.hub.v1.BalancingStrategy\x12,\n\x05retry\x18\x02 \x01(\x0b\x32\x1d.aitrading.hub.v1.RetryPolicy\x12\x12\n\ntimeout_ms\x18\x03 \x01(\x03\x12\x33\n\x07outlier\x18\x04 \x01(\x0b\x32\".aitrading.hub.v1.OutlierDetection\"g\n\x0bRetryPolicy\x12\x10\n\x08retry_on\x18\x01 \x03(\t\x12\x13\n\x0bnum_retries\x18\x02 \x01(\x05\x12\x18\n\x10\x62\x61se_interval_ms\x18\x03 \x01(\x05\x12\x17\n\x0fmax_interval_ms\x18\x04 \x01(\x05\"\x96\x02\n\x10OutlierDetection\x12\x13\n\x0binterval_ms\x18\x01 \x01(\x05\x12\x1d\n\x15\x62\x61se_ejection_time_ms\x18\x02 \x01(\x05\x12\x1c\n\x14max_ejection_time_ms\x18\x03 \x01(\x05\x12\x1c\n\x14max_ejection_percent\x18\x04 \x01(\x05\x12\x17\n\x0f\x63onsecutive_5xx\x18\x05 \x01(\x05\x12$\n\x1c\x66\x61ilure_percentage_threshold\x18\x06 \x01(\x05\x12(\n failure_percentage_minimum_hosts\x18\x07 \x01(\x05\x12)\n!failure_percentage_request_volume\x18\x08 \x01(\x05\"[\n\x17SetRoutingPolicyRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12/\n\x06policy\x18\x02 \x01(\x0b\x32\x1f.aitrading.hub.v1.RoutingPolicy\"}\n\x18SetRoutingPolicyResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12/\n\x06policy\x18\x02 \x01(\x0b\x32\x1f.aitrading.hub.v1.RoutingPolicy\"*\n\x17GetRoutingPolicyRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x91\x01\n\x18GetRoutingPolicyResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12/\n\x06policy\x18\x02 \x01(\x0b\x32\x1f.aitrading.hub.v1.RoutingPolicy\x12\x12\n\nis_default\x18\x03 \x01(\x08\"-\n\x1a\x44\x65leteRoutingPolicyRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"O\n\x1b\x44\x65leteRoutingPolicyResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\"U\n\x15WatchEndpointsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_revision\x18\x02 \x01(\x03\x12\x13\n\x0blegacy_mode\x18\x03 \x01(\x08\"\xe8\x01\n\x16WatchEndpointsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07visible\x18\x03 \x01(\x08\x12\x14\n\x0c\x63ircuit_open\x18\x04 \x01(\x08\x12\x33\n\tendpoints\x18\x05 \x03(\x0b\x32 .aitrading.hub.v1.UsableEndpoint\x12/\n\x06policy\x18\x06 \x01(\x0b\x32\x1f.aitrading.hub.v1.RoutingPolicy\"\xd9\x01\n\x0eUsableEndpoint\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0e\n\x06weight\x18\x04 \x01(\x05\x12\x0c\n\x04load\x18\x05 \x01(\x01\x12.\n\x06health\x18\x06 \x01(\x0e\x32\x1e.aitrading.hub.v1.HealthStatus\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x11\n\thalf_open\x18\x08 \x01(\x08\x12\x0f\n\x07version\x18\t \x01(\t\x12\x12\n\nlatency_ms\x18\n \x01(\x01*\xed\x01\n\x11\x42\x61lancingStrategy\x12\"\n\x1e\x42\x41LANCING_STRATEGY_UNSPECIFIED\x10\x00\x12!\n\x1d\x42\x41LANCING_STRATEGY_LEAST_LOAD\x10\x01\x12\"\n\x1e\x42\x41LANCING_STRATEGY_ROUND_ROBIN\x10\x02\x12\x1f\n\x1b\x42\x41LANCING_STRATEGY_WEIGHTED\x10\x03\x12&\n\"BALANCING_STRATEGY_CONSISTENT_HASH\x10\x04\x12$\n BALANCING_STRATEGY_LATENCY_AWARE\x10\x05\x32\xb4\x07\n\x13LoadBalancerService\x12\x85\x01\n\x0cPickEndpoint\x12%.aitrading.hub.v1.PickEndpointRequest\x1a&.aitrading.hub.v1.PickEndpointResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/services/{service}:pick:\x01*\x12\x9d\x01\n\nReportLoad\x12#.aitrading.hub.v1.ReportLoadRequest\x1a$.aitrading.hub.v1.ReportLoadResponse\"D\x82\xd3\xe4\x93\x02>\"9/v1/services/{service}/instances/{instance_id}:reportLoad:\x01*\x12\x9f\x01\n\x10SetRoutingPolicy\x12).aitrading.hub.v1.SetRoutingPolicyRequest\x1a*.aitrading.hub.v1.SetRoutingPolicyResponse\"4\x82\xd3\xe4\x93\x02.\x1a$/v1/services/{service}/routingPolicy:\x06policy\x12\x97\x01\n\x10GetRoutingPolicy\x12).aitrading.hub.v1.GetRoutingPolicyRequest\x1a*.aitrading.hub.v1.GetRoutingPolicyResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/services/{service}/routingPolicy\x12\xa0\x01\n\x13\x44\x65leteRoutingPolicy\x12,.aitrading.hub.v1.DeleteRoutingPolicyRequest\x1a-.aitrading.hub.v1.DeleteRoutingPolicyResponse\",\x82\xd3\xe4\x93\x02&*$/v1/services/{service}/routingPolicy\x12\x95\x01\n\x0eWatchEndpoints\x12\'.aitrading.hub.v1.WatchEndpointsRequest\x1a(.aitrading.hub.v1.WatchEndpointsResponse\".\x82\xd3\xe4\x93\x02(\x12&/v1/services/{service}/endpoints:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aitrading.hub.v1.balancer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BALANCINGSTRATEGY']._serialized_start=2226
-  _globals['_BALANCINGSTRATEGY']._serialized_end=2463
-  _globals['_PICKENDPOINTREQUEST']._serialized_start=84
-  _globals['_PICKENDPOINTREQUEST']._serialized_end=220
-  _globals['_PICKENDPOINTRESPONSE']._serialized_start=223
-  _globals['_PICKENDPOINTRESPONSE']._serialized_end=411
-  _globals['_REPORTLOADREQUEST']._serialized_start=413
-  _globals['_REPORTLOADREQUEST']._serialized_end=491
-  _globals['_REPORTLOADRESPONSE']._serialized_start=493
-  _globals['_REPORTLOADRESPONSE']._serialized_end=563
-  _globals['_ROUTINGPOLICY']._serialized_start=566
-  _globals['_ROUTINGPOLICY']._serialized_end=755
-  _globals['_RETRYPOLICY']._serialized_start=757
-  _globals['_RETRYPOLICY']._serialized_end=860
-  _globals['_OUTLIERDETECTION']._serialized_start=863
-  _globals['_OUTLIERDETECTION']._serialized_end=1141
-  _globals['_SETROUTINGPOLICYREQUEST']._serialized_start=1143
-  _globals['_SETROUTINGPOLICYREQUEST']._serialized_end=1234
-  _globals['_SETROUTINGPOLICYRESPONSE']._serialized_start=1236
-  _globals['_SETROUTINGPOLICYRESPONSE']._serialized_end=1361
-  _globals['_GETROUTINGPOLICYREQUEST']._serialized_start=1363
-  _globals['_GETROUTINGPOLICYREQUEST']._serialized_end=1405
-  _globals['_GETROUTINGPOLICYRESPONSE']._serialized_start=1408
-  _globals['_GETROUTINGPOLICYRESPONSE']._serialized_end=1553
-  _globals['_DELETEROUTINGPOLICYREQUEST']._serialized_start=1555
-  _globals['_DELETEROUTINGPOLICYREQUEST']._serialized_end=1600
-  _globals['_DELETEROUTINGPOLICYRESPONSE']._serialized_start=1602
-  _globals['_DELETEROUTINGPOLICYRESPONSE']._serialized_end=1681
-  _globals['_WATCHENDPOINTSREQUEST']._serialized_start=1683
-  _globals['_WATCHENDPOINTSREQUEST']._serialized_end=1768
-  _globals['_WATCHENDPOINTSRESPONSE']._serialized_start=1771
-  _globals['_WATCHENDPOINTSRESPONSE']._serialized_end=2003
-  _globals['_USABLEENDPOINT']._serialized_start=2006
-  _globals['_USABLEENDPOINT']._serialized_end=2223
-  _globals['_LOADBALANCERSERVICE']._serialized_start=2466
-  _globals['_LOADBALANCERSERVICE']._serialized_end=3104
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['PickEndpoint']._loaded_options = None
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['PickEndpoint']._serialized_options = b'\202\323\344\223\002 \"\033/v1/services/{service}:pick:\001*'
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['ReportLoad']._loaded_options = None
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['ReportLoad']._serialized_options = b'\202\323\344\223\002>\"9/v1/services/{service}/instances/{instance_id}:reportLoad:\001*'
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['SetRoutingPolicy']._loaded_options = None
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['SetRoutingPolicy']._serialized_options = b'\202\323\344\223\002.\032$/v1/services/{service}/routingPolicy:\006policy'
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['GetRoutingPolicy']._loaded_options = None
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['GetRoutingPolicy']._serialized_options = b'\202\323\344\223\002&\022$/v1/services/{service}/routingPolicy'
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['DeleteRoutingPolicy']._loaded_options = None
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['DeleteRoutingPolicy']._serialized_options = b'\202\323\344\223\002&*$/v1/services/{service}/routingPolicy'
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['WatchEndpoints']._loaded_options = None
+  _globals['_LOADBALANCERSERVICE'].methods_by_name['WatchEndpoints']._serialized_options = b'\202\323\344\223\002(\022&/v1/services/{service}/endpoints:watch'
+  _globals['_BALANCINGSTRATEGY']._serialized_start=2256
+  _globals['_BALANCINGSTRATEGY']._serialized_end=2493
+  _globals['_PICKENDPOINTREQUEST']._serialized_start=114
+  _globals['_PICKENDPOINTREQUEST']._serialized_end=250
+  _globals['_PICKENDPOINTRESPONSE']._serialized_start=253
+  _globals['_PICKENDPOINTRESPONSE']._serialized_end=441
+  _globals['_REPORTLOADREQUEST']._serialized_start=443
+  _globals['_REPORTLOADREQUEST']._serialized_end=521
+  _globals['_REPORTLOADRESPONSE']._serialized_start=523
+  _globals['_REPORTLOADRESPONSE']._serialized_end=593
+  _globals['_ROUTINGPOLICY']._serialized_start=596
+  _globals['_ROUTINGPOLICY']._serialized_end=785
+  _globals['_RETRYPOLICY']._serialized_start=787
+  _globals['_RETRYPOLICY']._serialized_end=890
+  _globals['_OUTLIERDETECTION']._serialized_start=893
+  _globals['_OUTLIERDETECTION']._serialized_end=1171
+  _globals['_SETROUTINGPOLICYREQUEST']._serialized_start=1173
+  _globals['_SETROUTINGPOLICYREQUEST']._serialized_end=1264
+  _globals['_SETROUTINGPOLICYRESPONSE']._serialized_start=1266
+  _globals['_SETROUTINGPOLICYRESPONSE']._serialized_end=1391
+  _globals['_GETROUTINGPOLICYREQUEST']._serialized_start=1393
+  _globals['_GETROUTINGPOLICYREQUEST']._serialized_end=1435
+  _globals['_GETROUTINGPOLICYRESPONSE']._serialized_start=1438
+  _globals['_GETROUTINGPOLICYRESPONSE']._serialized_end=1583
+  _globals['_DELETEROUTINGPOLICYREQUEST']._serialized_start=1585
+  _globals['_DELETEROUTINGPOLICYREQUEST']._serialized_end=1630
+  _globals['_DELETEROUTINGPOLICYRESPONSE']._serialized_start=1632
+  _globals['_DELETEROUTINGPOLICYRESPONSE']._serialized_end=1711
+  _globals['_WATCHENDPOINTSREQUEST']._serialized_start=1713
+  _globals['_WATCHENDPOINTSREQUEST']._serialized_end=1798
+  _globals['_WATCHENDPOINTSRESPONSE']._serialized_start=1801
+  _globals['_WATCHENDPOINTSRESPONSE']._serialized_end=2033
+  _globals['_USABLEENDPOINT']._serialized_start=2036
+  _globals['_USABLEENDPOINT']._serialized_end=2253
+  _globals['_LOADBALANCERSERVICE']._serialized_start=2496
+  _globals['_LOADBALANCERSERVICE']._serialized_end=3444
 # @@protoc_insertion_point(module_scope)

@@ -24,51 +24,62 @@ _sym_db = _symbol_database.Default()
 
 from aitrading.hub.v1 import registry_pb2 as aitrading_dot_hub_dot_v1_dot_registry__pb2
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61itrading/hub/v1/circuit.proto\x12\x10\x61itrading.hub.v1\x1a\x1f\x61itrading/hub/v1/registry.proto\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n\x0b\x43\x61llOutcome\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12*\n\x07outcome\x18\x03 \x01(\x0e\x32\x19.aitrading.hub.v1.Outcome\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\"\xfa\x02\n\x0f\x43ircuitSettings\x12\x31\n\x0bwindow_type\x18\x01 \x01(\x0e\x32\x1c.aitrading.hub.v1.WindowType\x12\x13\n\x0bwindow_size\x18\x02 \x01(\x05\x12\x15\n\rminimum_calls\x18\x03 \x01(\x05\x12\x1e\n\x16\x66\x61ilure_rate_threshold\x18\x04 \x01(\x01\x12\x35\n\x12slow_call_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12 \n\x18slow_call_rate_threshold\x18\x06 \x01(\x01\x12/\n\x0cwait_in_open\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12$\n\x1cpermitted_calls_in_half_open\x18\x08 \x01(\x05\x12\x38\n\x15max_wait_in_half_open\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa3\x02\n\x07\x43ircuit\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.aitrading.hub.v1.CircuitState\x12\x14\n\x0c\x66\x61ilure_rate\x18\x04 \x01(\x01\x12\x16\n\x0eslow_call_rate\x18\x05 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x06 \x01(\x05\x12/\n\x0bstate_since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x08settings\x18\x08 \x01(\x0b\x32!.aitrading.hub.v1.CircuitSettings\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x10\n\x08revision\x18\n \x01(\x03\"H\n\x15ReportOutcomesRequest\x12/\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1d.aitrading.hub.v1.CallOutcome\"w\n\x16ReportOutcomesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12+\n\x08\x63ircuits\x18\x02 \x03(\x0b\x32\x19.aitrading.hub.v1.Circuit\">\n\x16GetCircuitStateRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"w\n\x17GetCircuitStateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12*\n\x07\x63ircuit\x18\x02 \x01(\x0b\x32\x19.aitrading.hub.v1.Circuit\"?\n\x14WatchCircuitsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\"\xc3\x01\n\x15WatchCircuitsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12+\n\x08\x63ircuits\x18\x03 \x03(\x0b\x32\x19.aitrading.hub.v1.Circuit\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\"a\n\x19SetCircuitSettingsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x33\n\x08settings\x18\x02 \x01(\x0b\x32!.aitrading.hub.v1.CircuitSettings\"z\n\x1aSetCircuitSettingsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12*\n\x07\x63ircuit\x18\x02 \x01(\x0b\x32\x19.aitrading.hub.v1.Circuit\"q\n\x16OverrideCircuitRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x31\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32!.aitrading.hub.v1.CircuitOverride\"w\n\x17OverrideCircuitResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12*\n\x07\x63ircuit\x18\x02 \x01(\x0b\x32\x19.aitrading.hub.v1.Circuit*\xbc\x01\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x12\x1d\n\x19\x43IRCUIT_STATE_FORCED_OPEN\x10\x04\x12\x1f\n\x1b\x43IRCUIT_STATE_FORCED_CLOSED\x10\x05*L\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x13\n\x0fOUTCOME_FAILURE\x10\x02*V\n\nWindowType\x12\x1b\n\x17WINDOW_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11WINDOW_TYPE_COUNT\x10\x01\x12\x14\n\x10WINDOW_TYPE_TIME\x10\x02*\x93\x01\n\x0f\x43ircuitOverride\x12 \n\x1c\x43IRCUIT_OVERRIDE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43IRCUIT_OVERRIDE_FORCE_OPEN\x10\x01\x12!\n\x1d\x43IRCUIT_OVERRIDE_FORCE_CLOSED\x10\x02\x12\x1a\n\x16\x43IRCUIT_OVERRIDE_RESET\x10\x03\x32\xa1\x04\n\x15\x43ircuitBreakerService\x12\x63\n\x0eReportOutcomes\x12\'.aitrading.hub.v1.ReportOutcomesRequest\x1a(.aitrading.hub.v1.ReportOutcomesResponse\x12\x66\n\x0fGetCircuitState\x12(.aitrading.hub.v1.GetCircuitStateRequest\x1a).aitrading.hub.v1.GetCircuitStateResponse\x12\x62\n\rWatchCircuits\x12&.aitrading.hub.v1.WatchCircuitsRequest\x1a\'.aitrading.hub.v1.WatchCircuitsResponse0\x01\x12o\n\x12SetCircuitSettings\x12+.aitrading.hub.v1.SetCircuitSettingsRequest\x1a,.aitrading.hub.v1.SetCircuitSettingsResponse\x12\x66\n\x0fOverrideCircuit\x12(.aitrading.hub.v1.OverrideCircuitRequest\x1a).aitrading.hub.v1.OverrideCircuitResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61itrading/hub/v1/circuit.proto\x12\x10\x61itrading.hub.v1\x1a\x1f\x61itrading/hub/v1/registry.proto\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n\x0b\x43\x61llOutcome\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12*\n\x07outcome\x18\x03 \x01(\x0e\x32\x19.aitrading.hub.v1.Outcome\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\"\xfa\x02\n\x0f\x43ircuitSettings\x12\x31\n\x0bwindow_type\x18\x01 \x01(\x0e\x32\x1c.aitrading.hub.v1.WindowType\x12\x13\n\x0bwindow_size\x18\x02 \x01(\x05\x12\x15\n\rminimum_calls\x18\x03 \x01(\x05\x12\x1e\n\x16\x66\x61ilure_rate_threshold\x18\x04 \x01(\x01\x12\x35\n\x12slow_call_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12 \n\x18slow_call_rate_threshold\x18\x06 \x01(\x01\x12/\n\x0cwait_in_open\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12$\n\x1cpermitted_calls_in_half_open\x18\x08 \x01(\x05\x12\x38\n\x15max_wait_in_half_open\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa3\x02\n\x07\x43ircuit\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.aitrading.hub.v1.CircuitState\x12\x14\n\x0c\x66\x61ilure_rate\x18\x04 \x01(\x01\x12\x16\n\x0eslow_call_rate\x18\x05 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x06 \x01(\x05\x12/\n\x0bstate_since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x08settings\x18\x08 \x01(\x0b\x32!.aitrading.hub.v1.CircuitSettings\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x10\n\x08revision\x18\n \x01(\x03\"H\n\x15ReportOutcomesRequest\x12/\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1d.aitrading.hub.v1.CallOutcome\"w\n\x16ReportOutcomesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12+\n\x08\x63ircuits\x18\x02 \x03(\x0b\x32\x19.aitrading.hub.v1.Circuit\">\n\x16GetCircuitStateRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"w\n\x17GetCircuitStateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12*\n\x07\x63ircuit\x18\x02 \x01(\x0b\x32\x19.aitrading.hub.v1.Circuit\"?\n\x14WatchCircuitsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\"\xc3\x01\n\x15WatchCircuitsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12+\n\x08\x63ircuits\x18\x03 \x03(\x0b\x32\x19.aitrading.hub.v1.Circuit\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\"a\n\x19SetCircuitSettingsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x33\n\x08settings\x18\x02 \x01(\x0b\x32!.aitrading.hub.v1.CircuitSettings\"z\n\x1aSetCircuitSettingsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12*\n\x07\x63ircuit\x18\x02 \x01(\x0b\x32\x19.aitrading.hub.v1.Circuit\"q\n\x16OverrideCircuitRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x31\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32!.aitrading.hub.v1.CircuitOverride\"w\n\x17OverrideCircuitResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12*\n\x07\x63ircuit\x18\x02 \x01(\x0b\x32\x19.aitrading.hub.v1.Circuit*\xbc\x01\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x12\x1d\n\x19\x43IRCUIT_STATE_FORCED_OPEN\x10\x04\x12\x1f\n\x1b\x43IRCUIT_STATE_FORCED_CLOSED\x10\x05*L\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x13\n\x0fOUTCOME_FAILURE\x10\x02*V\n\nWindowType\x12\x1b\n\x17WINDOW_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11WINDOW_TYPE_COUNT\x10\x01\x12\x14\n\x10WINDOW_TYPE_TIME\x10\x02*\x93\x01\n\x0f\x43ircuitOverride\x12 \n\x1c\x43IRCUIT_OVERRIDE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43IRCUIT_OVERRIDE_FORCE_OPEN\x10\x01\x12!\n\x1d\x43IRCUIT_OVERRIDE_FORCE_CLOSED\x10\x02\x12\x1a\n\x16\x43IRCUIT_OVERRIDE_RESET\x10\x03\x32\xe8\x05\n\x15\x43ircuitBreakerService\x12\x8b\x01\n\x0eReportOutcomes\x12\'.aitrading.hub.v1.ReportOutcomesRequest\x1a(.aitrading.hub.v1.ReportOutcomesResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/circuits:reportOutcomes:\x01*\x12\x86\x01\n\x0fGetCircuitState\x12(.aitrading.hub.v1.GetCircuitStateRequest\x1a).aitrading.hub.v1.GetCircuitStateResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/circuits/{service}\x12~\n\rWatchCircuits\x12&.aitrading.hub.v1.WatchCircuitsRequest\x1a\'.aitrading.hub.v1.WatchCircuitsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/circuits:watch0\x01\x12\xa2\x01\n\x12SetCircuitSettings\x12+.aitrading.hub.v1.SetCircuitSettingsRequest\x1a,.aitrading.hub.v1.SetCircuitSettingsResponse\"1\x82\xd3\xe4\x93\x02+\x1a\x1f/v1/circuits/{service}/settings:\x08settings\x12\x92\x01\n\x0fOverrideCircuit\x12(.aitrading.hub.v1.OverrideCircuitRequest\x1a).aitrading.hub.v1.OverrideCircuitResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/v1/circuits/{service}:override:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aitrading.hub.v1.circuit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CIRCUITSTATE']._serialized_start=2075
-  _globals['_CIRCUITSTATE']._serialized_end=2263
-  _globals['_OUTCOME']._serialized_start=2265
-  _globals['_OUTCOME']._serialized_end=2341
-  _globals['_WINDOWTYPE']._serialized_start=2343
-  _globals['_WINDOWTYPE']._serialized_end=2429
-  _globals['_CIRCUITOVERRIDE']._serialized_start=2432
-  _globals['_CIRCUITOVERRIDE']._serialized_end=2579
-  _globals['_CALLOUTCOME']._serialized_start=180
-  _globals['_CALLOUTCOME']._serialized_end=295
-  _globals['_CIRCUITSETTINGS']._serialized_start=298
-  _globals['_CIRCUITSETTINGS']._serialized_end=676
-  _globals['_CIRCUIT']._serialized_start=679
-  _globals['_CIRCUIT']._serialized_end=970
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_start=972
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=1044
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=1046
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=1165
-  _globals['_GETCIRCUITSTATEREQUEST']._serialized_start=1167
-  _globals['_GETCIRCUITSTATEREQUEST']._serialized_end=1229
-  _globals['_GETCIRCUITSTATERESPONSE']._serialized_start=1231
-  _globals['_GETCIRCUITSTATERESPONSE']._serialized_end=1350
-  _globals['_WATCHCIRCUITSREQUEST']._serialized_start=1352
-  _globals['_WATCHCIRCUITSREQUEST']._serialized_end=1415
-  _globals['_WATCHCIRCUITSRESPONSE']._serialized_start=1418
-  _globals['_WATCHCIRCUITSRESPONSE']._serialized_end=1613
-  _globals['_SETCIRCUITSETTINGSREQUEST']._serialized_start=1615
-  _globals['_SETCIRCUITSETTINGSREQUEST']._serialized_end=1712
-  _globals['_SETCIRCUITSETTINGSRESPONSE']._serialized_start=1714
-  _globals['_SETCIRCUITSETTINGSRESPONSE']._serialized_end=1836
-  _globals['_OVERRIDECIRCUITREQUEST']._serialized_start=1838
-  _globals['_OVERRIDECIRCUITREQUEST']._serialized_end=1951
-  _globals['_OVERRIDECIRCUITRESPONSE']._serialized_start=1953
-  _globals['_OVERRIDECIRCUITRESPONSE']._serialized_end=2072
-  _globals['_CIRCUITBREAKERSERVICE']._serialized_start=2582
-  _globals['_CIRCUITBREAKERSERVICE']._serialized_end=3127
+  _globals['_CIRCUITBREAKERSERVICE'].methods_by_name['ReportOutcomes']._loaded_options = None
+  _globals['_CIRCUITBREAKERSERVICE'].methods_by_name['ReportOutcomes']._serialized_options = b'\202\323\344\223\002 \"\033/v1/circuits:reportOutcomes:\001*'
+  _globals['_CIRCUITBREAKERSERVICE'].methods_by_name['GetCircuitState']._loaded_options = None
+  _globals['_CIRCUITBREAKERSERVICE'].methods_by_name['GetCircuitState']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/circuits/{service}'
+  _globals['_CIRCUITBREAKERSERVICE'].methods_by_name['WatchCircuits']._loaded_options = None
+  _globals['_CIRCUITBREAKERSERVICE'].methods_by_name['WatchCircuits']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/circuits:watch'
+  _globals['_CIRCUITBREAKERSERVICE'].methods_by_name['SetCircuitSettings']._loaded_options = None
+  _globals['_CIRCUITBREAKERSERVICE'].methods_by_name['SetCircuitSettings']._serialized_options = b'\202\323\344\223\002+\032\037/v1/circuits/{service}/settings:\010settings'
+  _globals['_CIRCUITBREAKERSERVICE'].methods_by_name['OverrideCircuit']._loaded_options = None
+  _globals['_CIRCUITBREAKERSERVICE'].methods_by_name['OverrideCircuit']._serialized_options = b'\202\323\344\223\002$\"\037/v1/circuits/{service}:override:\001*'
+  _globals['_CIRCUITSTATE']._serialized_start=2105
+  _globals['_CIRCUITSTATE']._serialized_end=2293
+  _globals['_OUTCOME']._serialized_start=2295
+  _globals['_OUTCOME']._serialized_end=2371
+  _globals['_WINDOWTYPE']._serialized_start=2373
+  _globals['_WINDOWTYPE']._serialized_end=2459
+  _globals['_CIRCUITOVERRIDE']._serialized_start=2462
+  _globals['_CIRCUITOVERRIDE']._serialized_end=2609
+  _globals['_CALLOUTCOME']._serialized_start=210
+  _globals['_CALLOUTCOME']._serialized_end=325
+  _globals['_CIRCUITSETTINGS']._serialized_start=328
+  _globals['_CIRCUITSETTINGS']._serialized_end=706
+  _globals['_CIRCUIT']._serialized_start=709
+  _globals['_CIRCUIT']._serialized_end=1000
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_start=1002
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=1074
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=1076
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=1195
+  _globals['_GETCIRCUITSTATEREQUEST']._serialized_start=1197
+  _globals['_GETCIRCUITSTATEREQUEST']._serialized_end=1259
+  _globals['_GETCIRCUITSTATERESPONSE']._serialized_start=1261
+  _globals['_GETCIRCUITSTATERESPONSE']._serialized_end=1380
+  _globals['_WATCHCIRCUITSREQUEST']._serialized_start=1382
+  _globals['_WATCHCIRCUITSREQUEST']._serialized_end=1445
+  _globals['_WATCHCIRCUITSRESPONSE']._serialized_start=1448
+  _globals['_WATCHCIRCUITSRESPONSE']._serialized_end=1643
+  _globals['_SETCIRCUITSETTINGSREQUEST']._serialized_start=1645
+  _globals['_SETCIRCUITSETTINGSREQUEST']._serialized_end=1742
+  _globals['_SETCIRCUITSETTINGSRESPONSE']._serialized_start=1744
+  _globals['_SETCIRCUITSETTINGSRESPONSE']._serialized_end=1866
+  _globals['_OVERRIDECIRCUITREQUEST']._serialized_start=1868
+  _globals['_OVERRIDECIRCUITREQUEST']._serialized_end=1981
+  _globals['_OVERRIDECIRCUITRESPONSE']._serialized_start=1983
+  _globals['_OVERRIDECIRCUITRESPONSE']._serialized_end=2102
+  _globals['_CIRCUITBREAKERSERVICE']._serialized_start=2612
+  _globals['_CIRCUITBREAKERSERVICE']._serialized_end=3356
 # @@protoc_insertion_point(module_scope)

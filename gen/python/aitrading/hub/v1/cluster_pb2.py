@@ -23,32 +23,37 @@ _sym_db = _symbol_database.Default()
 
 
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61itrading/hub/v1/cluster.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17GetClusterStatusRequest\"\xad\x01\n\x18GetClusterStatusResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12+\n\x08replicas\x18\x04 \x03(\x0b\x32\x19.aitrading.hub.v1.Replica\x12\x0f\n\x07version\x18\x05 \x01(\t\"{\n\x07Replica\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06leader\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\t\"\x17\n\x15ListXdsClientsRequest\"\x88\x01\n\x16ListXdsClientsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\x12,\n\x07\x63lients\x18\x03 \x03(\x0b\x32\x1b.aitrading.hub.v1.XdsClient\"\x89\x02\n\tXdsClient\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x30\n\x04tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x30\n\x0c\x63onnected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\rsubscriptions\x18\x06 \x03(\x0b\x32!.aitrading.hub.v1.XdsSubscription\x12,\n\tlast_nack\x18\x07 \x01(\x0b\x32\x19.aitrading.hub.v1.XdsNack\"R\n\x0fXdsSubscription\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x16\n\x0eresource_names\x18\x02 \x03(\t\x12\x15\n\racked_version\x18\x03 \x01(\t\"r\n\x07XdsNack\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xe0\x01\n\x0e\x43lusterService\x12i\n\x10GetClusterStatus\x12).aitrading.hub.v1.GetClusterStatusRequest\x1a*.aitrading.hub.v1.GetClusterStatusResponse\x12\x63\n\x0eListXdsClients\x12\'.aitrading.hub.v1.ListXdsClientsRequest\x1a(.aitrading.hub.v1.ListXdsClientsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61itrading/hub/v1/cluster.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17GetClusterStatusRequest\"\xad\x01\n\x18GetClusterStatusResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12+\n\x08replicas\x18\x04 \x03(\x0b\x32\x19.aitrading.hub.v1.Replica\x12\x0f\n\x07version\x18\x05 \x01(\t\"{\n\x07Replica\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06leader\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\t\"\x17\n\x15ListXdsClientsRequest\"\x88\x01\n\x16ListXdsClientsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\x12,\n\x07\x63lients\x18\x03 \x03(\x0b\x32\x1b.aitrading.hub.v1.XdsClient\"\x89\x02\n\tXdsClient\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x30\n\x04tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x30\n\x0c\x63onnected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\rsubscriptions\x18\x06 \x03(\x0b\x32!.aitrading.hub.v1.XdsSubscription\x12,\n\tlast_nack\x18\x07 \x01(\x0b\x32\x19.aitrading.hub.v1.XdsNack\"R\n\x0fXdsSubscription\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x16\n\x0eresource_names\x18\x02 \x03(\t\x12\x15\n\racked_version\x18\x03 \x01(\t\"r\n\x07XdsNack\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x96\x02\n\x0e\x43lusterService\x12~\n\x10GetClusterStatus\x12).aitrading.hub.v1.GetClusterStatusRequest\x1a*.aitrading.hub.v1.GetClusterStatusResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/cluster\x12\x83\x01\n\x0eListXdsClients\x12\'.aitrading.hub.v1.ListXdsClientsRequest\x1a(.aitrading.hub.v1.ListXdsClientsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/cluster/xdsClientsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aitrading.hub.v1.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=115
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=140
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=143
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=316
-  _globals['_REPLICA']._serialized_start=318
-  _globals['_REPLICA']._serialized_end=441
-  _globals['_LISTXDSCLIENTSREQUEST']._serialized_start=443
-  _globals['_LISTXDSCLIENTSREQUEST']._serialized_end=466
-  _globals['_LISTXDSCLIENTSRESPONSE']._serialized_start=469
-  _globals['_LISTXDSCLIENTSRESPONSE']._serialized_end=605
-  _globals['_XDSCLIENT']._serialized_start=608
-  _globals['_XDSCLIENT']._serialized_end=873
-  _globals['_XDSSUBSCRIPTION']._serialized_start=875
-  _globals['_XDSSUBSCRIPTION']._serialized_end=957
-  _globals['_XDSNACK']._serialized_start=959
-  _globals['_XDSNACK']._serialized_end=1073
-  _globals['_CLUSTERSERVICE']._serialized_start=1076
-  _globals['_CLUSTERSERVICE']._serialized_end=1300
+  _globals['_CLUSTERSERVICE'].methods_by_name['GetClusterStatus']._loaded_options = None
+  _globals['_CLUSTERSERVICE'].methods_by_name['GetClusterStatus']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/cluster'
+  _globals['_CLUSTERSERVICE'].methods_by_name['ListXdsClients']._loaded_options = None
+  _globals['_CLUSTERSERVICE'].methods_by_name['ListXdsClients']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/cluster/xdsClients'
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=145
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=170
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=173
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=346
+  _globals['_REPLICA']._serialized_start=348
+  _globals['_REPLICA']._serialized_end=471
+  _globals['_LISTXDSCLIENTSREQUEST']._serialized_start=473
+  _globals['_LISTXDSCLIENTSREQUEST']._serialized_end=496
+  _globals['_LISTXDSCLIENTSRESPONSE']._serialized_start=499
+  _globals['_LISTXDSCLIENTSRESPONSE']._serialized_end=635
+  _globals['_XDSCLIENT']._serialized_start=638
+  _globals['_XDSCLIENT']._serialized_end=903
+  _globals['_XDSSUBSCRIPTION']._serialized_start=905
+  _globals['_XDSSUBSCRIPTION']._serialized_end=987
+  _globals['_XDSNACK']._serialized_start=989
+  _globals['_XDSNACK']._serialized_end=1103
+  _globals['_CLUSTERSERVICE']._serialized_start=1106
+  _globals['_CLUSTERSERVICE']._serialized_end=1384
 # @@protoc_insertion_point(module_scope)

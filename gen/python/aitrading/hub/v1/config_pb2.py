@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from aitrading.hub.v1 import registry_pb2 as aitrading_dot_hub_dot_v1_dot_registry__pb2
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61itrading/hub/v1/config.proto\x12\x10\x61itrading.hub.v1\x1a\x1f\x61itrading/hub/v1/registry.proto\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x0e\x43onfigLayerRef\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.aitrading.hub.v1.ConfigLayerKind\x12\x30\n\x04tier\x18\x02 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x11\n\ttenant_id\x18\x03 \x01(\t\"\x82\x01\n\nRateLimits\x12\x1f\n\x12\x61pi_calls_per_hour\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\"\n\x15websocket_connections\x18\x02 \x01(\x05H\x01\x88\x01\x01\x42\x15\n\x13_api_calls_per_hourB\x18\n\x16_websocket_connections\"\xf8\x01\n\x08\x46\x65\x61tures\x12\x1c\n\x0f\x62\x61sic_analytics\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0b\x61\x64vanced_ai\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x1a\n\rcustom_models\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x34\n\x05\x66lags\x18\x04 \x03(\x0b\x32%.aitrading.hub.v1.Features.FlagsEntry\x1a,\n\nFlagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x42\x12\n\x10_basic_analyticsB\x0e\n\x0c_advanced_aiB\x10\n\x0e_custom_models\"\x8c\x01\n\x0eResourceLimits\x12$\n\x17max_concurrent_requests\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12 \n\x13max_data_storage_mb\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\x1a\n\x18_max_concurrent_requestsB\x16\n\x14_max_data_storage_mb\"\xd5\x01\n\x0c\x43onfigValues\x12\x31\n\x0brate_limits\x18\x01 \x01(\x0b\x32\x1c.aitrading.hub.v1.RateLimits\x12,\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x1a.aitrading.hub.v1.Features\x12\x39\n\x0fresource_limits\x18\x03 \x01(\x0b\x32 .aitrading.hub.v1.ResourceLimits\x12)\n\x08settings\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x80\x02\n\x0b\x43onfigLayer\x12/\n\x05layer\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ConfigLayerRef\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12.\n\x06values\x18\x03 \x01(\x0b\x32\x1e.aitrading.hub.v1.ConfigValues\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x05 \x01(\t\x12\x18\n\x10restored_version\x18\x06 \x01(\x03\x12\x0f\n\x07\x63omment\x18\x07 \x01(\t\x12\x10\n\x08revision\x18\x08 \x01(\x03\"\x97\x02\n\x0cTenantConfig\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x30\n\x04tier\x18\x02 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x31\n\x0btier_source\x18\x03 \x01(\x0e\x32\x1c.aitrading.hub.v1.TierSource\x12.\n\x06values\x18\x04 \x01(\x0b\x32\x1e.aitrading.hub.v1.ConfigValues\x12\x1d\n\x15tier_defaults_version\x18\x05 \x01(\x03\x12\x16\n\x0eglobal_version\x18\x06 \x01(\x03\x12\x16\n\x0etenant_version\x18\x07 \x01(\x03\x12\x10\n\x08revision\x18\x08 \x01(\x03\"+\n\x16GetTenantConfigRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"{\n\x17GetTenantConfigResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12.\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1e.aitrading.hub.v1.TenantConfig\"H\n\x15GetConfigLayerRequest\x12/\n\x05layer\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ConfigLayerRef\"x\n\x16GetConfigLayerResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x05layer\x18\x02 \x01(\x0b\x32\x1d.aitrading.hub.v1.ConfigLayer\"\xbd\x01\n\x15SetConfigLayerRequest\x12/\n\x05layer\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ConfigLayerRef\x12.\n\x06values\x18\x02 \x01(\x0b\x32\x1e.aitrading.hub.v1.ConfigValues\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07\x63omment\x18\x04 \x01(\tB\x13\n\x11_expected_version\"x\n\x16SetConfigLayerResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x05layer\x18\x02 \x01(\x0b\x32\x1d.aitrading.hub.v1.ConfigLayer\"s\n\x19ListConfigVersionsRequest\x12/\n\x05layer\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ConfigLayerRef\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x98\x01\n\x1aListConfigVersionsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12/\n\x08versions\x18\x02 \x03(\x0b\x32\x1d.aitrading.hub.v1.ConfigLayer\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x9e\x01\n\x15RollbackConfigRequest\x12/\n\x05layer\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ConfigLayerRef\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07\x63omment\x18\x04 \x01(\tB\x13\n\x11_expected_version\"x\n\x16RollbackConfigResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x05layer\x18\x02 \x01(\x0b\x32\x1d.aitrading.hub.v1.ConfigLayer\"?\n\x12WatchConfigRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\"\xaa\x01\n\x13WatchConfigResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12.\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1e.aitrading.hub.v1.TenantConfig*\x95\x01\n\x0f\x43onfigLayerKind\x12!\n\x1d\x43ONFIG_LAYER_KIND_UNSPECIFIED\x10\x00\x12#\n\x1f\x43ONFIG_LAYER_KIND_TIER_DEFAULTS\x10\x01\x12\x1c\n\x18\x43ONFIG_LAYER_KIND_GLOBAL\x10\x02\x12\x1c\n\x18\x43ONFIG_LAYER_KIND_TENANT\x10\x03*\x81\x01\n\nTierSource\x12\x1b\n\x17TIER_SOURCE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TIER_SOURCE_TENANT_RECORD\x10\x01\x12\x1e\n\x1aTIER_SOURCE_REQUEST_HEADER\x10\x02\x12\x17\n\x13TIER_SOURCE_DEFAULT\x10\x03\x32\xf5\x04\n\rConfigService\x12\x66\n\x0fGetTenantConfig\x12(.aitrading.hub.v1.GetTenantConfigRequest\x1a).aitrading.hub.v1.GetTenantConfigResponse\x12\x63\n\x0eGetConfigLayer\x12\'.aitrading.hub.v1.GetConfigLayerRequest\x1a(.aitrading.hub.v1.GetConfigLayerResponse\x12\x63\n\x0eSetConfigLayer\x12\'.aitrading.hub.v1.SetConfigLayerRequest\x1a(.aitrading.hub.v1.SetConfigLayerResponse\x12o\n\x12ListConfigVersions\x12+.aitrading.hub.v1.ListConfigVersionsRequest\x1a,.aitrading.hub.v1.ListConfigVersionsResponse\x12\x63\n\x0eRollbackConfig\x12\'.aitrading.hub.v1.RollbackConfigRequest\x1a(.aitrading.hub.v1.RollbackConfigResponse\x12\\\n\x0bWatchConfig\x12$.aitrading.hub.v1.WatchConfigRequest\x1a%.aitrading.hub.v1.WatchConfigResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61itrading/hub/v1/config.proto\x12\x10\x61itrading.hub.v1\x1a\x1f\x61itrading/hub/v1/registry.proto\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x0e\x43onfigLayerRef\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.aitrading.hub.v1.ConfigLayerKind\x12\x30\n\x04tier\x18\x02 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x11\n\ttenant_id\x18\x03 \x01(\t\"\x82\x01\n\nRateLimits\x12\x1f\n\x12\x61pi_calls_per_hour\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\"\n\x15websocket_connections\x18\x02 \x01(\x05H\x01\x88\x01\x01\x42\x15\n\x13_api_calls_per_hourB\x18\n\x16_websocket_connections\"\xf8\x01\n\x08\x46\x65\x61tures\x12\x1c\n\x0f\x62\x61sic_analytics\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0b\x61\x64vanced_ai\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x1a\n\rcustom_models\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x34\n\x05\x66lags\x18\x04 \x03(\x0b\x32%.aitrading.hub.v1.Features.FlagsEntry\x1a,\n\nFlagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x42\x12\n\x10_basic_analyticsB\x0e\n\x0c_advanced_aiB\x10\n\x0e_custom_models\"\x8c\x01\n\x0eResourceLimits\x12$\n\x17max_concurrent_requests\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12 \n\x13max_data_storage_mb\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\x1a\n\x18_max_concurrent_requestsB\x16\n\x14_max_data_storage_mb\"\xd5\x01\n\x0c\x43onfigValues\x12\x31\n\x0brate_limits\x18\x01 \x01(\x0b\x32\x1c.aitrading.hub.v1.RateLimits\x12,\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x1a.aitrading.hub.v1.Features\x12\x39\n\x0fresource_limits\x18\x03 \x01(\x0b\x32 .aitrading.hub.v1.ResourceLimits\x12)\n\x08settings\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x80\x02\n\x0b\x43onfigLayer\x12/\n\x05layer\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ConfigLayerRef\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12.\n\x06values\x18\x03 \x01(\x0b\x32\x1e.aitrading.hub.v1.ConfigValues\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x05 \x01(\t\x12\x18\n\x10restored_version\x18\x06 \x01(\x03\x12\x0f\n\x07\x63omment\x18\x07 \x01(\t\x12\x10\n\x08revision\x18\x08 \x01(\x03\"\x97\x02\n\x0cTenantConfig\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x30\n\x04tier\x18\x02 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x31\n\x0btier_source\x18\x03 \x01(\x0e\x32\x1c.aitrading.hub.v1.TierSource\x12.\n\x06values\x18\x04 \x01(\x0b\x32\x1e.aitrading.hub.v1.ConfigValues\x12\x1d\n\x15tier_defaults_version\x18\x05 \x01(\x03\x12\x16\n\x0eglobal_version\x18\x06 \x01(\x03\x12\x16\n\x0etenant_version\x18\x07 \x01(\x03\x12\x10\n\x08revision\x18\x08 \x01(\x03\"+\n\x16GetTenantConfigRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"{\n\x17GetTenantConfigResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12.\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1e.aitrading.hub.v1.TenantConfig\"H\n\x15GetConfigLayerRequest\x12/\n\x05layer\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ConfigLayerRef\"x\n\x16GetConfigLayerResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x05layer\x18\x02 \x01(\x0b\x32\x1d.aitrading.hub.v1.ConfigLayer\"\xbd\x01\n\x15SetConfigLayerRequest\x12/\n\x05layer\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ConfigLayerRef\x12.\n\x06values\x18\x02 \x01(\x0b\x32\x1e.aitrading.hub.v1.ConfigValues\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07\x63omment\x18\x04 \x01(\tB\x13\n\x11_expected_version\"x\n\x16SetConfigLayerResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x05layer\x18\x02 \x01(\x0b\x32\x1d.aitrading.hub.v1.ConfigLayer\"s\n\x19ListConfigVersionsRequest\x12/\n\x05layer\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ConfigLayerRef\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x98\x01\n\x1aListConfigVersionsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12/\n\x08versions\x18\x02 \x03(\x0b\x32\x1d.aitrading.hub.v1.ConfigLayer\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x9e\x01\n\x15RollbackConfigRequest\x12/\n\x05layer\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ConfigLayerRef\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07\x63omment\x18\x04 \x01(\tB\x13\n\x11_expected_version\"x\n\x16RollbackConfigResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x05layer\x18\x02 \x01(\x0b\x32\x1d.aitrading.hub.v1.ConfigLayer\"?\n\x12WatchConfigRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\"\xaa\x01\n\x13WatchConfigResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12.\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1e.aitrading.hub.v1.TenantConfig*\x95\x01\n\x0f\x43onfigLayerKind\x12!\n\x1d\x43ONFIG_LAYER_KIND_UNSPECIFIED\x10\x00\x12#\n\x1f\x43ONFIG_LAYER_KIND_TIER_DEFAULTS\x10\x01\x12\x1c\n\x18\x43ONFIG_LAYER_KIND_GLOBAL\x10\x02\x12\x1c\n\x18\x43ONFIG_LAYER_KIND_TENANT\x10\x03*\x81\x01\n\nTierSource\x12\x1b\n\x17TIER_SOURCE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TIER_SOURCE_TENANT_RECORD\x10\x01\x12\x1e\n\x1aTIER_SOURCE_REQUEST_HEADER\x10\x02\x12\x17\n\x13TIER_SOURCE_DEFAULT\x10\x03\x32\xcd\x06\n\rConfigService\x12\x9c\x01\n\x0fGetTenantConfig\x12(.aitrading.hub.v1.GetTenantConfigRequest\x1a).aitrading.hub.v1.GetTenantConfigResponse\"4\x82\xd3\xe4\x93\x02.\x12\x1e/v1/tenants/{tenant_id}/configZ\x0c\x12\n/v1/config\x12~\n\x0eGetConfigLayer\x12\'.aitrading.hub.v1.GetConfigLayerRequest\x1a(.aitrading.hub.v1.GetConfigLayerResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/config/layers\x12\x81\x01\n\x0eSetConfigLayer\x12\'.aitrading.hub.v1.SetConfigLayerRequest\x1a(.aitrading.hub.v1.SetConfigLayerResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x1a\x11/v1/config/layers:\x01*\x12\x93\x01\n\x12ListConfigVersions\x12+.aitrading.hub.v1.ListConfigVersionsRequest\x1a,.aitrading.hub.v1.ListConfigVersionsResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/config/layers/versions\x12\x8a\x01\n\x0eRollbackConfig\x12\'.aitrading.hub.v1.RollbackConfigRequest\x1a(.aitrading.hub.v1.RollbackConfigResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/config/layers:rollback:\x01*\x12v\n\x0bWatchConfig\x12$.aitrading.hub.v1.WatchConfigRequest\x1a%.aitrading.hub.v1.WatchConfigResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/config:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,50 +38,62 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FEATURES_FLAGSENTRY']._loaded_options = None
   _globals['_FEATURES_FLAGSENTRY']._serialized_options = b'8\001'
-  _globals['_CONFIGLAYERKIND']._serialized_start=3072
-  _globals['_CONFIGLAYERKIND']._serialized_end=3221
-  _globals['_TIERSOURCE']._serialized_start=3224
-  _globals['_TIERSOURCE']._serialized_end=3353
-  _globals['_CONFIGLAYERREF']._serialized_start=178
-  _globals['_CONFIGLAYERREF']._serialized_end=312
-  _globals['_RATELIMITS']._serialized_start=315
-  _globals['_RATELIMITS']._serialized_end=445
-  _globals['_FEATURES']._serialized_start=448
-  _globals['_FEATURES']._serialized_end=696
-  _globals['_FEATURES_FLAGSENTRY']._serialized_start=598
-  _globals['_FEATURES_FLAGSENTRY']._serialized_end=642
-  _globals['_RESOURCELIMITS']._serialized_start=699
-  _globals['_RESOURCELIMITS']._serialized_end=839
-  _globals['_CONFIGVALUES']._serialized_start=842
-  _globals['_CONFIGVALUES']._serialized_end=1055
-  _globals['_CONFIGLAYER']._serialized_start=1058
-  _globals['_CONFIGLAYER']._serialized_end=1314
-  _globals['_TENANTCONFIG']._serialized_start=1317
-  _globals['_TENANTCONFIG']._serialized_end=1596
-  _globals['_GETTENANTCONFIGREQUEST']._serialized_start=1598
-  _globals['_GETTENANTCONFIGREQUEST']._serialized_end=1641
-  _globals['_GETTENANTCONFIGRESPONSE']._serialized_start=1643
-  _globals['_GETTENANTCONFIGRESPONSE']._serialized_end=1766
-  _globals['_GETCONFIGLAYERREQUEST']._serialized_start=1768
-  _globals['_GETCONFIGLAYERREQUEST']._serialized_end=1840
-  _globals['_GETCONFIGLAYERRESPONSE']._serialized_start=1842
-  _globals['_GETCONFIGLAYERRESPONSE']._serialized_end=1962
-  _globals['_SETCONFIGLAYERREQUEST']._serialized_start=1965
-  _globals['_SETCONFIGLAYERREQUEST']._serialized_end=2154
-  _globals['_SETCONFIGLAYERRESPONSE']._serialized_start=2156
-  _globals['_SETCONFIGLAYERRESPONSE']._serialized_end=2276
-  _globals['_LISTCONFIGVERSIONSREQUEST']._serialized_start=2278
-  _globals['_LISTCONFIGVERSIONSREQUEST']._serialized_end=2393
-  _globals['_LISTCONFIGVERSIONSRESPONSE']._serialized_start=2396
-  _globals['_LISTCONFIGVERSIONSRESPONSE']._serialized_end=2548
-  _globals['_ROLLBACKCONFIGREQUEST']._serialized_start=2551
-  _globals['_ROLLBACKCONFIGREQUEST']._serialized_end=2709
-  _globals['_ROLLBACKCONFIGRESPONSE']._serialized_start=2711
-  _globals['_ROLLBACKCONFIGRESPONSE']._serialized_end=2831
-  _globals['_WATCHCONFIGREQUEST']._serialized_start=2833
-  _globals['_WATCHCONFIGREQUEST']._serialized_end=2896
-  _globals['_WATCHCONFIGRESPONSE']._serialized_start=2899
-  _globals['_WATCHCONFIGRESPONSE']._serialized_end=3069
-  _globals['_CONFIGSERVICE']._serialized_start=3356
-  _globals['_CONFIGSERVICE']._serialized_end=3985
+  _globals['_CONFIGSERVICE'].methods_by_name['GetTenantConfig']._loaded_options = None
+  _globals['_CONFIGSERVICE'].methods_by_name['GetTenantConfig']._serialized_options = b'\202\323\344\223\002.\022\036/v1/tenants/{tenant_id}/configZ\014\022\n/v1/config'
+  _globals['_CONFIGSERVICE'].methods_by_name['GetConfigLayer']._loaded_options = None
+  _globals['_CONFIGSERVICE'].methods_by_name['GetConfigLayer']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/config/layers'
+  _globals['_CONFIGSERVICE'].methods_by_name['SetConfigLayer']._loaded_options = None
+  _globals['_CONFIGSERVICE'].methods_by_name['SetConfigLayer']._serialized_options = b'\202\323\344\223\002\026\032\021/v1/config/layers:\001*'
+  _globals['_CONFIGSERVICE'].methods_by_name['ListConfigVersions']._loaded_options = None
+  _globals['_CONFIGSERVICE'].methods_by_name['ListConfigVersions']._serialized_options = b'\202\323\344\223\002\034\022\032/v1/config/layers/versions'
+  _globals['_CONFIGSERVICE'].methods_by_name['RollbackConfig']._loaded_options = None
+  _globals['_CONFIGSERVICE'].methods_by_name['RollbackConfig']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/config/layers:rollback:\001*'
+  _globals['_CONFIGSERVICE'].methods_by_name['WatchConfig']._loaded_options = None
+  _globals['_CONFIGSERVICE'].methods_by_name['WatchConfig']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/config:watch'
+  _globals['_CONFIGLAYERKIND']._serialized_start=3102
+  _globals['_CONFIGLAYERKIND']._serialized_end=3251
+  _globals['_TIERSOURCE']._serialized_start=3254
+  _globals['_TIERSOURCE']._serialized_end=3383
+  _globals['_CONFIGLAYERREF']._serialized_start=208
+  _globals['_CONFIGLAYERREF']._serialized_end=342
+  _globals['_RATELIMITS']._serialized_start=345
+  _globals['_RATELIMITS']._serialized_end=475
+  _globals['_FEATURES']._serialized_start=478
+  _globals['_FEATURES']._serialized_end=726
+  _globals['_FEATURES_FLAGSENTRY']._serialized_start=628
+  _globals['_FEATURES_FLAGSENTRY']._serialized_end=672
+  _globals['_RESOURCELIMITS']._serialized_start=729
+  _globals['_RESOURCELIMITS']._serialized_end=869
+  _globals['_CONFIGVALUES']._serialized_start=872
+  _globals['_CONFIGVALUES']._serialized_end=1085
+  _globals['_CONFIGLAYER']._serialized_start=1088
+  _globals['_CONFIGLAYER']._serialized_end=1344
+  _globals['_TENANTCONFIG']._serialized_start=1347
+  _globals['_TENANTCONFIG']._serialized_end=1626
+  _globals['_GETTENANTCONFIGREQUEST']._serialized_start=1628
+  _globals['_GETTENANTCONFIGREQUEST']._serialized_end=1671
+  _globals['_GETTENANTCONFIGRESPONSE']._serialized_start=1673
+  _globals['_GETTENANTCONFIGRESPONSE']._serialized_end=1796
+  _globals['_GETCONFIGLAYERREQUEST']._serialized_start=1798
+  _globals['_GETCONFIGLAYERREQUEST']._serialized_end=1870
+  _globals['_GETCONFIGLAYERRESPONSE']._serialized_start=1872
+  _globals['_GETCONFIGLAYERRESPONSE']._serialized_end=1992
+  _globals['_SETCONFIGLAYERREQUEST']._serialized_start=1995
+  _globals['_SETCONFIGLAYERREQUEST']._serialized_end=2184
+  _globals['_SETCONFIGLAYERRESPONSE']._serialized_start=2186
+  _globals['_SETCONFIGLAYERRESPONSE']._serialized_end=2306
+  _globals['_LISTCONFIGVERSIONSREQUEST']._serialized_start=2308
+  _globals['_LISTCONFIGVERSIONSREQUEST']._serialized_end=2423
+  _globals['_LISTCONFIGVERSIONSRESPONSE']._serialized_start=2426
+  _globals['_LISTCONFIGVERSIONSRESPONSE']._serialized_end=2578
+  _globals['_ROLLBACKCONFIGREQUEST']._serialized_start=2581
+  _globals['_ROLLBACKCONFIGREQUEST']._serialized_end=2739
+  _globals['_ROLLBACKCONFIGRESPONSE']._serialized_start=2741
+  _globals['_ROLLBACKCONFIGRESPONSE']._serialized_end=2861
+  _globals['_WATCHCONFIGREQUEST']._serialized_start=2863
+  _globals['_WATCHCONFIGREQUEST']._serialized_end=2926
+  _globals['_WATCHCONFIGRESPONSE']._serialized_start=2929
+  _globals['_WATCHCONFIGRESPONSE']._serialized_end=3099
+  _globals['_CONFIGSERVICE']._serialized_start=3386
+  _globals['_CONFIGSERVICE']._serialized_end=4231
 # @@protoc_insertion_point(module_scope)

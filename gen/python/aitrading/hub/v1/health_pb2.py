@@ -24,25 +24,30 @@ _sym_db = _symbol_database.Default()
 
 from aitrading.hub.v1 import registry_pb2 as aitrading_dot_hub_dot_v1_dot_registry__pb2
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61itrading/hub/v1/health.proto\x12\x10\x61itrading.hub.v1\x1a\x1f\x61itrading/hub/v1/registry.proto\x1a\x1c\x61itrading/hub/v1/types.proto\"#\n\x10GetHealthRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"z\n\x11GetHealthResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x33\n\tinstances\x18\x02 \x03(\x0b\x32 .aitrading.hub.v1.InstanceHealth\"=\n\x12WatchHealthRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\"\xfd\x01\n\x13WatchHealthResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12\x33\n\tinstances\x18\x03 \x03(\x0b\x32 .aitrading.hub.v1.InstanceHealth\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\x12\x32\n\x07removed\x18\x05 \x03(\x0b\x32!.aitrading.hub.v1.RemovedInstance\"7\n\x0fRemovedInstance\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t2\xc3\x01\n\rHealthService\x12T\n\tGetHealth\x12\".aitrading.hub.v1.GetHealthRequest\x1a#.aitrading.hub.v1.GetHealthResponse\x12\\\n\x0bWatchHealth\x12$.aitrading.hub.v1.WatchHealthRequest\x1a%.aitrading.hub.v1.WatchHealthResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61itrading/hub/v1/health.proto\x12\x10\x61itrading.hub.v1\x1a\x1f\x61itrading/hub/v1/registry.proto\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\"#\n\x10GetHealthRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"z\n\x11GetHealthResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x33\n\tinstances\x18\x02 \x03(\x0b\x32 .aitrading.hub.v1.InstanceHealth\"=\n\x12WatchHealthRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\"\xfd\x01\n\x13WatchHealthResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12\x33\n\tinstances\x18\x03 \x03(\x0b\x32 .aitrading.hub.v1.InstanceHealth\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\x12\x32\n\x07removed\x18\x05 \x03(\x0b\x32!.aitrading.hub.v1.RemovedInstance\"7\n\x0fRemovedInstance\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t2\xf1\x01\n\rHealthService\x12h\n\tGetHealth\x12\".aitrading.hub.v1.GetHealthRequest\x1a#.aitrading.hub.v1.GetHealthResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/health\x12v\n\x0bWatchHealth\x12$.aitrading.hub.v1.WatchHealthRequest\x1a%.aitrading.hub.v1.WatchHealthResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/health:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aitrading.hub.v1.health_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETHEALTHREQUEST']._serialized_start=114
-  _globals['_GETHEALTHREQUEST']._serialized_end=149
-  _globals['_GETHEALTHRESPONSE']._serialized_start=151
-  _globals['_GETHEALTHRESPONSE']._serialized_end=273
-  _globals['_WATCHHEALTHREQUEST']._serialized_start=275
-  _globals['_WATCHHEALTHREQUEST']._serialized_end=336
-  _globals['_WATCHHEALTHRESPONSE']._serialized_start=339
-  _globals['_WATCHHEALTHRESPONSE']._serialized_end=592
-  _globals['_REMOVEDINSTANCE']._serialized_start=594
-  _globals['_REMOVEDINSTANCE']._serialized_end=649
-  _globals['_HEALTHSERVICE']._serialized_start=652
-  _globals['_HEALTHSERVICE']._serialized_end=847
+  _globals['_HEALTHSERVICE'].methods_by_name['GetHealth']._loaded_options = None
+  _globals['_HEALTHSERVICE'].methods_by_name['GetHealth']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/health'
+  _globals['_HEALTHSERVICE'].methods_by_name['WatchHealth']._loaded_options = None
+  _globals['_HEALTHSERVICE'].methods_by_name['WatchHealth']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/health:watch'
+  _globals['_GETHEALTHREQUEST']._serialized_start=144
+  _globals['_GETHEALTHREQUEST']._serialized_end=179
+  _globals['_GETHEALTHRESPONSE']._serialized_start=181
+  _globals['_GETHEALTHRESPONSE']._serialized_end=303
+  _globals['_WATCHHEALTHREQUEST']._serialized_start=305
+  _globals['_WATCHHEALTHREQUEST']._serialized_end=366
+  _globals['_WATCHHEALTHRESPONSE']._serialized_start=369
+  _globals['_WATCHHEALTHRESPONSE']._serialized_end=622
+  _globals['_REMOVEDINSTANCE']._serialized_start=624
+  _globals['_REMOVEDINSTANCE']._serialized_end=679
+  _globals['_HEALTHSERVICE']._serialized_start=682
+  _globals['_HEALTHSERVICE']._serialized_end=923
 # @@protoc_insertion_point(module_scope)

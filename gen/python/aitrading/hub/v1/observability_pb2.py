@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from aitrading.hub.v1 import registry_pb2 as aitrading_dot_hub_dot_v1_dot_registry__pb2
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$aitrading/hub/v1/observability.proto\x12\x10\x61itrading.hub.v1\x1a\x1f\x61itrading/hub/v1/registry.proto\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x31\n\x08severity\x18\x03 \x01(\x0e\x32\x1f.aitrading.hub.v1.AlertSeverity\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x11\n\ttenant_id\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\x12-\n\traised_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\n \x01(\x08\"=\n\x11ListAlertsRequest\x12\x15\n\rhistory_limit\x18\x01 \x01(\x05\x12\x11\n\ttenant_id\x18\x02 \x01(\t\"\x99\x01\n\x12ListAlertsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\'\n\x06\x61\x63tive\x18\x02 \x03(\x0b\x32\x17.aitrading.hub.v1.Alert\x12(\n\x07history\x18\x03 \x03(\x0b\x32\x17.aitrading.hub.v1.Alert\"?\n\x12WatchAlertsRequest\x12\x16\n\x0estart_revision\x18\x01 \x01(\x03\x12\x11\n\ttenant_id\x18\x02 \x01(\t\"\xbd\x01\n\x13WatchAlertsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12\'\n\x06\x61lerts\x18\x03 \x03(\x0b\x32\x17.aitrading.hub.v1.Alert\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\"\xea\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x16\n\x0eversion_before\x18\t \x01(\t\x12\x15\n\rversion_after\x18\n \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x0b \x01(\t\x12\x0e\n\x06hub_id\x18\x0c \x01(\t\x12:\n\x07\x64\x65tails\x18\r \x03(\x0b\x32).aitrading.hub.v1.AuditEvent.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x01\n\x16ListAuditEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"\x92\x01\n\x17ListAuditEventsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1c.aitrading.hub.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x9d\x02\n\x0c\x45rrorPattern\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x06 \x01(\t\x12\x1a\n\x12normalized_message\x18\x07 \x01(\t\x12\x0e\n\x06sample\x18\x08 \x01(\t\x12\r\n\x05\x63ount\x18\t \x01(\x03\x12.\n\nfirst_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x13ReportErrorsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x30\n\x08patterns\x18\x02 \x03(\x0b\x32\x1e.aitrading.hub.v1.ErrorPattern\"Z\n\x14ReportErrorsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\"_\n\x18ListErrorPatternsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\"\x7f\n\x19ListErrorPatternsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x30\n\x08patterns\x18\x02 \x03(\x0b\x32\x1e.aitrading.hub.v1.ErrorPattern\"\x19\n\x17GetSystemMetricsRequest\"{\n\x0eServiceMetrics\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tinstances\x18\x02 \x01(\x05\x12\x0f\n\x07healthy\x18\x03 \x01(\x05\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x05\x12\x11\n\tunhealthy\x18\x05 \x01(\x05\x12\x0f\n\x07unknown\x18\x06 \x01(\x05\"\x85\x02\n\rTenantMetrics\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x39\n\x05usage\x18\x03 \x03(\x0b\x32*.aitrading.hub.v1.TenantMetrics.UsageEntry\x12;\n\x06limits\x18\x04 \x03(\x0b\x32+.aitrading.hub.v1.TenantMetrics.LimitsEntry\x1a,\n\nUsageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x99\x01\n\nRpcMetrics\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x12\n\nerror_rate\x18\x04 \x01(\x01\x12\x18\n\x10\x63\x61lls_per_second\x18\x05 \x01(\x01\x12\x0e\n\x06p50_ms\x18\x06 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x07 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x08 \x01(\x01\"\xad\x02\n\x18GetSystemMetricsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\x08\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x15\n\rwatch_streams\x18\x05 \x01(\x05\x12\x32\n\x08services\x18\x06 \x03(\x0b\x32 .aitrading.hub.v1.ServiceMetrics\x12\x30\n\x07tenants\x18\x07 \x03(\x0b\x32\x1f.aitrading.hub.v1.TenantMetrics\x12*\n\x04rpcs\x18\x08 \x03(\x0b\x32\x1c.aitrading.hub.v1.RpcMetrics*h\n\rAlertSeverity\x12\x1e\n\x1a\x41LERT_SEVERITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41LERT_SEVERITY_WARNING\x10\x01\x12\x1b\n\x17\x41LERT_SEVERITY_CRITICAL\x10\x02\x32\xed\x04\n\x14ObservabilityService\x12W\n\nListAlerts\x12#.aitrading.hub.v1.ListAlertsRequest\x1a$.aitrading.hub.v1.ListAlertsResponse\x12\\\n\x0bWatchAlerts\x12$.aitrading.hub.v1.WatchAlertsRequest\x1a%.aitrading.hub.v1.WatchAlertsResponse0\x01\x12\x66\n\x0fListAuditEvents\x12(.aitrading.hub.v1.ListAuditEventsRequest\x1a).aitrading.hub.v1.ListAuditEventsResponse\x12]\n\x0cReportErrors\x12%.aitrading.hub.v1.ReportErrorsRequest\x1a&.aitrading.hub.v1.ReportErrorsResponse\x12l\n\x11ListErrorPatterns\x12*.aitrading.hub.v1.ListErrorPatternsRequest\x1a+.aitrading.hub.v1.ListErrorPatternsResponse\x12i\n\x10GetSystemMetrics\x12).aitrading.hub.v1.GetSystemMetricsRequest\x1a*.aitrading.hub.v1.GetSystemMetricsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$aitrading/hub/v1/observability.proto\x12\x10\x61itrading.hub.v1\x1a\x1f\x61itrading/hub/v1/registry.proto\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x31\n\x08severity\x18\x03 \x01(\x0e\x32\x1f.aitrading.hub.v1.AlertSeverity\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x11\n\ttenant_id\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\x12-\n\traised_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\n \x01(\x08\"=\n\x11ListAlertsRequest\x12\x15\n\rhistory_limit\x18\x01 \x01(\x05\x12\x11\n\ttenant_id\x18\x02 \x01(\t\"\x99\x01\n\x12ListAlertsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\'\n\x06\x61\x63tive\x18\x02 \x03(\x0b\x32\x17.aitrading.hub.v1.Alert\x12(\n\x07history\x18\x03 \x03(\x0b\x32\x17.aitrading.hub.v1.Alert\"?\n\x12WatchAlertsRequest\x12\x16\n\x0estart_revision\x18\x01 \x01(\x03\x12\x11\n\ttenant_id\x18\x02 \x01(\t\"\xbd\x01\n\x13WatchAlertsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12\'\n\x06\x61lerts\x18\x03 \x03(\x0b\x32\x17.aitrading.hub.v1.Alert\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\"\xea\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x16\n\x0eversion_before\x18\t \x01(\t\x12\x15\n\rversion_after\x18\n \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x0b \x01(\t\x12\x0e\n\x06hub_id\x18\x0c \x01(\t\x12:\n\x07\x64\x65tails\x18\r \x03(\x0b\x32).aitrading.hub.v1.AuditEvent.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x01\n\x16ListAuditEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"\x92\x01\n\x17ListAuditEventsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1c.aitrading.hub.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x9d\x02\n\x0c\x45rrorPattern\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x06 \x01(\t\x12\x1a\n\x12normalized_message\x18\x07 \x01(\t\x12\x0e\n\x06sample\x18\x08 \x01(\t\x12\r\n\x05\x63ount\x18\t \x01(\x03\x12.\n\nfirst_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x13ReportErrorsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x30\n\x08patterns\x18\x02 \x03(\x0b\x32\x1e.aitrading.hub.v1.ErrorPattern\"Z\n\x14ReportErrorsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\"_\n\x18ListErrorPatternsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\"\x7f\n\x19ListErrorPatternsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x30\n\x08patterns\x18\x02 \x03(\x0b\x32\x1e.aitrading.hub.v1.ErrorPattern\"\x19\n\x17GetSystemMetricsRequest\"{\n\x0eServiceMetrics\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tinstances\x18\x02 \x01(\x05\x12\x0f\n\x07healthy\x18\x03 \x01(\x05\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x05\x12\x11\n\tunhealthy\x18\x05 \x01(\x05\x12\x0f\n\x07unknown\x18\x06 \x01(\x05\"\x85\x02\n\rTenantMetrics\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x39\n\x05usage\x18\x03 \x03(\x0b\x32*.aitrading.hub.v1.TenantMetrics.UsageEntry\x12;\n\x06limits\x18\x04 \x03(\x0b\x32+.aitrading.hub.v1.TenantMetrics.LimitsEntry\x1a,\n\nUsageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x99\x01\n\nRpcMetrics\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x12\n\nerror_rate\x18\x04 \x01(\x01\x12\x18\n\x10\x63\x61lls_per_second\x18\x05 \x01(\x01\x12\x0e\n\x06p50_ms\x18\x06 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x07 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x08 \x01(\x01\"\xad\x02\n\x18GetSystemMetricsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\x08\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x15\n\rwatch_streams\x18\x05 \x01(\x05\x12\x32\n\x08services\x18\x06 \x03(\x0b\x32 .aitrading.hub.v1.ServiceMetrics\x12\x30\n\x07tenants\x18\x07 \x03(\x0b\x32\x1f.aitrading.hub.v1.TenantMetrics\x12*\n\x04rpcs\x18\x08 \x03(\x0b\x32\x1c.aitrading.hub.v1.RpcMetrics*h\n\rAlertSeverity\x12\x1e\n\x1a\x41LERT_SEVERITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41LERT_SEVERITY_WARNING\x10\x01\x12\x1b\n\x17\x41LERT_SEVERITY_CRITICAL\x10\x02\x32\x92\x06\n\x14ObservabilityService\x12k\n\nListAlerts\x12#.aitrading.hub.v1.ListAlertsRequest\x1a$.aitrading.hub.v1.ListAlertsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/alerts\x12v\n\x0bWatchAlerts\x12$.aitrading.hub.v1.WatchAlertsRequest\x1a%.aitrading.hub.v1.WatchAlertsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/alerts:watch0\x01\x12\x7f\n\x0fListAuditEvents\x12(.aitrading.hub.v1.ListAuditEventsRequest\x1a).aitrading.hub.v1.ListAuditEventsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auditEvents\x12\x82\x01\n\x0cReportErrors\x12%.aitrading.hub.v1.ReportErrorsRequest\x1a&.aitrading.hub.v1.ReportErrorsResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/errorPatterns:report:\x01*\x12\x87\x01\n\x11ListErrorPatterns\x12*.aitrading.hub.v1.ListErrorPatternsRequest\x1a+.aitrading.hub.v1.ListErrorPatternsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/errorPatterns\x12\x84\x01\n\x10GetSystemMetrics\x12).aitrading.hub.v1.GetSystemMetricsRequest\x1a*.aitrading.hub.v1.GetSystemMetricsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/systemMetricsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,50 +41,62 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANTMETRICS_USAGEENTRY']._serialized_options = b'8\001'
   _globals['_TENANTMETRICS_LIMITSENTRY']._loaded_options = None
   _globals['_TENANTMETRICS_LIMITSENTRY']._serialized_options = b'8\001'
-  _globals['_ALERTSEVERITY']._serialized_start=3184
-  _globals['_ALERTSEVERITY']._serialized_end=3288
-  _globals['_ALERT']._serialized_start=155
-  _globals['_ALERT']._serialized_end=425
-  _globals['_LISTALERTSREQUEST']._serialized_start=427
-  _globals['_LISTALERTSREQUEST']._serialized_end=488
-  _globals['_LISTALERTSRESPONSE']._serialized_start=491
-  _globals['_LISTALERTSRESPONSE']._serialized_end=644
-  _globals['_WATCHALERTSREQUEST']._serialized_start=646
-  _globals['_WATCHALERTSREQUEST']._serialized_end=709
-  _globals['_WATCHALERTSRESPONSE']._serialized_start=712
-  _globals['_WATCHALERTSRESPONSE']._serialized_end=901
-  _globals['_AUDITEVENT']._serialized_start=904
-  _globals['_AUDITEVENT']._serialized_end=1266
-  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_start=1220
-  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_end=1266
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1269
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1461
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1464
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1610
-  _globals['_ERRORPATTERN']._serialized_start=1613
-  _globals['_ERRORPATTERN']._serialized_end=1898
-  _globals['_REPORTERRORSREQUEST']._serialized_start=1900
-  _globals['_REPORTERRORSREQUEST']._serialized_end=1988
-  _globals['_REPORTERRORSRESPONSE']._serialized_start=1990
-  _globals['_REPORTERRORSRESPONSE']._serialized_end=2080
-  _globals['_LISTERRORPATTERNSREQUEST']._serialized_start=2082
-  _globals['_LISTERRORPATTERNSREQUEST']._serialized_end=2177
-  _globals['_LISTERRORPATTERNSRESPONSE']._serialized_start=2179
-  _globals['_LISTERRORPATTERNSRESPONSE']._serialized_end=2306
-  _globals['_GETSYSTEMMETRICSREQUEST']._serialized_start=2308
-  _globals['_GETSYSTEMMETRICSREQUEST']._serialized_end=2333
-  _globals['_SERVICEMETRICS']._serialized_start=2335
-  _globals['_SERVICEMETRICS']._serialized_end=2458
-  _globals['_TENANTMETRICS']._serialized_start=2461
-  _globals['_TENANTMETRICS']._serialized_end=2722
-  _globals['_TENANTMETRICS_USAGEENTRY']._serialized_start=2631
-  _globals['_TENANTMETRICS_USAGEENTRY']._serialized_end=2675
-  _globals['_TENANTMETRICS_LIMITSENTRY']._serialized_start=2677
-  _globals['_TENANTMETRICS_LIMITSENTRY']._serialized_end=2722
-  _globals['_RPCMETRICS']._serialized_start=2725
-  _globals['_RPCMETRICS']._serialized_end=2878
-  _globals['_GETSYSTEMMETRICSRESPONSE']._serialized_start=2881
-  _globals['_GETSYSTEMMETRICSRESPONSE']._serialized_end=3182
-  _globals['_OBSERVABILITYSERVICE']._serialized_start=3291
-  _globals['_OBSERVABILITYSERVICE']._serialized_end=3912
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['ListAlerts']._loaded_options = None
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['ListAlerts']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/alerts'
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['WatchAlerts']._loaded_options = None
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['WatchAlerts']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/alerts:watch'
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['ListAuditEvents']._loaded_options = None
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/auditEvents'
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['ReportErrors']._loaded_options = None
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['ReportErrors']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/errorPatterns:report:\001*'
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['ListErrorPatterns']._loaded_options = None
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['ListErrorPatterns']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/errorPatterns'
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['GetSystemMetrics']._loaded_options = None
+  _globals['_OBSERVABILITYSERVICE'].methods_by_name['GetSystemMetrics']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/systemMetrics'
+  _globals['_ALERTSEVERITY']._serialized_start=3214
+  _globals['_ALERTSEVERITY']._serialized_end=3318
+  _globals['_ALERT']._serialized_start=185
+  _globals['_ALERT']._serialized_end=455
+  _globals['_LISTALERTSREQUEST']._serialized_start=457
+  _globals['_LISTALERTSREQUEST']._serialized_end=518
+  _globals['_LISTALERTSRESPONSE']._serialized_start=521
+  _globals['_LISTALERTSRESPONSE']._serialized_end=674
+  _globals['_WATCHALERTSREQUEST']._serialized_start=676
+  _globals['_WATCHALERTSREQUEST']._serialized_end=739
+  _globals['_WATCHALERTSRESPONSE']._serialized_start=742
+  _globals['_WATCHALERTSRESPONSE']._serialized_end=931
+  _globals['_AUDITEVENT']._serialized_start=934
+  _globals['_AUDITEVENT']._serialized_end=1296
+  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_start=1250
+  _globals['_AUDITEVENT_DETAILSENTRY']._serialized_end=1296
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1299
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1491
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1494
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1640
+  _globals['_ERRORPATTERN']._serialized_start=1643
+  _globals['_ERRORPATTERN']._serialized_end=1928
+  _globals['_REPORTERRORSREQUEST']._serialized_start=1930
+  _globals['_REPORTERRORSREQUEST']._serialized_end=2018
+  _globals['_REPORTERRORSRESPONSE']._serialized_start=2020
+  _globals['_REPORTERRORSRESPONSE']._serialized_end=2110
+  _globals['_LISTERRORPATTERNSREQUEST']._serialized_start=2112
+  _globals['_LISTERRORPATTERNSREQUEST']._serialized_end=2207
+  _globals['_LISTERRORPATTERNSRESPONSE']._serialized_start=2209
+  _globals['_LISTERRORPATTERNSRESPONSE']._serialized_end=2336
+  _globals['_GETSYSTEMMETRICSREQUEST']._serialized_start=2338
+  _globals['_GETSYSTEMMETRICSREQUEST']._serialized_end=2363
+  _globals['_SERVICEMETRICS']._serialized_start=2365
+  _globals['_SERVICEMETRICS']._serialized_end=2488
+  _globals['_TENANTMETRICS']._serialized_start=2491
+  _globals['_TENANTMETRICS']._serialized_end=2752
+  _globals['_TENANTMETRICS_USAGEENTRY']._serialized_start=2661
+  _globals['_TENANTMETRICS_USAGEENTRY']._serialized_end=2705
+  _globals['_TENANTMETRICS_LIMITSENTRY']._serialized_start=2707
+  _globals['_TENANTMETRICS_LIMITSENTRY']._serialized_end=2752
+  _globals['_RPCMETRICS']._serialized_start=2755
+  _globals['_RPCMETRICS']._serialized_end=2908
+  _globals['_GETSYSTEMMETRICSRESPONSE']._serialized_start=2911
+  _globals['_GETSYSTEMMETRICSRESPONSE']._serialized_end=3212
+  _globals['_OBSERVABILITYSERVICE']._serialized_start=3321
+  _globals['_OBSERVABILITYSERVICE']._serialized_end=4107
 # @@protoc_insertion_point(module_scope)

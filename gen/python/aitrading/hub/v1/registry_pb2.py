@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61itrading/hub/v1/registry.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\"\x8e\x04\n\x0fRegisterRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12,\n\x08protocol\x18\x05 \x01(\x0e\x32\x1a.aitrading.hub.v1.Protocol\x12\x33\n\x0chealth_check\x18\x06 \x01(\x0b\x32\x1d.aitrading.hub.v1.HealthCheck\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x41\n\x08metadata\x18\x08 \x03(\x0b\x32/.aitrading.hub.v1.RegisterRequest.MetadataEntry\x12\x1b\n\x0etenant_capable\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x45\n\x19subscription_requirements\x18\n \x03(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x35\n\rresource_tier\x18\x0b \x01(\x0e\x32\x1e.aitrading.hub.v1.ResourceTier\x12\x13\n\x0bttl_seconds\x18\x0c \x01(\x05\x12\x0e\n\x06weight\x18\r \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_tenant_capable\"r\n\x10RegisterResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x08instance\x18\x02 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\"J\n\x10KeepAliveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\"Z\n\x11KeepAliveResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"9\n\x11\x44\x65registerRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"F\n\x12\x44\x65registerResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\"T\n\x11GetServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0blegacy_mode\x18\x02 \x01(\x08\x12\x19\n\x11include_unhealthy\x18\x03 \x01(\x08\"r\n\x12GetServiceResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12*\n\x07service\x18\x02 \x01(\x0b\x32\x19.aitrading.hub.v1.Service\"Q\n\x13ListServicesRequest\x12\x13\n\x0blegacy_mode\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8e\x01\n\x14ListServicesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12+\n\x08services\x18\x02 \x03(\x0b\x32\x19.aitrading.hub.v1.Service\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"L\n\x0cWatchRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\x12\x13\n\x0blegacy_mode\x18\x03 \x01(\x08\"|\n\nWatchEvent\x12.\n\x04type\x18\x01 \x01(\x0e\x32 .aitrading.hub.v1.WatchEventType\x12,\n\x08instance\x18\x02 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xf9\x01\n\rWatchResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12-\n\tinstances\x18\x03 \x03(\x0b\x32\x1a.aitrading.hub.v1.Instance\x12\x0c\n\x04more\x18\x04 \x01(\x08\x12,\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x1c.aitrading.hub.v1.WatchEvent\x12\x18\n\x10\x63ompact_revision\x18\x06 \x01(\x03*\xc5\x01\n\x11WatchResponseKind\x12#\n\x1fWATCH_RESPONSE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cWATCH_RESPONSE_KIND_SNAPSHOT\x10\x01\x12\x1e\n\x1aWATCH_RESPONSE_KIND_EVENTS\x10\x02\x12 \n\x1cWATCH_RESPONSE_KIND_PROGRESS\x10\x03\x12\'\n#WATCH_RESPONSE_KIND_RESYNC_REQUIRED\x10\x04*\x8a\x01\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WATCH_EVENT_TYPE_ADDED\x10\x01\x12\x1c\n\x18WATCH_EVENT_TYPE_UPDATED\x10\x02\x12\x1c\n\x18WATCH_EVENT_TYPE_REMOVED\x10\x03\x32\x97\x04\n\x0fRegistryService\x12Q\n\x08Register\x12!.aitrading.hub.v1.RegisterRequest\x1a\".aitrading.hub.v1.RegisterResponse\x12T\n\tKeepAlive\x12\".aitrading.hub.v1.KeepAliveRequest\x1a#.aitrading.hub.v1.KeepAliveResponse\x12W\n\nDeregister\x12#.aitrading.hub.v1.DeregisterRequest\x1a$.aitrading.hub.v1.DeregisterResponse\x12W\n\nGetService\x12#.aitrading.hub.v1.GetServiceRequest\x1a$.aitrading.hub.v1.GetServiceResponse\x12]\n\x0cListServices\x12%.aitrading.hub.v1.ListServicesRequest\x1a&.aitrading.hub.v1.ListServicesResponse\x12J\n\x05Watch\x12\x1e.aitrading.hub.v1.WatchRequest\x1a\x1f.aitrading.hub.v1.WatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61itrading/hub/v1/registry.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\"\x8e\x04\n\x0fRegisterRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12,\n\x08protocol\x18\x05 \x01(\x0e\x32\x1a.aitrading.hub.v1.Protocol\x12\x33\n\x0chealth_check\x18\x06 \x01(\x0b\x32\x1d.aitrading.hub.v1.HealthCheck\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x41\n\x08metadata\x18\x08 \x03(\x0b\x32/.aitrading.hub.v1.RegisterRequest.MetadataEntry\x12\x1b\n\x0etenant_capable\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x45\n\x19subscription_requirements\x18\n \x03(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x35\n\rresource_tier\x18\x0b \x01(\x0e\x32\x1e.aitrading.hub.v1.ResourceTier\x12\x13\n\x0bttl_seconds\x18\x0c \x01(\x05\x12\x0e\n\x06weight\x18\r \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_tenant_capable\"r\n\x10RegisterResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12,\n\x08instance\x18\x02 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\"J\n\x10KeepAliveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\x03\"Z\n\x11KeepAliveResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"9\n\x11\x44\x65registerRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"F\n\x12\x44\x65registerResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\"T\n\x11GetServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0blegacy_mode\x18\x02 \x01(\x08\x12\x19\n\x11include_unhealthy\x18\x03 \x01(\x08\"r\n\x12GetServiceResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12*\n\x07service\x18\x02 \x01(\x0b\x32\x19.aitrading.hub.v1.Service\"Q\n\x13ListServicesRequest\x12\x13\n\x0blegacy_mode\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8e\x01\n\x14ListServicesResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12+\n\x08services\x18\x02 \x03(\x0b\x32\x19.aitrading.hub.v1.Service\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"L\n\x0cWatchRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\x12\x13\n\x0blegacy_mode\x18\x03 \x01(\x08\"|\n\nWatchEvent\x12.\n\x04type\x18\x01 \x01(\x0e\x32 .aitrading.hub.v1.WatchEventType\x12,\n\x08instance\x18\x02 \x01(\x0b\x32\x1a.aitrading.hub.v1.Instance\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xf9\x01\n\rWatchResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.aitrading.hub.v1.WatchResponseKind\x12-\n\tinstances\x18\x03 \x03(\x0b\x32\x1a.aitrading.hub.v1.Instance\x12\x0c\n\x04more\x18\x04 \x01(\x08\x12,\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x1c.aitrading.hub.v1.WatchEvent\x12\x18\n\x10\x63ompact_revision\x18\x06 \x01(\x03*\xc5\x01\n\x11WatchResponseKind\x12#\n\x1fWATCH_RESPONSE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cWATCH_RESPONSE_KIND_SNAPSHOT\x10\x01\x12\x1e\n\x1aWATCH_RESPONSE_KIND_EVENTS\x10\x02\x12 \n\x1cWATCH_RESPONSE_KIND_PROGRESS\x10\x03\x12\'\n#WATCH_RESPONSE_KIND_RESYNC_REQUIRED\x10\x04*\x8a\x01\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WATCH_EVENT_TYPE_ADDED\x10\x01\x12\x1c\n\x18WATCH_EVENT_TYPE_UPDATED\x10\x02\x12\x1c\n\x18WATCH_EVENT_TYPE_REMOVED\x10\x03\x32\x95\x06\n\x0fRegistryService\x12~\n\x08Register\x12!.aitrading.hub.v1.RegisterRequest\x1a\".aitrading.hub.v1.RegisterResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/services/{service}/instances:\x01*\x12\x99\x01\n\tKeepAlive\x12\".aitrading.hub.v1.KeepAliveRequest\x1a#.aitrading.hub.v1.KeepAliveResponse\"C\x82\xd3\xe4\x93\x02=\"8/v1/services/{service}/instances/{instance_id}:keepAlive:\x01*\x12\x8f\x01\n\nDeregister\x12#.aitrading.hub.v1.DeregisterRequest\x1a$.aitrading.hub.v1.DeregisterResponse\"6\x82\xd3\xe4\x93\x02\x30*./v1/services/{service}/instances/{instance_id}\x12w\n\nGetService\x12#.aitrading.hub.v1.GetServiceRequest\x1a$.aitrading.hub.v1.GetServiceResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/services/{service}\x12s\n\x0cListServices\x12%.aitrading.hub.v1.ListServicesRequest\x1a&.aitrading.hub.v1.ListServicesResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/services\x12\x66\n\x05Watch\x12\x1e.aitrading.hub.v1.WatchRequest\x1a\x1f.aitrading.hub.v1.WatchResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/services:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,38 +35,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_REGISTERREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_WATCHRESPONSEKIND']._serialized_start=1914
-  _globals['_WATCHRESPONSEKIND']._serialized_end=2111
-  _globals['_WATCHEVENTTYPE']._serialized_start=2114
-  _globals['_WATCHEVENTTYPE']._serialized_end=2252
-  _globals['_REGISTERREQUEST']._serialized_start=84
-  _globals['_REGISTERREQUEST']._serialized_end=610
-  _globals['_REGISTERREQUEST_METADATAENTRY']._serialized_start=544
-  _globals['_REGISTERREQUEST_METADATAENTRY']._serialized_end=591
-  _globals['_REGISTERRESPONSE']._serialized_start=612
-  _globals['_REGISTERRESPONSE']._serialized_end=726
-  _globals['_KEEPALIVEREQUEST']._serialized_start=728
-  _globals['_KEEPALIVEREQUEST']._serialized_end=802
-  _globals['_KEEPALIVERESPONSE']._serialized_start=804
-  _globals['_KEEPALIVERESPONSE']._serialized_end=894
-  _globals['_DEREGISTERREQUEST']._serialized_start=896
-  _globals['_DEREGISTERREQUEST']._serialized_end=953
-  _globals['_DEREGISTERRESPONSE']._serialized_start=955
-  _globals['_DEREGISTERRESPONSE']._serialized_end=1025
-  _globals['_GETSERVICEREQUEST']._serialized_start=1027
-  _globals['_GETSERVICEREQUEST']._serialized_end=1111
-  _globals['_GETSERVICERESPONSE']._serialized_start=1113
-  _globals['_GETSERVICERESPONSE']._serialized_end=1227
-  _globals['_LISTSERVICESREQUEST']._serialized_start=1229
-  _globals['_LISTSERVICESREQUEST']._serialized_end=1310
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1313
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1455
-  _globals['_WATCHREQUEST']._serialized_start=1457
-  _globals['_WATCHREQUEST']._serialized_end=1533
-  _globals['_WATCHEVENT']._serialized_start=1535
-  _globals['_WATCHEVENT']._serialized_end=1659
-  _globals['_WATCHRESPONSE']._serialized_start=1662
-  _globals['_WATCHRESPONSE']._serialized_end=1911
-  _globals['_REGISTRYSERVICE']._serialized_start=2255
-  _globals['_REGISTRYSERVICE']._serialized_end=2790
+  _globals['_REGISTRYSERVICE'].methods_by_name['Register']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['Register']._serialized_options = b'\202\323\344\223\002%\" /v1/services/{service}/instances:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['KeepAlive']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['KeepAlive']._serialized_options = b'\202\323\344\223\002=\"8/v1/services/{service}/instances/{instance_id}:keepAlive:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['Deregister']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['Deregister']._serialized_options = b'\202\323\344\223\0020*./v1/services/{service}/instances/{instance_id}'
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetService']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetService']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/services/{service}'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListServices']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListServices']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/services'
+  _globals['_REGISTRYSERVICE'].methods_by_name['Watch']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['Watch']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/services:watch'
+  _globals['_WATCHRESPONSEKIND']._serialized_start=1944
+  _globals['_WATCHRESPONSEKIND']._serialized_end=2141
+  _globals['_WATCHEVENTTYPE']._serialized_start=2144
+  _globals['_WATCHEVENTTYPE']._serialized_end=2282
+  _globals['_REGISTERREQUEST']._serialized_start=114
+  _globals['_REGISTERREQUEST']._serialized_end=640
+  _globals['_REGISTERREQUEST_METADATAENTRY']._serialized_start=574
+  _globals['_REGISTERREQUEST_METADATAENTRY']._serialized_end=621
+  _globals['_REGISTERRESPONSE']._serialized_start=642
+  _globals['_REGISTERRESPONSE']._serialized_end=756
+  _globals['_KEEPALIVEREQUEST']._serialized_start=758
+  _globals['_KEEPALIVEREQUEST']._serialized_end=832
+  _globals['_KEEPALIVERESPONSE']._serialized_start=834
+  _globals['_KEEPALIVERESPONSE']._serialized_end=924
+  _globals['_DEREGISTERREQUEST']._serialized_start=926
+  _globals['_DEREGISTERREQUEST']._serialized_end=983
+  _globals['_DEREGISTERRESPONSE']._serialized_start=985
+  _globals['_DEREGISTERRESPONSE']._serialized_end=1055
+  _globals['_GETSERVICEREQUEST']._serialized_start=1057
+  _globals['_GETSERVICEREQUEST']._serialized_end=1141
+  _globals['_GETSERVICERESPONSE']._serialized_start=1143
+  _globals['_GETSERVICERESPONSE']._serialized_end=1257
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1259
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1340
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1343
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1485
+  _globals['_WATCHREQUEST']._serialized_start=1487
+  _globals['_WATCHREQUEST']._serialized_end=1563
+  _globals['_WATCHEVENT']._serialized_start=1565
+  _globals['_WATCHEVENT']._serialized_end=1689
+  _globals['_WATCHRESPONSE']._serialized_start=1692
+  _globals['_WATCHRESPONSE']._serialized_end=1941
+  _globals['_REGISTRYSERVICE']._serialized_start=2285
+  _globals['_REGISTRYSERVICE']._serialized_end=3074
 # @@protoc_insertion_point(module_scope)

@@ -23,54 +23,71 @@ _sym_db = _symbol_database.Default()
 
 
 from aitrading.hub.v1 import types_pb2 as aitrading_dot_hub_dot_v1_dot_types__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61itrading/hub/v1/tenant.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x01\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x30\n\x04tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x06 \x01(\x03\"\xc1\x01\n\rResourceUsage\x12\x31\n\x08resource\x18\x01 \x01(\x0e\x32\x1f.aitrading.hub.v1.QuotaResource\x12\x0c\n\x04used\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x30\n\x0cwindow_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x30\n\x04tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\"r\n\x14\x43reateTenantResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12(\n\x06tenant\x18\x02 \x01(\x0b\x32\x18.aitrading.hub.v1.Tenant\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"o\n\x11GetTenantResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12(\n\x06tenant\x18\x02 \x01(\x0b\x32\x18.aitrading.hub.v1.Tenant\"m\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x30\n\x04tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\"\x8b\x01\n\x13ListTenantsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12)\n\x07tenants\x18\x02 \x03(\x0b\x32\x18.aitrading.hub.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"y\n\x17UpdateTenantTierRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x30\n\x04tier\x18\x02 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x19\n\x11\x65xpected_revision\x18\x03 \x01(\x03\"\xb1\x01\n\x18UpdateTenantTierResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12(\n\x06tenant\x18\x02 \x01(\x0b\x32\x18.aitrading.hub.v1.Tenant\x12\x39\n\rprevious_tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\"i\n\x11\x43heckQuotaRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x31\n\x08resource\x18\x02 \x01(\x0e\x32\x1f.aitrading.hub.v1.QuotaResource\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\"\x87\x01\n\x12\x43heckQuotaResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x08\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x1f.aitrading.hub.v1.ResourceUsage\"{\n\x0f\x41llocateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x31\n\x08resource\x18\x02 \x01(\x0e\x32\x1f.aitrading.hub.v1.QuotaResource\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"t\n\x10\x41llocateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.aitrading.hub.v1.ResourceUsage\"z\n\x0eReleaseRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x31\n\x08resource\x18\x02 \x01(\x0e\x32\x1f.aitrading.hub.v1.QuotaResource\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x85\x01\n\x0fReleaseResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.aitrading.hub.v1.ResourceUsage\x12\x10\n\x08released\x18\x03 \x01(\x03\"$\n\x0fGetUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\xb9\x01\n\x10GetUsageResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x30\n\x04tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12.\n\x05usage\x18\x04 \x03(\x0b\x32\x1f.aitrading.hub.v1.ResourceUsage*\xcc\x01\n\rQuotaResource\x12\x1e\n\x1aQUOTA_RESOURCE_UNSPECIFIED\x10\x00\x12%\n!QUOTA_RESOURCE_API_CALLS_PER_HOUR\x10\x01\x12(\n$QUOTA_RESOURCE_WEBSOCKET_CONNECTIONS\x10\x02\x12&\n\"QUOTA_RESOURCE_CONCURRENT_REQUESTS\x10\x03\x12\"\n\x1eQUOTA_RESOURCE_DATA_STORAGE_MB\x10\x04\x32\xda\x05\n\rTenantService\x12]\n\x0c\x43reateTenant\x12%.aitrading.hub.v1.CreateTenantRequest\x1a&.aitrading.hub.v1.CreateTenantResponse\x12T\n\tGetTenant\x12\".aitrading.hub.v1.GetTenantRequest\x1a#.aitrading.hub.v1.GetTenantResponse\x12Z\n\x0bListTenants\x12$.aitrading.hub.v1.ListTenantsRequest\x1a%.aitrading.hub.v1.ListTenantsResponse\x12i\n\x10UpdateTenantTier\x12).aitrading.hub.v1.UpdateTenantTierRequest\x1a*.aitrading.hub.v1.UpdateTenantTierResponse\x12W\n\nCheckQuota\x12#.aitrading.hub.v1.CheckQuotaRequest\x1a$.aitrading.hub.v1.CheckQuotaResponse\x12Q\n\x08\x41llocate\x12!.aitrading.hub.v1.AllocateRequest\x1a\".aitrading.hub.v1.AllocateResponse\x12N\n\x07Release\x12 .aitrading.hub.v1.ReleaseRequest\x1a!.aitrading.hub.v1.ReleaseResponse\x12Q\n\x08GetUsage\x12!.aitrading.hub.v1.GetUsageRequest\x1a\".aitrading.hub.v1.GetUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61itrading/hub/v1/tenant.proto\x12\x10\x61itrading.hub.v1\x1a\x1c\x61itrading/hub/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x01\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x30\n\x04tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x06 \x01(\x03\"\xc1\x01\n\rResourceUsage\x12\x31\n\x08resource\x18\x01 \x01(\x0e\x32\x1f.aitrading.hub.v1.QuotaResource\x12\x0c\n\x04used\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x30\n\x0cwindow_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x30\n\x04tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\"r\n\x14\x43reateTenantResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12(\n\x06tenant\x18\x02 \x01(\x0b\x32\x18.aitrading.hub.v1.Tenant\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"o\n\x11GetTenantResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12(\n\x06tenant\x18\x02 \x01(\x0b\x32\x18.aitrading.hub.v1.Tenant\"m\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x30\n\x04tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\"\x8b\x01\n\x13ListTenantsResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12)\n\x07tenants\x18\x02 \x03(\x0b\x32\x18.aitrading.hub.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"y\n\x17UpdateTenantTierRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x30\n\x04tier\x18\x02 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12\x19\n\x11\x65xpected_revision\x18\x03 \x01(\x03\"\xb1\x01\n\x18UpdateTenantTierResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12(\n\x06tenant\x18\x02 \x01(\x0b\x32\x18.aitrading.hub.v1.Tenant\x12\x39\n\rprevious_tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\"i\n\x11\x43heckQuotaRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x31\n\x08resource\x18\x02 \x01(\x0e\x32\x1f.aitrading.hub.v1.QuotaResource\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\"\x87\x01\n\x12\x43heckQuotaResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x08\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x1f.aitrading.hub.v1.ResourceUsage\"{\n\x0f\x41llocateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x31\n\x08resource\x18\x02 \x01(\x0e\x32\x1f.aitrading.hub.v1.QuotaResource\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"t\n\x10\x41llocateResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.aitrading.hub.v1.ResourceUsage\"z\n\x0eReleaseRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x31\n\x08resource\x18\x02 \x01(\x0e\x32\x1f.aitrading.hub.v1.QuotaResource\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x85\x01\n\x0fReleaseResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.aitrading.hub.v1.ResourceUsage\x12\x10\n\x08released\x18\x03 \x01(\x03\"$\n\x0fGetUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\xb9\x01\n\x10GetUsageResponse\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32 .aitrading.hub.v1.ResponseHeader\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x30\n\x04tier\x18\x03 \x01(\x0e\x32\".aitrading.hub.v1.SubscriptionTier\x12.\n\x05usage\x18\x04 \x03(\x0b\x32\x1f.aitrading.hub.v1.ResourceUsage*\xcc\x01\n\rQuotaResource\x12\x1e\n\x1aQUOTA_RESOURCE_UNSPECIFIED\x10\x00\x12%\n!QUOTA_RESOURCE_API_CALLS_PER_HOUR\x10\x01\x12(\n$QUOTA_RESOURCE_WEBSOCKET_CONNECTIONS\x10\x02\x12&\n\"QUOTA_RESOURCE_CONCURRENT_REQUESTS\x10\x03\x12\"\n\x1eQUOTA_RESOURCE_DATA_STORAGE_MB\x10\x04\x32\x9a\x08\n\rTenantService\x12u\n\x0c\x43reateTenant\x12%.aitrading.hub.v1.CreateTenantRequest\x1a&.aitrading.hub.v1.CreateTenantResponse\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/v1/tenants:\x01*\x12u\n\tGetTenant\x12\".aitrading.hub.v1.GetTenantRequest\x1a#.aitrading.hub.v1.GetTenantResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/tenants/{tenant_id}\x12o\n\x0bListTenants\x12$.aitrading.hub.v1.ListTenantsRequest\x1a%.aitrading.hub.v1.ListTenantsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/tenants\x12\x98\x01\n\x10UpdateTenantTier\x12).aitrading.hub.v1.UpdateTenantTierRequest\x1a*.aitrading.hub.v1.UpdateTenantTierResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/tenants/{tenant_id}:updateTier:\x01*\x12\x88\x01\n\nCheckQuota\x12#.aitrading.hub.v1.CheckQuotaRequest\x1a$.aitrading.hub.v1.CheckQuotaResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/tenants/{tenant_id}/quotas:check:\x01*\x12\x85\x01\n\x08\x41llocate\x12!.aitrading.hub.v1.AllocateRequest\x1a\".aitrading.hub.v1.AllocateResponse\"2\x82\xd3\xe4\x93\x02,\"\'/v1/tenants/{tenant_id}/quotas:allocate:\x01*\x12\x81\x01\n\x07Release\x12 .aitrading.hub.v1.ReleaseRequest\x1a!.aitrading.hub.v1.ReleaseResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/tenants/{tenant_id}/quotas:release:\x01*\x12x\n\x08GetUsage\x12!.aitrading.hub.v1.GetUsageRequest\x1a\".aitrading.hub.v1.GetUsageResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v1/tenants/{tenant_id}/usageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aitrading.hub.v1.tenant_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUOTARESOURCE']._serialized_start=2439
-  _globals['_QUOTARESOURCE']._serialized_end=2643
-  _globals['_TENANT']._serialized_start=115
-  _globals['_TENANT']._serialized_end=328
-  _globals['_RESOURCEUSAGE']._serialized_start=331
-  _globals['_RESOURCEUSAGE']._serialized_end=524
-  _globals['_CREATETENANTREQUEST']._serialized_start=526
-  _globals['_CREATETENANTREQUEST']._serialized_end=638
-  _globals['_CREATETENANTRESPONSE']._serialized_start=640
-  _globals['_CREATETENANTRESPONSE']._serialized_end=754
-  _globals['_GETTENANTREQUEST']._serialized_start=756
-  _globals['_GETTENANTREQUEST']._serialized_end=793
-  _globals['_GETTENANTRESPONSE']._serialized_start=795
-  _globals['_GETTENANTRESPONSE']._serialized_end=906
-  _globals['_LISTTENANTSREQUEST']._serialized_start=908
-  _globals['_LISTTENANTSREQUEST']._serialized_end=1017
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=1020
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=1159
-  _globals['_UPDATETENANTTIERREQUEST']._serialized_start=1161
-  _globals['_UPDATETENANTTIERREQUEST']._serialized_end=1282
-  _globals['_UPDATETENANTTIERRESPONSE']._serialized_start=1285
-  _globals['_UPDATETENANTTIERRESPONSE']._serialized_end=1462
-  _globals['_CHECKQUOTAREQUEST']._serialized_start=1464
-  _globals['_CHECKQUOTAREQUEST']._serialized_end=1569
-  _globals['_CHECKQUOTARESPONSE']._serialized_start=1572
-  _globals['_CHECKQUOTARESPONSE']._serialized_end=1707
-  _globals['_ALLOCATEREQUEST']._serialized_start=1709
-  _globals['_ALLOCATEREQUEST']._serialized_end=1832
-  _globals['_ALLOCATERESPONSE']._serialized_start=1834
-  _globals['_ALLOCATERESPONSE']._serialized_end=1950
-  _globals['_RELEASEREQUEST']._serialized_start=1952
-  _globals['_RELEASEREQUEST']._serialized_end=2074
-  _globals['_RELEASERESPONSE']._serialized_start=2077
-  _globals['_RELEASERESPONSE']._serialized_end=2210
-  _globals['_GETUSAGEREQUEST']._serialized_start=2212
-  _globals['_GETUSAGEREQUEST']._serialized_end=2248
-  _globals['_GETUSAGERESPONSE']._serialized_start=2251
-  _globals['_GETUSAGERESPONSE']._serialized_end=2436
-  _globals['_TENANTSERVICE']._serialized_start=2646
-  _globals['_TENANTSERVICE']._serialized_end=3376
+  _globals['_TENANTSERVICE'].methods_by_name['CreateTenant']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['CreateTenant']._serialized_options = b'\202\323\344\223\002\020\"\013/v1/tenants:\001*'
+  _globals['_TENANTSERVICE'].methods_by_name['GetTenant']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['GetTenant']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/tenants/{tenant_id}'
+  _globals['_TENANTSERVICE'].methods_by_name['ListTenants']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['ListTenants']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/tenants'
+  _globals['_TENANTSERVICE'].methods_by_name['UpdateTenantTier']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['UpdateTenantTier']._serialized_options = b'\202\323\344\223\002\'\"\"/v1/tenants/{tenant_id}:updateTier:\001*'
+  _globals['_TENANTSERVICE'].methods_by_name['CheckQuota']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['CheckQuota']._serialized_options = b'\202\323\344\223\002)\"$/v1/tenants/{tenant_id}/quotas:check:\001*'
+  _globals['_TENANTSERVICE'].methods_by_name['Allocate']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['Allocate']._serialized_options = b'\202\323\344\223\002,\"\'/v1/tenants/{tenant_id}/quotas:allocate:\001*'
+  _globals['_TENANTSERVICE'].methods_by_name['Release']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['Release']._serialized_options = b'\202\323\344\223\002+\"&/v1/tenants/{tenant_id}/quotas:release:\001*'
+  _globals['_TENANTSERVICE'].methods_by_name['GetUsage']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['GetUsage']._serialized_options = b'\202\323\344\223\002\037\022\035/v1/tenants/{tenant_id}/usage'
+  _globals['_QUOTARESOURCE']._serialized_start=2469
+  _globals['_QUOTARESOURCE']._serialized_end=2673
+  _globals['_TENANT']._serialized_start=145
+  _globals['_TENANT']._serialized_end=358
+  _globals['_RESOURCEUSAGE']._serialized_start=361
+  _globals['_RESOURCEUSAGE']._serialized_end=554
+  _globals['_CREATETENANTREQUEST']._serialized_start=556
+  _globals['_CREATETENANTREQUEST']._serialized_end=668
+  _globals['_CREATETENANTRESPONSE']._serialized_start=670
+  _globals['_CREATETENANTRESPONSE']._serialized_end=784
+  _globals['_GETTENANTREQUEST']._serialized_start=786
+  _globals['_GETTENANTREQUEST']._serialized_end=823
+  _globals['_GETTENANTRESPONSE']._serialized_start=825
+  _globals['_GETTENANTRESPONSE']._serialized_end=936
+  _globals['_LISTTENANTSREQUEST']._serialized_start=938
+  _globals['_LISTTENANTSREQUEST']._serialized_end=1047
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=1050
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=1189
+  _globals['_UPDATETENANTTIERREQUEST']._serialized_start=1191
+  _globals['_UPDATETENANTTIERREQUEST']._serialized_end=1312
+  _globals['_UPDATETENANTTIERRESPONSE']._serialized_start=1315
+  _globals['_UPDATETENANTTIERRESPONSE']._serialized_end=1492
+  _globals['_CHECKQUOTAREQUEST']._serialized_start=1494
+  _globals['_CHECKQUOTAREQUEST']._serialized_end=1599
+  _globals['_CHECKQUOTARESPONSE']._serialized_start=1602
+  _globals['_CHECKQUOTARESPONSE']._serialized_end=1737
+  _globals['_ALLOCATEREQUEST']._serialized_start=1739
+  _globals['_ALLOCATEREQUEST']._serialized_end=1862
+  _globals['_ALLOCATERESPONSE']._serialized_start=1864
+  _globals['_ALLOCATERESPONSE']._serialized_end=1980
+  _globals['_RELEASEREQUEST']._serialized_start=1982
+  _globals['_RELEASEREQUEST']._serialized_end=2104
+  _globals['_RELEASERESPONSE']._serialized_start=2107
+  _globals['_RELEASERESPONSE']._serialized_end=2240
+  _globals['_GETUSAGEREQUEST']._serialized_start=2242
+  _globals['_GETUSAGEREQUEST']._serialized_end=2278
+  _globals['_GETUSAGERESPONSE']._serialized_start=2281
+  _globals['_GETUSAGERESPONSE']._serialized_end=2466
+  _globals['_TENANTSERVICE']._serialized_start=2676
+  _globals['_TENANTSERVICE']._serialized_end=3726
 # @@protoc_insertion_point(module_scope)
