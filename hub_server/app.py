@@ -33,6 +33,12 @@ from hub_client import version_info
 from hub_server.addresses import is_loopback
 from hub_server.auth.authorizer import Authorizer
 from hub_server.embedded_etcd import EtcdProcess, embedded
+from hub_server.gateway.server import (
+    MAX_REQUEST_BYTES,
+    HttpGateway,
+    HttpSettings,
+    check_http_exposure,
+)
 from hub_server.kernel.errors import StoreUnavailable
 from hub_server.kernel.validation import require_key_name
 from hub_server.settings import HubConfig
@@ -52,7 +58,7 @@ SERVER_OPTIONS = [
     # Several processes may serve one port (--workers): the kernel spreads
     # connections over them.
     ("grpc.so_reuseport", 1),
-    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
@@ -137,6 +143,8 @@ def _check_side_listeners(cfg: HubConfig, credentials: bool) -> None:
     if cfg.ui_listen:
         host, _ = parse_listen(cfg.ui_listen)  # ValueError names the flag
         check_exposure(host, credentials=credentials, insecure=cfg.insecure)
+    if cfg.http_listen:
+        check_http_exposure(cfg.http_listen, credentials=credentials, insecure=cfg.insecure)
     if cfg.metrics_listen:
         # Prometheus scrapes without credentials: any host, but a real port.
         _, sep, port = cfg.metrics_listen.rpartition(":")
@@ -166,6 +174,7 @@ class Hub:
         self._services: Services | None = None
         self.presence: Presence | None = None
         self.dashboard: Dashboard | None = None
+        self.http: HttpGateway | None = None
 
     @property
     def services(self) -> Services:
@@ -233,6 +242,19 @@ class Hub:
         if cfg.ui_listen:
             self.dashboard = Dashboard(services, cfg.ui_listen, insecure=cfg.insecure)
             await self.dashboard.start()
+        if cfg.http_listen:
+            self.http = HttpGateway(
+                services,
+                HttpSettings(
+                    cfg.http_listen,
+                    cors_origins=tuple(cfg.http_cors_origins),
+                    tls_cert=cfg.tls_cert,
+                    tls_key=cfg.tls_key,
+                    tls_client_ca=cfg.tls_client_ca,
+                    insecure=cfg.insecure,
+                ),
+            )
+            await self.http.start()
         log.info("central hub %s serving on %s", self.hub_id, self.address)
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
@@ -315,6 +337,9 @@ class Hub:
         if self.dashboard is not None:
             await self.dashboard.stop()
             self.dashboard = None
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

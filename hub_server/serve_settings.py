@@ -148,6 +148,14 @@ class ServeSettings(BaseModel):
         "", "HOST:PORT (or PORT, on loopback) of the operators' web dashboard (none if empty)",
         metavar="HOST:PORT",
     )  # fmt: skip
+    http_listen: OptionalAddress = _setting(
+        "", "HOST:PORT of the HTTP/JSON API (none if empty); loopback only without credentials",
+        metavar="HOST:PORT",
+    )  # fmt: skip
+    http_cors_origin: Annotated[list[str], NoDecode, BeforeValidator(_comma_list)] = _setting(
+        [], "comma-separated origins whose browser pages may call the HTTP/JSON API "
+        "(CORS; * for any); none: CORS off", metavar="ORIGIN,...",
+    )  # fmt: skip
     metrics_listen: OptionalAddress = _setting(
         "", "HOST:PORT of a Prometheus /metrics endpoint (none if empty)", metavar="HOST:PORT"
     )
@@ -220,6 +228,8 @@ class ServeSettings(BaseModel):
             watch_progress_interval=self.watch_progress_interval,
             metrics_listen=self.metrics_listen,
             ui_listen=self.ui_listen,
+            http_listen=self.http_listen,
+            http_cors_origins=list(self.http_cors_origin),
             otlp_endpoint=self.otlp_endpoint,
             audit_retention=self.audit_retention_days * 86400,
             backup_dir=self.backup_dir,
@@ -421,6 +431,8 @@ def _check_combination(effective: Effective) -> None:
         )
     if s.workers > 1 and s.ui_listen:
         errors.append(f"{named('ui_listen')} serves one process, not {named('workers')}")
+    if s.http_cors_origin and not s.http_listen:
+        errors.append(f"{named('http_cors_origin')} needs http_listen")
     if s.backup_interval > 0 and s.etcd_endpoints and s.backup_dir is None:
         errors.append(f"{named('backup_interval')} with {named('etcd_endpoints')} needs backup_dir")
     for a, b in (("tls_cert", "tls_key"), ("etcd_cert", "etcd_key")):

@@ -57,6 +57,10 @@ class HubConfig:
     backup_keep: int = 7
     # host:port of the operators' web dashboard ("" = none; hub_server/ui).
     ui_listen: str = ""
+    # host:port of the HTTP/JSON API ("" = none; hub_server/gateway) and the
+    # origins whose browser pages may call it (CORS; none: off).
+    http_listen: str = ""
+    http_cors_origins: list[str] = field(default_factory=list)
     # Who may call (hub_server/auth/credentials.py); None: nobody is asked,
     # so the hub refuses any address but loopback unless `insecure`.
     credentials_file: Path | None = None

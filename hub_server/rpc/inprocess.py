@@ -11,7 +11,7 @@ standing for the grpc.aio servicer context.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -106,11 +106,39 @@ class InProcess:
         """The method's response; raises CallAborted with the status a gRPC
         caller would get. An ``Undecodable`` request is refused as one that
         did not parse."""
+        return await self.call_in(method, request, InProcessContext(metadata, peer, origin))
+
+    async def call_in(self, method: str, request: Message | Undecodable, context: Any) -> Message:
+        """As ``call``, with a context of the caller's (the HTTP gateway's:
+        its peer address and client certificate)."""
         handler = self._table.get(method)
         if handler is None or handler.unary_unary is None:
             raise KeyError(method)
-        context = InProcessContext(metadata, peer, origin)
         # In a task of its own, as grpc.aio serves each call: the call context
         # the wrapper sets stays with the call.
         response: Message = await asyncio.create_task(handler.unary_unary(request, context))
         return response
+
+    def stream_in(
+        self, method: str, request: Message | Undecodable, context: Any
+    ) -> AsyncIterator[Any]:
+        """A server stream's responses (messages, or bytes where the stream
+        sends them pre-serialized), as the gRPC server would iterate them: the
+        call wrapper admits it at the first read, ends it when a credentials
+        reload no longer allows it (raising CallAborted) and cancels the task
+        iterating it for that, so iterate it in a task of its own."""
+        handler = self._table.get(method)
+        if handler is None or handler.unary_stream is None:
+            raise KeyError(method)
+        stream: AsyncIterator[Any] = handler.unary_stream(request, context)
+        return stream
+
+    def as_received(self, method: str, request: Message) -> Message | Undecodable:
+        """The request as the gRPC server would have it from the wire: through
+        the method's request deserializer, so a value no gRPC request may carry
+        (a NaN, a Duration out of range) is refused the same way."""
+        handler = self._table.get(method)
+        if handler is None or handler.request_deserializer is None:
+            raise KeyError(method)
+        received: Message | Undecodable = handler.request_deserializer(request.SerializeToString())
+        return received
