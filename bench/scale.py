@@ -45,6 +45,7 @@ from bench.procs import HubProcess
 from hub_server.registry.service import validate_registration
 from hub_server.store import keys
 from hub_server.store.etcd import MAX_TXN_OPS, EtcdStore, Txn
+from hub_server.store.mirror import LOAD_PAGE
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -250,7 +251,7 @@ class InstanceCurve:
         self._add("hub RSS per instance, marginal (KiB)", n, per_instance)
 
         t0 = time.perf_counter()
-        kvs, _ = await store.get_prefix_paged(keys.REGISTRY)
+        kvs, _ = await store.get_prefix_paged(keys.REGISTRY, page=LOAD_PAGE)  # as the hub reads
         read = time.perf_counter() - t0
         del kvs
         self._add("etcd paged read of every instance (bench)", n, read)

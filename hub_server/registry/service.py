@@ -42,10 +42,22 @@ _TIERS = (
 )
 
 
+def _tier_name(tier: int) -> str:
+    return types_pb2.SubscriptionTier.Name(tier).removeprefix("SUBSCRIPTION_TIER_").lower()
+
+
+_TIER_NAMES = {t: _tier_name(t) for t in _TIERS}
+
+
 def tier_names(instance: types_pb2.Instance) -> tuple[str, ...]:
+    # Asked of every instance on every read and change (and a million times at
+    # a cold start): most have no requirements, and the names are looked up.
+    required = instance.subscription_requirements
+    if not required:
+        return ()
     return tuple(
-        types_pb2.SubscriptionTier.Name(t).removeprefix("SUBSCRIPTION_TIER_").lower()
-        for t in instance.subscription_requirements
+        _TIER_NAMES.get(t) or _tier_name(t)
+        for t in required
         if t != types_pb2.SUBSCRIPTION_TIER_UNSPECIFIED
     )
 

@@ -27,6 +27,11 @@ T = TypeVar("T")
 # How many revisions of history a starting mirror loads, so that streams that
 # were connected to a replica that died resume on this one without a resync.
 HISTORY_REVISIONS = 10_000
+# Keys per answer when a mirror loads its prefix. etcd (3.5) counts the whole
+# rest of the range for every paged answer, so small pages make a load
+# quadratic: a million instances read in 10.7 s in pages of 10,000, 4.9 s in
+# pages of 50,000 (about 12 MB each at the registry's typical sizes).
+LOAD_PAGE = 50_000
 
 
 @dataclass(slots=True)
@@ -105,7 +110,7 @@ class PrefixMirror(Generic[T]):
         the log also holds recent history; changes the snapshot already has go to
         the log only.
         """
-        kvs, revision = await self._store.get_prefix_paged(self.prefix)
+        kvs, revision = await self._store.get_prefix_paged(self.prefix, page=LOAD_PAGE)
         kvs = [kv for kv in kvs if self._wanted(kv.key)]
         self.items = {kv.key: self._decode(kv) for kv in kvs}
         self._mod_revisions = {kv.key: kv.mod_revision for kv in kvs}
@@ -182,7 +187,7 @@ class PrefixMirror(Generic[T]):
             self._history_start = compact_revision
             return compact_revision
         log.warning("watch of %r compacted at %d; resyncing", self.prefix, compact_revision)
-        kvs, revision = await self._store.get_prefix_paged(self.prefix)
+        kvs, revision = await self._store.get_prefix_paged(self.prefix, page=LOAD_PAGE)
         fresh = {kv.key: kv for kv in kvs if self._wanted(kv.key)}
         changes: list[Change[T]] = [
             Change(REMOVED, key, old, revision)
