@@ -36,3 +36,6 @@ buf generate
 buf generate third_party/googleapis --template buf.gen.rpc.yaml \
   --path third_party/googleapis/google/rpc/status.proto \
   --path third_party/googleapis/google/rpc/error_details.proto
+
+# The HTTP/JSON API's OpenAPI document, from the annotations just compiled.
+python scripts/gen_openapi.py

@@ -181,14 +181,19 @@ def service_json(service: types_pb2.Service) -> dict[str, Any]:
 
 
 def _values_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """The set fields of a RateLimits, Features or ResourceLimits by name, as
+    JSON numbers and booleans (proto3 JSON would write int64 as strings)."""
+    return {
+        f.name: getattr(message, f.name)
+        for f in message.DESCRIPTOR.fields
+        if f.has_presence and message.HasField(f.name)
+    }
 
 
 def tenant_config_json(config: config_pb2.TenantConfig) -> dict[str, Any]:
     """GetTenantConfig's merged view in the write-up's shape."""
     values = config.values
     features = {**dict(values.features.flags), **_values_json(values.features)}
-    features.pop("flags", None)
     shaped: dict[str, Any] = {
         "rate_limits": _values_json(values.rate_limits),
         "features": features,
@@ -247,7 +252,7 @@ class CompatRoutes:
         body = await _json_body(self._gateway, request, optional=False)
         answer = await self._gateway.call(request, REGISTER, registration(body))
         assert isinstance(answer.message, registry_pb2.RegisterResponse)
-        shaped = {"status": "registered", **instance_json(answer.message.instance)}
+        shaped = instance_json(answer.message.instance)
         return web.json_response(shaped, headers=dict(answer.echo))
 
     async def get_service(self, request: web.Request) -> web.StreamResponse:
