@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -342,3 +344,81 @@ def test_roles_cover_every_transcoded_method() -> None:
 
     assert {r.grpc_method for r in hub_routes()} <= set(RULES)
     assert Role.ADMIN
+
+
+async def test_workers_share_the_http_address(tmp_path: Path) -> None:
+    """`serve --workers 2 --http-listen`: both workers answer on the one HTTP
+    port (SO_REUSEPORT, as on gRPC)."""
+    from hub_server.embedded_etcd import free_port
+    from tests.support.waiting import eventually
+    from tests.test_cli import Serve, _etcd_pids
+
+    serve = Serve(tmp_path / "data")
+    http = f"127.0.0.1:{free_port()}"
+    try:
+        await serve.start("--workers", "2", "--http-listen", http)
+        answered: set[str] = set()
+
+        async def both_workers_answer() -> bool:
+            # A new connection each time: the kernel spreads them over the workers.
+            async with httpx.AsyncClient(base_url=f"http://{http}", timeout=5) as web:
+                try:
+                    r = await web.get("/v1/cluster")
+                except httpx.TransportError:
+                    return False
+            if r.status_code == 200:
+                answered.add(r.json()["hubId"])
+            return len(answered) == 2
+
+        await eventually(both_workers_answer, timeout=30)
+    finally:
+        if serve.proc is not None and serve.proc.returncode is None:
+            serve.proc.kill()
+            await serve.proc.wait()
+        for pid in _etcd_pids(serve.data_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_https_with_client_certificates_names_the_caller_as_grpc_does(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    import ssl
+
+    from hub_server.auth.credentials import token_entry
+    from tests.support.certs import CertificateAuthority
+
+    ca = CertificateAuthority(tmp_path)
+    server = ca.issue("hub.internal", server=True)
+    gateway, stranger = ca.issue("gw.internal"), ca.issue("stranger")
+    credentials = tmp_path / "certs.toml"
+    credentials.write_text(
+        '[[certificates]]\nsubject = "gw.internal"\nrole = "gateway"\n'
+        + token_entry("ops", Role.ADMIN, secret("admin"))
+    )
+    hub = await hub_factory(
+        http_listen="127.0.0.1:0",
+        credentials_file=credentials,
+        tls_cert=server.cert,
+        tls_key=server.key,
+        tls_client_ca=ca.cert,
+    )
+    assert base(hub).startswith("https://")
+
+    def tls(cert: Any = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(ca.cert))
+        if cert is not None:
+            context.load_cert_chain(cert.cert, cert.key)
+        return context
+
+    async with httpx.AsyncClient(base_url=base(hub), verify=tls(gateway), timeout=10) as gw:
+        assert (await gw.get("/v1/tenants")).status_code == 200  # a gateway may read
+        r = await gw.post("/v1/tenants", json={"tenantId": "acme"})
+        assert r.status_code == 403  # but not administer
+        r = await gw.post("/v1/tenants", json={"tenantId": "acme"}, headers=bearer("admin"))
+        assert r.status_code == 200, r.text  # a token wins over the certificate
+    async with httpx.AsyncClient(base_url=base(hub), verify=tls(stranger), timeout=10) as nobody:
+        r = await nobody.get("/v1/tenants")
+        assert r.status_code == 401 and "'stranger' has no credentials" in r.json()["message"]
+    async with httpx.AsyncClient(base_url=base(hub), verify=tls(), timeout=10) as no_cert:
+        with pytest.raises(httpx.TransportError):  # refused in the handshake
+            await no_cert.get("/v1/tenants")
