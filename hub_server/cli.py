@@ -1,5 +1,6 @@
 """`central-hub serve`: the hub's command line; also `token create`, `health`
-(a probe for containers and systemd) and `--version`."""
+(a probe for containers and systemd), `xds-bootstrap` (a proxyless gRPC client's
+bootstrap file) and `--version`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import logging
 import signal
 import sys
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,7 +23,16 @@ from hub_server.auth.credentials import (
 )
 from hub_server.auth.roles import Role
 from hub_server.kernel.errors import InvalidArgument
+from hub_server.serve_settings import (
+    ServeSettings,
+    SettingsError,
+    add_settings_flags,
+    worker_environment,
+    worker_flags,
+)
+from hub_server.serve_settings import load as load_settings
 from hub_server.workers import supervise
+from hub_server.xds import bootstrap as xds_bootstrap
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,114 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=version_info().describe("central-hub")
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run a hub replica")
-    serve.add_argument(
-        "--listen", default="127.0.0.1:7000", help="gRPC address (default 127.0.0.1:7000)"
+    serve = sub.add_parser(
+        "serve",
+        help="run a hub replica",
+        description="Every setting is also read from CENTRAL_HUB_<NAME> in the environment "
+        "and from a TOML file (--config); a flag beats the environment, which beats the file.",
     )
-    serve.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(".hub-data"),
-        help="where the embedded etcd keeps its data (default ./.hub-data)",
+    add_settings_flags(serve)
+    config = sub.add_parser("config", help="the configuration `serve` would run with")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser(
+        "show",
+        help="print the effective configuration (TOML) with each value's source; secrets masked",
     )
-    serve.add_argument(
-        "--etcd-endpoints",
-        default="",
-        help="comma-separated host:port of an existing etcd cluster; no embedded etcd",
-    )
-    serve.add_argument("--hub-id", default="", help="this replica's name (default host-pid-rand)")
-    serve.add_argument(
-        "--watch-progress-interval",
-        type=float,
-        default=10.0,
-        help="seconds between PROGRESS messages on idle watch streams (default 10)",
-    )
-    serve.add_argument(
-        "--ui-listen",
-        default="",
-        help="HOST:PORT (or PORT, on loopback) for the operators' web dashboard (default: none)",
-    )
-    serve.add_argument(
-        "--metrics-listen",
-        default="",
-        help="HOST:PORT for a Prometheus /metrics endpoint (default: none)",
-    )
-    serve.add_argument(
-        "--otlp-endpoint",
-        default="",
-        help="HOST:PORT of an OpenTelemetry collector: OTLP/gRPC export of metrics and traces",
-    )
-    serve.add_argument(
-        "--audit-retention-days",
-        type=float,
-        default=30.0,
-        help="how long audit records are kept (default 30 days)",
-    )
-    serve.add_argument(
-        "--backup-dir",
-        type=Path,
-        default=None,
-        help="where backups are stored (default <data-dir>/backups with the embedded etcd; "
-        "required for --backup-interval with --etcd-endpoints)",
-    )
-    serve.add_argument(
-        "--backup-interval",
-        type=float,
-        default=0.0,
-        help="seconds between scheduled backups, taken by the elected replica (default 0: none)",
-    )
-    serve.add_argument(
-        "--backup-keep",
-        type=int,
-        default=7,
-        help="scheduled backups kept (newest first; default 7)",
-    )
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="serving processes on the same port (SO_REUSEPORT); default 1",
-    )
-    security = serve.add_argument_group("security")
-    security.add_argument(
-        "--credentials-file",
-        type=Path,
-        default=None,
-        help="TOML file of tokens (as sha256) and client certificates with their roles; "
-        "re-read on SIGHUP (see `central-hub token create`)",
-    )
-    security.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM)")
-    security.add_argument("--tls-key", type=Path, default=None, help="server private key (PEM)")
-    security.add_argument(
-        "--tls-client-ca",
-        type=Path,
-        default=None,
-        help="CA (PEM) that signs client certificates; makes them required",
-    )
-    security.add_argument(
-        "--insecure",
-        action="store_true",
-        help="serve a non-loopback address with no credentials (everyone is admin)",
-    )
-    security.add_argument(
-        "--caller-rate-limit",
-        type=float,
-        default=10_000.0,
-        help="calls per second per caller before RESOURCE_EXHAUSTED (0: none; default 10000)",
-    )
-    security.add_argument(
-        "--caller-max-streams",
-        type=int,
-        default=10_000,
-        help="open streams per caller (0: unbounded; default 10000)",
-    )
-    serve.add_argument("--log-level", default="INFO")
-    serve.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="json: one JSON object per line with tenant and correlation ids",
-    )
+    add_settings_flags(show)
 
     token = sub.add_parser("token", help="credentials for --credentials-file")
     token_sub = token.add_subparsers(dest="token_command", required=True)
@@ -167,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--tls-cert", default="", metavar="PEM", help="client certificate")
     health.add_argument("--tls-key", default="", metavar="PEM", help="client certificate's key")
+    xds_bootstrap.add_command(sub)
     return parser
 
 
@@ -249,48 +165,36 @@ def main(argv: list[str] | None = None) -> int:
         return _create_token(args)
     if args.command == "health":
         return _health(args)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
-    if args.workers > 1 and args.metrics_listen:
-        parser.error("--metrics-listen serves one process; use --otlp-endpoint with --workers")
-    if args.workers > 1 and args.ui_listen:
-        parser.error("--ui-listen serves one process; not with --workers")
-    if args.backup_interval < 0 or args.backup_keep < 1:
-        parser.error("--backup-interval must be >= 0 and --backup-keep >= 1")
-    if args.backup_interval > 0 and args.etcd_endpoints.strip() and args.backup_dir is None:
-        parser.error("--backup-interval with --etcd-endpoints needs --backup-dir")
-    if args.log_format == "json":
-        configure_logging("central-hub", args.log_level.upper())
+    if args.command == "xds-bootstrap":
+        return xds_bootstrap.run(args)
+    try:
+        effective = load_settings(args)
+    except SettingsError as e:  # before anything starts: no etcd, no port
+        print(f"central-hub: {e}".replace("\n", "\ncentral-hub: "), file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(effective.show(), end="")
+        return 0
+    settings = effective.settings
+    if settings.log_format == "json":
+        configure_logging("central-hub", settings.log_level)
     else:
         logging.basicConfig(
-            level=args.log_level.upper(),
+            level=settings.log_level,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-    config = HubConfig(
-        listen=args.listen,
-        data_dir=args.data_dir,
-        etcd_endpoints=[e for e in args.etcd_endpoints.split(",") if e.strip()],
-        hub_id=args.hub_id,
-        watch_progress_interval=args.watch_progress_interval,
-        metrics_listen=args.metrics_listen,
-        ui_listen=args.ui_listen,
-        otlp_endpoint=args.otlp_endpoint,
-        audit_retention=args.audit_retention_days * 86400,
-        backup_dir=args.backup_dir,
-        backup_interval=args.backup_interval,
-        backup_keep=args.backup_keep,
-        credentials_file=args.credentials_file,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        insecure=args.insecure,
-        caller_rate_limit=args.caller_rate_limit,
-        caller_max_streams=args.caller_max_streams,
-    )
+    config = settings.hub_config()
     try:
-        if args.workers > 1:
+        if settings.workers > 1:
             authorizer_for(config)  # refuse a bad setting once, not in every worker
-            asyncio.run(supervise(config, args.workers, _passed_on(args)))
+            asyncio.run(
+                supervise(
+                    config,
+                    settings.workers,
+                    _passed_on(settings),
+                    worker_environment(settings),
+                )
+            )
         else:
             asyncio.run(serve(config))
     except KeyboardInterrupt:
@@ -301,34 +205,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _passed_on(args: argparse.Namespace) -> list[str]:
-    """The flags every worker of --workers gets besides its address and store."""
-    extra = [
-        "--watch-progress-interval", str(args.watch_progress_interval),
-        "--log-level", args.log_level,
-        "--log-format", args.log_format,
-        "--audit-retention-days", str(args.audit_retention_days),
-    ]  # fmt: skip
-    if args.otlp_endpoint:
-        extra += ["--otlp-endpoint", args.otlp_endpoint]
-    for flag in ("credentials_file", "tls_cert", "tls_key", "tls_client_ca"):
-        if getattr(args, flag) is not None:
-            extra += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    if args.insecure:
-        extra.append("--insecure")
-    extra += ["--caller-rate-limit", str(args.caller_rate_limit)]
-    extra += ["--caller-max-streams", str(args.caller_max_streams)]
+def _passed_on(settings: ServeSettings) -> list[str]:
+    """The flags every worker of --workers gets besides its address, store and
+    name: all the others, so that nothing in its environment or a file changes
+    them."""
     # Workers talk to the supervisor's etcd as an external one: name the
     # directory the embedded default would have used.
-    backup_dir = args.backup_dir
-    if backup_dir is None and not args.etcd_endpoints.strip():
-        backup_dir = args.data_dir / "backups"
-    if backup_dir is not None:
-        extra += ["--backup-dir", str(backup_dir)]
-    if args.backup_interval > 0:
-        extra += ["--backup-interval", str(args.backup_interval)]
-        extra += ["--backup-keep", str(args.backup_keep)]
-    return extra
+    backup_dir = settings.backup_dir
+    if backup_dir is None and not settings.etcd_endpoints:
+        backup_dir = settings.data_dir / "backups"
+    return worker_flags(
+        settings,
+        exclude={"listen", "etcd_endpoints", "hub_id"},  # each worker's own
+        backup_dir=backup_dir,
+        workers=1,
+        etcd_client_port=0,
+        etcd_peer_port=0,
+    )
 
 
 if __name__ == "__main__":
