@@ -282,6 +282,11 @@ async def test_a_credentials_reload_ends_the_event_streams_it_no_longer_allows(
             # Another caller's stream goes on (its next PROGRESS comes).
             _, event, message = await kept_events.next()
             assert event == "message" and message["kind"]
+    # A caller that went away: its stream is ended on the hub (at its next
+    # message at the latest), as a cancelled gRPC stream is.
+    from tests.support.waiting import eventually
+
+    await eventually(lambda: not hub.services.calls._streams)
 
 
 async def test_a_body_over_the_grpc_receive_limit_is_refused(web: httpx.AsyncClient) -> None:

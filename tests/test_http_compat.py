@@ -7,6 +7,7 @@ README shows them."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -217,3 +218,31 @@ async def test_the_global_config_update_and_deployment_go_through_transcoded_rou
         f"{central_hub}/v1/deployments/{deployment['id']}:abort", json={"reason": "test"}
     )
     assert response.status_code == 200, response.text
+
+
+async def test_a_bad_body_is_refused_after_authentication_as_on_grpc(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    from tests.support.auth import credentials_text, secret
+
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text(credentials_text())
+    hub = await hub_factory(http_listen="127.0.0.1:0", credentials_file=credentials)
+    assert hub.http is not None
+    async with httpx.AsyncClient(base_url=hub.http.url, timeout=10) as web:
+        bad = {"name": "x", "port": "many"}
+        r = await web.post("/services/register", json=bad)
+        assert r.status_code == 401  # who asks comes first
+        admin = {"Authorization": f"Bearer {secret('admin')}"}
+        r = await web.post("/services/register", json=bad, headers=admin)
+        assert r.status_code == 400
+        r = await web.get("/services/", params={"legacy_mode": "perhaps"})
+        assert r.status_code == 401
+        r = await web.get("/services/", params={"legacy_mode": "perhaps"}, headers=admin)
+        assert r.status_code == 400
+    # The refusal is audited as the call it was.
+    events, _, _ = await hub.services.audit.list(
+        method="/aitrading.hub.v1.RegistryService/Register"
+    )
+    assert sorted(e.outcome for e in events) == ["INVALID_ARGUMENT", "UNAUTHENTICATED"]
+    assert [e.caller for e in events if e.outcome == "INVALID_ARGUMENT"] == ["token:ops"]

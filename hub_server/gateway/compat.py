@@ -14,7 +14,7 @@ ListServices, GetTenantConfig, called through the gateway's call path):
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from aiohttp import web
 from aitrading.hub.v1 import config_pb2, registry_pb2, types_pb2
@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from hub_server.kernel.errors import InvalidArgument, Violations
+from hub_server.rpc.decoding import Undecodable
 
 
 class Answered(Protocol):
@@ -36,7 +37,9 @@ class HttpGateway(Protocol):
 
     async def read_body(self, request: web.Request) -> bytes: ...
 
-    async def call(self, request: web.Request, method: str, message: Message) -> Answered: ...
+    async def call(
+        self, request: web.Request, method: str, message: Message | Undecodable
+    ) -> Answered: ...
 
 
 PACKAGE = "aitrading.hub.v1"
@@ -248,27 +251,48 @@ class CompatRoutes:
         router.add_get("/services/{name}", self.get_service)
         router.add_get("/config/{tenant_id}", self.tenant_config)
 
+    async def _refuse(self, request: web.Request, method: str, error: InvalidArgument) -> NoReturn:
+        """Refuses a request whose shape is wrong through the call path, as gRPC
+        refuses a request that does not parse: authenticated first, audited."""
+        await self._gateway.call(request, method, Undecodable(error))
+        raise AssertionError(f"{method} accepted an undecodable request")
+
     async def register(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(self._gateway, request, optional=False)
-        answer = await self._gateway.call(request, REGISTER, registration(body))
+        try:
+            message = registration(await _json_body(self._gateway, request, optional=False))
+        except InvalidArgument as e:
+            await self._refuse(request, REGISTER, e)
+        answer = await self._gateway.call(request, REGISTER, message)
         assert isinstance(answer.message, registry_pb2.RegisterResponse)
         shaped = instance_json(answer.message.instance)
         return web.json_response(shaped, headers=dict(answer.echo))
 
     async def get_service(self, request: web.Request) -> web.StreamResponse:
+        try:
+            legacy_mode = _legacy_mode(request)
+        except InvalidArgument as e:
+            await self._refuse(request, GET_SERVICE, e)
         message = registry_pb2.GetServiceRequest(
-            service=request.match_info["name"], legacy_mode=_legacy_mode(request)
+            service=request.match_info["name"], legacy_mode=legacy_mode
         )
         answer = await self._gateway.call(request, GET_SERVICE, message)
         assert isinstance(answer.message, registry_pb2.GetServiceResponse)
         return web.json_response(service_json(answer.message.service), headers=dict(answer.echo))
 
     async def list_services(self, request: web.Request) -> web.StreamResponse:
-        return await self._services(request, _legacy_mode(request))
+        try:
+            legacy_mode = _legacy_mode(request)
+        except InvalidArgument as e:
+            await self._refuse(request, LIST_SERVICES, e)
+        return await self._services(request, legacy_mode)
 
     async def discover(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(self._gateway, request, optional=True)
-        return await self._services(request, _legacy_mode(request, body))
+        try:
+            body = await _json_body(self._gateway, request, optional=True)
+            legacy_mode = _legacy_mode(request, body)
+        except InvalidArgument as e:
+            await self._refuse(request, LIST_SERVICES, e)
+        return await self._services(request, legacy_mode)
 
     async def _services(self, request: web.Request, legacy_mode: bool) -> web.StreamResponse:
         services: list[dict[str, Any]] = []
