@@ -45,6 +45,7 @@ from hub_client._private.errors import (
     reason_value,
 )
 from hub_client._private.health import health_check
+from hub_client._private.local_view import LocalView, ViewTooOld
 from hub_client._private.logging import (
     JsonFormatter,
     RequestContext,
@@ -143,6 +144,7 @@ __all__ = [
     "InvalidArgument",
     "JsonFormatter",
     "KindChanges",
+    "LocalView",
     "Measurement",
     "NoEligibleInstance",
     "NotFound",
@@ -182,6 +184,7 @@ __all__ = [
     "UsableEndpoint",
     "VersionConflict",
     "VersionInfo",
+    "ViewTooOld",
     "WatchEvent",
     "XdsClient",
     "XdsNack",

@@ -433,6 +433,8 @@ def connect(ctx: Context, target: str) -> HubClient:
             timeout=ctx.timeout,
             token=args.token or "",
             tls=_tls(args),
+            # One command, one lookup: the hub's own answer, no local view to open.
+            resolution="remote",
         )
     except ValueError as e:  # an address that is not host:port or does not resolve
         raise UsageError(f"--target: {e}") from None

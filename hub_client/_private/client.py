@@ -34,7 +34,9 @@ from hub_client._private.circuits import CircuitGuard, CircuitsClient
 from hub_client._private.cluster import ClusterClient
 from hub_client._private.config import ConfigClient
 from hub_client._private.deployments import Deployment, DeploymentsClient, Directive
+from hub_client._private.errors import invalid_argument
 from hub_client._private.health import HealthClient
+from hub_client._private.local_view import LocalViews
 from hub_client._private.models import (
     CircuitInfo,
     ClusterStatus,
@@ -95,7 +97,18 @@ class HubClient:
         token: str | None = None,
         tls: TLS | None = None,
         channel: grpc.aio.Channel | None = None,
+        resolution: str = "local",
+        max_view_age: float | None = 300.0,
+        view_idle_timeout: float = 600.0,
     ) -> None:
+        if resolution not in ("local", "remote"):
+            raise invalid_argument(
+                "resolution", f"unknown resolution {resolution!r}; one of ['local', 'remote']"
+            )
+        # discover()/pick() answer from local views (one WatchEndpoints stream per
+        # service and tenant context) unless "remote": see local_view.py.
+        self.resolution = resolution
+        self._views = LocalViews(max_age=max_view_age, idle_after=view_idle_timeout)
         context = TenantContext(tenant_id, user_id, subscription_tier, correlation_id)
         if channel is None:
             transport = Transport.connect(
@@ -185,6 +198,7 @@ class HubClient:
     def with_context(self, **changes: str) -> HubClient:
         """The same connection with other tenant headers (tenant_id, user_id, ...)."""
         clone = HubClient.__new__(HubClient)
+        clone.resolution, clone._views = self.resolution, self._views  # views are shared
         clone._compose(self._transport.with_context(**changes))
         return clone
 
@@ -201,6 +215,7 @@ class HubClient:
 
     async def close(self) -> None:
         """Deregisters what this client registered, then closes the channel."""
+        await self._views.close()
         await self._registry.close()
         await self._circuits.close()
         await self._transport.close()
@@ -243,7 +258,7 @@ class HubClient:
 
         ``timeout`` (here and on every method that calls the hub): this call's
         deadline in seconds, else the client's; past it, DeadlineExceeded."""
-        return await self._registry.register(
+        reg = await self._registry.register(
             service,
             host=host,
             port=port,
@@ -260,6 +275,8 @@ class HubClient:
             keep_alive=keep_alive,
             timeout=timeout,
         )
+        self._views.registered(service, reg.instance_id)  # read-your-writes
+        return reg
 
     async def discover(
         self,
@@ -267,11 +284,23 @@ class HubClient:
         *,
         legacy_mode: bool = False,
         include_unhealthy: bool = False,
+        fresh: bool = False,
         timeout: float | None = None,
     ) -> Service:
         """The service's usable instances that this caller's tier may use: the
         HEALTHY ones, else the DEGRADED ones, else the STARTING ones (not proven yet).
-        ``include_unhealthy`` returns every instance (for operators)."""
+        ``include_unhealthy`` returns every instance (for operators).
+
+        Answered from the local view of the service (no round trip; draining and
+        open-circuit instances left out, as a pick leaves them) unless ``fresh``,
+        ``include_unhealthy`` or ``resolution="remote"``: then the hub's GetService
+        answers. ViewTooOld when the view is older than ``max_view_age``."""
+        if not (fresh or include_unhealthy or self.resolution == "remote"):
+            found = await self._views.discover(
+                self._transport, service, legacy_mode, self._transport.budget(timeout).left()
+            )
+            if found is not None:
+                return found
         return await self._registry.discover(
             service,
             legacy_mode=legacy_mode,
@@ -320,13 +349,29 @@ class HubClient:
         strategy: str | Strategy | None = None,
         affinity_key: str = "",
         legacy_mode: bool = False,
+        fresh: bool = False,
         timeout: float | None = None,
     ) -> Endpoint:
         """One usable instance, chosen by the hub (``least_load``, ``round_robin``,
         ``weighted``, ``consistent_hash`` on ``affinity_key`` or the user id, or
         ``latency_aware``; None: the service's routing policy's strategy, least
         load unless an operator set one). Raises NoEligibleInstance when none
-        may be picked."""
+        may be picked.
+
+        Chosen locally from the service's local view, with the hub's strategy
+        code, unless ``fresh`` or ``resolution="remote"``; a view that offers
+        nothing asks the hub (its error says why)."""
+        if not (fresh or self.resolution == "remote"):
+            found = await self._views.pick(
+                self._transport,
+                service,
+                strategy,
+                affinity_key,
+                legacy_mode,
+                self._transport.budget(timeout).left(),
+            )
+            if found is not None:
+                return found
         return await self._balancer.pick(
             service,
             strategy=strategy,
@@ -334,6 +379,15 @@ class HubClient:
             legacy_mode=legacy_mode,
             timeout=timeout,
         )
+
+    async def view_age(
+        self, service: str, *, legacy_mode: bool = False, timeout: float | None = None
+    ) -> float | None:
+        """Seconds since the hub last confirmed this caller's local view of the
+        service (0 while its stream is current); None when no view is open.
+        Calls nothing (``timeout`` is taken as by every method, and unused)."""
+        view = self._views.find(self._transport, service, legacy_mode)
+        return None if view is None or view.closed else view.age
 
     async def report_load(
         self, service: str, instance_id: str, load: float, *, timeout: float | None = None

@@ -86,6 +86,9 @@ class HubClient(SyncClientBase):
         timeout: float = 10.0,
         token: str | None = None,
         tls: TLS | None = None,
+        resolution: str = "local",
+        max_view_age: float | None = 300.0,
+        view_idle_timeout: float = 600.0,
     ) -> None:
         self._start(
             functools.partial(
@@ -98,6 +101,9 @@ class HubClient(SyncClientBase):
                 timeout=timeout,
                 token=token,
                 tls=tls,
+                resolution=resolution,
+                max_view_age=max_view_age,
+                view_idle_timeout=view_idle_timeout,
             )
         )
 
@@ -205,17 +211,24 @@ class HubClient(SyncClientBase):
         *,
         legacy_mode: bool = False,
         include_unhealthy: bool = False,
+        fresh: bool = False,
         timeout: float | None = None,
     ) -> Service:
         """The service's usable instances that this caller's tier may use: the
         HEALTHY ones, else the DEGRADED ones, else the STARTING ones (not proven yet).
         ``include_unhealthy`` returns every instance (for operators).
+
+        Answered from the local view of the service (no round trip; draining and
+        open-circuit instances left out, as a pick leaves them) unless ``fresh``,
+        ``include_unhealthy`` or ``resolution="remote"``: then the hub's GetService
+        answers. ViewTooOld when the view is older than ``max_view_age``.
         """
         return self._run(
             lambda hub: hub.discover(
                 service,
                 legacy_mode=legacy_mode,
                 include_unhealthy=include_unhealthy,
+                fresh=fresh,
                 timeout=timeout,
             )
         )
@@ -261,6 +274,7 @@ class HubClient(SyncClientBase):
         strategy: str | Strategy | None = None,
         affinity_key: str = "",
         legacy_mode: bool = False,
+        fresh: bool = False,
         timeout: float | None = None,
     ) -> Endpoint:
         """One usable instance, chosen by the hub (``least_load``, ``round_robin``,
@@ -268,6 +282,10 @@ class HubClient(SyncClientBase):
         ``latency_aware``; None: the service's routing policy's strategy, least
         load unless an operator set one). Raises NoEligibleInstance when none
         may be picked.
+
+        Chosen locally from the service's local view, with the hub's strategy
+        code, unless ``fresh`` or ``resolution="remote"``; a view that offers
+        nothing asks the hub (its error says why).
         """
         return self._run(
             lambda hub: hub.pick(
@@ -275,8 +293,20 @@ class HubClient(SyncClientBase):
                 strategy=strategy,
                 affinity_key=affinity_key,
                 legacy_mode=legacy_mode,
+                fresh=fresh,
                 timeout=timeout,
             )
+        )
+
+    def view_age(
+        self, service: str, *, legacy_mode: bool = False, timeout: float | None = None
+    ) -> float | None:
+        """Seconds since the hub last confirmed this caller's local view of the
+        service (0 while its stream is current); None when no view is open.
+        Calls nothing (``timeout`` is taken as by every method, and unused).
+        """
+        return self._run(
+            lambda hub: hub.view_age(service, legacy_mode=legacy_mode, timeout=timeout)
         )
 
     def report_load(
