@@ -16,7 +16,7 @@ GET_1PROC = "GetService, 1 process, 8 connections"
 GET_2PROC = "GetService, --workers 2, 8 connections"
 # Driven by a Python grpc.aio client: what a Python caller sees.
 GET_PY = "GetService (Python grpc.aio caller)"
-# hub_client's local view of a service, when it has one (not yet).
+# hub_client's discover() from its local view of a service (bench.local_view).
 LOOKUP = "client-side lookup (hub_client local view)"
 # The ratios the hub is judged on: (what, numerator, denominator, driver of both).
 HEADLINE = (
@@ -80,7 +80,7 @@ def headline(rows: list[Row]) -> list[Row]:
                 values[str(row["concurrency"])] = round(row["calls_per_s"] / base["calls_per_s"], 3)
         note = ""
         if not values:
-            note = "n/a (no local view yet)" if num == LOOKUP else "n/a (not measured in this run)"
+            note = "n/a (not measured in this run)"
         out.append({"name": name, "numerator": num, "denominator": den, "driver": driver,
                     "by_concurrency": values, "note": note})  # fmt: skip
     return out

@@ -77,7 +77,7 @@ from aetcd import rpc
 from aitrading.hub.v1 import balancer_pb2, registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health_pb2
 
-from bench import cluster, fanout, h2load, probing, quota, report, scale, xds
+from bench import cluster, fanout, h2load, local_view, probing, quota, report, scale, xds
 from bench.load import Stats, closed_loop, open_loop, spread
 from bench.procs import HubProcess, cpu_seconds
 from bench.report import ETCD_READ, GET, GET_1PROC, GET_2PROC, GET_PY, NOOP, PICK
@@ -336,6 +336,10 @@ async def measure(
         for c in CONCURRENCIES:
             await bench.closed(GET_PY, get_service, c)
         await bench.offered(GET_PY, get_service)
+        bench.section("local resolution: hub_client's local views beside the same lookups as RPCs")
+        await local_view.measure(
+            bench, hub.address, store, names, CONCURRENCIES, changes=args.changes
+        )
 
         bench.section("scale: GetService on one process and on --workers 2 (h2load)")
         await workers(bench, hub, etcd.endpoint, workdir, targets[GET])

@@ -143,7 +143,11 @@ def test_headline_ratios() -> None:
     assert by_name[f"{report.GET}/{report.ETCD_READ}"]["by_concurrency"] == {"1": 0.25}
     assert by_name[f"{report.GET_2PROC}/{report.GET_1PROC}"]["by_concurrency"] == {"16": 1.5}
     lookup = by_name[f"{report.LOOKUP}/{report.GET_PY}"]
-    assert lookup["by_concurrency"] == {} and lookup["note"] == "n/a (no local view yet)"
+    assert lookup["by_concurrency"] == {} and lookup["note"] == "n/a (not measured in this run)"
+    # bench.local_view's rows fill it in.
+    rows.append(_row(report.LOOKUP, 1, 90_000.0, "python"))
+    lookup = next(h for h in report.headline(rows) if h["numerator"] == report.LOOKUP)
+    assert lookup["by_concurrency"] == {"1": 100.0} and not lookup["note"]
     lines = report.headline_lines(report.headline(rows))
     assert any("0.50x / 0.75x" in line and "c=1 / 64" in line for line in lines)
     # A Python-driven row never stands in for an h2load one.
