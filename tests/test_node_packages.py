@@ -1,7 +1,8 @@
 """The Node and TypeScript packages (clients/node: @aitrading/central-hub-stubs and
 @aitrading/central-hub-client) as a team installs them: packed once, installed
 from the tarballs into a scratch folder offline, then run against a live hub
-over connect-node (ES modules) and grpc-js (CommonJS), and a TypeScript program
+over connect-node (ES modules) and grpc-js (CommonJS), with the watch's resume
+and resync logic on scripted streams beside them, and a TypeScript program
 compiled with ``tsc --strict`` against them and run by node."""
 
 from __future__ import annotations
@@ -74,12 +75,13 @@ async def test_node_packages_against_live_hub(
         "--test-reporter=tap",
         "test/connect.test.mjs",
         "test/grpc-js.test.cjs",
+        "test/resume.test.mjs",
         cwd=installed.folder,
         env={"HUB_ADDR": hub.address, "HUB_STALE_REVISION": str(stale)},
     )
     assert code == 0, f"node --test failed ({code}):\n{out}"
     counts = _tap_counts(out)
-    assert counts.get("pass", 0) == 6, out
+    assert counts.get("pass", 0) == 8, out
     assert counts.get("skipped") == counts.get("fail") == counts.get("cancelled") == 0, out
 
 
