@@ -25,6 +25,7 @@ from aitrading.hub.v1 import (
     observability_pb2,
     registry_pb2,
     tenant_pb2,
+    webhook_pb2,
 )
 from google.api import annotations_pb2, http_pb2
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
@@ -42,6 +43,7 @@ HUB_FILES: tuple[FileDescriptor, ...] = tuple(
         observability_pb2,
         cluster_pb2,
         backup_pb2,
+        webhook_pb2,
     )
 )
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
