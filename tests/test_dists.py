@@ -118,8 +118,9 @@ def _release_baseline(checkout: Path, to_version: str) -> subprocess.CompletedPr
 def test_a_breaking_change_moves_the_baseline_only_with_a_major_version(
     tmp_path: Path, to_version: str, moved: bool
 ) -> None:
-    for name in ("protos", "api", "scripts"):
-        shutil.copytree(ROOT / name, tmp_path / name)
+    for name in ("protos", "api", "scripts", "third_party"):  # third_party: imported protos
+        if (ROOT / name).exists():
+            shutil.copytree(ROOT / name, tmp_path / name)
     for name in ("buf.yaml", "pyproject.toml", "CHANGELOG.md"):
         shutil.copy(ROOT / name, tmp_path / name)
     proto = tmp_path / "protos/aitrading/hub/v1/types.proto"

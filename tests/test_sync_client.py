@@ -137,11 +137,14 @@ async def test_close_ends_a_watch_another_thread_is_reading(hub: Hub) -> None:
 
 FORKED = textwrap.dedent(
     """
-    import os, sys, time
+    import os, sys, time, traceback
+    from hub_client import EventType
     from hub_client.sync import HubClient
 
     hub = HubClient(sys.argv[1])
     parent = hub.register("workers", host="10.0.0.1", port=1, instance_id="parent", ttl=2)
+    events = hub.watch("workers", timeout=20)  # open across the forks
+    assert next(events).instance.instance_id == "parent"
     pids = []
     for n in range(2):  # a prefork server: workers forked from a parent that uses the client
         pid = os.fork()
@@ -162,7 +165,10 @@ FORKED = textwrap.dedent(
                 assert mine.renewals >= 1, mine.renewals
                 hub.close()  # deregisters the child's instance only
                 code = 0
+            except BaseException:
+                traceback.print_exc()
             finally:
+                sys.stdout.flush()
                 os._exit(code)
         pids.append(pid)
     codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
@@ -170,6 +176,12 @@ FORKED = textwrap.dedent(
     before = parent.renewals
     time.sleep(2.5)
     assert parent.renewals > before, "the parent's keep-alive stopped after the fork"
+    removed = set()  # the parent's watch resumed after each fork and missed nothing
+    while removed != {"child0", "child1"}:
+        event = next(events)
+        if event.type is EventType.REMOVED:
+            removed.add(event.instance.instance_id)
+    events.close()
     for _ in range(100):  # the children's deregistrations reach this client's view
         seen = {i.instance_id for i in hub.discover("workers").instances}
         if seen == {"parent"}:

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -112,6 +113,47 @@ class _Stubs:
         self.backup = backup_pb2_grpc.BackupServiceStub(channel)
 
 
+class _Stream:
+    """A streaming call as ``open_stream`` hands it out: its messages (``async
+    for``), its answer (``await``, for a client stream) and ``cancel()``.
+
+    It is the only holder of the grpc call between reads, so that closing the
+    channel (``release``) can drop the call even while the watch reading it is
+    suspended elsewhere; grpc stops its poller thread only once every channel
+    and call is gone, which a fork needs (hub_client.sync). The next read of a
+    released stream raises CancelledError, as grpc does for a call cancelled
+    under its reader, and the watch resumes on a new channel.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call: Any = call
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> Any:
+        call = self._call
+        if call is None:
+            raise asyncio.CancelledError()
+        message = await call.read()
+        if message is grpc.aio.EOF:
+            raise StopAsyncIteration
+        return message
+
+    def __await__(self) -> Any:
+        if self._call is None:
+            raise asyncio.CancelledError()
+        return self._call.__await__()
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+    def release(self) -> None:
+        self.cancel()
+        self._call = None
+
+
 class _LoopChannel:
     """The channel and its stubs, opened in the event loop that uses them.
 
@@ -130,6 +172,7 @@ class _LoopChannel:
         self._opener = opener
         self._loop = _running_loop()
         self._stubs = _Stubs(channel) if channel is not None else None
+        self.streams: weakref.WeakSet[_Stream] = weakref.WeakSet()
 
     def stubs(self) -> _Stubs:
         loop = _running_loop()
@@ -149,6 +192,8 @@ class _LoopChannel:
             return
         if self._loop is None or self._loop is _running_loop():
             await stubs.channel.close()
+        for stream in list(self.streams):
+            stream.release()
 
 
 class Budget:
@@ -338,6 +383,9 @@ class Transport:
         tenant headers, waiting for a reconnecting channel. Its gRPC errors come
         while it is read: the caller maps them (``from_rpc_error``) or resumes
         (``resume_watch``)."""
-        return method(
+        call = method(
             request, timeout=timeout, metadata=self.context.metadata(), wait_for_ready=True
         )
+        stream = _Stream(call)
+        self._channel.streams.add(stream)
+        return stream
