@@ -14,7 +14,7 @@ VENV = ROOT / ".venv"
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
     """A copy of what the check reads, outside any git repository."""
-    for name in ("protos", "api", "scripts"):
+    for name in ("protos", "third_party", "api", "scripts"):
         shutil.copytree(ROOT / name, tmp_path / name)
     for name in ("buf.yaml", "pyproject.toml", "CHANGELOG.md"):
         shutil.copy(ROOT / name, tmp_path / name)
