@@ -169,7 +169,7 @@ class EndpointsSnapshot:
                     host=e.host,
                     port=e.port,
                     weight=e.weight,
-                    load=e.load,
+                    load=e.load_factor,
                     health=HealthStatus(e.health),
                     priority=e.priority,
                     half_open=e.half_open,

@@ -72,7 +72,7 @@ def endpoints_message(
                 host=e.host,
                 port=e.port,
                 weight=e.weight,
-                load=e.load,
+                load_factor=e.load,
                 health=int(e.health),
                 priority=e.priority,
                 half_open=e.half_open,

@@ -604,7 +604,7 @@ class UsableEndpoint(_message.Message):
     HOST_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
-    LOAD_FIELD_NUMBER: _builtins.int
+    LOAD_FACTOR_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     HALF_OPEN_FIELD_NUMBER: _builtins.int
@@ -618,8 +618,10 @@ class UsableEndpoint(_message.Message):
     """Port to connect to."""
     weight: _builtins.int
     """Relative weight."""
-    load: _builtins.float
-    """Last reported load."""
+    load_factor: _builtins.float
+    """Last reported load (named as PickEndpointResponse's; `load` would hide a
+    method of betterproto2's Message).
+    """
     health: _types_pb2.HealthStatus.ValueType
     """Last probe result."""
     priority: _builtins.int
@@ -639,7 +641,7 @@ class UsableEndpoint(_message.Message):
         host: _builtins.str = ...,
         port: _builtins.int = ...,
         weight: _builtins.int = ...,
-        load: _builtins.float = ...,
+        load_factor: _builtins.float = ...,
         health: _types_pb2.HealthStatus.ValueType = ...,
         priority: _builtins.int = ...,
         half_open: _builtins.bool = ...,
@@ -648,7 +650,7 @@ class UsableEndpoint(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["half_open", b"half_open", "health", b"health", "host", b"host", "instance_id", b"instance_id", "latency_ms", b"latency_ms", "load", b"load", "port", b"port", "priority", b"priority", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["half_open", b"half_open", "health", b"health", "host", b"host", "instance_id", b"instance_id", "latency_ms", b"latency_ms", "load_factor", b"load_factor", "port", b"port", "priority", b"priority", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6203,9 +6203,10 @@ class UsableEndpoint(betterproto2.Message):
     Relative weight.
     """
 
-    load: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    load_factor: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
     """
-    Last reported load.
+    Last reported load (named as PickEndpointResponse's; `load` would hide a
+    method of betterproto2's Message).
     """
 
     health: "HealthStatus" = betterproto2.field(
