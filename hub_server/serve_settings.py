@@ -197,6 +197,19 @@ class ServeSettings(BaseModel):
     caller_max_streams: int = _setting(
         10_000, "open streams per caller (0: unbounded)", metavar="N", ge=0
     )
+    webhook_allow_private: bool = _setting(
+        False, "let webhook targets be loopback, link-local or cloud metadata addresses"
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode, BeforeValidator(_comma_list)] = (
+        _setting(
+            [], "comma-separated hosts webhook targets may name (*.example.com: its "
+            "subdomains); none: any host", metavar="HOST,...",
+        )
+    )  # fmt: skip
+    webhook_retry_for: float = _setting(
+        3600.0, "seconds a webhook delivery is retried before its subscription is failing",
+        metavar="S", gt=0,
+    )  # fmt: skip
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
     ] = _setting("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL", metavar="LEVEL")
@@ -242,6 +255,9 @@ class ServeSettings(BaseModel):
             insecure=self.insecure,
             caller_rate_limit=self.caller_rate_limit,
             caller_max_streams=self.caller_max_streams,
+            webhook_allow_private=self.webhook_allow_private,
+            webhook_allowed_hosts=list(self.webhook_allowed_hosts),
+            webhook_retry_for=self.webhook_retry_for,
         )
 
 
@@ -431,6 +447,11 @@ def _check_combination(effective: Effective) -> None:
         )
     if s.workers > 1 and s.ui_listen:
         errors.append(f"{named('ui_listen')} serves one process, not {named('workers')}")
+    if s.workers > 1 and s.http_listen.endswith(":0"):
+        errors.append(
+            f"{named('http_listen')}: port 0 would give each of {named('workers')} "
+            "a port of its own; name a port"
+        )
     if s.http_cors_origin and not s.http_listen:
         errors.append(f"{named('http_cors_origin')} needs http_listen")
     if s.backup_interval > 0 and s.etcd_endpoints and s.backup_dir is None:

@@ -427,3 +427,21 @@ async def test_https_with_client_certificates_names_the_caller_as_grpc_does(
     async with httpx.AsyncClient(base_url=base(hub), verify=tls(), timeout=10) as no_cert:
         with pytest.raises(httpx.TransportError):  # refused in the handshake
             await no_cert.get("/v1/tenants")
+
+
+def test_http_settings_that_do_not_go_together_are_refused_before_start() -> None:
+    from hub_server.serve_settings import SettingsError, load_from
+
+    with pytest.raises(SettingsError, match=r"http_listen .*port 0 .*workers"):
+        load_from({"http_listen": "127.0.0.1:0", "workers": 2}, None)
+    with pytest.raises(SettingsError, match=r"http_cors_origin .* needs http_listen"):
+        load_from({"http_cors_origin": ["https://app.example"]}, None)
+    settings = load_from(
+        {
+            "http_listen": "127.0.0.1:7080",
+            "http_cors_origin": "https://a.example,https://b.example",
+        },
+        None,
+    ).settings.hub_config()
+    assert settings.http_listen == "127.0.0.1:7080"
+    assert settings.http_cors_origins == ["https://a.example", "https://b.example"]

@@ -248,6 +248,7 @@ class HttpGateway:
         with contextlib.suppress(OSError):
             self._names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
         self._compat = compat.CompatRoutes(self)
+        self._openapi_json: str | None = None
 
     @property
     def routes(self) -> list[Route]:
@@ -372,7 +373,9 @@ class HttpGateway:
     # -- the API ---------------------------------------------------------------
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(openapi.document(self.routes))
+        if self._openapi_json is None:
+            self._openapi_json = json.dumps(openapi.document(self.routes))
+        return web.Response(text=self._openapi_json, content_type="application/json")
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
