@@ -72,3 +72,10 @@ class HubConfig:
     # Per caller: calls per second (0: unlimited) and open streams (0: unbounded).
     caller_rate_limit: float = 10_000.0
     caller_max_streams: int = 10_000
+    # Webhooks (hub_server/webhooks): targets on loopback, link-local or metadata
+    # addresses allowed; if any, the only hosts targets may name; how long a
+    # delivery is retried, and its first retry's upper bound (backoff doubles).
+    webhook_allow_private: bool = False
+    webhook_allowed_hosts: list[str] = field(default_factory=list)
+    webhook_retry_for: float = 3600.0
+    webhook_retry_base: float = 1.0
