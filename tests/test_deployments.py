@@ -30,7 +30,9 @@ async def test_rolling_to_completion_and_draining_never_picked(hub: Hub, client:
             await eventually(lambda: hub.services.deployments.is_draining("quotes", d.instance_id))
             for _ in range(30):
                 drained = {i for i in old if hub.services.deployments.is_draining("quotes", i)}
-                ep = await client.pick("quotes", strategy="round_robin")
+                # The hub's own pick (fresh): drained is read from the hub just
+                # before, and a local view follows a drain only a moment later.
+                ep = await client.pick("quotes", strategy="round_robin", fresh=True)
                 picks.append((drained, ep.instance_id))
 
         f.before_replace = slow

@@ -25,7 +25,7 @@ async def test_prometheus_endpoint_and_system_metrics(hub_factory: HubFactory) -
         await client.register("quotes", host="h", port=1, keep_alive=False)
         await client.register("quotes", host="h", port=2, keep_alive=False)
         for _ in range(5):
-            await client.discover("quotes")
+            await client.discover("quotes", fresh=True)  # each one a GetService
         with pytest.raises(ServiceNotFound):
             await client.discover("missing")
         watch = client.watch("quotes")
