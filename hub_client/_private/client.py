@@ -80,6 +80,11 @@ class HubClient:
     A hub with credentials wants a token (``token=``, else $HUB_TOKEN) and,
     over TLS, ``tls=TLS(ca="ca.pem")`` (plus ``cert``/``key`` for mTLS).
 
+    ``discover()`` and ``pick()`` answer from local views of the services, kept
+    current by the hub (``resolution="remote"`` or ``fresh=True``: ask the hub
+    every time); ``max_view_age`` bounds how stale a view may serve while the hub
+    is unreachable (None: no bound), ``view_idle_timeout`` closes unused views.
+
     The generated stubs stay reachable as ``hub.registry_stub`` for anything the
     wrapper does not cover; ``hub.call(hub.registry_stub.GetService, request)``
     calls one with the wrapper's headers and typed errors.
