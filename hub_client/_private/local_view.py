@@ -43,6 +43,7 @@ import grpc
 from aitrading.hub.v1 import balancer_pb2, registry_pb2, types_pb2
 
 from hub_client._private.errors import (
+    RateLimited,
     Unavailable,
     channel_closed,
     deadline_exceeded,
@@ -434,6 +435,15 @@ class LocalViews:
             if svc == service:
                 view.expected[instance_id] = until
 
+    async def _usable(self, view: LocalView, timeout: float) -> bool:
+        """Whether this lookup may answer from the view (raising its error, or
+        ViewTooOld); False: ask the hub instead."""
+        try:
+            await view.answers(timeout, self.max_age)
+        except RateLimited:  # over the caller's share of streams: ask instead
+            return False
+        return await self._ready(view, timeout)
+
     async def _ready(self, view: LocalView, timeout: float) -> bool:
         """False when this client's own registration did not reach the view in
         time: this lookup then goes to the hub (and later ones do not wait)."""
@@ -456,8 +466,7 @@ class LocalViews:
         """The local answer, or None when this lookup must ask the hub: the
         view offers nothing (GetService's answer or error says why)."""
         view = self.view(transport, service, legacy_mode)
-        await view.answers(timeout, self.max_age)
-        if not await self._ready(view, timeout):
+        if not await self._usable(view, timeout):
             return None
         answers = view.latest()
         return answers.service if answers.candidates else None
@@ -477,8 +486,7 @@ class LocalViews:
         else:
             chosen = None if strategy is None else lookup(_STRATEGY_NAMES, strategy, "strategy")
         view = self.view(transport, service, legacy_mode)
-        await view.answers(timeout, self.max_age)
-        if not await self._ready(view, timeout):
+        if not await self._usable(view, timeout):
             return None
         # As the hub: a user sticks to one instance unless the caller says otherwise.
         return view.pick(chosen, affinity_key or transport.context.user_id)
