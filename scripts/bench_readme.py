@@ -36,6 +36,13 @@ GET_PY = "GetService (Python grpc.aio caller)"
 GET_1PROC = "GetService, 1 process, 8 connections"
 GET_2PROC = "GetService, --workers 2, 8 connections"
 DRIVERS = {"h2load": "h2load", "python": "Python grpc.aio client"}
+# bench.local_view's rows (hub_client's local resolution).
+LOCAL_GET = "client-side lookup (hub_client local view)"
+LOCAL_PICK = "client-side pick (hub_client local view)"
+REMOTE_GET = "discover() RPC (hub_client remote mode)"
+REMOTE_PICK = "pick() RPC (hub_client remote mode)"
+ETCD_PY = "etcd KV/Range (Python EtcdStore caller)"
+CHANGE_TO_VIEW = "registry change -> hub_client local view"
 
 
 def _files(directory: Path, committed: bool) -> list[Path]:
@@ -179,6 +186,33 @@ def discovery(result: dict[str, Any], name: str) -> str:
         add(
             "GetService from a Python caller (grpc.aio), 1 / 16 / 64 callers",
             " / ".join(_n(r["calls_per_s"]) for r in s) + " calls/s",
+        )
+    local = (
+        (LOCAL_GET, "`discover()`", REMOTE_GET),
+        (LOCAL_PICK, "`pick()`", REMOTE_PICK),
+    )
+    for op, call, remote in local:
+        s = rows.series(op, concs)
+        if s:
+            base = "; ".join(
+                x
+                for x in (
+                    _ratios(s, remote, "the same call as an RPC"),
+                    _ratios(s, GET_PY, "GetService (grpc.aio)"),
+                    _ratios(s, ETCD_PY, "etcd read (Python)"),
+                )
+                if x
+            )
+            add(
+                f"{call} from hub_client's local view, 1 / 16 / 64 callers (one process)",
+                " / ".join(_n(r["calls_per_s"]) for r in s) + " lookups/s",
+                base,
+            )
+    change = next((r for r in rows.propagation if r["op"] == CHANGE_TO_VIEW), None)
+    if change:
+        add(
+            "registry change -> hub_client's local view (from the write's start)",
+            f"p50 {_ms(change['p50_ms'])} ms, p99 {_ms(change['p99_ms'])} ms",
         )
     s = rows.series(GET_2PROC, (16, 64))
     if s:
