@@ -445,3 +445,24 @@ def test_http_settings_that_do_not_go_together_are_refused_before_start() -> Non
     ).settings.hub_config()
     assert settings.http_listen == "127.0.0.1:7080"
     assert settings.http_cors_origins == ["https://a.example", "https://b.example"]
+
+
+async def test_an_endpoints_stream_resumes_after_the_snapshot_it_holds(
+    web: httpx.AsyncClient,
+) -> None:
+    """WatchEndpoints resumes by after_revision (the snapshot held): Last-Event-ID
+    maps to it as is, so the resumed stream's first event is the next change."""
+    await register(web, "quotes", "q-1")
+    path = "/v1/services/quotes/endpoints:watch"
+    async with web.stream("GET", path) as r:
+        first_id, _, first = await Events(r).next()
+        assert [e["instanceId"] for e in first["endpoints"]] == ["q-1"]
+    async with web.stream("GET", path, headers={"Last-Event-ID": first_id}) as r:
+        events = Events(r)
+        waiting = asyncio.ensure_future(events.next())
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # nothing newer than what the caller holds
+        await register(web, "quotes", "q-2")
+        next_id, _, message = await asyncio.wait_for(waiting, 10)
+        assert int(next_id) > int(first_id)
+        assert sorted(e["instanceId"] for e in message["endpoints"]) == ["q-1", "q-2"]
