@@ -14,20 +14,38 @@ each instance if the prober keeps up, however bunched its rounds), beside the
 theoretical rate (instances / 10 s); the longest time any instance went unprobed; and
 whether every instance was probed at least every interval (with 10% slack for
 scheduling): keeps up, yes or no.
-The instances are deregistered afterwards.
+The instances are written straight into etcd (bench.scale.bulk_load: the hub's
+own keys and values) and deleted afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+import grpc
 from aitrading.hub.v1 import registry_pb2, registry_pb2_grpc, types_pb2
 
-from bench.load import closed_loop
+from bench.scale import bulk_load
+from hub_server.store import keys
+from hub_server.store.etcd import EtcdStore
+
+
+async def _until_listed(registry: registry_pb2_grpc.RegistryServiceStub, n: int) -> None:
+    """Waits until the hub has all ``n`` probe targets (so it probes them),
+    asking rarely: an answer of 10,000 instances costs the hub ~50 ms."""
+    request = registry_pb2.GetServiceRequest(service=SERVICE)
+    for _ in range(120):
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            if len((await registry.GetService(request)).service.instances) >= n:
+                return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"the hub did not list the {n:,} probe targets")
+
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -36,7 +54,6 @@ SERVICE = "bench-probed"
 INSTANCES = 10_000
 INTERVAL = 10.0  # the default check interval
 SLACK = 1.1  # an instance keeps up if never unprobed longer than this x INTERVAL
-CONCURRENCY = 64
 
 
 def _host(k: int) -> str:
@@ -46,6 +63,7 @@ def _host(k: int) -> str:
 async def measure(
     bench: Bench,
     registry: registry_pb2_grpc.RegistryServiceStub,
+    store: EtcdStore,
     wait: float,
     instances: int = INSTANCES,
 ) -> None:
@@ -65,35 +83,28 @@ async def measure(
     server = await asyncio.start_server(accept, "0.0.0.0", 0)
     port = server.sockets[0].getsockname()[1]
     check = types_pb2.HealthCheck(tcp=types_pb2.TcpCheck())  # interval: the default
-    requests = iter(
-        registry_pb2.RegisterRequest(
-            service=SERVICE, instance_id=f"p{k:05d}", host=h, port=port,
+
+    def request(k: int) -> registry_pb2.RegisterRequest:
+        return registry_pb2.RegisterRequest(
+            service=SERVICE, instance_id=f"p{k:05d}", host=hosts[k], port=port,
             health_check=check, ttl_seconds=3600,
-        )
-        for k, h in enumerate(hosts)
-    )  # fmt: skip
-    ids = [f"p{k:05d}" for k in range(instances)]
+        )  # fmt: skip
+
+    # Written straight into etcd as Register would store them (bench.scale), all
+    # at once as after a mass re-registration: registering and deregistering
+    # 10,000 through the API took most of this section's minutes.
+    leases: list[int] = []
     try:
-
-        async def register() -> None:
-            await registry.Register(next(requests))
-
-        stats = await closed_loop(register, CONCURRENCY, count=instances)
-        if stats.errors:
-            raise RuntimeError(f"{stats.errors} probe-target registrations failed")
+        leases = await bulk_load(store, request, 0, instances)
+        await _until_listed(registry, instances)
         await asyncio.sleep(wait)
         t_end = time.monotonic()
     finally:
         server.close()
         await server.wait_closed()
-        left = iter(ids)
-
-        async def deregister() -> None:
-            await registry.Deregister(
-                registry_pb2.DeregisterRequest(service=SERVICE, instance_id=next(left))
-            )
-
-        await closed_loop(deregister, CONCURRENCY, count=instances)
+        await store.delete(keys.service_prefix(SERVICE), prefix=True)
+        for lease in leases:
+            await store.revoke_lease(lease)
 
     # Each instance's probes from when the wait began (the registrations took a
     # moment; an instance's first probe may precede it).

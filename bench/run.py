@@ -391,7 +391,7 @@ async def slow_sections(
     await writes(bench, registry, store, instances)
     bench.section(f"probes: {args.probe_instances:,} TCP checks every {probing.INTERVAL:g} s, "
                   f"watched for {args.probe_wait:g} s")  # fmt: skip
-    await probing.measure(bench, registry, args.probe_wait, args.probe_instances)
+    await probing.measure(bench, registry, store, args.probe_wait, args.probe_instances)
     bench.pids = {}  # the cluster's processes are its own
     await cluster.run(bench, workdir, REGISTER)
 

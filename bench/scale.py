@@ -119,9 +119,10 @@ def _stored(template: types_pb2.Instance, req: registry_pb2.RegisterRequest) -> 
     return inst.SerializeToString()
 
 
-async def bulk_load(store: EtcdStore, request: Request, start: int, stop: int) -> None:
+async def bulk_load(store: EtcdStore, request: Request, start: int, stop: int) -> list[int]:
     """Writes instances ``start`` .. ``stop - 1`` straight into etcd, as Register
-    would store them, in transactions of MAX_TXN_OPS puts."""
+    would store them, in transactions of MAX_TXN_OPS puts; returns the leases
+    they share."""
     template = validate_registration(request(start))
     now = time.time_ns()
     template.registered_at.FromNanoseconds(now)
@@ -142,6 +143,7 @@ async def bulk_load(store: EtcdStore, request: Request, start: int, stop: int) -
             await store.txn(txn)
 
     await asyncio.gather(*(writer() for _ in range(BULK_WRITERS)))
+    return leases
 
 
 async def _until_served(registry: registry_pb2_grpc.RegistryServiceStub, service: str) -> None:
