@@ -589,7 +589,9 @@ async def test_on_a_hub_with_credentials_the_certificate_names_tenant_and_tier(
     # A certificate the hub has no entry for: UNAUTHENTICATED.
     async with grpc.aio.secure_channel(hub.address, mtls(ca, stranger)) as channel:
         refused = Ads(channel)
-        with contextlib.suppress(asyncio.InvalidStateError, grpc.aio.AioRpcError):  # refused already?
+        with contextlib.suppress(
+            asyncio.InvalidStateError, grpc.aio.AioRpcError
+        ):  # refused already?
             await refused.send(LISTENER)
         assert await refused.status() == grpc.StatusCode.UNAUTHENTICATED
     # No certificate at all: refused in the TLS handshake.
