@@ -10,10 +10,8 @@ import logging
 import signal
 import sys
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from hub_client import TLS, HubClient, configure_logging, version_info
+from hub_client import configure_logging, version_info
+from hub_server import probe
 from hub_server.app import Hub, HubConfig, authorizer_for, tune_garbage_collector
 from hub_server.auth.credentials import (
     CredentialsError,
@@ -66,60 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", default="", help="bind to one tenant (service, reader)")
     create.add_argument("--service", default="", help="bind to one service (service role)")
 
-    health = sub.add_parser(
-        "health",
-        help="probe a hub: exit 0 only when grpc.health.v1 says SERVING "
-        "(1 not serving, 3 unreachable)",
-    )
-    health.add_argument(
-        "--target", default="127.0.0.1:7000", help="HOST:PORT (default 127.0.0.1:7000)"
-    )
-    health.add_argument("--service", default="", help='health service name (default "": the hub)')
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    health.add_argument("--token", default=None, help="bearer token (default $HUB_TOKEN)")
-    health.add_argument(
-        "--tls-ca", default="", metavar="PEM", help="connect with TLS, checking this CA"
-    )
-    health.add_argument("--tls-cert", default="", metavar="PEM", help="client certificate")
-    health.add_argument("--tls-key", default="", metavar="PEM", help="client certificate's key")
+    probe.add_arguments(sub.add_parser("health", help=probe.HELP, description=probe.HELP))
     xds_bootstrap.add_command(sub)
     return parser
-
-
-# `central-hub health` exit codes: 0 SERVING, 1 answered but not SERVING, 2 usage
-# (argparse), 3 no answer (unreachable, timed out, refused), as hubctl's 3.
-_HEALTH_UNREACHABLE = 3
-
-
-async def _probe(args: argparse.Namespace) -> tuple[int, str]:
-    tls = None
-    if args.tls_ca or args.tls_cert:
-        tls = TLS(ca=args.tls_ca or None, cert=args.tls_cert or None, key=args.tls_key or None)
-    async with HubClient(args.target, timeout=args.timeout, token=args.token, tls=tls) as hub:
-        try:
-            resp = await health_pb2_grpc.HealthStub(hub.channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
-            )
-        except grpc.aio.AioRpcError as e:
-            code = e.code()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return _HEALTH_UNREACHABLE, f"{code.name}: {e.details()}"
-            return 1, f"{code.name}: {e.details()}"  # e.g. NOT_FOUND for an unknown service
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-    return (0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1), status
-
-
-def _health(args: argparse.Namespace) -> int:
-    if args.timeout <= 0:
-        print("central-hub health: --timeout must be positive", file=sys.stderr)
-        return 2
-    try:
-        code, line = asyncio.run(_probe(args))
-    except (ValueError, OSError) as e:  # an address that does not parse, an unreadable PEM
-        print(f"central-hub health: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.target}: {line}", file=sys.stdout if code == 0 else sys.stderr)
-    return code
 
 
 def _create_token(args: argparse.Namespace) -> int:
@@ -164,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "token":
         return _create_token(args)
     if args.command == "health":
-        return _health(args)
+        return probe.run(args)
     if args.command == "xds-bootstrap":
         return xds_bootstrap.run(args)
     try:

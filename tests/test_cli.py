@@ -261,6 +261,18 @@ def test_health_usage_errors_exit_2() -> None:
     assert _run(str(BIN / "central-hub"), "health", "--bogus").returncode == 2
 
 
+def test_health_probe_imports_no_server() -> None:
+    # Probes run every few seconds for a replica's life: the server's imports
+    # would be most of their CPU.
+    code = (
+        "import sys; from hub_server.console import main; rc = main(['health', '--target',"
+        f" '127.0.0.1:{free_port()}', '--timeout', '1']);"
+        "print(sorted(m for m in sys.modules if m.startswith('hub_server')))"
+    )
+    done = _run(sys.executable, "-c", code)
+    assert done.stdout.strip() == "['hub_server', 'hub_server.console', 'hub_server.probe']", done
+
+
 async def test_cluster_status_carries_each_replicas_version(serve: Serve) -> None:
     from hub_client import HubClient, version_info
 
