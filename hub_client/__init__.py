@@ -45,7 +45,7 @@ from hub_client._private.errors import (
     reason_value,
 )
 from hub_client._private.health import health_check
-from hub_client._private.local_view import LocalView, ViewTooOld
+from hub_client._private.local_view import ViewState, ViewTooOld
 from hub_client._private.logging import (
     JsonFormatter,
     RequestContext,
@@ -144,7 +144,6 @@ __all__ = [
     "InvalidArgument",
     "JsonFormatter",
     "KindChanges",
-    "LocalView",
     "Measurement",
     "NoEligibleInstance",
     "NotFound",
@@ -184,6 +183,7 @@ __all__ = [
     "UsableEndpoint",
     "VersionConflict",
     "VersionInfo",
+    "ViewState",
     "ViewTooOld",
     "WatchEvent",
     "XdsClient",

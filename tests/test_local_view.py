@@ -184,9 +184,7 @@ async def test_push_empty_protection_hub_restarted_on_an_empty_etcd(
             # A hub on an empty etcd, where the first one listened: it says the
             # service is not there, at a revision older than the view's.
             await hub_factory(endpoints=[fresh.endpoint], listen=address)
-            view = local._views.find(local._transport, "fx", False)
-            assert view is not None
-            await eventually(lambda: view.protected)
+            await eventually(lambda: _protected(local, "fx"))
             found = await local.discover("fx")
             assert _ids(found) == ["i0", "i1"] and found.revision == held
             assert (await local.pick("fx")).instance_id in ("i0", "i1")
@@ -221,10 +219,7 @@ async def test_push_empty_protection_etcd_cut_then_really_emptied(
             # hub's answer.
             for reg in regs:
                 await reg.deregister()
-            view = local._views.find(local._transport, "ticks", False)
-            assert view is not None
-            await eventually(lambda: view.snapshot is not None and not view.snapshot.visible)
-            assert not view.protected
+            await eventually(lambda: _gone(local, "ticks"))
             with pytest.raises(ServiceNotFound):
                 await local.discover("ticks")
             with pytest.raises(ServiceNotFound):
@@ -244,12 +239,10 @@ async def test_push_empty_protection_every_instance_unhealthy(hub: Hub, admin: H
         async with HubClient(hub.address, timeout=5) as local:
             await eventually(lambda: _has(local, "probed", "only"))
             await server.set_serving(False)
-            view = local._views.find(local._transport, "probed", False)
-            assert view is not None
             # The hub's probes fail (as they would if the hub lost the network):
             # its snapshot is empty with the service visible and its circuit
             # closed; the view keeps its instance, the hub itself answers none.
-            await eventually(lambda: view.protected)
+            await eventually(lambda: _protected(local, "probed"))
             assert _ids(await local.discover("probed")) == ["only"]
             assert (await local.pick("probed")).instance_id == "only"
             assert await local.view_age("probed") == 0.0
@@ -257,10 +250,21 @@ async def test_push_empty_protection_every_instance_unhealthy(hub: Hub, admin: H
             with pytest.raises(NoEligibleInstance):
                 await local.pick("probed", fresh=True)
             await server.set_serving(True)
-            await eventually(lambda: not view.protected)
+            await eventually(lambda: _protected(local, "probed", False))
             assert _ids(await local.discover("probed")) == ["only"]
     finally:
         await server.stop()
+
+
+async def _protected(c: HubClient, service: str, protected: bool = True) -> bool:
+    state = await c.view_state(service)
+    return state is not None and state.protected is protected
+
+
+async def _gone(c: HubClient, service: str) -> bool:
+    state = await c.view_state(service)
+    assert state is not None
+    return not state.visible and not state.endpoints and not state.protected
 
 
 async def _fresh(c: HubClient, service: str) -> bool:

@@ -36,7 +36,7 @@ from hub_client._private.config import ConfigClient
 from hub_client._private.deployments import Deployment, DeploymentsClient, Directive
 from hub_client._private.errors import invalid_argument
 from hub_client._private.health import HealthClient
-from hub_client._private.local_view import LocalViews
+from hub_client._private.local_view import LocalViews, ViewState
 from hub_client._private.models import (
     CircuitInfo,
     ClusterStatus,
@@ -393,6 +393,15 @@ class HubClient:
         Calls nothing (``timeout`` is taken as by every method, and unused)."""
         view = self._views.find(self._transport, service, legacy_mode)
         return None if view is None or view.closed else view.age
+
+    async def view_state(
+        self, service: str, *, legacy_mode: bool = False, timeout: float | None = None
+    ) -> ViewState | None:
+        """This caller's local view of the service: age, revision, whether
+        push-empty protection holds it, endpoints; None when no view is open.
+        Calls nothing (``timeout`` is taken as by every method, and unused)."""
+        view = self._views.find(self._transport, service, legacy_mode)
+        return None if view is None or view.closed else view.state()
 
     async def report_load(
         self, service: str, instance_id: str, load: float, *, timeout: float | None = None

@@ -81,6 +81,29 @@ class ViewTooOld(Unavailable):
         return float(self.metadata.get("age", "nan"))
 
 
+@dataclass(frozen=True, slots=True)
+class ViewState:
+    """What ``HubClient.view_state`` says of a local view.
+
+    Attributes:
+        service: The service.
+        age: Seconds since the hub last confirmed the view (0 while its stream
+            is current).
+        revision: The revision of the snapshot in use (0 before the first).
+        protected: The view keeps endpoints an empty snapshot would have
+            removed (push-empty protection).
+        visible: The hub's last word: the service is visible to this caller.
+        endpoints: How many usable endpoints the view holds.
+    """
+
+    service: str
+    age: float
+    revision: int
+    protected: bool
+    visible: bool
+    endpoints: int
+
+
 class _Refused(Exception):
     """A snapshot from an older etcd history: reconnect later."""
 
@@ -158,6 +181,17 @@ class LocalView:
     @property
     def closed(self) -> bool:
         return self._task.done()
+
+    def state(self) -> ViewState:
+        snap = self.snapshot
+        return ViewState(
+            self.service,
+            self.age,
+            self.revision,
+            self.protected,
+            snap is not None and snap.visible,
+            len(snap.endpoints) if snap is not None else 0,
+        )
 
     async def answers(self, timeout: float, max_age: float | None) -> _Answers:
         """The current answers: waits up to ``timeout`` for a first snapshot;

@@ -31,6 +31,7 @@ from hub_client._private.backups import BackupInfo, RestoreReport
 from hub_client._private.channel import TLS
 from hub_client._private.client import HubClient as AsyncHubClient
 from hub_client._private.deployments import Deployment, Directive
+from hub_client._private.local_view import ViewState
 from hub_client._private.models import (
     CircuitInfo,
     ClusterStatus,
@@ -307,6 +308,17 @@ class HubClient(SyncClientBase):
         """
         return self._run(
             lambda hub: hub.view_age(service, legacy_mode=legacy_mode, timeout=timeout)
+        )
+
+    def view_state(
+        self, service: str, *, legacy_mode: bool = False, timeout: float | None = None
+    ) -> ViewState | None:
+        """This caller's local view of the service: age, revision, whether
+        push-empty protection holds it, endpoints; None when no view is open.
+        Calls nothing (``timeout`` is taken as by every method, and unused).
+        """
+        return self._run(
+            lambda hub: hub.view_state(service, legacy_mode=legacy_mode, timeout=timeout)
         )
 
     def report_load(
