@@ -146,7 +146,7 @@ async def bulk_load(store: EtcdStore, request: Request, start: int, stop: int) -
     return leases
 
 
-async def _until_served(registry: registry_pb2_grpc.RegistryServiceStub, service: str) -> None:
+async def until_served(registry: registry_pb2_grpc.RegistryServiceStub, service: str) -> None:
     """Waits until the hub answers GetService for ``service`` with all its instances."""
     req = registry_pb2.GetServiceRequest(service=service)
     while True:
@@ -230,7 +230,7 @@ class InstanceCurve:
                 t0 = time.perf_counter()
                 await bulk_load(store, self.request, self.loaded, n)
                 loaded = time.perf_counter() - t0
-                await _until_served(registry, self.request(n - 1).service)
+                await until_served(registry, self.request(n - 1).service)
                 served = time.perf_counter() - t0
                 self.bench.fact(f"bulk load to {n:,} instances (into etcd)", loaded, "s")
                 self.bench.fact(f"hub serving all {n:,} instances, from the load's start",
