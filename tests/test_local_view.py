@@ -21,6 +21,7 @@ from hub_client import (
     Strategy,
     ViewTooOld,
     health_check,
+    sync,
 )
 from hub_server.app import Hub
 from hub_server.embedded_etcd import EtcdProcess
@@ -385,3 +386,19 @@ async def test_idle_views_close(hub: Hub, admin: HubClient) -> None:
 async def _closed(c: HubClient, service: str) -> bool:
     await asyncio.sleep(0)
     return await c.view_age(service) is None
+
+
+async def test_the_sync_client_resolves_locally(hub: Hub, admin: HubClient) -> None:
+    await _fleet(admin, "blocking", 2)
+
+    def work() -> None:
+        with sync.HubClient(hub.address, timeout=5) as c:
+            assert c.view_age("blocking") is None
+            assert _ids(c.discover("blocking")) == ["i0", "i1"]
+            assert c.view_age("blocking") == 0.0
+            c.register("blocking", instance_id="mine", host="10.0.0.9", port=9)
+            assert "mine" in _ids(c.discover("blocking"))  # read-your-writes
+            state = c.view_state("blocking")
+            assert state is not None and state.endpoints == 3 and not state.protected
+
+    await asyncio.to_thread(work)
