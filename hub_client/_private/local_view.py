@@ -109,12 +109,9 @@ class _Refused(Exception):
 
 
 def _moved(e: UsableEndpoint, inst: Instance) -> bool:
-    return (e.host, e.port, e.version, e.weight) != (
-        inst.host,
-        inst.port,
-        inst.version,
-        inst.weight,
-    )
+    """The endpoint differs from the record held: the instance registered again."""
+    held = (inst.host, inst.port, inst.version, inst.weight)
+    return (e.host, e.port, e.version, e.weight) != held
 
 
 @dataclass(frozen=True, slots=True)
