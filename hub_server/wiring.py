@@ -22,6 +22,7 @@ from aitrading.hub.v1 import (
     observability_pb2_grpc,
     registry_pb2_grpc,
     tenant_pb2_grpc,
+    webhook_pb2_grpc,
 )
 from aitrading.hub.v1 import health_pb2_grpc as hub_health_pb2_grpc
 
@@ -35,6 +36,7 @@ from hub_server.api.health import HealthServicer
 from hub_server.api.observability import ObservabilityServicer
 from hub_server.api.registry import RegistryServicer
 from hub_server.api.tenants import TenantServicer
+from hub_server.api.webhooks import WebhookServicer
 from hub_server.api.xds import AggregatedDiscoveryServicer
 from hub_server.api.xds import add_to_server as add_xds_to_server
 from hub_server.auth.authorizer import Authorizer
@@ -72,6 +74,10 @@ from hub_server.store.election import Election
 from hub_server.store.etcd import EtcdStore, KeyValue
 from hub_server.store.mirror import PrefixMirror
 from hub_server.tenancy.service import Tenants
+from hub_server.webhooks import events as webhook_events
+from hub_server.webhooks.backoff import Backoff
+from hub_server.webhooks.service import Webhooks
+from hub_server.webhooks.targets import TargetPolicy
 from hub_server.xds.cache import ResourceCache
 from hub_server.xds.clients import XdsClients
 
@@ -106,6 +112,7 @@ class Services:
     alerts: Alerts
     audit: AuditLog
     backups: Backups
+    webhooks: Webhooks
     telemetry: Telemetry
     election: Election
     health_monitor: HealthMonitor
@@ -134,6 +141,7 @@ class Services:
             self.tenants.mirror,
             self.configs.mirror,
             *self.deployments.mirrors,
+            self.webhooks.subscriptions,
         ]
 
 
@@ -165,7 +173,23 @@ def wire(
     projection.watch(policies.mirror)
     xds_clients = XdsClients()
     tenant_limits = TenantLimits(store, configs, share=cfg.tenant_alert_share)
-    alerts = Alerts(store, view, health_view, circuits, extra_conditions=tenant_limits.conditions)
+    webhooks = Webhooks(
+        store,
+        policy=TargetPolicy(cfg.webhook_allow_private, list(cfg.webhook_allowed_hosts)),
+        backoff=Backoff(base=cfg.webhook_retry_base, retry_for=cfg.webhook_retry_for),
+    )
+    alerts = Alerts(
+        store,
+        view,
+        health_view,
+        circuits,
+        extra_conditions=lambda: tenant_limits.conditions() + webhooks.conditions(),
+    )
+    # What webhooks deliver: the changes of these views' logs.
+    webhooks.add_source("config", configs.mirror.log, webhook_events.config_events)
+    webhooks.add_source("alerts", alerts.log, webhook_events.alert_events)
+    webhooks.add_source("deployments", deployments.mirror.log, webhook_events.deployment_events)
+    webhooks.add_source("registry", view.mirror.log, webhook_events.instance_events)
     registry = Registry(store, view)
     election = Election(store, hub_id, ttl=cfg.election_ttl)
     health_monitor = HealthMonitor(
@@ -267,6 +291,7 @@ def wire(
         BackupServicer(backups, audit, hub_id), server
     )
     cluster_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, server)
+    webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(webhooks), server)
     # envoy's ADS on the same listener and call path: proxyless gRPC clients.
     add_xds_to_server(
         AggregatedDiscoveryServicer(
@@ -299,6 +324,7 @@ def wire(
         alerts=alerts,
         audit=audit,
         backups=backups,
+        webhooks=webhooks,
         telemetry=telemetry,
         election=election,
         health_monitor=health_monitor,
@@ -317,4 +343,5 @@ def wire(
     if cfg.backup_interval > 0:
         election.add_work(backups.schedule_forever)
     election.add_work(lambda: alerts.run(cfg.alert_interval))
+    election.add_work(webhooks.run)
     return services

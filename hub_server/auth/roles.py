@@ -122,6 +122,15 @@ RULES: dict[str, Rule] = {
             "ListBackups": _rule(R, scope=Scope.FLEET),
             "DeleteBackup": ADMIN_ONLY,
         },
+        # Targets, secrets and delivery records are operators' business only.
+        "WebhookService": {
+            "CreateSubscription": ADMIN_ONLY,
+            "ListSubscriptions": ADMIN_ONLY,
+            "DeleteSubscription": ADMIN_ONLY,
+            "TestSubscription": ADMIN_ONLY,
+            "RotateSecret": ADMIN_ONLY,
+            "ListDeliveries": ADMIN_ONLY,
+        },
     }.items()
     for rpc, rule in rpcs.items()
 }

@@ -249,6 +249,14 @@ APPEND_ONLY = {
 }
 
 
+# Keys never written to a backup, and left as they are by a restore: webhook
+# secrets (a backup file must not hold them in clear: a subscription restored
+# where its secret is not has none, and its deliveries fail until it is
+# rotated) and the webhook leader's cursor (etcd revisions of the cluster it
+# was written in, meaningless in another).
+NOT_EXPORTED = (keys.WEBHOOK_SECRETS, keys.WEBHOOK_CURSOR)
+
+
 def kind_of(key: bytes) -> str:
     """The kind of a key in restore reports: its first path segment, except that
     alert history ("alerts/history", append-only) is apart from active alerts."""
@@ -437,6 +445,8 @@ def plan_restore(
 
     wanted: set[bytes] = set()
     for r in records:
+        if r.key.startswith(NOT_EXPORTED):
+            continue
         counts = plan.kind(r.key)
         if r.lease_bound:
             counts.skipped_lease_bound += 1
@@ -464,7 +474,7 @@ def plan_restore(
             counts.updated += 1
             plan.puts.append((r.key, r.value))
     for key, kv in now_kvs.items():
-        if key in wanted:
+        if key in wanted or key.startswith(NOT_EXPORTED):
             continue
         if kv.lease:
             plan.kind(key).kept_live += 1
@@ -596,7 +606,11 @@ class Backups:
     async def export(self) -> tuple[bytes, int]:
         """A backup file of the whole keyspace, and the revision it reflects."""
         kvs, revision = await self.read_keyspace()
-        records = (Record(kv.key, kv.value, bool(kv.lease)) for kv in kvs)
+        records = (
+            Record(kv.key, kv.value, bool(kv.lease))
+            for kv in kvs
+            if not kv.key.startswith(NOT_EXPORTED)
+        )
         data = encode(records, revision=revision, hub_id=self._hub_id, created_at=self._clock())
         return data, revision
 

@@ -213,6 +213,32 @@ def directive_key(service: str, instance_id: str) -> bytes:
     return _pair(DIRECTIVES, service, instance_id)
 
 
+# Webhooks: subscriptions (mirrored), their secrets (apart: never exported in
+# backups), the pending deliveries of each subscription in order (its queue),
+# the finished ones (kept for a bounded time) and the leader's enqueue cursor.
+WEBHOOKS = ROOT + b"webhooks/"
+WEBHOOK_SECRETS = ROOT + b"webhook-secrets/"
+WEBHOOK_QUEUE = ROOT + b"webhook-queue/"
+WEBHOOK_LOG = ROOT + b"webhook-log/"
+WEBHOOK_CURSOR = ROOT + b"webhook-cursor"
+
+
+def webhook_key(subscription_id: str) -> bytes:
+    return WEBHOOKS + _name("id", subscription_id).encode()
+
+
+def webhook_secret_key(subscription_id: str) -> bytes:
+    return WEBHOOK_SECRETS + _name("id", subscription_id).encode()
+
+
+def webhook_queue_prefix(subscription_id: str) -> bytes:
+    return WEBHOOK_QUEUE + f"{_name('id', subscription_id)}/".encode()
+
+
+def webhook_log_prefix(subscription_id: str) -> bytes:
+    return WEBHOOK_LOG + f"{_name('id', subscription_id)}/".encode()
+
+
 # Backups export everything under ROOT; a key's kind (for restore reports) is
 # its first path segment: "registry", "config", "config-history", "alerts", ...
 def kind_of(key: bytes) -> str:

@@ -14,6 +14,7 @@ from aitrading.hub.v1 import (
     observability_pb2,
     registry_pb2,
     tenant_pb2,
+    webhook_pb2,
 )
 from envoy.service.discovery.v3 import ads_pb2
 
@@ -40,6 +41,7 @@ PB2_MODULES = (
     observability_pb2,
     registry_pb2,
     tenant_pb2,
+    webhook_pb2,
 )
 
 
