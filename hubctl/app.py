@@ -121,6 +121,7 @@ COMMAND_MODULES = (
     "hubctl.observability_commands",
     "hubctl.management_commands",
     "hubctl.routing_commands",
+    "hubctl.webhook_commands",
     "hubctl.completion",
 )
 

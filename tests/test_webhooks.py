@@ -25,6 +25,7 @@ from hub_server.webhooks import signing
 from hub_server.webhooks.backoff import Backoff
 from hub_server.webhooks.envelope import Event, matches
 from hub_server.webhooks.targets import TargetPolicy
+from tests.support.hubctl import hubctl, table_row
 from tests.support.hubs import HubFactory, crash
 from tests.support.waiting import eventually
 
@@ -425,3 +426,39 @@ async def test_secret_is_never_in_list_nor_in_backups(hub_factory: HubFactory) -
         assert hub.store is not None
         kv, _ = await hub.store.get(keys.webhook_secret_key(created.subscription.id))
         assert kv is not None and secret in kv.value
+
+
+# -- hubctl -----------------------------------------------------------------------
+
+
+async def test_hubctl_webhooks_commands(
+    hub_factory: HubFactory, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    hub = await hub_factory(**FAST)
+    receiver = await receivers()
+    made = await hubctl(hub, "webhooks", "create", receiver.url, "--event", "config.changed",
+                        "--tenant", "acme", "-o", "json")  # fmt: skip
+    assert made.code == 0, made.err
+    sub_id, secret = made.json()["id"], made.json()["secret"]
+    assert secret.startswith("whsec_")
+    listed = await hubctl(hub, "webhooks", "list")
+    assert table_row(listed.out, sub_id)[1] == "active" and secret not in listed.out
+    tested = await hubctl(hub, "webhooks", "test", sub_id)
+    assert tested.code == 0 and "delivered: HTTP 200" in tested.out
+    r = receiver.got[-1]
+    assert signing.verify(secret, r.headers[signing.TIMESTAMP_HEADER], r.body,
+                          r.headers[signing.SIGNATURE_HEADER])  # fmt: skip
+    async with HubClient(hub.address) as client:
+        await client.set_config_layer("tenant/acme", {"settings": {"limit": 1}})
+        await client.set_config_layer("tenant/beta", {"settings": {"limit": 1}})  # filtered out
+    await eventually(lambda: len(receiver.got) == 2)
+    shown = await hubctl(hub, "webhooks", "deliveries", sub_id, "-o", "json")
+    [d] = shown.json()["deliveries"]
+    assert d["event_type"] == "config.changed" and d["state"] == "WEBHOOK_DELIVERY_STATE_SUCCEEDED"
+    rotated = await hubctl(hub, "webhooks", "rotate", sub_id, "-o", "json")
+    assert rotated.code == 0 and rotated.json()["secret"] != secret
+    bad = await hubctl(hub, "webhooks", "create", "ftp://example.com/", "--event", "nope")
+    assert bad.code == 2 and "unknown event 'nope'" in bad.err
+    assert (await hubctl(hub, "webhooks", "delete", sub_id)).code == 0
+    gone = await hubctl(hub, "webhooks", "delete", sub_id)
+    assert gone.code != 0 and "no webhook subscription" in gone.err

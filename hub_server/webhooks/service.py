@@ -407,6 +407,7 @@ class Webhooks:
         wake = self._wake.setdefault(sub_id, asyncio.Event())
         prefix = keys.webhook_queue_prefix(sub_id)
         while True:
+            wake.clear()  # before reading the queue: an enqueue after this wakes the wait
             try:
                 wait = await self._deliver_next(sub_id, prefix, session)
             except asyncio.CancelledError:
@@ -415,7 +416,6 @@ class Webhooks:
                 log.warning("webhook %s: %r", sub_id, e)
                 wait = 1.0
             if wait > 0:
-                wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), wait)
 
