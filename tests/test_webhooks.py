@@ -462,3 +462,21 @@ async def test_hubctl_webhooks_commands(
     assert (await hubctl(hub, "webhooks", "delete", sub_id)).code == 0
     gone = await hubctl(hub, "webhooks", "delete", sub_id)
     assert gone.code != 0 and "no webhook subscription" in gone.err
+
+
+async def test_delivery_records_are_pruned(
+    hub_factory: HubFactory, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    hub = await hub_factory(**FAST)
+    receiver = await receivers()
+    async with HubClient(hub.address) as client:
+        created = await subscribe(client, receiver.url, CONFIG)
+        for n in range(3):
+            await set_global(client, n)
+        await eventually(lambda: len(receiver.got) == 3)
+        await eventually(lambda: _count(client, created.subscription.id, 3))
+        webhooks = hub.services.webhooks
+        assert await webhooks.prune() == 0  # all younger than the retention
+        webhooks._retention = 0.0
+        assert await webhooks.prune() == 3
+        assert await deliveries(client, created.subscription.id) == []

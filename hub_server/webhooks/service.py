@@ -60,6 +60,7 @@ FAILED = webhook_pb2.WEBHOOK_DELIVERY_STATE_FAILED
 FAILING_RULE = "WEBHOOK_FAILING"
 ATTEMPT_TIMEOUT = 10.0  # one POST, connection to answer
 RETENTION = 7 * 24 * 3600.0  # delivery records
+MAX_RECORDS = 10_000  # delivery records kept per subscription
 ROTATION_GRACE = 24 * 3600.0  # a rotated-out secret still signs this long
 MAX_TXN_PUTS = 100  # deliveries per enqueue transaction (etcd allows 128 ops)
 MAX_RESPONSE = 64 * 1024  # read (and dropped) of a receiver's answer
@@ -529,10 +530,17 @@ class Webhooks:
         return attempt
 
     async def prune(self) -> int:
-        """Deletes delivery records finished more than ``retention`` ago."""
+        """Deletes delivery records finished more than ``retention`` ago, and a
+        subscription's beyond its newest ``MAX_RECORDS``."""
         cutoff = self._clock() - self._retention
         kvs, _ = await self._store.get_range(keys.WEBHOOK_LOG, prefix_end(keys.WEBHOOK_LOG))
-        old = [kv.key for kv in kvs if json.loads(kv.value).get("finished_at", 0) < cutoff]
+        kept: dict[bytes, int] = {}
+        old = []
+        for kv in reversed(kvs):  # newest first within each subscription
+            sub = kv.key[len(keys.WEBHOOK_LOG) :].split(b"/", 1)[0]
+            kept[sub] = kept.get(sub, 0) + 1
+            if kept[sub] > MAX_RECORDS or json.loads(kv.value).get("finished_at", 0) < cutoff:
+                old.append(kv.key)
         for start in range(0, len(old), MAX_TXN_PUTS):
             txn = Txn()
             txn.success += [Txn.delete(k) for k in old[start : start + MAX_TXN_PUTS]]
