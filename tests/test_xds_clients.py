@@ -84,7 +84,7 @@ async def test_grpcio_spreads_and_follows_health_and_drains(
         await _until(c, lambda got, err: set(got) == {"b0", "b1", "b2"}, n=60)
         got, err = await c.calls(90)
         assert set(got) == {"b0", "b1", "b2"} and not err, (got, err)
-        assert min(got.values()) >= 15, got  # round robin: about 30 each
+        assert min(got.values()) >= 10, got  # about 30 each (localities picked at random)
 
         # b1's health endpoint stops: once the hub marks it, it gets nothing.
         await backends[1].set_serving(False)
@@ -115,10 +115,13 @@ async def test_grpcio_weights_split_calls(
     bootstrap = await write_bootstrap(tmp_path / "bootstrap.json", "--server-uri", hub.address)
     async with GrpcioClient(bootstrap, "ticks") as c:
         await _until(c, lambda got, err: set(got) == {"b0", "b1"})
-        got, err = await c.calls(400)
+        got, err = await c.calls(800)
         assert not err, err
-        ratio = got["b1"] / max(1, got["b0"])
-        assert 2.2 < ratio < 4.0, got  # weights 1:3 (locality weighted round robin)
+        # Weights 1:3: grpcio picks a locality at random in proportion to its
+        # weight, so b1's share is 0.75 give or take 0.015 (one standard
+        # deviation at 800 calls); equal weights would give 0.5, squared ones 0.9.
+        share = got["b1"] / (got["b0"] + got["b1"])
+        assert abs(share - 0.75) < 0.06, got
 
 
 async def test_grpcio_ring_hash_keeps_each_user_on_one_backend(
