@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -480,3 +481,24 @@ async def test_delivery_records_are_pruned(
         webhooks._retention = 0.0
         assert await webhooks.prune() == 3
         assert await deliveries(client, created.subscription.id) == []
+
+
+async def test_webhooks_over_the_http_json_api(
+    hub_factory: HubFactory, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    hub = await hub_factory(**FAST, http_listen="127.0.0.1:0")
+    receiver = await receivers()
+    assert hub.http is not None
+    async with httpx.AsyncClient(base_url=hub.http.url, timeout=10) as web:
+        body = {"url": receiver.url, "eventTypes": ["WEBHOOK_EVENT_TYPE_CONFIG_CHANGED"]}
+        made = await web.post("/v1/webhooks", json=body)
+        assert made.status_code == 200, made.text
+        sub_id, secret = made.json()["subscription"]["id"], made.json()["secret"]
+        listed = await web.get("/v1/webhooks")
+        assert listed.json()["subscriptions"][0]["id"] == sub_id and secret not in listed.text
+        tested = await web.post(f"/v1/webhooks/{sub_id}:test", json={})
+        assert tested.json()["attempt"]["httpStatus"] == 200
+        refused = await web.post("/v1/webhooks", json={"url": "gopher://example.com/"})
+        assert refused.status_code == 400 and "url" in refused.text
+        assert (await web.delete(f"/v1/webhooks/{sub_id}")).status_code == 200
+        assert (await web.get(f"/v1/webhooks/{sub_id}/deliveries")).status_code == 404
