@@ -185,6 +185,15 @@ def targets(
             + (f", {row['missed']} stream deliveries missed" if row["missed"] else ""),
             "met": row["p99_ms"] < limit and not row["missed"],
         })  # fmt: skip
+    for row in propagation or []:
+        # Rows with a target of their own (bench.xds: state change -> ADS streams).
+        if "target_ms" in row:
+            out.append({
+                "target": f"p99 < {row['target_ms']:g} ms: {row['op']}",
+                "measured": f"p99 {row['p99_ms']:.1f} ms over {row['changes']} changes"
+                + (f", {row['missed']} stream deliveries missed" if row["missed"] else ""),
+                "met": met_target(row),
+            })  # fmt: skip
     watchers = next((f for f in facts if f["name"] == RSS_WATCHERS), None)
     rss = watchers or next((f for f in facts if f["name"] == "hub RSS, 10,000 instances"), None)
     if rss:
@@ -204,6 +213,11 @@ def targets(
             "met": probes["keeps_up"],
         })  # fmt: skip
     return out + _curve_targets(curves or [])
+
+
+def met_target(row: Row) -> bool:
+    """Whether a propagation row with a ``target_ms`` of its own met it."""
+    return row["p99_ms"] < row["target_ms"] and not row["missed"]
 
 
 def _ratios(row: Row) -> str:
@@ -281,7 +295,7 @@ def _propagation(rows: list[Row], watchers: Row | None = None) -> list[str]:
         return []
     header = ("change -> receiver", "receivers", "changes", "p50 ms", "p99 ms", "max ms",
               "median rcv ms", "missed", "CPU ms/change hub/watchers",
-              "p50 / p99 vs baseline")  # fmt: skip
+              "p50 / p99 vs baseline", "target")  # fmt: skip
     table = [header] + [
         (
             r["op"],
@@ -295,7 +309,9 @@ def _propagation(rows: list[Row], watchers: Row | None = None) -> list[str]:
             (f"{r['hub_cpu_ms_per_change']:.0f}/{r['watchers_cpu_ms_per_change']:.0f}"
              if "hub_cpu_ms_per_change" in r else ""),
             (f"{r['ratios']['p50_ms']}x / {r['ratios']['p99_ms']}x {r['baseline'].split(' -> ')[1]}"
-             if r["baseline"] else "(baseline)"),
+             if r["baseline"] else "" if "target_ms" in r else "(baseline)"),
+            (f"p99 < {r['target_ms']:g} ms: {'met' if met_target(r) else 'MISSED'}"
+             if "target_ms" in r else ""),
         )
         for r in rows
     ]  # fmt: skip
@@ -312,7 +328,7 @@ def _propagation(rows: list[Row], watchers: Row | None = None) -> list[str]:
             "the same cores as the hub; their CPU per change is beside the hub's"
         )
     for n, row in enumerate(table):
-        cells = [c.ljust(w) if i in (0, 9) else c.rjust(w)
+        cells = [c.ljust(w) if i in (0, 9, 10) else c.rjust(w)
                  for i, (c, w) in enumerate(zip(row, widths, strict=True))]  # fmt: skip
         lines.append("  ".join(cells).rstrip())
         if n == 0:

@@ -22,7 +22,10 @@ measures, with every figure beside a baseline taken in the same run:
   the hub's resident size with 1,000 (and 5,000) watchers open;
 - xDS push (bench.xds): Register until the last of 100 and of 1,000 ADS streams
   has the new endpoint (and ACKs it), beside as many Watch streams of the same
-  service; the hub's resident size per ADS stream beside per Watch stream;
+  service; the hub's resident size per ADS stream beside per Watch stream; and
+  an instance's health turning UNHEALTHY, a drain mark, a circuit forced open and
+  a weight change until the last ADS stream has the new assignment, each against
+  the 1 s target (health beside WatchHealth, weight beside Watch streams);
 - quota Allocate with 50 concurrent allocators on one tenant beside a raw etcd
   compare-and-set increment, 50 concurrent (bench.quota);
 - the scale curves (bench.scale): the registry at 10,000 and 100,000 instances

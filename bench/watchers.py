@@ -9,7 +9,9 @@ about 100 concurrent streams by default) and notes, per stream, the time.time()
 at which each *marker* first arrived: ``<instance id>/<event type>`` on a
 registry Watch, ``<instance id>/<status>`` on WatchHealth, ``global/<version>``
 on WatchConfig, ``<instance id>/eds`` on an ADS stream (envoy's aggregated
-discovery, which ACKs each answer as a proxyless gRPC client does). The parent
+discovery, which ACKs each answer as a proxyless gRPC client does; also
+``<instance id>/w<weight>`` for an endpoint's weight and ``<instance id>/gone``
+when an answer drops an endpoint the stream's previous answer had). The parent
 asks for a marker's arrival times over a pipe; time.time() is comparable across
 processes on one machine.
 """
@@ -101,13 +103,29 @@ def _open(kind: str, channel: grpc.aio.Channel, arg: str) -> Any:
     )
 
 
-def _markers(kind: str, m: Any) -> list[str]:
-    if kind == XDS:  # each endpoint is its own locality, named by the instance
-        return [
-            f"{locality.locality.sub_zone}/eds"
-            for resource in m.resources
-            for locality in endpoint_pb2.ClusterLoadAssignment.FromString(resource.value).endpoints
-        ]
+def _xds_markers(m: Any, present: set[str]) -> list[str]:
+    """An EDS answer's markers. Each endpoint is its own locality, named by the
+    instance and weighted by it; ``present`` holds the instances of the stream's
+    previous answer (updated here), whose absence now is ``<instance>/gone``."""
+    localities = [
+        locality
+        for resource in m.resources
+        for locality in endpoint_pb2.ClusterLoadAssignment.FromString(resource.value).endpoints
+    ]
+    now = {locality.locality.sub_zone for locality in localities}
+    gone = sorted(present - now)
+    present.clear()
+    present.update(now)
+    return (
+        [f"{loc.locality.sub_zone}/eds" for loc in localities]
+        + [f"{loc.locality.sub_zone}/w{loc.load_balancing_weight.value}" for loc in localities]
+        + [f"{instance}/gone" for instance in gone]
+    )
+
+
+def _markers(kind: str, m: Any, present: set[str]) -> list[str]:
+    if kind == XDS:
+        return _xds_markers(m, present)
     if m.kind == _PROGRESS:
         return []
     if kind == REGISTRY:
@@ -141,6 +159,7 @@ class _Group:
     async def _follow(self, i: int, arg: str) -> None:
         arrival = self.arrivals[i]
         first = True
+        present: set[str] = set()  # xds: the instances of the last answer
         try:
             async for m in _open(self.kind, self.channels[i // STREAMS_PER_CHANNEL], arg):
                 now = time.time()
@@ -148,7 +167,7 @@ class _Group:
                     first = False
                     self.started += 1
                     self._check_started()
-                for marker in _markers(self.kind, m):
+                for marker in _markers(self.kind, m, present):
                     if marker not in arrival:
                         arrival[marker] = now
                         self.counts[marker] += 1

@@ -43,6 +43,13 @@ REMOTE_GET = "discover() RPC (hub_client remote mode)"
 REMOTE_PICK = "pick() RPC (hub_client remote mode)"
 ETCD_PY = "etcd KV/Range (Python EtcdStore caller)"
 CHANGE_TO_VIEW = "registry change -> hub_client local view"
+# bench.xds's state-change rows at 1,000 ADS streams, and the Watch rows beside them.
+XDS_STATE_OP = "{change} -> EDS ACK from last of 1,000 ADS streams"
+XDS_CHANGES = ("probe UNHEALTHY", "drain mark", "circuit forced open", "weight change")
+XDS_WATCH_OPS = (
+    "probe UNHEALTHY -> last of 1,000 WatchHealth (beside ADS)",
+    "weight change -> last of 1,000 Watch streams (beside ADS)",
+)
 
 
 def _files(directory: Path, committed: bool) -> list[Path]:
@@ -313,6 +320,20 @@ def _propagation(rows: Rows, add: Callable[[str, str, str], None]) -> None:
                 "p99 " + " / ".join(f"{_ms(r['p99_ms'])} ms" for r in found if r),
                 "direct etcd watch p99 " + " / ".join(base_p99(r) for r in found if r),
             )
+    # bench.xds: hub state changes until the last ADS stream has the new
+    # ClusterLoadAssignment, against their 1 s target (issue 16).
+    pushed = [p99(XDS_STATE_OP.format(change=c)) for c in XDS_CHANGES]
+    if all(pushed):
+        met = all(r and r["p99_ms"] < 1000 and not r["missed"] for r in pushed)
+        watch = [p99(op) for op in XDS_WATCH_OPS]
+        add(
+            "hub state change → EDS at the last of 1,000 ADS streams "
+            "(UNHEALTHY / drain / circuit open / weight)",
+            "p99 " + " / ".join(f"{_ms(r['p99_ms'])} ms" for r in pushed if r)
+            + f" (target < 1 s: {'met' if met else 'MISSED'})",
+            "WatchHealth / Watch streams p99 "
+            + " / ".join(f"{_ms(r['p99_ms'])} ms" if r else "?" for r in watch),
+        )  # fmt: skip
 
 
 def cluster(result: dict[str, Any], name: str) -> str:
