@@ -174,3 +174,34 @@ async def test_unknown_service_and_bad_input(hub: Hub, client: HubClient) -> Non
     assert [v.field for v in err.value.field_violations] == ["load_factor"]
     with pytest.raises(NotFound):
         await _report_load(hub, "loady", "zzz", 0.5)
+
+
+async def test_repeated_picks_follow_every_change(hub: Hub, client: HubClient) -> None:
+    """The picker keeps each eligible pool while the projection's candidates
+    last: after many picks from one pool, a load report, a circuit, a joining
+    and a leaving instance each change the answer."""
+
+    async def picks(n: int = 12) -> set[str]:
+        return {(await _pick(hub, "memo")).instance_id for _ in range(n)}
+
+    await _three(client, "memo")
+    for iid, load in (("i0", 0.9), ("i1", 0.2), ("i2", 0.5)):
+        await _report_load(hub, "memo", iid, load)
+    await eventually(lambda: _picked(hub, "memo", "i1"))
+    assert await picks() == {"i1"}
+    await _report_load(hub, "memo", "i1", 0.95)  # a load report
+    await eventually(lambda: _picked(hub, "memo", "i2"))
+    assert await picks() == {"i2"}
+    async with grpc.aio.insecure_channel(hub.address) as ch:  # a circuit
+        await circuit_pb2_grpc.CircuitBreakerServiceStub(ch).OverrideCircuit(
+            cb.OverrideCircuitRequest(
+                service="memo", instance_id="i2", action=cb.CIRCUIT_OVERRIDE_FORCE_OPEN
+            )
+        )
+    assert await picks() == {"i0"}
+    joined = await client.register("memo", instance_id="i3", host="10.0.0.2", port=9100)  # load 0
+    await eventually(lambda: _picked(hub, "memo", "i3"))
+    assert await picks() == {"i3"}
+    await joined.deregister()  # leaves
+    await eventually(lambda: _picked(hub, "memo", "i0"))
+    assert await picks() == {"i0"}

@@ -316,11 +316,9 @@ def _shared_ring(members: frozenset[str]) -> HashRing:
 
 
 def _least_load(pool: Sequence[Candidate], rng: random.Random | None) -> Candidate:
-    def load(c: Candidate) -> float:
-        return c.load if not math.isnan(c.load) else math.inf
-
-    lowest = min(load(c) for c in pool)
-    ties = [c for c in pool if load(c) == lowest]
+    loads = [c.load if not math.isnan(c.load) else math.inf for c in pool]
+    lowest = min(loads)
+    ties = [c for c, load in zip(pool, loads, strict=True) if load == lowest]
     if len(ties) == 1:
         return ties[0]
     # Ties are common (fresh instances all report 0): a random tie-break keeps
@@ -369,6 +367,7 @@ def choose(
     counter: RoundRobinCounter | None = None,
     ring: HashRing | None = None,
     service: str = "",
+    pool: Sequence[Candidate] | None = None,
 ) -> Candidate:
     """Choose one instance.
 
@@ -388,6 +387,8 @@ def choose(
         ring: A ring of the ids in ``candidates``; if None or stale, one from a
             small process-wide cache keyed by the ids is used.
         service: Only for error messages.
+        pool: ``eligible(candidates, tier=tier, legacy=legacy)`` when the
+            caller has it already (the hub's picker keeps one per candidate list).
 
     Returns:
         The chosen candidate.
@@ -407,7 +408,8 @@ def choose(
         )
     if strategy is Strategy.ROUND_ROBIN and counter is None:
         raise ValueError("ROUND_ROBIN needs a RoundRobinCounter")
-    pool = eligible(candidates, tier=tier, legacy=legacy, service=service)
+    if pool is None:
+        pool = eligible(candidates, tier=tier, legacy=legacy, service=service)
     match strategy:
         case Strategy.LEAST_LOAD:
             return _least_load(pool, rng)
@@ -458,8 +460,10 @@ class Balancer:
         affinity_key: str | None = None,
         tier: str | None = None,
         legacy: bool = False,
+        pool: Sequence[Candidate] | None = None,
     ) -> Candidate:
-        """Choose one instance of ``service``; see :func:`choose` for the rules.
+        """Choose one instance of ``service``; see :func:`choose` for the rules
+        (and for ``pool``).
 
         Raises:
             NoEligibleInstance: Nothing may be picked; ``cause`` says why.
@@ -475,6 +479,7 @@ class Balancer:
             counter=self.counter(service) if strategy is Strategy.ROUND_ROBIN else None,
             ring=(self.ring(service, candidates) if strategy is Strategy.CONSISTENT_HASH else None),
             service=service,
+            pool=pool,
         )
 
     def counter(self, service: str) -> RoundRobinCounter:

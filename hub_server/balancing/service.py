@@ -11,7 +11,7 @@ from aitrading.hub.v1.errors_pb2 import (
 )
 
 import hub_client
-from hub_client import Balancer, Ineligibility, Strategy
+from hub_client import Balancer, Candidate, Ineligibility, Strategy, eligible
 from hub_server.balancing.projection import EndpointProjection
 from hub_server.circuits.service import Circuits
 from hub_server.kernel import validation
@@ -49,6 +49,13 @@ class Picker:
         self._circuits = circuits
         self._projection = projection
         self._balancer = balancer or Balancer()
+        # The eligible candidates by (service, tier, legacy), with the candidate
+        # list they were drawn from: the projection builds a new list whenever
+        # anything a candidate carries changes (instances, health, loads, drains,
+        # circuits), so a pool kept for that very list object (held here, so its
+        # id is not reused) is filtered once per change, not once per pick.
+        self._pools: dict[tuple[str, str | None, bool], tuple[list[Candidate], list[Candidate]]]
+        self._pools = {}
 
     @property
     def loads(self) -> PrefixMirror[float]:
@@ -72,6 +79,8 @@ class Picker:
         instances = self._registry.services.get(service)
         if not instances:
             self._balancer.forget(service)
+            for key in [k for k in self._pools if k[0] == service]:
+                del self._pools[key]
             raise NotFound(
                 f"service {service!r} is not registered", reason=ERROR_REASON_SERVICE_NOT_FOUND,
                 service=service,
@@ -84,14 +93,16 @@ class Picker:
         # The choice raises hub_client's errors (a client may choose with it too);
         # the hub answers with its own, same message and metadata, which
         # rpc/errors.py maps to a status.
+        candidates = self._projection.candidates(service)
         try:
             chosen = self._balancer.choose(
                 service,
-                self._projection.candidates(service),
+                candidates,
                 strategy,
                 affinity_key=affinity_key or None,
                 tier=tier,
                 legacy=tier is None,
+                pool=self._pool(service, candidates, tier),
             )
         except hub_client.NoEligibleInstance as e:
             raise NoEligibleInstance(e.message, **e.metadata) from e
@@ -100,6 +111,16 @@ class Picker:
                 FieldViolation(v.field, v.description) for v in e.field_violations
             ) from e
         return instances[chosen.instance_id], chosen.load
+
+    def _pool(self, service: str, candidates: list[Candidate], tier: str | None) -> list[Candidate]:
+        """``eligible(candidates)`` for this tier; raises what it raises."""
+        key = (service, tier, tier is None)
+        kept = self._pools.get(key)
+        if kept is not None and kept[0] is candidates:
+            return kept[1]
+        pool = eligible(candidates, tier=tier, legacy=tier is None, service=service)
+        self._pools[key] = (candidates, pool)
+        return pool
 
     async def report_load(self, service: str, instance_id: str, load: float) -> int:
         v = Violations()
