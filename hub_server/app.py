@@ -24,6 +24,7 @@ from aitrading.hub.v1 import (
     deployment_pb2,
     observability_pb2,
     tenant_pb2,
+    webhook_pb2,
 )
 from envoy.service.discovery.v3 import ads_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -110,6 +111,7 @@ def _service_names() -> list[str]:
         observability_pb2.DESCRIPTOR.services_by_name["ObservabilityService"].full_name,
         deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
         backup_pb2.DESCRIPTOR.services_by_name["BackupService"].full_name,
+        webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
         reflection.SERVICE_NAME,
