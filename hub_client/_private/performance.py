@@ -31,7 +31,8 @@ AttributeValue = (
 )
 
 METRIC_NAME = "hub.operation.duration"
-_METER_NAME = "hub_client.performance"
+METER_NAME = "hub_client.performance"
+METRIC_DESCRIPTION = "Duration of an operation measured by a service"
 # Explicit buckets (ms) for the exported histogram: the SDK defaults start at
 # 0/5/10 ms, too coarse for in-process operations.
 DURATION_BUCKETS_MS: tuple[float, ...] = (
@@ -230,6 +231,13 @@ class PerformanceTracker:
             operations are still exported but not summarised locally.
     """
 
+    # The exported histogram, for a caller that counts durations itself and
+    # hands them to OpenTelemetry when collected (the hub's per-RPC durations).
+    METRIC_NAME = METRIC_NAME
+    METER_NAME = METER_NAME
+    METRIC_DESCRIPTION = METRIC_DESCRIPTION
+    DURATION_BUCKETS_MS = DURATION_BUCKETS_MS
+
     def __init__(
         self,
         service_name: str,
@@ -241,11 +249,11 @@ class PerformanceTracker:
         self.service_name = service_name
         self._clock = clock
         self._max_operations = max_operations
-        meter = metrics.get_meter(_METER_NAME, meter_provider=meter_provider)
+        meter = metrics.get_meter(METER_NAME, meter_provider=meter_provider)
         self._histogram = meter.create_histogram(
             METRIC_NAME,
             unit="ms",
-            description="Duration of an operation measured by a service",
+            description=METRIC_DESCRIPTION,
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_MS,
         )
         self._lock = threading.Lock()
@@ -310,6 +318,10 @@ class PerformanceTracker:
         if error_type:
             point["error.type"] = error_type
         self._histogram.record(duration_ms, attributes=point)
+        self.summarise(operation, duration_ms, outcome=outcome)
+
+    def summarise(self, operation: str, duration_ms: float, *, outcome: str = "ok") -> None:
+        """Adds a duration to the local summary only (its caller exports it)."""
         with self._lock:
             stats = self._stats.get(operation)
             if stats is None:

@@ -1,9 +1,10 @@
 """The hub's own telemetry: OpenTelemetry metrics and traces for every RPC, gauges
 of its state, a Prometheus scrape endpoint and, when configured, OTLP export.
 
-Per-RPC latency goes through hub_client's PerformanceTracker, which records the
-OpenTelemetry histogram and keeps the bounded local percentiles that
-GetSystemMetrics reports, so both views come from one measurement.
+Per-RPC latency goes into hub_client's PerformanceTracker: its bounded local
+percentiles, which GetSystemMetrics reports, and its OpenTelemetry histogram
+(counted cheaply by ``rpc_durations`` and handed over when collected), so both
+views come from one measurement.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from hub_client import OperationSummary, PerformanceTracker
+from hub_server.observability.rpc_durations import RpcDurations, fits
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,12 @@ class Telemetry:
         self.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         self.tracer = self.tracer_provider.get_tracer("central-hub")
         self.rpcs = PerformanceTracker("central-hub", meter_provider=self.meter_provider)
+        self._durations = RpcDurations(self.rpcs.service_name)
+        # Counted here unless a reader wants what only the SDK's path gives.
+        self._counted = all(fits(reader) for reader in readers)
+        if self._counted:
+            for reader in readers:
+                self._durations.attach(reader, resource)
         self._meter = self.meter_provider.get_meter("central-hub")
 
     def gauge(self, name: str, description: str, source: GaugeSource, unit: str = "1") -> None:
@@ -106,7 +114,7 @@ class Telemetry:
     def add_span_processor(self, processor: SpanProcessor) -> None:
         """Where the RPC spans go (OTLP when configured; tests add their own)."""
         self.tracer_provider.add_span_processor(processor)
-        self._tracing = True
+        self._tracing = True  # and exemplars (trace ids) go with the durations
 
     def span(self, method: str, metadata: Iterable[tuple[str, Any]] | None) -> Any:
         """A server span for one call, child of the caller's trace if it sent one.
@@ -120,10 +128,16 @@ class Telemetry:
         )
 
     def rpc_finished(self, method: str, outcome: str, duration_ms: float) -> None:
+        ok = outcome == "OK"
+        if self._counted and not self._tracing:
+            self._durations.record(
+                method, "ok" if ok else "error", None if ok else outcome, duration_ms
+            )
+            self.rpcs.summarise(method, duration_ms, outcome="ok" if ok else "error")
+            return
         self.rpcs.record(
-            method, duration_ms, outcome="ok" if outcome == "OK" else "error",
-            error_type=None if outcome == "OK" else outcome,
-        )  # fmt: skip
+            method, duration_ms, outcome="ok" if ok else "error", error_type=None if ok else outcome
+        )
 
     def rpc_summary(self) -> dict[str, OperationSummary]:
         return self.rpcs.summary()
