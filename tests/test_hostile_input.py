@@ -205,6 +205,8 @@ INT_HINTS: dict[str, st.SearchStrategy[int]] = {
     "amount": st.integers(1, 100),
     "count": st.integers(1, 1000),
     "start_revision": st.sampled_from([0, 0, 1, 5]),
+    # WatchEndpoints: older than the hub's (a snapshot now) or past it (one too).
+    "after_revision": st.sampled_from([0, 1, 5, 1 << 40]),
     "version": st.integers(1, 5),
     "expected_version": st.integers(0, 3),
     "expected_revision": st.integers(0, 3),

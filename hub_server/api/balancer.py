@@ -219,8 +219,11 @@ class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
                     # Compared without the header: the revision moves with
                     # changes to any service.
                     message.ClearField("header")
+                    # A resume point past the revision the hub has reached did not
+                    # come from it (e.g. it restarted on an emptied etcd): answered
+                    # with the snapshot, which the caller then judges.
                     if message != last and (
-                        last is not None or projected.revision > request.after_revision
+                        last is not None or projected.revision != request.after_revision
                     ):
                         last = balancer_pb2.WatchEndpointsResponse()
                         last.CopyFrom(message)

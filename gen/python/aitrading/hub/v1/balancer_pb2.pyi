@@ -514,8 +514,10 @@ class WatchEndpointsRequest(_message.Message):
     service: _builtins.str
     """The service."""
     after_revision: _builtins.int
-    """The revision of the snapshot the caller already holds: the first
-    message is sent only once the hub's is newer. 0 sends one at once.
+    """The revision of the snapshot the caller already holds: while the hub's
+    equals it, the first message waits for a change. Any other revision
+    (older, or one this hub never reached, as after a restart on another
+    etcd) and 0 send the snapshot at once.
     """
     legacy_mode: _builtins.bool
     """As in PickEndpointRequest: ignore the caller's tier (callers not bound

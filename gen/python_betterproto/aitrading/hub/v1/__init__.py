@@ -6553,8 +6553,10 @@ class WatchEndpointsRequest(betterproto2.Message):
 
     after_revision: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
     """
-    The revision of the snapshot the caller already holds: the first
-    message is sent only once the hub's is newer. 0 sends one at once.
+    The revision of the snapshot the caller already holds: while the hub's
+    equals it, the first message waits for a change. Any other revision
+    (older, or one this hub never reached, as after a restart on another
+    etcd) and 0 send the snapshot at once.
     """
 
     legacy_mode: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)

@@ -504,8 +504,10 @@ export type WatchEndpointsRequest = Message<"aitrading.hub.v1.WatchEndpointsRequ
   service: string;
 
   /**
-   * The revision of the snapshot the caller already holds: the first
-   * message is sent only once the hub's is newer. 0 sends one at once.
+   * The revision of the snapshot the caller already holds: while the hub's
+   * equals it, the first message waits for a change. Any other revision
+   * (older, or one this hub never reached, as after a restart on another
+   * etcd) and 0 send the snapshot at once.
    *
    * @generated from field: int64 after_revision = 2;
    */
