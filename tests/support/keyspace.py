@@ -11,8 +11,10 @@ from hub_server.store.etcd import EtcdStore
 async def plain_keys(
     store: EtcdStore, *, leaving_out: tuple[bytes, ...] = ()
 ) -> dict[bytes, bytes]:
-    """The hub's keys that are not bound to a lease, but those under ``leaving_out``."""
+    """The hub's keys that are not bound to a lease, but those under ``leaving_out``
+    and the webhook cursor (the leader moves it as changes happen, subscribed or not)."""
     kvs, _ = await store.get_prefix(keys.ROOT)
+    leaving_out += (keys.WEBHOOK_CURSOR,)
     return {
         kv.key: kv.value
         for kv in kvs
