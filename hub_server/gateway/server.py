@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
-import socket
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import grpc
 from aiohttp import web
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
-from hub_server.addresses import is_loopback
+from hub_server.addresses import HostCheck, is_loopback
 from hub_server.gateway import compat, openapi
 from hub_server.gateway.routes import MethodNotAllowed, NoRoute, Route, Router, hub_routes
 from hub_server.gateway.transcode import build_request, response_class, status_json, to_json
@@ -244,9 +241,7 @@ class HttpGateway:
         self._calls = services.in_process
         self._origins = frozenset(settings.cors_origins)
         self._runner: web.AppRunner | None = None
-        self._names = {"localhost", self.host.lower()}
-        with contextlib.suppress(OSError):
-            self._names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        self._hosts = HostCheck(self.host)
         self._compat = compat.CompatRoutes(self)
         self._openapi_json: str | None = None
 
@@ -304,16 +299,6 @@ class HttpGateway:
     def _origin_allowed(self, origin: str) -> bool:
         return origin in self._origins or "*" in self._origins
 
-    def _host_allowed(self, host_header: str) -> bool:
-        host = urlsplit(f"//{host_header}").hostname or ""
-        if host in self._names:
-            return True
-        try:
-            ipaddress.ip_address(host)
-            return True
-        except ValueError:
-            return False
-
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
@@ -323,7 +308,7 @@ class HttpGateway:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"origin {origin!r} is not allowed (--http-cors-origin)",
             )
-        if not self._services.authorizer.enabled and not self._host_allowed(request.host):
+        if not self._services.authorizer.enabled and not self._hosts.allows(request.host):
             return web.json_response(
                 {"code": code_pb2.PERMISSION_DENIED, "message": "misdirected request"},
                 status=421,

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import grpc
 from aiohttp import web
 from google.rpc import error_details_pb2, status_pb2
 
-from hub_server.addresses import is_loopback
+from hub_server.addresses import HostCheck, is_loopback
 from hub_server.auth.credentials import Identity
 from hub_server.kernel.errors import HubError, InvalidArgument
 from hub_server.rpc.errors import status_code_for, to_status
@@ -179,9 +177,7 @@ class Dashboard:
         self.host, self.port = parse_listen(listen)
         self._runner: web.AppRunner | None = None
         self._feed: ChangeFeed | None = None
-        self._names = {"localhost", self.host.lower()}
-        with contextlib.suppress(OSError):
-            self._names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        self._hosts = HostCheck(self.host)
 
     @property
     def url(self) -> str:
@@ -243,19 +239,9 @@ class Dashboard:
 
     # -- guard ---------------------------------------------------------------
 
-    def _host_allowed(self, host_header: str) -> bool:
-        host = urlsplit(f"//{host_header}").hostname or ""
-        if host in self._names:
-            return True
-        try:
-            ipaddress.ip_address(host)
-            return True
-        except ValueError:
-            return False
-
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self._host_allowed(request.host):
+        if not self._hosts.allows(request.host):
             return _error(421, "MISDIRECTED", "this dashboard does not answer for that host")
         if request.method == "POST":
             if request.content_type != "application/json":
