@@ -104,7 +104,7 @@ bench: install h2load
 	$(PY) -m bench.run
 	$(PY) scripts/bench_readme.py
 
-# The instance curve to a million (bench/results/scale/; about half an hour).
+# The instance curve to a million (bench/results/scale/; about 2 minutes here).
 bench-scale: install
 	$(PY) -m bench.run --scale
 	$(PY) scripts/bench_readme.py
