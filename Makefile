@@ -47,8 +47,8 @@ KUBE_MANIFESTS = $(filter-out %/kustomization.yaml,$(wildcard deploy/kubernetes/
 lint: install
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
-	$(BIN)/ruff check hub_server hub_client tests scripts examples bench
-	$(BIN)/ruff format --check hub_server hub_client tests scripts examples bench
+	$(BIN)/ruff check hub_server hub_client hubctl tests scripts examples bench
+	$(BIN)/ruff format --check hub_server hub_client hubctl tests scripts examples bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
