@@ -31,7 +31,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aitrading.hub.v1 import webhook_pb2
@@ -151,8 +150,7 @@ class Webhooks:
         if len(description) > 1024:
             v.add("description", "is longer than 1024 characters")
         v.raise_if_any()
-        host = self.policy.check_url(url)
-        await self.policy.check_resolved(host, urlsplit(url).port or 443)
+        await self.policy.check(url)
         now = self._clock()
         sub = webhook_pb2.WebhookSubscription(
             id="wh-" + uuid.uuid4().hex[:16],
@@ -493,8 +491,7 @@ class Webhooks:
             attempt.error = "no secret (restored from a backup?): rotate the secret"
             return attempt
         try:
-            host = self.policy.check_url(sub.url)
-            await self.policy.check_resolved(host, urlsplit(sub.url).port or 443)
+            await self.policy.check(sub.url)
         except InvalidArgument as e:
             attempt.error = f"target refused: {e}"
             return attempt

@@ -74,6 +74,13 @@ class TargetPolicy:
                 raise InvalidArgument.single(field_path, why)
         return host
 
+    async def check(self, url: str, field_path: str = "url") -> None:
+        """The whole check of a target: its URL, then where its host resolves."""
+        host = self.check_url(url, field_path)
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        await self.check_resolved(host, port, field_path)
+
     async def check_resolved(self, host: str, port: int, field_path: str = "url") -> None:
         """Refuses a host that resolves to a refused address (unless allowed).
         A name that does not resolve is accepted: it may resolve later, and each
