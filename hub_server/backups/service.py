@@ -60,7 +60,6 @@ from google.protobuf.internal import decoder, encoder
 
 from hub_server.config.merge import StoredLayer, empty_layer, parse_layer
 from hub_server.kernel.errors import (
-    Compacted,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -68,7 +67,7 @@ from hub_server.kernel.errors import (
     VersionConflict,
 )
 from hub_server.store import keys
-from hub_server.store.etcd import EtcdStore, KeyValue, Txn, prefix_end
+from hub_server.store.etcd import EtcdStore, KeyValue, Txn
 
 log = logging.getLogger(__name__)
 
@@ -585,23 +584,7 @@ class Backups:
 
     async def read_keyspace(self) -> tuple[list[KeyValue], int]:
         """Every key under the hub's root at one revision, read in pages."""
-        for attempt in range(3):
-            try:
-                return await self._read_at_one_revision()
-            except Compacted:  # compacted between pages: start again, newer
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _read_at_one_revision(self) -> tuple[list[KeyValue], int]:
-        end = prefix_end(keys.ROOT)
-        kvs, revision, more = await self._store.get_page(keys.ROOT, end, limit=PAGE)
-        out = list(kvs)
-        while more and kvs:
-            start = kvs[-1].key + b"\0"
-            kvs, _, more = await self._store.get_page(start, end, revision=revision, limit=PAGE)
-            out += kvs
-        return out, revision
+        return await self._store.get_prefix_paged(keys.ROOT, page=PAGE)
 
     async def export(self) -> tuple[bytes, int]:
         """A backup file of the whole keyspace, and the revision it reflects."""
