@@ -190,13 +190,12 @@ class Webhooks:
     async def delete(self, subscription_id: str) -> None:
         self._get(subscription_id)
         txn = Txn()
-        for op in (
+        txn.success += [
             Txn.delete(keys.webhook_key(subscription_id)),
             Txn.delete(keys.webhook_secret_key(subscription_id)),
             Txn.delete(keys.webhook_queue_prefix(subscription_id), prefix=True),
             Txn.delete(keys.webhook_log_prefix(subscription_id), prefix=True),
-        ):
-            txn.success.append(op)
+        ]
         await self._store.txn(txn)
         await self.subscriptions.barrier()
 
@@ -447,7 +446,7 @@ class Webhooks:
         if retry_at is None:
             if await self._finish(sub_id, kv, record, FAILED):
                 log.warning("webhook %s failing: %s", sub_id, attempt.error)
-                await self._set_state(sub_id, FAILING, _describe(attempt))
+                await self._set_state(sub_id, FAILING, attempt.error)
             return 0
         record["next_at"] = retry_at
         txn = Txn().mod_revision_is(kv.key, kv.mod_revision)
@@ -470,7 +469,7 @@ class Webhooks:
             kv, _rev = await self._store.get(key)
             if kv is None:
                 return
-            sub = webhook_pb2.WebhookSubscription.FromString(kv.value)
+            sub = _decode(kv)
             sub.state = state
             if last_error:
                 sub.last_error = last_error
@@ -577,10 +576,6 @@ def _queued(seq: int, event: Event, now: float) -> bytes:
 
 def _event(d: dict[str, Any]) -> Event:
     return Event(d["id"], d["type"], d["time"], d["tenant"], d["data"])
-
-
-def _describe(attempt: Attempt) -> str:
-    return attempt.error or f"HTTP {attempt.http_status}"
 
 
 def _delivery_pb(record: dict[str, Any]) -> webhook_pb2.WebhookDelivery:
