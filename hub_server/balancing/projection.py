@@ -17,7 +17,7 @@ service.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,8 +92,6 @@ class EndpointProjection:
         health: Health records.
         circuits: Service and instance circuits.
         drains: Drain marks of roll-outs.
-        also: Further per-service inputs (mirrors keyed ``<prefix><service>...``,
-            e.g. routing policies) whose changes subscribers must hear about.
     """
 
     def __init__(
@@ -104,7 +102,6 @@ class EndpointProjection:
         circuits: Circuits,
         *,
         drains: PrefixMirror[str] | None = None,
-        also: Iterable[PrefixMirror[Any]] = (),
     ) -> None:
         self._registry = registry
         self._health = health
@@ -121,8 +118,6 @@ class EndpointProjection:
         for mirror in self._inputs:
             on_service_change(mirror, self._service_changed)
         registry.add_listener(self._registry_changed)
-        for mirror in also:
-            self.watch(mirror)
 
     def watch(self, mirror: PrefixMirror[Any]) -> None:
         """Also tells subscribers about changes to ``mirror`` (keyed per service like
