@@ -67,7 +67,7 @@ from hub_server.kernel.errors import (
     VersionConflict,
 )
 from hub_server.store import keys
-from hub_server.store.etcd import EtcdStore, KeyValue, Txn
+from hub_server.store.etcd import MAX_TXN_BYTES, MAX_TXN_OPS, EtcdStore, KeyValue, Txn
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,6 @@ FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct(">4sHI")  # magic, format version, header length
 _CRC = struct.Struct(">I")
 MAX_HEADER = 64 * 1024
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
-MAX_TXN_BYTES = 1024 * 1024  # etcd refuses requests over 1.5 MiB by default
 PAGE = 2000  # keys per range read of the export
 SUFFIX = ".chub"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.chub")  # fullmatch
