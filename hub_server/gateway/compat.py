@@ -21,6 +21,7 @@ from aitrading.hub.v1 import config_pb2, registry_pb2, types_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from hub_server.gateway.transcode import parse_bool
 from hub_server.kernel.errors import InvalidArgument, Violations
 from hub_server.rpc.decoding import Undecodable
 
@@ -220,11 +221,7 @@ def _legacy_mode(request: web.Request, body: Any = None) -> bool:
         if not isinstance(value, bool):
             raise InvalidArgument.single("legacy_mode", "must be true or false")
         return value
-    if raw is None:
-        return False
-    if raw.lower() not in ("true", "false", "1", "0"):
-        raise InvalidArgument.single("legacy_mode", "must be true or false")
-    return raw.lower() in ("true", "1")
+    return False if raw is None else parse_bool(raw, "legacy_mode")
 
 
 async def _json_body(gateway: HttpGateway, request: web.Request, *, optional: bool) -> Any:

@@ -43,14 +43,19 @@ def _field(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
     return found
 
 
+def parse_bool(value: str, name: str) -> bool:
+    """A query or path string as a boolean; InvalidArgument naming the field if not one."""
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise InvalidArgument.single(name, "must be true or false")
+
+
 def _scalar(field: FieldDescriptor, value: str, name: str) -> Any:
     """A query or path string as the JSON value ParseDict takes for the field."""
     if field.type == FieldDescriptor.TYPE_BOOL:
-        if value.lower() in _TRUE:
-            return True
-        if value.lower() in _FALSE:
-            return False
-        raise InvalidArgument.single(name, "must be true or false")
+        return parse_bool(value, name)
     return value  # numbers, enums (name or number), strings, Timestamps: ParseDict reads them
 
 
