@@ -8,13 +8,16 @@ from hub_client._private.models import Endpoint, lookup
 from hub_client._private.strategies import Strategy
 from hub_client._private.transport import Transport
 
-_STRATEGIES = {
-    "least_load": balancer_pb2.BALANCING_STRATEGY_LEAST_LOAD,
-    "round_robin": balancer_pb2.BALANCING_STRATEGY_ROUND_ROBIN,
-    "weighted": balancer_pb2.BALANCING_STRATEGY_WEIGHTED,
-    "consistent_hash": balancer_pb2.BALANCING_STRATEGY_CONSISTENT_HASH,
-    "latency_aware": balancer_pb2.BALANCING_STRATEGY_LATENCY_AWARE,
-}
+# pick()'s strategy names; Strategy's values are the proto's numbers.
+STRATEGY_NAMES = {s.name.lower(): s for s in Strategy}
+
+
+def strategy_of(strategy: str | Strategy | None) -> Strategy | None:
+    """The strategy a pick names (None: the service's routing policy's), or
+    InvalidArgument for an unknown name, before any RPC."""
+    if strategy is None or isinstance(strategy, Strategy):
+        return strategy
+    return lookup(STRATEGY_NAMES, strategy, "strategy")
 
 
 class BalancerClient:
@@ -32,14 +35,9 @@ class BalancerClient:
         legacy_mode: bool,
         timeout: float | None = None,
     ) -> Endpoint:
-        # Strategy is an IntEnum shared with local picking: a member means its name.
         # None sends UNSPECIFIED: the hub uses the service's routing policy.
-        name = strategy.name.lower() if isinstance(strategy, Strategy) else strategy
-        value = (
-            balancer_pb2.BALANCING_STRATEGY_UNSPECIFIED
-            if name is None
-            else lookup(_STRATEGIES, name, "strategy")
-        )
+        chosen = strategy_of(strategy)
+        value = balancer_pb2.BALANCING_STRATEGY_UNSPECIFIED if chosen is None else int(chosen)
         t = self._transport
         resp = await t.call(
             t.balancer_stub.PickEndpoint,

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import grpc
 from aitrading.hub.v1 import balancer_pb2, registry_pb2, types_pb2
 
+from hub_client._private.balancer import strategy_of
 from hub_client._private.errors import (
     RateLimited,
     Unavailable,
@@ -49,7 +50,7 @@ from hub_client._private.errors import (
     deadline_exceeded,
     from_rpc_error,
 )
-from hub_client._private.models import Endpoint, Instance, Service, lookup
+from hub_client._private.models import Endpoint, Instance, Service
 from hub_client._private.resume import RETRYABLE, Backoff
 from hub_client._private.routing import EndpointsSnapshot, UsableEndpoint
 from hub_client._private.strategies import Balancer, Candidate, Strategy
@@ -64,9 +65,6 @@ READ_YOUR_WRITES_WAIT = 2.0
 _RECENT_FOR = 30.0
 # Reconnect delay after a snapshot from an older etcd history was refused.
 _REFUSED_RETRY = 1.0
-
-# Strategy names as pick() takes them (the proto numbers are Strategy's values).
-_STRATEGY_NAMES = {s.name.lower(): s for s in Strategy}
 
 ViewKey = tuple[str, str, str, bool]  # service, tenant id, tier header, legacy mode
 
@@ -512,10 +510,7 @@ class LocalViews:
         timeout: float,
     ) -> Endpoint | None:
         """The local pick, or None when this pick must ask the hub."""
-        if isinstance(strategy, Strategy):
-            chosen: Strategy | None = strategy
-        else:
-            chosen = None if strategy is None else lookup(_STRATEGY_NAMES, strategy, "strategy")
+        chosen = strategy_of(strategy)
         view = self.view(transport, service, legacy_mode)
         if not await self._usable(view, timeout):
             return None
