@@ -71,27 +71,20 @@ class ResourceCache:
         self._built: dict[str, dict[Tier, Built]] = {}
         self._catalogue: dict[Tier, frozenset[str]] = {}
         self._empty: dict[str, bytes] = {}  # endpoint name -> an empty assignment
-        self._subscribers: list[Callable[[str | None], None]] = []
         projection.subscribe(self._changed)
 
     def subscribe(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
         """``callback(service)`` after a service's resources were dropped, and
-        ``callback(None)`` after the catalogue was; returns the unsubscriber."""
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
+        ``callback(None)`` after the catalogue was; returns the unsubscriber.
+        The projection's own subscription: the projection calls its subscribers
+        in order, and the cache subscribed first (when it was built)."""
+        return self.projection.subscribe(callback)
 
     def _changed(self, service: str | None) -> None:
         if service is None:
             self._catalogue.clear()
         else:
             self._built.pop(service, None)
-        for callback in list(self._subscribers):
-            callback(service)
 
     @property
     def revision(self) -> int:
