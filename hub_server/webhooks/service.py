@@ -119,6 +119,10 @@ class Webhooks:
         self._sources: list[Source] = []
         self._wake: dict[str, asyncio.Event] = {}
         self._cursor_written = 0.0
+        # The cursor and its mod revision as this leader last read or wrote it:
+        # only the leader writes it, and every write is guarded by that revision,
+        # so a pass need not read it from etcd (a failed guard drops it).
+        self._cursor: tuple[dict[str, Any], int] | None = None
         self.subscriptions: PrefixMirror[webhook_pb2.WebhookSubscription] = PrefixMirror(
             store, keys.WEBHOOKS, _decode
         )
@@ -291,6 +295,7 @@ class Webhooks:
         prune old records."""
         tasks: dict[str, asyncio.Task[None]] = {}
         last_prune = 0.0
+        self._cursor = None  # a new term reads what the last leader left
         async with _session() as session:
             try:
                 while True:
@@ -301,6 +306,7 @@ class Webhooks:
                             last_prune = self._clock()
                     except Exception as e:  # etcd away: again next round
                         log.warning("webhook enqueue failed: %r", e)
+                        self._cursor = None
                     self._keep_tasks(tasks, session)
                     await asyncio.sleep(self._poll)
             finally:
@@ -339,7 +345,9 @@ class Webhooks:
     async def _enqueue(self) -> None:
         """One pass: the sources' events since the cursor, in revision order,
         enqueued in transactions that also move the cursor."""
-        cursor, cursor_rev = await self._load_cursor()
+        if self._cursor is None:
+            self._cursor = await self._load_cursor()
+        cursor, cursor_rev = self._cursor
         positions: dict[str, int] = cursor["sources"]
         now = self._clock()
         events: list[tuple[int, Event]] = []
@@ -393,8 +401,10 @@ class Webhooks:
             txn.success.append(Txn.put(keys.WEBHOOK_CURSOR, json.dumps(cursor).encode()))
             result = await self._store.txn(txn)
             if not result.succeeded:  # another leader moved it: start again from it
+                self._cursor = None
                 return
             cursor_rev = result.revision
+            self._cursor = (cursor, cursor_rev)
             self._cursor_written = now
             for sub_id in woken:
                 self._wake.setdefault(sub_id, asyncio.Event()).set()
