@@ -15,7 +15,6 @@ from hub_server.balancing.policy import STRATEGIES, from_request
 from hub_server.balancing.projection import ServiceEndpoints
 from hub_server.kernel import validation
 from hub_server.kernel.errors import StoreUnavailable, Violations
-from hub_server.kernel.tiers import view_tier
 from hub_server.rpc.context import CallContext, current
 from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import counted
@@ -169,13 +168,7 @@ class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
     def _tier(self, call: CallContext, legacy_mode: bool) -> str | None:
         """The caller's tier filter, with its tenant's tier as stored now."""
         tenant = call.caller.tenant or call.tenant_id
-        stored = self._tier_of(tenant) if tenant else ""
-        return view_tier(
-            stored or call.subscription_tier,
-            has_tenant=call.has_tenant_context,
-            tenant_bound=bool(call.caller.tenant),
-            legacy_mode=legacy_mode,
-        )
+        return call.tier_filter(legacy_mode, self._tier_of(tenant) if tenant else "")
 
     async def WatchEndpoints(
         self, request, context

@@ -60,12 +60,14 @@ class CallContext:
     def has_tenant_context(self) -> bool:
         return bool(self.tenant_id or self.subscription_tier)
 
-    def tier_filter(self, legacy_mode: bool) -> str | None:
+    def tier_filter(self, legacy_mode: bool, tier: str = "") -> str | None:
         """The tier to filter discovery by; None lists everything (no tenant
-        context, or legacy mode from a caller not bound to a tenant). See
+        context, or legacy mode from a caller not bound to a tenant). ``tier``:
+        the tenant's tier as stored now, over the one the call carries (a
+        long-lived stream reads it again). See
         :func:`hub_server.kernel.tiers.view_tier`."""
         return view_tier(
-            self.subscription_tier,
+            tier or self.subscription_tier,
             has_tenant=self.has_tenant_context,
             tenant_bound=bool(self.caller.tenant),
             legacy_mode=legacy_mode,
