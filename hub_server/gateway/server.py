@@ -41,7 +41,7 @@ from hub_server.gateway.routes import MethodNotAllowed, NoRoute, Route, Router, 
 from hub_server.gateway.transcode import build_request, response_class, status_json, to_json
 from hub_server.kernel.errors import HubError, InvalidArgument
 from hub_server.rpc.decoding import Undecodable
-from hub_server.rpc.errors import to_status
+from hub_server.rpc.errors import HTTP_STATUS, to_status
 from hub_server.rpc.inprocess import CallAborted
 from hub_server.wiring import Services
 
@@ -50,26 +50,6 @@ log = logging.getLogger(__name__)
 # A request body may be as large as a gRPC request (app.SERVER_OPTIONS).
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
-# The standard mapping of gRPC codes to HTTP statuses (google/rpc/code.proto).
-HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-}
 # A stream's request field that Last-Event-ID (a revision) fills, and what to add
 # to it: start_revision is the first revision wanted, after_revision the last held.
 RESUME_FIELDS = {"start_revision": 1, "after_revision": 0}

@@ -27,7 +27,7 @@ from google.rpc import error_details_pb2, status_pb2
 from hub_server.addresses import HostCheck, is_loopback
 from hub_server.auth.credentials import Identity
 from hub_server.kernel.errors import HubError, InvalidArgument
-from hub_server.rpc.errors import status_code_for, to_status
+from hub_server.rpc.errors import HTTP_STATUS, status_code_for, to_status
 from hub_server.rpc.inprocess import CallAborted
 from hub_server.store.event_log import EventLog
 from hub_server.ui.actions import Actions, authorize, caller_name, check_fleet_reader, method_name
@@ -42,18 +42,6 @@ CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
-}
-HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400,
-    "OUT_OF_RANGE": 400,
-    "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 403,
-    "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "ABORTED": 409,
-    "FAILED_PRECONDITION": 409,
-    "RESOURCE_EXHAUSTED": 429,
-    "UNAVAILABLE": 503,
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -382,4 +370,4 @@ def _status_error(status: grpc.Status) -> web.Response:
                 extra["violations"] = [
                     {"field": v.field, "description": v.description} for v in bad.field_violations
                 ]
-    return _error(HTTP_STATUS.get(code, 500), code, status.details, **extra)
+    return _error(HTTP_STATUS.get(status.code, 500), code, status.details, **extra)
