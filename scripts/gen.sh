@@ -19,6 +19,8 @@ mkdir -p gen/python gen/python_betterproto gen/ts/src
 # Every folder a regular package, so setuptools and mypy find them.
 find gen/python -type d -exec touch {}/__init__.py \;
 rm -f gen/python/__init__.py
+# Typed (PEP 561): the .pyi stubs above are what type checkers read.
+touch gen/python/aitrading/py.typed
 
 # Python dataclass stubs (betterproto2), for teams that prefer them: sync clients
 # (grpcio) and async ones (grpclib, the *AsyncStub classes), both taking timeout=

@@ -190,6 +190,8 @@ USE_THE_INSTALL = textwrap.dedent(
     here = Path(hub_client.__file__).resolve()
     assert "site-packages" in here.parts, here  # the wheel's, not the checkout's
     assert (here.parent / "py.typed").is_file()
+    import aitrading
+    assert (Path(aitrading.__file__).parent / "py.typed").is_file()  # typed stubs too
 
     async def main():
         async with HubClient(address) as hub:
