@@ -186,10 +186,21 @@ def wire(
         extra_conditions=lambda: tenant_limits.conditions() + webhooks.conditions(),
     )
     # What webhooks deliver: the changes of these views' logs.
-    webhooks.add_source("config", configs.mirror.log, webhook_events.config_events)
-    webhooks.add_source("alerts", alerts.log, webhook_events.alert_events)
-    webhooks.add_source("deployments", deployments.mirror.log, webhook_events.deployment_events)
-    webhooks.add_source("registry", view.mirror.log, webhook_events.instance_events)
+    webhooks.add_source(
+        "config", configs.mirror.log, webhook_events.config_events, webhook_events.CONFIG_TYPES
+    )
+    webhooks.add_source(
+        "alerts", alerts.log, webhook_events.alert_events, webhook_events.ALERT_TYPES
+    )
+    webhooks.add_source(
+        "deployments",
+        deployments.mirror.log,
+        webhook_events.deployment_events,
+        webhook_events.DEPLOYMENT_TYPES,
+    )
+    webhooks.add_source(
+        "registry", view.mirror.log, webhook_events.instance_events, webhook_events.INSTANCE_TYPES
+    )
     registry = Registry(store, view)
     election = Election(store, hub_id, ttl=cfg.election_ttl)
     health_monitor = HealthMonitor(

@@ -301,6 +301,28 @@ async def test_order_per_subscription_survives_retries(
         assert versions == sorted(versions) and len(set(versions)) == 6
 
 
+async def test_instance_events_reach_only_subscriptions_that_want_them(
+    hub_factory: HubFactory, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    # Events of a source that no subscription wants are not built (the
+    # registry's, under mass registration): once one wants them they flow.
+    hub = await hub_factory(**FAST)
+    configs, instances = await receivers(), await receivers()
+    async with HubClient(hub.address) as client:
+        await subscribe(client, configs.url, CONFIG)
+        reg = await client.register("orders", host="10.0.0.1", port=80, keep_alive=False)
+        await set_global(client, 1)
+        await eventually(lambda: len(configs.got) == 1)
+        await subscribe(client, instances.url, webhook_pb2.WEBHOOK_EVENT_TYPE_INSTANCES_CHANGED)
+        await reg.deregister()
+        await client.register("orders", host="10.0.0.2", port=80, keep_alive=False)
+        await set_global(client, 2)
+        await eventually(lambda: len(configs.got) == 2 and len(instances.got) == 2)
+        got = [(e["data"]["change"], e["data"]["instance_id"]) for e in instances.events()]
+        assert got == [("removed", "10.0.0.1-80"), ("added", "10.0.0.2-80")]
+        assert {e["type"] for e in configs.events()} == {"config.changed"}
+
+
 async def test_a_slow_receiver_delays_neither_callers_nor_other_subscriptions(
     hub_factory: HubFactory, receivers: Callable[[], Awaitable[Receiver]]
 ) -> None:

@@ -75,6 +75,7 @@ class Source:
     name: str
     log: EventLog[Change[Any]]
     to_events: ToEvents
+    types: frozenset[int]  # the event types to_events makes
 
 
 @dataclass
@@ -127,8 +128,10 @@ class Webhooks:
             store, keys.WEBHOOKS, _decode
         )
 
-    def add_source(self, name: str, log: EventLog[Change[Any]], to_events: ToEvents) -> None:
-        self._sources.append(Source(name, log, to_events))
+    def add_source(
+        self, name: str, log: EventLog[Change[Any]], to_events: ToEvents, types: frozenset[int]
+    ) -> None:
+        self._sources.append(Source(name, log, to_events, types))
 
     # -- the API ---------------------------------------------------------------
 
@@ -352,8 +355,13 @@ class Webhooks:
         now = self._clock()
         events: list[tuple[int, Event]] = []
         heads: dict[str, int] = {}
+        subs = list(self.subscriptions.items.values())
+        wanted = _wanted_types(subs)
         for source in self._sources:
             head = source.log.head
+            heads[source.name] = head
+            if wanted is not None and not source.types & wanted:
+                continue  # its events would match no subscription: not built
             after = positions.get(source.name, head)
             changes = source.log.since(after)
             if changes is None:
@@ -363,12 +371,10 @@ class Webhooks:
                     after,
                 )
                 changes = []
-            heads[source.name] = head
             for change in changes:
                 if change.revision <= head:
                     events += [(change.revision, e) for e in source.to_events(change, now)]
         events.sort(key=lambda pair: pair[0])
-        subs = list(self.subscriptions.items.values())
         seq = int(cursor["seq"])
         i = 0
         while True:
@@ -552,6 +558,16 @@ class Webhooks:
             txn.success += [Txn.delete(k) for k in old[start : start + MAX_TXN_PUTS]]
             await self._store.txn(txn)
         return len(old)
+
+
+def _wanted_types(subs: Iterable[webhook_pb2.WebhookSubscription]) -> frozenset[int] | None:
+    """The event types some subscription wants; None when one wants every type."""
+    wanted: set[int] = set()
+    for sub in subs:
+        if not sub.event_types:
+            return None
+        wanted.update(sub.event_types)
+    return frozenset(wanted)
 
 
 def _session() -> aiohttp.ClientSession:
