@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser h2load gen check-gen lint breaking release-baseline run test test-faults bench bench-scale clean image-deps test-image
+.PHONY: install browser h2load gen check-gen lint breaking release-baseline run test test-faults bench bench-scale clean image-deps test-image dist
 
 install: $(STAMP) node_modules/.installed
 
@@ -109,5 +109,11 @@ bench-scale: install
 	$(PY) -m bench.run --scale
 	$(PY) scripts/bench_readme.py
 
+# What a release hands out, in dist/: the three wheels and the two npm tarballs.
+dist: install
+	$(PY) scripts/build_dists.py --out dist
+	cd clients/node/stubs && npm pack --pack-destination $(CURDIR)/dist
+	cd clients/node/client && npm pack --pack-destination $(CURDIR)/dist
+
 clean:
-	rm -rf $(VENV) node_modules .hub-data
+	rm -rf $(VENV) node_modules .hub-data dist
