@@ -402,3 +402,20 @@ async def test_the_sync_client_resolves_locally(hub: Hub, admin: HubClient) -> N
             assert state is not None and state.endpoints == 3 and not state.protected
 
     await asyncio.to_thread(work)
+
+
+async def test_a_lookup_waiting_for_its_own_registration_keeps_to_its_timeout(
+    hub: Hub, admin: HubClient
+) -> None:
+    await admin.register("gamma", instance_id="open", host="h", port=1)
+    await admin.create_tenant("corner", tier="free")
+    async with HubClient(hub.address, tenant_id="corner", timeout=5) as corner:
+        assert _ids(await corner.discover("gamma")) == ["open"]  # the view is open
+        # Its own registration that it may not use never reaches its view: the
+        # lookup waits for it, then asks the hub, both within the one timeout.
+        await corner.register("gamma", instance_id="premium", host="h", port=2,
+                              subscription_requirements=["enterprise"])  # fmt: skip
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert _ids(await corner.discover("gamma", timeout=1.0)) == ["open"]
+        assert loop.time() - started < 1.0  # the wait took half, the hub the rest

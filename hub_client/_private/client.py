@@ -301,11 +301,11 @@ class HubClient:
         ``include_unhealthy`` or ``resolution="remote"``: then the hub's GetService
         answers. ViewTooOld when the view is older than ``max_view_age``."""
         if not (fresh or include_unhealthy or self.resolution == "remote"):
-            found = await self._views.discover(
-                self._transport, service, legacy_mode, self._transport.budget(timeout).left()
-            )
+            budget = self._transport.budget(timeout)  # one deadline, local wait included
+            found = await self._views.discover(self._transport, service, legacy_mode, budget.left())
             if found is not None:
                 return found
+            timeout = budget.left()
         return await self._registry.discover(
             service,
             legacy_mode=legacy_mode,
@@ -367,16 +367,13 @@ class HubClient:
         code, unless ``fresh`` or ``resolution="remote"``; a view that offers
         nothing asks the hub (its error says why)."""
         if not (fresh or self.resolution == "remote"):
+            budget = self._transport.budget(timeout)  # one deadline, local wait included
             found = await self._views.pick(
-                self._transport,
-                service,
-                strategy,
-                affinity_key,
-                legacy_mode,
-                self._transport.budget(timeout).left(),
+                self._transport, service, strategy, affinity_key, legacy_mode, budget.left()
             )
             if found is not None:
                 return found
+            timeout = budget.left()
         return await self._balancer.pick(
             service,
             strategy=strategy,

@@ -483,7 +483,8 @@ class LocalViews:
         if not waiting:
             view.expected.clear()
             return True
-        if await view.seen(waiting, min(timeout, self.read_your_writes_wait)):
+        # At most half the lookup's timeout: the hub, if asked, gets the rest.
+        if await view.seen(waiting, min(timeout / 2, self.read_your_writes_wait)):
             return True
         for instance_id in waiting:
             view.expected.pop(instance_id, None)
