@@ -59,6 +59,24 @@ def _method(name: bytes | str) -> str:
     return text.rsplit("/", 1)[-1]
 
 
+class _LateStreams(grpc.aio.UnaryStreamClientInterceptor):
+    """Hands on every streamed message ``delay`` seconds late: a view that always
+    lags the hub's answers."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = await continuation(details, request)
+
+        async def late() -> AsyncIterator[Any]:
+            async for message in call:
+                await asyncio.sleep(self.delay)
+                yield message
+
+        return late()
+
+
 async def counted_client(address: str, **options: Any) -> tuple[HubClient, Calls]:
     calls = Calls()
     channel = grpc.aio.insecure_channel(address, interceptors=[calls, calls.streams])
@@ -419,3 +437,16 @@ async def test_a_lookup_waiting_for_its_own_registration_keeps_to_its_timeout(
         started = loop.time()
         assert _ids(await corner.discover("gamma", timeout=1.0)) == ["open"]
         assert loop.time() - started < 1.0  # the wait took half, the hub the rest
+
+
+async def test_own_writes_are_read_through_a_lagging_view(hub: Hub, admin: HubClient) -> None:
+    await _fleet(admin, "late", 1)
+    channel = grpc.aio.insecure_channel(hub.address, interceptors=[_LateStreams(0.3)])
+    async with HubClient(hub.address, channel=channel, timeout=5) as local:
+        assert _ids(await local.discover("late")) == ["i0"]
+        for n in range(3):
+            mine = await local.register("late", instance_id=f"mine{n}", host="10.0.0.5", port=n + 1)
+            assert f"mine{n}" in _ids(await local.discover("late"))
+            await mine.deregister()
+            assert f"mine{n}" not in _ids(await local.discover("late"))
+            assert (await local.pick("late")).instance_id == "i0"

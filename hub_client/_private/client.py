@@ -281,6 +281,7 @@ class HubClient:
             timeout=timeout,
         )
         self._views.registered(service, reg.instance_id)  # read-your-writes
+        reg.on_deregistered = self._views.deregistered
         return reg
 
     async def discover(

@@ -150,7 +150,8 @@ class LocalView:
         self._error: BaseException | None = None
         self._changed = asyncio.Event()
         self._balancer = Balancer()
-        self.expected: dict[str, float] = {}  # own registrations not seen yet -> until
+        # This client's own writes not seen yet: instance id -> (present, until).
+        self.expected: dict[str, tuple[bool, float]] = {}
         self.last_used = clock()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -221,14 +222,17 @@ class LocalView:
                 return
             await changed.wait()
 
-    async def seen(self, instance_ids: set[str], timeout: float) -> bool:
-        """Whether the instances reach the view's usable set within ``timeout``."""
+    async def seen(self, wanted: dict[str, bool], timeout: float) -> bool:
+        """Whether, within ``timeout``, each instance is in the view's usable set
+        (True) or out of it (False) as ``wanted`` says."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             changed = self._changed  # taken before the check: no wake-up is missed
             answers = self._answers
-            if answers is not None and instance_ids <= answers.instances.keys():
+            if answers is not None and all(
+                (i in answers.instances) == present for i, present in wanted.items()
+            ):
                 return True
             left = deadline - loop.time()
             if left <= 0 or self._error is not None or self._task.done():
@@ -372,8 +376,9 @@ class LocalView:
         )
         if not snap.endpoints:
             self._balancer.forget(self.service)
-        for instance_id in instances.keys() & self.expected.keys():
-            del self.expected[instance_id]
+        for instance_id, (present, _) in list(self.expected.items()):
+            if (instance_id in instances) == present:
+                del self.expected[instance_id]
         self.protected = False
         self._stale_since = None
         self._wake()
@@ -407,7 +412,8 @@ class LocalViews:
             ViewTooOld; None: no limit.
         idle_after: Seconds without a lookup after which a view is closed.
         read_your_writes_wait: How long a lookup waits for this client's own
-            registration to reach the view before asking the hub instead.
+            registration (or deregistration) to reach the view before asking
+            the hub instead.
     """
 
     def __init__(
@@ -421,7 +427,8 @@ class LocalViews:
         self.idle_after = idle_after
         self.read_your_writes_wait = read_your_writes_wait
         self._views: dict[ViewKey, LocalView] = {}
-        self._recent: dict[tuple[str, str], float] = {}  # own registrations -> until
+        # Own (de)registrations: (service, instance id) -> (present, until).
+        self._recent: dict[tuple[str, str], tuple[bool, float]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -446,11 +453,11 @@ class LocalViews:
         if view is None or view.closed:
             view = self._views[key] = LocalView(transport, service, legacy_mode)
             now = time.monotonic()
-            for (svc, instance_id), until in list(self._recent.items()):
+            for (svc, instance_id), (present, until) in list(self._recent.items()):
                 if until < now:
                     del self._recent[(svc, instance_id)]
                 elif svc == service:
-                    view.expected[instance_id] = until
+                    view.expected[instance_id] = (present, until)
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
         return view
@@ -458,11 +465,19 @@ class LocalViews:
     def registered(self, service: str, instance_id: str) -> None:
         """This client registered an instance: its next lookups of the service
         wait (briefly) until their view has it."""
-        until = time.monotonic() + _RECENT_FOR
-        self._recent[(service, instance_id)] = until
+        self._wrote(service, instance_id, present=True)
+
+    def deregistered(self, service: str, instance_id: str) -> None:
+        """This client deregistered an instance: its next lookups of the
+        service wait (briefly) until their view no longer has it."""
+        self._wrote(service, instance_id, present=False)
+
+    def _wrote(self, service: str, instance_id: str, *, present: bool) -> None:
+        expected = (present, time.monotonic() + _RECENT_FOR)
+        self._recent[(service, instance_id)] = expected
         for (svc, *_), view in self._views.items():
             if svc == service:
-                view.expected[instance_id] = until
+                view.expected[instance_id] = expected
 
     async def _usable(self, view: LocalView, timeout: float) -> bool:
         """Whether this lookup may answer from the view (raising its error, or
@@ -479,7 +494,7 @@ class LocalViews:
         if not view.expected:
             return True
         now = time.monotonic()
-        waiting = {i for i, until in view.expected.items() if until >= now}
+        waiting = {i: present for i, (present, until) in view.expected.items() if until >= now}
         if not waiting:
             view.expected.clear()
             return True

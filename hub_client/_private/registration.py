@@ -32,6 +32,8 @@ class Registration:
         self._task: asyncio.Task[None] | None = None
         self.instance: Instance | None = None
         self.on_close: Callable[[Registration], None] | None = None
+        # Called with (service, instance id) once the hub has removed it.
+        self.on_deregistered: Callable[[str, str], None] | None = None
         # Counts of what the keep-alive loop did, for callers and tests.
         self.renewals = 0
         self.reregistrations = 0
@@ -111,6 +113,8 @@ class Registration:
                 ),
                 timeout=timeout,
             )
+        if self.on_deregistered is not None:
+            self.on_deregistered(self.instance.service, self.instance.instance_id)
 
     async def __aenter__(self) -> Registration:
         return self
