@@ -4,13 +4,39 @@ offered rate), recording each call's latency with time.perf_counter."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+from google.protobuf.message import Message
+
 Call = Callable[[], Awaitable[Any]]
+
+
+def method(module: Any, service: str, name: str) -> str:
+    """/package.Service/Method, from the generated module's descriptor."""
+    return f"/{module.DESCRIPTOR.services_by_name[service].full_name}/{name}"
+
+
+def raw_unary(channel: grpc.aio.Channel, method: str, bodies: Iterator[bytes]) -> Call:
+    """A call that sends the next of ``bodies`` (serialized requests) through a
+    bare multicallable: no message is built or parsed per call, so the Python
+    caller costs what grpc.aio itself does (~0.17 ms of CPU per unary call on
+    the bench machine, against ~0.25 ms with a stub and a request built per
+    call)."""
+    send = channel.unary_unary(method)
+    return lambda: send(next(bodies))
+
+
+def serialized(make: Callable[[int], Message], ready: int) -> Iterator[bytes]:
+    """``make(k)`` serialized, for k = 0, 1, ...: the first ``ready`` now
+    (before the clock starts), any further ones when asked."""
+    first = [make(k).SerializeToString() for k in range(ready)]
+    return itertools.chain(first, (make(k).SerializeToString() for k in itertools.count(ready)))
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
