@@ -25,7 +25,7 @@ from hub_server.health.service import (
     ProbeResult,
 )
 from hub_server.observability.alerts import Alerts
-from hub_server.registry.service import Registry, RegistryView, on_service_change
+from hub_server.registry.service import Registry, RegistryView, StoredInstance, on_service_change
 from hub_server.store import keys
 from hub_server.store.etcd import Event, KeyValue
 from hub_server.store.mirror import PrefixMirror
@@ -175,7 +175,7 @@ async def test_picker_rebuilds_candidates_of_the_changed_service_only() -> None:
     await feed.put(drains, keys.drain_key("quotes", "i1"), b"dep-1")
     assert [c.draining for c in candidates("quotes")] == [True, False]
     chosen, _ = picker.pick("quotes", Strategy.LEAST_LOAD, affinity_key="", tier=None)
-    assert chosen is view.get_instance("quotes", "i2")  # the only one not draining
+    assert chosen == view.get_instance("quotes", "i2")  # the only one not draining
 
     circuit = Circuit(now=1.0)
     circuit.force_open(1.0)
@@ -188,13 +188,13 @@ async def test_alerts_recompute_only_services_that_changed() -> None:
     view, health_view, feed = await registry_with(("quotes", "i1"), ("feeds", "f1"))
     alerts = Alerts(NO_STORE, view, health_view, Circuits(NO_STORE))
     asked: list[str] = []
-    of = health_view.of
+    status = health_view.status
 
-    def counting_of(inst: types_pb2.Instance) -> types_pb2.InstanceHealth:
-        asked.append(inst.service)
-        return of(inst)
+    def counting_status(service: str, instance_id: str, stored: StoredInstance) -> int:
+        asked.append(service)
+        return status(service, instance_id, stored)
 
-    health_view.of = counting_of  # type: ignore[method-assign,assignment]
+    health_view.status = counting_status  # type: ignore[method-assign]
 
     assert alerts.conditions() == []
     assert sorted(asked) == ["feeds", "quotes"]  # the first round looks at everything

@@ -12,7 +12,7 @@ from aitrading.hub.v1 import health_pb2, health_pb2_grpc, types_pb2
 
 from hub_server.api.registry import _service_name
 from hub_server.kernel.tiers import filtered_event_type
-from hub_server.registry.service import removed_instance, visible
+from hub_server.registry.service import StoredInstance, removed_instance, visible
 from hub_server.rpc.context import current
 from hub_server.rpc.header import response_header
 from hub_server.rpc.streaming import MergedLog, watch_stream
@@ -39,7 +39,7 @@ class Instances(Followed, Protocol):
 
     def snapshot(self, service: str, tier: str | None) -> tuple[list[types_pb2.Instance], int]: ...
     def instances(self, service: str, tier: str | None) -> list[types_pb2.Instance]: ...
-    def get_instance(self, service: str, instance_id: str) -> types_pb2.Instance | None: ...
+    def get_stored(self, service: str, instance_id: str) -> StoredInstance | None: ...
 
 
 class HealthRecords(Followed, Protocol):
@@ -49,6 +49,9 @@ class HealthRecords(Followed, Protocol):
     def revision(self) -> int: ...
     def ensure_live(self) -> None: ...
     def of(self, instance: types_pb2.Instance) -> types_pb2.InstanceHealth: ...
+    def of_stored(
+        self, service: str, instance_id: str, instance: StoredInstance
+    ) -> types_pb2.InstanceHealth: ...
 
 
 class HealthServicer(health_pb2_grpc.HealthServiceServicer):
@@ -118,10 +121,10 @@ class HealthServicer(health_pb2_grpc.HealthServiceServicer):
         # is gone or not visible now is not shown, and a deleted record (an
         # instance registered again under a new lease) leaves the health of()
         # answers without one.
-        current = self._registry.get_instance(service_, instance_id)
+        current = self._registry.get_stored(service_, instance_id)
         if current is None or not visible(current, tier):
             return None
-        return self._health.of(current)
+        return self._health.of_stored(service_, instance_id, current)
 
     async def WatchHealth(self, request, context) -> AsyncIterator[health_pb2.WatchHealthResponse]:
         service = request.service

@@ -13,7 +13,7 @@ from hub_server.health.service import usable
 from hub_server.kernel import validation
 from hub_server.kernel.errors import InvalidArgument, Violations
 from hub_server.kernel.validation import MAX_PAGE
-from hub_server.registry.service import filtered_watch_event, removed_instance
+from hub_server.registry.service import StoredInstance, filtered_watch_event, removed_instance
 from hub_server.rpc.context import audit_note, audited, current
 from hub_server.rpc.header import response_header
 from hub_server.rpc.paging import decode_page_token, encode_page_token
@@ -68,7 +68,7 @@ class Instances(Protocol):
     @property
     def revision(self) -> int: ...
     @property
-    def log(self) -> EventLog[Change[types_pb2.Instance]]: ...
+    def log(self) -> EventLog[Change[StoredInstance]]: ...
     def ensure_live(self) -> None: ...
     def instances(self, service: str, tier: str | None) -> list[types_pb2.Instance]: ...
     def list_services(
@@ -216,7 +216,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             instances, revision = self._view.snapshot(service, tier)
             return [self._with_health(i) for i in instances], revision
 
-        def select(change: Change[types_pb2.Instance]) -> registry_pb2.WatchEvent | None:
+        def select(change: Change[StoredInstance]) -> registry_pb2.WatchEvent | None:
             if service and removed_instance(change).service != service:
                 return None
             return filtered_watch_event(change, tier)

@@ -21,15 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aitrading.hub.v1 import types_pb2
-
 import hub_client
 from hub_client import Candidate, HealthStatus
 from hub_server.circuits.breaker import CircuitState
 from hub_server.circuits.service import Circuits
 from hub_server.health.service import HealthView
 from hub_server.kernel.changes import UPDATED
-from hub_server.registry.service import RegistryView, on_service_change, tier_names, visible
+from hub_server.registry.service import RegistryView, StoredInstance, on_service_change, tier_names
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, KeyValue
 from hub_server.store.mirror import Change, PrefixMirror
@@ -135,7 +133,7 @@ class EndpointProjection:
         for callback in list(self._subscribers):
             callback(service)
 
-    def _registry_changed(self, change: Change[types_pb2.Instance]) -> None:
+    def _registry_changed(self, change: Change[StoredInstance]) -> None:
         # Runs after the per-service listener. Which services a tier sees changes
         # only when a service gains or loses an instance with requirements none of
         # its other instances has (a busy service's registrations are not
@@ -144,15 +142,23 @@ class EndpointProjection:
         if inst is None:
             self._notify(None)
             return
+        service, instance_id = keys.parse_instance_key(change.key)
+        others = self._registry.services.get(service)
+        if self._registry.mirror.loading:
+            # A starting hub's snapshot, before anything was built from it: once
+            # per service, without working out any instance's requirements.
+            if others is not None and len(others) == 1:
+                self._notify(None)
+            return
         if change.type == UPDATED:
-            if change.previous is not None and tier_names(change.previous) == tier_names(inst):
+            if change.previous is not None and change.previous.tiers == inst.tiers:
                 return
             self._notify(None)
             return
-        service, instance_id = keys.parse_instance_key(change.key)
-        needs = tier_names(inst)
-        others = self._registry.services.get(service, {})
-        if any(i != instance_id and tier_names(o) == needs for i, o in others.items()):
+        needs = inst.tiers
+        if others is not None and any(
+            i != instance_id and o.tiers == needs for i, o in others.stored.items()
+        ):
             return
         self._notify(None)
 
@@ -232,15 +238,15 @@ class EndpointProjection:
         return [
             name
             for name, instances in sorted(self._registry.services.items())
-            if any(visible(inst, tier) for inst in instances.values())
+            if instances.any_visible(tier)
         ]
 
     def project(self, service: str, tier: str | None) -> ServiceEndpoints:
         """The service's usable endpoints for a caller whose reads are filtered by
         ``tier`` (:func:`hub_server.kernel.tiers.view_tier`; None: unfiltered)."""
         revision = self.revision
-        instances = self._registry.services.get(service, {})
-        if not any(visible(inst, tier) for inst in instances.values()):
+        instances = self._registry.services.get(service)
+        if instances is None or not instances.any_visible(tier):
             return ServiceEndpoints(service, revision, False, False, ())
         if self._circuits.refuses(service):
             return ServiceEndpoints(service, revision, True, True, ())

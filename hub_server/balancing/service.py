@@ -129,7 +129,7 @@ class Picker:
         if not 0.0 <= load <= MAX_LOAD:
             v.add("load_factor", f"must be between 0 and {MAX_LOAD:g}")
         v.raise_if_any()
-        inst = self._registry.services.get(service, {}).get(instance_id)
+        inst = self._registry.get_stored(service, instance_id)
         if inst is None:
             raise NotFound(
                 f"instance {service}/{instance_id} is not registered",

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aitrading.hub.v1 import deployment_pb2, types_pb2
@@ -221,7 +221,7 @@ class Deployments:
         d = stored.deployment
         self._registry.ensure_live()
         await self.drains.barrier()  # every mark written so far, ours included
-        instances = self._registry.services.get(d.service, {})
+        instances: Mapping[str, types_pb2.Instance] = self._registry.services.get(d.service, {})
         released = sorted(
             i for i in instances if self.drains.items.get(keys.drain_key(d.service, i)) == d.id
         )
@@ -287,7 +287,7 @@ class Deployments:
         txn.success.append(Txn.put(key, json.dumps(new.to_dict()).encode()))
         if new.final and not old.deployment.final:
             txn.success.append(Txn.delete(active))
-        instances = self._registry.services.get(new.service, {})
+        instances: Mapping[str, types_pb2.Instance] = self._registry.services.get(new.service, {})
         txn.success += self._effects(new, actions, instances)
         return txn
 
@@ -295,7 +295,7 @@ class Deployments:
         self,
         d: rollout.Deployment,
         actions: rollout.Actions,
-        instances: dict[str, types_pb2.Instance],
+        instances: Mapping[str, types_pb2.Instance],
     ) -> list:
         ops = []
         now = self._clock()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from aitrading.hub.v1 import types_pb2
 
-from hub_server.registry.service import RegistryView, on_service_change
+from hub_server.registry.service import RegistryView, StoredInstance, check_kind, on_service_change
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore, KeyValue
 from hub_server.store.event_log import EventLog
@@ -130,11 +130,6 @@ def worth_writing(
     return now - old.last_check.ToMicroseconds() / 1e6 + interval >= refresh
 
 
-def check_kind(instance: types_pb2.Instance) -> str:
-    kind = instance.health_check.WhichOneof("check") if instance.HasField("health_check") else None
-    return kind or "lease"
-
-
 def decode_health(kv: KeyValue) -> types_pb2.InstanceHealth:
     record = types_pb2.InstanceHealth.FromString(kv.value)
     record.revision = kv.mod_revision
@@ -186,16 +181,28 @@ class HealthView:
     def of(self, instance: types_pb2.Instance) -> types_pb2.InstanceHealth:
         """The instance's health; an instance without a check is healthy while its
         lease lives, one with a check and no probe result yet is STARTING."""
-        record = self._records.get((instance.service, instance.instance_id))
+        return self.of_stored(instance.service, instance.instance_id, instance)
+
+    def of_stored(
+        self, service: str, instance_id: str, instance: StoredInstance | types_pb2.Instance
+    ) -> types_pb2.InstanceHealth:
+        """``of`` the instance, without decoding a stored one."""
+        record = self._records.get((service, instance_id))
         if record is not None:
             return record
-        kind = check_kind(instance)
+        kind = instance.check if isinstance(instance, StoredInstance) else check_kind(instance)
         return types_pb2.InstanceHealth(
-            service=instance.service,
-            instance_id=instance.instance_id,
-            status=HEALTHY if kind == "lease" else STARTING,
-            check=kind,
+            service=service, instance_id=instance_id, status=_unprobed_status(kind), check=kind
         )
+
+    def status(self, service: str, instance_id: str, stored: StoredInstance) -> int:
+        """``of(instance).status``, without decoding the instance."""
+        record = self._records.get((service, instance_id))
+        return record.status if record is not None else _unprobed_status(stored.check)
+
+
+def _unprobed_status(kind: str) -> int:
+    return HEALTHY if kind == "lease" else STARTING
 
 
 def usable(
@@ -263,7 +270,7 @@ class HealthMonitor:
         self._wake = asyncio.Event()
         registry.mirror.add_listener(self._note_change)
 
-    def _note_change(self, change: Change[types_pb2.Instance]) -> None:
+    def _note_change(self, change: Change[StoredInstance]) -> None:
         key = keys.parse_instance_key(change.key)
         if change.type == REMOVED:
             # Registered again under this id, it is a new instance: STARTING.
@@ -286,30 +293,38 @@ class HealthMonitor:
         self._states.clear()
         self._due.clear()
         self._scheduled.clear()
-        # What changed while this was not running is unknown: look at everything once.
-        self._changed = {(s, i) for s, insts in self._registry.services.items() for i in insts}
+        # What changed while this was not running is unknown: look at everything
+        # once (without a key per instance: most of a million need no probe).
+        self._changed = set()
         try:
+            now = loop.time()
+            for service, instances in self._registry.services.items():
+                for instance_id, kept in instances.stored.items():
+                    if kept.check != "lease":
+                        self._scheduled.add((service, instance_id))
+                        self._schedule(now, (service, instance_id))
             while True:
                 self._wake.clear()
                 now = loop.time()
                 changed, self._changed = self._changed, set()
                 for key in changed:
-                    inst = self._registry.get_instance(*key)
+                    stored = self._registry.get_stored(*key)
                     if (
-                        inst is not None
+                        stored is not None
                         and key not in self._scheduled
-                        and check_kind(inst) != "lease"
+                        and stored.check != "lease"
                     ):
                         self._scheduled.add(key)
                         self._schedule(now, key)
                 while self._due and self._due[0][0] <= now:
                     due, key = heapq.heappop(self._due)
-                    inst = self._registry.get_instance(*key)
-                    if inst is None or check_kind(inst) == "lease":
+                    stored = self._registry.get_stored(*key)
+                    if stored is None or stored.check == "lease":
                         self._scheduled.discard(key)
                         self._states.pop(key, None)
                         continue
                     await self._limit.acquire()
+                    inst = stored.instance(*key)  # decoded for its probe alone
                     task = asyncio.create_task(self._probe_one(key, inst, due, self._term))
                     self._running.add(task)
                     task.add_done_callback(self._running.discard)

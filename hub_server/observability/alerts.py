@@ -148,7 +148,10 @@ class Alerts:
         for service in todo:
             instances = services.get(service)
             if instances:
-                statuses = {iid: self._health.of(inst).status for iid, inst in instances.items()}
+                statuses = {
+                    iid: self._health.status(service, iid, stored)
+                    for iid, stored in instances.stored.items()
+                }
                 self._by_service[service] = service_conditions(service, statuses)
             else:
                 self._by_service.pop(service, None)

@@ -9,12 +9,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from aitrading.hub.v1 import observability_pb2 as obs
-from aitrading.hub.v1 import types_pb2
 
 from hub_server.health.service import DEGRADED, HEALTHY, STARTING, UNHEALTHY, UNKNOWN, HealthView
 from hub_server.observability.telemetry import Telemetry
 from hub_server.observability.tenant_alerts import TenantLimits
-from hub_server.registry.service import RegistryView
+from hub_server.registry.service import RegistryView, ServiceInstances, StoredInstance
 from hub_server.tenancy.service import Tenants
 from hub_server.xds.clients import XdsClients
 
@@ -96,13 +95,13 @@ class Fleet(Protocol):
     @property
     def revision(self) -> int: ...
     @property
-    def services(self) -> Mapping[str, Mapping[str, types_pb2.Instance]]: ...
+    def services(self) -> Mapping[str, ServiceInstances]: ...
 
 
 class HealthOf(Protocol):
     """The health records it counts by status (hub_server.health.service.HealthView)."""
 
-    def of(self, instance: types_pb2.Instance) -> types_pb2.InstanceHealth: ...
+    def status(self, service: str, instance_id: str, stored: StoredInstance) -> int: ...
 
 
 class SystemMetrics:
@@ -135,7 +134,8 @@ class SystemMetrics:
         services = []
         for name in sorted(self._registry.services):
             counts = Counter(
-                self._health.of(i).status for i in self._registry.services[name].values()
+                self._health.status(name, iid, stored)
+                for iid, stored in self._registry.services[name].stored.items()
             )
             services.append(
                 obs.ServiceMetrics(

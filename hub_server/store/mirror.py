@@ -74,6 +74,9 @@ class PrefixMirror(Generic[T]):
         self._mod_revisions: dict[bytes, int] = {}
         self.log: EventLog[Change[T]] = EventLog(history_capacity)
         self.live = False
+        # True while ``start`` tells the listeners what the snapshot holds (one
+        # ADDED per key, in key order), so they may batch what they do per key.
+        self.loading = False
         self._snapshot_revision = 0
         self._history_start = 1
         self._watch = PrefixWatch(
@@ -114,8 +117,12 @@ class PrefixMirror(Generic[T]):
         kvs = [kv for kv in kvs if self._wanted(kv.key)]
         self.items = {kv.key: self._decode(kv) for kv in kvs}
         self._mod_revisions = {kv.key: kv.mod_revision for kv in kvs}
-        for key, value in self.items.items():
-            self._changed(Change(ADDED, key, value, revision))
+        self.loading = True
+        try:
+            for key, value in self.items.items():
+                self._changed(Change(ADDED, key, value, revision))
+        finally:
+            self.loading = False
         self._snapshot_revision = revision
         self._history_start = self._history_floor(revision)
         self.log.reset(revision)

@@ -11,12 +11,13 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from aitrading.hub.v1 import deployment_pb2, observability_pb2, types_pb2, webhook_pb2
+from aitrading.hub.v1 import deployment_pb2, observability_pb2, webhook_pb2
 from google.protobuf.json_format import MessageToDict
 
 from hub_server.config.merge import StoredLayer
 from hub_server.deployments.service import StoredDeployment
 from hub_server.kernel.changes import ADDED, REMOVED, UPDATED
+from hub_server.registry.service import StoredInstance, removed_instance
 from hub_server.store import keys
 from hub_server.store.mirror import Change
 from hub_server.webhooks.envelope import Event
@@ -96,7 +97,7 @@ def deployment_events(change: Change[StoredDeployment], now: float) -> list[Even
     ]
 
 
-def instance_events(change: Change[types_pb2.Instance], now: float) -> list[Event]:
+def instance_events(change: Change[StoredInstance], now: float) -> list[Event]:
     """instances.changed: an instance of a service registered, changed or left."""
     service, instance_id = keys.parse_instance_key(change.key)
     data: dict[str, Any] = {
@@ -105,6 +106,6 @@ def instance_events(change: Change[types_pb2.Instance], now: float) -> list[Even
         "change": _CHANGE_NAMES[change.type],
     }
     if change.value is not None:
-        data["instance"] = _dict(change.value)
+        data["instance"] = _dict(removed_instance(change))
     kind = webhook_pb2.WEBHOOK_EVENT_TYPE_INSTANCES_CHANGED
     return [Event(event_id(change), kind, now, "", data)]
