@@ -67,7 +67,7 @@ from hub_server.rpc import streaming
 from hub_server.rpc.context import CallWrapper
 from hub_server.rpc.decoding import tolerant
 from hub_server.rpc.inprocess import HandlerTable, InProcess
-from hub_server.rpc.wrapping import WrappingServer
+from hub_server.rpc.wrapping import WrappingServer, serializing
 from hub_server.settings import HubConfig
 from hub_server.store import keys
 from hub_server.store.election import Election
@@ -266,15 +266,12 @@ def wire(
     # request that does not parse), the tolerant deserializer inside.
     server = WrappingServer(handlers, lambda method, h: calls.wrap(method, tolerant(h)))
     sends_bytes = streaming.sends_bytes(server)  # for Watch streams of pre-serialized events
+    drains = deployments.is_draining
+    registry_servicer = RegistryServicer(
+        registry, health_view, hub_id, progress_interval=progress, is_draining=drains
+    )
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-        RegistryServicer(
-            registry,
-            health_view,
-            hub_id,
-            progress_interval=progress,
-            is_draining=deployments.is_draining,
-        ),
-        sends_bytes,
+        registry_servicer, serializing(sends_bytes, registry_servicer.response_serializers)
     )
     hub_health_pb2_grpc.add_HealthServiceServicer_to_server(
         HealthServicer(view, health_view, hub_id, progress_interval=progress), sends_bytes

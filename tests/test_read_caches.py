@@ -153,6 +153,38 @@ async def test_get_service_answers_are_cached_per_service_and_dropped_by_its_cha
     assert flags == [("i2", False), ("i3", True)]
 
 
+async def test_get_service_answers_are_sent_serialized_once_per_header_revision() -> None:
+    view, health_view, feed = await registry_with(("quotes", "i1"), ("quotes", "i2"))
+    servicer = RegistryServicer(Registry(NO_STORE, view), health_view, "hub-test")
+    serialize = servicer.serialize_answer
+    request = registry_pb2.GetServiceRequest(service="quotes")
+
+    first = await servicer.GetService(request, None)
+    sent = serialize(first)
+    assert sent == first.SerializeToString()
+    assert serialize(first) is sent  # the same revision: not serialized again
+
+    # Another service's change moves the header's revision: the bytes follow it.
+    await feed.put(view.mirror, keys.instance_key("feeds", "f1"), instance())
+    again = await servicer.GetService(request, None)
+    assert again is first
+    resent = serialize(again)
+    assert registry_pb2.GetServiceResponse.FromString(resent).header.revision == view.revision
+    assert resent == again.SerializeToString() != sent
+
+    # Its own change drops the answer: the old message is no longer served from
+    # the cache, and the new one is sent as it is now.
+    await feed.put(view.mirror, keys.instance_key("quotes", "i3"), instance())
+    assert serialize(first) == first.SerializeToString()
+    rebuilt = await servicer.GetService(request, None)
+    assert rebuilt is not first
+    parsed = registry_pb2.GetServiceResponse.FromString(serialize(rebuilt))
+    assert [i.instance_id for i in parsed.service.instances] == ["i1", "i2", "i3"]
+    # Any other message of the type is serialized as usual.
+    other = registry_pb2.GetServiceResponse(service=types_pb2.Service(name="x"))
+    assert serialize(other) == other.SerializeToString()
+
+
 async def test_picker_rebuilds_candidates_of_the_changed_service_only() -> None:
     view, health_view, feed = await registry_with(("quotes", "i1"), ("feeds", "f1"))
     circuits = Circuits(NO_STORE)

@@ -74,6 +74,9 @@ class CallContext:
         )
 
 
+# A call's span when there is no telemetry (stateless: one serves every call).
+_NO_SPAN = contextlib.nullcontext()
+
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar(
     "hub_call_context", default=CallContext()
 )
@@ -109,13 +112,22 @@ def audit_skip() -> None:
     audit_note(skip="1")
 
 
+_TENANT_HEADER_SET = frozenset(TENANT_HEADERS)
+
+
 def _parse(
-    metadata: tuple[tuple[str, str | bytes], ...] | None, method: str
+    metadata: tuple[tuple[str, str | bytes], ...] | None,
+    method: str,
+    bare: CallContext | None = None,
 ) -> tuple[CallContext, list[tuple[str, str]]]:
+    """The call context the tenant headers give; ``bare``: the method's context
+    without any (immutable, so one per method serves every such call)."""
     found: dict[str, str] = {}
     for key, value in metadata or ():
-        if key in TENANT_HEADERS and isinstance(value, str):
+        if key in _TENANT_HEADER_SET and isinstance(value, str):
             found[key] = value[:256]
+    if not found and bare is not None:
+        return bare, []
     ctx = CallContext(
         # x-company-id is an alias of x-tenant-id.
         tenant_id=found.get("x-tenant-id") or found.get("x-company-id", ""),
@@ -193,7 +205,7 @@ class CallWrapper:
 
     def _span(self, method: str, metadata: Any) -> contextlib.AbstractContextManager[Any]:
         if self._telemetry is None:
-            return contextlib.nullcontext()
+            return _NO_SPAN
         return self._telemetry.span(method, metadata)
 
     def _finished(self, method: str, outcome: str, started: float) -> None:
@@ -428,10 +440,11 @@ class CallWrapper:
             inner_uu = handler.unary_unary
 
             audit = bool(getattr(inner_uu, "__audited__", False) and self._audit)
+            bare = CallContext(method=method)
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 metadata = context.invocation_metadata()
-                header_ctx, echo = _parse(metadata, method)
+                header_ctx, echo = _parse(metadata, method, bare)
                 call_note: dict[str, str] | None = {} if audit else None
                 _audit_note.set(call_note)
                 outcome, started = "OK", time.perf_counter()

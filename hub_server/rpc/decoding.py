@@ -89,10 +89,12 @@ def tolerant(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # A plain function returning the servicer's coroutine: no extra
+            # coroutine per call (the CallWrapper around it awaits it).
             if isinstance(request, Undecodable):
                 raise refusal(request)
-            return await inner_uu(request, context)
+            return inner_uu(request, context)
 
         behaviour = {"unary_unary": _keep_marks(unary_unary, inner_uu)}
     elif handler.unary_stream is not None:

@@ -52,3 +52,15 @@ class _Wrapped(grpc.GenericRpcHandler):
             if handler is not None:
                 handler = self._handlers[method] = self._wrap(method, handler)
         return handler
+
+
+def serializing(server: Any, serializers: dict[str, Callable[[Any], bytes]]) -> WrappingServer:
+    """Stands for ``server`` while a service registers: the methods named in
+    ``serializers`` (``/package.Service/Method``) get those response
+    serializers (a servicer that keeps its answers serialized)."""
+
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        serializer = serializers.get(method)
+        return handler if serializer is None else replaced(handler, response_serializer=serializer)
+
+    return WrappingServer(server, wrap)
