@@ -56,6 +56,11 @@ _UNAVAILABLE_CODES = {
 # --max-request-bytes (1.5 MiB).
 MAX_TXN_OPS = 128
 MAX_TXN_BYTES = 1024 * 1024
+# Under load (the last grouped transaction was shared), the next one waits this
+# long for more puts: at 64 concurrent Registers, ~0.1 transaction per Register
+# instead of ~0.2, and ~10% less CPU per Register for the hub and etcd. A lone
+# writer never waits.
+GROUP_LINGER = 0.001
 
 # What a caller is told while etcd cannot be reached, the words of the mirrors'
 # refusal: the raw client error names etcd's address and port, so it is logged only.
@@ -472,8 +477,9 @@ def _too_large(e: grpc.aio.AioRpcError) -> bool:
 
 class _GroupCommit:
     """The writer behind ``EtcdStore.put_grouped``: one transaction in flight at a
-    time; puts that arrive meanwhile wait and go together in the next, up to
-    MAX_TXN_OPS and MAX_TXN_BYTES. A shared transaction fails as a whole, so when
+    time; puts that arrive meanwhile wait and go together in the next (after
+    GROUP_LINGER when the last one was shared), up to MAX_TXN_OPS and
+    MAX_TXN_BYTES. A shared transaction fails as a whole, so when
     one fails for any reason but an unreachable etcd its puts are retried one by
     one: each caller gets its own put's outcome (a lease that expired meanwhile
     fails that put alone)."""
@@ -504,10 +510,14 @@ class _GroupCommit:
         return batch
 
     async def _write(self) -> None:
+        shared = False
         while self._pending:
+            if shared and len(self._pending) < MAX_TXN_OPS:
+                await asyncio.sleep(GROUP_LINGER)
             batch = self._next_batch()
             if not batch:
                 continue
+            shared = len(batch) > 1
             if len(batch) == 1:
                 await self._commit(batch)
                 continue
