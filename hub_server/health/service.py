@@ -271,6 +271,8 @@ class HealthMonitor:
         registry.mirror.add_listener(self._note_change)
 
     def _note_change(self, change: Change[StoredInstance]) -> None:
+        if change.type != REMOVED and self._changed is None:
+            return  # not running, nothing to forget (a starting hub's million)
         key = keys.parse_instance_key(change.key)
         if change.type == REMOVED:
             # Registered again under this id, it is a new instance: STARTING.
