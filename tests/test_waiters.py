@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
+from hub_server.store import collector_pause
 from hub_server.store.event_log import EventLog
 from hub_server.store.waiters import Waiters
 
@@ -85,3 +87,66 @@ async def test_event_log_at_head_is_emptied_when_the_log_changes() -> None:
     log.at_head["k"] = b"built"
     log.reset(5)
     assert log.at_head == {}
+
+
+async def _waiting_again(waiters: Waiters, timeout: float) -> None:
+    """A stream's loop in miniature: woken once, then waiting for the next change."""
+    await waiters.wait(timeout)
+    await asyncio.sleep(0)
+    await waiters.wait(timeout)
+
+
+async def test_a_large_wake_up_holds_the_collector_until_its_waiters_wait_again() -> None:
+    assert gc.isenabled()
+    waiters = Waiters()
+    n = collector_pause.BURST
+    tasks = [asyncio.create_task(_waiting_again(waiters, 30.0)) for _ in range(n)]
+    await asyncio.sleep(0)
+    waiters.wake_all()
+    assert not gc.isenabled() and collector_pause.held()
+    await asyncio.sleep(0.05)  # every task is waiting again
+    assert gc.isenabled() and not collector_pause.held()
+    waiters.wake_all()
+    await asyncio.wait_for(asyncio.gather(*tasks), 1.0)
+    # Held again by the second wake-up (1,000 waiters), released after LIMIT at
+    # the latest: none of them waits again.
+    assert not gc.isenabled()
+    await asyncio.sleep(collector_pause.LIMIT + 0.2)
+    assert gc.isenabled() and not collector_pause.held()
+
+
+async def test_a_small_wake_up_and_a_disabled_collector_are_left_alone() -> None:
+    waiters = Waiters()
+    tasks = [asyncio.create_task(_wait(waiters, 30.0)) for _ in range(collector_pause.BURST - 1)]
+    await asyncio.sleep(0)
+    waiters.wake_all()
+    assert gc.isenabled() and not collector_pause.held()
+    await asyncio.gather(*tasks)
+    gc.disable()
+    try:
+        tasks = [asyncio.create_task(_waiting_again(waiters, 30.0)) for _ in range(2000)]
+        await asyncio.sleep(0)
+        waiters.wake_all()
+        assert collector_pause.held()
+        await asyncio.sleep(0.05)
+        assert not collector_pause.held()
+        assert not gc.isenabled()  # disabled by someone else: stays so
+    finally:
+        gc.enable()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_a_hold_whose_loop_closed_is_ended_by_the_backstop(monkeypatch) -> None:
+    monkeypatch.setattr(collector_pause, "LIMIT", 0.2)
+    loop = asyncio.new_event_loop()
+    try:
+        collector_pause.Hold(loop, 10)  # its timer never runs: the loop closes first
+    finally:
+        loop.close()
+    assert not gc.isenabled()
+    deadline = time.monotonic() + 5.0  # the backstop may be mid-sleep of the last LIMIT
+    while not gc.isenabled() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gc.isenabled() and not collector_pause.held()

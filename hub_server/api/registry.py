@@ -241,7 +241,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             next_page_token=encode_page_token("after", page[-1][0]) if more else "",
         )
 
-    async def Watch(self, request, context) -> AsyncIterator[registry_pb2.WatchResponse]:
+    def Watch(self, request, context) -> AsyncIterator[registry_pb2.WatchResponse]:
+        # Returns watch_stream's generator itself (the call wrapper iterates it):
+        # a generator of its own here re-yielding each response cost one more
+        # resumption per stream and change.
         service = request.service
         _service_name(service, required=False)
         tier = current().tier_filter(request.legacy_mode)
@@ -268,7 +271,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 msg.events.extend(items)
             return msg
 
-        async for response in watch_stream(
+        return watch_stream(
             self._view.log,
             start_revision=request.start_revision,
             snapshot=snapshot,
@@ -276,5 +279,4 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             respond=respond,
             progress_interval=self.progress_interval,
             share=("registry", service, tier),
-        ):
-            yield response
+        )

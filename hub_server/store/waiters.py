@@ -5,7 +5,8 @@ coroutine, a timer and two extra loop turns per wake-up; with thousands of watch
 streams waiting on one log, that (and the garbage it leaves) is most of the
 fan-out's CPU. Here each waiter is one bare future in a heap ordered by
 deadline; one timer (for the earliest deadline) serves them all, and
-``wake_all`` resolves every future in one pass.
+``wake_all`` resolves every future in one pass. Waking ``collector_pause.BURST``
+or more holds the garbage collector off until they wait again (see there).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import heapq
 import itertools
 import math
 
+from hub_server.store import collector_pause
+
 
 class Waiters:
     """``await waiters.wait(timeout)`` returns at the next ``wake_all()``, or after
     ``timeout`` seconds, whichever comes first."""
 
-    __slots__ = ("_heap", "_loop", "_seq", "_timer", "_timer_at")
+    __slots__ = ("_heap", "_hold", "_loop", "_seq", "_timer", "_timer_at")
 
     def __init__(self) -> None:
         # (deadline, tie-breaker, future): the earliest deadline first.
@@ -29,6 +32,8 @@ class Waiters:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The collector hold of the last large wake-up, until its waiters are back.
+        self._hold: collector_pause.Hold | None = None
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -39,6 +44,9 @@ class Waiters:
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()
             self._heap.clear()  # futures of a closed loop never resolve
+            if self._hold is not None:
+                self._hold.release()
+                self._hold = None
             self._timer, self._timer_at = None, math.inf
         return loop
 
@@ -47,6 +55,11 @@ class Waiters:
         seconds. Cancelling it (by cancelling the task awaiting it) affects no
         other waiter."""
         loop = self._running_loop()
+        hold = self._hold
+        if hold is not None:
+            hold.tick()
+            if not hold.active:
+                self._hold = None
         fut = loop.create_future()
         if timeout <= 0:
             fut.set_result(None)
@@ -66,6 +79,12 @@ class Waiters:
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
+        if self._hold is not None:  # a new change before the last one's waiters were back
+            self._hold.release()
+            self._hold = None
+        loop = self._loop
+        if len(heap) >= collector_pause.BURST and loop is not None and not loop.is_closed():
+            self._hold = collector_pause.Hold(loop, len(heap))
         for _, _, fut in heap:
             if not fut.done():
                 fut.set_result(None)
