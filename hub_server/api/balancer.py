@@ -21,12 +21,16 @@ from hub_server.rpc.streaming import counted
 
 log = logging.getLogger(__name__)
 
+# A strategy by its number (a dict lookup: calling the enum costs more).
+_STRATEGY = {s.value: s for s in Strategy}
+
 
 class Picks(Protocol):
     """What the servicer uses of the balancer (hub_server.balancing.service.Picker)."""
 
     @property
     def revision(self) -> int: ...
+    def knows(self, service: str) -> bool: ...
     def pick(
         self, service: str, strategy: Strategy, *, affinity_key: str, tier: str | None
     ) -> tuple[types_pb2.Instance, float]: ...
@@ -106,16 +110,19 @@ class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
         self.recheck_interval = recheck_interval
 
     async def PickEndpoint(self, request, context):
-        v = Violations()
-        validation.check_dns_label(v, "service", request.service)
-        if request.strategy not in STRATEGIES:
-            v.add("strategy", "is not a known strategy")
-        v.raise_if_any()
+        service = request.service
+        if request.strategy not in STRATEGIES or not self._picker.knows(service):
+            # A registered service's name was checked when it was registered.
+            v = Violations()
+            validation.check_dns_label(v, "service", service)
+            if request.strategy not in STRATEGIES:
+                v.add("strategy", "is not a known strategy")
+            v.raise_if_any()
         call = current()
         # No strategy named: the service's routing policy's (least load by default).
-        strategy = Strategy(request.strategy or self._policies.get(request.service).strategy)
+        strategy = _STRATEGY.get(request.strategy) or self._policies.get(service).strategy
         instance, load = self._picker.pick(
-            request.service,
+            service,
             strategy,
             # A user sticks to one instance unless the caller says otherwise.
             affinity_key=request.affinity_key or call.user_id,

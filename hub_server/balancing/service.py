@@ -66,6 +66,10 @@ class Picker:
     def revision(self) -> int:
         return self._registry.revision
 
+    def knows(self, service: str) -> bool:
+        """Whether the service has registered instances (so a valid name)."""
+        return service in self._registry.services
+
     def pick(
         self,
         service: str,
