@@ -466,7 +466,8 @@ def _check_combination(effective: Effective) -> None:
         errors.append(f"{named('etcd_password')} and {named('etcd_password_file')}: give one")
     has_password = s.etcd_password is not None or s.etcd_password_file is not None
     if has_password and not s.etcd_user:
-        errors.append(f"{named('etcd_password_file')}: needs etcd_user")
+        given = "etcd_password" if s.etcd_password is not None else "etcd_password_file"
+        errors.append(f"{named(given)}: needs etcd_user")
     if s.etcd_user and not has_password:
         errors.append(f"{named('etcd_user')} needs etcd_password_file (or etcd_password)")
     if s.etcd_user and s.etcd_password_file is not None:

@@ -185,6 +185,11 @@ def test_settings_that_do_not_go_together_name_both_sources(
         _load("--etcd-cacert", str(config))
     with pytest.raises(SettingsError, match=r"etcd_user .* needs etcd_password_file"):
         _load("--etcd-endpoints", "127.0.0.1:2379", "--etcd-user", "hub")
+    # The error names the password setting that was given, with its own source.
+    monkeypatch.setenv("CENTRAL_HUB_ETCD_PASSWORD", "secret")
+    with pytest.raises(SettingsError, match=r"etcd_password \(from environment "
+                       r"CENTRAL_HUB_ETCD_PASSWORD\): needs etcd_user"):  # fmt: skip
+        _load("--etcd-endpoints", "127.0.0.1:2379")
 
 
 def _show(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
