@@ -109,9 +109,12 @@ bench-scale: install
 	$(PY) -m bench.run --scale
 	$(PY) scripts/bench_readme.py
 
-# What a release hands out, in dist/: the three wheels and the two npm tarballs.
+# What a release hands out, in dist/: the three wheels, the envoy protos wheel
+# the hub needs for xDS (scripts/envoy_protos.py; never looked up on an index, so
+# no distribution requires it by name) and the two npm tarballs.
 dist: install
 	$(PY) scripts/build_dists.py --out dist
+	cp build/wheelhouse/central_hub_envoy_protos-*.whl dist/
 	cd clients/node/stubs && npm pack --pack-destination $(CURDIR)/dist
 	cd clients/node/client && npm pack --pack-destination $(CURDIR)/dist
 
