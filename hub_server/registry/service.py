@@ -264,6 +264,8 @@ def on_service_change(mirror: PrefixMirror[Any], callback: Callable[[str], None]
             if service == last[0]:
                 return
             last[0] = service
+        elif last[0]:
+            last[0] = b""  # the next load starts afresh
         callback(service.decode())
 
     mirror.add_listener(listener)
