@@ -258,6 +258,26 @@ async def test_a_stream_refused_at_its_start_gets_an_http_status(
         assert r.status_code == 401 and r.json()["code"] == 16
 
 
+async def test_a_stream_whose_handler_refuses_its_request_gets_an_http_status(
+    web: httpx.AsyncClient,
+) -> None:
+    # Admitted by the call path, refused by the handler's own checks: still a
+    # plain HTTP error, not a 200 event stream carrying the status.
+    r = await web.get("/v1/services:watch", params={"service": "Not_A_Label!"})
+    assert r.status_code == 400 and r.json()["code"] == 3
+    violations = detail(r.json(), "type.googleapis.com/google.rpc.BadRequest")["fieldViolations"]
+    assert violations[0]["field"] == "service"
+    r = await web.get("/v1/health:watch", params={"service": "Not_A_Label!"})
+    assert r.status_code == 400 and r.json()["code"] == 3
+    # A stream with nothing to send yet still answers 200 (its headers do not
+    # wait for its first event).
+    async with web.stream(
+        "GET", "/v1/services:watch", params={"service": "idle"}, headers={"Last-Event-ID": "1"}
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+
+
 async def test_a_credentials_reload_ends_the_event_streams_it_no_longer_allows(
     hub_factory: HubFactory, credentials: Path
 ) -> None:

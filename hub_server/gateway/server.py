@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -53,6 +54,11 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 # A stream's request field that Last-Event-ID (a revision) fills, and what to add
 # to it: start_revision is the first revision wanted, after_revision the last held.
 RESUME_FIELDS = {"start_revision": 1, "after_revision": 0}
+# How long an admitted stream's headers wait for its handler's first answer: a
+# handler refuses a bad request (a field, a revision) at once, and that refusal
+# is an HTTP status only while no header is sent. A stream with nothing to send
+# yet (a resumed watch) gets its 200 after this.
+STREAM_HEADERS_GRACE = 0.5
 CORRELATION = "x-correlation-id"
 # Headers a browser page may send and read when CORS is on.
 CORS_REQUEST_HEADERS = (
@@ -407,13 +413,28 @@ class HttpGateway:
             message = self._calls.as_received(method, message)
         refused = isinstance(message, Undecodable)
 
+        headers_sent: asyncio.Task[Any] | None = None
+        grace: asyncio.TimerHandle | None = None
+
+        async def send_headers() -> None:
+            # Once, whoever comes first: the grace timer or the first event.
+            nonlocal headers_sent
+            if headers_sent is None:
+                headers_sent = asyncio.ensure_future(response.prepare(request))
+            await headers_sent
+
         async def admitted(echo: list[tuple[str, str]]) -> None:
+            nonlocal grace
             for key, value in echo:
                 response.headers[key] = value
-            # Admitted: the headers go now (a watch may wait long for its first
-            # event). A request that did not parse is refused next: with its status.
+            # Admitted. The headers go with the first event, or after the grace
+            # (a watch may wait long for its first event); a refusal before
+            # either (a request that did not parse, a field the handler refuses)
+            # is answered with its HTTP status.
             if not refused:
-                await response.prepare(request)
+                grace = asyncio.get_running_loop().call_later(
+                    STREAM_HEADERS_GRACE, lambda: asyncio.ensure_future(send_headers())
+                )
 
         context = HttpContext(request, _metadata(request), admitted)
         decode = response_class(route).FromString
@@ -424,23 +445,26 @@ class HttpGateway:
             stream = self._calls.stream_in(method, message, context)
             try:
                 async for item in stream:
-                    if not response.prepared:
-                        await response.prepare(request)
+                    await send_headers()
                     await response.write(_event(decode(item) if isinstance(item, bytes) else item))
             except CallAborted as e:
-                if not response.prepared:
+                if headers_sent is None:
                     return aborted_response(e.status, context.echo)
                 data = json.dumps(status_json(_rpc_status(e.status)), separators=(",", ":"))
                 with contextlib.suppress(ConnectionError):
+                    await send_headers()
                     await response.write(f"event: status\ndata: {data}\n\n".encode())
             except ConnectionError:
                 pass  # the caller went away
             finally:
+                if grace is not None:
+                    grace.cancel()
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     with contextlib.suppress(CallAborted, ConnectionError):
                         await aclose()
             with contextlib.suppress(ConnectionError):
+                await send_headers()  # a stream that ended before sending anything
                 await response.write_eof()
             return response
 
