@@ -117,7 +117,7 @@ async def policy_get(ctx: Context, args: argparse.Namespace) -> None:
         "--retry-on",
         metavar="CODES",
         help="comma-separated gRPC codes xDS clients retry: cancelled, deadline-exceeded, "
-        "internal, resource-exhausted, unavailable",
+        "internal, resource-exhausted, unavailable (or as gRPC spells them: UNAVAILABLE)",
     ),
     _int("--retries", "retries after the first attempt, 0-4 (0: none)"),
     _int("--retry-base-ms", "first retry backoff, ms"),
@@ -140,7 +140,10 @@ async def policy_set(ctx: Context, args: argparse.Namespace) -> None:
         **{f: getattr(args, o) for o, f in _RETRY.items() if getattr(args, o) is not None},
     )
     if args.retry_on is not None:
-        codes = tuple(c.strip() for c in args.retry_on.split(",") if c.strip())
+        # The policy's names are lower-case with dashes; gRPC's DEADLINE_EXCEEDED is one too.
+        codes = tuple(
+            c.strip().lower().replace("_", "-") for c in args.retry_on.split(",") if c.strip()
+        )
         if not codes:
             raise UsageError("--retry-on needs at least one code")
         retry = dataclasses.replace(retry, retry_on=codes)

@@ -42,6 +42,13 @@ async def test_policy_get_set_delete(hub: Hub, client: HubClient) -> None:
     assert table_row(text, "strategy:")[1] == "round_robin"
     assert "750 ms" in text and "2 on unavailable,internal" in text
 
+    # gRPC's own spelling of the codes is taken too.
+    res = await hubctl(
+        hub, "policy", "set", "quotes", "--retry-on", "UNAVAILABLE,DEADLINE_EXCEEDED", "-o", "json"
+    )
+    assert res.code == 0, res.err
+    assert res.json()["policy"]["retry"]["retry_on"] == ["unavailable", "deadline-exceeded"]
+
     # --reset starts from the defaults.
     res = await hubctl(hub, "policy", "set", "quotes", "--reset", "--strategy", "weighted")
     assert res.code == 0, res.err
