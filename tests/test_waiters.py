@@ -106,6 +106,7 @@ async def test_a_large_wake_up_holds_the_collector_until_its_waiters_wait_again(
     assert not gc.isenabled() and collector_pause.held()
     await asyncio.sleep(0.05)  # every task is waiting again
     assert gc.isenabled() and not collector_pause.held()
+    await asyncio.sleep(collector_pause.COOLDOWN)
     waiters.wake_all()
     await asyncio.wait_for(asyncio.gather(*tasks), 1.0)
     # Held again by the second wake-up (1,000 waiters), released after LIMIT at
@@ -113,6 +114,36 @@ async def test_a_large_wake_up_holds_the_collector_until_its_waiters_wait_again(
     assert not gc.isenabled()
     await asyncio.sleep(collector_pause.LIMIT + 0.2)
     assert gc.isenabled() and not collector_pause.held()
+
+
+async def _back_later(waiters: Waiters) -> None:
+    """A stream that takes its time to wait again, then waits for two changes."""
+    await waiters.wait(30.0)
+    await asyncio.sleep(0.05)
+    await waiters.wait(30.0)
+    await waiters.wait(30.0)
+
+
+async def test_a_wake_up_before_the_last_ones_waiters_are_back_runs_with_the_collector() -> None:
+    waiters = Waiters()
+    half = collector_pause.BURST // 2
+    tasks = [asyncio.create_task(_waiting_again(waiters, 30.0)) for _ in range(half)]
+    tasks += [asyncio.create_task(_back_later(waiters)) for _ in range(half)]
+    await asyncio.sleep(0)
+    waiters.wake_all()
+    assert collector_pause.held()
+    await asyncio.sleep(0.01)  # half of them are waiting again
+    assert collector_pause.held()
+    waiters.wake_all()  # ends the hold; the collector runs between holds
+    assert gc.isenabled() and not collector_pause.held()
+    await asyncio.sleep(0.1)  # the other half are back
+    await asyncio.sleep(collector_pause.COOLDOWN)
+    for _ in range(2):
+        assert len(waiters) == half
+        waiters.wake_all()  # 500: no hold
+        assert not collector_pause.held()
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*tasks), 1.0)
 
 
 async def test_a_small_wake_up_and_a_disabled_collector_are_left_alone() -> None:
@@ -140,9 +171,11 @@ async def test_a_small_wake_up_and_a_disabled_collector_are_left_alone() -> None
 
 def test_a_hold_whose_loop_closed_is_ended_by_the_backstop(monkeypatch) -> None:
     monkeypatch.setattr(collector_pause, "LIMIT", 0.2)
+    time.sleep(collector_pause.COOLDOWN)  # after an earlier test's hold
     loop = asyncio.new_event_loop()
     try:
-        collector_pause.Hold(loop, 10)  # its timer never runs: the loop closes first
+        # Its timer never runs: the loop closes first.
+        assert collector_pause.hold(loop, collector_pause.BURST) is not None
     finally:
         loop.close()
     assert not gc.isenabled()

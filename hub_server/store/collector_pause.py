@@ -10,10 +10,13 @@ moments later). py-spy at 20,000 streams: 14% of the hub's samples in
 gc_collect_main, under the wake-up's call_soon.
 
 A hold ends when every woken waiter is waiting again (``tick``, once per new
-wait), or after ``LIMIT`` seconds (a stream stuck behind a slow client, or one
-that ended), whichever comes first. Holds nest; the collector is enabled again
-when the last one ends, and only if it was enabled when the first one began;
-a backstop thread ends holds whose loop closed before their timer ran.
+wait), when the same waiters are woken again, or after ``LIMIT`` seconds (a
+stream stuck behind a slow client, or one that ended), whichever comes first.
+One hold at a time, and none within ``COOLDOWN`` seconds of the last one's end:
+under a steady stream of changes the collector still runs between holds (and
+finds the garbage cycles of everything else, such as grpc.aio's per call). The
+collector is enabled again only if it was enabled when the hold began. A
+backstop thread ends a hold whose event loop closed before its timer ran.
 Allocation counts keep running meanwhile, so the first allocation after a hold
 runs a young collection as usual (of what is still alive by then).
 """
@@ -29,38 +32,50 @@ import time
 BURST = 1000
 # Seconds a hold lasts at most.
 LIMIT = 2.0
+# Seconds after a hold ends before another may begin.
+COOLDOWN = 0.1
 
 _lock = threading.Lock()
-_holds = 0
+_current: Hold | None = None
 _disabled_by_us = False
-# Bumped when the backstop ends every hold: holds begun before it end as no-ops.
-_epoch = 0
-# When the newest hold runs out (monotonic): the backstop's reference.
-_expires = 0.0
+_ended_at = -1e9  # monotonic
 _backstop: threading.Thread | None = None
 
 
-def _begin() -> int:
-    global _holds, _disabled_by_us, _expires, _backstop
+def held() -> bool:
+    """Whether a hold is in force (for tests)."""
+    return _current is not None
+
+
+def hold(loop: asyncio.AbstractEventLoop, woken: int) -> Hold | None:
+    """A hold for the wake-up of ``woken`` waiters, or None when the wake-up is
+    small, another hold is in force, or the last one ended less than
+    ``COOLDOWN`` ago."""
+    global _current, _disabled_by_us, _backstop
+    if woken < BURST:
+        return None
     with _lock:
-        if _holds == 0 and gc.isenabled():
+        now = time.monotonic()
+        if _current is not None or now - _ended_at < COOLDOWN:
+            return None
+        _current = Hold(loop, woken, now + LIMIT)
+        if gc.isenabled():
             gc.disable()
             _disabled_by_us = True
-        _holds += 1
-        _expires = time.monotonic() + LIMIT
         if _backstop is None:
             _backstop = threading.Thread(target=_watch, name="collector-pause", daemon=True)
             _backstop.start()
-        return _epoch
+        return _current
 
 
-def _end(epoch: int) -> None:
-    global _holds, _disabled_by_us
+def _end(ending: Hold) -> None:
+    global _current, _disabled_by_us, _ended_at
     with _lock:
-        if epoch != _epoch:
+        if _current is not ending:
             return
-        _holds -= 1
-        if _holds == 0 and _disabled_by_us:
+        _current = None
+        _ended_at = time.monotonic()
+        if _disabled_by_us:
             _disabled_by_us = False
             gc.enable()
 
@@ -69,30 +84,21 @@ def _watch() -> None:
     """The backstop: a hold's timer runs on its event loop, which may close with
     the timer pending (a test's loop, a hub stopped mid fan-out). The collector
     must not stay off for the rest of the process."""
-    global _holds, _disabled_by_us, _epoch
     while True:
-        time.sleep(LIMIT)
-        with _lock:
-            if _holds and time.monotonic() > _expires + LIMIT:
-                _holds, _epoch = 0, _epoch + 1
-                if _disabled_by_us:
-                    _disabled_by_us = False
-                    gc.enable()
-
-
-def held() -> bool:
-    """Whether a hold is in force (for tests)."""
-    return _holds > 0
+        time.sleep(LIMIT / 2)
+        current = _current
+        if current is not None and time.monotonic() > current.expires + LIMIT / 2:
+            _end(current)
 
 
 class Hold:
     """One fan-out's hold: ``tick`` once per woken waiter that waits again."""
 
-    __slots__ = ("_epoch", "_left", "_timer")
+    __slots__ = ("_left", "_timer", "expires")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, woken: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, woken: int, expires: float) -> None:
         self._left = woken
-        self._epoch = _begin()
+        self.expires = expires
         self._timer: asyncio.TimerHandle | None = loop.call_later(LIMIT, self.release)
 
     def tick(self) -> None:
@@ -106,7 +112,7 @@ class Hold:
             return
         self._timer.cancel()
         self._timer = None
-        _end(self._epoch)
+        _end(self)
 
     @property
     def active(self) -> bool:

@@ -84,7 +84,7 @@ class Waiters:
             self._hold = None
         loop = self._loop
         if len(heap) >= collector_pause.BURST and loop is not None and not loop.is_closed():
-            self._hold = collector_pause.Hold(loop, len(heap))
+            self._hold = collector_pause.hold(loop, len(heap))
         for _, _, fut in heap:
             if not fut.done():
                 fut.set_result(None)
