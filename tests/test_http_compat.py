@@ -137,6 +137,29 @@ async def test_bad_registrations_name_their_fields(
     assert response.status_code == 404 and response.json()["code"] == 5
 
 
+async def test_listed_instances_carry_their_health_as_a_lookup_does(
+    central_hub: str, client: httpx.AsyncClient
+) -> None:
+    # No health endpoint: healthy while its lease lives, on every route.
+    response = await client.post(
+        f"{central_hub}/services/register",
+        json={"name": "quotes", "host": "10.0.0.9", "port": 8010, "protocol": "http"},
+    )
+    assert response.status_code == 200, response.text
+    (one,) = (await client.get(f"{central_hub}/services/quotes")).json()["instances"]
+    assert one["status"] == "healthy"
+    for listed in (
+        await client.get(f"{central_hub}/services/"),
+        await client.post(f"{central_hub}/services/discover"),
+    ):
+        (service,) = listed.json()["services"]
+        (instance,) = service["instances"]
+        assert instance["status"] == "healthy"
+        assert {k: instance[k] for k in ("latency", "last_check")} == {
+            k: one[k] for k in ("latency", "last_check")
+        }
+
+
 async def test_a_tenants_config_in_the_write_ups_shape(
     central_hub: str, client: httpx.AsyncClient
 ) -> None:

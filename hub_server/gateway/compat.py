@@ -17,7 +17,7 @@ import json
 from typing import Any, NoReturn, Protocol
 
 from aiohttp import web
-from aitrading.hub.v1 import config_pb2, registry_pb2, types_pb2
+from aitrading.hub.v1 import config_pb2, health_pb2, registry_pb2, types_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -47,6 +47,7 @@ PACKAGE = "aitrading.hub.v1"
 REGISTER = f"/{PACKAGE}.RegistryService/Register"
 GET_SERVICE = f"/{PACKAGE}.RegistryService/GetService"
 LIST_SERVICES = f"/{PACKAGE}.RegistryService/ListServices"
+GET_HEALTH = f"/{PACKAGE}.HealthService/GetHealth"
 GET_TENANT_CONFIG = f"/{PACKAGE}.ConfigService/GetTenantConfig"
 
 # The write-up's registration fields, and the RegisterRequest fields also taken.
@@ -292,16 +293,28 @@ class CompatRoutes:
         return await self._services(request, legacy_mode)
 
     async def _services(self, request: web.Request, legacy_mode: bool) -> web.StreamResponse:
-        services: list[dict[str, Any]] = []
+        listed: list[types_pb2.Service] = []
         token = ""
         while True:  # every page
             message = registry_pb2.ListServicesRequest(legacy_mode=legacy_mode, page_token=token)
             answer = await self._gateway.call(request, LIST_SERVICES, message)
             assert isinstance(answer.message, registry_pb2.ListServicesResponse)
-            services += [service_json(s) for s in answer.message.services]
+            listed += answer.message.services
             token = answer.message.next_page_token
             if not token:
                 break
+        # ListServices sends no health; the write-up's instances carry their
+        # status, latency and last check, as GET /services/{name} answers them.
+        if any(s.instances for s in listed):
+            health = await self._gateway.call(request, GET_HEALTH, health_pb2.GetHealthRequest())
+            assert isinstance(health.message, health_pb2.GetHealthResponse)
+            known = {(h.service, h.instance_id): h for h in health.message.instances}
+            for service in listed:
+                for instance in service.instances:
+                    found = known.get((instance.service, instance.instance_id))
+                    if found is not None and not instance.HasField("health"):
+                        instance.health.CopyFrom(found)
+        services = [service_json(s) for s in listed]
         return web.json_response({"services": services}, headers=dict(answer.echo))
 
     async def tenant_config(self, request: web.Request) -> web.StreamResponse:
