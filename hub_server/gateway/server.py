@@ -421,6 +421,8 @@ class HttpGateway:
             nonlocal headers_sent
             if headers_sent is None:
                 headers_sent = asyncio.ensure_future(response.prepare(request))
+                # Retrieved even when the stream is cancelled before awaiting it.
+                headers_sent.add_done_callback(lambda t: t.cancelled() or t.exception())
             await headers_sent
 
         async def admitted(echo: list[tuple[str, str]]) -> None:
