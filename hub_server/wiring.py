@@ -266,9 +266,13 @@ def wire(
     # request that does not parse), the tolerant deserializer inside.
     server = WrappingServer(handlers, lambda method, h: calls.wrap(method, tolerant(h)))
     sends_bytes = streaming.sends_bytes(server)  # for Watch streams of pre-serialized events
-    drains = deployments.is_draining
     registry_servicer = RegistryServicer(
-        registry, health_view, hub_id, progress_interval=progress, is_draining=drains
+        registry,
+        health_view,
+        hub_id,
+        progress_interval=progress,
+        is_draining=deployments.is_draining,
+        draining_any=deployments.any_draining,
     )
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(
         registry_servicer, serializing(sends_bytes, registry_servicer.response_serializers)

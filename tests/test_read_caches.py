@@ -153,6 +153,40 @@ async def test_get_service_answers_are_cached_per_service_and_dropped_by_its_cha
     assert flags == [("i2", False), ("i3", True)]
 
 
+async def test_get_service_checks_drain_marks_only_while_something_drains() -> None:
+    view, health_view, _ = await registry_with(("quotes", "i1"), ("quotes", "i2"))
+    drained: set[tuple[str, str]] = set()
+    asked: list[str] = []
+
+    def is_draining(service: str, instance_id: str) -> bool:
+        asked.append(instance_id)
+        return (service, instance_id) in drained
+
+    servicer = RegistryServicer(
+        Registry(NO_STORE, view),
+        health_view,
+        "hub-test",
+        is_draining=is_draining,
+        draining_any=lambda: bool(drained),
+    )
+    request = registry_pb2.GetServiceRequest(service="quotes")
+    first = await servicer.GetService(request, None)
+    asked.clear()
+    assert await servicer.GetService(request, None) is first
+    assert asked == []  # nothing drains anywhere: no instance asked about
+
+    drained.add(("quotes", "i2"))
+    marked = await servicer.GetService(request, None)
+    assert [(i.instance_id, i.draining) for i in marked.service.instances] == [
+        ("i1", False),
+        ("i2", True),
+    ]
+    # The mark is lifted: the answer that carries it is rebuilt without it.
+    drained.clear()
+    lifted = await servicer.GetService(request, None)
+    assert [i.draining for i in lifted.service.instances] == [False, False]
+
+
 async def test_get_service_answers_are_sent_serialized_once_per_header_revision() -> None:
     view, health_view, feed = await registry_with(("quotes", "i1"), ("quotes", "i2"))
     servicer = RegistryServicer(Registry(NO_STORE, view), health_view, "hub-test")

@@ -99,6 +99,10 @@ class Deployments:
         drains = self.drains.items
         return bool(drains) and keys.drain_key(service, instance_id) in drains
 
+    def any_draining(self) -> bool:
+        """Whether any instance is draining now (almost always not)."""
+        return bool(self.drains.items)
+
     # -- reads -------------------------------------------------------------
 
     @property
