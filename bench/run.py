@@ -401,9 +401,10 @@ async def slow_sections(
     await instance_curve(bench, args, workdir, hub, store)
     bench.section("writes (with the instance curve's largest registry)")
     await writes(bench, channel, store, instances)
-    bench.section(f"probes: {args.probe_instances:,} TCP checks every {probing.INTERVAL:g} s, "
-                  f"watched for {args.probe_wait:g} s")  # fmt: skip
-    await probing.measure(bench, registry, store, args.probe_wait, args.probe_instances)
+    if args.probe_instances:  # 0: no probing section
+        bench.section(f"probes: {args.probe_instances:,} TCP checks every {probing.INTERVAL:g} s, "
+                      f"watched for {args.probe_wait:g} s")  # fmt: skip
+        await probing.measure(bench, registry, store, args.probe_wait, args.probe_instances)
     bench.pids = {}  # the cluster's processes are its own
     await cluster.run(bench, workdir, REGISTER)
 
@@ -703,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", help="the instance curve's sizes, comma-separated")
     parser.add_argument("--streams", help="the Watch stream curve's sizes, comma-separated")
     parser.add_argument("--probe-instances", type=int, default=probing.INSTANCES,
-                        help="instances the prober checks (default %(default)s)")  # fmt: skip
+                        help="instances the prober checks (0: none)")  # fmt: skip
     parser.add_argument("--duration", type=float, help="seconds per measurement")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<time>.json)")
     args = parser.parse_args(argv)
