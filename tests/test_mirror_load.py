@@ -8,12 +8,13 @@ import gc
 
 from hub_server.kernel.changes import ADDED
 from hub_server.registry.service import on_service_change
-from hub_server.store.mirror import Change, PrefixMirror, collector_paused
+from hub_server.store.collector_pause import while_loading
+from hub_server.store.mirror import Change, PrefixMirror
 
 
 def test_overlapping_loads_turn_the_collector_on_when_the_last_ends() -> None:
     assert gc.isenabled()
-    first, second = collector_paused(), collector_paused()
+    first, second = while_loading(), while_loading()
     first.__enter__()
     assert not gc.isenabled()
     second.__enter__()
@@ -26,7 +27,7 @@ def test_overlapping_loads_turn_the_collector_on_when_the_last_ends() -> None:
 def test_a_collector_turned_off_elsewhere_stays_off() -> None:
     gc.disable()
     try:
-        with collector_paused():
+        with while_loading():
             assert not gc.isenabled()
         assert not gc.isenabled()
     finally:
@@ -35,7 +36,7 @@ def test_a_collector_turned_off_elsewhere_stays_off() -> None:
 
 def test_a_failed_load_turns_it_on_again() -> None:
     try:
-        with collector_paused():
+        with while_loading():
             raise RuntimeError("etcd unreachable")
     except RuntimeError:
         pass

@@ -8,16 +8,15 @@ resumes by revision the same way.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import heapq
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from hub_server.kernel.changes import ADDED, REMOVED, UPDATED
 from hub_server.kernel.errors import StoreUnavailable
+from hub_server.store import collector_pause
 from hub_server.store.etcd import EtcdStore, Event, KeyValue
 from hub_server.store.event_log import EventLog
 from hub_server.store.watch import FENCE, PrefixWatch
@@ -34,30 +33,6 @@ HISTORY_REVISIONS = 10_000
 # quadratic: a million instances read in 10.7 s in pages of 10,000, 4.9 s in
 # pages of 50,000 (about 12 MB each at the registry's typical sizes).
 LOAD_PAGE = 50_000
-
-
-_collector_pauses = 0
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while mirrors load: a million new
-    objects that all stay alive would set it off again and again, each time
-    scanning those it has already seen (2/3 of the CPU of building a million
-    instances' view). Nothing a load makes is cyclic garbage. Mirrors load
-    concurrently: it is on again when the last load ends."""
-    global _collector_pauses
-    if _collector_pauses == 0 and not gc.isenabled():
-        yield  # turned off by someone else: theirs to turn on
-        return
-    _collector_pauses += 1
-    gc.disable()
-    try:
-        yield
-    finally:
-        _collector_pauses -= 1
-        if _collector_pauses == 0:
-            gc.enable()
 
 
 @dataclass(slots=True)
@@ -139,7 +114,7 @@ class PrefixMirror(Generic[T]):
         the log also holds recent history; changes the snapshot already has go to
         the log only.
         """
-        with collector_paused():
+        with collector_pause.while_loading():
             kvs, revision = await self._store.get_prefix_paged(self.prefix, page=LOAD_PAGE)
             kvs = [kv for kv in kvs if self._wanted(kv.key)]
             self.items = {kv.key: self._decode(kv) for kv in kvs}
