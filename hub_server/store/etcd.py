@@ -14,8 +14,9 @@ import ipaddress
 import logging
 import socket
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from aetcd import rpc
@@ -61,6 +62,11 @@ MAX_TXN_BYTES = 1024 * 1024
 # about a third fewer) and ~10% less CPU per Register for the hub and etcd. A
 # lone writer never waits.
 GROUP_LINGER = 0.001
+# Seconds one page of a paged read may take (the other calls take ``timeout``):
+# the next page is asked for while the caller works on the one before, so its
+# answer may wait on a starting hub's busy event loop, and etcd, which counts
+# the rest of the range for every page, takes seconds for a big page under load.
+PAGE_TIMEOUT = 60.0
 
 # What a caller is told while etcd cannot be reached, the words of the mirrors'
 # refusal: the raw client error names etcd's address and port, so it is logged only.
@@ -237,21 +243,54 @@ class EtcdStore:
         that no answer nears gRPC's message limit however many keys there are (a
         million instances are ~250 MB in one answer). Starts over if etcd compacts
         that revision between pages."""
-        end = prefix_end(prefix)
         while True:
             out: list[KeyValue] = []
-            start, revision = prefix, 0
+            revision = 0
             try:
-                while True:
-                    kvs, revision, more = await self.get_page(
-                        start, end, revision=revision, limit=page
-                    )
-                    out += kvs
-                    if not more or not kvs:
-                        return out, revision
-                    start = kvs[-1].key + b"\0"
+                async with contextlib.aclosing(self.prefix_pages(prefix, page=page)) as pages:
+                    async for kvs, at in pages:
+                        out += map(_kv, kvs)
+                        revision = at
+                return out, revision
             except Compacted:
                 log.info("prefix %r compacted while being read in pages; reading again", prefix)
+
+    async def prefix_pages(
+        self, prefix: bytes, *, page: int
+    ) -> AsyncGenerator[tuple[Sequence[rpc.KeyValue], int], None]:
+        """The keys under ``prefix`` in pages of ``page``, sorted by key, all at the
+        revision of the first page (yielded with each). The next page is asked for
+        before one is yielded, so etcd reads it while the caller works on this one.
+        The pages are etcd's own messages, which have the fields of a
+        :class:`KeyValue` (read them; keeping one keeps its whole page). Raises
+        Compacted if etcd compacts that revision between pages; use it under
+        ``contextlib.aclosing`` so a request in flight is cancelled when the
+        caller stops early."""
+        end = prefix_end(prefix)
+        req = rpc.RangeRequest(key=prefix, range_end=end, limit=page)
+        resp = await self._call(self._kv.Range, req, timeout=PAGE_TIMEOUT)
+        revision = int(resp.header.revision)
+        while True:
+            kvs = resp.kvs
+            following: asyncio.Future[Any] | None = None
+            if resp.more and kvs:
+                req = rpc.RangeRequest(
+                    key=kvs[-1].key + b"\0", range_end=end, revision=revision, limit=page
+                )
+                following = asyncio.ensure_future(
+                    self._call(self._kv.Range, req, timeout=PAGE_TIMEOUT)
+                )
+            try:
+                yield kvs, revision
+            except BaseException:  # the caller stopped early, or failed
+                if following is not None:
+                    following.cancel()
+                    # Its own error, if it failed first, is no one's to report.
+                    following.add_done_callback(lambda f: f.cancelled() or f.exception())
+                raise
+            if following is None:
+                return
+            resp = await following
 
     async def get_range(
         self, start: bytes, end: bytes, *, limit: int = 0, descending: bool = False
