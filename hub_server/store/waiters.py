@@ -75,6 +75,8 @@ class Waiters:
 
     def wake_all(self) -> None:
         """Resolves every pending waiter (each one's task resumes once)."""
+        if not self._heap and self._hold is None:
+            return  # nobody waits: a starting hub's listeners call this per key
         heap, self._heap = self._heap, []
         if self._timer is not None:
             self._timer.cancel()
