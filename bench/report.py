@@ -26,6 +26,8 @@ HEADLINE = (
     ("client-side lookup / GetService RPC (Python caller)", LOOKUP, GET_PY, "python"),
 )
 P99_TARGET_MS = 2.0
+# Issue 18: the tail at the offered rate within 1.2x the no-op's on the same server.
+P99_RATIO_TARGET = 1.2
 RSS_TARGET_MIB = 250.0
 # Fan-out: p99 of the time until the last of N streams has a change.
 FANOUT_TARGETS_MS = {1000: 100.0, 5000: 500.0, 20000: 1000.0}
@@ -162,6 +164,14 @@ def targets(
             and offered["calls_per_s"] >= 0.95 * rate
             and offered["errors"] == 0,
         })  # fmt: skip
+        noop = _find(rows, NOOP, f"{rate}/s")
+        if noop and noop["p99_ms"] > 0:
+            ratio = offered["p99_ms"] / noop["p99_ms"]
+            out.append({
+                "target": f"{op} p99 <= {P99_RATIO_TARGET:g} x {NOOP} p99 at {rate:,} calls/s",
+                "measured": f"{ratio:.2f} x ({offered['p99_ms']:.2f} / {noop['p99_ms']:.2f} ms)",
+                "met": ratio <= P99_RATIO_TARGET,
+            })  # fmt: skip
     for row in rows:
         if row["op"] not in DISCOVERY or not isinstance(row["concurrency"], int):
             continue

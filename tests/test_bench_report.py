@@ -233,3 +233,15 @@ def test_scale_sections_render() -> None:
     assert "predates" in bench_readme.scale({}, "x.json")
     targets = report.targets([], [], 1000, curves=[rss])
     assert targets[0]["target"].startswith("hub RSS < 1024 MiB") and not targets[0]["met"]
+
+
+def test_tail_at_the_offered_rate_is_judged_against_the_no_op() -> None:
+    def offered(op: str, p99: float) -> dict:
+        return {**_row(op, "1000/s", 1000.0), "p99_ms": p99, "errors": 0, "ratios": {}}
+
+    rows = [offered(report.NOOP, 1.0), offered(report.GET, 1.2), offered(report.PICK, 1.3)]
+    judged = {t["target"]: t for t in report.targets(rows, [], 1000) if "x health" in t["target"]}
+    get, pick = (judged[f"{op} p99 <= 1.2 x {report.NOOP} p99 at 1,000 calls/s"]
+                 for op in (report.GET, report.PICK))  # fmt: skip
+    assert get["met"] and get["measured"].startswith("1.20 x")
+    assert not pick["met"] and pick["measured"].startswith("1.30 x")
