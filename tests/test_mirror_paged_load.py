@@ -38,14 +38,20 @@ def _after_first_page(
     monkeypatch.setattr(store, "prefix_pages", pages)
 
 
-async def test_a_load_in_pages_is_one_snapshot(
-    etcd_store: EtcdStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def _ten_keys(store: EtcdStore, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, list[bytes]]:
+    """Ten keys under a fresh prefix, loaded in pages of three."""
     monkeypatch.setattr(mirror_module, "LOAD_PAGE", 3)
     prefix = f"/test/paged-load/{uuid.uuid4().hex}/".encode()
     names = [prefix + b"%02d" % i for i in range(10)]
     for name in names:
-        await etcd_store.put(name, b"v")
+        await store.put(name, b"v")
+    return prefix, names
+
+
+async def test_a_load_in_pages_is_one_snapshot(
+    etcd_store: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix, names = await _ten_keys(etcd_store, monkeypatch)
 
     async def late() -> None:
         await etcd_store.put(prefix + b"99", b"late")
@@ -77,11 +83,7 @@ async def test_a_load_in_pages_is_one_snapshot(
 async def test_a_compaction_between_pages_ends_in_etcds_state(
     etcd_store: EtcdStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mirror_module, "LOAD_PAGE", 3)
-    prefix = f"/test/paged-load/{uuid.uuid4().hex}/".encode()
-    names = [prefix + b"%02d" % i for i in range(10)]
-    for name in names:
-        await etcd_store.put(name, b"v")
+    prefix, names = await _ten_keys(etcd_store, monkeypatch)
 
     async def rewrite_and_compact() -> None:
         await etcd_store.put(names[0], b"w")  # loaded already
