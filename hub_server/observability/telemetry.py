@@ -44,7 +44,7 @@ def _observer(name: str, source: GaugeSource) -> Callable[[CallbackOptions], Ite
 
 
 # What a call is wrapped in when no span is built (stateless: one serves all).
-_NO_SPAN = contextlib.nullcontext()
+NO_SPAN = contextlib.nullcontext()
 
 
 class Telemetry:
@@ -125,7 +125,7 @@ class Telemetry:
         Without a span processor a span would be built only to be dropped: about
         a tenth of a discovery call's CPU (make bench), so none is built."""
         if not self._tracing:
-            return _NO_SPAN
+            return NO_SPAN
         carrier = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
         return self.tracer.start_as_current_span(
             method, context=propagate.extract(carrier), kind=trace.SpanKind.SERVER

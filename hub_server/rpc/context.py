@@ -25,7 +25,7 @@ from hub_server.auth.roles import is_open
 from hub_server.kernel.errors import HubError, PermissionDenied
 from hub_server.kernel.tiers import view_tier
 from hub_server.observability.audit import AuditLog
-from hub_server.observability.telemetry import Telemetry
+from hub_server.observability.telemetry import NO_SPAN, Telemetry
 from hub_server.rpc.errors import status_code_for, to_status
 from hub_server.rpc.inprocess import InProcessContext
 from hub_server.rpc.wrapping import replaced
@@ -73,9 +73,6 @@ class CallContext:
             legacy_mode=legacy_mode,
         )
 
-
-# A call's span when there is no telemetry (stateless: one serves every call).
-_NO_SPAN = contextlib.nullcontext()
 
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar(
     "hub_call_context", default=CallContext()
@@ -205,7 +202,7 @@ class CallWrapper:
 
     def _span(self, method: str, metadata: Any) -> contextlib.AbstractContextManager[Any]:
         if self._telemetry is None:
-            return _NO_SPAN
+            return NO_SPAN
         return self._telemetry.span(method, metadata)
 
     def _finished(self, method: str, outcome: str, started: float) -> None:

@@ -149,22 +149,15 @@ class PrefixMirror(Generic[T]):
     def _load_page(self, kvs: Sequence[KeyValue], revision: int) -> None:
         # etcd's messages, read once each: no KeyValue is built (a million were
         # ~1 s of a start), and no change is built for a fence key.
-        fence = self.prefix + FENCE
-        decode, items, mod_revisions = self._decode, self.items, self._mod_revisions
         page: list[bytes] = []
         for kv in kvs:
             key = kv.key
-            if key.startswith(fence):
-                continue
-            items[key] = decode(kv)
-            mod_revisions[key] = kv.mod_revision
-            page.append(key)
-        on_change, listeners = self._on_change, self._listeners
+            if self._wanted(key):
+                self.items[key] = self._decode(kv)
+                self._mod_revisions[key] = kv.mod_revision
+                page.append(key)
         for key in page:
-            change = Change(ADDED, key, items[key], revision)
-            on_change(change)
-            for listener in listeners:
-                listener(change)
+            self._changed(Change(ADDED, key, self.items[key], revision))
 
     def _history_floor(self, revision: int) -> int:
         """Where the history the watch replays starts: ``history_revisions`` back,
