@@ -35,3 +35,21 @@ async def test_later_writes_are_not_in_a_paged_read(etcd_store: EtcdStore) -> No
     assert [kv.key for kv in first + rest] == [prefix + b"%02d" % i for i in range(4)]
     empty, _ = await etcd_store.get_prefix_paged(f"/test/paged/{uuid.uuid4().hex}/".encode())
     assert empty == []
+
+
+async def test_pages_over_guessed_ranges_miss_no_key(etcd_store: EtcdStore) -> None:
+    # Later pages are read over ranges guessed from the keys' density
+    # (hub_server.store.key_ranges): clusters, wide gaps, binary bytes and long
+    # names are all read, once each, in order.
+    prefix = f"/test/paged/{uuid.uuid4().hex}/".encode()
+    names = [b"a%03d" % i for i in range(60)]
+    names += [b"m" + b"x" * 120 + b"%02d" % i for i in range(40)]
+    names += [b"\xfe\x00%c" % i for i in range(0, 250, 5)]
+    names += [b"\xff" * 30]
+    for name in names:
+        await etcd_store.put(prefix + name, b"v")
+    whole, _ = await etcd_store.get_prefix(prefix)
+    for page in (1, 7, 50):
+        paged, _ = await etcd_store.get_prefix_paged(prefix, page=page)
+        assert paged == whole
+        assert len(whole) == len(names)

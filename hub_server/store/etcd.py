@@ -30,6 +30,7 @@ from hub_server.store.etcd_access import (
     handshake_refusal,
     is_stale_token,
 )
+from hub_server.store.key_ranges import PageRanges
 
 log = logging.getLogger(__name__)
 
@@ -258,30 +259,40 @@ class EtcdStore:
     async def prefix_pages(
         self, prefix: bytes, *, page: int
     ) -> AsyncGenerator[tuple[Sequence[rpc.KeyValue], int], None]:
-        """The keys under ``prefix`` in pages of ``page``, sorted by key, all at the
-        revision of the first page (yielded with each). The next page is asked for
-        before one is yielded, so etcd reads it while the caller works on this one.
-        The pages are etcd's own messages, which have the fields of a
-        :class:`KeyValue` (read them; keeping one keeps its whole page). Raises
-        Compacted if etcd compacts that revision between pages; use it under
-        ``contextlib.aclosing`` so a request in flight is cancelled when the
-        caller stops early."""
+        """The keys under ``prefix`` in pages of about ``page``, sorted by key, all
+        at the revision of the first page (yielded with each; the first page is
+        yielded even when empty, later ones only with keys). After the first,
+        each page is read over a range that ends near where ``page`` more keys
+        are expected (see :mod:`hub_server.store.key_ranges`): etcd visits every
+        key of a range to count it, so pages of one open range cost it the
+        square of the keys. The next page is asked for before one is yielded, so
+        etcd reads it while the caller works on this one. The pages are etcd's
+        own messages, which have the fields of a :class:`KeyValue` (read them;
+        keeping one keeps its whole page). Raises Compacted if etcd compacts
+        that revision between pages; use it under ``contextlib.aclosing`` so a
+        request in flight is cancelled when the caller stops early."""
         end = prefix_end(prefix)
+        ranges = PageRanges(prefix, end, page)
+        bound = end  # where the range the response answers ends
         req = rpc.RangeRequest(key=prefix, range_end=end, limit=page)
         resp = await self._call(self._kv.Range, req, timeout=PAGE_TIMEOUT)
         revision = int(resp.header.revision)
+        first = True
         while True:
             kvs = resp.kvs
             following: asyncio.Future[Any] | None = None
-            if resp.more and kvs:
-                req = rpc.RangeRequest(
-                    key=kvs[-1].key + b"\0", range_end=end, revision=revision, limit=page
-                )
+            first_key, last_key = (kvs[0].key, kvs[-1].key) if kvs else (b"", b"")
+            after = ranges.after(bound, len(kvs), first_key, last_key, bool(resp.more))
+            if after is not None:
+                start, bound = after
+                req = rpc.RangeRequest(key=start, range_end=bound, revision=revision, limit=page)
                 following = asyncio.ensure_future(
                     self._call(self._kv.Range, req, timeout=PAGE_TIMEOUT)
                 )
             try:
-                yield kvs, revision
+                if kvs or first:
+                    yield kvs, revision
+                first = False
             except BaseException:  # the caller stopped early, or failed
                 if following is not None:
                     following.cancel()
