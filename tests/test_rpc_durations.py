@@ -137,3 +137,37 @@ def test_which_readers_are_counted_for() -> None:
     telemetry.rpc_finished(GET, "OK", 1.0)
     assert _points(delta) and telemetry.rpc_summary()[GET].count == 1
     telemetry.shutdown()
+
+
+def test_batched_durations_match_the_sdk_path_while_scraped() -> None:
+    """Durations wait in batches (RpcDurations.FOLD_AT) before they are
+    counted: whatever reads them, at any point of a batch and from another
+    thread meanwhile, sees every call so far."""
+    import random
+    import threading
+
+    reference = _Reference("h5")
+    telemetry, memory, registry = _hub("h5")
+    rng = random.Random(18)
+    stop = threading.Event()
+
+    def scrape() -> None:  # the exporter's thread, folding while calls are added
+        while not stop.is_set():
+            generate_latest(registry)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for i in range(2_000):
+            method, outcome, _ = CALLS[rng.randrange(len(CALLS))]
+            ms = rng.choice((0.0, 0.25, 5.0, 70000.0)) if i % 97 == 0 else rng.expovariate(3.0)
+            reference.rpc_finished(method, outcome, ms)
+            telemetry.rpc_finished(method, outcome, ms)
+            if i in (5, 255, 256, 700, 1999):
+                assert telemetry.rpc_summary() == reference.tracker.summary()
+    finally:
+        stop.set()
+        scraper.join()
+    assert _points(memory) == _points(reference.memory)
+    assert _durations(generate_latest(registry)) == _durations(generate_latest(reference.registry))
+    telemetry.shutdown()

@@ -8,6 +8,11 @@ its series (method, outcome, error type), about 1 µs, and every collection gets
 data points the SDK would have made: the same metric (``hub.operation.duration``,
 ms, its scope), attributes, buckets, count, sum, min and max.
 
+A call's duration is only appended to a list by ``add``; the list is folded
+into the series (and the tracker's local percentiles) 256 calls at a time, and
+before anything reads them (a collection, the summary): one list append in the
+call path instead of two locked updates.
+
 This covers cumulative readers without exemplars, the hub's usual case. A
 reader wanting delta temporality or another aggregation, or exemplars (a span
 processor is set), goes through the SDK instead (``fits``); points from both
@@ -45,20 +50,18 @@ METER_NAME = PerformanceTracker.METER_NAME
 METRIC_DESCRIPTION = PerformanceTracker.METRIC_DESCRIPTION
 NAME = PerformanceTracker.METRIC_NAME
 
-Key = tuple[str, str, str | None]
-
 
 class _Series:
     __slots__ = ("attributes", "buckets", "count", "max", "min", "start_ns", "sum")
 
-    def __init__(self, attributes: dict[str, str]) -> None:
+    def __init__(self, attributes: dict[str, str], start_ns: int) -> None:
         self.attributes = attributes
         self.buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)
         self.count = 0
         self.sum = 0.0
         self.min = float("inf")
         self.max = float("-inf")
-        self.start_ns = time.time_ns()
+        self.start_ns = start_ns
 
 
 def fits(reader: MetricReader) -> bool:
@@ -76,27 +79,72 @@ def fits(reader: MetricReader) -> bool:
 
 
 class RpcDurations:
-    def __init__(self, service_name: str) -> None:
-        self._service = service_name
-        self._series: dict[Key, _Series] = {}
+    # Calls waiting before they are folded in.
+    FOLD_AT = 256
+
+    def __init__(self, tracker: PerformanceTracker) -> None:
+        self._tracker = tracker  # its local summary gets every duration too
+        self._service = tracker.service_name
+        # (method, outcome) -> its series, in the order first seen.
+        self._series: dict[tuple[str, str], _Series] = {}
+        # (method, outcome, ms) of calls not yet counted, in call order: appended
+        # on the event loop without a lock; a fold takes only the items it saw
+        # (list slicing and deletion are atomic), so one appended meanwhile
+        # waits for the next fold.
+        self._waiting: list[tuple[str, str, float]] = []
+        self._folded_ns = time.time_ns()  # no waiting call finished before this
         self._lock = threading.Lock()  # scrapes run on the exporter's thread
 
-    def record(self, operation: str, outcome: str, error_type: str | None, ms: float) -> None:
-        key = (operation, outcome, error_type)
+    def add(self, operation: str, outcome: str, ms: float) -> None:
+        """One call's duration; ``outcome`` "OK" or its status code's name."""
+        waiting = self._waiting
+        waiting.append((operation, outcome, ms))
+        if len(waiting) >= self.FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Counts every waiting call in its series and in the tracker's summary."""
         with self._lock:
-            s = self._series.get(key)
-            if s is None:
-                attrs = {"service": self._service, "operation": operation, "outcome": outcome}
-                if error_type:
-                    attrs["error.type"] = error_type
-                s = self._series[key] = _Series(attrs)
-            s.buckets[bisect_left(DURATION_BUCKETS_MS, ms)] += 1
-            s.count += 1
-            s.sum += ms
-            if ms < s.min:
-                s.min = ms
-            if ms > s.max:
-                s.max = ms
+            n = len(self._waiting)
+            if not n:
+                return
+            calls = self._waiting[:n]
+            del self._waiting[:n]
+            # A series first seen here started after the previous fold.
+            start_ns, self._folded_ns = self._folded_ns, time.time_ns()
+            series = self._series
+            by_operation: dict[str, list[float]] = {}
+            errors: dict[str, int] = {}
+            for operation, outcome, ms in calls:
+                s = series.get((operation, outcome))
+                if s is None:
+                    s = series[operation, outcome] = self._new_series(operation, outcome, start_ns)
+                s.buckets[bisect_left(DURATION_BUCKETS_MS, ms)] += 1
+                s.count += 1
+                s.sum += ms
+                if ms < s.min:
+                    s.min = ms
+                if ms > s.max:
+                    s.max = ms
+                durations = by_operation.get(operation)
+                if durations is None:
+                    durations = by_operation[operation] = []
+                durations.append(ms)
+                if outcome != "OK":
+                    errors[operation] = errors.get(operation, 0) + 1
+            for operation, durations in by_operation.items():
+                self._tracker.summarise_all(operation, durations, errors=errors.get(operation, 0))
+
+    def _new_series(self, operation: str, outcome: str, start_ns: int) -> _Series:
+        ok = outcome == "OK"
+        attrs = {
+            "service": self._service,
+            "operation": operation,
+            "outcome": "ok" if ok else "error",
+        }
+        if not ok and outcome:
+            attrs["error.type"] = outcome
+        return _Series(attrs, start_ns)
 
     def attach(self, reader: MetricReader, resource: Resource) -> None:
         """Adds these series to everything ``reader`` collects (``reader`` on a
@@ -104,6 +152,7 @@ class RpcDurations:
         collect: Any = reader._collect  # typed Iterable[Metric]; it returns MetricsData
 
         def collect_with_durations(*args: Any, **kwargs: Any) -> MetricsData | None:
+            self.fold()
             data = collect(*args, **kwargs) if collect is not None else None
             if data is None and self._series:
                 data = MetricsData([ResourceMetrics(resource, [], resource.schema_url)])

@@ -74,7 +74,9 @@ class Telemetry:
             self.metrics_port = self._http.server_port
             log.info("Prometheus metrics on http://%s:%d/metrics", host, self.metrics_port)
         self.tracer_provider = TracerProvider(resource=resource)
-        self._tracing = False  # no span is built until something would receive it
+        # No span is built until something would receive it (the call wrapper
+        # reads this on every call).
+        self.tracing = False
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -92,12 +94,13 @@ class Telemetry:
         self.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         self.tracer = self.tracer_provider.get_tracer("central-hub")
         self.rpcs = PerformanceTracker("central-hub", meter_provider=self.meter_provider)
-        self._durations = RpcDurations(self.rpcs.service_name)
+        self._durations = RpcDurations(self.rpcs)
         # Counted here unless a reader wants what only the SDK's path gives.
         self._counted = all(fits(reader) for reader in readers)
         if self._counted:
             for reader in readers:
                 self._durations.attach(reader, resource)
+        self._choose_rpc_path()
         self._meter = self.meter_provider.get_meter("central-hub")
 
     def gauge(self, name: str, description: str, source: GaugeSource, unit: str = "1") -> None:
@@ -118,32 +121,39 @@ class Telemetry:
     def add_span_processor(self, processor: SpanProcessor) -> None:
         """Where the RPC spans go (OTLP when configured; tests add their own)."""
         self.tracer_provider.add_span_processor(processor)
-        self._tracing = True  # and exemplars (trace ids) go with the durations
+        self._durations.fold()  # what was counted stays ahead of the SDK's points
+        self.tracing = True  # and exemplars (trace ids) go with the durations
+        self._choose_rpc_path()
 
     def span(self, method: str, metadata: Iterable[tuple[str, Any]] | None) -> Any:
         """A server span for one call, child of the caller's trace if it sent one.
         Without a span processor a span would be built only to be dropped: about
         a tenth of a discovery call's CPU (make bench), so none is built."""
-        if not self._tracing:
+        if not self.tracing:
             return NO_SPAN
         carrier = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
         return self.tracer.start_as_current_span(
             method, context=propagate.extract(carrier), kind=trace.SpanKind.SERVER
         )
 
-    def rpc_finished(self, method: str, outcome: str, duration_ms: float) -> None:
+    # rpc_finished(method, outcome, duration_ms): one call's duration and
+    # outcome ("OK" or its status code's name). Counted by RpcDurations (the
+    # method is its ``add``, no layer between), or with tracing recorded
+    # through the SDK, which attaches exemplars.
+    rpc_finished: Callable[[str, str, float], None]
+
+    def _choose_rpc_path(self) -> None:
+        counted = self._counted and not self.tracing
+        self.rpc_finished = self._durations.add if counted else self._rpc_finished_via_sdk
+
+    def _rpc_finished_via_sdk(self, method: str, outcome: str, duration_ms: float) -> None:
         ok = outcome == "OK"
-        if self._counted and not self._tracing:
-            self._durations.record(
-                method, "ok" if ok else "error", None if ok else outcome, duration_ms
-            )
-            self.rpcs.summarise(method, duration_ms, outcome="ok" if ok else "error")
-            return
         self.rpcs.record(
             method, duration_ms, outcome="ok" if ok else "error", error_type=None if ok else outcome
         )
 
     def rpc_summary(self) -> dict[str, OperationSummary]:
+        self._durations.fold()
         return self.rpcs.summary()
 
     def shutdown(self) -> None:
