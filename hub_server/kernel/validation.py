@@ -221,6 +221,12 @@ def _plainly_fine(msg: message.Message) -> bool:
     return True
 
 
+def can_be_malformed(message_type: type[message.Message]) -> bool:
+    """Whether ``check_wellformed`` can find anything in a message of this type
+    (decided per type, e.g. once per method: most requests cannot)."""
+    return _may_hold_checked(message_type.DESCRIPTOR)
+
+
 def check_wellformed(v: Violations, msg: message.Message, path: str = "") -> None:
     """Reports, anywhere in ``msg``, a Duration or Timestamp out of range or not
     normalised and a double, float or Struct number that is NaN or ±Infinity,

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from time import perf_counter
 from typing import Any, TypeVar
 
 import grpc
@@ -230,8 +231,24 @@ class CallWrapper:
         rule = self._auth.check_method(ctx.caller, ctx.method)
         if isinstance(request, Message):  # not a stream, nor a request that did not parse
             self._auth.check_request(ctx.caller, rule, request)
-        if self._limits is not None:
+        if self._limits is not None and self._limits.rate:  # else no key (peer) is needed
             self._limits.take_call(self._caller_key(ctx.caller, context))
+
+    def _admits_unidentified(self, method: str) -> bool:
+        """Whether a call of ``method`` without tenant headers needs none of
+        ``_identify`` and ``_admit`` but the per-caller limit: an open method,
+        or a hub without credentials whose one caller, ANONYMOUS, the role
+        table lets call it and whose requests it does not bind. Decided once
+        per method, by asking the authorizer, when the method is wrapped."""
+        if is_open(method):
+            return True
+        if self._auth.enabled or not ANONYMOUS.trusts_headers:
+            return False
+        try:
+            self._auth.check_method(ANONYMOUS, method)
+        except HubError:
+            return False
+        return True
 
     def _as(self, ctx: CallContext, identity: Identity) -> CallContext:
         if identity.trusts_headers:
@@ -438,32 +455,53 @@ class CallWrapper:
 
             audit = bool(getattr(inner_uu, "__audited__", False) and self._audit)
             bare = CallContext(method=method)
+            # Decided here, not per call: see _admits_unidentified.
+            unidentified = self._admits_unidentified(method)
+            limits = None if is_open(method) else self._limits
+            telemetry = self._telemetry
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(
+                request: Any, context: grpc.aio.ServicerContext, in_span: bool = False
+            ) -> Any:
+                if telemetry is not None and telemetry.tracing and not in_span:
+                    with telemetry.span(method, context.invocation_metadata()):
+                        return await unary_unary(request, context, True)
                 metadata = context.invocation_metadata()
                 header_ctx, echo = _parse(metadata, method, bare)
                 call_note: dict[str, str] | None = {} if audit else None
-                _audit_note.set(call_note)
-                outcome, started = "OK", time.perf_counter()
+                if audit or _audit_note.get() is not None:
+                    _audit_note.set(call_note)
+                outcome, started = "OK", perf_counter()
                 ctx = header_ctx
-                with self._span(method, metadata):
-                    try:
+                try:
+                    if header_ctx is bare and unidentified:
+                        # No tenant headers and nothing to identify: the
+                        # caller is ANONYMOUS, admitted by the role table.
+                        if limits is not None and limits.rate:
+                            limits.take_call(context.peer() or "anonymous")
+                        _current.set(ctx)
+                    else:
                         ctx = self._identify(header_ctx, metadata, context)
                         self._admit(ctx, context, request)
                         enter(ctx, echo)
                         if echo:
                             await context.send_initial_metadata(echo)
-                        return await inner_uu(request, context)
-                    except HubError as e:
-                        outcome = status_code_for(e).name
-                        await _abort(context, e)
-                    except Exception:
-                        outcome = "INTERNAL"
-                        raise
-                    finally:
-                        self._finished(method, outcome, started)
-                        if call_note is not None:
-                            await self._record(ctx, context, call_note, outcome)
+                    return await inner_uu(request, context)
+                except HubError as e:
+                    outcome = status_code_for(e).name
+                    await _abort(context, e)
+                except Exception:
+                    outcome = "INTERNAL"
+                    raise
+                finally:
+                    # _finished, inlined: this runs on every call.
+                    elapsed_ms = (perf_counter() - started) * 1000
+                    if telemetry is not None:
+                        telemetry.rpc_finished(method, outcome, elapsed_ms)
+                    if access_log.isEnabledFor(logging.DEBUG):
+                        access_log.debug("%s %s %.2fms", method, outcome, elapsed_ms)
+                    if call_note is not None:
+                        await self._record(ctx, context, call_note, outcome)
 
             return replaced(handler, unary_unary=unary_unary)
 

@@ -28,7 +28,7 @@ import grpc
 from google.protobuf.message import Message
 
 from hub_server.kernel.errors import InvalidArgument, Violations
-from hub_server.kernel.validation import check_wellformed
+from hub_server.kernel.validation import can_be_malformed, check_wellformed
 from hub_server.rpc.wrapping import replaced
 
 FIELD = "request"
@@ -50,6 +50,14 @@ def refusal(request: Undecodable) -> InvalidArgument:
 def _deserializer(inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if inner is None:
         return None
+    # A generated message's FromString names its type: when nothing in that
+    # type can be malformed, its requests need no well-formedness check.
+    parses_to = getattr(inner, "__self__", None)
+    checked = not (
+        isinstance(parses_to, type)
+        and issubclass(parses_to, Message)
+        and not can_be_malformed(parses_to)
+    )
 
     def deserialize(raw: bytes) -> Any:
         try:
@@ -59,7 +67,7 @@ def _deserializer(inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any
             return Undecodable(
                 InvalidArgument.single(FIELD, f"is not a valid message: {text[:200]}")
             )
-        if not isinstance(request, Message):
+        if not checked or not isinstance(request, Message):
             return request
         v = Violations()
         check_wellformed(v, request)
