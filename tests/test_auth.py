@@ -21,6 +21,7 @@ from aitrading.hub.v1 import (
     deployment_pb2,
     observability_pb2,
     registry_pb2,
+    registry_pb2_grpc,
     tenant_pb2,
 )
 from google.protobuf import message_factory
@@ -294,6 +295,38 @@ async def test_a_caller_over_its_rate_gets_resource_exhausted(
         with pytest.raises(RateLimited, match="over 20 calls/s"):
             for _ in range(100):
                 await ro.list_services()
+
+
+async def test_without_credentials_each_connection_has_its_own_rate(
+    hub_factory: HubFactory,
+) -> None:
+    """Without credentials every caller is anonymous: the limit is per
+    connection (its peer), on the wrapper's path for calls without tenant
+    headers as on the one with them."""
+    hub = await hub_factory(caller_rate_limit=20)
+    request = registry_pb2.GetServiceRequest(service="orders")
+    # Channels of one process share connections unless told otherwise.
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(hub.address, options=own) as ch:
+        stub = registry_pb2_grpc.RegistryServiceStub(ch)
+        for metadata in ((), (("x-tenant-id", "acme"),)):
+            results = await asyncio.gather(
+                *(stub.GetService(request, metadata=metadata) for _ in range(60)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(r, grpc.aio.AioRpcError) for r in results)
+            refused = [r for r in results if r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
+            # Admitted ones find no such service.
+            assert {r.code() for r in results} - {grpc.StatusCode.RESOURCE_EXHAUSTED} <= {
+                grpc.StatusCode.NOT_FOUND
+            }
+            assert len(refused) >= 30  # 20 a second, and a burst of 20
+            assert {_reason(r) for r in refused} == {"CALLER_RATE_LIMITED"}
+            assert all("ipv4:127.0.0.1:" in (r.details() or "") for r in refused)
+    async with grpc.aio.insecure_channel(hub.address, options=own) as other:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await registry_pb2_grpc.RegistryServiceStub(other).GetService(request)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND  # admitted: no such service
 
 
 async def test_open_streams_are_bounded_per_caller(

@@ -38,21 +38,26 @@ class CallerLimits:
         if not self.rate:
             return
         now = self._clock()
-        bucket = self._buckets.get(caller)
+        buckets = self._buckets
+        bucket = buckets.get(caller)
         if bucket is None:
-            bucket = self._buckets[caller] = [self.burst, now]
-            if len(self._buckets) > self.MAX_CALLERS:
-                self._buckets.popitem(last=False)
+            tokens = self.burst
+            bucket = buckets[caller] = [tokens, now]
+            if len(buckets) > self.MAX_CALLERS:
+                buckets.popitem(last=False)
         else:
-            self._buckets.move_to_end(caller)
-            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            buckets.move_to_end(caller)
+            tokens = bucket[0] + (now - bucket[1]) * self.rate
+            if tokens > self.burst:  # min(), without the call: this runs on every call
+                tokens = self.burst
             bucket[1] = now
-        if bucket[0] < 1.0:
+        if tokens < 1.0:
+            bucket[0] = tokens
             raise TooManyCalls(
                 f"{caller} is over {self.rate:g} calls/s; retry later",
                 limit=f"{self.rate:g}/s",
             )
-        bucket[0] -= 1.0
+        bucket[0] = tokens - 1.0
 
     def open_stream(self, caller: str) -> None:
         open_now = self._streams.get(caller, 0)
