@@ -108,6 +108,7 @@ class EndpointProjection:
         self.loads: PrefixMirror[float] = PrefixMirror(store, keys.LOAD, _decode_load)
         self._cache: dict[str, list[Candidate]] = {}
         self._subscribers: list[Callable[[str | None], None]] = []
+        self._services_loaded = 0  # services in the registry's view while it loads
         self._inputs: list[PrefixMirror[Any]] = [
             registry.mirror, health.mirror, self.loads, circuits.mirror
         ]  # fmt: skip
@@ -142,14 +143,18 @@ class EndpointProjection:
         if inst is None:
             self._notify(None)
             return
-        service, instance_id = keys.parse_instance_key(change.key)
-        others = self._registry.services.get(service)
         if self._registry.mirror.loading:
-            # A starting hub's snapshot, before anything was built from it: once
-            # per service, without working out any instance's requirements.
-            if others is not None and len(others) == 1:
+            # A starting hub's snapshot (a million keys), before anything was
+            # built from it: once per service it adds (the view indexed the key
+            # before its listeners run), without reading the key or working out
+            # any instance's requirements.
+            services = len(self._registry.services)
+            if services != self._services_loaded:
+                self._services_loaded = services
                 self._notify(None)
             return
+        service, instance_id = keys.parse_instance_key(change.key)
+        others = self._registry.services.get(service)
         if change.type == UPDATED:
             if change.previous is not None and change.previous.tiers == inst.tiers:
                 return
