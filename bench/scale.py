@@ -19,8 +19,10 @@ API would take ~25 minutes at today's rate). At each point:
   caller, beside a direct etcd Range of its 20 keys from the same caller;
 - a full ListServices (every page of 1,000 services), beside the same paged read;
 - etcd's database size;
-- Register at 64 callers (new instances of one service): per-change work that
-  grew with other services' instances would show here.
+- Register (new instances of one service) and KeepAlive (of 1,000 of the
+  setup's instances) at 16 and 64 callers, beside a direct etcd lease grant and put,
+  and lease keep-alive: per-change work that grew with other services'
+  instances would show here.
 
 Watch streams (1,000 / 5,000 / 20,000): the curve is built from bench.fanout's
 cells (time to open, change -> last stream p50/p99, hub RSS per stream, the
@@ -30,7 +32,9 @@ hub's and the watcher processes' CPU per change).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
+import random
 import time
 import urllib.request
 from collections.abc import Callable
@@ -57,9 +61,11 @@ BULK_WRITERS = 4  # transactions in flight while bulk loading
 PROBE_SERVICE = "svc-250"  # the service GetService asks for at every point
 # Enough for a p99 that is not the third-slowest call (300 made it swing 2x between runs).
 SEQUENTIAL_CALLS = 2000
-REGISTER_CALLERS = 64
-REGISTER_SECONDS = 2.0
+WRITE_CALLERS = (16, 64)
+WRITE_SECONDS = 2.0
 REGISTER_METHOD = method(registry_pb2, "RegistryService", "Register")
+KEEPALIVE_METHOD = method(registry_pb2, "RegistryService", "KeepAlive")
+KEEPALIVE_INSTANCES = 1000
 # etcd's default backend quota is 2 GiB; a million instances with their history
 # need more (`make bench-scale` starts its etcd with this).
 SCALE_QUOTA_BYTES = 16 * 1024**3
@@ -282,25 +288,70 @@ class InstanceCurve:
             raise RuntimeError(f"ListServices listed {listed} of {n} instances")
         self._add("etcd db size", n, etcd_db_mib(self.etcd_endpoint))
 
-        def write_request(k: int) -> registry_pb2.RegisterRequest:
-            req = self.request(k)
-            req.service, req.instance_id = f"scale-writes-{n}", f"w{k}"
-            return req
-
-        # Serialized before the clock starts, sent through a bare call (as
-        # bench.run's Register rows): enough for ~2,500/s.
-        bodies = serialized(write_request, int(2500 * REGISTER_SECONDS))
-        register = raw_unary(channel, REGISTER_METHOD, bodies)
-        stats: Stats = await closed_loop(register, REGISTER_CALLERS, duration=REGISTER_SECONDS)
-        self._add(f"Register, {REGISTER_CALLERS} callers", n, stats.summary()["calls_per_s"])
-        if stats.errors:
-            raise RuntimeError(f"{stats.errors} Registers failed at {n:,} instances")
+        await self._writes(n, channel, store)
         bench.section(
             f"  {n:,} instances: RSS {rss:.0f} MiB, cold start "
             f"{self.points['second hub cold start'][-1][1]:.2f} s, GetService p50/p99 "
             f"{self.points['GetService p50 (ms)'][-1][1]:.2f}/"
             f"{self.points['GetService p99 (ms)'][-1][1]:.2f} ms"
         )
+
+    async def _writes(self, n: int, channel: grpc.aio.Channel, store: EtcdStore) -> None:
+        """Register and KeepAlive at 16 and 64 callers, each beside what it costs
+        etcd directly (a lease grant and a put; a lease keep-alive) from the
+        same Python process: per-change work that grew with other services'
+        instances would show here."""
+
+        def write_request(k: int) -> registry_pb2.RegisterRequest:
+            req = self.request(k)
+            req.service, req.instance_id = f"scale-writes-{n}", f"w{k}"
+            return req
+
+        # Serialized before the clock starts, sent through a bare call (as
+        # bench.run's Register rows): enough for ~2,500/s in every cell.
+        cells = len(WRITE_CALLERS)
+        register = raw_unary(
+            channel, REGISTER_METHOD, serialized(write_request, int(2500 * WRITE_SECONDS * cells))
+        )
+        value = self.request(0).SerializeToString()  # about a stored instance's size
+        counter = iter(range(10**9))
+
+        async def raw_register() -> None:
+            lease = await store.grant_lease(3600)
+            await store.put(f"/bench/scale-raw/{n}/{next(counter)}".encode(), value, lease=lease)
+
+        # The setup's first 1,000 instances (registered through the API, a lease each).
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        services = sorted({self.request(k).service for k in range(KEEPALIVE_INSTANCES)})
+        keep_alives = [
+            registry_pb2.KeepAliveRequest(
+                service=i.service, instance_id=i.instance_id, lease_id=i.lease_id
+            )
+            for name in services
+            for i in (
+                await registry.GetService(registry_pb2.GetServiceRequest(service=name))
+            ).service.instances
+        ]
+        random.Random(8).shuffle(keep_alives)
+        keep_alive = raw_unary(
+            channel, KEEPALIVE_METHOD, itertools.cycle(r.SerializeToString() for r in keep_alives)
+        )
+        leases = itertools.cycle([r.lease_id for r in keep_alives])
+
+        def raw_keep_alive() -> Any:
+            return store.keep_alive(next(leases))
+
+        for c in WRITE_CALLERS:
+            for name, call in (
+                (f"etcd LeaseGrant+Put, {c} callers", raw_register),
+                (f"Register, {c} callers", register),
+                (f"etcd LeaseKeepAlive, {c} callers", raw_keep_alive),
+                (f"KeepAlive, {c} callers", keep_alive),
+            ):
+                stats: Stats = await closed_loop(call, c, duration=WRITE_SECONDS)
+                if stats.errors:
+                    raise RuntimeError(f"{name}: {stats.errors} calls failed at {n:,} instances")
+                self._add(name, n, stats.summary()["calls_per_s"])
 
     def curves(self) -> list[dict[str, Any]]:
         p = self.points
@@ -320,8 +371,12 @@ class InstanceCurve:
             curve("ListServices, every page", "instances", "s", p["ListServices, every page"],
                   baseline=read),
             curve("etcd db size", "instances", "MiB", p["etcd db size"]),
-            curve(f"Register, {REGISTER_CALLERS} callers", "instances", "calls/s",
-                  p[f"Register, {REGISTER_CALLERS} callers"], higher_is_better=True),
+        ] + [
+            curve(f"{op}, {c} callers", "instances", "calls/s", p[f"{op}, {c} callers"],
+                  baseline=(f"etcd {raw}, {c} callers", p[f"etcd {raw}, {c} callers"]),
+                  higher_is_better=True)
+            for op, raw in (("Register", "LeaseGrant+Put"), ("KeepAlive", "LeaseKeepAlive"))
+            for c in WRITE_CALLERS
         ]  # fmt: skip
 
 
