@@ -116,6 +116,38 @@ async def test_a_large_wake_up_holds_the_collector_until_its_waiters_wait_again(
     assert gc.isenabled() and not collector_pause.held()
 
 
+async def _back_after(waiters: Waiters, delay: float) -> None:
+    await waiters.wait(30.0)
+    await asyncio.sleep(delay)
+    await waiters.wait(30.0)
+
+
+async def test_a_hold_lasts_past_limit_while_its_waiters_are_still_coming_back(
+    monkeypatch,
+) -> None:
+    """A slow fan-out (20,000 streams on busy cores) outlasts LIMIT: the hold goes
+    on while waiters keep coming back, and ends once they stop."""
+    monkeypatch.setattr(collector_pause, "LIMIT", 0.2)
+    monkeypatch.setattr(collector_pause, "STALL", 0.1)
+    monkeypatch.setattr(collector_pause, "PER_WAITER", 0.001)  # 2,000 waiters: 2 s at most
+    await asyncio.sleep(collector_pause.COOLDOWN)  # after an earlier test's hold
+    waiters = Waiters()
+    n = 2000
+    # Back one by one over 0.6 s; the last ten never come back.
+    tasks = [asyncio.create_task(_back_after(waiters, 0.6 * i / n)) for i in range(n - 10)]
+    tasks += [asyncio.create_task(_wait(waiters, 30.0)) for _ in range(10)]
+    await asyncio.sleep(0)
+    waiters.wake_all()
+    try:
+        await asyncio.sleep(0.4)  # past LIMIT, still coming back
+        assert collector_pause.held() and not gc.isenabled()
+        await asyncio.sleep(0.5)  # all but ten back by 0.6 s: stalled since
+        assert gc.isenabled() and not collector_pause.held()
+    finally:
+        waiters.wake_all()
+        await asyncio.wait_for(asyncio.gather(*tasks), 1.0)
+
+
 async def _back_later(waiters: Waiters) -> None:
     """A stream that takes its time to wait again, then waits for two changes."""
     await waiters.wait(30.0)
