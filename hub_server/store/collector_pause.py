@@ -12,13 +12,14 @@ gc_collect_main, under the wake-up's call_soon.
 A hold ends when every woken waiter (but one in a thousand) is waiting again
 (``tick``, once per new wait), when the same waiters are woken again, or after
 ``LIMIT`` seconds (a stream stuck behind a slow client, or one that ended),
-whichever comes first. Past ``LIMIT`` a hold goes on while its waiters are still coming back (some
-came back in the last ``STALL`` seconds), up to ``PER_WAITER`` seconds per
-waiter woken: on 2 busy cores, 20,000 streams took 1.4-2.6 s to be back, and a
-flat 2 s ended a third of their holds mid-fan-out, each end costing a young
-collection of the in-flight send state (110-300 ms, then a full one of ~300 ms):
-106 ms of hub CPU per change, 13%. A hold whose waiters stopped coming back
-still ends within ``STALL`` of ``LIMIT``.
+whichever comes first. Past ``LIMIT`` a hold goes on while its waiters are
+still coming back (some came back in the last ``STALL`` seconds), up to
+``PER_WAITER`` seconds per waiter woken: on 2 busy cores, 20,000 streams took
+1.4-2.6 s to be back, and a flat 2 s ended a third of their holds mid-fan-out,
+each end costing a young collection of the in-flight send state (110-300 ms)
+and then a generation-1 one (~300 ms): up to 106 ms of hub CPU per change, 13%.
+A hold whose waiters stopped coming back still ends within ``STALL`` of
+``LIMIT``.
 One hold at a time, and none within ``COOLDOWN`` seconds of the last one's end:
 under a steady stream of changes the collector still runs between holds (and
 finds the garbage cycles of everything else, such as grpc.aio's per call). The
