@@ -316,9 +316,15 @@ def _shared_ring(members: frozenset[str]) -> HashRing:
 
 
 def _least_load(pool: Sequence[Candidate], rng: random.Random | None) -> Candidate:
-    loads = [c.load if not math.isnan(c.load) else math.inf for c in pool]
-    lowest = min(loads)
-    ties = [c for c, load in zip(pool, loads, strict=True) if load == lowest]
+    # One pass (the hub runs this on every PickEndpoint); an unknown (NaN) load
+    # counts as the highest.
+    lowest, ties = math.inf, []
+    for c in pool:
+        load = c.load
+        if load < lowest:
+            lowest, ties = load, [c]
+        elif load == lowest or (load != load and lowest == math.inf):
+            ties.append(c)
     if len(ties) == 1:
         return ties[0]
     # Ties are common (fresh instances all report 0): a random tie-break keeps

@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 _STRATEGY = {s.value: s for s in Strategy}
 
 
+class Stored(Protocol):
+    """An instance as the registry keeps it (hub_server.registry.service.StoredInstance)."""
+
+    def fill(
+        self, inst: types_pb2.Instance, service: str, instance_id: str
+    ) -> types_pb2.Instance: ...
+
+
 class Picks(Protocol):
     """What the servicer uses of the balancer (hub_server.balancing.service.Picker)."""
 
@@ -33,7 +41,7 @@ class Picks(Protocol):
     def knows(self, service: str) -> bool: ...
     def pick(
         self, service: str, strategy: Strategy, *, affinity_key: str, tier: str | None
-    ) -> tuple[types_pb2.Instance, float]: ...
+    ) -> tuple[str, Stored, float]: ...
     async def report_load(self, service: str, instance_id: str, load: float) -> int: ...
 
 
@@ -121,21 +129,21 @@ class LoadBalancerServicer(balancer_pb2_grpc.LoadBalancerServiceServicer):
         call = current()
         # No strategy named: the service's routing policy's (least load by default).
         strategy = _STRATEGY.get(request.strategy) or self._policies.get(service).strategy
-        instance, load = self._picker.pick(
+        instance_id, stored, load = self._picker.pick(
             service,
             strategy,
             # A user sticks to one instance unless the caller says otherwise.
             affinity_key=request.affinity_key or call.user_id,
             tier=call.tier_filter(request.legacy_mode),
         )
-        return balancer_pb2.PickEndpointResponse(
+        response = balancer_pb2.PickEndpointResponse(
             header=response_header(self._hub_id, self._picker.revision),
-            host=instance.host,
-            port=instance.port,
-            instance_id=instance.instance_id,
+            instance_id=instance_id,
             load_factor=load,
-            instance=instance,
         )
+        instance = stored.fill(response.instance, service, instance_id)  # decoded in place
+        response.host, response.port = instance.host, instance.port
+        return response
 
     async def ReportLoad(self, request, context):
         revision = await self._picker.report_load(

@@ -4,7 +4,6 @@ touches etcd."""
 
 from __future__ import annotations
 
-from aitrading.hub.v1 import types_pb2
 from aitrading.hub.v1.errors_pb2 import (
     ERROR_REASON_INSTANCE_NOT_FOUND,
     ERROR_REASON_SERVICE_NOT_FOUND,
@@ -22,7 +21,7 @@ from hub_server.kernel.errors import (
     NotFound,
     Violations,
 )
-from hub_server.registry.service import RegistryView
+from hub_server.registry.service import RegistryView, StoredInstance
 from hub_server.store import keys
 from hub_server.store.etcd import EtcdStore
 from hub_server.store.mirror import PrefixMirror
@@ -77,8 +76,9 @@ class Picker:
         *,
         affinity_key: str,
         tier: str | None,
-    ) -> tuple[types_pb2.Instance, float]:
-        """The chosen instance and its load. ``tier`` None: no tier filtering."""
+    ) -> tuple[str, StoredInstance, float]:
+        """The chosen instance's id, the instance as stored, and its load.
+        ``tier`` None: no tier filtering."""
         self._registry.ensure_live()
         instances = self._registry.services.get(service)
         if not instances:
@@ -114,7 +114,7 @@ class Picker:
             raise InvalidArgument(
                 FieldViolation(v.field, v.description) for v in e.field_violations
             ) from e
-        return instances[chosen.instance_id], chosen.load
+        return chosen.instance_id, instances.stored[chosen.instance_id], chosen.load
 
     def _pool(self, service: str, candidates: list[Candidate], tier: str | None) -> list[Candidate]:
         """``eligible(candidates)`` for this tier; raises what it raises."""

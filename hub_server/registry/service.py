@@ -140,7 +140,12 @@ class StoredInstance:
 
     def instance(self, service: str, instance_id: str) -> types_pb2.Instance:
         """A new message (the caller's to change), with what etcd knows filled in."""
-        inst = types_pb2.Instance.FromString(self.value)
+        return self.fill(types_pb2.Instance(), service, instance_id)
+
+    def fill(self, inst: types_pb2.Instance, service: str, instance_id: str) -> types_pb2.Instance:
+        """Decodes into ``inst``, an empty message (a field of an answer: no
+        copy), with what etcd knows filled in; returns it."""
+        inst.MergeFromString(self.value)
         if not self._checked:
             # A value stored before requests were checked (a Duration with nanos
             # past a second) would break every JSON reader of GetService: normalise
