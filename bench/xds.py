@@ -168,6 +168,8 @@ async def measure(
                     missed=row.missed,
                     vs=vs,
                 )
+                if op == xds_op:
+                    bench.propagation[-1]["target_ms"] = TARGET_MS
             await _state_changes(bench, pool, hub.address, store, size, ads, watches, healths)
     finally:
         for name in ads + watches + healths:

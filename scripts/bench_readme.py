@@ -415,6 +415,22 @@ def million(scale_result: tuple[dict[str, Any], str] | None) -> str:
     return head + " " + curves(result, f"bench/results/scale/{name}")
 
 
+def targets(
+    result: dict[str, Any], name: str, scale_result: tuple[dict[str, Any], str] | None
+) -> str:
+    """Every target the bench judged, met or missed, from both results files."""
+    out = ["| target | measured | |", "|---|---|---|"]
+    sources = [(result, f"bench/results/{name}")]
+    if scale_result is not None:
+        sources.append((scale_result[0], f"bench/results/scale/{scale_result[1]}"))
+    for res, path in sources:
+        for t in res.get("targets", []):
+            verdict = "met" if t["met"] else "**missed**"
+            source = path.rsplit("/", 1)[1]
+            out.append(f"| {t['target']} | {t['measured']} (`{source}`) | {verdict} |")
+    return "\n".join(out)
+
+
 SECTIONS = {"discovery": discovery, "cluster": cluster, "scale": scale}
 
 
@@ -427,6 +443,7 @@ def render(
     curve from a `make bench-scale` one (``scale_result``)."""
     out = {section: f(result, name) for section, f in SECTIONS.items()}
     out["scale-million"] = million(scale_result)
+    out["targets"] = targets(result, name, scale_result)
     return out
 
 

@@ -245,3 +245,29 @@ def test_tail_at_the_offered_rate_is_judged_against_the_no_op() -> None:
                  for op in (report.GET, report.PICK))  # fmt: skip
     assert get["met"] and get["measured"].startswith("1.20 x")
     assert not pick["met"] and pick["measured"].startswith("1.30 x")
+
+
+def test_xds_cells_are_judged_by_their_own_target() -> None:
+    # bench.xds's cells hold as many Watch as ADS streams: the 1,000-stream
+    # fan-out target (100 ms) is not theirs; their rows carry xDS's 1 s.
+    def row(op: str, p99: float, **extra: float) -> dict:
+        return {"op": op, "receivers": 1000, "p99_ms": p99, "changes": 20, "missed": 0, **extra}
+
+    propagation = [
+        row("Register -> last of 1,000 Watch streams", 42.0),
+        row("Register -> last of 1,000 Watch streams (beside ADS)", 210.0),
+        row("Register -> EDS ACK from last of 1,000 ADS streams", 201.0, target_ms=1000.0),
+    ]
+    judged = {t["target"]: t["met"] for t in report.targets([], [], 1000, propagation)}
+    assert judged == {
+        "fan-out p99 < 100 ms: Register -> last of 1,000 Watch streams": True,
+        "p99 < 1000 ms: Register -> EDS ACK from last of 1,000 ADS streams": True,
+    }
+
+
+def test_readme_lists_every_target_of_both_runs() -> None:
+    result = {"targets": [{"target": "a < 1", "measured": "0.5", "met": True}]}
+    scale = {"targets": [{"target": "b < 1", "measured": "2", "met": False}]}
+    table = bench_readme.targets(result, "x.json", (scale, "y.json"))
+    assert "| a < 1 | 0.5 (`x.json`) | met |" in table
+    assert "| b < 1 | 2 (`y.json`) | **missed** |" in table
