@@ -339,11 +339,9 @@ class PerformanceTracker:
     def summarise(self, operation: str, duration_ms: float, *, outcome: str = "ok") -> None:
         """Adds a duration to the local summary only (its caller exports it)."""
         with self._lock:
-            stats = self._stats.get(operation)
+            stats = self._stats_of(operation)
             if stats is None:
-                if len(self._stats) >= self._max_operations:
-                    return
-                stats = self._stats[operation] = _OperationStats()
+                return
             stats.histogram.add(duration_ms)
             if outcome == "error":
                 stats.errors += 1
@@ -355,13 +353,19 @@ class PerformanceTracker:
         one lock (for a caller that batches them, like the hub); ``errors`` of
         them had the outcome "error"."""
         with self._lock:
-            stats = self._stats.get(operation)
+            stats = self._stats_of(operation)
             if stats is None:
-                if len(self._stats) >= self._max_operations:
-                    return
-                stats = self._stats[operation] = _OperationStats()
+                return
             stats.histogram.add_all(durations_ms)
             stats.errors += errors
+
+    def _stats_of(self, operation: str) -> _OperationStats | None:
+        """The operation's statistics, new if need be (under the lock); None
+        once ``max_operations`` are tracked."""
+        stats = self._stats.get(operation)
+        if stats is None and len(self._stats) < self._max_operations:
+            stats = self._stats[operation] = _OperationStats()
+        return stats
 
     def summary(self) -> dict[str, OperationSummary]:
         """Local statistics per operation."""
