@@ -240,8 +240,9 @@ async def test_picker_rebuilds_candidates_of_the_changed_service_only() -> None:
 
     await feed.put(drains, keys.drain_key("quotes", "i1"), b"dep-1")
     assert [c.draining for c in candidates("quotes")] == [True, False]
-    chosen, _ = picker.pick("quotes", Strategy.LEAST_LOAD, affinity_key="", tier=None)
-    assert chosen == view.get_instance("quotes", "i2")  # the only one not draining
+    chosen, stored, _ = picker.pick("quotes", Strategy.LEAST_LOAD, affinity_key="", tier=None)
+    assert chosen == "i2"  # the only one not draining
+    assert stored.instance("quotes", "i2") == view.get_instance("quotes", "i2")
 
     circuit = Circuit(now=1.0)
     circuit.force_open(1.0)

@@ -77,6 +77,7 @@ class Telemetry:
         # No span is built until something would receive it (the call wrapper
         # reads this on every call).
         self.tracing = False
+        otlp_spans: SpanProcessor | None = None
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -88,9 +89,7 @@ class Telemetry:
                     OTLPMetricExporter(endpoint=otlp_endpoint, insecure=True)
                 )
             )
-            self.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
-            )
+            otlp_spans = BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
         self.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         self.tracer = self.tracer_provider.get_tracer("central-hub")
         self.rpcs = PerformanceTracker("central-hub", meter_provider=self.meter_provider)
@@ -102,6 +101,8 @@ class Telemetry:
                 self._durations.attach(reader, resource)
         self._choose_rpc_path()
         self._meter = self.meter_provider.get_meter("central-hub")
+        if otlp_spans is not None:  # once the durations' path exists: it switches it
+            self.add_span_processor(otlp_spans)
 
     def gauge(self, name: str, description: str, source: GaugeSource, unit: str = "1") -> None:
         self._meter.create_observable_gauge(
