@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import weakref
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -259,46 +258,9 @@ def on_service_change(mirror: PrefixMirror[Any], callback: Callable[[str], None]
     """Calls ``callback(service)`` after every change to ``mirror``, whose keys are
     laid out like the registry's (``<prefix><service>/<instance id>``: registry,
     health, load, drain marks, circuits), so that what is derived per service is
-    redone for that service alone. While the mirror loads its snapshot (keys in
-    order), once per service rather than once per key."""
-    callbacks = _service_callbacks.get(mirror)
-    if callbacks is None:
-        callbacks = _service_callbacks[mirror] = _ServiceCallbacks(mirror)
-    callbacks.append(callback)
-
-
-class _ServiceCallbacks(list[Callable[[str], None]]):
-    """A mirror's per-service callbacks, behind one listener: the service is
-    read from each key once, however many callbacks there are (a starting hub
-    calls it for each of a million keys)."""
-
-    def __init__(self, mirror: PrefixMirror[Any]) -> None:
-        super().__init__()
-        # Weak: the mirror holds this (as its listener), not the other way round.
-        self._mirror = weakref.ref(mirror)
-        self._cut = len(mirror.prefix)
-        self._last = b""  # the last key's <prefix><service>/ while loading
-        mirror.add_listener(self._changed)
-
-    def _changed(self, change: Change[Any]) -> None:
-        key = change.key
-        mirror = self._mirror()
-        if mirror is not None and mirror.loading:
-            if self._last and key.startswith(self._last):
-                return  # the same service as the key before
-            service = key[self._cut :].partition(b"/")[0]
-            self._last = key[: self._cut + len(service) + 1]
-        else:
-            service = key[self._cut :].partition(b"/")[0]
-            self._last = b""  # the next load starts afresh
-        name = service.decode()
-        for callback in self:
-            callback(name)
-
-
-_service_callbacks: weakref.WeakKeyDictionary[PrefixMirror[Any], _ServiceCallbacks] = (
-    weakref.WeakKeyDictionary()
-)
+    redone for that service alone; while the mirror loads, once per service
+    (``PrefixMirror.on_group_change``)."""
+    mirror.on_group_change(callback)
 
 
 class ServiceInstances(Mapping[str, types_pb2.Instance]):

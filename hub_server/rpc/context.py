@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from time import perf_counter
 from typing import Any, TypeVar
 
 import grpc
@@ -463,6 +462,8 @@ class CallWrapper:
             async def unary_unary(
                 request: Any, context: grpc.aio.ServicerContext, in_span: bool = False
             ) -> Any:
+                # With tracing on, the call runs again inside its span: without,
+                # no span context is entered at all (``in_span``: the inner run).
                 if telemetry is not None and telemetry.tracing and not in_span:
                     with telemetry.span(method, context.invocation_metadata()):
                         return await unary_unary(request, context, True)
@@ -471,14 +472,14 @@ class CallWrapper:
                 call_note: dict[str, str] | None = {} if audit else None
                 if audit or _audit_note.get() is not None:
                     _audit_note.set(call_note)
-                outcome, started = "OK", perf_counter()
+                outcome, started = "OK", time.perf_counter()
                 ctx = header_ctx
                 try:
                     if header_ctx is bare and unidentified:
                         # No tenant headers and nothing to identify: the
                         # caller is ANONYMOUS, admitted by the role table.
                         if limits is not None and limits.rate:
-                            limits.take_call(context.peer() or "anonymous")
+                            limits.take_call(self._caller_key(ANONYMOUS, context))
                         _current.set(ctx)
                     else:
                         ctx = self._identify(header_ctx, metadata, context)
@@ -494,12 +495,7 @@ class CallWrapper:
                     outcome = "INTERNAL"
                     raise
                 finally:
-                    # _finished, inlined: this runs on every call.
-                    elapsed_ms = (perf_counter() - started) * 1000
-                    if telemetry is not None:
-                        telemetry.rpc_finished(method, outcome, elapsed_ms)
-                    if access_log.isEnabledFor(logging.DEBUG):
-                        access_log.debug("%s %s %.2fms", method, outcome, elapsed_ms)
+                    self._finished(method, outcome, started)
                     if call_note is not None:
                         await self._record(ctx, context, call_note, outcome)
 

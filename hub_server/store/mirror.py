@@ -70,6 +70,9 @@ class PrefixMirror(Generic[T]):
         self._decode = decode
         self._on_change = on_change or (lambda change: None)
         self._listeners: list[Callable[[Change[T]], None]] = []
+        # on_group_change's callbacks, behind one listener.
+        self._group_callbacks: list[Callable[[str], None]] = []
+        self._last_group = b""  # the last key's <prefix><group>/ while loading
         self._history_revisions = history_revisions
         self.items: dict[bytes, T] = {}
         self._mod_revisions: dict[bytes, int] = {}
@@ -94,6 +97,31 @@ class PrefixMirror(Generic[T]):
         (caches, dirty marks) current. Added after ``start``, it misses what the
         mirror already holds."""
         self._listeners.append(listener)
+
+    def on_group_change(self, callback: Callable[[str], None]) -> None:
+        """Calls ``callback(group)`` after every change, for keys laid out as
+        ``<prefix><group>/<rest>`` (the registry, health, loads, drain marks and
+        circuits, grouped by service), so that what is derived per group is
+        redone for that group alone. While the mirror loads its snapshot (keys
+        in order), once per group rather than once per key. All callbacks share
+        one listener: the group is read from each key once."""
+        if not self._group_callbacks:
+            self.add_listener(self._group_changed)
+        self._group_callbacks.append(callback)
+
+    def _group_changed(self, change: Change[T]) -> None:
+        key, cut = change.key, len(self.prefix)
+        if self.loading:
+            if self._last_group and key.startswith(self._last_group):
+                return  # the same group as the key before
+            group = key[cut:].partition(b"/")[0]
+            self._last_group = key[: cut + len(group) + 1]
+        else:
+            group = key[cut:].partition(b"/")[0]
+            self._last_group = b""  # the next load starts afresh
+        name = group.decode()
+        for callback in self._group_callbacks:
+            callback(name)
 
     def _changed(self, change: Change[T]) -> None:
         self._on_change(change)
